@@ -1,0 +1,2 @@
+//! kiln binary
+fn main() {}

@@ -1,0 +1,112 @@
+//! Artifacts on disk: atomic writes (temp file + rename), JSON helpers and content hashes.
+
+use crate::error::{CoreError, Result};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash never leaves a partial file under the final name.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| CoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_vec_pretty(value).map_err(|source| CoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.push(b'\n');
+    atomic_write(path, &text)
+}
+
+/// Reads and parses a JSON file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|source| CoreError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Hex SHA-256 of a byte slice.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Hex SHA-256 of a file's contents.
+pub fn hash_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    Ok(hash_bytes(&bytes))
+}
+
+/// Hex SHA-256 over every regular file of a folder (sorted relative names and contents),
+/// recursively. Hidden files (names starting with `.`) are skipped.
+pub fn hash_dir(dir: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    collect_files(dir, dir, &mut files)?;
+    files.sort();
+    let mut hasher = Sha256::new();
+    for rel in files {
+        let bytes = std::fs::read(dir.join(&rel)).map_err(|e| CoreError::io(dir.join(&rel), e))?;
+        hasher.update(rel.as_bytes());
+        hasher.update([0]);
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CoreError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| CoreError::io(dir, e))?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temp_and_hash_is_stable() {
+        let dir = std::env::temp_dir().join(format!("kiln-core-art-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        atomic_write(&dir.join("a.txt"), b"hello").unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            hash_file(&dir.join("a.txt")).unwrap(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        let h1 = hash_dir(&dir).unwrap();
+        atomic_write(&dir.join("b.txt"), b"x").unwrap();
+        assert_ne!(h1, hash_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,144 @@
+//! ModelSpec (spec.json): the layer list of a network, independent of any framework.
+
+use crate::error::{CoreError, Result};
+use crate::schema::Task;
+use serde::{Deserialize, Serialize};
+
+/// Element-wise activation after a dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x)
+    Relu,
+    /// tanh(x)
+    Tanh,
+    /// 1 / (1 + exp(-x))
+    Sigmoid,
+    /// x (used on the output layer)
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation to one value.
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::Identity => x,
+        }
+    }
+}
+
+/// One dense layer: `y = act(x @ W + b)` with `W` of shape `[in_dim, out_dim]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// Input width.
+    pub in_dim: usize,
+    /// Output width.
+    pub out_dim: usize,
+    /// Activation applied after the affine map.
+    pub activation: Activation,
+}
+
+/// How a model's weights are quantized, when they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Weight type; only `"int8"` so far.
+    pub dtype: String,
+    /// `"dynamic"`: activations are quantized to uint8 at run time, per tensor, as ONNX
+    /// `DynamicQuantizeLinear` does.
+    pub scheme: String,
+    /// One scale per output channel (true) or one per tensor (false).
+    pub per_channel: bool,
+}
+
+/// spec.json: the network's structure. Weights live in a [`crate::TensorStore`] under
+/// `layers.<i>.weight` (`[in, out]`) and `layers.<i>.bias` (`[out]`); a quantized model
+/// holds `layers.<i>.weight` as i8 plus `layers.<i>.weight_scale` (`[out]` or `[1]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Format version of this file.
+    pub version: u32,
+    /// Classification (logits + softmax) or regression.
+    pub task: Task,
+    /// Number of input features.
+    pub input_dim: usize,
+    /// Dense layers, input to output.
+    pub layers: Vec<LayerSpec>,
+    /// Set when the weights are quantized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+impl ModelSpec {
+    /// An MLP `input -> hidden... -> outputs` with `activation` between layers and an
+    /// identity output layer.
+    pub fn mlp(
+        input_dim: usize,
+        hidden: &[usize],
+        activation: Activation,
+        task: Task,
+        outputs: usize,
+    ) -> Self {
+        let mut layers = Vec::new();
+        let mut prev = input_dim;
+        for &h in hidden {
+            layers.push(LayerSpec {
+                in_dim: prev,
+                out_dim: h,
+                activation,
+            });
+            prev = h;
+        }
+        layers.push(LayerSpec {
+            in_dim: prev,
+            out_dim: outputs,
+            activation: Activation::Identity,
+        });
+        ModelSpec {
+            version: 1,
+            task,
+            input_dim,
+            layers,
+            quantization: None,
+        }
+    }
+
+    /// Width of the output layer.
+    pub fn output_dim(&self) -> usize {
+        self.layers
+            .last()
+            .map(|l| l.out_dim)
+            .unwrap_or(self.input_dim)
+    }
+
+    /// Number of weights and biases.
+    pub fn n_params(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.in_dim * l.out_dim + l.out_dim)
+            .sum()
+    }
+
+    /// Checks that layer widths chain.
+    pub fn validate(&self) -> Result<()> {
+        let mut prev = self.input_dim;
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.in_dim != prev || l.out_dim == 0 {
+                return Err(CoreError::Invalid(format!(
+                    "layer {i} takes {} inputs but receives {prev} (or has no outputs)",
+                    l.in_dim
+                )));
+            }
+            prev = l.out_dim;
+        }
+        if self.layers.is_empty() {
+            return Err(CoreError::Invalid("model has no layers".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,661 @@
+//! kiln-preprocess: loads raw data with polars (CSV or MNIST IDX), fits preprocessing on
+//! the train split only, splits with a seeded stratified shuffle, and writes the dataset
+//! artifact: `train.arrow`, `valid.arrow`, `test.arrow` (Arrow IPC), `schema.json` and
+//! `profile.json`.
+//!
+//! ```
+//! use kiln_preprocess::{Config, Source, Split, Step, run};
+//! let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+//! let config = Config {
+//!     source: Source::Csv {
+//!         path: Some(fixtures.join("iris.csv")), train: None, test: None,
+//!         delimiter: ',', has_header: true, null_values: vec![],
+//!     },
+//!     target: "species".into(),
+//!     task: None,
+//!     steps: vec![Step::Standardize { columns: Default::default() }],
+//!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
+//!     seed: 7,
+//! };
+//! let out_dir = std::env::temp_dir().join("kiln-preprocess-doc");
+//! let out = run(&config, &out_dir).unwrap();
+//! assert_eq!(out.schema.class_labels, ["setosa", "versicolor", "virginica"]);
+//! assert_eq!(out.rows, [90, 30, 30]);
+//! ```
+
+mod config;
+mod error;
+pub mod idx;
+mod split;
+
+pub use config::{Columns, Config, Source, Split, Step};
+pub use error::{PreprocessError, Result};
+pub use split::stratified_split;
+
+use error::PolarsContext;
+use kiln_core::{Dataset, Schema, Task, Transform};
+use polars::prelude::*;
+use serde::Serialize;
+use std::path::Path;
+
+/// What one run produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The schema written to schema.json.
+    pub schema: Schema,
+    /// Rows in train, valid, test.
+    pub rows: [usize; 3],
+}
+
+/// profile.json: what a user checks before trusting the data.
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    /// Rows per split.
+    pub rows: SplitCounts,
+    /// Number of feature columns.
+    pub n_features: usize,
+    /// Rows per class label in the train split.
+    pub train_class_counts: Vec<(String, usize)>,
+    /// Per feature column: min, max, mean over the raw train split.
+    pub columns: Vec<ColumnProfile>,
+}
+
+/// Row counts of the three splits.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitCounts {
+    /// Training rows.
+    pub train: usize,
+    /// Validation rows.
+    pub valid: usize,
+    /// Test rows.
+    pub test: usize,
+}
+
+/// Summary of one raw feature column on the train split.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnProfile {
+    /// Column name.
+    pub name: String,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Mean value.
+    pub mean: f64,
+}
+
+/// Runs the stage: load, split, fit on train, transform, write the artifact into `out_dir`.
+pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
+    let _span = tracing::info_span!("preprocess").entered();
+    let (main, test_df) = load(config)?;
+    tracing::info!(rows = main.height(), columns = main.width(), "loaded");
+    let target = config.target.as_str();
+    let names: Vec<String> = main
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if !names.iter().any(|n| n == target) {
+        return Err(PreprocessError::Invalid(format!(
+            "target column `{target}` not found{}; columns are: {}",
+            nearest(target, &names)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            preview(&names)
+        )));
+    }
+    let features: Vec<String> = names.iter().filter(|n| *n != target).cloned().collect();
+    if features.is_empty() {
+        return Err(PreprocessError::Invalid(
+            "the data has no feature columns besides the target".into(),
+        ));
+    }
+
+    // Target -> class indices (labels sorted numerically when they are numbers).
+    let (class_labels, labels) = encode_target(&main, target, config.task)?;
+    let test_labels = match &test_df {
+        Some(t) => Some(map_labels(t, target, &class_labels)?),
+        None => None,
+    };
+
+    // Split the main source.
+    let test_frac = match (&test_df, config.split.test) {
+        (Some(_), Some(f)) if f > 0.0 => {
+            return Err(PreprocessError::Invalid(format!(
+                "split.test = {f} but the source already has a test set; remove one of them"
+            )));
+        }
+        (Some(_), _) => 0.0,
+        (None, f) => f.unwrap_or(0.2),
+    };
+    let [tr, va, te] = split::stratified_split(
+        &labels,
+        class_labels.len(),
+        config.split.valid,
+        test_frac,
+        config.split.stratify,
+        config.seed,
+    )?;
+    let take = |df: &DataFrame, idx: &[u32]| -> Result<DataFrame> {
+        let ca = IdxCa::from_vec("idx".into(), idx.iter().map(|&i| i as IdxSize).collect());
+        df.select(features.iter().map(|s| s.as_str()))
+            .ctx(|| "selecting feature columns".into())?
+            .take(&ca)
+            .ctx(|| "splitting rows".into())
+    };
+    let train_df = take(&main, &tr)?;
+    let valid_df = take(&main, &va)?;
+    let (test_feat, test_lab) = match (test_df, test_labels) {
+        (Some(t), Some(l)) => (
+            t.select(features.iter().map(|s| s.as_str()))
+                .ctx(|| "test source lacks feature columns of the train source".into())?,
+            l,
+        ),
+        _ => (
+            take(&main, &te)?,
+            te.iter().map(|&i| labels[i as usize]).collect(),
+        ),
+    };
+    let pick = |idx: &[u32]| -> Vec<u32> { idx.iter().map(|&i| labels[i as usize]).collect() };
+
+    // Fit on train, apply everywhere.
+    let train_f = to_f32(train_df, &features)?;
+    let transforms = fit(&config.steps, &train_f, &features)?;
+    let profile_cols = profile_columns(&train_f, &features)?;
+    let exprs = transform_exprs(&transforms);
+    let apply = |df: DataFrame| -> Result<DataFrame> {
+        if exprs.is_empty() {
+            return Ok(df);
+        }
+        df.lazy()
+            .with_columns(exprs.clone())
+            .collect()
+            .ctx(|| "applying preprocessing steps".into())
+    };
+    let make = |df: DataFrame, labels: Vec<u32>| -> Result<Dataset> {
+        let df = apply(df)?;
+        let ds = Dataset {
+            feature_names: features.clone(),
+            target: target.to_string(),
+            features: row_major(&df, &features)?,
+            labels,
+        };
+        ds.validate()?;
+        Ok(ds)
+    };
+    let train = make(train_f, pick(&tr))?;
+    let valid = make(to_f32(valid_df, &features)?, pick(&va))?;
+    let test = make(to_f32(test_feat, &features)?, test_lab)?;
+    if train.n_rows() == 0 || test.n_rows() == 0 {
+        return Err(PreprocessError::Invalid(format!(
+            "the split left {} train and {} test rows; use more data or smaller split fractions",
+            train.n_rows(),
+            test.n_rows()
+        )));
+    }
+
+    let schema = Schema {
+        version: 1,
+        input_columns: features.clone(),
+        feature_names: features.clone(),
+        target: target.to_string(),
+        task: Task::Classification,
+        class_labels: class_labels.clone(),
+        transforms,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    train.write_ipc(&out_dir.join("train.arrow"))?;
+    valid.write_ipc(&out_dir.join("valid.arrow"))?;
+    test.write_ipc(&out_dir.join("test.arrow"))?;
+    let mut counts = vec![0usize; class_labels.len()];
+    for &l in &train.labels {
+        counts[l as usize] += 1;
+    }
+    let profile = Profile {
+        rows: SplitCounts {
+            train: train.n_rows(),
+            valid: valid.n_rows(),
+            test: test.n_rows(),
+        },
+        n_features: features.len(),
+        train_class_counts: class_labels.iter().cloned().zip(counts).collect(),
+        columns: profile_cols,
+    };
+    kiln_core::write_json(&out_dir.join("profile.json"), &profile)?;
+    kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
+    tracing::info!(
+        train = train.n_rows(),
+        valid = valid.n_rows(),
+        test = test.n_rows(),
+        "split written"
+    );
+    Ok(Output {
+        schema,
+        rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
+    })
+}
+
+/// Reads the dataset artifact written by [`run`]: schema plus the three splits.
+pub fn read_artifact(dir: &Path) -> Result<(Schema, [Dataset; 3])> {
+    let schema: Schema = kiln_core::read_json(&dir.join("schema.json"))?;
+    let read = |n: &str| Dataset::read_ipc(&dir.join(format!("{n}.arrow")), &schema.target);
+    Ok((
+        schema.clone(),
+        [read("train")?, read("valid")?, read("test")?],
+    ))
+}
+
+fn load(config: &Config) -> Result<(DataFrame, Option<DataFrame>)> {
+    match &config.source {
+        Source::Csv {
+            path,
+            train,
+            test,
+            delimiter,
+            has_header,
+            null_values,
+        } => {
+            let read = |p: &Path| read_csv(p, *delimiter, *has_header, null_values);
+            match (path, train, test) {
+                (Some(p), None, None) => Ok((read(p)?, None)),
+                (None, Some(tr), te) => Ok((read(tr)?, te.as_deref().map(read).transpose()?)),
+                _ => Err(PreprocessError::Invalid(
+                    "csv source: give either `path`, or `train` (and optionally `test`)".into(),
+                )),
+            }
+        }
+        Source::Idx { train, test } => Ok((
+            read_idx_frame(train)?,
+            test.as_deref().map(read_idx_frame).transpose()?,
+        )),
+    }
+}
+
+fn read_csv(
+    path: &Path,
+    delimiter: char,
+    has_header: bool,
+    null_values: &[String],
+) -> Result<DataFrame> {
+    let meta = std::fs::metadata(path).map_err(|source| PreprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.len() == 0 {
+        return Err(PreprocessError::Invalid(format!(
+            "{}: the file is empty",
+            path.display()
+        )));
+    }
+    if !delimiter.is_ascii() {
+        return Err(PreprocessError::Invalid(format!(
+            "csv delimiter `{delimiter}` must be a single ASCII character"
+        )));
+    }
+    let nulls = (!null_values.is_empty())
+        .then(|| NullValues::AllColumns(null_values.iter().map(|s| s.as_str().into()).collect()));
+    let df = CsvReadOptions::default()
+        .with_has_header(has_header)
+        .with_infer_schema_length(Some(10_000))
+        .with_parse_options(
+            CsvParseOptions::default()
+                .with_separator(delimiter as u8)
+                .with_null_values(nulls),
+        )
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .ctx(|| format!("{}", path.display()))?
+        .finish()
+        .ctx(|| format!("{}: could not parse as csv", path.display()))?;
+    if df.height() == 0 {
+        return Err(PreprocessError::Invalid(format!(
+            "{}: the file has a header but no rows",
+            path.display()
+        )));
+    }
+    Ok(df)
+}
+
+fn read_idx_frame(prefix: &Path) -> Result<DataFrame> {
+    let (img_path, lab_path) = idx::idx_pair(prefix)?;
+    let images = idx::read_idx(&img_path)?;
+    let labels = idx::read_idx(&lab_path)?;
+    if images.dims.len() != 3 || labels.dims.len() != 1 {
+        return Err(PreprocessError::Idx {
+            path: img_path,
+            message: format!(
+                "expected images [n, rows, cols] and labels [n], got {:?} and {:?}",
+                images.dims, labels.dims
+            ),
+        });
+    }
+    let n = images.dims[0];
+    if labels.dims[0] != n {
+        return Err(PreprocessError::Idx {
+            path: lab_path,
+            message: format!("{} labels for {} images", labels.dims[0], n),
+        });
+    }
+    let w = images.dims[1] * images.dims[2];
+    let mut cols: Vec<Column> = (0..w)
+        .map(|j| {
+            let v: Vec<f32> = (0..n).map(|i| f32::from(images.data[i * w + j])).collect();
+            Column::new(format!("pixel_{j}").into(), v)
+        })
+        .collect();
+    cols.push(Column::new(
+        "label".into(),
+        labels
+            .data
+            .iter()
+            .map(|&l| i32::from(l))
+            .collect::<Vec<i32>>(),
+    ));
+    DataFrame::new(n, cols).ctx(|| format!("{}: building the frame", img_path.display()))
+}
+
+fn is_numeric(dt: &DataType) -> bool {
+    dt.is_primitive_numeric() || matches!(dt, DataType::Boolean)
+}
+
+fn encode_target(
+    df: &DataFrame,
+    target: &str,
+    task: Option<Task>,
+) -> Result<(Vec<String>, Vec<u32>)> {
+    let col = df.column(target).ctx(|| format!("target `{target}`"))?;
+    if col.null_count() > 0 {
+        return Err(PreprocessError::Invalid(format!(
+            "target column `{target}` has {} empty cells; drop those rows before training",
+            col.null_count()
+        )));
+    }
+    let dt = col.dtype().clone();
+    let inferred = if dt.is_float() {
+        Task::Regression
+    } else {
+        Task::Classification
+    };
+    if task.unwrap_or(inferred) == Task::Regression {
+        return Err(PreprocessError::Invalid(format!(
+            "target `{target}` is a regression target; this kiln version trains classifiers only (set `task = \"classification\"` if its values are class codes)"
+        )));
+    }
+    let as_text: Vec<String> = if is_numeric(&dt) {
+        let v = col
+            .cast(&DataType::Int64)
+            .ctx(|| format!("target `{target}` as integers"))?;
+        v.i64()
+            .ctx(|| target.to_string())?
+            .into_no_null_iter()
+            .map(|x| x.to_string())
+            .collect()
+    } else {
+        let v = col
+            .cast(&DataType::String)
+            .ctx(|| format!("target `{target}` as text"))?;
+        v.str()
+            .ctx(|| target.to_string())?
+            .iter()
+            .map(|s| s.unwrap_or("").to_string())
+            .collect()
+    };
+    let mut classes: Vec<String> = as_text.clone();
+    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    });
+    classes.dedup();
+    if classes.len() < 2 {
+        return Err(PreprocessError::Invalid(format!(
+            "target `{target}` has a single class ({}); a classifier needs at least two",
+            classes.first().cloned().unwrap_or_default()
+        )));
+    }
+    let labels = as_text
+        .iter()
+        .map(|s| classes.iter().position(|c| c == s).unwrap_or(0) as u32)
+        .collect();
+    Ok((classes, labels))
+}
+
+fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u32>> {
+    let (test_classes, test_labels) = encode_target(df, target, Some(Task::Classification))
+        .or_else(|e| match e {
+            // A test set may hold a single class.
+            PreprocessError::Invalid(m) if m.contains("single class") => {
+                let col = df.column(target).ctx(|| target.to_string())?;
+                let v = col.cast(&DataType::String).ctx(|| target.to_string())?;
+                let first = v
+                    .str()
+                    .ctx(|| target.to_string())?
+                    .iter()
+                    .next()
+                    .flatten()
+                    .unwrap_or("")
+                    .to_string();
+                Ok((vec![first], vec![0; df.height()]))
+            }
+            other => Err(other),
+        })?;
+    test_labels
+        .iter()
+        .map(|&l| {
+            let name = &test_classes[l as usize];
+            classes
+                .iter()
+                .position(|c| c == name)
+                .map(|p| p as u32)
+                .ok_or_else(|| {
+                    PreprocessError::Invalid(format!(
+                        "the test source has class `{name}` that the train source never shows"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn to_f32(df: DataFrame, features: &[String]) -> Result<DataFrame> {
+    for c in df.columns() {
+        if !is_numeric(c.dtype()) {
+            return Err(PreprocessError::Invalid(format!(
+                "column `{}` holds {} values, not numbers; drop it or encode it first",
+                c.name(),
+                c.dtype()
+            )));
+        }
+        if c.null_count() > 0 {
+            return Err(PreprocessError::Invalid(format!(
+                "column `{}` has {} empty cells; remove those rows or fill them before training",
+                c.name(),
+                c.null_count()
+            )));
+        }
+    }
+    let exprs: Vec<Expr> = features
+        .iter()
+        .map(|f| col(f.as_str()).cast(DataType::Float32))
+        .collect();
+    df.lazy()
+        .select(exprs)
+        .collect()
+        .ctx(|| "casting features to f32".into())
+}
+
+fn resolve_columns(columns: &Columns, features: &[String]) -> Result<Vec<String>> {
+    match columns {
+        Columns::Group(g) if g == "numeric" || g == "all" => Ok(features.to_vec()),
+        Columns::Group(g) => Err(PreprocessError::Invalid(format!(
+            "unknown column group `{g}`; use \"numeric\", \"all\" or a list of names"
+        ))),
+        Columns::Named(names) => names
+            .iter()
+            .map(|n| {
+                if features.contains(n) {
+                    Ok(n.clone())
+                } else {
+                    Err(PreprocessError::Invalid(format!(
+                        "step names column `{n}` which does not exist{}",
+                        nearest(n, features)
+                            .map(|c| format!(" (did you mean `{c}`?)"))
+                            .unwrap_or_default()
+                    )))
+                }
+            })
+            .collect(),
+    }
+}
+
+fn fit(steps: &[Step], train: &DataFrame, features: &[String]) -> Result<Vec<Transform>> {
+    let mut out = Vec::new();
+    let mut current = train.clone();
+    for step in steps {
+        let t = match step {
+            Step::Scale { by, columns } => {
+                if *by == 0.0 || !by.is_finite() {
+                    return Err(PreprocessError::Invalid(format!(
+                        "scale by {by} is not allowed; use a finite non-zero number"
+                    )));
+                }
+                Transform::Scale {
+                    columns: resolve_columns(columns, features)?,
+                    by: *by,
+                }
+            }
+            Step::Standardize { columns } => {
+                let cols = resolve_columns(columns, features)?;
+                let (mut mean, mut std) = (Vec::new(), Vec::new());
+                for c in &cols {
+                    let s = current
+                        .column(c)
+                        .ctx(|| c.clone())?
+                        .as_materialized_series()
+                        .cast(&DataType::Float64)
+                        .ctx(|| c.clone())?;
+                    let m = s.mean().unwrap_or(0.0);
+                    let sd = s.std(0).unwrap_or(0.0);
+                    mean.push(m as f32);
+                    std.push(if sd > 0.0 { sd as f32 } else { 1.0 });
+                }
+                Transform::Standardize {
+                    columns: cols,
+                    mean,
+                    std,
+                }
+            }
+        };
+        let e = transform_exprs(std::slice::from_ref(&t));
+        current = current
+            .lazy()
+            .with_columns(e)
+            .collect()
+            .ctx(|| "fitting preprocessing".into())?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// polars expressions computing the same f32 arithmetic as `Schema::apply`.
+fn transform_exprs(transforms: &[Transform]) -> Vec<Expr> {
+    // Compose per column so that several transforms on one column chain.
+    let mut per_col: Vec<(String, Expr)> = Vec::new();
+    let get = |name: &str, per_col: &mut Vec<(String, Expr)>| -> usize {
+        if let Some(i) = per_col.iter().position(|(n, _)| n == name) {
+            i
+        } else {
+            per_col.push((name.to_string(), col(name)));
+            per_col.len() - 1
+        }
+    };
+    for t in transforms {
+        match t {
+            Transform::Scale { columns, by } => {
+                for c in columns {
+                    let i = get(c, &mut per_col);
+                    per_col[i].1 = per_col[i].1.clone() / lit(*by);
+                }
+            }
+            Transform::Standardize { columns, mean, std } => {
+                for (k, c) in columns.iter().enumerate() {
+                    let i = get(c, &mut per_col);
+                    per_col[i].1 = (per_col[i].1.clone() - lit(mean[k])) / lit(std[k]);
+                }
+            }
+        }
+    }
+    per_col
+        .into_iter()
+        .map(|(n, e)| e.alias(n.as_str()))
+        .collect()
+}
+
+fn row_major(df: &DataFrame, features: &[String]) -> Result<Vec<f32>> {
+    let n = df.height();
+    let w = features.len();
+    let mut out = vec![0.0f32; n * w];
+    for (j, name) in features.iter().enumerate() {
+        let c = df.column(name).ctx(|| name.clone())?;
+        let ca = c.f32().ctx(|| name.clone())?;
+        for (i, v) in ca.iter().enumerate() {
+            out[i * w + j] = v.unwrap_or(f32::NAN);
+        }
+    }
+    Ok(out)
+}
+
+fn profile_columns(df: &DataFrame, features: &[String]) -> Result<Vec<ColumnProfile>> {
+    features
+        .iter()
+        .map(|name| {
+            let s = df
+                .column(name)
+                .ctx(|| name.clone())?
+                .as_materialized_series()
+                .cast(&DataType::Float64)
+                .ctx(|| name.clone())?;
+            let ca = s.f64().ctx(|| name.clone())?;
+            Ok(ColumnProfile {
+                name: name.clone(),
+                min: ca.min().unwrap_or(f64::NAN),
+                max: ca.max().unwrap_or(f64::NAN),
+                mean: ca.mean().unwrap_or(f64::NAN),
+            })
+        })
+        .collect()
+}
+
+fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn preview(names: &[String]) -> String {
+    if names.len() <= 8 {
+        names.join(", ")
+    } else {
+        format!("{}, … ({} in all)", names[..8].join(", "), names.len())
+    }
+}

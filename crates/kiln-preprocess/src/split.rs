@@ -1,0 +1,83 @@
+//! Seeded, stratified train / valid / test split of row indices.
+
+use crate::error::{PreprocessError, Result};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+/// Splits row indices into `[train, valid, test]`. With `stratify`, each class is shuffled
+/// and cut separately so every split keeps the class proportions; each split's indices
+/// are returned in ascending order. Depends only on the labels and the seed (never on
+/// thread count or timing).
+pub fn stratified_split(
+    labels: &[u32],
+    n_classes: usize,
+    valid: f64,
+    test: f64,
+    stratify: bool,
+    seed: u64,
+) -> Result<[Vec<u32>; 3]> {
+    for (name, f) in [("valid", valid), ("test", test)] {
+        if !(0.0..1.0).contains(&f) {
+            return Err(PreprocessError::Invalid(format!(
+                "split.{name} = {f} must be in [0, 1)"
+            )));
+        }
+    }
+    if valid + test >= 1.0 {
+        return Err(PreprocessError::Invalid(format!(
+            "split fractions valid + test = {} leave no training rows; keep their sum below 1",
+            valid + test
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let groups: Vec<Vec<u32>> = if stratify {
+        let mut g = vec![Vec::new(); n_classes.max(1)];
+        for (i, &l) in labels.iter().enumerate() {
+            g[l as usize].push(i as u32);
+        }
+        g
+    } else {
+        vec![(0..labels.len() as u32).collect()]
+    };
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    for mut g in groups {
+        g.shuffle(&mut rng);
+        let n_test = (g.len() as f64 * test).round() as usize;
+        let n_valid = ((g.len() as f64 * valid).round() as usize).min(g.len() - n_test);
+        out[2].extend_from_slice(&g[..n_test]);
+        out[1].extend_from_slice(&g[n_test..n_test + n_valid]);
+        out[0].extend_from_slice(&g[n_test + n_valid..]);
+    }
+    for s in &mut out {
+        s.sort_unstable();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_seeded_disjoint() {
+        let labels: Vec<u32> = (0..1000).map(|i| if i % 10 == 0 { 1 } else { 0 }).collect();
+        let [tr, va, te] = stratified_split(&labels, 2, 0.1, 0.2, true, 42).unwrap();
+        assert_eq!((tr.len(), va.len(), te.len()), (700, 100, 200));
+        // class 1 is 10 %: exactly 10 % of each split
+        let ones = |s: &[u32]| s.iter().filter(|&&i| labels[i as usize] == 1).count();
+        assert_eq!((ones(&tr), ones(&va), ones(&te)), (70, 10, 20));
+        let mut all: Vec<u32> = tr.iter().chain(&va).chain(&te).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            stratified_split(&labels, 2, 0.1, 0.2, true, 42).unwrap()[1],
+            va
+        );
+        assert_ne!(
+            stratified_split(&labels, 2, 0.1, 0.2, true, 43).unwrap()[1],
+            va
+        );
+        assert!(stratified_split(&labels, 2, 0.6, 0.5, true, 1).is_err());
+    }
+}

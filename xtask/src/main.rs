@@ -1,0 +1,59 @@
+//! `cargo xtask`: the kiln workspace's task runner (setup, test, pipeline, ci).
+//!
+//! It depends on nothing (std only) so it builds in seconds, and it knows nothing of
+//! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
+
+mod cmd;
+mod paths;
+mod setup;
+mod tasks;
+
+use std::process::ExitCode;
+
+use cmd::Failure;
+
+/// The usage text printed by `cargo xtask help` and with no arguments.
+const USAGE: &str = "\
+usage: cargo xtask <command> [args...]
+
+commands:
+  setup                      fetch ONNX Runtime 1.31.1 and make the python venv (onnx,
+                             onnxruntime) in the kiln cache; prints their paths
+  test [args...]             setup, then `cargo test --workspace [args...]`
+  pipeline [NAME|FILE] [args...]
+                             setup, build `kiln` in release and run `kiln run FILE [args...]`;
+                             NAME means pipelines/NAME.toml, the default is mnist-mlp
+  ci                         what CI runs: format check, tests, feature checks
+  help                       this text
+
+environment:
+  KILN_CACHE_DIR             cache folder (default ~/.cache/kiln)
+  ORT_DYLIB_PATH             an existing libonnxruntime.so to use instead of the cached one
+  CARGO_TARGET_DIR           where cargo builds (default <workspace>/target)
+
+child processes get ORT_DYLIB_PATH=<onnx runtime library> and KILN_PYTHON=<venv python>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        "setup" => setup::setup().map(|tools| tools.print()),
+        "test" => tasks::test(rest),
+        "pipeline" => tasks::pipeline(rest),
+        "ci" => tasks::ci(),
+        other => Err(Failure::Usage(format!(
+            "unknown command `{other}`; run `cargo xtask help` for the list"
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
