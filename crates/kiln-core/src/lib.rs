@@ -36,5 +36,9 @@ pub use progress::{NoProgress, Progress};
 pub use schema::{Schema, Task, Transform};
 pub use tensors::{TensorData, TensorStore};
 
+/// Rows per batch whenever two predictors are compared or a model is scored: dynamic int8
+/// quantization takes its range from the whole batch, so every stage uses this one size.
+pub const EVAL_BATCH: usize = 1000;
+
 /// The kiln version recorded in artifacts and stage hashes.
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");

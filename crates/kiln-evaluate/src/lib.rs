@@ -1,1 +1,325 @@
-//! placeholder
+//! kiln-evaluate: scores model variants on the same split through the `Predictor` the
+//! caller passes (native forward pass or ONNX Runtime), checks gates, and writes
+//! `metrics.json`, `confusion.json`, `verdict.json` and `report.md`.
+//!
+//! ```
+//! use kiln_core::{Activation, Dataset, ModelSpec, NativeModel, Predictor, Task, TensorStore};
+//! use kiln_evaluate::{Config, run};
+//! let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+//! let mut w = TensorStore::default();
+//! w.insert_f32("layers.0.weight", vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]);
+//! w.insert_f32("layers.0.bias", vec![2], vec![0.0, 0.0]);
+//! let mut model = NativeModel::new(spec, w).unwrap();
+//! let test = Dataset { feature_names: vec!["a".into(), "b".into()], target: "y".into(),
+//!     features: vec![1.0, 0.0, 0.0, 1.0, 2.0, 3.0], labels: vec![0, 1, 0] };
+//! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".to_string())].into() };
+//! let labels = vec!["no".to_string(), "yes".to_string()];
+//! let mut variants: Vec<(String, &mut dyn Predictor)> = vec![("fp32".into(), &mut model)];
+//! let out = run(&config, &mut variants, &test, &labels, &std::env::temp_dir().join("kiln-eval-doc")).unwrap();
+//! assert!((out.variants[0].accuracy - 2.0 / 3.0).abs() < 1e-12);
+//! assert!(out.verdict.blessed);
+//! ```
+
+pub mod metrics;
+
+use kiln_core::{Dataset, EVAL_BATCH, Predictor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Errors of the evaluation stage.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// A gate is written wrongly or names an unknown metric.
+    #[error("{0}")]
+    Config(String),
+    /// Predicting or writing artifacts failed.
+    #[error(transparent)]
+    Core(#[from] kiln_core::CoreError),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = EvaluateError> = std::result::Result<T, E>;
+
+/// Configuration of the evaluation stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Thresholds every variant must meet, e.g. `accuracy = ">= 0.97"`.
+    #[serde(default)]
+    pub gates: BTreeMap<String, String>,
+}
+
+/// Scores of one variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantMetrics {
+    /// Variant name (the stage id it came from).
+    pub name: String,
+    /// Who produced the predictions (`native`, `onnxruntime`).
+    pub predictor: String,
+    /// Fraction correct.
+    pub accuracy: f64,
+    /// Unweighted mean F1 over classes.
+    pub macro_f1: f64,
+    /// Per-class precision / recall / F1.
+    pub per_class: Vec<metrics::ClassScores>,
+    /// Confusion matrix, rows = truth, columns = prediction.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// One gate's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateResult {
+    /// Variant checked.
+    pub variant: String,
+    /// Metric name.
+    pub metric: String,
+    /// The condition as written.
+    pub condition: String,
+    /// The measured value.
+    pub value: f64,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// verdict.json: whether the evaluated models are blessed for deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    /// True when every gate passed (or there were none).
+    pub blessed: bool,
+    /// Human-readable summary.
+    pub reason: String,
+}
+
+/// What the stage produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Metrics per variant, in input order.
+    pub variants: Vec<VariantMetrics>,
+    /// Every gate checked.
+    pub gates: Vec<GateResult>,
+    /// The verdict written to verdict.json.
+    pub verdict: Verdict,
+}
+
+fn parse_gate(metric: &str, cond: &str) -> Result<(String, f64)> {
+    let c = cond.trim();
+    for op in [">=", "<=", ">", "<"] {
+        if let Some(rest) = c.strip_prefix(op) {
+            let v: f64 = rest.trim().parse().map_err(|_| {
+                EvaluateError::Config(format!(
+                    "gate `{metric} = \"{cond}\"`: `{}` is not a number",
+                    rest.trim()
+                ))
+            })?;
+            return Ok((op.to_string(), v));
+        }
+    }
+    Err(EvaluateError::Config(format!(
+        "gate `{metric} = \"{cond}\"` must start with >=, >, <= or < (e.g. \">= 0.97\")"
+    )))
+}
+
+/// Scores every variant on `data` (batches of [`EVAL_BATCH`] rows), checks the gates and
+/// writes the stage's artifacts into `out_dir`. A failed gate is not an error here: it
+/// is recorded in the verdict, which the caller acts on.
+pub fn run(
+    config: &Config,
+    variants: &mut [(String, &mut dyn Predictor)],
+    data: &Dataset,
+    class_labels: &[String],
+    out_dir: &Path,
+) -> Result<Output> {
+    let _span = tracing::info_span!("evaluate").entered();
+    let gates: Vec<(String, String, String, f64)> = config
+        .gates
+        .iter()
+        .map(|(m, c)| {
+            if m != "accuracy" && m != "macro_f1" {
+                return Err(EvaluateError::Config(format!(
+                    "gate on unknown metric `{m}`; gates can use accuracy, macro_f1"
+                )));
+            }
+            let (op, v) = parse_gate(m, c)?;
+            Ok((m.clone(), c.clone(), op, v))
+        })
+        .collect::<Result<_>>()?;
+    let k = class_labels.len();
+    let mut results = Vec::new();
+    for (name, predictor) in variants.iter_mut() {
+        let p = predictor.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
+        let pred = p.argmax();
+        let cm = metrics::confusion_matrix(&data.labels, &pred, k);
+        let per_class = metrics::per_class(&cm, class_labels);
+        let m = VariantMetrics {
+            name: name.clone(),
+            predictor: predictor.name().to_string(),
+            accuracy: metrics::accuracy(&data.labels, &pred),
+            macro_f1: metrics::macro_f1(&per_class),
+            per_class,
+            confusion: cm,
+        };
+        tracing::info!(variant = %name, accuracy = m.accuracy, macro_f1 = m.macro_f1, "scored");
+        results.push(m);
+    }
+    let mut checked = Vec::new();
+    for v in &results {
+        for (metric, cond, op, thr) in &gates {
+            let value = if metric == "accuracy" {
+                v.accuracy
+            } else {
+                v.macro_f1
+            };
+            let passed = match op.as_str() {
+                ">=" => value >= *thr,
+                ">" => value > *thr,
+                "<=" => value <= *thr,
+                _ => value < *thr,
+            };
+            checked.push(GateResult {
+                variant: v.name.clone(),
+                metric: metric.clone(),
+                condition: cond.clone(),
+                value,
+                passed,
+            });
+        }
+    }
+    let failed: Vec<String> = checked
+        .iter()
+        .filter(|g| !g.passed)
+        .map(|g| {
+            format!(
+                "{} {} = {:.4} fails {}",
+                g.variant, g.metric, g.value, g.condition
+            )
+        })
+        .collect();
+    let verdict = if gates.is_empty() {
+        Verdict {
+            blessed: true,
+            reason: "no gates".into(),
+        }
+    } else if failed.is_empty() {
+        Verdict {
+            blessed: true,
+            reason: format!("all {} gates passed", checked.len()),
+        }
+    } else {
+        Verdict {
+            blessed: false,
+            reason: failed.join("; "),
+        }
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
+    let mut metrics_json = BTreeMap::new();
+    for v in &results {
+        metrics_json.insert(
+            v.name.clone(),
+            BTreeMap::from([("accuracy", v.accuracy), ("macro_f1", v.macro_f1)]),
+        );
+    }
+    kiln_core::write_json(
+        &out_dir.join("metrics.json"),
+        &serde_json::json!({ "variants": metrics_json }),
+    )?;
+    let details: BTreeMap<_, _> = results.iter().map(|v| (v.name.clone(), v)).collect();
+    kiln_core::write_json(&out_dir.join("confusion.json"), &details)?;
+    kiln_core::write_json(
+        &out_dir.join("verdict.json"),
+        &serde_json::json!({ "blessed": verdict.blessed, "reason": verdict.reason, "gates": checked }),
+    )?;
+    kiln_core::atomic_write(
+        &out_dir.join("report.md"),
+        report(&results, &checked, &verdict, class_labels).as_bytes(),
+    )?;
+    Ok(Output {
+        variants: results,
+        gates: checked,
+        verdict,
+    })
+}
+
+fn report(
+    results: &[VariantMetrics],
+    gates: &[GateResult],
+    verdict: &Verdict,
+    labels: &[String],
+) -> String {
+    let mut s = String::from(
+        "# Evaluation report\n\n| variant | predictor | accuracy | macro F1 |\n|---|---|---|---|\n",
+    );
+    for v in results {
+        s += &format!(
+            "| {} | {} | {:.4} | {:.4} |\n",
+            v.name, v.predictor, v.accuracy, v.macro_f1
+        );
+    }
+    s += &format!(
+        "\n**Verdict:** {} — {}\n",
+        if verdict.blessed {
+            "blessed"
+        } else {
+            "NOT blessed"
+        },
+        verdict.reason
+    );
+    if !gates.is_empty() {
+        s += "\n| variant | gate | value | passed |\n|---|---|---|---|\n";
+        for g in gates {
+            s += &format!(
+                "| {} | {} {} | {:.4} | {} |\n",
+                g.variant, g.metric, g.condition, g.value, g.passed
+            );
+        }
+    }
+    for v in results {
+        s += &format!("\n## Confusion matrix: {} (rows = truth)\n\n| |", v.name);
+        for l in labels {
+            s += &format!(" {l} |");
+        }
+        s += "\n|---|";
+        s += &"---|".repeat(labels.len());
+        s += "\n";
+        for (i, row) in v.confusion.iter().enumerate() {
+            s += &format!(
+                "| **{}** |",
+                labels.get(i).map(String::as_str).unwrap_or("?")
+            );
+            for c in row {
+                s += &format!(" {c} |");
+            }
+            s += "\n";
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_parse_and_reject_nonsense() {
+        assert_eq!(
+            parse_gate("accuracy", ">= 0.97").unwrap(),
+            (">=".to_string(), 0.97)
+        );
+        assert_eq!(
+            parse_gate("accuracy", "<0.5").unwrap(),
+            ("<".to_string(), 0.5)
+        );
+        assert!(
+            parse_gate("accuracy", "0.97")
+                .unwrap_err()
+                .to_string()
+                .contains("must start with")
+        );
+        assert!(
+            parse_gate("accuracy", ">= high")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
+    }
+}

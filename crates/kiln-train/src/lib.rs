@@ -1,1 +1,368 @@
-//! placeholder
+//! kiln-train: trains a network described at run time (an MLP of any depth) with dfdx,
+//! keeps the weights of the best validation epoch and writes the model artifact:
+//! `spec.json`, `weights.safetensors`, `history.json`.
+//!
+//! ```
+//! use kiln_core::{Dataset, NativeModel, NoProgress, Predictor};
+//! use kiln_train::{Config, ModelConfig, run};
+//! // Two separable blobs: class = (x0 + x1 > 0).
+//! let mut features = Vec::new();
+//! let mut labels = Vec::new();
+//! for i in 0..200 {
+//!     let (a, b) = ((i % 17) as f32 / 8.0 - 1.0, (i % 13) as f32 / 6.0 - 1.0);
+//!     features.extend([a, b]);
+//!     labels.push(u32::from(a + b > 0.0));
+//! }
+//! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels };
+//! let config = Config {
+//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0 },
+//!     loss: Default::default(),
+//!     optimizer: kiln_train::OptimizerConfig { lr: 0.05, ..Default::default() },
+//!     epochs: 20,
+//!     batch_size: 16,
+//!     early_stopping: None,
+//!     device: "cpu".into(),
+//!     seed: 1,
+//! };
+//! let out_dir = std::env::temp_dir().join("kiln-train-doc");
+//! let out = run(&config, &data, &data, 2, &out_dir, &NoProgress).unwrap();
+//! assert!(out.best_valid_accuracy > 0.9);
+//! let mut model = NativeModel::load(&out_dir).unwrap();
+//! assert_eq!(model.predict(&[1.0, 1.0], 1).unwrap().argmax(), vec![1]);
+//! ```
+
+mod config;
+mod net;
+
+pub use config::{Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind};
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Progress, Task, TensorStore};
+use net::Mlp;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Errors of the training stage.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration cannot be used with this data or build.
+    #[error("{0}")]
+    Config(String),
+    /// The device (CPU allocator or CUDA) failed.
+    #[error("device error: {0}")]
+    Device(String),
+    /// Training diverged (NaN or infinite loss).
+    #[error("training diverged at epoch {epoch}: the loss became {loss}; lower the learning rate")]
+    Diverged {
+        /// Epoch (1-based) where it happened.
+        epoch: usize,
+        /// The loss value.
+        loss: f32,
+    },
+    /// Reading or writing artifacts failed.
+    #[error(transparent)]
+    Core(#[from] kiln_core::CoreError),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// One line of history.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch's batches (with dropout active).
+    pub train_accuracy: f64,
+    /// Cross-entropy on the validation split (best weights are chosen on accuracy).
+    pub valid_loss: f64,
+    /// Accuracy on the validation split.
+    pub valid_accuracy: f64,
+}
+
+/// history.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// One record per epoch run.
+    pub epochs: Vec<EpochRecord>,
+    /// Epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// True when early stopping ended training before `epochs`.
+    pub stopped_early: bool,
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The trained model (best validation epoch).
+    pub model: NativeModel,
+    /// Per-epoch history.
+    pub history: History,
+    /// Validation accuracy of the kept weights.
+    pub best_valid_accuracy: f64,
+    /// Training rows processed per second (wall clock, informational only).
+    pub samples_per_sec: f64,
+}
+
+/// Trains on `train`, selects on `valid`, writes the model artifact into `out_dir`.
+pub fn run(
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    n_classes: usize,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Output> {
+    check(config, train, valid, n_classes)?;
+    let spec = ModelSpec::mlp(
+        train.n_features(),
+        &config.model.hidden,
+        config.model.activation,
+        Task::Classification,
+        n_classes,
+    );
+    match config.device.as_str() {
+        "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress),
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let dev = Cuda::try_seed_from_u64(config.seed).map_err(|e| TrainError::Device(format!("cuda: {e:?}")))?;
+            train_on(dev, spec, config, train, valid, out_dir, progress)
+        }
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => Err(TrainError::Config(
+            "device = \"cuda\" needs kiln built with the `cuda` feature (cargo build --release -p kiln-cli --features kiln-train/cuda); kiln never falls back to the cpu silently".into(),
+        )),
+        other => Err(TrainError::Config(format!("unknown device `{other}`; use \"cpu\" or \"cuda\""))),
+    }
+}
+
+fn check(config: &Config, train: &Dataset, valid: &Dataset, n_classes: usize) -> Result<()> {
+    let bad = |m: String| Err(TrainError::Config(m));
+    if config.model.kind != "mlp" {
+        return bad(format!(
+            "model kind `{}` is not supported; use \"mlp\"",
+            config.model.kind
+        ));
+    }
+    if config.model.hidden.contains(&0) {
+        return bad("model.hidden holds a layer of width 0".into());
+    }
+    if !(0.0..1.0).contains(&config.model.dropout) {
+        return bad(format!(
+            "model.dropout = {} must be in [0, 1)",
+            config.model.dropout
+        ));
+    }
+    if !(config.optimizer.lr > 0.0 && config.optimizer.lr.is_finite()) {
+        return bad(format!(
+            "optimizer.lr = {} must be a positive number",
+            config.optimizer.lr
+        ));
+    }
+    if config.batch_size == 0 || config.epochs == 0 {
+        return bad("batch_size and epochs must be at least 1".into());
+    }
+    if let Some(es) = &config.early_stopping {
+        if es.metric != "accuracy" && es.metric != "loss" {
+            return bad(format!(
+                "early_stopping.metric `{}` is unknown; use \"accuracy\" or \"loss\"",
+                es.metric
+            ));
+        }
+    }
+    if n_classes < 2 {
+        return bad(format!(
+            "classification needs at least 2 classes, the schema has {n_classes}"
+        ));
+    }
+    if train.n_rows() == 0 || valid.n_rows() == 0 {
+        return bad(format!(
+            "train has {} rows and valid {}; both need rows",
+            train.n_rows(),
+            valid.n_rows()
+        ));
+    }
+    if train.n_features() != valid.n_features() {
+        return bad("train and valid splits have different feature columns".into());
+    }
+    if let Some(l) = train
+        .labels
+        .iter()
+        .chain(&valid.labels)
+        .find(|&&l| l as usize >= n_classes)
+    {
+        return bad(format!("label {l} is out of range for {n_classes} classes"));
+    }
+    Ok(())
+}
+
+fn dev_err<E: std::fmt::Debug>(e: E) -> TrainError {
+    TrainError::Device(format!("{e:?}"))
+}
+
+fn train_on<D: Device<f32>>(
+    dev: D,
+    spec: ModelSpec,
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    out_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Output> {
+    let k = spec.output_dim();
+    let w = train.n_features();
+    let mut net =
+        Mlp::new(&dev, spec.clone(), config.model.dropout, config.seed).map_err(dev_err)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(0x5eed));
+    let mut order: Vec<usize> = (0..train.n_rows()).collect();
+    let bs = config.batch_size;
+    let n_batches = train.n_rows().div_ceil(bs);
+    let mut history = Vec::new();
+    let mut best: Option<(f64, f64, usize, TensorStore)> = None; // (acc, loss, epoch, weights)
+    let mut since_best = 0usize;
+    let mut stopped_early = false;
+    let started = std::time::Instant::now();
+    let mut xb = Vec::with_capacity(bs * w);
+    let mut yb = Vec::with_capacity(bs * k);
+    for epoch in 1..=config.epochs {
+        let _span = tracing::info_span!("epoch", epoch).entered();
+        order.shuffle(&mut rng);
+        progress.start(
+            &format!("epoch {epoch}/{}", config.epochs),
+            n_batches as u64,
+        );
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for chunk in order.chunks(bs) {
+            xb.clear();
+            yb.clear();
+            for &r in chunk {
+                xb.extend_from_slice(train.row(r));
+                let mut onehot = vec![0.0f32; k];
+                onehot[train.labels[r] as usize] = 1.0;
+                yb.extend(onehot);
+            }
+            let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
+            let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
+            let logits = net.forward_train(x.traced(Gradients::leaky()));
+            let out = logits.retaped::<NoneTape>().as_vec();
+            for (row, &r) in out.chunks_exact(k).zip(chunk) {
+                if argmax(row) == train.labels[r] as usize {
+                    correct += 1;
+                }
+            }
+            let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, y);
+            let lv = loss.retaped::<NoneTape>().as_vec()[0];
+            if !lv.is_finite() {
+                return Err(TrainError::Diverged { epoch, loss: lv });
+            }
+            loss_sum += lv as f64 * chunk.len() as f64;
+            let mut grads = loss.backward();
+            net.update(&mut grads, &config.optimizer).map_err(dev_err)?;
+            progress.advance(1);
+        }
+        let weights = net.to_store();
+        let (valid_loss, valid_accuracy) = evaluate(&spec, &weights, valid)?;
+        let rec = EpochRecord {
+            epoch,
+            train_loss: loss_sum / train.n_rows() as f64,
+            train_accuracy: correct as f64 / train.n_rows() as f64,
+            valid_loss,
+            valid_accuracy,
+        };
+        progress.message(&format!(
+            "loss {:.4} valid acc {:.4}",
+            rec.train_loss, rec.valid_accuracy
+        ));
+        progress.finish();
+        tracing::info!(
+            epoch,
+            train_loss = rec.train_loss,
+            valid_accuracy,
+            valid_loss,
+            "epoch done"
+        );
+        history.push(rec);
+        let metric_loss = config
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.metric == "loss");
+        let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+        let improved = match &best {
+            None => true,
+            Some((acc, loss, _, _)) => {
+                if metric_loss {
+                    valid_loss < loss - min_delta
+                } else {
+                    valid_accuracy > acc + min_delta
+                }
+            }
+        };
+        if improved {
+            best = Some((valid_accuracy, valid_loss, epoch, weights));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if let Some(es) = &config.early_stopping {
+                if since_best >= es.patience {
+                    stopped_early = epoch < config.epochs;
+                    tracing::info!(epoch, "early stopping");
+                    break;
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = history.len() * train.n_rows();
+    let Some((best_acc, _, best_epoch, weights)) = best else {
+        return Err(TrainError::Config("no epoch was run".into()));
+    };
+    let model = NativeModel::new(spec, weights)?;
+    let history = History {
+        epochs: history,
+        best_epoch,
+        stopped_early,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
+    model.save(out_dir)?;
+    kiln_core::write_json(&out_dir.join("history.json"), &history)?;
+    Ok(Output {
+        model,
+        history,
+        best_valid_accuracy: best_acc,
+        samples_per_sec: samples as f64 / elapsed.max(1e-9),
+    })
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// Cross-entropy and accuracy of `weights` on `data`, with kiln-core's reference forward pass.
+pub fn evaluate(spec: &ModelSpec, weights: &TensorStore, data: &Dataset) -> Result<(f64, f64)> {
+    let mut model = NativeModel::new(spec.clone(), weights.clone())?;
+    let p = model.predict(&data.features, data.n_rows())?;
+    let k = p.n_outputs;
+    let mut loss = 0.0f64;
+    let mut correct = 0usize;
+    for (i, row) in p.probabilities.chunks_exact(k).enumerate() {
+        let l = data.labels[i] as usize;
+        loss -= (row[l].max(1e-12) as f64).ln();
+        if argmax(row) == l {
+            correct += 1;
+        }
+    }
+    let n = data.n_rows().max(1) as f64;
+    Ok((loss / n, correct as f64 / n))
+}

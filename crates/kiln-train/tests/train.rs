@@ -1,0 +1,165 @@
+//! Integration tests of kiln-train on the digits fixture: accuracy floor, determinism,
+//! early stopping and clear configuration errors.
+
+use kiln_core::{Dataset, NoProgress};
+use kiln_train::{Config, EarlyStopping, ModelConfig, OptimizerConfig, run};
+use std::path::Path;
+
+/// digits.csv (8x8 images, values 0..16, column `label`), scaled to [0, 1], split 4:1 by row.
+fn digits() -> (Dataset, Dataset) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/digits.csv"),
+    )
+    .unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let li = header.iter().position(|h| h == "label").unwrap();
+    let names: Vec<String> = header.iter().filter(|h| *h != "label").cloned().collect();
+    let (mut tr, mut va) = (Vec::new(), Vec::new());
+    for (i, line) in lines.enumerate() {
+        let vals: Vec<f32> = line.split(',').map(|v| v.parse().unwrap()).collect();
+        let feats: Vec<f32> = vals
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != li)
+            .map(|(_, v)| v / 16.0)
+            .collect();
+        let row = (feats, vals[li] as u32);
+        if i % 5 == 0 {
+            va.push(row)
+        } else {
+            tr.push(row)
+        }
+    }
+    let mk = |rows: Vec<(Vec<f32>, u32)>| Dataset {
+        feature_names: names.clone(),
+        target: "label".into(),
+        features: rows.iter().flat_map(|r| r.0.clone()).collect(),
+        labels: rows.iter().map(|r| r.1).collect(),
+    };
+    (mk(tr), mk(va))
+}
+
+fn config(epochs: usize, seed: u64) -> Config {
+    Config {
+        model: ModelConfig {
+            kind: "mlp".into(),
+            hidden: vec![32],
+            activation: kiln_core::Activation::Relu,
+            dropout: 0.1,
+        },
+        loss: Default::default(),
+        optimizer: OptimizerConfig {
+            lr: 3e-3,
+            ..Default::default()
+        },
+        epochs,
+        batch_size: 32,
+        early_stopping: None,
+        device: "cpu".into(),
+        seed,
+    }
+}
+
+#[test]
+fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let a = run(
+        &config(8, 42),
+        &tr,
+        &va,
+        10,
+        &dir.path().join("a"),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(
+        a.best_valid_accuracy >= 0.95,
+        "valid accuracy {}",
+        a.best_valid_accuracy
+    );
+    assert_eq!(a.history.epochs.len(), 8);
+    let b = run(
+        &config(8, 42),
+        &tr,
+        &va,
+        10,
+        &dir.path().join("b"),
+        &NoProgress,
+    )
+    .unwrap();
+    let bytes = |d: &str| std::fs::read(dir.path().join(d).join("weights.safetensors")).unwrap();
+    assert_eq!(
+        bytes("a"),
+        bytes("b"),
+        "same seed must give identical weights"
+    );
+    assert_eq!(a.history, b.history);
+    let c = run(
+        &config(8, 7),
+        &tr,
+        &va,
+        10,
+        &dir.path().join("c"),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_ne!(bytes("a"), bytes("c"));
+    assert!(c.best_valid_accuracy >= 0.95);
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(40, 3);
+    cfg.early_stopping = Some(EarlyStopping {
+        patience: 2,
+        metric: "accuracy".into(),
+        min_delta: 0.0,
+    });
+    let out = run(&cfg, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
+    let h = &out.history;
+    let best = h
+        .epochs
+        .iter()
+        .map(|e| e.valid_accuracy)
+        .fold(0.0, f64::max);
+    assert_eq!(h.epochs[h.best_epoch - 1].valid_accuracy, best);
+    assert_eq!(out.best_valid_accuracy, best);
+    if h.stopped_early {
+        assert_eq!(h.epochs.len(), h.best_epoch + 2);
+    }
+    // The saved weights are the best epoch's, not the last one's.
+    let (_, acc) = kiln_train::evaluate(&out.model.spec, &out.model.weights, &va).unwrap();
+    assert_eq!(acc, best);
+}
+
+#[test]
+fn bad_configs_are_explained() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(1, 1);
+    cfg.device = "cuda".into();
+    let e = run(&cfg, &tr, &va, 10, dir.path(), &NoProgress)
+        .unwrap_err()
+        .to_string();
+    if cfg!(not(feature = "cuda")) {
+        assert!(e.contains("`cuda` feature"), "{e}");
+    }
+    let mut cfg = config(1, 1);
+    cfg.optimizer.lr = -1.0;
+    assert!(
+        run(&cfg, &tr, &va, 10, dir.path(), &NoProgress)
+            .unwrap_err()
+            .to_string()
+            .contains("optimizer.lr")
+    );
+    assert!(
+        run(&config(1, 1), &tr, &va, 1, dir.path(), &NoProgress)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 2 classes")
+    );
+}
