@@ -1,2 +1,138 @@
-//! kiln binary
-fn main() {}
+//! The `kiln` binary: `run`, `validate` and `inspect` pipelines. It owns the tracing
+//! subscriber (`RUST_LOG`), the progress bars and the exit codes (0 ok, 1 a stage or gate
+//! failed, 2 the pipeline file or the command line is invalid).
+
+mod progress;
+
+use clap::{Parser, Subcommand};
+use comfy_table::{Table as Grid, presets::UTF8_FULL_CONDENSED};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "dataset -> trained, compressed, evaluated, ONNX-deployed model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file.
+    Run {
+        /// The pipeline file (e.g. pipelines/mnist-mlp.toml).
+        file: PathBuf,
+        /// Override a value, e.g. --set stages.train.epochs=2 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Rerun every stage even when its output is cached.
+        #[arg(long)]
+        force: bool,
+        /// Folder for runs and the stage cache.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+    },
+    /// Check a pipeline file without running it.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Override a value, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Show what a run did: stages, cache hits, timings, metrics.
+    Inspect {
+        /// A run folder (runs/<name>/<run-id> or runs/<name>/latest).
+        run: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { file, set } => match kiln_pipeline::load(&file, &set) {
+            Ok(p) => {
+                let order: Vec<String> = p.stages.iter().map(|s| format!("{} ({})", s.id, s.kind.as_str())).collect();
+                println!("{}: ok — {} stages: {}", file.display(), p.stages.len(), order.join(" -> "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e.to_string()),
+        },
+        Command::Run { file, set, force, runs_dir } => {
+            let pipeline = match kiln_pipeline::load(&file, &set) {
+                Ok(p) => p,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            let bars = progress::Bars::default();
+            let opts = kiln_pipeline::RunOptions { runs_dir, force, progress: &bars };
+            let started = std::time::Instant::now();
+            match kiln_pipeline::run(&pipeline, &opts) {
+                Ok(report) => {
+                    print_report(&report);
+                    println!("\nrun folder: {}   ({:.1} s)", report.run_dir.display(), started.elapsed().as_secs_f64());
+                    match &report.failure {
+                        None => ExitCode::SUCCESS,
+                        Some(f) => fail(1, f),
+                    }
+                }
+                Err(e) => fail(1, &e.to_string()),
+            }
+        }
+        Command::Inspect { run } => inspect(&run),
+    }
+}
+
+fn fail(code: u8, msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+fn print_report(report: &kiln_pipeline::RunReport) {
+    let mut g = Grid::new();
+    g.load_preset(UTF8_FULL_CONDENSED).set_header(["stage", "kind", "status", "seconds", "note"]);
+    for s in &report.stages {
+        g.add_row([s.id.clone(), format!("{:?}", s.uses).to_lowercase(), s.status.clone(), format!("{:.1}", s.seconds), s.message.clone().unwrap_or_default()]);
+    }
+    println!("{g}");
+    for t in &report.tables {
+        let mut g = Grid::new();
+        g.load_preset(UTF8_FULL_CONDENSED).set_header(t.header.clone());
+        for r in &t.rows {
+            g.add_row(r.clone());
+        }
+        println!("\n{}\n{g}", t.title);
+    }
+}
+
+fn inspect(run: &std::path::Path) -> ExitCode {
+    let manifest = run.join("run.json");
+    let v: serde_json::Value = match kiln_core::read_json(&manifest) {
+        Ok(v) => v,
+        Err(e) => return fail(2, &format!("{e}; pass a run folder such as runs/<name>/latest")),
+    };
+    println!("pipeline {}  run {}  ok: {}", v["pipeline"].as_str().unwrap_or("?"), v["run_id"].as_str().unwrap_or("?"), v["ok"]);
+    let mut g = Grid::new();
+    g.load_preset(UTF8_FULL_CONDENSED).set_header(["stage", "kind", "status", "seconds", "hash"]);
+    for s in v["stages"].as_array().into_iter().flatten() {
+        g.add_row([
+            s["id"].as_str().unwrap_or("").to_string(),
+            s["uses"].as_str().unwrap_or("").to_string(),
+            s["status"].as_str().unwrap_or("").to_string(),
+            format!("{:.1}", s["seconds"].as_f64().unwrap_or(0.0)),
+            s["hash"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!("{g}");
+    for s in v["stages"].as_array().into_iter().flatten() {
+        let metrics = run.join(s["id"].as_str().unwrap_or("")).join("metrics.json");
+        if let Ok(m) = kiln_core::read_json::<serde_json::Value>(&metrics) {
+            println!("\nmetrics ({}): {}", s["id"].as_str().unwrap_or(""), m["variants"]);
+        }
+    }
+    if let Some(f) = v["failure"].as_str() {
+        println!("\nfailure: {f}");
+    }
+    ExitCode::SUCCESS
+}

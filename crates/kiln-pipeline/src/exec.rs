@@ -1,0 +1,395 @@
+//! Running a pipeline: stage hashes, the content-addressed cache (`runs/.cache/<hash>`,
+//! built in `<hash>.partial` and renamed when complete), the run folder with one link per
+//! stage, `requires` verdicts, and the `run.json` manifest.
+
+use crate::file::{Pipeline, StageConfig, StageDef};
+use crate::{PipelineError, StageKind};
+use kiln_core::{KILN_VERSION, NativeModel, Predictor, Progress};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How to run.
+pub struct RunOptions<'a> {
+    /// Where `.cache/` and `<pipeline-name>/<run-id>/` go (default `runs`).
+    pub runs_dir: PathBuf,
+    /// Rerun every stage even when a complete cached output exists.
+    pub force: bool,
+    /// Receives progress of long steps (training epochs).
+    pub progress: &'a dyn Progress,
+}
+
+/// What happened to one stage (a row of run.json).
+#[derive(Debug, Clone, Serialize)]
+pub struct StageRecord {
+    /// Stage id.
+    pub id: String,
+    /// Stage kind.
+    pub uses: StageKind,
+    /// Hash of (kind, resolved config, input content hashes, kiln version).
+    pub hash: String,
+    /// Hash of the stage's output files.
+    pub content_hash: Option<String>,
+    /// `executed`, `cached`, `failed` or `blocked`.
+    pub status: String,
+    /// Wall time of this stage in this run (0 when cached).
+    pub seconds: f64,
+    /// Error or blocking reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A small table for the end-of-run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    /// Title line.
+    pub title: String,
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// `runs/<name>/<run-id>`.
+    pub run_dir: PathBuf,
+    /// One record per stage, in execution order.
+    pub stages: Vec<StageRecord>,
+    /// Summary tables (data, training, variants, deployment).
+    pub tables: Vec<Table>,
+    /// True when every stage executed or was cached and every gate passed.
+    pub ok: bool,
+    /// Why the run failed.
+    pub failure: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    pipeline: &'a str,
+    file: String,
+    run_id: String,
+    seed: u64,
+    kiln_version: &'a str,
+    versions: BTreeMap<&'a str, &'a str>,
+    input_files: BTreeMap<String, String>,
+    resolved: BTreeMap<String, serde_json::Value>,
+    stages: &'a [StageRecord],
+    ok: bool,
+    failure: &'a Option<String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
+    move |source| PipelineError::Io { path: path.to_path_buf(), source }
+}
+
+/// Runs every stage of `pipeline` in order, reusing cached outputs.
+pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, PipelineError> {
+    let cache = opts.runs_dir.join(".cache");
+    std::fs::create_dir_all(&cache).map_err(io(&cache))?;
+    let run_id = new_run_id(&opts.runs_dir.join(&pipeline.name));
+    let run_dir = opts.runs_dir.join(&pipeline.name).join(&run_id);
+    std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
+
+    let mut records: Vec<StageRecord> = Vec::new();
+    let mut dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut input_files = BTreeMap::new();
+    let mut resolved = BTreeMap::new();
+    let mut failure: Option<String> = None;
+
+    for stage in &pipeline.stages {
+        let config_json = serde_json::to_value(&stage.config).unwrap_or(serde_json::Value::Null);
+        resolved.insert(stage.id.clone(), config_json.clone());
+        let mut rec = StageRecord { id: stage.id.clone(), uses: stage.kind, hash: String::new(), content_hash: None, status: String::new(), seconds: 0.0, message: None };
+
+        // Blocked by an earlier failure, or by a verdict that did not pass.
+        let blocked = stage.inputs.iter().chain(&stage.requires).find_map(|d| {
+            let r = records.iter().find(|r| &r.id == d)?;
+            (r.status == "failed" || r.status == "blocked").then(|| format!("`{d}` {}", r.status))
+        });
+        let verdict_block = stage.requires.iter().find_map(|d| {
+            let v: serde_json::Value = kiln_core::read_json(&dirs.get(d)?.join("verdict.json")).ok()?;
+            (v["blessed"] != serde_json::Value::Bool(true)).then(|| format!("`{d}` did not bless the model: {}", v["reason"].as_str().unwrap_or("?")))
+        });
+        if let Some(why) = blocked.or(verdict_block) {
+            rec.status = "blocked".into();
+            rec.message = Some(why.clone());
+            tracing::warn!(stage = %stage.id, "blocked: {why}");
+            failure.get_or_insert(format!("stage `{}` did not run: {why}", stage.id));
+            records.push(rec);
+            continue;
+        }
+
+        // The stage hash: kind, resolved config, input content, kiln version.
+        let mut h = format!("kiln {KILN_VERSION}\n{}\n{}\n", stage.kind.as_str(), config_json);
+        for d in stage.inputs.iter().chain(&stage.requires) {
+            let r = records.iter().find(|r| &r.id == d).and_then(|r| r.content_hash.clone()).unwrap_or_default();
+            h += &format!("input {d} {r}\n");
+        }
+        if let StageConfig::Preprocess(c) = &stage.config {
+            for f in source_files(c) {
+                let fh = kiln_core::hash_file(&f).unwrap_or_else(|_| "missing".into());
+                h += &format!("file {} {fh}\n", f.display());
+                input_files.insert(f.display().to_string(), fh);
+            }
+        }
+        rec.hash = kiln_core::hash_bytes(h.as_bytes())[..32].to_string();
+        let done = cache.join(&rec.hash);
+        let partial = cache.join(format!("{}.partial", rec.hash));
+
+        if done.is_dir() && !opts.force {
+            rec.status = "cached".into();
+            tracing::info!(stage = %stage.id, hash = %rec.hash, "cached");
+        } else {
+            let _span = tracing::info_span!("stage", id = %stage.id).entered();
+            if partial.exists() {
+                std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+            }
+            std::fs::create_dir_all(&partial).map_err(io(&partial))?;
+            let started = Instant::now();
+            let result = execute(pipeline, stage, &dirs, &partial, &rec.hash, opts);
+            rec.seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => {
+                    if done.exists() {
+                        std::fs::remove_dir_all(&done).map_err(io(&done))?;
+                    }
+                    std::fs::rename(&partial, &done).map_err(io(&done))?;
+                    rec.status = "executed".into();
+                }
+                Err(msg) => {
+                    // Keep nothing that looks complete.
+                    let _ = std::fs::remove_dir_all(&partial);
+                    rec.status = "failed".into();
+                    rec.message = Some(msg.clone());
+                    failure.get_or_insert(format!("stage `{}` failed: {msg}", stage.id));
+                    records.push(rec);
+                    continue;
+                }
+            }
+        }
+        rec.content_hash = Some(kiln_core::hash_dir(&done)?);
+        link(&run_dir.join(&stage.id), &Path::new("../../.cache").join(&rec.hash))?;
+        dirs.insert(stage.id.clone(), done.clone());
+        if stage.kind == StageKind::Evaluate {
+            if let Ok(v) = kiln_core::read_json::<serde_json::Value>(&done.join("verdict.json")) {
+                if v["blessed"] != serde_json::Value::Bool(true) {
+                    failure.get_or_insert(format!("gate failed in `{}`: {}", stage.id, v["reason"].as_str().unwrap_or("?")));
+                }
+            }
+        }
+        records.push(rec);
+    }
+
+    let ok = failure.is_none();
+    let versions = BTreeMap::from([("kiln", KILN_VERSION), ("polars", "0.55.2"), ("dfdx", "0.13.0"), ("ort", "2.0.0-rc.15"), ("onnxruntime", "1.31.1")]);
+    let manifest = Manifest {
+        pipeline: &pipeline.name,
+        file: pipeline.file.display().to_string(),
+        run_id: run_id.clone(),
+        seed: pipeline.seed,
+        kiln_version: KILN_VERSION,
+        versions,
+        input_files,
+        resolved,
+        stages: &records,
+        ok,
+        failure: &failure,
+    };
+    kiln_core::write_json(&run_dir.join("run.json"), &manifest)?;
+    let latest = opts.runs_dir.join(&pipeline.name).join("latest");
+    let _ = std::fs::remove_file(&latest);
+    link(&latest, Path::new(&run_id))?;
+    let tables = summary_tables(pipeline, &dirs);
+    Ok(RunReport { run_dir, stages: records, tables, ok, failure })
+}
+
+fn source_files(c: &kiln_preprocess::Config) -> Vec<PathBuf> {
+    let mut c = c.clone();
+    let is_idx = matches!(c.source, kiln_preprocess::Source::Idx { .. });
+    let mut out = Vec::new();
+    for p in c.source.paths_mut() {
+        if is_idx {
+            if let Ok((a, b)) = kiln_preprocess::idx::idx_pair(p) {
+                out.extend([a, b]);
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn link(at: &Path, target: &Path) -> Result<(), PipelineError> {
+    let _ = std::fs::remove_file(at);
+    std::os::unix::fs::symlink(target, at).map_err(io(at))
+}
+
+#[cfg(not(unix))]
+fn link(at: &Path, target: &Path) -> Result<(), PipelineError> {
+    kiln_core::atomic_write(at, target.display().to_string().as_bytes()).map_err(Into::into)
+}
+
+/// A run id sortable by time: `YYYYMMDD-HHMMSS` in UTC, with `-N` added on a clash.
+fn new_run_id(parent: &Path) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let base = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let mut id = base.clone();
+    let mut n = 1;
+    while parent.join(&id).exists() {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    id
+}
+
+/// The nearest upstream stage of `kind`, following first inputs.
+fn upstream<'p>(p: &'p Pipeline, from: &str, kind: StageKind) -> Option<&'p StageDef> {
+    let mut cur = p.stages.iter().find(|s| s.id == from)?;
+    loop {
+        if cur.kind == kind {
+            return Some(cur);
+        }
+        let next = cur.inputs.first()?;
+        cur = p.stages.iter().find(|s| &s.id == next)?;
+    }
+}
+
+fn dataset(p: &Pipeline, from: &str, dirs: &BTreeMap<String, PathBuf>) -> Result<(kiln_core::Schema, [kiln_core::Dataset; 3]), String> {
+    let pre = upstream(p, from, StageKind::Preprocess).ok_or_else(|| format!("no preprocess stage upstream of `{from}`"))?;
+    let dir = dirs.get(&pre.id).ok_or_else(|| format!("stage `{}` has no output", pre.id))?;
+    kiln_preprocess::read_artifact(dir).map_err(|e| e.to_string())
+}
+
+fn model_of(dirs: &BTreeMap<String, PathBuf>, id: &str) -> Result<NativeModel, String> {
+    let dir = dirs.get(id).ok_or_else(|| format!("stage `{id}` has no output"))?;
+    NativeModel::load(dir).map_err(|e| e.to_string())
+}
+
+fn execute(p: &Pipeline, stage: &StageDef, dirs: &BTreeMap<String, PathBuf>, out: &Path, hash: &str, opts: &RunOptions) -> Result<(), String> {
+    let first = stage.inputs.first().map(String::as_str).unwrap_or("");
+    match &stage.config {
+        StageConfig::Preprocess(c) => kiln_preprocess::run(c, out).map(|_| ()).map_err(|e| e.to_string()),
+        StageConfig::Train(c) => {
+            let (schema, [train, valid, _]) = dataset(p, first, dirs)?;
+            kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress).map_err(|e| e.to_string())?;
+            kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
+        }
+        StageConfig::Optimize(c) => {
+            let (schema, [_, valid, _]) = dataset(p, first, dirs)?;
+            let model = model_of(dirs, first)?;
+            kiln_optimize::run(c, &model, &valid, out).map_err(|e| e.to_string())?;
+            kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
+        }
+        StageConfig::Evaluate(c) => {
+            let (schema, [_, _, test]) = dataset(p, first, dirs)?;
+            let mut models: Vec<(String, NativeModel)> =
+                stage.inputs.iter().map(|id| model_of(dirs, id).map(|m| (id.clone(), m))).collect::<Result<_, _>>()?;
+            let mut variants: Vec<(String, &mut dyn Predictor)> = models.iter_mut().map(|(n, m)| (n.clone(), m as &mut dyn Predictor)).collect();
+            kiln_evaluate::run(c, &mut variants, &test, &schema.class_labels, out).map(|_| ()).map_err(|e| e.to_string())
+        }
+        StageConfig::Deploy(c) => {
+            let (schema, [_, _, test]) = dataset(p, first, dirs)?;
+            let src = p.stages.iter().find(|s| s.id == first).ok_or("deploy input vanished")?;
+            let mut variants = Vec::new();
+            if src.kind == StageKind::Optimize {
+                let parent = src.inputs.first().ok_or("optimize stage has no input")?;
+                variants.push(kiln_deploy::Variant { name: "fp32".into(), model: model_of(dirs, parent)? });
+                variants.push(kiln_deploy::Variant { name: "int8".into(), model: model_of(dirs, first)? });
+            } else {
+                variants.push(kiln_deploy::Variant { name: "fp32".into(), model: model_of(dirs, first)? });
+            }
+            kiln_deploy::run(c, &variants, &schema, &test, hash, out).map(|_| ()).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> {
+    let mut tables = Vec::new();
+    for s in &p.stages {
+        let Some(dir) = dirs.get(&s.id) else { continue };
+        let json = |f: &str| kiln_core::read_json::<serde_json::Value>(&dir.join(f)).ok();
+        match s.kind {
+            StageKind::Preprocess => {
+                if let Some(v) = json("profile.json") {
+                    let r = &v["rows"];
+                    tables.push(Table {
+                        title: format!("data ({})", s.id),
+                        header: vec!["train".into(), "valid".into(), "test".into(), "features".into()],
+                        rows: vec![vec![r["train"].to_string(), r["valid"].to_string(), r["test"].to_string(), v["n_features"].to_string()]],
+                    });
+                }
+            }
+            StageKind::Train => {
+                if let Some(v) = json("history.json") {
+                    let best = v["best_epoch"].as_u64().unwrap_or(0) as usize;
+                    let e = &v["epochs"][best.saturating_sub(1)];
+                    tables.push(Table {
+                        title: format!("training ({})", s.id),
+                        header: vec!["epochs run".into(), "best epoch".into(), "train loss".into(), "valid accuracy".into()],
+                        rows: vec![vec![
+                            v["epochs"].as_array().map_or(0, |a| a.len()).to_string(),
+                            best.to_string(),
+                            format!("{:.4}", e["train_loss"].as_f64().unwrap_or(f64::NAN)),
+                            format!("{:.4}", e["valid_accuracy"].as_f64().unwrap_or(f64::NAN)),
+                        ]],
+                    });
+                }
+            }
+            StageKind::Optimize => {}
+            StageKind::Evaluate => {
+                if let Some(v) = json("metrics.json") {
+                    let mut rows = Vec::new();
+                    if let Some(m) = v["variants"].as_object() {
+                        for (name, vals) in m {
+                            rows.push(vec![
+                                name.clone(),
+                                format!("{:.4}", vals["accuracy"].as_f64().unwrap_or(f64::NAN)),
+                                format!("{:.4}", vals["macro_f1"].as_f64().unwrap_or(f64::NAN)),
+                            ]);
+                        }
+                    }
+                    let verdict = json("verdict.json").map(|v| v["reason"].as_str().unwrap_or("").to_string()).unwrap_or_default();
+                    tables.push(Table { title: format!("test metrics ({}): {verdict}", s.id), header: vec!["variant".into(), "accuracy".into(), "macro F1".into()], rows });
+                }
+            }
+            StageKind::Deploy => {
+                if let Some(v) = json("parity.json") {
+                    let mut rows = Vec::new();
+                    if let Some(m) = v["variants"].as_object() {
+                        for (name, r) in m {
+                            let file = if name == "fp32" { "model.onnx".to_string() } else { format!("model.{name}.onnx") };
+                            let bytes = std::fs::metadata(dir.join(&file)).map(|m| m.len()).unwrap_or(0);
+                            rows.push(vec![
+                                file,
+                                format!("{:.1} KiB", bytes as f64 / 1024.0),
+                                format!("{:.2e}", r["max_abs_prob"].as_f64().unwrap_or(f64::NAN)),
+                                format!("{:.4}", r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)),
+                            ]);
+                        }
+                    }
+                    tables.push(Table {
+                        title: format!("deployment ({}): ONNX Runtime vs kiln reference forward pass", s.id),
+                        header: vec!["file".into(), "size".into(), "max |Δp|".into(), "argmax agreement".into()],
+                        rows,
+                    });
+                }
+            }
+        }
+    }
+    tables
+}
