@@ -51,12 +51,20 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     assert!(statuses(&again).iter().all(|(_, s)| s == "cached"), "{:?}", statuses(&again));
     assert_eq!(json(&again.run_dir.join("run.json"))["stages"][1]["status"], "cached");
 
-    // One epoch fewer: train and everything after it reruns, data does not.
-    let p2 = load(&pipelines().join("digits-mlp.toml"), &["stages.train.epochs=29".to_string()]).unwrap();
+    // Fewer epochs: train and everything after it reruns, data does not.
+    let p2 = load(&pipelines().join("digits-mlp.toml"), &["stages.train.epochs=3".to_string(), "stages.eval.gates.accuracy=\">= 0.5\"".to_string()]).unwrap();
     let third = run(&p2, &opts).unwrap();
     let st = statuses(&third);
     assert_eq!(st[0], ("data".to_string(), "cached".to_string()));
     assert!(st[1..].iter().all(|(_, s)| s == "executed"), "{st:?}");
+
+    // A config change that leaves train's output byte-identical (early stopping ended
+    // before epoch 29 anyway) reruns train only: the cache keys on input content.
+    let best = json(&r.run_dir.join("train/history.json"))["epochs"].as_array().unwrap().len();
+    assert!(best < 30, "early stopping should have ended the digits run before epoch 30");
+    let p3 = load(&pipelines().join("digits-mlp.toml"), &[format!("stages.train.epochs={}", best + 1)]).unwrap();
+    let st = statuses(&run(&p3, &opts).unwrap());
+    assert_eq!(st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["cached", "executed", "cached", "cached", "cached"]);
 
     // --force reruns everything and produces the same bytes.
     let forced = run(&p, &RunOptions { force: true, ..opts }).unwrap();

@@ -1,0 +1,68 @@
+//! Tests of the `kiln` binary as a user meets it: exit codes and messages for bad input.
+
+use std::path::Path;
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const PIPE: &str = r#"version = 1
+name = "cli"
+[stages.data]
+uses = "preprocess"
+source = { format = "idx", train = "mnist/train", test = "mnist/t10k" }
+steps = [{ op = "scale", by = 255.0 }]
+[stages.train]
+uses = "train"
+input = "data"
+model = { hidden = [8] }
+epochs = 1
+"#;
+
+#[test]
+fn unknown_key_exits_2_with_a_located_message_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "p.toml", &PIPE.replace("epochs = 1", "epohcs = 1"));
+    for args in [vec!["validate"], vec!["run"]] {
+        let out = kiln().args(&args).arg(&f).current_dir(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("p.toml:10:1: unknown key `epohcs`; did you mean `epochs`?"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!dir.path().join("runs").exists(), "an invalid file must not create runs/");
+}
+
+#[test]
+fn missing_and_corrupt_mnist_files_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "p.toml", PIPE);
+    let out = kiln().arg("run").arg(&f).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mnist/train-images-idx3-ubyte.gz") && err.contains("not found"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A corrupt (truncated) image file.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mnist");
+    std::fs::create_dir_all(dir.path().join("mnist")).unwrap();
+    for n in ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(src.join(n), dir.path().join("mnist").join(n)).unwrap();
+    }
+    let img = std::fs::read(src.join("train-images-idx3-ubyte.gz")).unwrap();
+    std::fs::write(dir.path().join("mnist/train-images-idx3-ubyte.gz"), &img[..img.len() / 3]).unwrap();
+    let out = kiln().arg("run").arg(&f).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("corrupt"), "{err}");
+    // No stage output that looks complete.
+    let cache: Vec<_> = std::fs::read_dir(dir.path().join("runs/.cache")).unwrap().collect();
+    assert!(cache.is_empty(), "{cache:?}");
+}
