@@ -38,12 +38,18 @@ pub struct ParityReport {
     pub worst_rows: Vec<WorstRow>,
 }
 
+/// |a - b|, where any NaN counts as an infinite difference (a NaN never passes parity).
+fn abs_diff(a: f32, b: f32) -> f32 {
+    let d = (a - b).abs();
+    if d.is_nan() { f32::INFINITY } else { d }
+}
+
 /// Compares two sets of predictions row by row.
 pub fn compare(native: &Predictions, onnx: &Predictions, batch: usize, tolerance: f32) -> ParityReport {
     let k = native.n_outputs.max(1);
     let mut max_abs_logit = 0.0f32;
     for (a, b) in native.logits.iter().zip(&onnx.logits) {
-        max_abs_logit = max_abs_logit.max((a - b).abs());
+        max_abs_logit = max_abs_logit.max(abs_diff(*a, *b));
     }
     let (na, oa) = (native.argmax(), onnx.argmax());
     let mut rows: Vec<WorstRow> = native
@@ -53,7 +59,7 @@ pub fn compare(native: &Predictions, onnx: &Predictions, batch: usize, tolerance
         .enumerate()
         .map(|(i, (a, b))| WorstRow {
             row: i,
-            max_abs_prob: a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max),
+            max_abs_prob: a.iter().zip(b).map(|(x, y)| abs_diff(*x, *y)).fold(0.0, f32::max),
             native_class: na[i],
             onnx_class: oa[i],
         })
