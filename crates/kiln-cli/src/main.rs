@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "dataset -> trained, compressed, evaluated, ONNX-deployed model")]
+#[command(
+    name = "kiln",
+    version,
+    about = "dataset -> trained, compressed, evaluated, ONNX-deployed model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,30 +52,57 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { file, set } => match kiln_pipeline::load(&file, &set) {
             Ok(p) => {
-                let order: Vec<String> = p.stages.iter().map(|s| format!("{} ({})", s.id, s.kind.as_str())).collect();
-                println!("{}: ok — {} stages: {}", file.display(), p.stages.len(), order.join(" -> "));
+                let order: Vec<String> = p
+                    .stages
+                    .iter()
+                    .map(|s| format!("{} ({})", s.id, s.kind.as_str()))
+                    .collect();
+                println!(
+                    "{}: ok — {} stages: {}",
+                    file.display(),
+                    p.stages.len(),
+                    order.join(" -> ")
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(2, &e.to_string()),
         },
-        Command::Run { file, set, force, runs_dir } => {
+        Command::Run {
+            file,
+            set,
+            force,
+            runs_dir,
+        } => {
             let pipeline = match kiln_pipeline::load(&file, &set) {
                 Ok(p) => p,
                 Err(e) => return fail(2, &e.to_string()),
             };
             let bars = progress::Bars::default();
-            let opts = kiln_pipeline::RunOptions { runs_dir, force, progress: &bars };
+            let opts = kiln_pipeline::RunOptions {
+                runs_dir,
+                force,
+                progress: &bars,
+            };
             let started = std::time::Instant::now();
             match kiln_pipeline::run(&pipeline, &opts) {
                 Ok(report) => {
                     print_report(&report);
-                    println!("\nrun folder: {}   ({:.1} s)", report.run_dir.display(), started.elapsed().as_secs_f64());
+                    println!(
+                        "\nrun folder: {}   ({:.1} s)",
+                        report.run_dir.display(),
+                        started.elapsed().as_secs_f64()
+                    );
                     match &report.failure {
                         None => ExitCode::SUCCESS,
                         Some(f) => fail(1, f),
@@ -91,14 +122,22 @@ fn fail(code: u8, msg: &str) -> ExitCode {
 
 fn print_report(report: &kiln_pipeline::RunReport) {
     let mut g = Grid::new();
-    g.load_preset(UTF8_FULL_CONDENSED).set_header(["stage", "kind", "status", "seconds", "note"]);
+    g.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["stage", "kind", "status", "seconds", "note"]);
     for s in &report.stages {
-        g.add_row([s.id.clone(), format!("{:?}", s.uses).to_lowercase(), s.status.clone(), format!("{:.1}", s.seconds), s.message.clone().unwrap_or_default()]);
+        g.add_row([
+            s.id.clone(),
+            format!("{:?}", s.uses).to_lowercase(),
+            s.status.clone(),
+            format!("{:.1}", s.seconds),
+            s.message.clone().unwrap_or_default(),
+        ]);
     }
     println!("{g}");
     for t in &report.tables {
         let mut g = Grid::new();
-        g.load_preset(UTF8_FULL_CONDENSED).set_header(t.header.clone());
+        g.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(t.header.clone());
         for r in &t.rows {
             g.add_row(r.clone());
         }
@@ -110,11 +149,22 @@ fn inspect(run: &std::path::Path) -> ExitCode {
     let manifest = run.join("run.json");
     let v: serde_json::Value = match kiln_core::read_json(&manifest) {
         Ok(v) => v,
-        Err(e) => return fail(2, &format!("{e}; pass a run folder such as runs/<name>/latest")),
+        Err(e) => {
+            return fail(
+                2,
+                &format!("{e}; pass a run folder such as runs/<name>/latest"),
+            );
+        }
     };
-    println!("pipeline {}  run {}  ok: {}", v["pipeline"].as_str().unwrap_or("?"), v["run_id"].as_str().unwrap_or("?"), v["ok"]);
+    println!(
+        "pipeline {}  run {}  ok: {}",
+        v["pipeline"].as_str().unwrap_or("?"),
+        v["run_id"].as_str().unwrap_or("?"),
+        v["ok"]
+    );
     let mut g = Grid::new();
-    g.load_preset(UTF8_FULL_CONDENSED).set_header(["stage", "kind", "status", "seconds", "hash"]);
+    g.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["stage", "kind", "status", "seconds", "hash"]);
     for s in v["stages"].as_array().into_iter().flatten() {
         g.add_row([
             s["id"].as_str().unwrap_or("").to_string(),
@@ -126,9 +176,15 @@ fn inspect(run: &std::path::Path) -> ExitCode {
     }
     println!("{g}");
     for s in v["stages"].as_array().into_iter().flatten() {
-        let metrics = run.join(s["id"].as_str().unwrap_or("")).join("metrics.json");
+        let metrics = run
+            .join(s["id"].as_str().unwrap_or(""))
+            .join("metrics.json");
         if let Ok(m) = kiln_core::read_json::<serde_json::Value>(&metrics) {
-            println!("\nmetrics ({}): {}", s["id"].as_str().unwrap_or(""), m["variants"]);
+            println!(
+                "\nmetrics ({}): {}",
+                s["id"].as_str().unwrap_or(""),
+                m["variants"]
+            );
         }
     }
     if let Some(f) = v["failure"].as_str() {

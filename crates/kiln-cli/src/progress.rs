@@ -12,9 +12,11 @@ pub struct Bars {
 impl kiln_core::Progress for Bars {
     fn start(&self, name: &str, total: u64) {
         let bar = ProgressBar::new(total);
-        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(name.to_string());
         if let Ok(mut b) = self.bar.lock() {

@@ -29,40 +29,81 @@ epochs = 1
 #[test]
 fn unknown_key_exits_2_with_a_located_message_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "p.toml", &PIPE.replace("epochs = 1", "epohcs = 1"));
+    let f = write(
+        dir.path(),
+        "p.toml",
+        &PIPE.replace("epochs = 1", "epohcs = 1"),
+    );
     for args in [vec!["validate"], vec!["run"]] {
-        let out = kiln().args(&args).arg(&f).current_dir(dir.path()).output().unwrap();
+        let out = kiln()
+            .args(&args)
+            .arg(&f)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("p.toml:10:1: unknown key `epohcs`; did you mean `epochs`?"), "{err}");
+        assert!(
+            err.contains("p.toml:11:1: unknown key `epohcs`; did you mean `epochs`?"),
+            "{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
-    assert!(!dir.path().join("runs").exists(), "an invalid file must not create runs/");
+    assert!(
+        !dir.path().join("runs").exists(),
+        "an invalid file must not create runs/"
+    );
 }
 
 #[test]
 fn missing_and_corrupt_mnist_files_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(dir.path(), "p.toml", PIPE);
-    let out = kiln().arg("run").arg(&f).current_dir(dir.path()).output().unwrap();
+    let out = kiln()
+        .arg("run")
+        .arg(&f)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mnist/train-images-idx3-ubyte.gz") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("mnist/train-images-idx3-ubyte.gz") && err.contains("not found"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     // A corrupt (truncated) image file.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mnist");
     std::fs::create_dir_all(dir.path().join("mnist")).unwrap();
-    for n in ["train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+    for n in [
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ] {
         std::fs::copy(src.join(n), dir.path().join("mnist").join(n)).unwrap();
     }
     let img = std::fs::read(src.join("train-images-idx3-ubyte.gz")).unwrap();
-    std::fs::write(dir.path().join("mnist/train-images-idx3-ubyte.gz"), &img[..img.len() / 3]).unwrap();
-    let out = kiln().arg("run").arg(&f).current_dir(dir.path()).output().unwrap();
+    std::fs::write(
+        dir.path().join("mnist/train-images-idx3-ubyte.gz"),
+        &img[..img.len() / 3],
+    )
+    .unwrap();
+    let out = kiln()
+        .arg("run")
+        .arg(&f)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte.gz") && err.contains("corrupt"),
+        "{err}"
+    );
     // No stage output that looks complete.
-    let cache: Vec<_> = std::fs::read_dir(dir.path().join("runs/.cache")).unwrap().collect();
+    let cache: Vec<_> = std::fs::read_dir(dir.path().join("runs/.cache"))
+        .unwrap()
+        .collect();
     assert!(cache.is_empty(), "{cache:?}");
 }

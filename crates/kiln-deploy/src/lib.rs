@@ -65,7 +65,9 @@ fn default_opset() -> i64 {
 
 impl Default for OnnxConfig {
     fn default() -> Self {
-        OnnxConfig { opset: default_opset() }
+        OnnxConfig {
+            opset: default_opset(),
+        }
     }
 }
 
@@ -93,7 +95,11 @@ fn default_agreement() -> f64 {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { onnx: OnnxConfig::default(), parity_tolerance: default_tol(), min_argmax_agreement: default_agreement() }
+        Config {
+            onnx: OnnxConfig::default(),
+            parity_tolerance: default_tol(),
+            min_argmax_agreement: default_agreement(),
+        }
     }
 }
 
@@ -126,12 +132,23 @@ pub struct Output {
 
 /// File name of a variant.
 pub fn file_name(variant: &str) -> String {
-    if variant == "fp32" { "model.onnx".into() } else { format!("model.{variant}.onnx") }
+    if variant == "fp32" {
+        "model.onnx".into()
+    } else {
+        format!("model.{variant}.onnx")
+    }
 }
 
 /// Exports every variant, checks each against the reference forward pass on the whole
 /// `test` split, and writes the bundle into `out_dir` only if all checks pass.
-pub fn run(config: &Config, variants: &[Variant], schema: &Schema, test: &Dataset, pipeline_hash: &str, out_dir: &Path) -> Result<Output> {
+pub fn run(
+    config: &Config,
+    variants: &[Variant],
+    schema: &Schema,
+    test: &Dataset,
+    pipeline_hash: &str,
+    out_dir: &Path,
+) -> Result<Output> {
     let _span = tracing::info_span!("deploy").entered();
     let meta = ExportMeta {
         class_labels: schema.class_labels.clone(),
@@ -139,28 +156,59 @@ pub fn run(config: &Config, variants: &[Variant], schema: &Schema, test: &Datase
         pipeline_hash: pipeline_hash.to_string(),
         opset: config.onnx.opset,
     };
-    let mut parity = ParityFile { variants: BTreeMap::new(), agreement_with_fp32: BTreeMap::new() };
+    let mut parity = ParityFile {
+        variants: BTreeMap::new(),
+        agreement_with_fp32: BTreeMap::new(),
+    };
     let mut files = Vec::new();
     let mut failures = Vec::new();
     let fp32_pred = match variants.iter().find(|v| v.name == "fp32") {
-        Some(v) => Some(v.model.clone().predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?.argmax()),
+        Some(v) => Some(
+            v.model
+                .clone()
+                .predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?
+                .argmax(),
+        ),
         None => None,
     };
     for v in variants {
         let bytes = export(&v.model.spec, &v.model.weights, &meta)?;
         let mut ort_model = OrtModel::from_bytes(&bytes, 1)?;
         let mut native = v.model.clone();
-        let report = check_parity(&mut native, &mut ort_model, &test.features, test.n_rows(), EVAL_BATCH, config.parity_tolerance)?;
+        let report = check_parity(
+            &mut native,
+            &mut ort_model,
+            &test.features,
+            test.n_rows(),
+            EVAL_BATCH,
+            config.parity_tolerance,
+        )?;
         tracing::info!(variant = %v.name, max_abs_prob = report.max_abs_prob, agreement = report.argmax_agreement, "parity");
         if !report.passed {
-            let rows: Vec<String> = report.worst_rows.iter().map(|r| format!("row {} |dp| {:.3e}", r.row, r.max_abs_prob)).collect();
-            failures.push(format!("{}: max |dp| {:.3e} > {:.0e} (worst: {})", v.name, report.max_abs_prob, config.parity_tolerance, rows.join(", ")));
+            let rows: Vec<String> = report
+                .worst_rows
+                .iter()
+                .map(|r| format!("row {} |dp| {:.3e}", r.row, r.max_abs_prob))
+                .collect();
+            failures.push(format!(
+                "{}: max |dp| {:.3e} > {:.0e} (worst: {})",
+                v.name,
+                report.max_abs_prob,
+                config.parity_tolerance,
+                rows.join(", ")
+            ));
         }
         if let (Some(fp), true) = (&fp32_pred, v.name != "fp32") {
-            let mine = native.predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?.argmax();
-            let agree = fp.iter().zip(&mine).filter(|(a, b)| a == b).count() as f64 / test.n_rows().max(1) as f64;
+            let mine = native
+                .predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?
+                .argmax();
+            let agree = fp.iter().zip(&mine).filter(|(a, b)| a == b).count() as f64
+                / test.n_rows().max(1) as f64;
             if agree < config.min_argmax_agreement {
-                failures.push(format!("{}: argmax agreement with fp32 {:.4} < {}", v.name, agree, config.min_argmax_agreement));
+                failures.push(format!(
+                    "{}: argmax agreement with fp32 {:.4} < {}",
+                    v.name, agree, config.min_argmax_agreement
+                ));
             }
             parity.agreement_with_fp32.insert(v.name.clone(), agree);
         }
@@ -176,5 +224,8 @@ pub fn run(config: &Config, variants: &[Variant], schema: &Schema, test: &Datase
         kiln_core::atomic_write(&out_dir.join(name), bytes)?;
     }
     kiln_core::write_json(&out_dir.join("schema.json"), schema)?;
-    Ok(Output { files: files.into_iter().map(|(n, b)| (n, b.len())).collect(), parity })
+    Ok(Output {
+        files: files.into_iter().map(|(n, b)| (n, b.len())).collect(),
+        parity,
+    })
 }

@@ -149,7 +149,13 @@ pub enum DimensionValue {
 }
 
 /// A node with the default (ONNX) domain.
-pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
+pub fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
@@ -162,7 +168,12 @@ pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: 
 
 /// An integer attribute.
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.to_string(), f: 0.0, i, r#type: attr_type::INT }
+    AttributeProto {
+        name: name.to_string(),
+        f: 0.0,
+        i,
+        r#type: attr_type::INT,
+    }
 }
 
 /// An f32 initializer.
@@ -194,8 +205,12 @@ pub fn batch_input(name: &str, width: usize) -> ValueInfoProto {
                 elem_type: dtype::FLOAT,
                 shape: Some(TensorShapeProto {
                     dim: vec![
-                        Dimension { value: Some(DimensionValue::DimParam("batch".into())) },
-                        Dimension { value: Some(DimensionValue::DimValue(width as i64)) },
+                        Dimension {
+                            value: Some(DimensionValue::DimParam("batch".into())),
+                        },
+                        Dimension {
+                            value: Some(DimensionValue::DimValue(width as i64)),
+                        },
                     ],
                 }),
             }),

@@ -45,7 +45,12 @@ fn abs_diff(a: f32, b: f32) -> f32 {
 }
 
 /// Compares two sets of predictions row by row.
-pub fn compare(native: &Predictions, onnx: &Predictions, batch: usize, tolerance: f32) -> ParityReport {
+pub fn compare(
+    native: &Predictions,
+    onnx: &Predictions,
+    batch: usize,
+    tolerance: f32,
+) -> ParityReport {
     let k = native.n_outputs.max(1);
     let mut max_abs_logit = 0.0f32;
     for (a, b) in native.logits.iter().zip(&onnx.logits) {
@@ -59,15 +64,28 @@ pub fn compare(native: &Predictions, onnx: &Predictions, batch: usize, tolerance
         .enumerate()
         .map(|(i, (a, b))| WorstRow {
             row: i,
-            max_abs_prob: a.iter().zip(b).map(|(x, y)| abs_diff(*x, *y)).fold(0.0, f32::max),
+            max_abs_prob: a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| abs_diff(*x, *y))
+                .fold(0.0, f32::max),
             native_class: na[i],
             onnx_class: oa[i],
         })
         .collect();
-    let size_ok = native.logits.len() == onnx.logits.len() && native.probabilities.len() == onnx.probabilities.len();
-    let max_abs_prob = if size_ok { rows.iter().map(|r| r.max_abs_prob).fold(0.0, f32::max) } else { f32::INFINITY };
+    let size_ok = native.logits.len() == onnx.logits.len()
+        && native.probabilities.len() == onnx.probabilities.len();
+    let max_abs_prob = if size_ok {
+        rows.iter().map(|r| r.max_abs_prob).fold(0.0, f32::max)
+    } else {
+        f32::INFINITY
+    };
     let agree = na.iter().zip(&oa).filter(|(a, b)| a == b).count();
-    rows.sort_by(|a, b| b.max_abs_prob.total_cmp(&a.max_abs_prob).then(a.row.cmp(&b.row)));
+    rows.sort_by(|a, b| {
+        b.max_abs_prob
+            .total_cmp(&a.max_abs_prob)
+            .then(a.row.cmp(&b.row))
+    });
     rows.truncate(5);
     ParityReport {
         n_rows: native.n_rows,
@@ -82,7 +100,14 @@ pub fn compare(native: &Predictions, onnx: &Predictions, batch: usize, tolerance
 }
 
 /// Runs both predictors on `features` in batches of `batch` rows and compares them.
-pub fn check_parity(native: &mut dyn Predictor, onnx: &mut dyn Predictor, features: &[f32], n_rows: usize, batch: usize, tolerance: f32) -> kiln_core::Result<ParityReport> {
+pub fn check_parity(
+    native: &mut dyn Predictor,
+    onnx: &mut dyn Predictor,
+    features: &[f32],
+    n_rows: usize,
+    batch: usize,
+    tolerance: f32,
+) -> kiln_core::Result<ParityReport> {
     let a = native.predict_batched(features, n_rows, batch)?;
     let b = onnx.predict_batched(features, n_rows, batch)?;
     Ok(compare(&a, &b, batch, tolerance))

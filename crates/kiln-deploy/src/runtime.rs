@@ -29,8 +29,11 @@ pub fn library_path() -> Result<PathBuf> {
     }
     Err(DeployError::Runtime(format!(
         "ONNX Runtime library not found: ORT_DYLIB_PATH is {} and {} does not exist; run `cargo xtask setup` (or point ORT_DYLIB_PATH at libonnxruntime.so 1.31.1)",
-        env.map(|p| format!("`{}` (no such file)", p.display())).unwrap_or_else(|| "unset".into()),
-        default.map(|p| p.display().to_string()).unwrap_or_else(|| "~/.cache/kiln/onnxruntime-1.31.1/libonnxruntime.so".into())
+        env.map(|p| format!("`{}` (no such file)", p.display()))
+            .unwrap_or_else(|| "unset".into()),
+        default
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "~/.cache/kiln/onnxruntime-1.31.1/libonnxruntime.so".into())
     )))
 }
 
@@ -39,8 +42,12 @@ static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>>
 fn environment() -> Result<&'static ort::environment::Environment> {
     ENV.get_or_init(|| {
         let path = library_path().map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
-        builder.with_name("kiln").build().map_err(|e| format!("creating the ONNX Runtime environment: {e}"))
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("loading {}: {e}", path.display()))?;
+        builder
+            .with_name("kiln")
+            .build()
+            .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))
     })
     .as_ref()
     .map_err(|e| DeployError::Runtime(e.clone()))
@@ -71,8 +78,13 @@ impl OrtModel {
             .and_then(|i| i.dtype().tensor_shape().and_then(|s| s.last().copied()))
             .filter(|d| *d > 0)
             .map(|d| d as usize)
-            .ok_or_else(|| DeployError::Runtime("the model has no input with a fixed feature width".into()))?;
-        Ok(OrtModel { session, n_features })
+            .ok_or_else(|| {
+                DeployError::Runtime("the model has no input with a fixed feature width".into())
+            })?;
+        Ok(OrtModel {
+            session,
+            n_features,
+        })
     }
 
     /// Loads a model from a file.
@@ -90,17 +102,34 @@ impl Predictor for OrtModel {
     fn predict(&mut self, features: &[f32], n_rows: usize) -> kiln_core::Result<Predictions> {
         let bad = |m: String| CoreError::Invalid(format!("onnxruntime: {m}"));
         if features.len() != n_rows * self.n_features {
-            return Err(bad(format!("got {} values for {n_rows} rows of {} features", features.len(), self.n_features)));
+            return Err(bad(format!(
+                "got {} values for {n_rows} rows of {} features",
+                features.len(),
+                self.n_features
+            )));
         }
-        let input = TensorRef::from_array_view(([n_rows, self.n_features], features)).map_err(|e| bad(e.to_string()))?;
-        let outputs = self.session.run(ort::inputs!["features" => input]).map_err(|e| bad(e.to_string()))?;
+        let input = TensorRef::from_array_view(([n_rows, self.n_features], features))
+            .map_err(|e| bad(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["features" => input])
+            .map_err(|e| bad(e.to_string()))?;
         let get = |name: &str| -> kiln_core::Result<(usize, Vec<f32>)> {
-            let v = outputs.get(name).ok_or_else(|| bad(format!("no output `{name}`")))?;
-            let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| bad(e.to_string()))?;
+            let v = outputs
+                .get(name)
+                .ok_or_else(|| bad(format!("no output `{name}`")))?;
+            let (shape, data) = v
+                .try_extract_tensor::<f32>()
+                .map_err(|e| bad(e.to_string()))?;
             Ok((shape.last().copied().unwrap_or(1) as usize, data.to_vec()))
         };
         let (k, logits) = get("logits")?;
         let (_, probabilities) = get("probabilities")?;
-        Ok(Predictions { n_rows, n_outputs: k, logits, probabilities })
+        Ok(Predictions {
+            n_rows,
+            n_outputs: k,
+            logits,
+            probabilities,
+        })
     }
 }

@@ -82,7 +82,10 @@ struct Manifest<'a> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
-    move |source| PipelineError::Io { path: path.to_path_buf(), source }
+    move |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Runs every stage of `pipeline` in order, reusing cached outputs.
@@ -102,7 +105,15 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
     for stage in &pipeline.stages {
         let config_json = serde_json::to_value(&stage.config).unwrap_or(serde_json::Value::Null);
         resolved.insert(stage.id.clone(), config_json.clone());
-        let mut rec = StageRecord { id: stage.id.clone(), uses: stage.kind, hash: String::new(), content_hash: None, status: String::new(), seconds: 0.0, message: None };
+        let mut rec = StageRecord {
+            id: stage.id.clone(),
+            uses: stage.kind,
+            hash: String::new(),
+            content_hash: None,
+            status: String::new(),
+            seconds: 0.0,
+            message: None,
+        };
 
         // Blocked by an earlier failure, or by a verdict that did not pass.
         let blocked = stage.inputs.iter().chain(&stage.requires).find_map(|d| {
@@ -110,8 +121,14 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             (r.status == "failed" || r.status == "blocked").then(|| format!("`{d}` {}", r.status))
         });
         let verdict_block = stage.requires.iter().find_map(|d| {
-            let v: serde_json::Value = kiln_core::read_json(&dirs.get(d)?.join("verdict.json")).ok()?;
-            (v["blessed"] != serde_json::Value::Bool(true)).then(|| format!("`{d}` did not bless the model: {}", v["reason"].as_str().unwrap_or("?")))
+            let v: serde_json::Value =
+                kiln_core::read_json(&dirs.get(d)?.join("verdict.json")).ok()?;
+            (v["blessed"] != serde_json::Value::Bool(true)).then(|| {
+                format!(
+                    "`{d}` did not bless the model: {}",
+                    v["reason"].as_str().unwrap_or("?")
+                )
+            })
         });
         if let Some(why) = blocked.or(verdict_block) {
             rec.status = "blocked".into();
@@ -123,9 +140,17 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         }
 
         // The stage hash: kind, resolved config, input content, kiln version.
-        let mut h = format!("kiln {KILN_VERSION}\n{}\n{}\n", stage.kind.as_str(), config_json);
+        let mut h = format!(
+            "kiln {KILN_VERSION}\n{}\n{}\n",
+            stage.kind.as_str(),
+            config_json
+        );
         for d in stage.inputs.iter().chain(&stage.requires) {
-            let r = records.iter().find(|r| &r.id == d).and_then(|r| r.content_hash.clone()).unwrap_or_default();
+            let r = records
+                .iter()
+                .find(|r| &r.id == d)
+                .and_then(|r| r.content_hash.clone())
+                .unwrap_or_default();
             h += &format!("input {d} {r}\n");
         }
         if let StageConfig::Preprocess(c) = &stage.config {
@@ -171,12 +196,19 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             }
         }
         rec.content_hash = Some(kiln_core::hash_dir(&done)?);
-        link(&run_dir.join(&stage.id), &Path::new("../../.cache").join(&rec.hash))?;
+        link(
+            &run_dir.join(&stage.id),
+            &Path::new("../../.cache").join(&rec.hash),
+        )?;
         dirs.insert(stage.id.clone(), done.clone());
         if stage.kind == StageKind::Evaluate {
             if let Ok(v) = kiln_core::read_json::<serde_json::Value>(&done.join("verdict.json")) {
                 if v["blessed"] != serde_json::Value::Bool(true) {
-                    failure.get_or_insert(format!("gate failed in `{}`: {}", stage.id, v["reason"].as_str().unwrap_or("?")));
+                    failure.get_or_insert(format!(
+                        "gate failed in `{}`: {}",
+                        stage.id,
+                        v["reason"].as_str().unwrap_or("?")
+                    ));
                 }
             }
         }
@@ -184,7 +216,13 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
     }
 
     let ok = failure.is_none();
-    let versions = BTreeMap::from([("kiln", KILN_VERSION), ("polars", "0.55.2"), ("dfdx", "0.13.0"), ("ort", "2.0.0-rc.15"), ("onnxruntime", "1.31.1")]);
+    let versions = BTreeMap::from([
+        ("kiln", KILN_VERSION),
+        ("polars", "0.55.2"),
+        ("dfdx", "0.13.0"),
+        ("ort", "2.0.0-rc.15"),
+        ("onnxruntime", "1.31.1"),
+    ]);
     let manifest = Manifest {
         pipeline: &pipeline.name,
         file: pipeline.file.display().to_string(),
@@ -203,7 +241,13 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
     let _ = std::fs::remove_file(&latest);
     link(&latest, Path::new(&run_id))?;
     let tables = summary_tables(pipeline, &dirs);
-    Ok(RunReport { run_dir, stages: records, tables, ok, failure })
+    Ok(RunReport {
+        run_dir,
+        stages: records,
+        tables,
+        ok,
+        failure,
+    })
 }
 
 fn source_files(c: &kiln_preprocess::Config) -> Vec<PathBuf> {
@@ -235,7 +279,10 @@ fn link(at: &Path, target: &Path) -> Result<(), PipelineError> {
 
 /// A run id sortable by time: `YYYYMMDD-HHMMSS` in UTC, with `-N` added on a clash.
 fn new_run_id(parent: &Path) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -247,7 +294,12 @@ fn new_run_id(parent: &Path) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let base = format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let base = format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
     let mut id = base.clone();
     let mut n = 1;
     while parent.join(&id).exists() {
@@ -269,24 +321,43 @@ fn upstream<'p>(p: &'p Pipeline, from: &str, kind: StageKind) -> Option<&'p Stag
     }
 }
 
-fn dataset(p: &Pipeline, from: &str, dirs: &BTreeMap<String, PathBuf>) -> Result<(kiln_core::Schema, [kiln_core::Dataset; 3]), String> {
-    let pre = upstream(p, from, StageKind::Preprocess).ok_or_else(|| format!("no preprocess stage upstream of `{from}`"))?;
-    let dir = dirs.get(&pre.id).ok_or_else(|| format!("stage `{}` has no output", pre.id))?;
+fn dataset(
+    p: &Pipeline,
+    from: &str,
+    dirs: &BTreeMap<String, PathBuf>,
+) -> Result<(kiln_core::Schema, [kiln_core::Dataset; 3]), String> {
+    let pre = upstream(p, from, StageKind::Preprocess)
+        .ok_or_else(|| format!("no preprocess stage upstream of `{from}`"))?;
+    let dir = dirs
+        .get(&pre.id)
+        .ok_or_else(|| format!("stage `{}` has no output", pre.id))?;
     kiln_preprocess::read_artifact(dir).map_err(|e| e.to_string())
 }
 
 fn model_of(dirs: &BTreeMap<String, PathBuf>, id: &str) -> Result<NativeModel, String> {
-    let dir = dirs.get(id).ok_or_else(|| format!("stage `{id}` has no output"))?;
+    let dir = dirs
+        .get(id)
+        .ok_or_else(|| format!("stage `{id}` has no output"))?;
     NativeModel::load(dir).map_err(|e| e.to_string())
 }
 
-fn execute(p: &Pipeline, stage: &StageDef, dirs: &BTreeMap<String, PathBuf>, out: &Path, hash: &str, opts: &RunOptions) -> Result<(), String> {
+fn execute(
+    p: &Pipeline,
+    stage: &StageDef,
+    dirs: &BTreeMap<String, PathBuf>,
+    out: &Path,
+    hash: &str,
+    opts: &RunOptions,
+) -> Result<(), String> {
     let first = stage.inputs.first().map(String::as_str).unwrap_or("");
     match &stage.config {
-        StageConfig::Preprocess(c) => kiln_preprocess::run(c, out).map(|_| ()).map_err(|e| e.to_string()),
+        StageConfig::Preprocess(c) => kiln_preprocess::run(c, out)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         StageConfig::Train(c) => {
             let (schema, [train, valid, _]) = dataset(p, first, dirs)?;
-            kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress).map_err(|e| e.to_string())?;
+            kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress)
+                .map_err(|e| e.to_string())?;
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Optimize(c) => {
@@ -297,23 +368,46 @@ fn execute(p: &Pipeline, stage: &StageDef, dirs: &BTreeMap<String, PathBuf>, out
         }
         StageConfig::Evaluate(c) => {
             let (schema, [_, _, test]) = dataset(p, first, dirs)?;
-            let mut models: Vec<(String, NativeModel)> =
-                stage.inputs.iter().map(|id| model_of(dirs, id).map(|m| (id.clone(), m))).collect::<Result<_, _>>()?;
-            let mut variants: Vec<(String, &mut dyn Predictor)> = models.iter_mut().map(|(n, m)| (n.clone(), m as &mut dyn Predictor)).collect();
-            kiln_evaluate::run(c, &mut variants, &test, &schema.class_labels, out).map(|_| ()).map_err(|e| e.to_string())
+            let mut models: Vec<(String, NativeModel)> = stage
+                .inputs
+                .iter()
+                .map(|id| model_of(dirs, id).map(|m| (id.clone(), m)))
+                .collect::<Result<_, _>>()?;
+            let mut variants: Vec<(String, &mut dyn Predictor)> = models
+                .iter_mut()
+                .map(|(n, m)| (n.clone(), m as &mut dyn Predictor))
+                .collect();
+            kiln_evaluate::run(c, &mut variants, &test, &schema.class_labels, out)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
         StageConfig::Deploy(c) => {
             let (schema, [_, _, test]) = dataset(p, first, dirs)?;
-            let src = p.stages.iter().find(|s| s.id == first).ok_or("deploy input vanished")?;
+            let src = p
+                .stages
+                .iter()
+                .find(|s| s.id == first)
+                .ok_or("deploy input vanished")?;
             let mut variants = Vec::new();
             if src.kind == StageKind::Optimize {
                 let parent = src.inputs.first().ok_or("optimize stage has no input")?;
-                variants.push(kiln_deploy::Variant { name: "fp32".into(), model: model_of(dirs, parent)? });
-                variants.push(kiln_deploy::Variant { name: "int8".into(), model: model_of(dirs, first)? });
+                variants.push(kiln_deploy::Variant {
+                    name: "fp32".into(),
+                    model: model_of(dirs, parent)?,
+                });
+                variants.push(kiln_deploy::Variant {
+                    name: "int8".into(),
+                    model: model_of(dirs, first)?,
+                });
             } else {
-                variants.push(kiln_deploy::Variant { name: "fp32".into(), model: model_of(dirs, first)? });
+                variants.push(kiln_deploy::Variant {
+                    name: "fp32".into(),
+                    model: model_of(dirs, first)?,
+                });
             }
-            kiln_deploy::run(c, &variants, &schema, &test, hash, out).map(|_| ()).map_err(|e| e.to_string())
+            kiln_deploy::run(c, &variants, &schema, &test, hash, out)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
     }
 }
@@ -329,8 +423,18 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                     let r = &v["rows"];
                     tables.push(Table {
                         title: format!("data ({})", s.id),
-                        header: vec!["train".into(), "valid".into(), "test".into(), "features".into()],
-                        rows: vec![vec![r["train"].to_string(), r["valid"].to_string(), r["test"].to_string(), v["n_features"].to_string()]],
+                        header: vec![
+                            "train".into(),
+                            "valid".into(),
+                            "test".into(),
+                            "features".into(),
+                        ],
+                        rows: vec![vec![
+                            r["train"].to_string(),
+                            r["valid"].to_string(),
+                            r["test"].to_string(),
+                            v["n_features"].to_string(),
+                        ]],
                     });
                 }
             }
@@ -340,7 +444,12 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                     let e = &v["epochs"][best.saturating_sub(1)];
                     tables.push(Table {
                         title: format!("training ({})", s.id),
-                        header: vec!["epochs run".into(), "best epoch".into(), "train loss".into(), "valid accuracy".into()],
+                        header: vec![
+                            "epochs run".into(),
+                            "best epoch".into(),
+                            "train loss".into(),
+                            "valid accuracy".into(),
+                        ],
                         rows: vec![vec![
                             v["epochs"].as_array().map_or(0, |a| a.len()).to_string(),
                             best.to_string(),
@@ -363,8 +472,14 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                             ]);
                         }
                     }
-                    let verdict = json("verdict.json").map(|v| v["reason"].as_str().unwrap_or("").to_string()).unwrap_or_default();
-                    tables.push(Table { title: format!("test metrics ({}): {verdict}", s.id), header: vec!["variant".into(), "accuracy".into(), "macro F1".into()], rows });
+                    let verdict = json("verdict.json")
+                        .map(|v| v["reason"].as_str().unwrap_or("").to_string())
+                        .unwrap_or_default();
+                    tables.push(Table {
+                        title: format!("test metrics ({}): {verdict}", s.id),
+                        header: vec!["variant".into(), "accuracy".into(), "macro F1".into()],
+                        rows,
+                    });
                 }
             }
             StageKind::Deploy => {
@@ -372,19 +487,36 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                     let mut rows = Vec::new();
                     if let Some(m) = v["variants"].as_object() {
                         for (name, r) in m {
-                            let file = if name == "fp32" { "model.onnx".to_string() } else { format!("model.{name}.onnx") };
-                            let bytes = std::fs::metadata(dir.join(&file)).map(|m| m.len()).unwrap_or(0);
+                            let file = if name == "fp32" {
+                                "model.onnx".to_string()
+                            } else {
+                                format!("model.{name}.onnx")
+                            };
+                            let bytes = std::fs::metadata(dir.join(&file))
+                                .map(|m| m.len())
+                                .unwrap_or(0);
                             rows.push(vec![
                                 file,
                                 format!("{:.1} KiB", bytes as f64 / 1024.0),
                                 format!("{:.2e}", r["max_abs_prob"].as_f64().unwrap_or(f64::NAN)),
-                                format!("{:.4}", r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)),
+                                format!(
+                                    "{:.4}",
+                                    r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)
+                                ),
                             ]);
                         }
                     }
                     tables.push(Table {
-                        title: format!("deployment ({}): ONNX Runtime vs kiln reference forward pass", s.id),
-                        header: vec!["file".into(), "size".into(), "max |Δp|".into(), "argmax agreement".into()],
+                        title: format!(
+                            "deployment ({}): ONNX Runtime vs kiln reference forward pass",
+                            s.id
+                        ),
+                        header: vec![
+                            "file".into(),
+                            "size".into(),
+                            "max |Δp|".into(),
+                            "argmax agreement".into(),
+                        ],
                         rows,
                     });
                 }

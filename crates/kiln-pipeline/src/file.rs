@@ -28,10 +28,22 @@ impl std::fmt::Display for Diagnostic {
         if self.line == 0 {
             return write!(f, "{} (from --set): {}", self.file.display(), self.message);
         }
-        writeln!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)?;
+        writeln!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )?;
         let num = self.line.to_string();
         writeln!(f, "{} | {}", num, self.line_text)?;
-        write!(f, "{} | {}^", " ".repeat(num.len()), " ".repeat(self.col.saturating_sub(1)))
+        write!(
+            f,
+            "{} | {}^",
+            " ".repeat(num.len()),
+            " ".repeat(self.col.saturating_sub(1))
+        )
     }
 }
 
@@ -111,7 +123,13 @@ impl Ctx<'_> {
         } else {
             locate(self.text, span.start)
         };
-        self.diags.push(Diagnostic { file: self.file.to_path_buf(), line, col, message: message.into(), line_text });
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+            line_text,
+        });
     }
 
     fn toml_error(&mut self, e: toml::de::Error, fallback: Range<usize>, valid: &[&str]) {
@@ -127,8 +145,15 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
     let line = before.matches('\n').count() + 1;
     let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let col = text[start..offset].chars().count() + 1;
-    let end = text[start..].find('\n').map(|i| start + i).unwrap_or(text.len());
-    (line, col, text[start..end].trim_end_matches('\r').to_string())
+    let end = text[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
+    (
+        line,
+        col,
+        text[start..end].trim_end_matches('\r').to_string(),
+    )
 }
 
 /// Rewrites serde's messages into kiln's voice, adding "did you mean" for unknown keys.
@@ -136,28 +161,58 @@ fn polish(message: &str, valid: &[&str]) -> String {
     let msg = message.trim().trim_end_matches('.').to_string();
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or("");
-        let mut expected: Vec<String> = rest.split('`').skip(2).step_by(2).map(String::from).collect();
+        let mut expected: Vec<String> = rest
+            .split('`')
+            .skip(2)
+            .step_by(2)
+            .map(String::from)
+            .collect();
         if expected.is_empty() {
             expected = valid.iter().map(|s| s.to_string()).collect();
         }
-        let hint = crate::nearest(name, &expected).map(|n| format!("; did you mean `{n}`?")).unwrap_or_else(|| {
-            format!("; valid keys here: {}", expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", "))
-        });
+        let hint = crate::nearest(name, &expected)
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_else(|| {
+                format!(
+                    "; valid keys here: {}",
+                    expected
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
         return format!("unknown key `{name}`{hint}");
     }
     if let Some(rest) = msg.strip_prefix("unknown variant `") {
         let name = rest.split('`').next().unwrap_or("");
-        let expected: Vec<String> = rest.split('`').skip(2).step_by(2).map(String::from).collect();
+        let expected: Vec<String> = rest
+            .split('`')
+            .skip(2)
+            .step_by(2)
+            .map(String::from)
+            .collect();
         let hint = crate::nearest(name, &expected)
             .map(|n| format!("; did you mean `{n}`?"))
-            .unwrap_or_else(|| format!("; expected one of {}", expected.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")));
+            .unwrap_or_else(|| {
+                format!(
+                    "; expected one of {}",
+                    expected
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
         return format!("unknown value `{name}`{hint}");
     }
     msg
 }
 
 fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(String, Range<usize>)> {
-    let Some(v) = table.remove(key) else { return Vec::new() };
+    let Some(v) = table.remove(key) else {
+        return Vec::new();
+    };
     let span = v.span();
     match v.into_inner() {
         DeValue::String(s) => vec![(s.to_string(), span)],
@@ -167,13 +222,25 @@ fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(Strin
                 let sp = it.span();
                 match it.into_inner() {
                     DeValue::String(s) => out.push((s.to_string(), sp)),
-                    other => ctx.error(sp, format!("`{key}` must list stage ids as strings, found a {}", other.type_str())),
+                    other => ctx.error(
+                        sp,
+                        format!(
+                            "`{key}` must list stage ids as strings, found a {}",
+                            other.type_str()
+                        ),
+                    ),
                 }
             }
             out
         }
         other => {
-            ctx.error(span, format!("`{key}` must be a stage id or a list of stage ids, found a {}", other.type_str()));
+            ctx.error(
+                span,
+                format!(
+                    "`{key}` must be a stage id or a list of stage ids, found a {}",
+                    other.type_str()
+                ),
+            );
             Vec::new()
         }
     }
@@ -183,7 +250,10 @@ fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(Strin
 fn apply_set<'a>(ctx: &mut Ctx, root: &mut DeTable<'a>, set: &'a [String]) {
     for s in set {
         let Some((path, raw)) = s.split_once('=') else {
-            ctx.error(0..0, format!("--set `{s}` must look like stages.train.epochs=2"));
+            ctx.error(
+                0..0,
+                format!("--set `{s}` must look like stages.train.epochs=2"),
+            );
             continue;
         };
         let value = match DeValue::parse(raw.trim()) {
@@ -200,11 +270,17 @@ fn apply_set<'a>(ctx: &mut Ctx, root: &mut DeTable<'a>, set: &'a [String]) {
 fn set_path<'a>(table: &mut DeTable<'a>, keys: &[&str], value: DeValue<'a>) -> Result<(), String> {
     let key = keys[0].to_string();
     if keys.len() == 1 {
-        table.insert(Spanned::new(0..0, std::borrow::Cow::Owned(key)), Spanned::new(0..0, value));
+        table.insert(
+            Spanned::new(0..0, std::borrow::Cow::Owned(key)),
+            Spanned::new(0..0, value),
+        );
         return Ok(());
     }
     if !table.contains_key(keys[0]) {
-        table.insert(Spanned::new(0..0, std::borrow::Cow::Owned(key.clone())), Spanned::new(0..0, DeValue::Table(DeTable::new())));
+        table.insert(
+            Spanned::new(0..0, std::borrow::Cow::Owned(key.clone())),
+            Spanned::new(0..0, DeValue::Table(DeTable::new())),
+        );
     }
     match table.get_mut(keys[0]).map(|v| v.get_mut()) {
         Some(DeValue::Table(t)) => set_path(t, &keys[1..], value),
@@ -212,8 +288,16 @@ fn set_path<'a>(table: &mut DeTable<'a>, keys: &[&str], value: DeValue<'a>) -> R
     }
 }
 
-fn deserialize<'de, T: Deserialize<'de>>(ctx: &mut Ctx, table: DeTable<'de>, span: Range<usize>, valid: &[&str]) -> Option<T> {
-    match T::deserialize(ValueDeserializer::from(Spanned::new(span.clone(), DeValue::Table(table)))) {
+fn deserialize<'de, T: Deserialize<'de>>(
+    ctx: &mut Ctx,
+    table: DeTable<'de>,
+    span: Range<usize>,
+    valid: &[&str],
+) -> Option<T> {
+    match T::deserialize(ValueDeserializer::from(Spanned::new(
+        span.clone(),
+        DeValue::Table(table),
+    ))) {
         Ok(v) => Some(v),
         Err(e) => {
             ctx.toml_error(e, span, valid);
@@ -224,8 +308,16 @@ fn deserialize<'de, T: Deserialize<'de>>(ctx: &mut Ctx, table: DeTable<'de>, spa
 
 /// Parses and validates a pipeline file's text; `file` is used for messages and to
 /// resolve relative paths. Returns every problem found.
-pub fn parse<'a>(file: &Path, text: &'a str, set: &'a [String]) -> Result<Pipeline, Vec<Diagnostic>> {
-    let mut ctx = Ctx { file, text, diags: Vec::new() };
+pub fn parse<'a>(
+    file: &Path,
+    text: &'a str,
+    set: &'a [String],
+) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut ctx = Ctx {
+        file,
+        text,
+        diags: Vec::new(),
+    };
     let (doc, errors) = DeTable::parse_recoverable(text);
     for e in errors {
         ctx.toml_error(e, 0..1, &[]);
@@ -242,22 +334,45 @@ pub fn parse<'a>(file: &Path, text: &'a str, set: &'a [String]) -> Result<Pipeli
     let seed = header.as_ref().map(|h| h.seed).unwrap_or(0);
     if let Some(h) = &header {
         if h.version != 1 {
-            ctx.error(root_span.start..root_span.start + 1, format!("pipeline `version = {}` is not supported; this kiln reads version 1", h.version));
+            ctx.error(
+                root_span.start..root_span.start + 1,
+                format!(
+                    "pipeline `version = {}` is not supported; this kiln reads version 1",
+                    h.version
+                ),
+            );
         }
-        if h.name.is_empty() || !h.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            ctx.error(root_span.start..root_span.start + 1, format!("pipeline name `{}` must be non-empty and use only letters, digits, - and _", h.name));
+        if h.name.is_empty()
+            || !h
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            ctx.error(
+                root_span.start..root_span.start + 1,
+                format!(
+                    "pipeline name `{}` must be non-empty and use only letters, digits, - and _",
+                    h.name
+                ),
+            );
         }
     }
     let mut stages = Vec::new();
     match stages_val.map(|v| (v.span(), v.into_inner())) {
-        None => ctx.error(root_span.start..root_span.start + 1, "the pipeline has no `[stages.<id>]` tables; add at least one stage"),
+        None => ctx.error(
+            root_span.start..root_span.start + 1,
+            "the pipeline has no `[stages.<id>]` tables; add at least one stage",
+        ),
         Some((sp, DeValue::Table(t))) => {
             for (key, val) in t {
                 let id = key.get_ref().to_string();
                 let id_span = key.span();
                 let span = val.span();
                 let DeValue::Table(mut table) = val.into_inner() else {
-                    ctx.error(id_span, format!("stage `{id}` must be a table ([stages.{id}])"));
+                    ctx.error(
+                        id_span,
+                        format!("stage `{id}` must be a table ([stages.{id}])"),
+                    );
                     continue;
                 };
                 let Some(uses) = table.remove("uses") else {
@@ -273,9 +388,15 @@ pub fn parse<'a>(file: &Path, text: &'a str, set: &'a [String]) -> Result<Pipeli
                     Some("deploy") => StageKind::Deploy,
                     other => {
                         let got = other.unwrap_or("?");
-                        let hint = crate::nearest(got, &STAGE_KINDS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                            .map(|n| format!("did you mean `{n}`?"))
-                            .unwrap_or_else(|| format!("expected one of {}", STAGE_KINDS.join(", ")));
+                        let hint = crate::nearest(
+                            got,
+                            &STAGE_KINDS
+                                .iter()
+                                .map(|s| s.to_string())
+                                .collect::<Vec<_>>(),
+                        )
+                        .map(|n| format!("did you mean `{n}`?"))
+                        .unwrap_or_else(|| format!("expected one of {}", STAGE_KINDS.join(", ")));
                         ctx.error(uses_span, format!("unknown stage kind `{got}`; {hint}"));
                         continue;
                     }
@@ -285,26 +406,39 @@ pub fn parse<'a>(file: &Path, text: &'a str, set: &'a [String]) -> Result<Pipeli
                 let requires = take_string_list(&mut ctx, &mut table, "requires");
                 let own_seed = table.contains_key("seed");
                 let config = match kind {
-                    StageKind::Preprocess => deserialize::<kiln_preprocess::Config>(&mut ctx, table, span.clone(), &[]).map(|mut c| {
-                        if !own_seed {
-                            c.seed = seed;
-                        }
-                        for p in c.source.paths_mut() {
-                            if p.is_relative() {
-                                *p = dir.join(&*p);
-                            }
-                        }
-                        StageConfig::Preprocess(c)
-                    }),
-                    StageKind::Train => deserialize::<kiln_train::Config>(&mut ctx, table, span.clone(), &[]).map(|mut c| {
-                        if !own_seed {
-                            c.seed = seed;
-                        }
-                        StageConfig::Train(c)
-                    }),
-                    StageKind::Optimize => deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Optimize),
-                    StageKind::Evaluate => deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Evaluate),
-                    StageKind::Deploy => deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Deploy),
+                    StageKind::Preprocess => {
+                        deserialize::<kiln_preprocess::Config>(&mut ctx, table, span.clone(), &[])
+                            .map(|mut c| {
+                                if !own_seed {
+                                    c.seed = seed;
+                                }
+                                for p in c.source.paths_mut() {
+                                    if p.is_relative() {
+                                        *p = dir.join(&*p);
+                                    }
+                                }
+                                StageConfig::Preprocess(c)
+                            })
+                    }
+                    StageKind::Train => {
+                        deserialize::<kiln_train::Config>(&mut ctx, table, span.clone(), &[]).map(
+                            |mut c| {
+                                if !own_seed {
+                                    c.seed = seed;
+                                }
+                                StageConfig::Train(c)
+                            },
+                        )
+                    }
+                    StageKind::Optimize => {
+                        deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Optimize)
+                    }
+                    StageKind::Evaluate => {
+                        deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Evaluate)
+                    }
+                    StageKind::Deploy => {
+                        deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Deploy)
+                    }
                 };
                 let Some(config) = config else { continue };
                 stages.push((
@@ -324,7 +458,13 @@ pub fn parse<'a>(file: &Path, text: &'a str, set: &'a [String]) -> Result<Pipeli
                 ctx.error(sp, "`[stages]` is empty; add at least one stage");
             }
         }
-        Some((sp, other)) => ctx.error(sp, format!("`stages` must be a table of stages, found a {}", other.type_str())),
+        Some((sp, other)) => ctx.error(
+            sp,
+            format!(
+                "`stages` must be a table of stages, found a {}",
+                other.type_str()
+            ),
+        ),
     }
     let ordered = crate::graph::order(&mut ctx, stages);
     match header {

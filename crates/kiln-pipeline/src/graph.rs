@@ -13,14 +13,29 @@ fn wants(kind: StageKind) -> (&'static [StageKind], &'static str, usize, usize) 
         Preprocess => (&[], "nothing", 0, 0),
         Train => (&[Preprocess], "a dataset (a preprocess stage)", 1, 1),
         Optimize => (&[Train], "a trained model (a train stage)", 1, 1),
-        Evaluate => (&[Train, Optimize], "models (train or optimize stages)", 1, usize::MAX),
-        Deploy => (&[Train, Optimize], "a model (a train or optimize stage)", 1, 1),
+        Evaluate => (
+            &[Train, Optimize],
+            "models (train or optimize stages)",
+            1,
+            usize::MAX,
+        ),
+        Deploy => (
+            &[Train, Optimize],
+            "a model (a train or optimize stage)",
+            1,
+            1,
+        ),
     }
 }
 
 pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec<StageDef> {
     let ids: Vec<String> = stages.iter().map(|(s, _, _)| s.id.clone()).collect();
-    let kind_of = |id: &str| stages.iter().find(|(s, _, _)| s.id == id).map(|(s, _, _)| s.kind);
+    let kind_of = |id: &str| {
+        stages
+            .iter()
+            .find(|(s, _, _)| s.id == id)
+            .map(|(s, _, _)| s.kind)
+    };
     let mut ok = true;
     for (s, inputs, requires) in &stages {
         let (allowed, what, min, max) = wants(s.kind);
@@ -28,20 +43,41 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
             let msg = if min == 0 {
                 format!("stage `{}` ({}) takes no `input`", s.id, s.kind.as_str())
             } else {
-                format!("stage `{}` ({}) needs `input` naming {what}", s.id, s.kind.as_str())
+                format!(
+                    "stage `{}` ({}) needs `input` naming {what}",
+                    s.id,
+                    s.kind.as_str()
+                )
             };
-            ctx.error(inputs.first().map(|(_, sp)| sp.clone()).unwrap_or(s.span.clone()), msg);
+            ctx.error(
+                inputs
+                    .first()
+                    .map(|(_, sp)| sp.clone())
+                    .unwrap_or(s.span.clone()),
+                msg,
+            );
             ok = false;
         }
         for (name, sp) in inputs.iter().chain(requires) {
             match kind_of(name) {
                 None => {
-                    let hint = crate::nearest(name, &ids).map(|n| format!("; did you mean `{n}`?")).unwrap_or_else(|| format!("; stages are: {}", ids.join(", ")));
-                    ctx.error(sp.clone(), format!("stage `{}` refers to `{name}`, which is not a stage{hint}", s.id));
+                    let hint = crate::nearest(name, &ids)
+                        .map(|n| format!("; did you mean `{n}`?"))
+                        .unwrap_or_else(|| format!("; stages are: {}", ids.join(", ")));
+                    ctx.error(
+                        sp.clone(),
+                        format!(
+                            "stage `{}` refers to `{name}`, which is not a stage{hint}",
+                            s.id
+                        ),
+                    );
                     ok = false;
                 }
                 Some(_) if name == &s.id => {
-                    ctx.error(sp.clone(), format!("stage `{}` cannot depend on itself", s.id));
+                    ctx.error(
+                        sp.clone(),
+                        format!("stage `{}` cannot depend on itself", s.id),
+                    );
                     ok = false;
                 }
                 Some(_) => {}
@@ -50,7 +86,15 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
         for (name, sp) in inputs {
             if let Some(k) = kind_of(name) {
                 if !allowed.contains(&k) {
-                    ctx.error(sp.clone(), format!("stage `{}` ({}) needs {what}, but `{name}` is a {} stage", s.id, s.kind.as_str(), k.as_str()));
+                    ctx.error(
+                        sp.clone(),
+                        format!(
+                            "stage `{}` ({}) needs {what}, but `{name}` is a {} stage",
+                            s.id,
+                            s.kind.as_str(),
+                            k.as_str()
+                        ),
+                    );
                     ok = false;
                 }
             }
@@ -72,7 +116,10 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
     let mut done: Vec<StageDef> = Vec::new();
     while !remaining.is_empty() {
         let ready = remaining.iter().position(|(s, _, _)| {
-            s.inputs.iter().chain(&s.requires).all(|d| done.iter().any(|x| &x.id == d))
+            s.inputs
+                .iter()
+                .chain(&s.requires)
+                .all(|d| done.iter().any(|x| &x.id == d))
         });
         match ready {
             Some(i) => done.push(remaining.remove(i).0),

@@ -84,7 +84,10 @@ pub enum PipelineError {
 
 /// Reads and validates a pipeline file, applying `--set` overrides.
 pub fn load(path: &Path, set: &[String]) -> Result<Pipeline, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     parse(&abs, &text, set).map_err(PipelineError::Invalid)
 }

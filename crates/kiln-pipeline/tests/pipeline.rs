@@ -11,25 +11,39 @@ fn pipelines() -> PathBuf {
 }
 
 fn statuses(r: &kiln_pipeline::RunReport) -> Vec<(String, String)> {
-    r.stages.iter().map(|s| (s.id.clone(), s.status.clone())).collect()
+    r.stages
+        .iter()
+        .map(|s| (s.id.clone(), s.status.clone()))
+        .collect()
 }
 
 fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
 }
 
 #[test]
 fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions { runs_dir: runs.path().to_path_buf(), force: false, progress: &NoProgress };
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+    };
     let p = load(&pipelines().join("digits-mlp.toml"), &[]).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
-    assert!(statuses(&r).iter().all(|(_, s)| s == "executed"), "{:?}", statuses(&r));
+    assert!(
+        statuses(&r).iter().all(|(_, s)| s == "executed"),
+        "{:?}",
+        statuses(&r)
+    );
 
     let metrics = json(&r.run_dir.join("eval/metrics.json"));
     let fp32 = metrics["variants"]["train"]["accuracy"].as_f64().unwrap();
-    let int8 = metrics["variants"]["compress"]["accuracy"].as_f64().unwrap();
+    let int8 = metrics["variants"]["compress"]["accuracy"]
+        .as_f64()
+        .unwrap();
     assert!(fp32 >= 0.93, "fp32 test accuracy {fp32}");
     assert!((fp32 - int8).abs() <= 0.02, "int8 {int8} vs fp32 {fp32}");
 
@@ -43,16 +57,36 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     assert!(r.run_dir.join("ship/model.int8.onnx").is_file());
     let manifest = json(&r.run_dir.join("run.json"));
     assert_eq!(manifest["ok"], true);
-    assert_eq!(manifest["resolved"]["train"]["seed"], 7, "the top-level seed reaches the stages");
-    assert_eq!(std::fs::read_link(r.run_dir.parent().unwrap().join("latest")).unwrap(), PathBuf::from(r.run_dir.file_name().unwrap()));
+    assert_eq!(
+        manifest["resolved"]["train"]["seed"], 7,
+        "the top-level seed reaches the stages"
+    );
+    assert_eq!(
+        std::fs::read_link(r.run_dir.parent().unwrap().join("latest")).unwrap(),
+        PathBuf::from(r.run_dir.file_name().unwrap())
+    );
 
     // Unchanged: nothing executes.
     let again = run(&p, &opts).unwrap();
-    assert!(statuses(&again).iter().all(|(_, s)| s == "cached"), "{:?}", statuses(&again));
-    assert_eq!(json(&again.run_dir.join("run.json"))["stages"][1]["status"], "cached");
+    assert!(
+        statuses(&again).iter().all(|(_, s)| s == "cached"),
+        "{:?}",
+        statuses(&again)
+    );
+    assert_eq!(
+        json(&again.run_dir.join("run.json"))["stages"][1]["status"],
+        "cached"
+    );
 
     // Fewer epochs: train and everything after it reruns, data does not.
-    let p2 = load(&pipelines().join("digits-mlp.toml"), &["stages.train.epochs=3".to_string(), "stages.eval.gates.accuracy=\">= 0.5\"".to_string()]).unwrap();
+    let p2 = load(
+        &pipelines().join("digits-mlp.toml"),
+        &[
+            "stages.train.epochs=3".to_string(),
+            "stages.eval.gates.accuracy=\">= 0.5\"".to_string(),
+        ],
+    )
+    .unwrap();
     let third = run(&p2, &opts).unwrap();
     let st = statuses(&third);
     assert_eq!(st[0], ("data".to_string(), "cached".to_string()));
@@ -60,24 +94,55 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
 
     // A config change that leaves train's output byte-identical (early stopping ended
     // before epoch 29 anyway) reruns train only: the cache keys on input content.
-    let best = json(&r.run_dir.join("train/history.json"))["epochs"].as_array().unwrap().len();
-    assert!(best < 30, "early stopping should have ended the digits run before epoch 30");
-    let p3 = load(&pipelines().join("digits-mlp.toml"), &[format!("stages.train.epochs={}", best + 1)]).unwrap();
+    let best = json(&r.run_dir.join("train/history.json"))["epochs"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        best < 30,
+        "early stopping should have ended the digits run before epoch 30"
+    );
+    let p3 = load(
+        &pipelines().join("digits-mlp.toml"),
+        &[format!("stages.train.epochs={}", best + 1)],
+    )
+    .unwrap();
     let st = statuses(&run(&p3, &opts).unwrap());
-    assert_eq!(st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(), ["cached", "executed", "cached", "cached", "cached"]);
+    assert_eq!(
+        st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+        ["cached", "executed", "cached", "cached", "cached"]
+    );
 
     // --force reruns everything and produces the same bytes.
-    let forced = run(&p, &RunOptions { force: true, ..opts }).unwrap();
+    let forced = run(
+        &p,
+        &RunOptions {
+            force: true,
+            ..opts
+        },
+    )
+    .unwrap();
     assert!(statuses(&forced).iter().all(|(_, s)| s == "executed"));
     let w = |d: &Path| std::fs::read(d.join("train/weights.safetensors")).unwrap();
-    assert_eq!(w(&r.run_dir), w(&forced.run_dir), "reruns must give bit-identical weights");
+    assert_eq!(
+        w(&r.run_dir),
+        w(&forced.run_dir),
+        "reruns must give bit-identical weights"
+    );
 }
 
 #[test]
 fn failed_gate_blocks_deploy_and_fails_the_run() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions { runs_dir: runs.path().to_path_buf(), force: false, progress: &NoProgress };
-    let set = vec!["stages.eval.gates.accuracy=\">= 0.9999\"".to_string(), "stages.train.epochs=2".to_string()];
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+    };
+    let set = vec![
+        "stages.eval.gates.accuracy=\">= 0.9999\"".to_string(),
+        "stages.train.epochs=2".to_string(),
+    ];
     let p = load(&pipelines().join("digits-mlp.toml"), &set).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(!r.ok);
@@ -92,17 +157,33 @@ fn failed_gate_blocks_deploy_and_fails_the_run() {
 #[test]
 fn iris_with_a_string_target_runs() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions { runs_dir: runs.path().to_path_buf(), force: false, progress: &NoProgress };
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+    };
     let r = run(&load(&pipelines().join("iris.toml"), &[]).unwrap(), &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
     let schema = json(&r.run_dir.join("data/schema.json"));
-    assert_eq!(schema["class_labels"], serde_json::json!(["setosa", "versicolor", "virginica"]));
-    assert!(json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"].as_f64().unwrap() >= 0.85);
+    assert_eq!(
+        schema["class_labels"],
+        serde_json::json!(["setosa", "versicolor", "virginica"])
+    );
+    assert!(
+        json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
+            .as_f64()
+            .unwrap()
+            >= 0.85
+    );
 }
 
 fn errors(text: &str) -> Vec<String> {
     let file = pipelines().join("bad.toml");
-    parse(&file, text, &[]).unwrap_err().iter().map(|d| d.to_string()).collect()
+    parse(&file, text, &[])
+        .unwrap_err()
+        .iter()
+        .map(|d| d.to_string())
+        .collect()
 }
 
 const GOOD: &str = r#"version = 1
@@ -122,27 +203,54 @@ fn invalid_files_give_located_errors() {
     assert!(parse(&pipelines().join("ok.toml"), GOOD, &[]).is_ok());
     let e = errors(&GOOD.replace("batch_size", "batch_sise"));
     assert_eq!(e.len(), 1);
-    assert!(e[0].contains("bad.toml:10:1: unknown key `batch_sise`; did you mean `batch_size`?"), "{}", e[0]);
+    assert!(
+        e[0].contains("bad.toml:10:1: unknown key `batch_sise`; did you mean `batch_size`?"),
+        "{}",
+        e[0]
+    );
     assert!(e[0].contains("10 | batch_sise = 8"), "{}", e[0]);
 
     let e = errors(&GOOD.replace("uses = \"train\"", "uses = \"trian\""));
-    assert!(e[0].contains(":7:8: unknown stage kind `trian`; did you mean `train`?"), "{}", e[0]);
+    assert!(
+        e[0].contains(":7:8: unknown stage kind `trian`; did you mean `train`?"),
+        "{}",
+        e[0]
+    );
 
     let e = errors(&GOOD.replace("input = \"data\"", "input = \"dta\""));
-    assert!(e[0].contains(":8:9:") && e[0].contains("did you mean `data`?"), "{}", e[0]);
+    assert!(
+        e[0].contains(":8:9:") && e[0].contains("did you mean `data`?"),
+        "{}",
+        e[0]
+    );
 
     let e = errors(&GOOD.replace("batch_size = 8", "batch_size = \"eight\""));
-    assert!(e[0].contains(":10:14:") && e[0].contains("invalid type"), "{}", e[0]);
+    assert!(
+        e[0].contains(":10:14:") && e[0].contains("invalid type"),
+        "{}",
+        e[0]
+    );
 
     // Two problems in two stages: both reported.
-    let e = errors(&GOOD.replace("batch_size", "batch_sise").replace("format = \"csv\"", "format = \"cvs\""));
+    let e = errors(
+        &GOOD
+            .replace("batch_size", "batch_sise")
+            .replace("format = \"csv\"", "format = \"cvs\""),
+    );
     assert_eq!(e.len(), 2, "{e:?}");
 
-    let e = errors(&format!("{GOOD}[stages.loop]\nuses = \"train\"\ninput = \"loop\"\nmodel = {{ hidden = [] }}\n"));
+    let e = errors(&format!(
+        "{GOOD}[stages.loop]\nuses = \"train\"\ninput = \"loop\"\nmodel = {{ hidden = [] }}\n"
+    ));
     assert!(e[0].contains("cannot depend on itself"), "{e:?}");
 
-    let e = errors(&format!("{GOOD}[stages.ship]\nuses = \"deploy\"\ninput = \"data\"\n"));
-    assert!(e[0].contains("needs a model") && e[0].contains("`data` is a preprocess stage"), "{e:?}");
+    let e = errors(&format!(
+        "{GOOD}[stages.ship]\nuses = \"deploy\"\ninput = \"data\"\n"
+    ));
+    assert!(
+        e[0].contains("needs a model") && e[0].contains("`data` is a preprocess stage"),
+        "{e:?}"
+    );
 
     let e = errors("version = 1\nname = \"t\"\nstages = 3\n");
     assert!(e[0].contains(":3:10: `stages` must be a table"), "{e:?}");
