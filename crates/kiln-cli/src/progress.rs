@@ -24,24 +24,24 @@ impl kiln_core::Progress for Bars {
         }
     }
     fn advance(&self, n: u64) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(b) = b.as_ref() {
-                b.inc(n);
-            }
+        if let Ok(b) = self.bar.lock()
+            && let Some(b) = b.as_ref()
+        {
+            b.inc(n);
         }
     }
     fn message(&self, msg: &str) {
-        if let Ok(b) = self.bar.lock() {
-            if let Some(b) = b.as_ref() {
-                b.set_message(msg.to_string());
-            }
+        if let Ok(b) = self.bar.lock()
+            && let Some(b) = b.as_ref()
+        {
+            b.set_message(msg.to_string());
         }
     }
     fn finish(&self) {
-        if let Ok(mut b) = self.bar.lock() {
-            if let Some(b) = b.take() {
-                b.finish();
-            }
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(b) = b.take()
+        {
+            b.finish();
         }
     }
 }

@@ -61,11 +61,7 @@ pub trait Predictor {
         n_rows: usize,
         batch: usize,
     ) -> Result<Predictions> {
-        let width = if n_rows == 0 {
-            0
-        } else {
-            features.len() / n_rows
-        };
+        let width = features.len().checked_div(n_rows).unwrap_or(0);
         let mut all = Predictions {
             n_rows: 0,
             n_outputs: 0,

@@ -72,7 +72,7 @@ impl Schema {
     /// input and feature columns coincide.
     pub fn apply(&self, raw: &[f32]) -> Result<Vec<f32>> {
         let width = self.input_columns.len();
-        if width == 0 || raw.len() % width != 0 {
+        if width == 0 || !raw.len().is_multiple_of(width) {
             return Err(CoreError::Invalid(format!(
                 "raw rows hold {} values, not a multiple of the {} input columns",
                 raw.len(),

@@ -287,7 +287,7 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
         let path = dir.path().join(format!("{name}.onnx"));
         std::fs::write(&path, export(&model.spec, &model.weights, &meta()).unwrap()).unwrap();
         let p = model.clone().predict(&x, 50).unwrap();
-        expected.push(serde_json::json!({ "path": path, "probabilities": p.probabilities, "argmax": p.argmax(), "tol": if name == "fp32" { 1e-5 } else { 1e-5 } }));
+        expected.push(serde_json::json!({ "path": path, "probabilities": p.probabilities, "argmax": p.argmax(), "tol": 1e-5 }));
     }
     let spec = serde_json::json!({ "x": x, "rows": 50, "cols": 12, "models": expected });
     let spec_path = dir.path().join("spec.json");

@@ -187,12 +187,12 @@ pub fn run(
             "nothing to do: add `quantize = { dtype = \"int8\" }`".into(),
         ));
     };
-    if let Some(b) = config.max_accuracy_drop {
-        if !(0.0..=1.0).contains(&b) {
-            return Err(OptimizeError::Config(format!(
-                "max_accuracy_drop = {b} must be in [0, 1]"
-            )));
-        }
+    if let Some(b) = config.max_accuracy_drop
+        && !(0.0..=1.0).contains(&b)
+    {
+        return Err(OptimizeError::Config(format!(
+            "max_accuracy_drop = {b} must be in [0, 1]"
+        )));
     }
     let mut fp32 = model.clone();
     let base = accuracy(&mut fp32, valid)?;

@@ -201,16 +201,15 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             &Path::new("../../.cache").join(&rec.hash),
         )?;
         dirs.insert(stage.id.clone(), done.clone());
-        if stage.kind == StageKind::Evaluate {
-            if let Ok(v) = kiln_core::read_json::<serde_json::Value>(&done.join("verdict.json")) {
-                if v["blessed"] != serde_json::Value::Bool(true) {
-                    failure.get_or_insert(format!(
-                        "gate failed in `{}`: {}",
-                        stage.id,
-                        v["reason"].as_str().unwrap_or("?")
-                    ));
-                }
-            }
+        if stage.kind == StageKind::Evaluate
+            && let Ok(v) = kiln_core::read_json::<serde_json::Value>(&done.join("verdict.json"))
+            && v["blessed"] != serde_json::Value::Bool(true)
+        {
+            failure.get_or_insert(format!(
+                "gate failed in `{}`: {}",
+                stage.id,
+                v["reason"].as_str().unwrap_or("?")
+            ));
         }
         records.push(rec);
     }

@@ -84,27 +84,27 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
             }
         }
         for (name, sp) in inputs {
-            if let Some(k) = kind_of(name) {
-                if !allowed.contains(&k) {
-                    ctx.error(
-                        sp.clone(),
-                        format!(
-                            "stage `{}` ({}) needs {what}, but `{name}` is a {} stage",
-                            s.id,
-                            s.kind.as_str(),
-                            k.as_str()
-                        ),
-                    );
-                    ok = false;
-                }
+            if let Some(k) = kind_of(name)
+                && !allowed.contains(&k)
+            {
+                ctx.error(
+                    sp.clone(),
+                    format!(
+                        "stage `{}` ({}) needs {what}, but `{name}` is a {} stage",
+                        s.id,
+                        s.kind.as_str(),
+                        k.as_str()
+                    ),
+                );
+                ok = false;
             }
         }
         for (name, sp) in requires {
-            if let Some(k) = kind_of(name) {
-                if k != StageKind::Evaluate {
-                    ctx.error(sp.clone(), format!("`requires` names stages whose verdict must pass; `{name}` is a {} stage, not an evaluate stage", k.as_str()));
-                    ok = false;
-                }
+            if let Some(k) = kind_of(name)
+                && k != StageKind::Evaluate
+            {
+                ctx.error(sp.clone(), format!("`requires` names stages whose verdict must pass; `{name}` is a {} stage, not an evaluate stage", k.as_str()));
+                ok = false;
             }
         }
     }

@@ -168,13 +168,14 @@ fn check(config: &Config, train: &Dataset, valid: &Dataset, n_classes: usize) ->
     if config.batch_size == 0 || config.epochs == 0 {
         return bad("batch_size and epochs must be at least 1".into());
     }
-    if let Some(es) = &config.early_stopping {
-        if es.metric != "accuracy" && es.metric != "loss" {
-            return bad(format!(
-                "early_stopping.metric `{}` is unknown; use \"accuracy\" or \"loss\"",
-                es.metric
-            ));
-        }
+    if let Some(es) = &config.early_stopping
+        && es.metric != "accuracy"
+        && es.metric != "loss"
+    {
+        return bad(format!(
+            "early_stopping.metric `{}` is unknown; use \"accuracy\" or \"loss\"",
+            es.metric
+        ));
     }
     if n_classes < 2 {
         return bad(format!(
@@ -308,12 +309,12 @@ fn train_on<D: Device<f32>>(
             since_best = 0;
         } else {
             since_best += 1;
-            if let Some(es) = &config.early_stopping {
-                if since_best >= es.patience {
-                    stopped_early = epoch < config.epochs;
-                    tracing::info!(epoch, "early stopping");
-                    break;
-                }
+            if let Some(es) = &config.early_stopping
+                && since_best >= es.patience
+            {
+                stopped_early = epoch < config.epochs;
+                tracing::info!(epoch, "early stopping");
+                break;
             }
         }
     }
