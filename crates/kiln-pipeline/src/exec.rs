@@ -482,43 +482,57 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                 }
             }
             StageKind::Deploy => {
-                if let Some(v) = json("parity.json") {
-                    let mut rows = Vec::new();
-                    if let Some(m) = v["variants"].as_object() {
-                        for (name, r) in m {
-                            let file = if name == "fp32" {
-                                "model.onnx".to_string()
-                            } else {
-                                format!("model.{name}.onnx")
-                            };
-                            let bytes = std::fs::metadata(dir.join(&file))
-                                .map(|m| m.len())
-                                .unwrap_or(0);
-                            rows.push(vec![
-                                file,
-                                format!("{:.1} KiB", bytes as f64 / 1024.0),
-                                format!("{:.2e}", r["max_abs_prob"].as_f64().unwrap_or(f64::NAN)),
-                                format!(
-                                    "{:.4}",
-                                    r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)
-                                ),
-                            ]);
+                let Some(v) = json("parity.json") else {
+                    continue;
+                };
+                // Which stage each exported variant came from, to show its test metrics.
+                let first = s.inputs.first().cloned().unwrap_or_default();
+                let source = p.stages.iter().find(|x| x.id == first);
+                let origin = |variant: &str| -> String {
+                    match (variant, source) {
+                        ("fp32", Some(src)) if src.kind == StageKind::Optimize => {
+                            src.inputs.first().cloned().unwrap_or_default()
                         }
+                        _ => first.clone(),
                     }
-                    tables.push(Table {
-                        title: format!(
-                            "deployment ({}): ONNX Runtime vs kiln reference forward pass",
-                            s.id
-                        ),
-                        header: vec![
-                            "file".into(),
-                            "size".into(),
-                            "max |Δp|".into(),
-                            "argmax agreement".into(),
-                        ],
-                        rows,
-                    });
+                };
+                let metric = |stage: &str, key: &str| -> String {
+                    p.stages
+                        .iter()
+                        .filter(|e| e.kind == StageKind::Evaluate)
+                        .filter_map(|e| dirs.get(&e.id))
+                        .filter_map(|d| {
+                            kiln_core::read_json::<serde_json::Value>(&d.join("metrics.json")).ok()
+                        })
+                        .find_map(|m| m["variants"][stage][key].as_f64())
+                        .map(|x| format!("{x:.4}"))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let mut rows = Vec::new();
+                if let Some(m) = v["variants"].as_object() {
+                    for (name, r) in m {
+                        let file = kiln_deploy::file_name(name);
+                        let bytes = std::fs::metadata(dir.join(&file))
+                            .map(|m| m.len())
+                            .unwrap_or(0);
+                        let from = origin(name);
+                        rows.push(vec![
+                            name.clone(),
+                            from.clone(),
+                            metric(&from, "accuracy"),
+                            metric(&from, "macro_f1"),
+                            file,
+                            format!("{:.1} KiB", bytes as f64 / 1024.0),
+                            format!("{:.1e}", r["max_abs_prob"].as_f64().unwrap_or(f64::NAN)),
+                            format!("{:.4}", r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)),
+                        ]);
+                    }
                 }
+                tables.push(Table {
+                    title: format!("variants ({}): test metrics, ONNX size, parity of ONNX Runtime vs kiln's reference forward pass", s.id),
+                    header: ["variant", "from", "test accuracy", "macro F1", "file", "size", "max |Δp|", "argmax agreement"].map(String::from).to_vec(),
+                    rows,
+                });
             }
         }
     }
