@@ -36,9 +36,50 @@ pub use progress::{NoProgress, Progress};
 pub use schema::{Schema, Task, Transform};
 pub use tensors::{TensorData, TensorStore};
 
+/// The candidate closest to `name` by edit distance, when it is close enough to be a typo
+/// (used for "did you mean" hints everywhere).
+pub fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, c)| *d > 0 && *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+/// Levenshtein edit distance (hand-written: 10 lines do not justify a dependency).
+pub fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Rows per batch whenever two predictors are compared or a model is scored: dynamic int8
 /// quantization takes its range from the whole batch, so every stage uses this one size.
 pub const EVAL_BATCH: usize = 1000;
 
 /// The kiln version recorded in artifacts and stage hashes.
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_suggests_typos_only() {
+        let keys: Vec<String> = ["epochs", "batch_size", "model"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(super::nearest("epoch", &keys), Some("epochs"));
+        assert_eq!(super::nearest("batch_sise", &keys), Some("batch_size"));
+        assert_eq!(super::nearest("optimizer", &keys), None);
+        assert_eq!(super::levenshtein("kitten", "sitting"), 3);
+    }
+}

@@ -92,12 +92,4 @@ pub fn load(path: &Path, set: &[String]) -> Result<Pipeline, PipelineError> {
     parse(&abs, &text, set).map_err(PipelineError::Invalid)
 }
 
-/// The candidate closest to `name` by edit distance, if it is close enough to be a typo.
-pub(crate) fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::levenshtein(name, c), c))
-        .filter(|(d, c)| *d > 0 && *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
-}
+pub(crate) use kiln_core::nearest;

@@ -98,7 +98,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if !names.iter().any(|n| n == target) {
         return Err(PreprocessError::Invalid(format!(
             "target column `{target}` not found{}; columns are: {}",
-            nearest(target, &names)
+            kiln_core::nearest(target, &names)
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default(),
             preview(&names)
@@ -498,7 +498,7 @@ fn resolve_columns(columns: &Columns, features: &[String]) -> Result<Vec<String>
                 } else {
                     Err(PreprocessError::Invalid(format!(
                         "step names column `{n}` which does not exist{}",
-                        nearest(n, features)
+                        kiln_core::nearest(n, features)
                             .map(|c| format!(" (did you mean `{c}`?)"))
                             .unwrap_or_default()
                     )))
@@ -624,32 +624,6 @@ fn profile_columns(df: &DataFrame, features: &[String]) -> Result<Vec<ColumnProf
             })
         })
         .collect()
-}
-
-fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push(
-                (prev[j] + usize::from(ca != *cb))
-                    .min(prev[j + 1] + 1)
-                    .min(cur[j] + 1),
-            );
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 fn preview(names: &[String]) -> String {
