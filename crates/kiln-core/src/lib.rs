@@ -76,7 +76,10 @@ pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");
 mod tests {
     #[test]
     fn nearest_suggests_typos_only() {
-        let keys: Vec<String> = ["epochs", "batch_size", "model"].iter().map(|s| s.to_string()).collect();
+        let keys: Vec<String> = ["epochs", "batch_size", "model"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(super::nearest("epoch", &keys), Some("epochs"));
         assert_eq!(super::nearest("batch_sise", &keys), Some("batch_size"));
         assert_eq!(super::nearest("optimizer", &keys), None);

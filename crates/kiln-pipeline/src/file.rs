@@ -107,6 +107,9 @@ struct Header {
     description: Option<String>,
 }
 
+/// The span given to values that come from `--set` (they have no place in the file).
+pub(crate) const SET_SPAN: Range<usize> = usize::MAX..usize::MAX;
+
 const HEADER_KEYS: &[&str] = &["version", "name", "seed", "description", "stages"];
 const STAGE_KINDS: &[&str] = &["preprocess", "train", "optimize", "evaluate", "deploy"];
 
@@ -118,7 +121,7 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col, line_text) = if span.start == 0 && span.end == 0 {
+        let (line, col, line_text) = if span.start == SET_SPAN.start {
             (0, 0, String::new())
         } else {
             locate(self.text, span.start)
@@ -225,8 +228,8 @@ fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(Strin
                     other => ctx.error(
                         sp,
                         format!(
-                            "`{key}` must list stage ids as strings, found a {}",
-                            other.type_str()
+                            "`{key}` must list stage ids as strings, found {}",
+                            crate::an(other.type_str())
                         ),
                     ),
                 }
@@ -237,8 +240,8 @@ fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(Strin
             ctx.error(
                 span,
                 format!(
-                    "`{key}` must be a stage id or a list of stage ids, found a {}",
-                    other.type_str()
+                    "`{key}` must be a stage id or a list of stage ids, found {}",
+                    crate::an(other.type_str())
                 ),
             );
             Vec::new()
@@ -262,7 +265,7 @@ fn apply_set<'a>(ctx: &mut Ctx, root: &mut DeTable<'a>, set: &'a [String]) {
         };
         let keys: Vec<&str> = path.trim().split('.').collect();
         if let Err(m) = set_path(root, &keys, value) {
-            ctx.error(0..0, format!("--set `{path}`: {m}"));
+            ctx.error(SET_SPAN, format!("--set `{path}`: {m}"));
         }
     }
 }
@@ -358,6 +361,7 @@ pub fn parse<'a>(
         }
     }
     let mut stages = Vec::new();
+    let mut broken: Vec<String> = Vec::new();
     match stages_val.map(|v| (v.span(), v.into_inner())) {
         None => ctx.error(
             root_span.start..root_span.start + 1,
@@ -373,10 +377,12 @@ pub fn parse<'a>(
                         id_span,
                         format!("stage `{id}` must be a table ([stages.{id}])"),
                     );
+                    broken.push(id);
                     continue;
                 };
                 let Some(uses) = table.remove("uses") else {
                     ctx.error(id_span, format!("stage `{id}` has no `uses` key; add uses = \"preprocess\" (or train, optimize, evaluate, deploy)"));
+                    broken.push(id);
                     continue;
                 };
                 let uses_span = uses.span();
@@ -398,6 +404,7 @@ pub fn parse<'a>(
                         .map(|n| format!("did you mean `{n}`?"))
                         .unwrap_or_else(|| format!("expected one of {}", STAGE_KINDS.join(", ")));
                         ctx.error(uses_span, format!("unknown stage kind `{got}`; {hint}"));
+                        broken.push(id);
                         continue;
                     }
                 };
@@ -440,7 +447,10 @@ pub fn parse<'a>(
                         deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Deploy)
                     }
                 };
-                let Some(config) = config else { continue };
+                let Some(config) = config else {
+                    broken.push(id);
+                    continue;
+                };
                 stages.push((
                     StageDef {
                         id,
@@ -461,12 +471,12 @@ pub fn parse<'a>(
         Some((sp, other)) => ctx.error(
             sp,
             format!(
-                "`stages` must be a table of stages, found a {}",
-                other.type_str()
+                "`stages` must be a table of stages, found {}",
+                crate::an(other.type_str())
             ),
         ),
     }
-    let ordered = crate::graph::order(&mut ctx, stages);
+    let ordered = crate::graph::order(&mut ctx, stages, &broken);
     match header {
         Some(h) if ctx.diags.is_empty() => Ok(Pipeline {
             file: file.to_path_buf(),

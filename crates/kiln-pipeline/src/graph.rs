@@ -28,7 +28,13 @@ fn wants(kind: StageKind) -> (&'static [StageKind], &'static str, usize, usize) 
     }
 }
 
-pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec<StageDef> {
+/// Checks edges and orders the stages. `broken` holds ids of stages whose own definition
+/// failed (already reported): references to them are not reported again.
+pub(crate) fn order(
+    ctx: &mut Ctx,
+    stages: Vec<(StageDef, Edges, Edges)>,
+    broken: &[String],
+) -> Vec<StageDef> {
     let ids: Vec<String> = stages.iter().map(|(s, _, _)| s.id.clone()).collect();
     let kind_of = |id: &str| {
         stages
@@ -60,6 +66,7 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
         }
         for (name, sp) in inputs.iter().chain(requires) {
             match kind_of(name) {
+                None if broken.contains(name) => ok = false,
                 None => {
                     let hint = crate::nearest(name, &ids)
                         .map(|n| format!("; did you mean `{n}`?"))
@@ -90,10 +97,10 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
                 ctx.error(
                     sp.clone(),
                     format!(
-                        "stage `{}` ({}) needs {what}, but `{name}` is a {} stage",
+                        "stage `{}` ({}) needs {what}, but `{name}` is {} stage",
                         s.id,
                         s.kind.as_str(),
-                        k.as_str()
+                        crate::an(k.as_str())
                     ),
                 );
                 ok = false;
@@ -103,7 +110,7 @@ pub(crate) fn order(ctx: &mut Ctx, stages: Vec<(StageDef, Edges, Edges)>) -> Vec
             if let Some(k) = kind_of(name)
                 && k != StageKind::Evaluate
             {
-                ctx.error(sp.clone(), format!("`requires` names stages whose verdict must pass; `{name}` is a {} stage, not an evaluate stage", k.as_str()));
+                ctx.error(sp.clone(), format!("`requires` names stages whose verdict must pass; `{name}` is {} stage, not an evaluate stage", crate::an(k.as_str())));
                 ok = false;
             }
         }

@@ -93,3 +93,12 @@ pub fn load(path: &Path, set: &[String]) -> Result<Pipeline, PipelineError> {
 }
 
 pub(crate) use kiln_core::nearest;
+
+/// `word` with its indefinite article: "a table", "an array".
+pub(crate) fn an(word: &str) -> String {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
+    }
+}

@@ -258,3 +258,52 @@ fn invalid_files_give_located_errors() {
     let e = errors("version = 1\nname = \"t\"\n[stages.a\n");
     assert!(e[0].contains("bad.toml:3:"), "{e:?}");
 }
+
+/// The corpus of invalid pipelines: each gives located errors equal to its snapshot
+/// (`<name>.expected`; regenerate with KILN_UPDATE_SNAPSHOTS=1), and nothing is run.
+#[test]
+fn invalid_corpus_matches_snapshots() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join("fixtures/pipelines/invalid");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 25, "the corpus holds {} files", names.len());
+    let update = std::env::var("KILN_UPDATE_SNAPSHOTS").is_ok();
+    let mut mismatches = Vec::new();
+    for name in &names {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let shown = PathBuf::from("fixtures/pipelines/invalid").join(name);
+        let diags = match parse(&shown, &text, &[]) {
+            Ok(_) => panic!("{name} parsed without error"),
+            Err(d) => d,
+        };
+        assert!(!diags.is_empty());
+        for d in &diags {
+            assert!(
+                d.line > 0 && d.col > 0,
+                "{name}: error without a location: {d}"
+            );
+        }
+        let got = diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+            + "\n";
+        let snap = dir.join(name.replace(".toml", ".expected"));
+        if update {
+            std::fs::write(&snap, &got).unwrap();
+        } else if std::fs::read_to_string(&snap).unwrap_or_default() != got {
+            mismatches.push(format!("--- {name}\n{got}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "snapshots differ (KILN_UPDATE_SNAPSHOTS=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+}
