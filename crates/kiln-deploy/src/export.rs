@@ -1,131 +1,193 @@
-//! The ONNX exporter: turns a ModelSpec + TensorStore into an ONNX model (opset 17) whose
-//! arithmetic follows kiln-core's reference forward pass step for step — fp32
+//! The ONNX exporter: turns a ModelSpec + TensorStore into an ONNX model whose arithmetic
+//! follows kiln-core's reference forward pass step for step — fp32
 //! `MatMul -> Add -> activation`, or for int8 `DynamicQuantizeLinear -> MatMulInteger ->
-//! Cast -> Mul(x_scale * w_scale) -> Add -> activation` — ending in `logits` and
-//! `probabilities` (Softmax).
+//! Cast -> Mul(x_scale * w_scale) -> Add -> activation` — ending in `logits` and, for
+//! classification, `probabilities` (Softmax over the last axis).
 
-use crate::onnx::*;
+use crate::onnx::{
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    attr_int, batch_value_info, dtype, node, tensor_f32, tensor_i8,
+};
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
 use prost::Message;
 
-/// What is written into the model's metadata_props.
-#[derive(Debug, Clone, Default)]
+/// Oldest opset kiln writes (Softmax's `axis` semantics changed in 13).
+pub const MIN_OPSET: i64 = 13;
+/// Newest opset kiln writes (ONNX Runtime 1.31 runs newer ones, but kiln is tested on these).
+pub const MAX_OPSET: i64 = 21;
+
+/// What goes into the model besides the graph: metadata_props and the opset.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportMeta {
-    /// Class labels in index order.
+    /// Class labels in index order (metadata `class_labels`, a JSON array).
     pub class_labels: Vec<String>,
-    /// Feature names in input order.
+    /// Feature names in input order (metadata `feature_names`, a JSON array).
     pub feature_names: Vec<String>,
-    /// The pipeline stage hash that produced the model.
+    /// The kiln version (metadata `kiln_version` and the producer version).
+    pub kiln_version: String,
+    /// The pipeline (stage) hash that produced the model (metadata `pipeline_hash`).
     pub pipeline_hash: String,
-    /// ONNX opset (17).
+    /// Opset of the default ONNX domain, 13 to 21 (17 by default).
     pub opset: i64,
 }
 
-/// Builds the ONNX graph for `spec` and returns the encoded model.
-pub fn export(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Result<Vec<u8>> {
-    spec.validate()?;
-    if spec.task != Task::Classification {
-        return Err(DeployError::Export(
-            "only classification models can be exported so far".into(),
-        ));
+impl Default for ExportMeta {
+    fn default() -> Self {
+        ExportMeta {
+            class_labels: Vec::new(),
+            feature_names: Vec::new(),
+            kiln_version: kiln_core::KILN_VERSION.to_string(),
+            pipeline_hash: String::new(),
+            opset: 17,
+        }
     }
-    if meta.opset < 13 {
+}
+
+/// The IR version that goes with an opset (the oldest IR that allows it).
+fn ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    }
+}
+
+/// Nodes and initializers collected while walking the layers.
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+}
+
+impl Graph {
+    fn op(&mut self, op: &str, name: &str, inputs: &[&str], outputs: &[&str]) {
+        self.nodes.push(node(op, name, inputs, outputs, vec![]));
+    }
+}
+
+fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(DeployError::Export(format!(
+            "tensor `{name}` holds {got} values but the spec needs {want}; re-save the model with matching weights"
+        )))
+    }
+}
+
+/// Builds the ONNX model for `spec` with `weights` and returns its encoded bytes.
+///
+/// Input `features`: float `[batch, input_dim]`. Outputs `logits`: float `[batch, k]` and,
+/// for classification, `probabilities`: float `[batch, k]`. The same inputs give the same
+/// bytes.
+pub fn export(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Result<Vec<u8>> {
+    Ok(build(spec, weights, meta)?.encode_to_vec())
+}
+
+/// Builds the ONNX model for `spec` with `weights` as a message (see [`export`]).
+pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Result<ModelProto> {
+    spec.validate()?;
+    if !(MIN_OPSET..=MAX_OPSET).contains(&meta.opset) {
         return Err(DeployError::Export(format!(
-            "opset {} is too old; kiln writes opset 13 or newer (17 by default)",
+            "opset {} is not supported; set opset between {MIN_OPSET} and {MAX_OPSET} (17 is the default)",
             meta.opset
         )));
     }
-    let mut nodes = Vec::new();
-    let mut inits = Vec::new();
+    let k = spec.output_dim();
+    if spec.task == Task::Classification
+        && !meta.class_labels.is_empty()
+        && meta.class_labels.len() != k
+    {
+        return Err(DeployError::Export(format!(
+            "the model has {k} outputs but {} class labels were given; pass the schema the model was trained on",
+            meta.class_labels.len()
+        )));
+    }
+    if !meta.feature_names.is_empty() && meta.feature_names.len() != spec.input_dim {
+        return Err(DeployError::Export(format!(
+            "the model takes {} features but {} feature names were given; pass the schema the model was trained on",
+            spec.input_dim,
+            meta.feature_names.len()
+        )));
+    }
+    if let Some(q) = &spec.quantization
+        && (q.dtype != "int8" || q.scheme != "dynamic")
+    {
+        return Err(DeployError::Export(format!(
+            "quantization {}/{} cannot be exported; kiln exports int8/dynamic",
+            q.dtype, q.scheme
+        )));
+    }
+
+    let mut g = Graph::default();
     let mut h = "features".to_string();
     let last = spec.layers.len() - 1;
     for (i, l) in spec.layers.iter().enumerate() {
         let p = format!("layers.{i}");
-        let b = weights.f32(&format!("{p}.bias"))?;
-        inits.push(tensor_f32(&format!("{p}.bias"), &[l.out_dim], b));
-        let pre = format!("{p}.pre");
+        let (w_name, b_name, s_name) = (
+            format!("{p}.weight"),
+            format!("{p}.bias"),
+            format!("{p}.weight_scale"),
+        );
+        let b = weights.f32(&b_name)?;
+        check_len(&b_name, b.len(), l.out_dim)?;
+        g.inits.push(tensor_f32(&b_name, &[l.out_dim], b));
+        let mm = format!("{p}.matmul_out");
         match &spec.quantization {
             None => {
-                let w = weights.f32(&format!("{p}.weight"))?;
-                inits.push(tensor_f32(
-                    &format!("{p}.weight"),
-                    &[l.in_dim, l.out_dim],
-                    w,
-                ));
-                nodes.push(node(
-                    "MatMul",
-                    &format!("{p}.matmul"),
-                    &[&h, &format!("{p}.weight")],
-                    &[&format!("{p}.mm")],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "Add",
-                    &format!("{p}.add"),
-                    &[&format!("{p}.mm"), &format!("{p}.bias")],
-                    &[&pre],
-                    vec![],
-                ));
+                // dense_f32: sum_k x[k] * w[k, j], then + b[j], then the activation.
+                let w = weights.f32(&w_name)?;
+                check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
+                g.inits.push(tensor_f32(&w_name, &[l.in_dim, l.out_dim], w));
+                g.op("MatMul", &format!("{p}.matmul"), &[&h, &w_name], &[&mm]);
             }
-            Some(q) => {
-                if q.dtype != "int8" || q.scheme != "dynamic" {
+            Some(_) => {
+                // dense_int8_dynamic: (u8 x - zp) . i8 w as i32, as f32, times
+                // (x_scale * w_scale[j]), then + b[j], then the activation.
+                let w = weights.i8(&w_name)?;
+                check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
+                let s = weights.f32(&s_name)?;
+                if s.len() != 1 && s.len() != l.out_dim {
                     return Err(DeployError::Export(format!(
-                        "quantization {}/{} cannot be exported yet",
-                        q.dtype, q.scheme
+                        "tensor `{s_name}` holds {} scales; it needs 1 (per tensor) or {} (per channel)",
+                        s.len(),
+                        l.out_dim
                     )));
                 }
-                let w = weights.i8(&format!("{p}.weight"))?;
-                let s = weights.f32(&format!("{p}.weight_scale"))?;
-                inits.push(tensor_i8(&format!("{p}.weight"), &[l.in_dim, l.out_dim], w));
-                inits.push(tensor_f32(&format!("{p}.weight_scale"), &[s.len()], s));
+                g.inits.push(tensor_i8(&w_name, &[l.in_dim, l.out_dim], w));
+                g.inits.push(tensor_f32(&s_name, &[s.len()], s));
                 let (xq, xs, xz) = (
-                    format!("{p}.x_q"),
+                    format!("{p}.x_quantized"),
                     format!("{p}.x_scale"),
                     format!("{p}.x_zero_point"),
                 );
-                nodes.push(node(
+                let (acc, acc_f, scale) = (
+                    format!("{p}.acc_i32"),
+                    format!("{p}.acc_f32"),
+                    format!("{p}.combined_scale"),
+                );
+                g.op(
                     "DynamicQuantizeLinear",
                     &format!("{p}.quantize"),
                     &[&h],
                     &[&xq, &xs, &xz],
-                    vec![],
-                ));
-                nodes.push(node(
+                );
+                g.op(
                     "MatMulInteger",
                     &format!("{p}.matmul"),
-                    &[&xq, &format!("{p}.weight"), &xz],
-                    &[&format!("{p}.acc")],
-                    vec![],
-                ));
-                nodes.push(node(
+                    &[&xq, &w_name, &xz],
+                    &[&acc],
+                );
+                g.nodes.push(node(
                     "Cast",
                     &format!("{p}.cast"),
-                    &[&format!("{p}.acc")],
-                    &[&format!("{p}.acc_f")],
-                    vec![attr_int("to", dtype::FLOAT as i64)],
+                    &[&acc],
+                    &[&acc_f],
+                    vec![attr_int("to", i64::from(dtype::FLOAT))],
                 ));
-                nodes.push(node(
-                    "Mul",
-                    &format!("{p}.scale"),
-                    &[&xs, &format!("{p}.weight_scale")],
-                    &[&format!("{p}.combined_scale")],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "Mul",
-                    &format!("{p}.dequantize"),
-                    &[&format!("{p}.acc_f"), &format!("{p}.combined_scale")],
-                    &[&format!("{p}.mm")],
-                    vec![],
-                ));
-                nodes.push(node(
-                    "Add",
-                    &format!("{p}.add"),
-                    &[&format!("{p}.mm"), &format!("{p}.bias")],
-                    &[&pre],
-                    vec![],
-                ));
+                g.op("Mul", &format!("{p}.scale"), &[&xs, &s_name], &[&scale]);
+                g.op("Mul", &format!("{p}.dequantize"), &[&acc_f, &scale], &[&mm]);
             }
         }
         let out = if i == last {
@@ -134,57 +196,248 @@ pub fn export(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Res
             format!("{p}.out")
         };
         let act = match l.activation {
-            Activation::Relu => "Relu",
-            Activation::Tanh => "Tanh",
-            Activation::Sigmoid => "Sigmoid",
-            Activation::Identity => "Identity",
+            Activation::Relu => Some("Relu"),
+            Activation::Tanh => Some("Tanh"),
+            Activation::Sigmoid => Some("Sigmoid"),
+            Activation::Identity => None,
         };
-        nodes.push(node(act, &format!("{p}.act"), &[&pre], &[&out], vec![]));
+        match act {
+            Some(act) => {
+                let pre = format!("{p}.pre_activation");
+                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
+                g.op(act, &format!("{p}.activation"), &[&pre], &[&out]);
+            }
+            None => g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&out]),
+        }
         h = out;
     }
-    nodes.push(node(
-        "Softmax",
-        "softmax",
-        &["logits"],
-        &["probabilities"],
-        vec![attr_int("axis", -1)],
-    ));
-    let k = spec.output_dim();
-    let json = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
-    let model = ModelProto {
-        ir_version: 8,
+    let mut outputs = vec![batch_value_info("logits", k)];
+    if spec.task == Task::Classification {
+        g.nodes.push(node(
+            "Softmax",
+            "softmax",
+            &["logits"],
+            &["probabilities"],
+            vec![attr_int("axis", -1)],
+        ));
+        outputs.push(batch_value_info("probabilities", k));
+    }
+    let json = |v: &[String]| {
+        serde_json::to_string(v).map_err(|e| DeployError::Export(format!("metadata: {e}")))
+    };
+    let metadata_props = [
+        ("class_labels", json(&meta.class_labels)?),
+        ("feature_names", json(&meta.feature_names)?),
+        ("kiln_version", meta.kiln_version.clone()),
+        ("pipeline_hash", meta.pipeline_hash.clone()),
+    ]
+    .into_iter()
+    .map(|(key, value)| StringStringEntryProto {
+        key: key.into(),
+        value,
+    })
+    .collect();
+    Ok(ModelProto {
+        ir_version: ir_version(meta.opset),
         producer_name: "kiln".into(),
-        producer_version: kiln_core::KILN_VERSION.into(),
-        doc_string: "exported by kiln".into(),
+        producer_version: meta.kiln_version.clone(),
+        doc_string: format!(
+            "{} model exported by kiln{}",
+            if spec.quantization.is_some() {
+                "int8 (dynamic)"
+            } else {
+                "fp32"
+            },
+            if meta.pipeline_hash.is_empty() {
+                String::new()
+            } else {
+                format!(" from pipeline stage {}", meta.pipeline_hash)
+            }
+        ),
         graph: Some(GraphProto {
-            node: nodes,
+            node: g.nodes,
             name: "kiln".into(),
-            initializer: inits,
-            input: vec![batch_input("features", spec.input_dim)],
-            output: vec![batch_input("logits", k), batch_input("probabilities", k)],
+            initializer: g.inits,
+            input: vec![batch_value_info("features", spec.input_dim)],
+            output: outputs,
+            ..Default::default()
         }),
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
             version: meta.opset,
         }],
-        metadata_props: [
-            ("class_labels", json(&meta.class_labels)),
-            ("feature_names", json(&meta.feature_names)),
-            ("kiln_version", kiln_core::KILN_VERSION.to_string()),
-            ("pipeline_hash", meta.pipeline_hash.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| StringStringEntryProto {
-            key: k.into(),
-            value: v,
-        })
-        .collect(),
-    };
-    Ok(model.encode_to_vec())
+        metadata_props,
+        ..Default::default()
+    })
 }
 
-/// Decodes an ONNX file written by kiln (for tests and inspection).
+/// Decodes an ONNX file (for tests and inspection).
 pub fn decode(bytes: &[u8]) -> Result<ModelProto> {
-    ModelProto::decode(bytes)
-        .map_err(|e| DeployError::Export(format!("not a valid ONNX model: {e}")))
+    ModelProto::decode(bytes).map_err(|e| {
+        DeployError::Export(format!(
+            "not a valid ONNX model: {e}; export it again with kiln"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::Quantization;
+
+    fn tiny(task: Task) -> (ModelSpec, TensorStore) {
+        let spec = ModelSpec::mlp(3, &[2], Activation::Tanh, task, 2);
+        let mut w = TensorStore::default();
+        w.insert_f32("layers.0.weight", vec![3, 2], vec![0.1; 6]);
+        w.insert_f32("layers.0.bias", vec![2], vec![0.0, 1.0]);
+        w.insert_f32("layers.1.weight", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        w.insert_f32("layers.1.bias", vec![2], vec![0.5, -0.5]);
+        (spec, w)
+    }
+
+    fn ops(m: &ModelProto) -> Vec<String> {
+        m.graph
+            .as_ref()
+            .map(|g| g.node.iter().map(|n| n.op_type.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn fp32_graph_has_the_reference_op_order_and_metadata() {
+        let (spec, w) = tiny(Task::Classification);
+        let meta = ExportMeta {
+            class_labels: vec!["no".into(), "yes".into()],
+            feature_names: vec!["a".into(), "b".into(), "c".into()],
+            pipeline_hash: "abc123".into(),
+            ..Default::default()
+        };
+        let m = build(&spec, &w, &meta).unwrap();
+        assert_eq!(
+            ops(&m),
+            ["MatMul", "Add", "Tanh", "MatMul", "Add", "Softmax"]
+        );
+        assert_eq!((m.ir_version, m.opset_import[0].version), (8, 17));
+        assert_eq!(m.opset_import[0].domain, "");
+        let g = m.graph.as_ref().unwrap();
+        assert_eq!(g.node[4].output, ["logits"]);
+        assert_eq!(g.node[5].attribute[0].i, -1);
+        let props: Vec<(&str, &str)> = m
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            props,
+            [
+                ("class_labels", r#"["no","yes"]"#),
+                ("feature_names", r#"["a","b","c"]"#),
+                ("kiln_version", kiln_core::KILN_VERSION),
+                ("pipeline_hash", "abc123"),
+            ]
+        );
+        let w1 = g
+            .initializer
+            .iter()
+            .find(|t| t.name == "layers.1.weight")
+            .unwrap();
+        assert_eq!(w1.dims, vec![2, 2]);
+        assert_eq!(w1.f32_values().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        // Deterministic: the same inputs give the same bytes.
+        assert_eq!(
+            export(&spec, &w, &meta).unwrap(),
+            export(&spec, &w, &meta).unwrap()
+        );
+        assert_eq!(decode(&export(&spec, &w, &meta).unwrap()).unwrap(), m);
+    }
+
+    #[test]
+    fn int8_graph_quantizes_every_layer() {
+        let (mut spec, w) = tiny(Task::Classification);
+        spec.quantization = Some(Quantization {
+            dtype: "int8".into(),
+            scheme: "dynamic".into(),
+            per_channel: false,
+        });
+        let mut q = TensorStore::default();
+        for i in 0..2 {
+            let l = &spec.layers[i];
+            let (wq, s) = kiln_core::forward::quantize_weights_symmetric(
+                w.f32(&format!("layers.{i}.weight")).unwrap(),
+                l.in_dim,
+                l.out_dim,
+                false,
+            );
+            q.insert_i8(&format!("layers.{i}.weight"), vec![l.in_dim, l.out_dim], wq);
+            q.insert_f32(&format!("layers.{i}.weight_scale"), vec![1], s);
+            let b = w.f32(&format!("layers.{i}.bias")).unwrap().to_vec();
+            q.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b);
+        }
+        let m = build(&spec, &q, &ExportMeta::default()).unwrap();
+        let layer = [
+            "DynamicQuantizeLinear",
+            "MatMulInteger",
+            "Cast",
+            "Mul",
+            "Mul",
+            "Add",
+        ];
+        let mut want: Vec<&str> = layer.to_vec();
+        want.push("Tanh");
+        want.extend(layer);
+        want.push("Softmax");
+        assert_eq!(ops(&m), want);
+        let g = m.graph.unwrap();
+        let w0 = g
+            .initializer
+            .iter()
+            .find(|t| t.name == "layers.0.weight")
+            .unwrap();
+        assert_eq!(w0.data_type, dtype::INT8);
+        assert_eq!(w0.raw_data, vec![127u8; 6]);
+        let cast = g.node.iter().find(|n| n.op_type == "Cast").unwrap();
+        assert_eq!(cast.attribute[0].i, i64::from(dtype::FLOAT));
+    }
+
+    #[test]
+    fn regression_has_only_logits_and_bad_inputs_are_refused() {
+        let (spec, w) = tiny(Task::Regression);
+        let m = build(&spec, &w, &ExportMeta::default()).unwrap();
+        let g = m.graph.unwrap();
+        assert_eq!(g.output.len(), 1);
+        assert_eq!(g.output[0].name, "logits");
+
+        let (spec, w) = tiny(Task::Classification);
+        let e = build(
+            &spec,
+            &w,
+            &ExportMeta {
+                opset: 11,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("opset 11 is not supported"), "{e}");
+        let e = build(
+            &spec,
+            &w,
+            &ExportMeta {
+                class_labels: vec!["x".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("1 class labels"), "{e}");
+        let mut short = w.clone();
+        short.insert_f32("layers.1.bias", vec![1], vec![0.0]);
+        let e = build(&spec, &short, &ExportMeta::default()).unwrap_err();
+        assert!(e.to_string().contains("`layers.1.bias` holds 1"), "{e}");
+        let mut q = spec.clone();
+        q.quantization = Some(Quantization {
+            dtype: "int4".into(),
+            scheme: "static".into(),
+            per_channel: true,
+        });
+        assert!(build(&q, &w, &ExportMeta::default()).is_err());
+        assert!(decode(b"\xff\xff\xff").is_err());
+    }
 }

@@ -1,19 +1,52 @@
 //! kiln-deploy: exports models to ONNX (hand-written prost messages), runs them in ONNX
 //! Runtime through `ort`, and gates the deployment on parity with kiln-core's reference
-//! forward pass. Writes `model.onnx` (fp32), `model.<variant>.onnx`, `parity.json` and
-//! `schema.json` — only after every variant passed.
+//! forward pass. The stage writes `model.onnx` (the `fp32` variant), `model.<variant>.onnx`,
+//! `parity.json` and `schema.json` — the ONNX files only after every variant passed.
+//!
+//! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` or from where
+//! `cargo xtask setup` installs it (see [`runtime::library_path`]).
 //!
 //! ```
-//! use kiln_core::{Activation, ModelSpec, Predictor, Task, TensorStore};
-//! use kiln_deploy::{ExportMeta, OrtModel, export};
+//! use kiln_core::{Activation, Dataset, ModelSpec, NativeModel, Predictor, Schema, Task, TensorStore};
+//! use kiln_deploy::{Config, ExportMeta, OrtModel, Variant, export};
+//!
+//! // A 2 -> 2 linear classifier: logits = x @ [[1, 0], [0, 2]] + [0.5, 0].
 //! let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
 //! let mut w = TensorStore::default();
 //! w.insert_f32("layers.0.weight", vec![2, 2], vec![1.0, 0.0, 0.0, 2.0]);
 //! w.insert_f32("layers.0.bias", vec![2], vec![0.5, 0.0]);
-//! let bytes = export(&spec, &w, &ExportMeta { opset: 17, ..Default::default() }).unwrap();
-//! let mut model = OrtModel::from_bytes(&bytes, 1).unwrap();
-//! let p = model.predict(&[1.0, 1.0], 1).unwrap();
+//!
+//! // Export and run it in ONNX Runtime.
+//! let bytes = export(&spec, &w, &ExportMeta::default())?;
+//! let mut onnx = OrtModel::from_bytes(&bytes, 1)?;
+//! let p = onnx.predict(&[1.0, 1.0], 1)?;
 //! assert_eq!(p.logits, vec![1.5, 2.0]);
+//! assert_eq!(p.argmax(), vec![1]);
+//!
+//! // The deploy stage: export, check parity on a test split, write the bundle.
+//! let schema = Schema {
+//!     version: 1,
+//!     input_columns: vec!["a".into(), "b".into()],
+//!     feature_names: vec!["a".into(), "b".into()],
+//!     target: "y".into(),
+//!     task: Task::Classification,
+//!     class_labels: vec!["no".into(), "yes".into()],
+//!     transforms: vec![],
+//! };
+//! let test = Dataset {
+//!     feature_names: schema.feature_names.clone(),
+//!     target: "y".into(),
+//!     features: vec![1.0, 1.0, 2.0, 0.5, -1.0, 3.0],
+//!     labels: vec![1, 0, 1],
+//! };
+//! let model = NativeModel::new(spec, w)?;
+//! let dir = tempfile::tempdir()?;
+//! let variants = [Variant { name: "fp32".into(), model }];
+//! let out = kiln_deploy::run(&Config::default(), &variants, &schema, &test, "hash", dir.path())?;
+//! assert_eq!(out.variants[0].file, "model.onnx");
+//! assert!(out.variants[0].parity.passed);
+//! assert!(dir.path().join("model.onnx").is_file() && dir.path().join("parity.json").is_file());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod export;
@@ -21,11 +54,11 @@ pub mod onnx;
 pub mod parity;
 pub mod runtime;
 
-pub use export::{ExportMeta, decode, export};
-pub use parity::{ParityReport, check_parity};
+pub use export::{ExportMeta, build, decode, export};
+pub use parity::{ParityReport, WorstRow, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
-use kiln_core::{Dataset, EVAL_BATCH, NativeModel, Predictor, Schema};
+use kiln_core::{Dataset, NativeModel, Schema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,16 +66,20 @@ use std::path::Path;
 /// Errors of the deployment stage.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
+    /// The stage configuration or its inputs are unusable.
+    #[error("deploy config: {0}")]
+    Config(String),
     /// The model cannot be exported.
     #[error("export: {0}")]
     Export(String),
     /// ONNX Runtime could not be loaded or failed.
-    #[error("{0}")]
+    #[error("onnxruntime: {0}")]
     Runtime(String),
-    /// A variant's ONNX outputs differ from kiln's reference forward pass.
+    /// A variant's ONNX outputs differ from kiln's reference forward pass (or a compressed
+    /// variant disagrees with fp32); no ONNX file was written.
     #[error("parity check failed, nothing was deployed: {0}")]
     Parity(String),
-    /// Reading or writing artifacts failed.
+    /// Predicting, reading or writing artifacts failed.
     #[error(transparent)]
     Core(#[from] kiln_core::CoreError),
 }
@@ -50,87 +87,189 @@ pub enum DeployError {
 /// Result alias for this crate.
 pub type Result<T, E = DeployError> = std::result::Result<T, E>;
 
-/// ONNX export settings.
+/// Configuration of the deployment stage (the keys of a `uses = "deploy"` stage).
+///
+/// The opset may also be written as `onnx = { opset = 17 }`, the spelling of the design's
+/// pipeline files; giving both is an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OnnxConfig {
-    /// Opset of the default domain (17).
-    #[serde(default = "default_opset")]
-    pub opset: i64,
-}
-
-fn default_opset() -> i64 {
-    17
-}
-
-impl Default for OnnxConfig {
-    fn default() -> Self {
-        OnnxConfig {
-            opset: default_opset(),
-        }
-    }
-}
-
-/// Configuration of the deployment stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "ConfigFile")]
 pub struct Config {
-    /// Export settings.
-    #[serde(default)]
-    pub onnx: OnnxConfig,
-    /// Largest allowed |probability difference| between ONNX Runtime and the reference.
-    #[serde(default = "default_tol")]
+    /// Opset of the default ONNX domain (17).
+    pub opset: i64,
+    /// Largest allowed |probability difference| between ONNX Runtime and kiln's reference
+    /// forward pass (1e-5).
     pub parity_tolerance: f32,
-    /// Smallest allowed argmax agreement of a compressed variant with fp32.
-    #[serde(default = "default_agreement")]
+    /// Rows per batch on both sides of the parity check (1000). Dynamic int8 quantization
+    /// takes its range from the whole batch, so this changes int8 results.
+    pub parity_batch: usize,
+    /// Smallest allowed argmax agreement of a non-fp32 variant with the fp32 model on the
+    /// test split (0.995).
     pub min_argmax_agreement: f64,
-}
-
-fn default_tol() -> f32 {
-    1e-5
-}
-fn default_agreement() -> f64 {
-    0.995
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            onnx: OnnxConfig::default(),
-            parity_tolerance: default_tol(),
-            min_argmax_agreement: default_agreement(),
+            opset: 17,
+            parity_tolerance: 1e-5,
+            parity_batch: kiln_core::EVAL_BATCH,
+            min_argmax_agreement: 0.995,
         }
     }
 }
 
-/// A model to export under a variant name (`fp32` becomes `model.onnx`).
+impl Config {
+    /// Values out of range, as (key path, message) pairs; empty when the config is usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if !(export::MIN_OPSET..=export::MAX_OPSET).contains(&self.opset) {
+            p.push((
+                "opset".into(),
+                format!(
+                    "opset {} is not supported; use {} to {} (17 is the default)",
+                    self.opset,
+                    export::MIN_OPSET,
+                    export::MAX_OPSET
+                ),
+            ));
+        }
+        if !(self.parity_tolerance.is_finite() && self.parity_tolerance >= 0.0) {
+            p.push((
+                "parity_tolerance".into(),
+                format!(
+                    "{} must be a finite number >= 0 (1e-5 is the default)",
+                    self.parity_tolerance
+                ),
+            ));
+        }
+        if self.parity_batch == 0 {
+            p.push((
+                "parity_batch".into(),
+                "0 rows per batch; use 1 or more (1000 is the default)".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_argmax_agreement) {
+            p.push((
+                "min_argmax_agreement".into(),
+                format!(
+                    "{} must be in [0, 1] (0.995 is the default)",
+                    self.min_argmax_agreement
+                ),
+            ));
+        }
+        p
+    }
+
+    /// Checks that every value is usable ([`Config::problems`] as an error).
+    pub fn validate(&self) -> Result<()> {
+        let p = self.problems();
+        if p.is_empty() {
+            return Ok(());
+        }
+        Err(DeployError::Config(
+            p.iter()
+                .map(|(k, m)| format!("{k}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+}
+
+/// What a config file may hold: [`Config`]'s keys, with the opset also accepted as
+/// `onnx = { opset = … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    opset: Option<i64>,
+    #[serde(default)]
+    onnx: Option<OnnxTable>,
+    #[serde(default)]
+    parity_tolerance: Option<f32>,
+    #[serde(default)]
+    parity_batch: Option<usize>,
+    #[serde(default)]
+    min_argmax_agreement: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnnxTable {
+    #[serde(default)]
+    opset: Option<i64>,
+}
+
+impl TryFrom<ConfigFile> for Config {
+    type Error = String;
+
+    fn try_from(f: ConfigFile) -> std::result::Result<Self, String> {
+        let d = Config::default();
+        let opset = match (f.opset, f.onnx.and_then(|o| o.opset)) {
+            (Some(_), Some(_)) => {
+                return Err("both `opset` and `onnx.opset` are set; keep one of them".into());
+            }
+            (Some(o), None) | (None, Some(o)) => o,
+            (None, None) => d.opset,
+        };
+        // Ranges are checked by `Config::problems`, which names the key.
+        Ok(Config {
+            opset,
+            parity_tolerance: f.parity_tolerance.unwrap_or(d.parity_tolerance),
+            parity_batch: f.parity_batch.unwrap_or(d.parity_batch),
+            min_argmax_agreement: f.min_argmax_agreement.unwrap_or(d.min_argmax_agreement),
+        })
+    }
+}
+
+/// A model to deploy under a variant name (`fp32` becomes `model.onnx`, any other name
+/// `model.<name>.onnx`).
 #[derive(Debug, Clone)]
 pub struct Variant {
-    /// Variant name.
+    /// Variant name: letters, digits, `-` and `_`.
     pub name: String,
-    /// The model.
+    /// The model, as kiln's reference forward pass runs it.
     pub model: NativeModel,
 }
 
 /// parity.json.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParityFile {
-    /// Per variant: ONNX Runtime vs the reference forward pass.
+    /// Per variant: ONNX Runtime vs kiln's reference forward pass on the test split.
     pub variants: BTreeMap<String, ParityReport>,
-    /// Per non-fp32 variant: argmax agreement with the fp32 reference.
+    /// Per non-fp32 variant: fraction of test rows whose reference argmax equals the
+    /// fp32 model's.
     pub agreement_with_fp32: BTreeMap<String, f64>,
+    /// The required argmax agreement with fp32.
+    pub min_argmax_agreement: f64,
+    /// Whether every check passed (the ONNX files were written).
+    pub passed: bool,
+}
+
+/// One deployed variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantOutput {
+    /// Variant name.
+    pub name: String,
+    /// File name in the output folder (`model.onnx` or `model.<name>.onnx`).
+    pub file: String,
+    /// Size of the ONNX file in bytes.
+    pub bytes: usize,
+    /// ONNX Runtime vs the reference forward pass.
+    pub parity: ParityReport,
+    /// Argmax agreement with the fp32 variant (None for fp32 itself).
+    pub agreement_with_fp32: Option<f64>,
 }
 
 /// What the stage produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// File name and size in bytes per variant.
-    pub files: Vec<(String, usize)>,
-    /// The parity figures.
+    /// The variants, in the order given.
+    pub variants: Vec<VariantOutput>,
+    /// The content of parity.json.
     pub parity: ParityFile,
 }
 
-/// File name of a variant.
+/// File name of a variant: `model.onnx` for `fp32`, else `model.<variant>.onnx`.
 pub fn file_name(variant: &str) -> String {
     if variant == "fp32" {
         "model.onnx".into()
@@ -139,8 +278,58 @@ pub fn file_name(variant: &str) -> String {
     }
 }
 
-/// Exports every variant, checks each against the reference forward pass on the whole
-/// `test` split, and writes the bundle into `out_dir` only if all checks pass.
+fn check_inputs(variants: &[Variant], schema: &Schema, test: &Dataset) -> Result<()> {
+    let bad = |m: String| Err(DeployError::Config(m));
+    if variants.is_empty() {
+        return bad("no model to deploy; give the stage an input model".into());
+    }
+    for (i, v) in variants.iter().enumerate() {
+        let ok = !v.name.is_empty()
+            && v.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return bad(format!(
+                "variant name `{}` must be letters, digits, `-` or `_`",
+                v.name
+            ));
+        }
+        if variants[..i].iter().any(|o| o.name == v.name) {
+            return bad(format!("variant `{}` is given twice; rename one", v.name));
+        }
+        if v.model.spec.input_dim != test.n_features() {
+            return bad(format!(
+                "variant `{}` takes {} features but the test split has {}; deploy the model with the dataset it was trained on",
+                v.name,
+                v.model.spec.input_dim,
+                test.n_features()
+            ));
+        }
+    }
+    if variants.iter().any(|v| v.name != "fp32") && !variants.iter().any(|v| v.name == "fp32") {
+        return bad(
+            "compressed variants are checked against an `fp32` variant; add the uncompressed model as `fp32`".into(),
+        );
+    }
+    if schema.feature_names != test.feature_names {
+        return bad(
+            "the schema's feature names differ from the test split's; pass the dataset's own schema.json".into(),
+        );
+    }
+    test.validate()?;
+    if test.n_rows() == 0 {
+        return bad("the test split is empty; parity needs rows to compare".into());
+    }
+    Ok(())
+}
+
+/// The deploy stage: exports every variant, loads each export in ONNX Runtime (from
+/// memory), checks it against kiln's reference forward pass on the whole `test` split
+/// (both sides batched by `config.parity_batch`), checks each non-fp32 variant's argmax
+/// agreement with fp32, and writes `parity.json` into `out_dir`. Only when every check
+/// passed does it also write the ONNX files and `schema.json`; otherwise it removes any
+/// earlier ONNX file of these variants from `out_dir` and returns [`DeployError::Parity`]
+/// naming the worst rows.
 pub fn run(
     config: &Config,
     variants: &[Variant],
@@ -149,83 +338,273 @@ pub fn run(
     pipeline_hash: &str,
     out_dir: &Path,
 ) -> Result<Output> {
-    let _span = tracing::info_span!("deploy").entered();
+    run_with_exporter(
+        config,
+        variants,
+        schema,
+        test,
+        pipeline_hash,
+        out_dir,
+        &|m: &NativeModel, meta: &ExportMeta| export(&m.spec, &m.weights, meta),
+    )
+}
+
+/// [`run`] with another exporter in place of [`export()`] — for an exporter of one's own, or
+/// for tests that hand the gate a faulty export and expect it to refuse.
+pub fn run_with_exporter(
+    config: &Config,
+    variants: &[Variant],
+    schema: &Schema,
+    test: &Dataset,
+    pipeline_hash: &str,
+    out_dir: &Path,
+    exporter: &dyn Fn(&NativeModel, &ExportMeta) -> Result<Vec<u8>>,
+) -> Result<Output> {
+    let _span = tracing::info_span!("deploy", variants = variants.len()).entered();
+    config.validate()?;
+    check_inputs(variants, schema, test)?;
     let meta = ExportMeta {
         class_labels: schema.class_labels.clone(),
         feature_names: schema.feature_names.clone(),
+        kiln_version: kiln_core::KILN_VERSION.to_string(),
         pipeline_hash: pipeline_hash.to_string(),
-        opset: config.onnx.opset,
+        opset: config.opset,
     };
+    let n = test.n_rows();
+    let mut checked = Vec::new();
+    for v in variants {
+        let bytes = exporter(&v.model, &meta)?;
+        let mut onnx = OrtModel::from_bytes(&bytes, 1)?;
+        let (report, native) = parity::check_parity_keep(
+            &mut v.model.clone(),
+            &mut onnx,
+            &test.features,
+            n,
+            config.parity_batch,
+            config.parity_tolerance,
+        )?;
+        tracing::info!(
+            variant = %v.name,
+            bytes = bytes.len(),
+            max_abs_prob = report.max_abs_prob,
+            max_abs_logit = report.max_abs_logit,
+            passed = report.passed,
+            "parity"
+        );
+        checked.push((v, bytes, report, native.argmax()));
+    }
+
+    let fp32_classes = checked
+        .iter()
+        .find(|(v, ..)| v.name == "fp32")
+        .map(|(.., c)| c.clone());
+    let mut failures = Vec::new();
     let mut parity = ParityFile {
         variants: BTreeMap::new(),
         agreement_with_fp32: BTreeMap::new(),
+        min_argmax_agreement: config.min_argmax_agreement,
+        passed: false,
     };
-    let mut files = Vec::new();
-    let mut failures = Vec::new();
-    let fp32_pred = match variants.iter().find(|v| v.name == "fp32") {
-        Some(v) => Some(
-            v.model
-                .clone()
-                .predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?
-                .argmax(),
-        ),
-        None => None,
-    };
-    for v in variants {
-        let bytes = export(&v.model.spec, &v.model.weights, &meta)?;
-        let mut ort_model = OrtModel::from_bytes(&bytes, 1)?;
-        let mut native = v.model.clone();
-        let report = check_parity(
-            &mut native,
-            &mut ort_model,
-            &test.features,
-            test.n_rows(),
-            EVAL_BATCH,
-            config.parity_tolerance,
-        )?;
-        tracing::info!(variant = %v.name, max_abs_prob = report.max_abs_prob, agreement = report.argmax_agreement, "parity");
+    let mut outputs = Vec::new();
+    for (v, bytes, report, classes) in &checked {
         if !report.passed {
-            let rows: Vec<String> = report
-                .worst_rows
-                .iter()
-                .map(|r| format!("row {} |dp| {:.3e}", r.row, r.max_abs_prob))
-                .collect();
             failures.push(format!(
-                "{}: max |dp| {:.3e} > {:.0e} (worst: {})",
+                "{}: ONNX Runtime differs from the reference by up to {:.3e} in probabilities ({:.3e} in logits), tolerance {:.1e}; worst rows: {}",
                 v.name,
                 report.max_abs_prob,
-                config.parity_tolerance,
-                rows.join(", ")
+                report.max_abs_logit,
+                report.tolerance,
+                report.worst_rows_text()
             ));
         }
-        if let (Some(fp), true) = (&fp32_pred, v.name != "fp32") {
-            let mine = native
-                .predict_batched(&test.features, test.n_rows(), EVAL_BATCH)?
-                .argmax();
-            let agree = fp.iter().zip(&mine).filter(|(a, b)| a == b).count() as f64
-                / test.n_rows().max(1) as f64;
-            if agree < config.min_argmax_agreement {
-                failures.push(format!(
-                    "{}: argmax agreement with fp32 {:.4} < {}",
-                    v.name, agree, config.min_argmax_agreement
-                ));
+        let agreement = match (&fp32_classes, v.name.as_str()) {
+            (Some(fp), name) if name != "fp32" => {
+                let same = fp.iter().zip(classes).filter(|(a, b)| a == b).count();
+                let a = same as f64 / n as f64;
+                if a < config.min_argmax_agreement {
+                    failures.push(format!(
+                        "{}: argmax agreement with fp32 {a:.4} < {}",
+                        v.name, config.min_argmax_agreement
+                    ));
+                }
+                parity.agreement_with_fp32.insert(v.name.clone(), a);
+                Some(a)
             }
-            parity.agreement_with_fp32.insert(v.name.clone(), agree);
-        }
-        parity.variants.insert(v.name.clone(), report);
-        files.push((file_name(&v.name), bytes));
+            _ => None,
+        };
+        parity.variants.insert(v.name.clone(), report.clone());
+        outputs.push(VariantOutput {
+            name: v.name.clone(),
+            file: file_name(&v.name),
+            bytes: bytes.len(),
+            parity: report.clone(),
+            agreement_with_fp32: agreement,
+        });
     }
+
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
-    kiln_core::write_json(&out_dir.join("parity.json"), &parity)?;
-    if !failures.is_empty() {
-        return Err(DeployError::Parity(failures.join("; ")));
+    parity.passed = failures.is_empty();
+    if !parity.passed {
+        for (v, ..) in &checked {
+            let stale = out_dir.join(file_name(&v.name));
+            if stale.is_file() {
+                std::fs::remove_file(&stale).map_err(|e| kiln_core::CoreError::io(&stale, e))?;
+            }
+        }
+        kiln_core::write_json(&out_dir.join("parity.json"), &parity)?;
+        return Err(DeployError::Parity(format!(
+            "{}; see {} and re-export from the same weights",
+            failures.join("; "),
+            out_dir.join("parity.json").display()
+        )));
     }
-    for (name, bytes) in &files {
-        kiln_core::atomic_write(&out_dir.join(name), bytes)?;
+    for (v, bytes, ..) in &checked {
+        kiln_core::atomic_write(&out_dir.join(file_name(&v.name)), bytes)?;
     }
     kiln_core::write_json(&out_dir.join("schema.json"), schema)?;
+    kiln_core::write_json(&out_dir.join("parity.json"), &parity)?;
     Ok(Output {
-        files: files.into_iter().map(|(n, b)| (n, b.len())).collect(),
+        variants: outputs,
         parity,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Stage {
+        #[allow(dead_code)]
+        stage: Config,
+    }
+
+    #[test]
+    fn config_defaults_and_both_opset_spellings() {
+        let c: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            (
+                c.opset,
+                c.parity_tolerance,
+                c.parity_batch,
+                c.min_argmax_agreement
+            ),
+            (17, 1e-5, 1000, 0.995)
+        );
+        let c: Config = serde_json::from_str(r#"{"opset": 18, "parity_batch": 64}"#).unwrap();
+        assert_eq!((c.opset, c.parity_batch), (18, 64));
+        let c: Config = serde_json::from_str(r#"{"onnx": {"opset": 19}}"#).unwrap();
+        assert_eq!(c.opset, 19);
+        // Round trip through the flat form.
+        let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        for (text, want) in [
+            (
+                r#"{"opset": 17, "onnx": {"opset": 17}}"#,
+                "keep one of them",
+            ),
+            (
+                r#"{"parity_tolerence": 1e-4}"#,
+                "unknown field `parity_tolerence`",
+            ),
+            (
+                r#"{"onnx": {"include_preprocessing": true}}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = serde_json::from_str::<Stage>(&format!(r#"{{"stage": {text}}}"#))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // Out-of-range values parse, and `problems` names their keys.
+        let c: Config = serde_json::from_str(
+            r#"{"opset": 9, "parity_batch": 0, "parity_tolerance": -1, "min_argmax_agreement": 2}"#,
+        )
+        .unwrap();
+        let problems = c.problems();
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "opset",
+                "parity_tolerance",
+                "parity_batch",
+                "min_argmax_agreement"
+            ]
+        );
+        assert!(problems[0].1.contains("opset 9 is not supported"));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("deploy config: opset: opset 9") && e.contains("; parity_batch: 0 rows"),
+            "{e}"
+        );
+        assert!(Config::default().problems().is_empty());
+    }
+
+    #[test]
+    fn file_names_follow_the_artifact_contract() {
+        assert_eq!(file_name("fp32"), "model.onnx");
+        assert_eq!(file_name("int8"), "model.int8.onnx");
+    }
+
+    #[test]
+    fn inputs_are_checked_before_any_work() {
+        use kiln_core::{Activation, ModelSpec, Task, TensorStore};
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut w = TensorStore::default();
+        w.insert_f32("layers.0.weight", vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]);
+        w.insert_f32("layers.0.bias", vec![2], vec![0.0, 0.0]);
+        let model = NativeModel::new(spec, w).unwrap();
+        let schema = Schema {
+            version: 1,
+            input_columns: vec!["a".into(), "b".into()],
+            feature_names: vec!["a".into(), "b".into()],
+            target: "y".into(),
+            task: Task::Classification,
+            class_labels: vec!["0".into(), "1".into()],
+            transforms: vec![],
+        };
+        let test = Dataset {
+            feature_names: schema.feature_names.clone(),
+            target: "y".into(),
+            features: vec![1.0, 2.0],
+            labels: vec![1],
+        };
+        let v = |name: &str| Variant {
+            name: name.into(),
+            model: model.clone(),
+        };
+        let err =
+            |vs: &[Variant], t: &Dataset| check_inputs(vs, &schema, t).unwrap_err().to_string();
+        assert!(err(&[], &test).contains("no model to deploy"));
+        assert!(err(&[v("fp32"), v("fp32")], &test).contains("given twice"));
+        assert!(err(&[v("../x")], &test).contains("must be letters"));
+        assert!(err(&[v("int8")], &test).contains("add the uncompressed model as `fp32`"));
+        let mut nan = test.clone();
+        nan.features[0] = f32::NAN;
+        assert!(err(&[v("fp32")], &nan).contains("add an impute or clip step"));
+        let empty = Dataset {
+            features: vec![],
+            labels: vec![],
+            ..test.clone()
+        };
+        assert!(err(&[v("fp32")], &empty).contains("test split is empty"));
+        assert!(check_inputs(&[v("fp32"), v("int8")], &schema, &test).is_ok());
+        let e = run(
+            &Config {
+                parity_batch: 0,
+                ..Config::default()
+            },
+            &[v("fp32")],
+            &schema,
+            &test,
+            "h",
+            Path::new("/nonexistent/out"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, DeployError::Config(_)), "{e}");
+    }
 }

@@ -1,50 +1,89 @@
 //! The parity gate: ONNX Runtime's outputs against kiln-core's reference forward pass on
-//! the same rows, batched identically (dynamic int8 quantization is batch-dependent).
+//! the same rows, batched identically (dynamic int8 quantization takes its range from the
+//! whole batch, so both sides must see the same batches).
 
+use crate::{DeployError, Result};
 use kiln_core::{Predictions, Predictor};
 use serde::{Deserialize, Serialize};
+
+/// How many of the most different rows a report keeps.
+pub const WORST_ROWS: usize = 5;
 
 /// One of the rows that differ most.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorstRow {
-    /// Row index in the checked split.
+    /// Row index in the checked rows.
     pub row: usize,
-    /// Largest absolute probability difference in that row.
-    pub max_abs_prob: f32,
-    /// Native (reference) predicted class.
+    /// Largest absolute probability difference in that row (logit difference for
+    /// regression models, which have no probabilities).
+    pub diff: f32,
+    /// Largest absolute logit difference in that row.
+    pub max_abs_logit: f32,
+    /// Class predicted by the reference (`native`) side.
     pub native_class: u32,
-    /// ONNX Runtime predicted class.
+    /// Class predicted by the ONNX side.
     pub onnx_class: u32,
 }
 
-/// Outcome of a parity check (an entry of parity.json).
+/// Outcome of a parity check (one entry of parity.json).
+///
+/// A difference that is NaN or infinite (a NaN output on one side) is recorded as
+/// `f32::MAX`, so it never passes and still serialises as a JSON number.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParityReport {
+    /// Name of the reference predictor (e.g. `native`).
+    pub native: String,
+    /// Name of the predictor under test (e.g. `onnxruntime`).
+    pub onnx: String,
     /// Rows compared.
     pub n_rows: usize,
-    /// Rows per batch on both sides.
+    /// Rows per batch, the same on both sides.
     pub batch: usize,
     /// Largest absolute difference of logits.
     pub max_abs_logit: f32,
-    /// Largest absolute difference of probabilities.
+    /// Largest absolute difference of probabilities (0 for regression).
     pub max_abs_prob: f32,
-    /// Fraction of rows with the same argmax.
+    /// Fraction of rows whose argmax agrees.
     pub argmax_agreement: f64,
-    /// Tolerance on `max_abs_prob`.
+    /// The tolerance on `max_abs_prob` (on `max_abs_logit` for regression).
     pub tolerance: f32,
-    /// `max_abs_prob <= tolerance`.
+    /// `max_abs_prob <= tolerance` (`max_abs_logit` for regression) and both sides
+    /// produced the same number of rows and outputs.
     pub passed: bool,
-    /// The rows that differ most (at most 5).
+    /// The rows that differ most, largest first (at most [`WORST_ROWS`]).
     pub worst_rows: Vec<WorstRow>,
 }
 
-/// |a - b|, where any NaN counts as an infinite difference (a NaN never passes parity).
-fn abs_diff(a: f32, b: f32) -> f32 {
-    let d = (a - b).abs();
-    if d.is_nan() { f32::INFINITY } else { d }
+impl ParityReport {
+    /// A one-line description of the worst rows, for error messages.
+    pub fn worst_rows_text(&self) -> String {
+        self.worst_rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "row {} (|dp| {:.3e}, class {} vs {})",
+                    r.row, r.diff, r.native_class, r.onnx_class
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
-/// Compares two sets of predictions row by row.
+/// |a - b|, where a NaN or infinite difference counts as `f32::MAX`.
+fn abs_diff(a: f32, b: f32) -> f32 {
+    let d = (a - b).abs();
+    if d.is_finite() { d } else { f32::MAX }
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| abs_diff(*x, *y))
+        .fold(0.0, f32::max)
+}
+
+/// Compares two sets of predictions of the same rows (`native` is the reference).
 pub fn compare(
     native: &Predictions,
     onnx: &Predictions,
@@ -52,63 +91,251 @@ pub fn compare(
     tolerance: f32,
 ) -> ParityReport {
     let k = native.n_outputs.max(1);
-    let mut max_abs_logit = 0.0f32;
-    for (a, b) in native.logits.iter().zip(&onnx.logits) {
-        max_abs_logit = max_abs_logit.max(abs_diff(*a, *b));
-    }
+    let same_shape = native.n_rows == onnx.n_rows
+        && native.n_outputs == onnx.n_outputs
+        && native.logits.len() == onnx.logits.len()
+        && native.probabilities.len() == onnx.probabilities.len();
+    let has_probs = !native.probabilities.is_empty();
     let (na, oa) = (native.argmax(), onnx.argmax());
-    let mut rows: Vec<WorstRow> = native
-        .probabilities
-        .chunks_exact(k)
-        .zip(onnx.probabilities.chunks_exact(k))
-        .enumerate()
-        .map(|(i, (a, b))| WorstRow {
-            row: i,
-            max_abs_prob: a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| abs_diff(*x, *y))
-                .fold(0.0, f32::max),
-            native_class: na[i],
-            onnx_class: oa[i],
+    let mut rows: Vec<WorstRow> = (0..native.n_rows.min(onnx.n_rows))
+        .map(|i| {
+            let span = i * k..(i + 1) * k;
+            let logit = match (
+                native.logits.get(span.clone()),
+                onnx.logits.get(span.clone()),
+            ) {
+                (Some(a), Some(b)) => max_abs(a, b),
+                _ => f32::MAX,
+            };
+            let diff = if has_probs {
+                match (
+                    native.probabilities.get(span.clone()),
+                    onnx.probabilities.get(span),
+                ) {
+                    (Some(a), Some(b)) => max_abs(a, b),
+                    _ => f32::MAX,
+                }
+            } else {
+                logit
+            };
+            WorstRow {
+                row: i,
+                diff,
+                max_abs_logit: logit,
+                native_class: na.get(i).copied().unwrap_or(0),
+                onnx_class: oa.get(i).copied().unwrap_or(u32::MAX),
+            }
         })
         .collect();
-    let size_ok = native.logits.len() == onnx.logits.len()
-        && native.probabilities.len() == onnx.probabilities.len();
-    let max_abs_prob = if size_ok {
-        rows.iter().map(|r| r.max_abs_prob).fold(0.0, f32::max)
+    let mut max_abs_logit = rows.iter().map(|r| r.max_abs_logit).fold(0.0, f32::max);
+    let mut max_abs_prob = if has_probs {
+        rows.iter().map(|r| r.diff).fold(0.0, f32::max)
     } else {
-        f32::INFINITY
+        0.0
     };
-    let agree = na.iter().zip(&oa).filter(|(a, b)| a == b).count();
-    rows.sort_by(|a, b| {
-        b.max_abs_prob
-            .total_cmp(&a.max_abs_prob)
-            .then(a.row.cmp(&b.row))
-    });
-    rows.truncate(5);
+    if !same_shape {
+        max_abs_logit = f32::MAX;
+        max_abs_prob = f32::MAX;
+    }
+    let agree = rows
+        .iter()
+        .filter(|r| r.native_class == r.onnx_class)
+        .count();
+    rows.sort_by(|a, b| b.diff.total_cmp(&a.diff).then(a.row.cmp(&b.row)));
+    rows.truncate(WORST_ROWS);
+    let gated = if has_probs {
+        max_abs_prob
+    } else {
+        max_abs_logit
+    };
     ParityReport {
+        native: String::new(),
+        onnx: String::new(),
         n_rows: native.n_rows,
         batch,
         max_abs_logit,
         max_abs_prob,
         argmax_agreement: agree as f64 / native.n_rows.max(1) as f64,
         tolerance,
-        passed: size_ok && max_abs_prob <= tolerance,
+        passed: same_shape && gated <= tolerance,
         worst_rows: rows,
     }
 }
 
-/// Runs both predictors on `features` in batches of `batch` rows and compares them.
+/// Runs both predictors on `n_rows` rows of `features` with `predict_batched` and the same
+/// `batch`, and compares them; `passed` is `max_abs_prob <= tol`.
 pub fn check_parity(
     native: &mut dyn Predictor,
     onnx: &mut dyn Predictor,
     features: &[f32],
     n_rows: usize,
     batch: usize,
-    tolerance: f32,
-) -> kiln_core::Result<ParityReport> {
+    tol: f32,
+) -> Result<ParityReport> {
+    check_parity_keep(native, onnx, features, n_rows, batch, tol).map(|(r, _)| r)
+}
+
+/// [`check_parity`], also returning the reference predictions.
+pub(crate) fn check_parity_keep(
+    native: &mut dyn Predictor,
+    onnx: &mut dyn Predictor,
+    features: &[f32],
+    n_rows: usize,
+    batch: usize,
+    tol: f32,
+) -> Result<(ParityReport, Predictions)> {
+    if batch == 0 {
+        return Err(DeployError::Parity(
+            "the parity batch size is 0; set parity_batch to 1 or more".into(),
+        ));
+    }
+    if n_rows == 0 || !features.len().is_multiple_of(n_rows) {
+        return Err(DeployError::Parity(format!(
+            "cannot compare {} feature values as {n_rows} rows; pass a non-empty split",
+            features.len()
+        )));
+    }
     let a = native.predict_batched(features, n_rows, batch)?;
     let b = onnx.predict_batched(features, n_rows, batch)?;
-    Ok(compare(&a, &b, batch, tolerance))
+    let mut report = compare(&a, &b, batch, tol);
+    report.native = native.name().to_string();
+    report.onnx = onnx.name().to_string();
+    Ok((report, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preds(logits: Vec<f32>, probabilities: Vec<f32>, k: usize) -> Predictions {
+        Predictions {
+            n_rows: logits.len() / k,
+            n_outputs: k,
+            logits,
+            probabilities,
+        }
+    }
+
+    #[test]
+    fn compare_reports_max_diffs_agreement_and_worst_rows() {
+        let a = preds(
+            vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0],
+            vec![0.7, 0.3, 0.3, 0.7, 0.9, 0.1],
+            2,
+        );
+        let b = preds(
+            vec![1.0, 0.5, 0.0, 1.0, 0.0, 2.0],
+            vec![0.6, 0.4, 0.3, 0.7, 0.1, 0.9],
+            2,
+        );
+        let r = compare(&a, &b, 2, 1e-5);
+        assert_eq!(r.max_abs_logit, 2.0);
+        assert!((r.max_abs_prob - 0.8).abs() < 1e-6);
+        assert!((r.argmax_agreement - 2.0 / 3.0).abs() < 1e-12);
+        assert!(!r.passed);
+        assert_eq!(
+            r.worst_rows.iter().map(|w| w.row).collect::<Vec<_>>(),
+            [2, 0, 1]
+        );
+        assert_eq!(
+            (r.worst_rows[0].native_class, r.worst_rows[0].onnx_class),
+            (0, 1)
+        );
+        assert!((r.worst_rows[1].diff - 0.1).abs() < 1e-6);
+        assert_eq!(r.worst_rows[2].diff, 0.0);
+        assert!(
+            r.worst_rows_text()
+                .starts_with("row 2 (|dp| 8.000e-1, class 0 vs 1)")
+        );
+
+        let same = compare(&a, &a, 2, 0.0);
+        assert!(same.passed);
+        assert_eq!((same.max_abs_prob, same.argmax_agreement), (0.0, 1.0));
+    }
+
+    #[test]
+    fn nan_and_shape_mismatch_never_pass_and_stay_valid_json() {
+        let a = preds(vec![1.0, 0.0], vec![0.7, 0.3], 2);
+        let b = preds(vec![f32::NAN, 0.0], vec![f32::NAN, f32::NAN], 2);
+        let r = compare(&a, &b, 1, 1.0);
+        assert!(!r.passed);
+        assert_eq!(r.max_abs_prob, f32::MAX);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: ParityReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+
+        let short = preds(vec![1.0, 0.0, 1.0], vec![0.5, 0.2, 0.3], 3);
+        let r = compare(&a, &short, 1, 1.0);
+        assert!(!r.passed);
+        assert_eq!(r.max_abs_logit, f32::MAX);
+    }
+
+    #[test]
+    fn regression_is_gated_on_logits() {
+        let a = preds(vec![1.0, 2.0], vec![], 1);
+        let b = preds(vec![1.0, 2.5], vec![], 1);
+        let r = compare(&a, &b, 2, 0.1);
+        assert_eq!((r.max_abs_prob, r.max_abs_logit), (0.0, 0.5));
+        assert!(!r.passed);
+        assert!(compare(&a, &b, 2, 0.5).passed);
+    }
+
+    /// Adds `offset` to every logit of rows at or after `from` (a stand-in for ONNX).
+    struct Shifted {
+        inner: kiln_core::NativeModel,
+        from: usize,
+        offset: f32,
+        calls: Vec<usize>,
+    }
+
+    impl Predictor for Shifted {
+        fn name(&self) -> &str {
+            "shifted"
+        }
+        fn predict(&mut self, x: &[f32], n: usize) -> kiln_core::Result<Predictions> {
+            let start: usize = self.calls.iter().sum();
+            self.calls.push(n);
+            let mut p = self.inner.predict(x, n)?;
+            let k = p.n_outputs;
+            for r in 0..n {
+                if start + r >= self.from {
+                    p.logits[r * k] += self.offset;
+                }
+            }
+            p.probabilities = kiln_core::forward::softmax_rows(&p.logits, k);
+            Ok(p)
+        }
+    }
+
+    #[test]
+    fn check_parity_batches_both_sides_alike_and_finds_the_bad_rows() {
+        use kiln_core::{Activation, ModelSpec, Task, TensorStore};
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut w = TensorStore::default();
+        w.insert_f32("layers.0.weight", vec![2, 2], vec![1.0, 0.0, 0.0, 1.0]);
+        w.insert_f32("layers.0.bias", vec![2], vec![0.0, 0.0]);
+        let model = kiln_core::NativeModel::new(spec, w).unwrap();
+        let x: Vec<f32> = (0..14).map(|i| i as f32 * 0.1).collect();
+        let mut onnx = Shifted {
+            inner: model.clone(),
+            from: 5,
+            offset: 1.0,
+            calls: vec![],
+        };
+        let r = check_parity(&mut model.clone(), &mut onnx, &x, 7, 3, 1e-5).unwrap();
+        assert_eq!(onnx.calls, [3, 3, 1]);
+        assert_eq!(
+            (r.native.as_str(), r.onnx.as_str(), r.n_rows, r.batch),
+            ("native", "shifted", 7, 3)
+        );
+        assert!(!r.passed);
+        assert_eq!(r.max_abs_logit, 1.0);
+        let mut bad: Vec<usize> = r.worst_rows.iter().take(2).map(|w| w.row).collect();
+        bad.sort();
+        assert_eq!(bad, [5, 6]);
+        assert!(r.worst_rows[2..].iter().all(|w| w.diff == 0.0));
+
+        assert!(check_parity(&mut model.clone(), &mut onnx, &x, 7, 0, 1e-5).is_err());
+        assert!(check_parity(&mut model.clone(), &mut onnx, &[], 0, 1, 1e-5).is_err());
+    }
 }

@@ -1,58 +1,72 @@
 //! Tests of kiln-deploy against the real ONNX Runtime: the writer reproduces a forward pass
 //! worked by hand, fp32 and int8 exports match kiln's reference within 1e-5, a perturbed
-//! weight fails the parity gate, and the official onnx checker and Python onnxruntime
-//! accept both files.
+//! weight fails the parity gate and the stage, the stage writes a reproducible bundle, and
+//! the official onnx checker and Python onnxruntime accept both files.
 
 use kiln_core::forward::quantize_weights_symmetric;
 use kiln_core::{
     Activation, Dataset, ModelSpec, NativeModel, Predictor, Quantization, Schema, Task, TensorStore,
 };
 use kiln_deploy::onnx::{ModelProto, dtype};
-use kiln_deploy::{Config, ExportMeta, OrtModel, Variant, check_parity, decode, export};
+use kiln_deploy::{
+    Config, DeployError, ExportMeta, OrtModel, ParityFile, Variant, check_parity, decode, export,
+};
 use prost::Message;
+use std::path::Path;
 
-fn meta() -> ExportMeta {
+fn meta(k: usize) -> ExportMeta {
     ExportMeta {
-        opset: 17,
-        class_labels: vec!["a".into(), "b".into()],
+        class_labels: (0..k).map(|i| format!("c{i}")).collect(),
         ..Default::default()
     }
 }
 
-/// 3 -> 4 (relu) -> 2 with small integer-ish weights, so the forward pass can be worked by hand.
+/// 3 -> 4 (relu) -> 2 with small weights, so the forward pass can be worked by hand.
 fn small() -> NativeModel {
     let spec = ModelSpec::mlp(3, &[4], Activation::Relu, Task::Classification, 2);
     let mut w = TensorStore::default();
-    w.insert_f32(
-        "layers.0.weight",
-        vec![3, 4],
-        vec![
-            1.0, -1.0, 0.5, 0.0, 0.0, 2.0, -0.5, 1.0, 1.0, 0.0, 0.0, -1.0,
-        ],
-    );
+    #[rustfmt::skip]
+    w.insert_f32("layers.0.weight", vec![3, 4], vec![
+        1.0, -1.0,  0.5,  0.0,
+        0.0,  2.0, -0.5,  1.0,
+        1.0,  0.0,  0.0, -1.0,
+    ]);
     w.insert_f32("layers.0.bias", vec![4], vec![0.0, 0.5, 0.0, 0.25]);
-    w.insert_f32(
-        "layers.1.weight",
-        vec![4, 2],
-        vec![1.0, 0.0, 0.0, 1.0, 2.0, -1.0, -1.0, 0.5],
-    );
+    #[rustfmt::skip]
+    w.insert_f32("layers.1.weight", vec![4, 2], vec![
+        1.0,  0.0,
+        0.0,  1.0,
+        2.0, -1.0,
+       -1.0,  0.5,
+    ]);
     w.insert_f32("layers.1.bias", vec![2], vec![0.1, -0.1]);
     NativeModel::new(spec, w).unwrap()
 }
 
-/// Deterministic pseudo-random model and data.
-fn random(in_dim: usize, hidden: &[usize], k: usize, rows: usize) -> (NativeModel, Vec<f32>) {
-    let spec = ModelSpec::mlp(in_dim, hidden, Activation::Relu, Task::Classification, k);
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
+/// xorshift64 values in [-1, 1).
+fn rng(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    };
+    }
+}
+
+/// A deterministic pseudo-random MLP and `rows` rows of data in [0, 1).
+fn random(
+    seed: u64,
+    in_dim: usize,
+    hidden: &[usize],
+    k: usize,
+    rows: usize,
+) -> (NativeModel, Vec<f32>) {
+    let spec = ModelSpec::mlp(in_dim, hidden, Activation::Relu, Task::Classification, k);
+    let mut next = rng(seed);
     let mut w = TensorStore::default();
     for (i, l) in spec.layers.iter().enumerate() {
-        let s = 1.0 / (l.in_dim as f32).sqrt();
+        let s = 2.0 / (l.in_dim as f32).sqrt();
         w.insert_f32(
             &format!("layers.{i}.weight"),
             vec![l.in_dim, l.out_dim],
@@ -68,6 +82,7 @@ fn random(in_dim: usize, hidden: &[usize], k: usize, rows: usize) -> (NativeMode
     (NativeModel::new(spec, w).unwrap(), x)
 }
 
+/// The int8 (dynamic, per-channel) variant of an fp32 model, as kiln-optimize makes it.
 fn int8(m: &NativeModel) -> NativeModel {
     let mut w = TensorStore::default();
     for (i, l) in m.spec.layers.iter().enumerate() {
@@ -96,94 +111,29 @@ fn int8(m: &NativeModel) -> NativeModel {
     NativeModel::new(spec, w).unwrap()
 }
 
-#[test]
-fn writer_matches_a_forward_pass_worked_by_hand() {
-    let m = small();
-    let bytes = export(&m.spec, &m.weights, &meta()).unwrap();
-    let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
-    // x = [1, 2, 3]: hidden pre = [1+0+3, -1+4+0, 0.5-1+0, 0+2-3] + b = [4, 3.5, -0.5, -0.75]
-    // relu -> [4, 3.5, 0, 0]; logits = [4 + 0.1, 3.5 - 0.1] = [4.1, 3.4]
-    let p = ort.predict(&[1.0, 2.0, 3.0], 1).unwrap();
-    assert!(
-        (p.logits[0] - 4.1).abs() < 1e-6 && (p.logits[1] - 3.4).abs() < 1e-6,
-        "{:?}",
-        p.logits
-    );
-    let e = (0.7f32).exp();
-    assert!(
-        (p.probabilities[0] - e / (1.0 + e)).abs() < 1e-6,
-        "{:?}",
-        p.probabilities
-    );
-    let model = decode(&bytes).unwrap();
-    let g = model.graph.unwrap();
-    assert_eq!(model.opset_import[0].version, 17);
-    assert_eq!(g.input[0].name, "features");
-    assert_eq!(
-        g.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
-        ["logits", "probabilities"]
-    );
-    assert!(
-        model
-            .metadata_props
-            .iter()
-            .any(|p| p.key == "class_labels" && p.value == r#"["a","b"]"#)
-    );
-}
-
-#[test]
-fn fp32_and_int8_match_the_reference_within_1e5() {
-    let (m, x) = random(20, &[16, 8], 5, 300);
-    for model in [m.clone(), int8(&m)] {
-        let bytes = export(&model.spec, &model.weights, &meta()).unwrap();
-        let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
-        let mut native = model.clone();
-        let r = check_parity(&mut native, &mut ort, &x, 300, 100, 1e-5).unwrap();
-        assert!(r.passed, "{r:?}");
-        assert_eq!(r.argmax_agreement, 1.0);
-        assert!(r.max_abs_prob <= 1e-5);
-    }
-    let q = export(&int8(&m).spec, &int8(&m).weights, &meta()).unwrap();
-    let g = decode(&q).unwrap().graph.unwrap();
-    assert_eq!(
-        g.node
-            .iter()
-            .filter(|n| n.op_type == "MatMulInteger")
-            .count(),
-        3
-    );
-    assert_eq!(
-        g.node
-            .iter()
-            .filter(|n| n.op_type == "DynamicQuantizeLinear")
-            .count(),
-        3
-    );
-    assert_eq!(
-        g.initializer
-            .iter()
-            .filter(|t| t.data_type == dtype::INT8)
-            .count(),
-        3
-    );
-    let fp = decode(&export(&m.spec, &m.weights, &meta()).unwrap())
-        .unwrap()
-        .graph
-        .unwrap();
-    let weight_bytes = |g: &kiln_deploy::onnx::GraphProto| -> usize {
-        g.initializer
-            .iter()
-            .filter(|t| t.name.ends_with(".weight"))
-            .map(|t| t.raw_data.len())
-            .sum()
+fn schema_and_test(m: &NativeModel, x: Vec<f32>) -> (Schema, Dataset) {
+    let names: Vec<String> = (0..m.spec.input_dim).map(|i| format!("f{i}")).collect();
+    let k = m.spec.output_dim();
+    let schema = Schema {
+        version: 1,
+        input_columns: names.clone(),
+        feature_names: names.clone(),
+        target: "y".into(),
+        task: Task::Classification,
+        class_labels: (0..k).map(|i| format!("c{i}")).collect(),
+        transforms: vec![],
     };
-    assert_eq!(
-        weight_bytes(&g) * 4,
-        weight_bytes(&fp),
-        "int8 weights take a quarter of fp32's bytes"
-    );
+    let rows = x.len() / m.spec.input_dim;
+    let test = Dataset {
+        feature_names: names,
+        target: "y".into(),
+        features: x,
+        labels: (0..rows).map(|i| (i % k) as u32).collect(),
+    };
+    (schema, test)
 }
 
+/// Adds 0.5 to the first value of initializer `layers.0.weight` in an encoded model.
 fn perturb(bytes: &[u8]) -> Vec<u8> {
     let mut model = ModelProto::decode(bytes).unwrap();
     let g = model.graph.as_mut().unwrap();
@@ -192,70 +142,312 @@ fn perturb(bytes: &[u8]) -> Vec<u8> {
         .iter_mut()
         .find(|t| t.name == "layers.0.weight")
         .unwrap();
-    let v = f32::from_le_bytes(w.raw_data[0..4].try_into().unwrap()) + 0.5;
-    w.raw_data[0..4].copy_from_slice(&v.to_le_bytes());
+    let mut v = w.f32_values().unwrap();
+    v[0] += 0.5;
+    w.set_f32_values(&v);
     model.encode_to_vec()
 }
 
 #[test]
-fn one_perturbed_weight_fails_the_parity_gate() {
-    let (m, x) = random(20, &[16], 4, 200);
-    let bytes = perturb(&export(&m.spec, &m.weights, &meta()).unwrap());
+fn writer_matches_a_forward_pass_worked_by_hand() {
+    let m = small();
+    let meta = ExportMeta {
+        class_labels: vec!["a".into(), "b".into()],
+        feature_names: vec!["x0".into(), "x1".into(), "x2".into()],
+        pipeline_hash: "feedbeef".into(),
+        ..Default::default()
+    };
+    let bytes = export(&m.spec, &m.weights, &meta).unwrap();
     let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+    assert_eq!((ort.n_features(), ort.n_outputs()), (3, 2));
+    // x = [1, 2, 3]: hidden = x @ W0 + b0 = [1+0+3, -1+4+0, 0.5-1+0, 0+2-3] + [0, 0.5, 0, 0.25]
+    //               = [4, 3.5, -0.5, -0.75] -> relu [4, 3.5, 0, 0];
+    //   logits = [4*1 + 3.5*0, 4*0 + 3.5*1] + [0.1, -0.1] = [4.1, 3.4].
+    // x = [0, 0, 1]: hidden = [1, 0, 0, -1] + b0 = [1, 0.5, 0, -0.75] -> [1, 0.5, 0, 0];
+    //   logits = [1, 0.5] + [0.1, -0.1] = [1.1, 0.4].
+    let p = ort.predict(&[1.0, 2.0, 3.0, 0.0, 0.0, 1.0], 2).unwrap();
+    let want = [4.1f32, 3.4, 1.1, 0.4];
+    for (got, want) in p.logits.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-6, "{:?}", p.logits);
+    }
+    // softmax([4.1, 3.4])[0] = 1 / (1 + e^-0.7); softmax([1.1, 0.4]) is the same.
+    let p0 = 1.0 / (1.0 + (-0.7f32).exp());
+    for (got, want) in p.probabilities.iter().zip([p0, 1.0 - p0, p0, 1.0 - p0]) {
+        assert!((got - want).abs() <= 1e-6, "{:?}", p.probabilities);
+    }
+    assert_eq!(p.argmax(), vec![0, 0]);
+    // The native reference agrees with the same hand-computed numbers.
+    let native = m
+        .clone()
+        .predict(&[1.0, 2.0, 3.0, 0.0, 0.0, 1.0], 2)
+        .unwrap();
+    for (got, want) in native.logits.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-6, "{:?}", native.logits);
+    }
+
+    // Metadata as ONNX Runtime reads it.
+    assert_eq!(
+        ort.metadata("class_labels").as_deref(),
+        Some(r#"["a","b"]"#)
+    );
+    assert_eq!(
+        ort.metadata("feature_names").as_deref(),
+        Some(r#"["x0","x1","x2"]"#)
+    );
+    assert_eq!(ort.metadata("pipeline_hash").as_deref(), Some("feedbeef"));
+    assert_eq!(
+        ort.metadata("kiln_version").as_deref(),
+        Some(kiln_core::KILN_VERSION)
+    );
+
+    let model = decode(&bytes).unwrap();
+    let g = model.graph.unwrap();
+    assert_eq!((model.ir_version, model.opset_import[0].version), (8, 17));
+    assert_eq!(g.input[0].name, "features");
+    assert_eq!(
+        g.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        ["logits", "probabilities"]
+    );
+
+    // A wrong row width is an error, not a crash.
+    let e = ort.predict(&[1.0, 2.0], 1).unwrap_err();
+    assert!(e.to_string().contains("takes 3 per row"), "{e}");
+}
+
+#[test]
+fn fp32_and_int8_match_the_reference_within_1e5() {
+    let (m, x) = random(0x2545_f491_4f6c_dd1d, 20, &[16, 8], 5, 300);
+    let q = int8(&m);
+    for model in [&m, &q] {
+        let bytes = export(&model.spec, &model.weights, &meta(5)).unwrap();
+        let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+        // Batches of 100 and one ragged batch of 300 % 128 = 44 rows.
+        for batch in [100, 128] {
+            let r = check_parity(&mut model.clone(), &mut ort, &x, 300, batch, 1e-5).unwrap();
+            assert!(r.passed, "{r:?}");
+            assert!(r.max_abs_prob <= 1e-5, "{r:?}");
+            assert!(r.max_abs_logit <= 1e-4, "{r:?}");
+            assert_eq!(r.argmax_agreement, 1.0);
+            assert_eq!(
+                (r.n_rows, r.batch, r.onnx.as_str()),
+                (300, batch, "onnxruntime")
+            );
+        }
+    }
+    // The int8 model really is quantized: it differs from fp32, a little.
+    let fp = m.clone().predict(&x, 300).unwrap();
+    let qp = q.clone().predict(&x, 300).unwrap();
+    let d = kiln_deploy::compare(&fp, &qp, 300, 0.0);
+    assert!(d.max_abs_logit > 1e-4 && d.max_abs_logit < 0.5, "{d:?}");
+
+    // The int8 file holds int8 weights and MatMulInteger nodes, one per layer, no MatMul.
+    let g = decode(&export(&q.spec, &q.weights, &meta(5)).unwrap())
+        .unwrap()
+        .graph
+        .unwrap();
+    let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!(
+        (
+            count("MatMulInteger"),
+            count("DynamicQuantizeLinear"),
+            count("MatMul")
+        ),
+        (3, 3, 0)
+    );
+    let int8_inits: Vec<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::INT8)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(
+        int8_inits,
+        ["layers.0.weight", "layers.1.weight", "layers.2.weight"]
+    );
+    let w0 = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "layers.0.weight")
+        .unwrap();
+    let want: Vec<u8> = q
+        .weights
+        .i8("layers.0.weight")
+        .unwrap()
+        .iter()
+        .map(|v| *v as u8)
+        .collect();
+    assert_eq!(
+        (w0.dims.as_slice(), &w0.raw_data),
+        (&[20i64, 16][..], &want)
+    );
+}
+
+#[test]
+fn one_perturbed_weight_fails_the_parity_gate_and_the_stage() {
+    let (m, x) = random(7, 20, &[16], 4, 200);
+    let good = export(&m.spec, &m.weights, &meta(4)).unwrap();
+    let bad = perturb(&good);
+    assert_ne!(good, bad);
+    let mut ort = OrtModel::from_bytes(&bad, 1).unwrap();
     let r = check_parity(&mut m.clone(), &mut ort, &x, 200, 100, 1e-5).unwrap();
     assert!(!r.passed);
-    assert!(r.max_abs_prob > 1e-3, "{r:?}");
+    assert!(r.max_abs_prob > 1e-4, "{r:?}");
     assert_eq!(r.worst_rows.len(), 5);
+    assert!(r.worst_rows.windows(2).all(|w| w[0].diff >= w[1].diff));
+    assert_eq!(r.worst_rows[0].diff, r.max_abs_prob);
+    // The unperturbed export passes on the same rows.
+    let mut ok = OrtModel::from_bytes(&good, 1).unwrap();
+    assert!(
+        check_parity(&mut m.clone(), &mut ok, &x, 200, 100, 1e-5)
+            .unwrap()
+            .passed
+    );
 
-    // The stage refuses to deploy a model whose reference disagrees, and writes no ONNX file.
-    let mut bad = m.clone();
-    let w = bad.weights.f32_mut("layers.0.weight").unwrap();
-    w[0] = f32::NAN;
-    let schema = Schema {
-        version: 1,
-        input_columns: (0..20).map(|i| format!("f{i}")).collect(),
-        feature_names: (0..20).map(|i| format!("f{i}")).collect(),
-        target: "y".into(),
-        task: Task::Classification,
-        class_labels: (0..4).map(|i| i.to_string()).collect(),
-        transforms: vec![],
-    };
-    let test = Dataset {
-        feature_names: schema.feature_names.clone(),
-        target: "y".into(),
-        features: x,
-        labels: vec![0; 200],
-    };
+    // The stage: a good run ships model.onnx; a run whose export is perturbed returns an
+    // error naming the worst rows, and leaves no model.onnx behind (not even the old one).
+    let (schema, test) = schema_and_test(&m, x);
     let dir = tempfile::tempdir().unwrap();
-    let ok = kiln_deploy::run(
+    let variants = [Variant {
+        name: "fp32".into(),
+        model: m.clone(),
+    }];
+    let out = kiln_deploy::run(
         &Config::default(),
-        &[Variant {
-            name: "fp32".into(),
-            model: m.clone(),
-        }],
+        &variants,
         &schema,
         &test,
         "h",
-        &dir.path().join("ok"),
+        dir.path(),
     )
     .unwrap();
-    assert_eq!(ok.files[0].0, "model.onnx");
-    assert!(dir.path().join("ok/model.onnx").is_file());
-    let err = kiln_deploy::run(
+    assert_eq!(out.variants[0].file, "model.onnx");
+    assert!(dir.path().join("model.onnx").is_file());
+    let err = kiln_deploy::run_with_exporter(
         &Config::default(),
-        &[Variant {
-            name: "fp32".into(),
-            model: bad,
-        }],
+        &variants,
         &schema,
         &test,
         "h",
-        &dir.path().join("bad"),
+        dir.path(),
+        &|m: &NativeModel, meta: &ExportMeta| Ok(perturb(&export(&m.spec, &m.weights, meta)?)),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("parity check failed"), "{err}");
-    assert!(!dir.path().join("bad/model.onnx").exists());
-    assert!(dir.path().join("bad/parity.json").is_file());
+    assert!(matches!(err, DeployError::Parity(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("parity check failed, nothing was deployed"),
+        "{msg}"
+    );
+    assert!(msg.contains("fp32: ONNX Runtime differs"), "{msg}");
+    assert!(
+        msg.contains(&format!("worst rows: row {} ", r.worst_rows[0].row)),
+        "{msg}"
+    );
+    assert!(!dir.path().join("model.onnx").exists());
+    let parity: ParityFile = kiln_core::read_json(&dir.path().join("parity.json")).unwrap();
+    assert!(!parity.passed);
+    assert!(!parity.variants["fp32"].passed);
+    assert_eq!(parity.variants["fp32"].worst_rows, r.worst_rows);
+}
+
+#[test]
+fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
+    let (m, x) = random(42, 256, &[128], 10, 400);
+    let q = int8(&m);
+    let (schema, test) = schema_and_test(&m, x);
+    let variants = [
+        Variant {
+            name: "fp32".into(),
+            model: m.clone(),
+        },
+        Variant {
+            name: "int8".into(),
+            model: q.clone(),
+        },
+    ];
+    let config = Config {
+        parity_batch: 128,
+        ..Config::default()
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut outs = Vec::new();
+    for d in &dirs {
+        outs.push(kiln_deploy::run(&config, &variants, &schema, &test, "abc", d.path()).unwrap());
+    }
+    let out = &outs[0];
+    let files: Vec<(&str, &str)> = out
+        .variants
+        .iter()
+        .map(|v| (v.name.as_str(), v.file.as_str()))
+        .collect();
+    assert_eq!(files, [("fp32", "model.onnx"), ("int8", "model.int8.onnx")]);
+    let dir = dirs[0].path();
+    for v in &out.variants {
+        assert_eq!(
+            std::fs::metadata(dir.join(&v.file)).unwrap().len() as usize,
+            v.bytes
+        );
+        assert!(v.parity.passed && v.parity.max_abs_prob <= 1e-5, "{v:?}");
+        assert_eq!((v.parity.n_rows, v.parity.batch), (400, 128));
+    }
+    // int8: at most 30 % of the fp32 file, and agreeing with fp32 on >= 99.5 % of rows.
+    let (fp_bytes, q_bytes) = (out.variants[0].bytes, out.variants[1].bytes);
+    assert!(q_bytes * 10 <= fp_bytes * 3, "{q_bytes} vs {fp_bytes}");
+    let agreement = out.variants[1].agreement_with_fp32.unwrap();
+    assert!(agreement >= 0.995, "{agreement}");
+    assert_eq!(out.variants[0].agreement_with_fp32, None);
+
+    // parity.json and schema.json on disk.
+    let parity: ParityFile = kiln_core::read_json(&dir.join("parity.json")).unwrap();
+    assert_eq!(&parity, &out.parity);
+    assert!(parity.passed);
+    assert_eq!(parity.agreement_with_fp32["int8"], agreement);
+    assert_eq!(parity.variants.keys().collect::<Vec<_>>(), ["fp32", "int8"]);
+    let back: Schema = kiln_core::read_json(&dir.join("schema.json")).unwrap();
+    assert_eq!(back, schema);
+
+    // The files load from disk and carry the stage's metadata.
+    let mut from_file = OrtModel::from_file(&dir.join("model.int8.onnx"), 1).unwrap();
+    assert_eq!(from_file.metadata("pipeline_hash").as_deref(), Some("abc"));
+    let p = from_file.predict(test.row(0), 1).unwrap();
+    assert_eq!(p.n_outputs, 10);
+
+    // Same inputs, same bytes: every file of the two runs is identical.
+    for f in [
+        "model.onnx",
+        "model.int8.onnx",
+        "parity.json",
+        "schema.json",
+    ] {
+        assert_eq!(
+            std::fs::read(dirs[0].path().join(f)).unwrap(),
+            std::fs::read(dirs[1].path().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
+    // An "int8" variant that is really another model disagrees with fp32: refused.
+    let (other, _) = random(43, 256, &[128], 10, 1);
+    let bad_dir = tempfile::tempdir().unwrap();
+    let err = kiln_deploy::run(
+        &config,
+        &[
+            variants[0].clone(),
+            Variant {
+                name: "int8".into(),
+                model: int8(&other),
+            },
+        ],
+        &schema,
+        &test,
+        "abc",
+        bad_dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("int8: argmax agreement with fp32"), "{err}");
+    assert!(!bad_dir.path().join("model.onnx").exists());
+    assert!(!bad_dir.path().join("model.int8.onnx").exists());
 }
 
 /// The official tools: onnx.checker (full_check) and Python onnxruntime 1.31 on both
@@ -264,7 +456,7 @@ fn one_perturbed_weight_fails_the_parity_gate() {
 fn official_checker_and_python_onnxruntime_accept_both_files() {
     let python = std::env::var("KILN_PYTHON").ok().filter(|p| {
         std::process::Command::new(p)
-            .args(["-c", "import onnx, onnxruntime"])
+            .args(["-c", "import onnx, onnxruntime, numpy"])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
@@ -272,38 +464,71 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
     let Some(python) = python else {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!(
-                "KILN_PYTHON with onnx + onnxruntime is required under CI=true; run `cargo xtask setup`"
+                "KILN_PYTHON with onnx + onnxruntime is required under CI=true; run `cargo xtask setup` and `cargo xtask test`"
             );
         }
         eprintln!(
-            "note: KILN_PYTHON (onnx + onnxruntime) not available; run `cargo xtask test` to include this check"
+            "note: KILN_PYTHON (a python with onnx + onnxruntime) is not available, so the official-tools check did not run; use `cargo xtask test` to include it"
         );
         return;
     };
-    let (m, x) = random(12, &[10], 3, 50);
+    let (m, x) = random(99, 12, &[10], 3, 50);
     let dir = tempfile::tempdir().unwrap();
-    let mut expected = Vec::new();
+    let mut models = Vec::new();
     for (name, model) in [("fp32", m.clone()), ("int8", int8(&m))] {
         let path = dir.path().join(format!("{name}.onnx"));
-        std::fs::write(&path, export(&model.spec, &model.weights, &meta()).unwrap()).unwrap();
+        let meta = ExportMeta {
+            class_labels: vec!["a".into(), "b".into(), "c".into()],
+            feature_names: (0..12).map(|i| format!("f{i}")).collect(),
+            pipeline_hash: "0123abcd".into(),
+            ..Default::default()
+        };
+        std::fs::write(&path, export(&model.spec, &model.weights, &meta).unwrap()).unwrap();
+        // One batch of all 50 rows, as the Python session runs them.
         let p = model.clone().predict(&x, 50).unwrap();
-        expected.push(serde_json::json!({ "path": path, "probabilities": p.probabilities, "argmax": p.argmax(), "tol": 1e-5 }));
+        models.push(serde_json::json!({
+            "path": path,
+            "int8": name == "int8",
+            "probabilities": p.probabilities,
+            "argmax": p.argmax(),
+        }));
     }
-    let spec = serde_json::json!({ "x": x, "rows": 50, "cols": 12, "models": expected });
+    let spec = serde_json::json!({
+        "x": x, "rows": 50, "cols": 12, "models": models, "tol": 1e-5,
+        "kiln_version": kiln_core::KILN_VERSION,
+    });
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = r#"
-import json, sys, numpy as np, onnx, onnxruntime as ort
+import json, sys
+import numpy as np, onnx, onnxruntime as ort
 spec = json.load(open(sys.argv[1]))
-x = np.array(spec["x"], dtype=np.float32).reshape(spec["rows"], spec["cols"])
 assert ort.__version__ == "1.31.1", ort.__version__
+x = np.array(spec["x"], dtype=np.float32).reshape(spec["rows"], spec["cols"])
 for m in spec["models"]:
     onnx.checker.check_model(m["path"], full_check=True)
+    model = onnx.load(m["path"])
+    assert model.ir_version == 8, model.ir_version
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)], model.opset_import
+    assert model.producer_name == "kiln"
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_labels"]) == ["a", "b", "c"], props
+    assert json.loads(props["feature_names"]) == ["f%d" % i for i in range(12)], props
+    assert props["kiln_version"] == spec["kiln_version"] and props["pipeline_hash"] == "0123abcd", props
+    ops = [n.op_type for n in model.graph.node]
+    int8 = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    if m["int8"]:
+        assert ops.count("MatMulInteger") == 2 and "MatMul" not in ops, ops
+        assert int8 == ["layers.0.weight", "layers.1.weight"], int8
+    else:
+        assert ops.count("MatMul") == 2 and not int8, ops
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert dims == [["batch", 12]], dims
     s = ort.InferenceSession(m["path"], providers=["CPUExecutionProvider"])
     logits, probs = s.run(["logits", "probabilities"], {"features": x})
     want = np.array(m["probabilities"], dtype=np.float32).reshape(probs.shape)
     diff = float(np.abs(probs - want).max())
-    assert diff <= m["tol"], (m["path"], diff)
+    assert diff <= spec["tol"], (m["path"], diff)
     assert (probs.argmax(1) == np.array(m["argmax"])).all(), m["path"]
     print(m["path"], "ok", diff)
 "#;
@@ -321,6 +546,36 @@ for m in spec["models"]:
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
-        2
+        2,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
+    assert!(Path::new(&spec_path).is_file());
+}
+
+/// Without the library, loading a model fails with a message naming both places looked at
+/// and the command that installs it (checked in a child process, whose environment and
+/// process-wide ONNX Runtime state are its own).
+#[test]
+fn a_missing_runtime_library_is_an_error_naming_both_places() {
+    const NAME: &str = "a_missing_runtime_library_is_an_error_naming_both_places";
+    if std::env::var_os("KILN_DEPLOY_TEST_CHILD").is_some() {
+        let e = OrtModel::from_bytes(b"", 1).unwrap_err();
+        println!("CHILD-ERROR: {e}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env("KILN_DEPLOY_TEST_CHILD", "1")
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .env("KILN_CACHE_DIR", "/nonexistent-kiln-cache")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let want = "CHILD-ERROR: onnxruntime: ONNX Runtime 1.31.1 library not found: \
+        ORT_DYLIB_PATH is `/nonexistent/libonnxruntime.so` (no such file) and \
+        `/nonexistent-kiln-cache/onnxruntime-1.31.1/libonnxruntime.so` does not exist; \
+        run `cargo xtask setup`";
+    assert!(stdout.contains(want), "{stdout}");
 }

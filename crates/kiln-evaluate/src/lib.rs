@@ -102,6 +102,25 @@ pub struct Output {
     pub verdict: Verdict,
 }
 
+impl Config {
+    /// Gates that cannot be checked, as (key path, message) pairs.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.gates
+            .iter()
+            .filter_map(|(m, c)| {
+                let err = if m != "accuracy" && m != "macro_f1" {
+                    Some(format!(
+                        "gate on unknown metric `{m}`; gates can use accuracy, macro_f1"
+                    ))
+                } else {
+                    parse_gate(m, c).err().map(|e| e.to_string())
+                };
+                err.map(|e| (format!("gates.{m}"), e))
+            })
+            .collect()
+    }
+}
+
 fn parse_gate(metric: &str, cond: &str) -> Result<(String, f64)> {
     let c = cond.trim();
     for op in [">=", "<=", ">", "<"] {

@@ -75,6 +75,42 @@ pub struct QuantizeConfig {
     pub per_channel: bool,
 }
 
+impl Config {
+    /// Values out of range, as (key path, message) pairs; empty when the config is usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        if let Some(b) = self.max_accuracy_drop
+            && !(0.0..=1.0).contains(&b)
+        {
+            p.push((
+                "max_accuracy_drop".into(),
+                format!("{b} must be in [0, 1] (an absolute accuracy drop)"),
+            ));
+        }
+        match &self.quantize {
+            None => p.push((
+                "quantize".into(),
+                "nothing to do: add `quantize = { dtype = \"int8\" }`".into(),
+            )),
+            Some(q) => {
+                if q.dtype != "int8" {
+                    p.push((
+                        "quantize.dtype".into(),
+                        format!("dtype `{}` is not supported; use \"int8\"", q.dtype),
+                    ));
+                }
+                if q.scheme != "dynamic" {
+                    p.push((
+                        "quantize.scheme".into(),
+                        format!("scheme `{}` is not supported; use \"dynamic\"", q.scheme),
+                    ));
+                }
+            }
+        }
+        p
+    }
+}
+
 fn default_dtype() -> String {
     "int8".into()
 }

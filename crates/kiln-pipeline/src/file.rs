@@ -79,6 +79,34 @@ pub enum StageConfig {
     Deploy(kiln_deploy::Config),
 }
 
+impl StageConfig {
+    /// Out-of-range values of the stage's config, as (key path, message) pairs.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        match self {
+            StageConfig::Preprocess(c) => c.problems(),
+            StageConfig::Train(c) => c.problems(),
+            StageConfig::Optimize(c) => c.problems(),
+            StageConfig::Evaluate(c) => c.problems(),
+            StageConfig::Deploy(c) => c.problems(),
+        }
+    }
+}
+
+/// The span of the value at a dotted key path (`optimizer.lr`, `steps.0.by`), if written.
+fn span_of(table: &DeTable, path: &str) -> Option<Range<usize>> {
+    let mut parts = path.split('.');
+    let first = table.get(parts.next()?)?;
+    let mut cur = first;
+    for part in parts {
+        cur = match cur.get_ref() {
+            DeValue::Table(t) => t.get(part)?,
+            DeValue::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.span())
+}
+
 /// A whole pipeline file, validated.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -412,6 +440,7 @@ pub fn parse<'a>(
                 inputs.extend(take_string_list(&mut ctx, &mut table, "inputs"));
                 let requires = take_string_list(&mut ctx, &mut table, "requires");
                 let own_seed = table.contains_key("seed");
+                let table_copy = table.clone();
                 let config = match kind {
                     StageKind::Preprocess => {
                         deserialize::<kiln_preprocess::Config>(&mut ctx, table, span.clone(), &[])
@@ -451,6 +480,10 @@ pub fn parse<'a>(
                     broken.push(id);
                     continue;
                 };
+                for (key, msg) in config.problems() {
+                    let at = span_of(&table_copy, &key).unwrap_or(id_span.clone());
+                    ctx.error(at, format!("stage `{id}`: {key}: {msg}"));
+                }
                 stages.push((
                     StageDef {
                         id,

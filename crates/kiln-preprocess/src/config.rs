@@ -28,6 +28,49 @@ pub struct Config {
     pub seed: u64,
 }
 
+impl Config {
+    /// Values out of range, as (key path, message) pairs; empty when the config is usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let s = &self.split;
+        for (k, f) in [("split.valid", Some(s.valid)), ("split.test", s.test)] {
+            if let Some(f) = f
+                && !(0.0..1.0).contains(&f)
+            {
+                p.push((k.to_string(), format!("fraction {f} must be in [0, 1)")));
+            }
+        }
+        if s.valid + s.test.unwrap_or(0.0) >= 1.0 {
+            p.push((
+                "split".to_string(),
+                format!(
+                    "valid + test = {} leaves no training rows; keep the sum below 1",
+                    s.valid + s.test.unwrap_or(0.0)
+                ),
+            ));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Scale { by, .. } = step
+                && (*by == 0.0 || !by.is_finite())
+            {
+                p.push((
+                    format!("steps.{i}.by"),
+                    format!("scale by {by} is not allowed; use a finite non-zero number"),
+                ));
+            }
+        }
+        if let Source::Csv { delimiter, .. } = &self.source
+            && !delimiter.is_ascii()
+        {
+            p.push((
+                "source.delimiter".into(),
+                format!("delimiter `{delimiter}` must be one ASCII character"),
+            ));
+        }
+        p
+    }
+}
+
 fn default_target() -> String {
     "label".into()
 }

@@ -87,6 +87,9 @@ pub struct ColumnProfile {
 /// Runs the stage: load, split, fit on train, transform, write the artifact into `out_dir`.
 pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let _span = tracing::info_span!("preprocess").entered();
+    if let Some((key, msg)) = config.problems().into_iter().next() {
+        return Err(PreprocessError::Invalid(format!("{key}: {msg}")));
+    }
     let (main, test_df) = load(config)?;
     tracing::info!(rows = main.height(), columns = main.width(), "loaded");
     let target = config.target.as_str();

@@ -33,6 +33,89 @@ pub struct Config {
     pub seed: u64,
 }
 
+impl Config {
+    /// Values out of range, as (key path, message) pairs; empty when the config is usable.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
+        if self.model.kind != "mlp" {
+            bad(
+                "model.kind",
+                format!(
+                    "model kind `{}` is not supported; use \"mlp\"",
+                    self.model.kind
+                ),
+            );
+        }
+        if self.model.hidden.contains(&0) {
+            bad(
+                "model.hidden",
+                "a hidden layer has width 0; widths must be at least 1".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            bad(
+                "model.dropout",
+                format!("dropout {} must be in [0, 1)", self.model.dropout),
+            );
+        }
+        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
+            bad(
+                "optimizer.lr",
+                format!(
+                    "learning rate {} must be a positive number",
+                    self.optimizer.lr
+                ),
+            );
+        }
+        if self.optimizer.weight_decay < 0.0 {
+            bad(
+                "optimizer.weight_decay",
+                format!(
+                    "weight decay {} must not be negative",
+                    self.optimizer.weight_decay
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.optimizer.momentum) {
+            bad(
+                "optimizer.momentum",
+                format!("momentum {} must be in [0, 1)", self.optimizer.momentum),
+            );
+        }
+        if self.epochs == 0 {
+            bad("epochs", "epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            bad("batch_size", "batch_size must be at least 1".into());
+        }
+        if let Some(es) = &self.early_stopping {
+            if es.metric != "accuracy" && es.metric != "loss" {
+                bad(
+                    "early_stopping.metric",
+                    format!(
+                        "metric `{}` is unknown; use \"accuracy\" or \"loss\"",
+                        es.metric
+                    ),
+                );
+            }
+            if es.patience == 0 {
+                bad(
+                    "early_stopping.patience",
+                    "patience must be at least 1".into(),
+                );
+            }
+        }
+        if self.device != "cpu" && self.device != "cuda" {
+            bad(
+                "device",
+                format!("unknown device `{}`; use \"cpu\" or \"cuda\"", self.device),
+            );
+        }
+        p
+    }
+}
+
 fn default_epochs() -> usize {
     10
 }

@@ -143,40 +143,10 @@ pub fn run(
 }
 
 fn check(config: &Config, train: &Dataset, valid: &Dataset, n_classes: usize) -> Result<()> {
+    if let Some((key, msg)) = config.problems().into_iter().next() {
+        return Err(TrainError::Config(format!("{key}: {msg}")));
+    }
     let bad = |m: String| Err(TrainError::Config(m));
-    if config.model.kind != "mlp" {
-        return bad(format!(
-            "model kind `{}` is not supported; use \"mlp\"",
-            config.model.kind
-        ));
-    }
-    if config.model.hidden.contains(&0) {
-        return bad("model.hidden holds a layer of width 0".into());
-    }
-    if !(0.0..1.0).contains(&config.model.dropout) {
-        return bad(format!(
-            "model.dropout = {} must be in [0, 1)",
-            config.model.dropout
-        ));
-    }
-    if !(config.optimizer.lr > 0.0 && config.optimizer.lr.is_finite()) {
-        return bad(format!(
-            "optimizer.lr = {} must be a positive number",
-            config.optimizer.lr
-        ));
-    }
-    if config.batch_size == 0 || config.epochs == 0 {
-        return bad("batch_size and epochs must be at least 1".into());
-    }
-    if let Some(es) = &config.early_stopping
-        && es.metric != "accuracy"
-        && es.metric != "loss"
-    {
-        return bad(format!(
-            "early_stopping.metric `{}` is unknown; use \"accuracy\" or \"loss\"",
-            es.metric
-        ));
-    }
     if n_classes < 2 {
         return bad(format!(
             "classification needs at least 2 classes, the schema has {n_classes}"
