@@ -35,6 +35,12 @@ enum Command {
         /// Folder for runs and the stage cache.
         #[arg(long, default_value = "runs")]
         runs_dir: PathBuf,
+        /// Run only this stage (its inputs must be cached from an earlier run).
+        #[arg(long, value_name = "ID", conflicts_with = "from")]
+        only: Option<String>,
+        /// Rerun this stage and everything downstream of it.
+        #[arg(long, value_name = "ID")]
+        from: Option<String>,
     },
     /// Check a pipeline file without running it.
     Validate {
@@ -83,6 +89,8 @@ fn main() -> ExitCode {
             set,
             force,
             runs_dir,
+            only,
+            from,
         } => {
             let pipeline = match kiln_pipeline::load(&file, &set) {
                 Ok(p) => p,
@@ -93,6 +101,8 @@ fn main() -> ExitCode {
                 runs_dir,
                 force,
                 progress: &bars,
+                only,
+                from,
             };
             let started = std::time::Instant::now();
             match kiln_pipeline::run(&pipeline, &opts) {
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
                         Some(f) => fail(1, f),
                     }
                 }
+                Err(e @ kiln_pipeline::PipelineError::Usage(_)) => fail(2, &e.to_string()),
                 Err(e) => fail(1, &e.to_string()),
             }
         }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// How to run.
+#[derive(Clone)]
 pub struct RunOptions<'a> {
     /// Where `.cache/` and `<pipeline-name>/<run-id>/` go (default `runs`).
     pub runs_dir: PathBuf,
@@ -18,6 +19,39 @@ pub struct RunOptions<'a> {
     pub force: bool,
     /// Receives progress of long steps (training epochs).
     pub progress: &'a dyn Progress,
+    /// Run only this stage (forced); its upstream stages must be cached, later ones are
+    /// skipped.
+    pub only: Option<String>,
+    /// Rerun this stage and every stage downstream of it; upstream stages run as usual.
+    pub from: Option<String>,
+}
+
+/// Ids of `root` and every stage that depends on it, directly or not.
+fn downstream(p: &Pipeline, root: &str) -> Vec<String> {
+    let mut set = vec![root.to_string()];
+    for s in &p.stages {
+        if s.inputs.iter().chain(&s.requires).any(|d| set.contains(d)) && !set.contains(&s.id) {
+            set.push(s.id.clone());
+        }
+    }
+    set
+}
+
+/// Ids of every stage `root` depends on, directly or not.
+fn upstream_ids(p: &Pipeline, root: &str) -> Vec<String> {
+    let mut set: Vec<String> = Vec::new();
+    let mut todo = vec![root.to_string()];
+    while let Some(id) = todo.pop() {
+        if let Some(s) = p.stages.iter().find(|s| s.id == id) {
+            for d in s.inputs.iter().chain(&s.requires) {
+                if !set.contains(d) {
+                    set.push(d.clone());
+                    todo.push(d.clone());
+                }
+            }
+        }
+    }
+    set
 }
 
 /// What happened to one stage (a row of run.json).
@@ -74,6 +108,7 @@ struct Manifest<'a> {
     seed: u64,
     kiln_version: &'a str,
     versions: BTreeMap<&'a str, &'a str>,
+    git_commit: Option<String>,
     input_files: BTreeMap<String, String>,
     resolved: BTreeMap<String, serde_json::Value>,
     stages: &'a [StageRecord],
@@ -90,6 +125,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
 
 /// Runs every stage of `pipeline` in order, reusing cached outputs.
 pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, PipelineError> {
+    let ids: Vec<String> = pipeline.stages.iter().map(|s| s.id.clone()).collect();
+    for (flag, id) in [("--only", &opts.only), ("--from", &opts.from)] {
+        if let Some(id) = id.as_ref().filter(|id| !ids.contains(id)) {
+            let hint = crate::nearest(id, &ids)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default();
+            return Err(PipelineError::Usage(format!(
+                "{flag} {id}: no such stage{hint}; stages are: {}",
+                ids.join(", ")
+            )));
+        }
+    }
+    let forced: Vec<String> = match (&opts.only, &opts.from) {
+        (Some(o), _) => vec![o.clone()],
+        (None, Some(f)) => downstream(pipeline, f),
+        (None, None) => Vec::new(),
+    };
+    let needed: Option<Vec<String>> = opts.only.as_ref().map(|o| upstream_ids(pipeline, o));
     let cache = opts.runs_dir.join(".cache");
     std::fs::create_dir_all(&cache).map_err(io(&cache))?;
     let run_id = new_run_id(&opts.runs_dir.join(&pipeline.name));
@@ -103,6 +156,20 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
     let mut failure: Option<String> = None;
 
     for stage in &pipeline.stages {
+        if let (Some(only), Some(needed)) = (&opts.only, &needed) {
+            if &stage.id != only && !needed.contains(&stage.id) {
+                records.push(StageRecord {
+                    id: stage.id.clone(),
+                    uses: stage.kind,
+                    hash: String::new(),
+                    content_hash: None,
+                    status: "skipped".into(),
+                    seconds: 0.0,
+                    message: Some(format!("not needed by --only {only}")),
+                });
+                continue;
+            }
+        }
         let config_json = serde_json::to_value(&stage.config).unwrap_or(serde_json::Value::Null);
         resolved.insert(stage.id.clone(), config_json.clone());
         let mut rec = StageRecord {
@@ -164,9 +231,21 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         let done = cache.join(&rec.hash);
         let partial = cache.join(format!("{}.partial", rec.hash));
 
-        if done.is_dir() && !opts.force {
+        let force = opts.force || forced.contains(&stage.id);
+        if done.is_dir() && !force {
             rec.status = "cached".into();
             tracing::info!(stage = %stage.id, hash = %rec.hash, "cached");
+        } else if needed.as_ref().is_some_and(|n| n.contains(&stage.id)) {
+            let why = format!(
+                "--only {} needs `{}`, which has no cached output for this configuration; run the pipeline once without --only (or use --from)",
+                opts.only.as_deref().unwrap_or(""),
+                stage.id
+            );
+            rec.status = "failed".into();
+            rec.message = Some(why.clone());
+            failure.get_or_insert(why);
+            records.push(rec);
+            continue;
         } else {
             let _span = tracing::info_span!("stage", id = %stage.id).entered();
             if partial.exists() {
@@ -221,6 +300,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         ("dfdx", "0.13.0"),
         ("ort", "2.0.0-rc.15"),
         ("onnxruntime", "1.31.1"),
+        ("rustc", env!("KILN_RUSTC_VERSION")),
     ]);
     let manifest = Manifest {
         pipeline: &pipeline.name,
@@ -229,6 +309,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         seed: pipeline.seed,
         kiln_version: KILN_VERSION,
         versions,
+        git_commit: git_commit(pipeline.file.parent().unwrap_or(Path::new("."))),
         input_files,
         resolved,
         stages: &records,
@@ -247,6 +328,25 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         ok,
         failure,
     })
+}
+
+/// `git rev-parse HEAD` of the repository holding the pipeline file (with `-dirty` when
+/// it has uncommitted changes), or None outside git.
+fn git_commit(dir: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
 }
 
 fn source_files(c: &kiln_preprocess::Config) -> Vec<PathBuf> {

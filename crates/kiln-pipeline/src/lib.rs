@@ -77,6 +77,9 @@ pub enum PipelineError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The command line names something that does not exist.
+    #[error("{0}")]
+    Usage(String),
     /// An artifact could not be read or written.
     #[error(transparent)]
     Core(#[from] kiln_core::CoreError),

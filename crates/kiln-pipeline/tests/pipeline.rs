@@ -29,6 +29,8 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         runs_dir: runs.path().to_path_buf(),
         force: false,
         progress: &NoProgress,
+        only: None,
+        from: None,
     };
     let p = load(&pipelines().join("digits-mlp.toml"), &[]).unwrap();
     let r = run(&p, &opts).unwrap();
@@ -57,6 +59,31 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     assert!(r.run_dir.join("ship/model.int8.onnx").is_file());
     let manifest = json(&r.run_dir.join("run.json"));
     assert_eq!(manifest["ok"], true);
+    assert!(
+        manifest["versions"]["rustc"]
+            .as_str()
+            .unwrap()
+            .starts_with("rustc 1."),
+        "{}",
+        manifest["versions"]
+    );
+    assert_eq!(manifest["versions"]["polars"], "0.55.2");
+    if pipelines().join("../.git").exists() {
+        assert!(
+            manifest["git_commit"]
+                .as_str()
+                .is_some_and(|c| c.len() >= 40),
+            "{}",
+            manifest["git_commit"]
+        );
+    }
+    assert!(
+        manifest["input_files"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.ends_with("digits.csv"))
+    );
     assert_eq!(
         manifest["resolved"]["train"]["seed"], 7,
         "the top-level seed reaches the stages"
@@ -113,6 +140,65 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         ["cached", "executed", "cached", "cached", "cached"]
     );
 
+    // --from reruns a stage and what follows it; --only runs one stage on cached inputs.
+    let st = statuses(
+        &run(
+            &p,
+            &RunOptions {
+                from: Some("compress".into()),
+                ..opts.clone()
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+        ["cached", "cached", "executed", "executed", "executed"]
+    );
+    let st = statuses(
+        &run(
+            &p,
+            &RunOptions {
+                only: Some("eval".into()),
+                ..opts.clone()
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+        ["cached", "cached", "cached", "executed", "skipped"]
+    );
+    let e = run(
+        &p,
+        &RunOptions {
+            only: Some("evl".into()),
+            ..opts.clone()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--only evl: no such stage (did you mean `eval`?)"),
+        "{e}"
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    let lonely = run(
+        &p,
+        &RunOptions {
+            runs_dir: fresh.path().to_path_buf(),
+            only: Some("train".into()),
+            ..opts.clone()
+        },
+    )
+    .unwrap();
+    assert!(
+        lonely
+            .failure
+            .unwrap()
+            .contains("--only train needs `data`, which has no cached output")
+    );
+
     // --force reruns everything and produces the same bytes.
     let forced = run(
         &p,
@@ -123,7 +209,10 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     )
     .unwrap();
     assert!(statuses(&forced).iter().all(|(_, s)| s == "executed"));
-    let w = |d: &Path| std::fs::read(d.join("train/weights.safetensors")).unwrap();
+    let w = |d: &Path| {
+        std::fs::read(d.join("train/weights.safetensors"))
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+    };
     assert_eq!(
         w(&r.run_dir),
         w(&forced.run_dir),
@@ -138,6 +227,8 @@ fn failed_gate_blocks_deploy_and_fails_the_run() {
         runs_dir: runs.path().to_path_buf(),
         force: false,
         progress: &NoProgress,
+        only: None,
+        from: None,
     };
     let set = vec![
         "stages.eval.gates.accuracy=\">= 0.9999\"".to_string(),
@@ -161,6 +252,8 @@ fn iris_with_a_string_target_runs() {
         runs_dir: runs.path().to_path_buf(),
         force: false,
         progress: &NoProgress,
+        only: None,
+        from: None,
     };
     let r = run(&load(&pipelines().join("iris.toml"), &[]).unwrap(), &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
