@@ -107,3 +107,114 @@ fn missing_and_corrupt_mnist_files_fail_cleanly() {
         .collect();
     assert!(cache.is_empty(), "{cache:?}");
 }
+
+/// Kill `kiln run` during training after a checkpoint, run it again: it resumes, run.json
+/// says from which epoch, and the weights equal an uninterrupted run's, bit for bit.
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint_with_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/digits.csv");
+    let text = format!(
+        r#"version = 1
+name = "resume"
+seed = 5
+[stages.data]
+uses = "preprocess"
+source = {{ format = "csv", path = "{}" }}
+steps = [{{ op = "scale", by = 16.0 }}]
+split = {{ valid = 0.2, test = 0.2 }}
+[stages.train]
+uses = "train"
+input = "data"
+model = {{ hidden = [32], dropout = 0.1 }}
+epochs = 300
+batch_size = 64
+"#,
+        digits.display()
+    );
+    let f = write(dir.path(), "p.toml", &text);
+    let weights = |runs: &str| {
+        std::fs::read(
+            dir.path()
+                .join(runs)
+                .join("resume/latest/train/weights.safetensors"),
+        )
+        .unwrap()
+    };
+
+    let out = kiln()
+        .args(["run", "--runs-dir", "a"])
+        .arg(&f)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = kiln()
+        .args(["run", "--runs-dir", "b"])
+        .arg(&f)
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let cache = dir.path().join("b/.cache");
+    let started = std::time::Instant::now();
+    let checkpoint_epoch = loop {
+        let state = std::fs::read_dir(&cache)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .find_map(|e| {
+                let p = e.path().join("checkpoint/state.json");
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+                v["epoch"].as_u64()
+            });
+        if let Some(e) = state.filter(|&e| e >= 2) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break e;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    assert!(
+        !dir.path().join("b/resume/latest").exists()
+            || !dir.path().join("b/resume/latest/train").exists()
+    );
+
+    let out = kiln()
+        .args(["run", "--runs-dir", "b"])
+        .arg(&f)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("b/resume/latest/run.json")).unwrap(),
+    )
+    .unwrap();
+    let train = &manifest["stages"][1];
+    assert_eq!(train["status"], "executed");
+    let resumed = train["resumed_from_epoch"].as_u64().unwrap();
+    assert!(
+        resumed >= checkpoint_epoch,
+        "resumed from {resumed}, checkpoint was at {checkpoint_epoch}"
+    );
+    assert_eq!(
+        weights("a"),
+        weights("b"),
+        "resumed weights must equal the uninterrupted run's"
+    );
+}

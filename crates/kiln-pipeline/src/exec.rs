@@ -69,6 +69,9 @@ pub struct StageRecord {
     pub status: String,
     /// Wall time of this stage in this run (0 when cached).
     pub seconds: f64,
+    /// Set when a training stage continued from the checkpoint of an interrupted run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from_epoch: Option<usize>,
     /// Error or blocking reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -165,6 +168,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
                     content_hash: None,
                     status: "skipped".into(),
                     seconds: 0.0,
+                    resumed_from_epoch: None,
                     message: Some(format!("not needed by --only {only}")),
                 });
                 continue;
@@ -179,6 +183,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             content_hash: None,
             status: String::new(),
             seconds: 0.0,
+            resumed_from_epoch: None,
             message: None,
         };
 
@@ -248,7 +253,9 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             continue;
         } else {
             let _span = tracing::info_span!("stage", id = %stage.id).entered();
-            if partial.exists() {
+            // A training stage keeps its partial folder: the checkpoint of an interrupted
+            // run lives there and is resumed. Other stages start from scratch.
+            if partial.exists() && stage.kind != StageKind::Train {
                 std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
             }
             std::fs::create_dir_all(&partial).map_err(io(&partial))?;
@@ -256,7 +263,8 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             let result = execute(pipeline, stage, &dirs, &partial, &rec.hash, opts);
             rec.seconds = started.elapsed().as_secs_f64();
             match result {
-                Ok(()) => {
+                Ok(resumed) => {
+                    rec.resumed_from_epoch = resumed;
                     if done.exists() {
                         std::fs::remove_dir_all(&done).map_err(io(&done))?;
                     }
@@ -440,6 +448,7 @@ fn model_of(dirs: &BTreeMap<String, PathBuf>, id: &str) -> Result<NativeModel, S
     NativeModel::load(dir).map_err(|e| e.to_string())
 }
 
+/// Runs one stage into `out`; returns the epoch a training stage resumed from.
 fn execute(
     p: &Pipeline,
     stage: &StageDef,
@@ -447,16 +456,18 @@ fn execute(
     out: &Path,
     hash: &str,
     opts: &RunOptions,
-) -> Result<(), String> {
+) -> Result<Option<usize>, String> {
     let first = stage.inputs.first().map(String::as_str).unwrap_or("");
-    match &stage.config {
+    let mut resumed = None;
+    let done: Result<(), String> = match &stage.config {
         StageConfig::Preprocess(c) => kiln_preprocess::run(c, out)
             .map(|_| ())
             .map_err(|e| e.to_string()),
         StageConfig::Train(c) => {
             let (schema, [train, valid, _]) = dataset(p, first, dirs)?;
-            kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress)
+            let o = kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress)
                 .map_err(|e| e.to_string())?;
+            resumed = o.resumed_from_epoch;
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Optimize(c) => {
@@ -508,7 +519,8 @@ fn execute(
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
-    }
+    };
+    done.map(|()| resumed)
 }
 
 fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> {

@@ -27,6 +27,12 @@ pub struct Config {
     /// `cpu` (default) or `cuda` (needs the `cuda` cargo feature).
     #[serde(default = "default_device")]
     pub device: String,
+    /// Write a checkpoint every N epochs (0 = never; default 1).
+    #[serde(default = "default_every")]
+    pub checkpoint_every: usize,
+    /// Continue from a checkpoint left by an interrupted run (default true).
+    #[serde(default = "default_true")]
+    pub resume: bool,
     /// Seed of weight initialisation, shuffling and dropout (the pipeline fills it from
     /// its top-level `seed`).
     #[serde(default)]
@@ -116,6 +122,12 @@ impl Config {
     }
 }
 
+fn default_every() -> usize {
+    1
+}
+fn default_true() -> bool {
+    true
+}
 fn default_epochs() -> usize {
     10
 }

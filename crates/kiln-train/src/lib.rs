@@ -22,6 +22,8 @@
 //!     batch_size: 16,
 //!     early_stopping: None,
 //!     device: "cpu".into(),
+//!     checkpoint_every: 1,
+//!     resume: true,
 //!     seed: 1,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-train-doc");
@@ -62,6 +64,13 @@ pub enum TrainError {
         epoch: usize,
         /// The loss value.
         loss: f32,
+    },
+    /// Training was stopped on purpose after an epoch (see [`run_until`]); its checkpoint
+    /// is on disk and a later [`run`] resumes from it.
+    #[error("training halted after epoch {epoch}; run again to resume from its checkpoint")]
+    Halted {
+        /// The last completed epoch.
+        epoch: usize,
     },
     /// Reading or writing artifacts failed.
     #[error(transparent)]
@@ -108,9 +117,13 @@ pub struct Output {
     pub best_valid_accuracy: f64,
     /// Training rows processed per second (wall clock, informational only).
     pub samples_per_sec: f64,
+    /// Set when training continued from a checkpoint written after this epoch.
+    pub resumed_from_epoch: Option<usize>,
 }
 
 /// Trains on `train`, selects on `valid`, writes the model artifact into `out_dir`.
+/// With `resume` (the default) a checkpoint left in `out_dir/checkpoint` by an interrupted
+/// run of the same config and data is continued, ending with the same bytes.
 pub fn run(
     config: &Config,
     train: &Dataset,
@@ -118,6 +131,21 @@ pub fn run(
     n_classes: usize,
     out_dir: &Path,
     progress: &dyn Progress,
+) -> Result<Output> {
+    run_until(config, train, valid, n_classes, out_dir, progress, None)
+}
+
+/// [`run`], stopping with [`TrainError::Halted`] after epoch `halt_after` (its checkpoint
+/// written) — what an interrupted run leaves behind, for tests and for callers that
+/// train in slices.
+pub fn run_until(
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    n_classes: usize,
+    out_dir: &Path,
+    progress: &dyn Progress,
+    halt_after: Option<usize>,
 ) -> Result<Output> {
     check(config, train, valid, n_classes)?;
     let spec = ModelSpec::mlp(
@@ -128,11 +156,11 @@ pub fn run(
         n_classes,
     );
     match config.device.as_str() {
-        "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress),
+        "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
         #[cfg(feature = "cuda")]
         "cuda" => {
             let dev = Cuda::try_seed_from_u64(config.seed).map_err(|e| TrainError::Device(format!("cuda: {e:?}")))?;
-            train_on(dev, spec, config, train, valid, out_dir, progress)
+            train_on(dev, spec, config, train, valid, out_dir, progress, halt_after)
         }
         #[cfg(not(feature = "cuda"))]
         "cuda" => Err(TrainError::Config(
@@ -177,7 +205,76 @@ fn dev_err<E: std::fmt::Debug>(e: E) -> TrainError {
     TrainError::Device(format!("{e:?}"))
 }
 
-fn train_on<D: Device<f32>>(
+/// checkpoint/state.json: where an interrupted run stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    /// The config and data shape the checkpoint belongs to.
+    fingerprint: String,
+    /// Last completed epoch.
+    epoch: usize,
+    /// Optimizer steps taken.
+    step: i32,
+    /// Epochs since the best one.
+    since_best: usize,
+    /// Best epoch so far, its accuracy and loss.
+    best: (usize, f64, f64),
+    /// History so far.
+    history: Vec<EpochRecord>,
+}
+
+fn fingerprint(config: &Config, train: &Dataset, valid: &Dataset) -> String {
+    let mut c = config.clone();
+    c.epochs = 0; // more epochs may continue the same run
+    let text = format!(
+        "{}|{}x{}|{}|{}",
+        serde_json::to_string(&c).unwrap_or_default(),
+        train.n_rows(),
+        train.n_features(),
+        valid.n_rows(),
+        kiln_core::KILN_VERSION
+    );
+    kiln_core::hash_bytes(text.as_bytes())
+}
+
+fn load_checkpoint(dir: &Path, fp: &str) -> Option<(CheckpointState, TensorStore, TensorStore)> {
+    let state: CheckpointState = kiln_core::read_json(&dir.join("state.json")).ok()?;
+    if state.fingerprint != fp {
+        tracing::warn!(dir = %dir.display(), "checkpoint belongs to another config or data; starting afresh");
+        return None;
+    }
+    let params = TensorStore::load(&dir.join("params.safetensors")).ok()?;
+    let best = TensorStore::load(&dir.join("best.safetensors")).ok()?;
+    Some((state, params, best))
+}
+
+/// Writes the checkpoint folder atomically: into `checkpoint.tmp`, then renamed.
+fn save_checkpoint(
+    out_dir: &Path,
+    state: &CheckpointState,
+    params: &TensorStore,
+    best: &TensorStore,
+) -> Result<()> {
+    let tmp = out_dir.join("checkpoint.tmp");
+    let dir = out_dir.join("checkpoint");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| TrainError::Core(kiln_core::CoreError::io(p, e))
+    };
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    params.save(&tmp.join("params.safetensors"))?;
+    best.save(&tmp.join("best.safetensors"))?;
+    kiln_core::write_json(&tmp.join("state.json"), state)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_on<D: Device<f32> + net::HostVec>(
     dev: D,
     spec: ModelSpec,
     config: &Config,
@@ -185,24 +282,47 @@ fn train_on<D: Device<f32>>(
     valid: &Dataset,
     out_dir: &Path,
     progress: &dyn Progress,
+    halt_after: Option<usize>,
 ) -> Result<Output> {
     let k = spec.output_dim();
     let w = train.n_features();
     let mut net =
         Mlp::new(&dev, spec.clone(), config.model.dropout, config.seed).map_err(dev_err)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(0x5eed));
-    let mut order: Vec<usize> = (0..train.n_rows()).collect();
     let bs = config.batch_size;
     let n_batches = train.n_rows().div_ceil(bs);
     let mut history = Vec::new();
     let mut best: Option<(f64, f64, usize, TensorStore)> = None; // (acc, loss, epoch, weights)
     let mut since_best = 0usize;
     let mut stopped_early = false;
+    let mut first_epoch = 1;
+    let mut resumed_from_epoch = None;
+    let fp = fingerprint(config, train, valid);
+    let ckpt_dir = out_dir.join("checkpoint");
+    if config.resume {
+        if let Some((state, params, best_w)) = load_checkpoint(&ckpt_dir, &fp) {
+            if net.import_state(&dev, &params, state.step).is_some()
+                && state.epoch < config.epochs.max(state.epoch + 1)
+            {
+                tracing::info!(epoch = state.epoch, "resuming from checkpoint");
+                first_epoch = state.epoch + 1;
+                resumed_from_epoch = Some(state.epoch);
+                since_best = state.since_best;
+                history = state.history;
+                best = Some((state.best.1, state.best.2, state.best.0, best_w));
+            }
+        }
+    }
     let started = std::time::Instant::now();
     let mut xb = Vec::with_capacity(bs * w);
     let mut yb = Vec::with_capacity(bs * k);
-    for epoch in 1..=config.epochs {
+    let mut epochs_run = 0usize;
+    for epoch in first_epoch..=config.epochs {
         let _span = tracing::info_span!("epoch", epoch).entered();
+        // One seeded stream per epoch (shuffle, then dropout masks): a resumed run draws
+        // exactly what an uninterrupted one would.
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_5eed_5eed_5eed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..train.n_rows()).collect();
         order.shuffle(&mut rng);
         progress.start(
             &format!("epoch {epoch}/{}", config.epochs),
@@ -220,7 +340,7 @@ fn train_on<D: Device<f32>>(
             }
             let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
             let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
-            let logits = net.forward_train(x.traced(Gradients::leaky()));
+            let logits = net.forward_train(x.traced(Gradients::leaky()), Some(&mut rng));
             let out = logits.retaped::<NoneTape>().as_vec();
             for (row, &r) in out.chunks_exact(k).zip(chunk) {
                 if argmax(row) == train.labels[r] as usize {
@@ -237,6 +357,7 @@ fn train_on<D: Device<f32>>(
             net.update(&mut grads, &config.optimizer).map_err(dev_err)?;
             progress.advance(1);
         }
+        epochs_run += 1;
         let weights = net.to_store();
         let (valid_loss, valid_accuracy) = evaluate(&spec, &weights, valid)?;
         let rec = EpochRecord {
@@ -287,9 +408,26 @@ fn train_on<D: Device<f32>>(
                 break;
             }
         }
+        let every = config.checkpoint_every;
+        if every > 0 && epoch % every == 0 && epoch < config.epochs {
+            if let (Some(params), Some((acc, loss, be, bw))) = (net.export_state(&dev), &best) {
+                let state = CheckpointState {
+                    fingerprint: fp.clone(),
+                    epoch,
+                    step: net.step(),
+                    since_best,
+                    best: (*be, *acc, *loss),
+                    history: history.clone(),
+                };
+                save_checkpoint(out_dir, &state, &params, bw)?;
+            }
+        }
+        if halt_after == Some(epoch) {
+            return Err(TrainError::Halted { epoch });
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let samples = history.len() * train.n_rows();
+    let samples = epochs_run * train.n_rows();
     let Some((best_acc, _, best_epoch, weights)) = best else {
         return Err(TrainError::Config("no epoch was run".into()));
     };
@@ -302,11 +440,15 @@ fn train_on<D: Device<f32>>(
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     model.save(out_dir)?;
     kiln_core::write_json(&out_dir.join("history.json"), &history)?;
+    if ckpt_dir.exists() {
+        std::fs::remove_dir_all(&ckpt_dir).map_err(|e| kiln_core::CoreError::io(&ckpt_dir, e))?;
+    }
     Ok(Output {
         model,
         history,
         best_valid_accuracy: best_acc,
         samples_per_sec: samples as f64 / elapsed.max(1e-9),
+        resumed_from_epoch,
     })
 }
 

@@ -9,6 +9,36 @@ use kiln_core::{Activation, ModelSpec, TensorStore};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Devices whose buffers kiln can copy to and from the host (for checkpoints).
+pub(crate) trait HostVec: Device<f32> {
+    /// The buffer's values, or None when the device cannot copy them.
+    fn to_host(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>>;
+    /// A device buffer holding `v`.
+    fn from_host(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec>;
+}
+
+impl HostVec for Cpu {
+    fn to_host(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
+        Some(v.to_vec())
+    }
+    fn from_host(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
+        let mut out = Storage::<f32>::try_alloc_len(self, v.len()).ok()?;
+        out.copy_from_slice(v);
+        Some(out)
+    }
+}
+
+/// CUDA runs do not checkpoint yet: the optimizer moments stay on the device.
+#[cfg(feature = "cuda")]
+impl HostVec for Cuda {
+    fn to_host(&self, _: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
+        None
+    }
+    fn from_host(&self, _: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
+        None
+    }
+}
+
 /// One dense layer's parameters and optimizer state.
 pub(crate) struct Layer<D: Device<f32>> {
     pub w: Tensor<(usize, usize), f32, D>,
@@ -58,10 +88,12 @@ impl<D: Device<f32>> Mlp<D> {
         })
     }
 
-    /// Forward pass with a gradient tape; dropout is active.
+    /// Forward pass with a gradient tape. With `rng`, dropout is active: masks are drawn
+    /// from that seeded stream (not from the device), so a resumed run draws the same ones.
     pub fn forward_train(
         &self,
         x: Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>,
+        mut rng: Option<&mut ChaCha8Rng>,
     ) -> Tensor<(usize, usize), f32, D, OwnedTape<f32, D>> {
         let mut h = x;
         let n = self.layers.len();
@@ -78,8 +110,14 @@ impl<D: Device<f32>> Mlp<D> {
                 Activation::Sigmoid => z.sigmoid(),
                 Activation::Identity => z,
             };
-            if i + 1 < n && self.dropout > 0.0 {
-                h = h.dropout(self.dropout);
+            if let (true, true, Some(rng)) = (i + 1 < n, self.dropout > 0.0, rng.as_deref_mut()) {
+                let p = self.dropout;
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..rows * s.out_dim)
+                    .map(|_| if rng.r#gen::<f32>() < p { 0.0 } else { keep })
+                    .collect();
+                let dev = h.device().clone();
+                h = h * dev.tensor_from_vec(mask, (rows, s.out_dim));
             }
         }
         h
@@ -131,6 +169,58 @@ impl<D: Device<f32>> Mlp<D> {
         Ok(())
     }
 
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> i32 {
+        self.step
+    }
+
+    /// Parameters and optimizer moments, for a checkpoint (None where the device cannot
+    /// copy its buffers to the host).
+    pub fn export_state(&self, dev: &D) -> Option<TensorStore>
+    where
+        D: HostVec,
+    {
+        let mut s = self.to_store();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, v) in ["weight.m", "weight.v", "bias.m", "bias.v"]
+                .iter()
+                .zip(&l.state)
+            {
+                let host = dev.to_host(v)?;
+                s.insert_f32(&format!("opt.layers.{i}.{name}"), vec![host.len()], host);
+            }
+        }
+        Some(s)
+    }
+
+    /// Restores parameters, moments and the step count from a checkpoint.
+    pub fn import_state(&mut self, dev: &D, s: &TensorStore, step: i32) -> Option<()>
+    where
+        D: HostVec,
+    {
+        for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
+            let w = s.f32(&format!("layers.{i}.weight")).ok()?;
+            let b = s.f32(&format!("layers.{i}.bias")).ok()?;
+            if w.len() != spec.in_dim * spec.out_dim || b.len() != spec.out_dim {
+                return None;
+            }
+            l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
+            l.b = dev.tensor_from_vec(b.to_vec(), (spec.out_dim,));
+            for (k, name) in ["weight.m", "weight.v", "bias.m", "bias.v"]
+                .iter()
+                .enumerate()
+            {
+                let v = s.f32(&format!("opt.layers.{i}.{name}")).ok()?;
+                if v.len() != if k < 2 { w.len() } else { b.len() } {
+                    return None;
+                }
+                l.state[k] = dev.from_host(v)?;
+            }
+        }
+        self.step = step;
+        Some(())
+    }
+
     /// Copies the parameters out into a kiln TensorStore (`layers.<i>.weight|bias`).
     pub fn to_store(&self) -> TensorStore {
         let mut s = TensorStore::default();
@@ -169,7 +259,7 @@ mod tests {
         net.layers[0].b = dev.tensor_from_vec(vec![0.0, 0.1], (2,));
         let x = dev.tensor_from_vec(vec![1.0f32, 2.0], (1, 2));
         let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
-        let logits = net.forward_train(x.traced(Gradients::leaky()));
+        let logits = net.forward_train(x.traced(Gradients::leaky()), None);
         assert_eq!(logits.retaped::<NoneTape>().as_vec(), vec![0.70000005, 0.0]);
         let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, y);
         let lv = loss.retaped::<NoneTape>().as_vec()[0];
@@ -212,7 +302,7 @@ mod tests {
         let x = dev.tensor_from_vec(vec![1.0f32], (1, 1));
         let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
         let loss = dfdx::losses::cross_entropy_with_logits_loss(
-            net.forward_train(x.traced(Gradients::leaky())),
+            net.forward_train(x.traced(Gradients::leaky()), None),
             y,
         );
         let mut grads = loss.backward();

@@ -57,6 +57,8 @@ fn config(epochs: usize, seed: u64) -> Config {
         batch_size: 32,
         early_stopping: None,
         device: "cpu".into(),
+        checkpoint_every: 1,
+        resume: true,
         seed,
     }
 }
@@ -66,7 +68,7 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
     let (tr, va) = digits();
     let dir = tempfile::tempdir().unwrap();
     let a = run(
-        &config(8, 42),
+        &config(12, 42),
         &tr,
         &va,
         10,
@@ -79,9 +81,9 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
         "valid accuracy {}",
         a.best_valid_accuracy
     );
-    assert_eq!(a.history.epochs.len(), 8);
+    assert_eq!(a.history.epochs.len(), 12);
     let b = run(
-        &config(8, 42),
+        &config(12, 42),
         &tr,
         &va,
         10,
@@ -97,7 +99,7 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
     );
     assert_eq!(a.history, b.history);
     let c = run(
-        &config(8, 7),
+        &config(12, 7),
         &tr,
         &va,
         10,
@@ -162,4 +164,59 @@ fn bad_configs_are_explained() {
             .to_string()
             .contains("at least 2 classes")
     );
+}
+
+#[test]
+fn resume_after_a_halt_equals_an_uninterrupted_run() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(6, 11); // dropout 0.1: the masks must be redrawn identically too
+    let full = run(&cfg, &tr, &va, 10, &dir.path().join("full"), &NoProgress).unwrap();
+    assert_eq!(full.resumed_from_epoch, None);
+    assert!(
+        !dir.path().join("full/checkpoint").exists(),
+        "checkpoints are removed when training ends"
+    );
+
+    let cut = dir.path().join("cut");
+    let halted = kiln_train::run_until(&cfg, &tr, &va, 10, &cut, &NoProgress, Some(3)).unwrap_err();
+    assert!(
+        matches!(halted, kiln_train::TrainError::Halted { epoch: 3 }),
+        "{halted}"
+    );
+    assert!(cut.join("checkpoint/state.json").is_file());
+    assert!(
+        !cut.join("weights.safetensors").exists(),
+        "an interrupted run leaves no model"
+    );
+    let resumed = run(&cfg, &tr, &va, 10, &cut, &NoProgress).unwrap();
+    assert_eq!(resumed.resumed_from_epoch, Some(3));
+    let bytes = |d: &Path| std::fs::read(d.join("weights.safetensors")).unwrap();
+    assert_eq!(
+        bytes(&cut),
+        bytes(&dir.path().join("full")),
+        "resumed weights must equal the uninterrupted run's"
+    );
+    assert_eq!(resumed.history, full.history);
+
+    // A checkpoint of another configuration is ignored, and resume = false ignores any.
+    let other = dir.path().join("other");
+    kiln_train::run_until(&cfg, &tr, &va, 10, &other, &NoProgress, Some(2)).unwrap_err();
+    let mut changed = cfg.clone();
+    changed.optimizer.lr = 1e-3;
+    assert_eq!(
+        run(&changed, &tr, &va, 10, &other, &NoProgress)
+            .unwrap()
+            .resumed_from_epoch,
+        None
+    );
+    let fresh = dir.path().join("fresh");
+    kiln_train::run_until(&cfg, &tr, &va, 10, &fresh, &NoProgress, Some(2)).unwrap_err();
+    let no_resume = Config {
+        resume: false,
+        ..cfg.clone()
+    };
+    let out = run(&no_resume, &tr, &va, 10, &fresh, &NoProgress).unwrap();
+    assert_eq!(out.resumed_from_epoch, None);
+    assert_eq!(bytes(&fresh), bytes(&dir.path().join("full")));
 }
