@@ -159,20 +159,21 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
     let mut failure: Option<String> = None;
 
     for stage in &pipeline.stages {
-        if let (Some(only), Some(needed)) = (&opts.only, &needed) {
-            if &stage.id != only && !needed.contains(&stage.id) {
-                records.push(StageRecord {
-                    id: stage.id.clone(),
-                    uses: stage.kind,
-                    hash: String::new(),
-                    content_hash: None,
-                    status: "skipped".into(),
-                    seconds: 0.0,
-                    resumed_from_epoch: None,
-                    message: Some(format!("not needed by --only {only}")),
-                });
-                continue;
-            }
+        if let (Some(only), Some(needed)) = (&opts.only, &needed)
+            && &stage.id != only
+            && !needed.contains(&stage.id)
+        {
+            records.push(StageRecord {
+                id: stage.id.clone(),
+                uses: stage.kind,
+                hash: String::new(),
+                content_hash: None,
+                status: "skipped".into(),
+                seconds: 0.0,
+                resumed_from_epoch: None,
+                message: Some(format!("not needed by --only {only}")),
+            });
+            continue;
         }
         let config_json = serde_json::to_value(&stage.config).unwrap_or(serde_json::Value::Null);
         resolved.insert(stage.id.clone(), config_json.clone());

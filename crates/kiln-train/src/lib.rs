@@ -298,19 +298,20 @@ fn train_on<D: Device<f32> + net::HostVec>(
     let mut resumed_from_epoch = None;
     let fp = fingerprint(config, train, valid);
     let ckpt_dir = out_dir.join("checkpoint");
-    if config.resume {
-        if let Some((state, params, best_w)) = load_checkpoint(&ckpt_dir, &fp) {
-            if net.import_state(&dev, &params, state.step).is_some()
-                && state.epoch < config.epochs.max(state.epoch + 1)
-            {
-                tracing::info!(epoch = state.epoch, "resuming from checkpoint");
-                first_epoch = state.epoch + 1;
-                resumed_from_epoch = Some(state.epoch);
-                since_best = state.since_best;
-                history = state.history;
-                best = Some((state.best.1, state.best.2, state.best.0, best_w));
-            }
-        }
+    let checkpoint = if config.resume {
+        load_checkpoint(&ckpt_dir, &fp)
+    } else {
+        None
+    };
+    if let Some((state, params, best_w)) = checkpoint
+        && net.import_state(&dev, &params, state.step).is_some()
+    {
+        tracing::info!(epoch = state.epoch, "resuming from checkpoint");
+        first_epoch = state.epoch + 1;
+        resumed_from_epoch = Some(state.epoch);
+        since_best = state.since_best;
+        history = state.history;
+        best = Some((state.best.1, state.best.2, state.best.0, best_w));
     }
     let started = std::time::Instant::now();
     let mut xb = Vec::with_capacity(bs * w);
@@ -409,18 +410,20 @@ fn train_on<D: Device<f32> + net::HostVec>(
             }
         }
         let every = config.checkpoint_every;
-        if every > 0 && epoch % every == 0 && epoch < config.epochs {
-            if let (Some(params), Some((acc, loss, be, bw))) = (net.export_state(&dev), &best) {
-                let state = CheckpointState {
-                    fingerprint: fp.clone(),
-                    epoch,
-                    step: net.step(),
-                    since_best,
-                    best: (*be, *acc, *loss),
-                    history: history.clone(),
-                };
-                save_checkpoint(out_dir, &state, &params, bw)?;
-            }
+        if every > 0
+            && epoch % every == 0
+            && epoch < config.epochs
+            && let (Some(params), Some((acc, loss, be, bw))) = (net.export_state(&dev), &best)
+        {
+            let state = CheckpointState {
+                fingerprint: fp.clone(),
+                epoch,
+                step: net.step(),
+                since_best,
+                best: (*be, *acc, *loss),
+                history: history.clone(),
+            };
+            save_checkpoint(out_dir, &state, &params, bw)?;
         }
         if halt_after == Some(epoch) {
             return Err(TrainError::Halted { epoch });

@@ -12,16 +12,16 @@ use rand_chacha::ChaCha8Rng;
 /// Devices whose buffers kiln can copy to and from the host (for checkpoints).
 pub(crate) trait HostVec: Device<f32> {
     /// The buffer's values, or None when the device cannot copy them.
-    fn to_host(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>>;
+    fn download(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>>;
     /// A device buffer holding `v`.
-    fn from_host(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec>;
+    fn upload(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec>;
 }
 
 impl HostVec for Cpu {
-    fn to_host(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
+    fn download(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
         Some(v.to_vec())
     }
-    fn from_host(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
+    fn upload(&self, v: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
         let mut out = Storage::<f32>::try_alloc_len(self, v.len()).ok()?;
         out.copy_from_slice(v);
         Some(out)
@@ -31,10 +31,10 @@ impl HostVec for Cpu {
 /// CUDA runs do not checkpoint yet: the optimizer moments stay on the device.
 #[cfg(feature = "cuda")]
 impl HostVec for Cuda {
-    fn to_host(&self, _: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
+    fn download(&self, _: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
         None
     }
-    fn from_host(&self, _: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
+    fn upload(&self, _: &[f32]) -> Option<<Self as Storage<f32>>::Vec> {
         None
     }
 }
@@ -186,7 +186,7 @@ impl<D: Device<f32>> Mlp<D> {
                 .iter()
                 .zip(&l.state)
             {
-                let host = dev.to_host(v)?;
+                let host = dev.download(v)?;
                 s.insert_f32(&format!("opt.layers.{i}.{name}"), vec![host.len()], host);
             }
         }
@@ -214,7 +214,7 @@ impl<D: Device<f32>> Mlp<D> {
                 if v.len() != if k < 2 { w.len() } else { b.len() } {
                     return None;
                 }
-                l.state[k] = dev.from_host(v)?;
+                l.state[k] = dev.upload(v)?;
             }
         }
         self.step = step;
