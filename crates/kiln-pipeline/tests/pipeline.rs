@@ -400,3 +400,37 @@ fn invalid_corpus_matches_snapshots() {
         mismatches.join("\n")
     );
 }
+
+/// Every shipped pipeline parses, validates and points at files that exist.
+#[test]
+fn every_shipped_pipeline_validates() {
+    let mut n = 0;
+    for e in std::fs::read_dir(pipelines()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("#:schema "),
+                "{} should start with a #:schema line",
+                path.display()
+            );
+            let p = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for s in &p.stages {
+                if let kiln_pipeline::StageConfig::Preprocess(c) = &s.config {
+                    let mut c = c.clone();
+                    for f in c.source.paths_mut() {
+                        let exists = f.exists()
+                            || f.with_file_name(format!(
+                                "{}-images-idx3-ubyte.gz",
+                                f.file_name().unwrap().to_string_lossy()
+                            ))
+                            .exists();
+                        assert!(exists, "{}: {} does not exist", path.display(), f.display());
+                    }
+                }
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+}
