@@ -162,6 +162,13 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
     let mut h = x.to_vec();
     for (i, l) in spec.layers.iter().enumerate() {
         let b = weights.f32(&format!("layers.{i}.bias"))?;
+        if b.len() != l.out_dim {
+            return Err(CoreError::Invalid(format!(
+                "layers.{i}.bias holds {} values, the spec needs {}",
+                b.len(),
+                l.out_dim
+            )));
+        }
         h = match &spec.quantization {
             None => {
                 let w = weights.f32(&format!("layers.{i}.weight"))?;
@@ -171,6 +178,13 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
             Some(_) => {
                 let w = weights.i8(&format!("layers.{i}.weight"))?;
                 let s = weights.f32(&format!("layers.{i}.weight_scale"))?;
+                if s.len() != 1 && s.len() != l.out_dim {
+                    return Err(CoreError::Invalid(format!(
+                        "layers.{i}.weight_scale holds {} values; expected 1 or {}",
+                        s.len(),
+                        l.out_dim
+                    )));
+                }
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
                 dense_int8_dynamic(&h, n, w, s, b, l.in_dim, l.out_dim, l.activation)
             }

@@ -90,6 +90,14 @@ impl Schema {
                     }
                 }
                 Transform::Standardize { columns, mean, std } => {
+                    if mean.len() != columns.len() || std.len() != columns.len() {
+                        return Err(CoreError::Invalid(format!(
+                            "standardize lists {} columns but {} means and {} stds; the schema is corrupt",
+                            columns.len(),
+                            mean.len(),
+                            std.len()
+                        )));
+                    }
                     for (k, c) in self.indices(columns)?.into_iter().enumerate() {
                         for row in out.chunks_exact_mut(width) {
                             row[c] = (row[c] - mean[k]) / std[k];
