@@ -434,3 +434,102 @@ fn every_shipped_pipeline_validates() {
     }
     assert!(n >= 3);
 }
+
+/// docs/pipeline-reference.md names every key the stage configs accept.
+#[test]
+fn the_reference_documents_every_key() {
+    use serde_json::{Value, json};
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/pipeline-reference.md"),
+    )
+    .unwrap();
+    // Fully populated configs, so that optional keys serialise too.
+    let full = |text: &str| -> Value {
+        let p = parse(&pipelines().join("doc.toml"), text, &[]).unwrap_or_else(|e| panic!("{e:?}"));
+        json!(
+            p.stages
+                .iter()
+                .map(|s| serde_json::to_value(&s.config).unwrap())
+                .collect::<Vec<_>>()
+        )
+    };
+    let text = r#"version = 1
+name = "all"
+seed = 1
+description = "every key"
+[stages.data]
+uses = "preprocess"
+source = { format = "csv", path = "a.csv", train = "b.csv", test = "c.csv", delimiter = ";", has_header = true, null_values = ["NA"] }
+target = "y"
+task = "classification"
+steps = [{ op = "scale", by = 2.0, columns = ["a"] }, { op = "standardize", columns = "numeric" }]
+split = { valid = 0.1, test = 0.2, stratify = true }
+[stages.idx]
+uses = "preprocess"
+source = { format = "idx", train = "t", test = "u" }
+[stages.train]
+uses = "train"
+input = "data"
+model = { kind = "mlp", hidden = [4], activation = "relu", dropout = 0.1 }
+loss = "cross_entropy"
+optimizer = { kind = "sgd", lr = 0.1, weight_decay = 0.1, momentum = 0.5 }
+epochs = 2
+batch_size = 8
+early_stopping = { patience = 2, metric = "loss", min_delta = 0.01 }
+device = "cpu"
+checkpoint_every = 1
+resume = true
+[stages.small]
+uses = "optimize"
+input = "train"
+quantize = { dtype = "int8", scheme = "dynamic", per_channel = true }
+max_accuracy_drop = 0.01
+[stages.eval]
+uses = "evaluate"
+inputs = ["train", "small"]
+gates = { accuracy = ">= 0.5", macro_f1 = ">= 0.5" }
+[stages.ship]
+uses = "deploy"
+input = "small"
+requires = ["eval"]
+opset = 17
+parity_tolerance = 1e-5
+parity_batch = 1000
+min_argmax_agreement = 0.995
+"#;
+    let mut keys = std::collections::BTreeSet::new();
+    fn walk(v: &Value, keys: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    keys.insert(k.clone());
+                    walk(x, keys);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, keys)),
+            _ => {}
+        }
+    }
+    walk(&full(text), &mut keys);
+    for k in [
+        "version",
+        "name",
+        "seed",
+        "description",
+        "uses",
+        "input",
+        "inputs",
+        "requires",
+    ] {
+        keys.insert(k.to_string());
+    }
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")) && !doc.contains(&format!("{k} =")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/pipeline-reference.md does not mention: {missing:?}"
+    );
+    assert!(keys.len() > 40, "{keys:?}");
+}
