@@ -50,6 +50,8 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Print the JSON Schema of pipeline files (for editors: `#:schema` lines).
+    Schema,
     /// Show what a run did: stages, cache hits, timings, metrics.
     Inspect {
         /// A run folder (runs/<name>/<run-id> or runs/<name>/latest).
@@ -123,6 +125,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Inspect { run } => inspect(&run),
+        Command::Schema => {
+            println!("{:#}", kiln_pipeline::json_schema());
+            ExitCode::SUCCESS
+        }
     }
 }
 

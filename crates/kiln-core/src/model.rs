@@ -5,7 +5,7 @@ use crate::schema::Task;
 use serde::{Deserialize, Serialize};
 
 /// Element-wise activation after a dense layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// max(0, x)

@@ -5,7 +5,7 @@ use crate::error::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 
 /// What the model predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
     /// One label out of `class_labels`.

@@ -91,7 +91,7 @@ pub type Result<T, E = DeployError> = std::result::Result<T, E>;
 ///
 /// The opset may also be written as `onnx = { opset = 17 }`, the spelling of the design's
 /// pipeline files; giving both is an error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, try_from = "ConfigFile")]
 pub struct Config {
     /// Opset of the default ONNX domain (17).
@@ -177,7 +177,7 @@ impl Config {
 
 /// What a config file may hold: [`Config`]'s keys, with the opset also accepted as
 /// `onnx = { opset = … }`.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
@@ -192,7 +192,7 @@ struct ConfigFile {
     min_argmax_agreement: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OnnxTable {
     #[serde(default)]

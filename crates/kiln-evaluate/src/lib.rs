@@ -42,7 +42,7 @@ pub enum EvaluateError {
 pub type Result<T, E = EvaluateError> = std::result::Result<T, E>;
 
 /// Configuration of the evaluation stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Thresholds every variant must meet, e.g. `accuracy = ">= 0.97"`.

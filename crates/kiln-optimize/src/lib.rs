@@ -49,7 +49,7 @@ pub enum OptimizeError {
 pub type Result<T, E = OptimizeError> = std::result::Result<T, E>;
 
 /// Configuration of the optimization stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Quantize the weights (the only compression so far).
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// int8 quantization settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizeConfig {
     /// Weight type: `int8`.

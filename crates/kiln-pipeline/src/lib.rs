@@ -28,9 +28,11 @@
 mod exec;
 mod file;
 mod graph;
+mod schema;
 
 pub use exec::{RunOptions, RunReport, StageRecord, Table, run};
 pub use file::{Diagnostic, Pipeline, StageConfig, StageDef, parse};
+pub use schema::json_schema;
 
 use std::path::Path;
 

@@ -533,3 +533,31 @@ min_argmax_agreement = 0.995
     );
     assert!(keys.len() > 40, "{keys:?}");
 }
+
+/// docs/kiln.schema.json (what pipelines' `#:schema` lines point at) is the schema this
+/// build prints with `kiln schema` (regenerate with KILN_UPDATE_SNAPSHOTS=1).
+#[test]
+fn committed_json_schema_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/kiln.schema.json");
+    let now = format!("{:#}\n", kiln_pipeline::json_schema());
+    if std::env::var("KILN_UPDATE_SNAPSHOTS").is_ok() {
+        std::fs::write(&path, &now).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        now,
+        "run `kiln schema > docs/kiln.schema.json`"
+    );
+    let v = kiln_pipeline::json_schema();
+    let stages = v["properties"]["stages"]["additionalProperties"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert_eq!(stages.len(), 5);
+    let train = &stages[1];
+    assert_eq!(train["properties"]["uses"]["const"], "train");
+    assert_eq!(
+        train["additionalProperties"], false,
+        "unknown keys are errors in editors too"
+    );
+    assert!(train["properties"]["batch_size"].is_object());
+}

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Configuration of one preprocessing run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the raw data is.
@@ -76,7 +76,7 @@ fn default_target() -> String {
 }
 
 /// A data source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "format", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Source {
     /// A CSV file (`path`), or separate `train` and `test` files.
@@ -139,7 +139,7 @@ impl Source {
 }
 
 /// Which columns a step applies to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Columns {
     /// Named columns.
@@ -155,7 +155,7 @@ impl Default for Columns {
 }
 
 /// One preprocessing step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     /// Divide by a constant (e.g. 255 for pixels).
@@ -175,7 +175,7 @@ pub enum Step {
 }
 
 /// Fractions of the split. `train` is what remains.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Split {
     /// Fraction of the training source held out for validation (default 0.1).

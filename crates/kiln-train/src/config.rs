@@ -4,7 +4,7 @@ use kiln_core::Activation;
 use serde::{Deserialize, Serialize};
 
 /// Configuration of one training run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The network.
@@ -139,7 +139,7 @@ fn default_device() -> String {
 }
 
 /// The network shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Only `mlp` so far.
@@ -163,7 +163,9 @@ fn default_activation() -> Activation {
 }
 
 /// Loss functions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Softmax cross-entropy on logits (multi-class classification).
@@ -172,7 +174,7 @@ pub enum Loss {
 }
 
 /// Optimizer settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     /// `adam` (default), `adamw` or `sgd`.
@@ -208,7 +210,7 @@ impl Default for OptimizerConfig {
 }
 
 /// Optimizer algorithms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     /// Adam (Kingma & Ba).
@@ -220,7 +222,7 @@ pub enum OptimizerKind {
 }
 
 /// Early stopping on a validation metric.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
     /// Epochs without improvement before stopping.
