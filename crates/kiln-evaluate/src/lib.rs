@@ -12,7 +12,7 @@
 //! let mut model = NativeModel::new(spec, w).unwrap();
 //! let test = Dataset { feature_names: vec!["a".into(), "b".into()], target: "y".into(),
 //!     features: vec![1.0, 0.0, 0.0, 1.0, 2.0, 3.0], labels: vec![0, 1, 0] };
-//! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".to_string())].into() };
+//! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".to_string())].into(), ..Default::default() };
 //! let labels = vec!["no".to_string(), "yes".to_string()];
 //! let mut variants: Vec<(String, &mut dyn Predictor)> = vec![("fp32".into(), &mut model)];
 //! let out = run(&config, &mut variants, &test, &labels, &std::env::temp_dir().join("kiln-eval-doc")).unwrap();
@@ -42,13 +42,42 @@ pub enum EvaluateError {
 pub type Result<T, E = EvaluateError> = std::result::Result<T, E>;
 
 /// Configuration of the evaluation stage.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Thresholds every variant must meet, e.g. `accuracy = ">= 0.97"`.
     #[serde(default)]
     pub gates: BTreeMap<String, String>,
+    /// k of `top_k_accuracy` (default 5; at most the number of classes minus one).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
 }
+
+fn default_top_k() -> usize {
+    5
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gates: BTreeMap::new(),
+            top_k: default_top_k(),
+        }
+    }
+}
+
+/// Metric names gates can use (the keys of metrics.json).
+pub const METRICS: &[&str] = &[
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "log_loss",
+    "top_k_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "ece",
+];
 
 /// Scores of one variant.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +90,9 @@ pub struct VariantMetrics {
     pub accuracy: f64,
     /// Unweighted mean F1 over classes.
     pub macro_f1: f64,
+    /// Every scalar metric by its metrics.json key (accuracy, balanced_accuracy,
+    /// macro_f1, weighted_f1, log_loss, top_k_accuracy, roc_auc, pr_auc, ece).
+    pub scalars: BTreeMap<String, f64>,
     /// Per-class precision / recall / F1.
     pub per_class: Vec<metrics::ClassScores>,
     /// Confusion matrix, rows = truth, columns = prediction.
@@ -108,9 +140,10 @@ impl Config {
         self.gates
             .iter()
             .filter_map(|(m, c)| {
-                let err = if m != "accuracy" && m != "macro_f1" {
+                let err = if !METRICS.contains(&m.as_str()) {
                     Some(format!(
-                        "gate on unknown metric `{m}`; gates can use accuracy, macro_f1"
+                        "gate on unknown metric `{m}`; gates can use {}",
+                        METRICS.join(", ")
                     ))
                 } else {
                     parse_gate(m, c).err().map(|e| e.to_string())
@@ -154,9 +187,10 @@ pub fn run(
         .gates
         .iter()
         .map(|(m, c)| {
-            if m != "accuracy" && m != "macro_f1" {
+            if !METRICS.contains(&m.as_str()) {
                 return Err(EvaluateError::Config(format!(
-                    "gate on unknown metric `{m}`; gates can use accuracy, macro_f1"
+                    "gate on unknown metric `{m}`; gates can use {}",
+                    METRICS.join(", ")
                 )));
             }
             let (op, v) = parse_gate(m, c)?;
@@ -170,11 +204,35 @@ pub fn run(
         let pred = p.argmax();
         let cm = metrics::confusion_matrix(&data.labels, &pred, k);
         let per_class = metrics::per_class(&cm, class_labels);
+        let (t, pr) = (&data.labels, &p.probabilities);
+        let top = config.top_k.clamp(1, k.saturating_sub(1).max(1));
+        let mut scalars = BTreeMap::from([
+            ("accuracy".to_string(), metrics::accuracy(t, &pred)),
+            (
+                "balanced_accuracy".to_string(),
+                metrics::balanced_accuracy(&cm),
+            ),
+            ("macro_f1".to_string(), metrics::macro_f1(&per_class)),
+            ("weighted_f1".to_string(), metrics::weighted_f1(&per_class)),
+            ("log_loss".to_string(), metrics::log_loss(t, pr, k)),
+            (
+                "top_k_accuracy".to_string(),
+                metrics::top_k_accuracy(t, pr, k, top),
+            ),
+            ("ece".to_string(), metrics::ece(t, pr, k)),
+        ]);
+        if let Some(v) = metrics::one_vs_rest(t, pr, k, metrics::roc_auc) {
+            scalars.insert("roc_auc".into(), v);
+        }
+        if let Some(v) = metrics::one_vs_rest(t, pr, k, metrics::average_precision) {
+            scalars.insert("pr_auc".into(), v);
+        }
         let m = VariantMetrics {
             name: name.clone(),
             predictor: predictor.name().to_string(),
-            accuracy: metrics::accuracy(&data.labels, &pred),
-            macro_f1: metrics::macro_f1(&per_class),
+            accuracy: scalars["accuracy"],
+            macro_f1: scalars["macro_f1"],
+            scalars,
             per_class,
             confusion: cm,
         };
@@ -184,11 +242,7 @@ pub fn run(
     let mut checked = Vec::new();
     for v in &results {
         for (metric, cond, op, thr) in &gates {
-            let value = if metric == "accuracy" {
-                v.accuracy
-            } else {
-                v.macro_f1
-            };
+            let value = v.scalars.get(metric).copied().unwrap_or(f64::NAN);
             let passed = match op.as_str() {
                 ">=" => value >= *thr,
                 ">" => value > *thr,
@@ -233,10 +287,7 @@ pub fn run(
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     let mut metrics_json = BTreeMap::new();
     for v in &results {
-        metrics_json.insert(
-            v.name.clone(),
-            BTreeMap::from([("accuracy", v.accuracy), ("macro_f1", v.macro_f1)]),
-        );
+        metrics_json.insert(v.name.clone(), v.scalars.clone());
     }
     kiln_core::write_json(
         &out_dir.join("metrics.json"),

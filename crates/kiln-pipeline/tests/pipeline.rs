@@ -42,6 +42,13 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     );
 
     let metrics = json(&r.run_dir.join("eval/metrics.json"));
+    for key in kiln_evaluate::METRICS {
+        let v = metrics["variants"]["train"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("metrics.json lacks {key}"));
+        assert!(v.is_finite() && v >= 0.0, "{key} = {v}");
+    }
+    assert!(metrics["variants"]["train"]["roc_auc"].as_f64().unwrap() > 0.99);
     let fp32 = metrics["variants"]["train"]["accuracy"].as_f64().unwrap();
     let int8 = metrics["variants"]["compress"]["accuracy"]
         .as_f64()
@@ -488,6 +495,7 @@ max_accuracy_drop = 0.01
 uses = "evaluate"
 inputs = ["train", "small"]
 gates = { accuracy = ">= 0.5", macro_f1 = ">= 0.5" }
+top_k = 3
 [stages.ship]
 uses = "deploy"
 input = "small"
