@@ -15,6 +15,9 @@ pub struct Config {
     /// Optimizer and learning rate.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule (default constant, no warmup).
+    #[serde(default)]
+    pub schedule: Schedule,
     /// Maximum number of passes over the training split (default 10).
     #[serde(default = "default_epochs")]
     pub epochs: usize,
@@ -87,6 +90,31 @@ impl Config {
             bad(
                 "optimizer.momentum",
                 format!("momentum {} must be in [0, 1)", self.optimizer.momentum),
+            );
+        }
+        if self.schedule.kind == ScheduleKind::Step
+            && !(self.schedule.gamma > 0.0 && self.schedule.gamma <= 1.0)
+        {
+            bad(
+                "schedule.gamma",
+                format!("gamma {} must be in (0, 1]", self.schedule.gamma),
+            );
+        }
+        if self.optimizer.lr > 0.0
+            && (self.schedule.min_lr < 0.0 || self.schedule.min_lr > self.optimizer.lr)
+        {
+            bad(
+                "schedule.min_lr",
+                format!("min_lr {} must be in [0, lr]", self.schedule.min_lr),
+            );
+        }
+        if self.schedule.warmup_epochs >= self.epochs.max(1) && self.schedule.warmup_epochs > 0 {
+            bad(
+                "schedule.warmup_epochs",
+                format!(
+                    "{} warmup epochs leave no training after warmup; use fewer than `epochs`",
+                    self.schedule.warmup_epochs
+                ),
             );
         }
         if self.epochs == 0 {
@@ -209,6 +237,74 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// How the learning rate changes over training.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// `constant` (default), `step` or `cosine`.
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Epochs of linear warmup from lr / steps to lr (default 0).
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// `step`: multiply the rate by `gamma` every `step_epochs` epochs (default 1).
+    #[serde(default = "default_step_epochs")]
+    pub step_epochs: usize,
+    /// `step`: the factor (default 0.1).
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// `cosine`: the rate at the end of training (default 0).
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+fn default_step_epochs() -> usize {
+    1
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+
+/// Schedule shapes.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// The optimizer's `lr` throughout (after warmup).
+    #[default]
+    Constant,
+    /// Multiplied by `gamma` every `step_epochs` epochs.
+    Step,
+    /// Half a cosine from `lr` down to `min_lr` over the steps after warmup.
+    Cosine,
+}
+
+impl Schedule {
+    /// The learning rate of optimizer step `step` (0-based) when training runs `epochs`
+    /// epochs of `per_epoch` steps with base rate `lr`. A pure function of its arguments,
+    /// so a resumed run continues the same curve.
+    pub fn lr_at(&self, lr: f64, step: usize, per_epoch: usize, epochs: usize) -> f64 {
+        let per_epoch = per_epoch.max(1);
+        let warm = self.warmup_epochs * per_epoch;
+        if step < warm {
+            return lr * (step + 1) as f64 / warm as f64;
+        }
+        match self.kind {
+            ScheduleKind::Constant => lr,
+            ScheduleKind::Step => {
+                let epoch = (step - warm) / per_epoch;
+                lr * self.gamma.powi((epoch / self.step_epochs.max(1)) as i32)
+            }
+            ScheduleKind::Cosine => {
+                let total = (epochs * per_epoch).saturating_sub(warm).max(1);
+                let t = (step - warm) as f64 / total as f64;
+                self.min_lr + (lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
+    }
+}
+
 /// Optimizer algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -237,4 +333,44 @@ pub struct EarlyStopping {
 
 fn default_metric() -> String {
     "accuracy".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_give_the_expected_rate_per_step() {
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        // 4 epochs of 10 steps, base rate 0.1
+        let c = Schedule::default();
+        close(c.lr_at(0.1, 0, 10, 4), 0.1);
+        close(c.lr_at(0.1, 39, 10, 4), 0.1);
+        let w = Schedule {
+            warmup_epochs: 1,
+            ..Default::default()
+        };
+        close(w.lr_at(0.1, 0, 10, 4), 0.01);
+        close(w.lr_at(0.1, 4, 10, 4), 0.05);
+        close(w.lr_at(0.1, 9, 10, 4), 0.1);
+        close(w.lr_at(0.1, 10, 10, 4), 0.1);
+        let st = Schedule {
+            kind: ScheduleKind::Step,
+            step_epochs: 2,
+            gamma: 0.5,
+            ..Default::default()
+        };
+        close(st.lr_at(0.1, 19, 10, 4), 0.1);
+        close(st.lr_at(0.1, 20, 10, 4), 0.05);
+        close(st.lr_at(0.1, 39, 10, 4), 0.05);
+        let cos = Schedule {
+            kind: ScheduleKind::Cosine,
+            warmup_epochs: 1,
+            min_lr: 0.0,
+            ..Default::default()
+        };
+        close(cos.lr_at(0.1, 10, 10, 4), 0.1); // start of the cosine
+        close(cos.lr_at(0.1, 25, 10, 4), 0.05); // halfway through its 30 steps
+        close(cos.lr_at(0.1, 40, 10, 4), 0.0);
+    }
 }

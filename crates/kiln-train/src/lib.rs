@@ -17,6 +17,7 @@
 //! let config = Config {
 //!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0 },
 //!     loss: Default::default(),
+//!     schedule: Default::default(),
 //!     optimizer: kiln_train::OptimizerConfig { lr: 0.05, ..Default::default() },
 //!     epochs: 20,
 //!     batch_size: 16,
@@ -36,7 +37,10 @@
 mod config;
 mod net;
 
-pub use config::{Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind};
+pub use config::{
+    Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind, Schedule,
+    ScheduleKind,
+};
 
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
@@ -355,7 +359,14 @@ fn train_on<D: Device<f32> + net::HostVec>(
             }
             loss_sum += lv as f64 * chunk.len() as f64;
             let mut grads = loss.backward();
-            net.update(&mut grads, &config.optimizer).map_err(dev_err)?;
+            let lr = config.schedule.lr_at(
+                config.optimizer.lr,
+                net.step() as usize,
+                n_batches,
+                config.epochs,
+            );
+            net.update(&mut grads, &config.optimizer, lr)
+                .map_err(dev_err)?;
             progress.advance(1);
         }
         epochs_run += 1;

@@ -123,11 +123,12 @@ impl<D: Device<f32>> Mlp<D> {
         h
     }
 
-    /// Applies one optimizer step using the gradients of every parameter.
+    /// Applies one optimizer step with learning rate `lr` using every parameter's gradient.
     pub fn update(
         &mut self,
         grads: &mut Gradients<f32, D>,
         opt: &OptimizerConfig,
+        lr: f64,
     ) -> Result<(), D::Err> {
         self.step += 1;
         let decay = if opt.weight_decay > 0.0 {
@@ -143,7 +144,7 @@ impl<D: Device<f32>> Mlp<D> {
             match opt.kind {
                 OptimizerKind::Adam | OptimizerKind::Adamw => {
                     let cfg = AdamConfig {
-                        lr: opt.lr,
+                        lr,
                         betas: [0.9, 0.999],
                         eps: 1e-8,
                         weight_decay: decay,
@@ -155,7 +156,7 @@ impl<D: Device<f32>> Mlp<D> {
                 }
                 OptimizerKind::Sgd => {
                     let cfg = SgdConfig {
-                        lr: opt.lr,
+                        lr,
                         momentum: (opt.momentum > 0.0).then_some(Momentum::Classic(opt.momentum)),
                         weight_decay: decay,
                     };
@@ -272,7 +273,7 @@ mod tests {
             weight_decay: 0.0,
             momentum: 0.0,
         };
-        net.update(&mut grads, &opt).unwrap();
+        net.update(&mut grads, &opt, opt.lr).unwrap();
         let w = net.layers[0].w.as_vec();
         let want = [0.11, -0.21, 0.31, 0.04];
         for (a, b) in w.iter().zip(want) {
@@ -306,7 +307,7 @@ mod tests {
             y,
         );
         let mut grads = loss.backward();
-        net.update(&mut grads, &opt).unwrap();
+        net.update(&mut grads, &opt, opt.lr).unwrap();
         // z = [0, 0], p = [0.5, 0.5], dz = [-0.5, 0.5]; w -= 0.1 * dz
         assert_eq!(net.layers[0].w.as_vec(), vec![0.05, -0.05]);
     }

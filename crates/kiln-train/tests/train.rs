@@ -49,6 +49,7 @@ fn config(epochs: usize, seed: u64) -> Config {
             dropout: 0.1,
         },
         loss: Default::default(),
+        schedule: Default::default(),
         optimizer: OptimizerConfig {
             lr: 3e-3,
             ..Default::default()
