@@ -1,14 +1,17 @@
-//! The in-memory dataset (row-major f32 features + class labels) and its Arrow IPC form.
+//! The in-memory dataset (row-major f32 features + class labels or regression targets)
+//! and its Arrow IPC form.
 
 use crate::error::{CoreError, Result};
-use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, RecordBatch, UInt32Array};
 use arrow_ipc::{reader::FileReader, writer::FileWriter};
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use std::path::Path;
 use std::sync::Arc;
 
-/// Row-major features and class-index labels, the currency between stages.
-#[derive(Debug, Clone, PartialEq)]
+/// Row-major features and per-row targets, the currency between stages. A classification
+/// dataset fills `labels` (class indices) and leaves `values` empty; a regression dataset
+/// fills `values` and leaves `labels` empty.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Dataset {
     /// Feature names, one per column.
     pub feature_names: Vec<String>,
@@ -16,19 +19,46 @@ pub struct Dataset {
     pub target: String,
     /// `n_rows * n_features` values, row after row.
     pub features: Vec<f32>,
-    /// Class index per row.
+    /// Class index per row (classification).
     pub labels: Vec<u32>,
+    /// Target value per row (regression).
+    pub values: Vec<f32>,
 }
 
 impl Dataset {
     /// Number of rows.
     pub fn n_rows(&self) -> usize {
-        self.labels.len()
+        self.labels.len().max(self.values.len())
+    }
+
+    /// True when the rows carry regression targets rather than class labels.
+    pub fn is_regression(&self) -> bool {
+        !self.values.is_empty()
     }
 
     /// Number of feature columns.
     pub fn n_features(&self) -> usize {
         self.feature_names.len()
+    }
+
+    /// Coefficient of determination of `pred` against the regression targets:
+    /// `1 - SSE / SST`. For a constant target (SST = 0) it is 1 for an exact fit and 0
+    /// otherwise, so model selection can still rank fits.
+    pub fn r2(&self, pred: &[f32]) -> f64 {
+        let n = self.values.len().max(1) as f64;
+        let mean = self.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let (mut sse, mut sst) = (0.0f64, 0.0f64);
+        for (&p, &t) in pred.iter().zip(&self.values) {
+            sse += (f64::from(p) - f64::from(t)).powi(2);
+            sst += (f64::from(t) - mean).powi(2);
+        }
+        if sst > 0.0 {
+            1.0 - sse / sst
+        } else if sse == 0.0 {
+            1.0
+        } else {
+            0.0
+        }
     }
 
     /// The features of row `i`.
@@ -39,6 +69,17 @@ impl Dataset {
 
     /// Checks that sizes agree and every feature is finite.
     pub fn validate(&self) -> Result<()> {
+        if !self.labels.is_empty() && !self.values.is_empty() {
+            return Err(CoreError::Invalid(
+                "a dataset holds class labels or regression targets, not both".into(),
+            ));
+        }
+        if let Some(i) = self.values.iter().position(|v| !v.is_finite()) {
+            return Err(CoreError::Invalid(format!(
+                "row {i}: target `{}` is {}; drop rows without a finite target",
+                self.target, self.values[i]
+            )));
+        }
         if self.features.len() != self.n_rows() * self.n_features() {
             return Err(CoreError::Invalid(format!(
                 "dataset holds {} feature values, expected {} rows x {} columns",
@@ -60,7 +101,7 @@ impl Dataset {
     }
 
     /// Encodes the dataset as an Arrow IPC file: one Float32 column per feature and a
-    /// UInt32 column named after the target.
+    /// column named after the target, UInt32 class indices or Float32 regression values.
     pub fn to_ipc_bytes(&self) -> Result<Vec<u8>> {
         self.validate()?;
         let (n, w) = (self.n_rows(), self.n_features());
@@ -69,14 +110,23 @@ impl Dataset {
             .iter()
             .map(|f| Field::new(f, DataType::Float32, false))
             .collect();
-        fields.push(Field::new(&self.target, DataType::UInt32, false));
+        let target_type = if self.is_regression() {
+            DataType::Float32
+        } else {
+            DataType::UInt32
+        };
+        fields.push(Field::new(&self.target, target_type, false));
         let schema = Arc::new(ArrowSchema::new(fields));
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
         for c in 0..w {
             let col: Vec<f32> = (0..n).map(|r| self.features[r * w + c]).collect();
             columns.push(Arc::new(Float32Array::from(col)));
         }
-        columns.push(Arc::new(UInt32Array::from(self.labels.clone())));
+        if self.is_regression() {
+            columns.push(Arc::new(Float32Array::from(self.values.clone())));
+        } else {
+            columns.push(Arc::new(UInt32Array::from(self.labels.clone())));
+        }
         let err = |e: arrow_schema::ArrowError| CoreError::Invalid(format!("arrow: {e}"));
         let batch = RecordBatch::try_new(schema.clone(), columns).map_err(err)?;
         let mut buf = Vec::new();
@@ -94,7 +144,8 @@ impl Dataset {
     }
 
     /// Reads a dataset written by [`Dataset::write_ipc`] (or any Arrow IPC file with
-    /// numeric feature columns and an unsigned integer target column named `target`).
+    /// Float32 feature columns and a target column named `target`: UInt32 class indices,
+    /// or Float32 / Float64 regression values).
     pub fn read_ipc(path: &Path, target: &str) -> Result<Dataset> {
         let arrow_err = |m: String| CoreError::Arrow {
             path: path.to_path_buf(),
@@ -117,6 +168,7 @@ impl Dataset {
         let w = feature_names.len();
         let mut features = Vec::new();
         let mut labels = Vec::new();
+        let mut values = Vec::new();
         for batch in reader {
             let batch = batch.map_err(|e| arrow_err(e.to_string()))?;
             let n = batch.num_rows();
@@ -125,13 +177,22 @@ impl Dataset {
             let mut c = 0;
             for (i, col) in batch.columns().iter().enumerate() {
                 if i == t_idx {
-                    let l = col.as_any().downcast_ref::<UInt32Array>().ok_or_else(|| {
-                        arrow_err(format!(
-                            "target column `{target}` is {}, expected UInt32",
+                    if col.null_count() > 0 {
+                        return Err(arrow_err(format!("target column `{target}` holds nulls")));
+                    }
+                    let any = col.as_any();
+                    if let Some(l) = any.downcast_ref::<UInt32Array>() {
+                        labels.extend(l.values().iter().copied());
+                    } else if let Some(v) = any.downcast_ref::<Float32Array>() {
+                        values.extend(v.values().iter().copied());
+                    } else if let Some(v) = any.downcast_ref::<Float64Array>() {
+                        values.extend(v.values().iter().map(|&x| x as f32));
+                    } else {
+                        return Err(arrow_err(format!(
+                            "target column `{target}` is {}; expected UInt32 class indices or Float32 values",
                             col.data_type()
-                        ))
-                    })?;
-                    labels.extend(l.values().iter().copied());
+                        )));
+                    }
                     continue;
                 }
                 let f = col.as_any().downcast_ref::<Float32Array>().ok_or_else(|| {
@@ -153,12 +214,15 @@ impl Dataset {
                 c += 1;
             }
         }
-        Ok(Dataset {
+        let ds = Dataset {
             feature_names,
             target: target.to_string(),
             features,
             labels,
-        })
+            values,
+        };
+        ds.validate()?;
+        Ok(ds)
     }
 }
 
@@ -173,6 +237,7 @@ mod tests {
             target: "y".into(),
             features: vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE],
             labels: vec![1, 0],
+            values: vec![],
         };
         let dir = std::env::temp_dir().join(format!("kiln-core-ds-{}", std::process::id()));
         let p = dir.join("d.arrow");
@@ -185,7 +250,39 @@ mod tests {
                 .to_string()
                 .contains("no target column `nope`")
         );
+        // A regression target travels as Float32.
+        let r = Dataset {
+            labels: vec![],
+            values: vec![0.5, -7.25],
+            ..d.clone()
+        };
+        r.write_ipc(&p).unwrap();
+        let back = Dataset::read_ipc(&p, "y").unwrap();
+        assert_eq!(back, r);
+        assert!(back.is_regression() && !d.is_regression());
+        assert_eq!(back.n_rows(), 2);
+        // SST = 2 * 3.875^2 = 30.03125; SSE = 0.25 + 1 = 1.25
+        assert!((r.r2(&[0.0, -6.25]) - (1.0 - 1.25 / 30.03125)).abs() < 1e-12);
+        assert_eq!(r.r2(&[0.5, -7.25]), 1.0);
+        let flat = Dataset {
+            values: vec![2.0, 2.0],
+            ..r.clone()
+        };
+        assert_eq!((flat.r2(&[2.0, 2.0]), flat.r2(&[2.0, 2.5])), (1.0, 0.0));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn non_finite_target_is_named() {
+        let d = Dataset {
+            feature_names: vec!["a".into()],
+            target: "price".into(),
+            features: vec![1.0, 2.0],
+            labels: vec![],
+            values: vec![1.0, f32::INFINITY],
+        };
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.contains("row 1: target `price` is inf"), "{e}");
     }
 
     #[test]
@@ -195,6 +292,7 @@ mod tests {
             target: "y".into(),
             features: vec![1.0, 2.0, 3.0, f32::NAN],
             labels: vec![1, 0],
+            values: vec![],
         };
         let e = d.validate().unwrap_err().to_string();
         assert!(e.contains("row 1 column `b`"), "{e}");

@@ -191,7 +191,7 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             }
         }
         let out = if i == last {
-            "logits".to_string()
+            output_name(spec.task).to_string()
         } else {
             format!("{p}.out")
         };
@@ -211,7 +211,7 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         }
         h = out;
     }
-    let mut outputs = vec![batch_value_info("logits", k)];
+    let mut outputs = vec![batch_value_info(output_name(spec.task), k)];
     if spec.task == Task::Classification {
         g.nodes.push(node(
             "Softmax",
@@ -278,6 +278,15 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto> {
             "not a valid ONNX model: {e}; export it again with kiln"
         ))
     })
+}
+
+/// The name of the network's output: `logits` for a classifier (followed by
+/// `probabilities`), `prediction` for a regressor.
+pub fn output_name(task: Task) -> &'static str {
+    match task {
+        Task::Classification => "logits",
+        Task::Regression => "prediction",
+    }
 }
 
 #[cfg(test)]
@@ -399,12 +408,12 @@ mod tests {
     }
 
     #[test]
-    fn regression_has_only_logits_and_bad_inputs_are_refused() {
+    fn regression_has_only_prediction_and_bad_inputs_are_refused() {
         let (spec, w) = tiny(Task::Regression);
         let m = build(&spec, &w, &ExportMeta::default()).unwrap();
         let g = m.graph.unwrap();
         assert_eq!(g.output.len(), 1);
-        assert_eq!(g.output[0].name, "logits");
+        assert_eq!(g.output[0].name, "prediction");
 
         let (spec, w) = tiny(Task::Classification);
         let e = build(

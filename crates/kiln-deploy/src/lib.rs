@@ -37,7 +37,7 @@
 //!     feature_names: schema.feature_names.clone(),
 //!     target: "y".into(),
 //!     features: vec![1.0, 1.0, 2.0, 0.5, -1.0, 3.0],
-//!     labels: vec![1, 0, 1],
+//!     labels: vec![1, 0, 1], values: vec![],
 //! };
 //! let model = NativeModel::new(spec, w)?;
 //! let dir = tempfile::tempdir()?;
@@ -54,7 +54,7 @@ pub mod onnx;
 pub mod parity;
 pub mod runtime;
 
-pub use export::{ExportMeta, build, decode, export};
+pub use export::{ExportMeta, build, decode, export, output_name};
 pub use parity::{ParityReport, WorstRow, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
@@ -572,6 +572,7 @@ mod tests {
             target: "y".into(),
             features: vec![1.0, 2.0],
             labels: vec![1],
+            values: vec![],
         };
         let v = |name: &str| Variant {
             name: name.into(),

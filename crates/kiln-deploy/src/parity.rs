@@ -14,8 +14,9 @@ pub const WORST_ROWS: usize = 5;
 pub struct WorstRow {
     /// Row index in the checked rows.
     pub row: usize,
-    /// Largest absolute probability difference in that row (logit difference for
-    /// regression models, which have no probabilities).
+    /// Largest absolute probability difference in that row (for regression models,
+    /// which have no probabilities: the prediction difference relative to
+    /// `max(1, |native prediction|)`).
     pub diff: f32,
     /// Largest absolute logit difference in that row.
     pub max_abs_logit: f32,
@@ -45,10 +46,12 @@ pub struct ParityReport {
     pub max_abs_prob: f32,
     /// Fraction of rows whose argmax agrees.
     pub argmax_agreement: f64,
-    /// The tolerance on `max_abs_prob` (on `max_abs_logit` for regression).
+    /// The tolerance on `max_abs_prob` (for regression: on the largest prediction
+    /// difference relative to `max(1, |native prediction|)`, so a target in the thousands
+    /// is held to fp32's relative precision, not to an absolute 1e-5).
     pub tolerance: f32,
-    /// `max_abs_prob <= tolerance` (`max_abs_logit` for regression) and both sides
-    /// produced the same number of rows and outputs.
+    /// `max_abs_prob <= tolerance` (the relative prediction difference for regression)
+    /// and both sides produced the same number of rows and outputs.
     pub passed: bool,
     /// The rows that differ most, largest first (at most [`WORST_ROWS`]).
     pub worst_rows: Vec<WorstRow>,
@@ -116,7 +119,14 @@ pub fn compare(
                     _ => f32::MAX,
                 }
             } else {
-                logit
+                match (native.logits.get(span.clone()), onnx.logits.get(span)) {
+                    (Some(a), Some(b)) => a
+                        .iter()
+                        .zip(b)
+                        .map(|(x, y)| abs_diff(*x, *y) / x.abs().max(1.0))
+                        .fold(0.0, f32::max),
+                    _ => f32::MAX,
+                }
             };
             WorstRow {
                 row: i,
@@ -145,8 +155,10 @@ pub fn compare(
     rows.truncate(WORST_ROWS);
     let gated = if has_probs {
         max_abs_prob
+    } else if same_shape {
+        rows.first().map_or(0.0, |r| r.diff)
     } else {
-        max_abs_logit
+        f32::MAX
     };
     ParityReport {
         native: String::new(),
@@ -271,13 +283,21 @@ mod tests {
     }
 
     #[test]
-    fn regression_is_gated_on_logits() {
-        let a = preds(vec![1.0, 2.0], vec![], 1);
-        let b = preds(vec![1.0, 2.5], vec![], 1);
-        let r = compare(&a, &b, 2, 0.1);
+    fn regression_is_gated_on_relative_prediction_difference() {
+        // 2.0 vs 2.5: |Δ| = 0.5, relative to max(1, 2) = 0.25
+        let a = preds(vec![0.5, 2.0], vec![], 1);
+        let b = preds(vec![0.75, 2.5], vec![], 1);
+        let r = compare(&a, &b, 2, 0.2);
         assert_eq!((r.max_abs_prob, r.max_abs_logit), (0.0, 0.5));
+        // row 0: 0.25 / max(1, 0.5) = 0.25; row 1: 0.5 / 2 = 0.25; ties keep row order
+        assert_eq!((r.worst_rows[0].row, r.worst_rows[0].diff), (0, 0.25));
         assert!(!r.passed);
-        assert!(compare(&a, &b, 2, 0.5).passed);
+        assert!(compare(&a, &b, 2, 0.25).passed);
+        // a large target is held to relative precision: 1000 vs 1000.001 passes, 1000.1 not
+        let big = preds(vec![1000.0], vec![], 1);
+        let near = preds(vec![1000.001], vec![], 1);
+        assert!(compare(&big, &near, 1, 1e-5).passed);
+        assert!(!compare(&big, &preds(vec![1000.1], vec![], 1), 1, 1e-5).passed);
     }
 
     /// Adds `offset` to every logit of rows at or after `from` (a stand-in for ONNX).

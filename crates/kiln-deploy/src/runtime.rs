@@ -100,10 +100,13 @@ fn session_builder(threads: usize) -> Result<SessionBuilder> {
 }
 
 /// An ONNX model in an ONNX Runtime session, used through [`Predictor`] (name
-/// `onnxruntime`). It expects kiln's layout: one float input `[batch, features]`, an
-/// output `logits` and, for classification, `probabilities`.
+/// `onnxruntime`). It expects kiln's layout: one float input `[batch, features]` and
+/// either outputs `logits` and `probabilities` (classification) or `prediction`
+/// (regression).
 pub struct OrtModel {
     session: Session,
+    /// `logits` or `prediction`.
+    output: &'static str,
     input_name: String,
     n_features: usize,
     n_outputs: usize,
@@ -146,7 +149,7 @@ impl OrtModel {
     fn new(session: Session) -> Result<Self> {
         let bad = |m: &str| {
             DeployError::Runtime(format!(
-                "the ONNX model {m}; kiln runs models with one float input [batch, features] and an output `logits`"
+                "the ONNX model {m}; kiln runs models with one float input [batch, features] and an output `logits` (classification) or `prediction` (regression)"
             ))
         };
         let [input] = session.inputs() else {
@@ -161,10 +164,17 @@ impl OrtModel {
             .ok_or_else(|| bad("input has no fixed feature width"))?
             as usize;
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        if !names.contains(&"logits") {
-            return Err(bad(&format!("has outputs {names:?} without `logits`")));
-        }
+        let output = if names.contains(&"logits") {
+            "logits"
+        } else if names.contains(&"prediction") {
+            "prediction"
+        } else {
+            return Err(bad(&format!(
+                "has outputs {names:?} without `logits` or `prediction`"
+            )));
+        };
         Ok(OrtModel {
+            output,
             input_name: input.name().to_string(),
             n_features,
             n_outputs: names.len(),
@@ -227,7 +237,7 @@ impl Predictor for OrtModel {
             };
             Ok((k, data.to_vec()))
         };
-        let (k, logits) = get("logits")?;
+        let (k, logits) = get(self.output)?;
         let probabilities = if has_probabilities {
             let (kp, p) = get("probabilities")?;
             if kp != k {

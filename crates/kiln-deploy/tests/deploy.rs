@@ -129,6 +129,7 @@ fn schema_and_test(m: &NativeModel, x: Vec<f32>) -> (Schema, Dataset) {
         target: "y".into(),
         features: x,
         labels: (0..rows).map(|i| (i % k) as u32).collect(),
+        values: vec![],
     };
     (schema, test)
 }

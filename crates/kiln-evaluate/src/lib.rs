@@ -1,5 +1,6 @@
-//! kiln-evaluate: scores model variants on the same split through the `Predictor` the
-//! caller passes (native forward pass or ONNX Runtime), checks gates, and writes
+//! kiln-evaluate: scores model variants (classifiers or regressors) on the same split
+//! through the `Predictor` the caller passes (native forward pass or ONNX Runtime), checks
+//! gates, and writes
 //! `metrics.json`, `confusion.json`, `verdict.json` and `report.md`.
 //!
 //! ```
@@ -11,12 +12,12 @@
 //! w.insert_f32("layers.0.bias", vec![2], vec![0.0, 0.0]);
 //! let mut model = NativeModel::new(spec, w).unwrap();
 //! let test = Dataset { feature_names: vec!["a".into(), "b".into()], target: "y".into(),
-//!     features: vec![1.0, 0.0, 0.0, 1.0, 2.0, 3.0], labels: vec![0, 1, 0] };
+//!     features: vec![1.0, 0.0, 0.0, 1.0, 2.0, 3.0], labels: vec![0, 1, 0], values: vec![] };
 //! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".to_string())].into(), ..Default::default() };
 //! let labels = vec!["no".to_string(), "yes".to_string()];
 //! let mut variants: Vec<(String, &mut dyn Predictor)> = vec![("fp32".into(), &mut model)];
 //! let out = run(&config, &mut variants, &test, &labels, &std::env::temp_dir().join("kiln-eval-doc")).unwrap();
-//! assert!((out.variants[0].accuracy - 2.0 / 3.0).abs() < 1e-12);
+//! assert!((out.variants[0].scalars["accuracy"] - 2.0 / 3.0).abs() < 1e-12);
 //! assert!(out.verdict.blessed);
 //! ```
 
@@ -66,7 +67,8 @@ impl Default for Config {
     }
 }
 
-/// Metric names gates can use (the keys of metrics.json).
+/// Metric names gates can use (the keys of metrics.json): the classification ones, then
+/// the regression ones.
 pub const METRICS: &[&str] = &[
     "accuracy",
     "balanced_accuracy",
@@ -77,7 +79,15 @@ pub const METRICS: &[&str] = &[
     "roc_auc",
     "pr_auc",
     "ece",
+    "mse",
+    "rmse",
+    "mae",
+    "r2",
+    "mape",
 ];
+
+/// The metrics of a regression model (the rest of [`METRICS`] are for classifiers).
+pub const REGRESSION_METRICS: &[&str] = &["mse", "rmse", "mae", "r2", "mape"];
 
 /// Scores of one variant.
 #[derive(Debug, Clone, Serialize)]
@@ -86,17 +96,16 @@ pub struct VariantMetrics {
     pub name: String,
     /// Who produced the predictions (`native`, `onnxruntime`).
     pub predictor: String,
-    /// Fraction correct.
-    pub accuracy: f64,
-    /// Unweighted mean F1 over classes.
-    pub macro_f1: f64,
-    /// Every scalar metric by its metrics.json key (accuracy, balanced_accuracy,
-    /// macro_f1, weighted_f1, log_loss, top_k_accuracy, roc_auc, pr_auc, ece).
+    /// Every scalar metric by its metrics.json key (classification: accuracy,
+    /// balanced_accuracy, macro_f1, weighted_f1, log_loss, top_k_accuracy, roc_auc,
+    /// pr_auc, ece; regression: mse, rmse, mae, r2, mape).
     pub scalars: BTreeMap<String, f64>,
-    /// Per-class precision / recall / F1.
+    /// Per-class precision / recall / F1 (empty for regression).
     pub per_class: Vec<metrics::ClassScores>,
-    /// Confusion matrix, rows = truth, columns = prediction.
+    /// Confusion matrix, rows = truth, columns = prediction (empty for regression).
     pub confusion: Vec<Vec<u64>>,
+    /// Metrics that could not be computed, and why (e.g. R² of a constant target).
+    pub notes: Vec<String>,
 }
 
 /// One gate's outcome.
@@ -197,10 +206,61 @@ pub fn run(
             Ok((m.clone(), c.clone(), op, v))
         })
         .collect::<Result<_>>()?;
+    let regression = data.is_regression();
+    if let Some((m, ..)) = gates
+        .iter()
+        .find(|(m, ..)| REGRESSION_METRICS.contains(&m.as_str()) != regression)
+    {
+        let (this, other) = if regression {
+            ("a regression", REGRESSION_METRICS.join(", "))
+        } else {
+            (
+                "a classification",
+                METRICS
+                    .iter()
+                    .filter(|x| !REGRESSION_METRICS.contains(x))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        };
+        return Err(EvaluateError::Config(format!(
+            "gate on `{m}` does not apply to {this} model; its gates can use {other}"
+        )));
+    }
     let k = class_labels.len();
     let mut results = Vec::new();
     for (name, predictor) in variants.iter_mut() {
         let p = predictor.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
+        if regression {
+            let r = metrics::regression(&data.values, &p.logits);
+            let mut scalars = BTreeMap::from([
+                ("mse".to_string(), r.mse),
+                ("rmse".to_string(), r.rmse),
+                ("mae".to_string(), r.mae),
+                ("mape".to_string(), r.mape),
+            ]);
+            let mut notes = Vec::new();
+            match r.r2 {
+                Ok(v) => {
+                    scalars.insert("r2".into(), v);
+                }
+                Err(why) => {
+                    tracing::warn!(variant = %name, "{why}");
+                    notes.push(why);
+                }
+            }
+            tracing::info!(variant = %name, rmse = r.rmse, mae = r.mae, "scored");
+            results.push(VariantMetrics {
+                name: name.clone(),
+                predictor: predictor.name().to_string(),
+                scalars,
+                per_class: Vec::new(),
+                confusion: Vec::new(),
+                notes,
+            });
+            continue;
+        }
         let pred = p.argmax();
         let cm = metrics::confusion_matrix(&data.labels, &pred, k);
         let per_class = metrics::per_class(&cm, class_labels);
@@ -227,16 +287,15 @@ pub fn run(
         if let Some(v) = metrics::one_vs_rest(t, pr, k, metrics::average_precision) {
             scalars.insert("pr_auc".into(), v);
         }
+        tracing::info!(variant = %name, accuracy = scalars["accuracy"], macro_f1 = scalars["macro_f1"], "scored");
         let m = VariantMetrics {
             name: name.clone(),
             predictor: predictor.name().to_string(),
-            accuracy: scalars["accuracy"],
-            macro_f1: scalars["macro_f1"],
             scalars,
             per_class,
             confusion: cm,
+            notes: Vec::new(),
         };
-        tracing::info!(variant = %name, accuracy = m.accuracy, macro_f1 = m.macro_f1, "scored");
         results.push(m);
     }
     let mut checked = Vec::new();
@@ -316,14 +375,36 @@ fn report(
     verdict: &Verdict,
     labels: &[String],
 ) -> String {
-    let mut s = String::from(
-        "# Evaluation report\n\n| variant | predictor | accuracy | macro F1 |\n|---|---|---|---|\n",
-    );
+    let regression = results.iter().any(|v| v.scalars.contains_key("mse"));
+    let cols: &[(&str, &str)] = if regression {
+        &[
+            ("rmse", "RMSE"),
+            ("mae", "MAE"),
+            ("r2", "R²"),
+            ("mape", "MAPE"),
+        ]
+    } else {
+        &[("accuracy", "accuracy"), ("macro_f1", "macro F1")]
+    };
+    let mut s = String::from("# Evaluation report\n\n| variant | predictor |");
+    for (_, title) in cols {
+        s += &format!(" {title} |");
+    }
+    s += &format!("\n|---|---|{}\n", "---|".repeat(cols.len()));
     for v in results {
-        s += &format!(
-            "| {} | {} | {:.4} | {:.4} |\n",
-            v.name, v.predictor, v.accuracy, v.macro_f1
-        );
+        s += &format!("| {} | {} |", v.name, v.predictor);
+        for (key, _) in cols {
+            match v.scalars.get(*key) {
+                Some(x) => s += &format!(" {x:.4} |"),
+                None => s += " — |",
+            }
+        }
+        s += "\n";
+    }
+    for v in results {
+        for n in &v.notes {
+            s += &format!("\n*{}: {n}*\n", v.name);
+        }
     }
     s += &format!(
         "\n**Verdict:** {} — {}\n",
@@ -343,7 +424,7 @@ fn report(
             );
         }
     }
-    for v in results {
+    for v in results.iter().filter(|v| !v.confusion.is_empty()) {
         s += &format!("\n## Confusion matrix: {} (rows = truth)\n\n| |", v.name);
         for l in labels {
             s += &format!(" {l} |");

@@ -1,6 +1,7 @@
-//! Classification metrics computed from labels and predictions: accuracy, confusion
-//! matrix, per-class precision / recall / F1 and macro F1 (scikit-learn's definitions,
-//! with 0 for an undefined ratio, as its `zero_division=0`).
+//! Metrics computed from targets and predictions, with scikit-learn's definitions.
+//! Classification: accuracy, confusion matrix, per-class precision / recall / F1, macro
+//! and weighted F1, balanced accuracy, log-loss, top-k, ROC-AUC, PR-AUC, ECE (0 for an
+//! undefined ratio, as `zero_division=0`). Regression: MSE, RMSE, MAE, R², MAPE.
 
 use serde::Serialize;
 
@@ -258,6 +259,51 @@ pub fn ece(truth: &[u32], probs: &[f32], k: usize) -> f64 {
         .sum()
 }
 
+/// Regression scores of `pred` against `truth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegressionScores {
+    /// Mean squared error.
+    pub mse: f64,
+    /// Square root of the MSE.
+    pub rmse: f64,
+    /// Mean absolute error.
+    pub mae: f64,
+    /// Coefficient of determination; `Err` with the reason when it is undefined (a
+    /// constant target).
+    pub r2: Result<f64, String>,
+    /// Mean absolute percentage error as a fraction, `|y - p| / max(|y|, f64::EPSILON)`
+    /// (scikit-learn's `mean_absolute_percentage_error`).
+    pub mape: f64,
+}
+
+/// MSE, RMSE, MAE, R² and MAPE of `pred` against `truth`.
+pub fn regression(truth: &[f32], pred: &[f32]) -> RegressionScores {
+    let n = truth.len().max(1) as f64;
+    let (mut se, mut ae, mut ape) = (0.0f64, 0.0f64, 0.0f64);
+    for (&t, &p) in truth.iter().zip(pred) {
+        let (t, p) = (f64::from(t), f64::from(p));
+        se += (t - p).powi(2);
+        ae += (t - p).abs();
+        ape += (t - p).abs() / t.abs().max(f64::EPSILON);
+    }
+    let mean = truth.iter().map(|&t| f64::from(t)).sum::<f64>() / n;
+    let sst: f64 = truth.iter().map(|&t| (f64::from(t) - mean).powi(2)).sum();
+    let r2 = if sst > 0.0 {
+        Ok(1.0 - se / sst)
+    } else {
+        Err(format!(
+            "R² is undefined: every test target equals {mean}, so there is no variance to explain; judge the model by MAE or RMSE"
+        ))
+    };
+    RegressionScores {
+        mse: se / n,
+        rmse: (se / n).sqrt(),
+        mae: ae / n,
+        r2,
+        mape: ape / n,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +370,32 @@ mod tests {
         // sklearn: f1_score(average="macro") = (1 + 0.5 + 0) / 3
         assert!((macro_f1(&s) - 0.5).abs() < 1e-12);
         assert_eq!(accuracy(&t, &t), 1.0);
+    }
+
+    #[test]
+    fn regression_matches_scikit_learn() {
+        // sklearn.metrics on y = [3, -0.5, 2, 7, 0], p = [2.5, 0.0, 2, 8, 0.25]
+        let y = [3.0, -0.5, 2.0, 7.0, 0.0];
+        let p = [2.5, 0.0, 2.0, 8.0, 0.25];
+        let r = regression(&y, &p);
+        let close =
+            |a: f64, b: f64| assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+        close(r.mse, 0.3125);
+        close(r.rmse, 0.5590169943749475);
+        close(r.mae, 0.45);
+        close(r.r2.clone().unwrap(), 0.956354748603352);
+        // a zero target divides by f64::EPSILON, as scikit-learn does
+        close(r.mape, 225179981368525.06);
+        // a perfect fit
+        let perfect = regression(&y, &y);
+        assert_eq!(
+            (perfect.mse, perfect.mae, perfect.r2.unwrap()),
+            (0.0, 0.0, 1.0)
+        );
+        // a constant target: R² is undefined and says why
+        let flat = regression(&[2.0, 2.0, 2.0], &[2.0, 2.5, 1.0]);
+        let e = flat.r2.unwrap_err();
+        assert!(e.contains("every test target equals 2"), "{e}");
+        close(flat.mae, 0.5);
     }
 }

@@ -12,7 +12,7 @@
 //! w.insert_f32("layers.0.bias", vec![2], vec![0.0, 0.0]);
 //! let model = NativeModel::new(spec, w).unwrap();
 //! let valid = Dataset { feature_names: vec!["a".into(), "b".into()], target: "y".into(),
-//!     features: vec![1.0, 0.0, 0.0, 1.0], labels: vec![0, 1] };
+//!     features: vec![1.0, 0.0, 0.0, 1.0], labels: vec![0, 1], values: vec![] };
 //! let config = Config { quantize: Some(QuantizeConfig::default()), max_accuracy_drop: Some(0.0) };
 //! let out = run(&config, &model, &valid, &std::env::temp_dir().join("kiln-optimize-doc")).unwrap();
 //! assert_eq!(out.candidates[0].valid_accuracy, 1.0);
@@ -140,9 +140,9 @@ pub struct Candidate {
     pub params: usize,
     /// Bytes of tensor data.
     pub weight_bytes: usize,
-    /// Accuracy on the validation split.
+    /// Accuracy (R² for regression) on the validation split.
     pub valid_accuracy: f64,
-    /// Accuracy drop against fp32 (positive = worse).
+    /// Drop of that score against fp32 (positive = worse).
     pub accuracy_drop: f64,
     /// Whether this candidate was chosen.
     pub chosen: bool,
@@ -197,9 +197,14 @@ pub fn quantize(model: &NativeModel, q: &QuantizeConfig) -> Result<NativeModel> 
     Ok(NativeModel::new(spec, weights)?)
 }
 
-/// Accuracy of `model` on `data`, scored in batches of [`EVAL_BATCH`] rows.
-pub fn accuracy(model: &mut NativeModel, data: &Dataset) -> Result<f64> {
+/// The budget's score of `model` on `data`, predicted in batches of [`EVAL_BATCH`] rows:
+/// accuracy for class labels, R² for regression targets (so `max_accuracy_drop` bounds
+/// the loss of R² there).
+pub fn score(model: &mut NativeModel, data: &Dataset) -> Result<f64> {
     let p = model.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
+    if data.is_regression() {
+        return Ok(data.r2(&p.logits));
+    }
     let correct = p
         .argmax()
         .iter()
@@ -231,9 +236,9 @@ pub fn run(
         )));
     }
     let mut fp32 = model.clone();
-    let base = accuracy(&mut fp32, valid)?;
+    let base = score(&mut fp32, valid)?;
     let mut int8 = quantize(model, q)?;
-    let acc8 = accuracy(&mut int8, valid)?;
+    let acc8 = score(&mut int8, valid)?;
     let name = format!(
         "int8-{}-{}",
         q.scheme,
@@ -340,6 +345,7 @@ mod tests {
             target: "y".into(),
             features: x,
             labels,
+            values: vec![],
         };
         let dir = std::env::temp_dir().join(format!("kiln-opt-{}", std::process::id()));
         let ok = run(

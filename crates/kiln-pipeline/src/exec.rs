@@ -524,6 +524,26 @@ fn execute(
     done.map(|()| resumed)
 }
 
+/// The metrics a summary shows, (metrics.json key, title): accuracy and macro F1 for
+/// classifiers, RMSE, MAE and R² for regressors.
+fn main_metrics(metrics: &serde_json::Value) -> Vec<(&'static str, &'static str)> {
+    let regression = metrics["variants"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .is_some_and(|v| v.get("mse").is_some());
+    if regression {
+        vec![("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²")]
+    } else {
+        vec![("accuracy", "accuracy"), ("macro_f1", "macro F1")]
+    }
+}
+
+fn fmt_metric(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.4}"))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> {
     let mut tables = Vec::new();
     for s in &p.stages {
@@ -554,19 +574,20 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                 if let Some(v) = json("history.json") {
                     let best = v["best_epoch"].as_u64().unwrap_or(0) as usize;
                     let e = &v["epochs"][best.saturating_sub(1)];
+                    let metric = v["metric"].as_str().unwrap_or("accuracy");
                     tables.push(Table {
                         title: format!("training ({})", s.id),
                         header: vec![
                             "epochs run".into(),
                             "best epoch".into(),
                             "train loss".into(),
-                            "valid accuracy".into(),
+                            format!("valid {metric}"),
                         ],
                         rows: vec![vec![
                             v["epochs"].as_array().map_or(0, |a| a.len()).to_string(),
                             best.to_string(),
                             format!("{:.4}", e["train_loss"].as_f64().unwrap_or(f64::NAN)),
-                            format!("{:.4}", e["valid_accuracy"].as_f64().unwrap_or(f64::NAN)),
+                            format!("{:.4}", e["valid_metric"].as_f64().unwrap_or(f64::NAN)),
                         ]],
                     });
                 }
@@ -575,21 +596,22 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
             StageKind::Evaluate => {
                 if let Some(v) = json("metrics.json") {
                     let mut rows = Vec::new();
+                    let cols = main_metrics(&v);
                     if let Some(m) = v["variants"].as_object() {
                         for (name, vals) in m {
-                            rows.push(vec![
-                                name.clone(),
-                                format!("{:.4}", vals["accuracy"].as_f64().unwrap_or(f64::NAN)),
-                                format!("{:.4}", vals["macro_f1"].as_f64().unwrap_or(f64::NAN)),
-                            ]);
+                            let mut row = vec![name.clone()];
+                            row.extend(cols.iter().map(|(k, _)| fmt_metric(&vals[*k])));
+                            rows.push(row);
                         }
                     }
                     let verdict = json("verdict.json")
                         .map(|v| v["reason"].as_str().unwrap_or("").to_string())
                         .unwrap_or_default();
+                    let mut header = vec!["variant".to_string()];
+                    header.extend(cols.iter().map(|(_, t)| t.to_string()));
                     tables.push(Table {
                         title: format!("test metrics ({}): {verdict}", s.id),
-                        header: vec!["variant".into(), "accuracy".into(), "macro F1".into()],
+                        header,
                         rows,
                     });
                 }
@@ -609,14 +631,20 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                         _ => first.clone(),
                     }
                 };
+                let evals: Vec<serde_json::Value> = p
+                    .stages
+                    .iter()
+                    .filter(|e| e.kind == StageKind::Evaluate)
+                    .filter_map(|e| dirs.get(&e.id))
+                    .filter_map(|d| {
+                        kiln_core::read_json::<serde_json::Value>(&d.join("metrics.json")).ok()
+                    })
+                    .collect();
+                let cols = evals.first().map(main_metrics).unwrap_or_default();
+                let regression = cols.first().is_some_and(|(k, _)| *k == "rmse");
                 let metric = |stage: &str, key: &str| -> String {
-                    p.stages
+                    evals
                         .iter()
-                        .filter(|e| e.kind == StageKind::Evaluate)
-                        .filter_map(|e| dirs.get(&e.id))
-                        .filter_map(|d| {
-                            kiln_core::read_json::<serde_json::Value>(&d.join("metrics.json")).ok()
-                        })
                         .find_map(|m| m["variants"][stage][key].as_f64())
                         .map(|x| format!("{x:.4}"))
                         .unwrap_or_else(|| "-".into())
@@ -629,21 +657,37 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                             .map(|m| m.len())
                             .unwrap_or(0);
                         let from = origin(name);
-                        rows.push(vec![
-                            name.clone(),
-                            from.clone(),
-                            metric(&from, "accuracy"),
-                            metric(&from, "macro_f1"),
+                        let mut row = vec![name.clone(), from.clone()];
+                        row.extend(cols.iter().map(|(k, _)| metric(&from, k)));
+                        row.extend([
                             file,
                             format!("{:.1} KiB", bytes as f64 / 1024.0),
-                            format!("{:.1e}", r["max_abs_prob"].as_f64().unwrap_or(f64::NAN)),
-                            format!("{:.4}", r["argmax_agreement"].as_f64().unwrap_or(f64::NAN)),
+                            // probabilities for classifiers, predictions for regressors
+                            format!(
+                                "{:.1e}",
+                                r[if regression {
+                                    "max_abs_logit"
+                                } else {
+                                    "max_abs_prob"
+                                }]
+                                .as_f64()
+                                .unwrap_or(f64::NAN)
+                            ),
+                            if regression {
+                                "-".into()
+                            } else {
+                                format!("{:.4}", r["argmax_agreement"].as_f64().unwrap_or(f64::NAN))
+                            },
                         ]);
+                        rows.push(row);
                     }
                 }
+                let mut header = vec!["variant".to_string(), "from".to_string()];
+                header.extend(cols.iter().map(|(_, t)| format!("test {t}")));
+                header.extend(["file", "size", "max |Δ|", "argmax agreement"].map(String::from));
                 tables.push(Table {
                     title: format!("variants ({}): test metrics, ONNX size, parity of ONNX Runtime vs kiln's reference forward pass", s.id),
-                    header: ["variant", "from", "test accuracy", "macro F1", "file", "size", "max |Δp|", "argmax agreement"].map(String::from).to_vec(),
+                    header,
                     rows,
                 });
             }

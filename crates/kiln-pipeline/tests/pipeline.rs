@@ -42,7 +42,10 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     );
 
     let metrics = json(&r.run_dir.join("eval/metrics.json"));
-    for key in kiln_evaluate::METRICS {
+    let classification = kiln_evaluate::METRICS
+        .iter()
+        .filter(|m| !kiln_evaluate::REGRESSION_METRICS.contains(m));
+    for key in classification {
         let v = metrics["variants"]["train"][key]
             .as_f64()
             .unwrap_or_else(|| panic!("metrics.json lacks {key}"));
@@ -275,6 +278,60 @@ fn iris_with_a_string_target_runs() {
             .unwrap()
             >= 0.85
     );
+}
+
+#[test]
+fn regression_reaches_r2_and_exports_predictions() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+        only: None,
+        from: None,
+    };
+    let p = load(&pipelines().join("friedman-regression.toml"), &[]).unwrap();
+    let r = run(&p, &opts).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let schema = json(&r.run_dir.join("data/schema.json"));
+    assert_eq!(schema["task"], "regression");
+    assert_eq!(schema["class_labels"], serde_json::json!([]));
+    assert_eq!(json(&r.run_dir.join("train/history.json"))["metric"], "r2");
+
+    let m = &json(&r.run_dir.join("eval/metrics.json"))["variants"];
+    for v in ["train", "compress"] {
+        for key in kiln_evaluate::REGRESSION_METRICS {
+            assert!(m[v][key].as_f64().is_some_and(f64::is_finite), "{v} {key}");
+        }
+        assert!(
+            m[v].get("accuracy").is_none(),
+            "no class metrics for a regressor"
+        );
+    }
+    let r2 = m["train"]["r2"].as_f64().unwrap();
+    assert!(r2 >= 0.9, "test R² {r2}");
+    let rmse = m["train"]["rmse"].as_f64().unwrap();
+    assert!((rmse * rmse - m["train"]["mse"].as_f64().unwrap()).abs() < 1e-9);
+    // the int8 model stays within the stated R² budget (0.01 on valid) on test too
+    assert!((r2 - m["compress"]["r2"].as_f64().unwrap()).abs() < 0.02);
+
+    // A constant predictor (the train mean) fails the same bar: R² <= 0 on test.
+    let (_, [train, _, test]) = kiln_preprocess::read_artifact(&r.run_dir.join("data")).unwrap();
+    let mean = train.values.iter().sum::<f32>() / train.values.len() as f32;
+    let constant = kiln_evaluate::metrics::regression(&test.values, &vec![mean; test.n_rows()]);
+    assert!(constant.r2.unwrap() <= 0.0);
+    assert!(constant.rmse > 2.0 * rmse, "{} vs {rmse}", constant.rmse);
+
+    // The exports predict y itself (the target scaling is folded into the output layer):
+    // ONNX Runtime on the test rows gives the same R² as the native model.
+    let parity = json(&r.run_dir.join("ship/parity.json"));
+    for v in ["fp32", "int8"] {
+        assert_eq!(parity["variants"][v]["passed"], true, "{v}: {parity}");
+    }
+    let mut onnx = kiln_deploy::OrtModel::from_file(&r.run_dir.join("ship/model.onnx"), 1).unwrap();
+    let pred = kiln_core::Predictor::predict(&mut onnx, &test.features, test.n_rows()).unwrap();
+    assert_eq!(pred.n_outputs, 1);
+    assert!((test.r2(&pred.logits) - r2).abs() < 1e-5);
 }
 
 fn errors(text: &str) -> Vec<String> {

@@ -114,14 +114,26 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         ));
     }
 
-    // Target -> class indices (labels sorted numerically when they are numbers).
-    let (class_labels, labels) = encode_target(&main, target, config.task)?;
-    let test_labels = match &test_df {
-        Some(t) => Some(map_labels(t, target, &class_labels)?),
+    // Target -> class indices (labels sorted numerically when they are numbers), or
+    // regression values.
+    let main_target = encode_target(&main, target, config.task)?;
+    let task = main_target.task();
+    let (class_labels, labels, values) = match main_target {
+        Target::Classes { labels: l, names } => (names, l, Vec::new()),
+        Target::Values(v) => (Vec::new(), vec![0u32; v.len()], v),
+    };
+    let test_target = match &test_df {
+        Some(t) => Some(match task {
+            Task::Classification => Target::Classes {
+                labels: map_labels(t, target, &class_labels)?,
+                names: class_labels.clone(),
+            },
+            Task::Regression => encode_target(t, target, Some(Task::Regression))?,
+        }),
         None => None,
     };
 
-    // Split the main source.
+    // Split the main source (regression: one stratum).
     let test_frac = match (&test_df, config.split.test) {
         (Some(_), Some(f)) if f > 0.0 => {
             return Err(PreprocessError::Invalid(format!(
@@ -133,10 +145,10 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     };
     let [tr, va, te] = split::stratified_split(
         &labels,
-        class_labels.len(),
+        class_labels.len().max(1),
         config.split.valid,
         test_frac,
-        config.split.stratify,
+        config.split.stratify && task == Task::Classification,
         config.seed,
     )?;
     let take = |df: &DataFrame, idx: &[u32]| -> Result<DataFrame> {
@@ -148,18 +160,23 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     };
     let train_df = take(&main, &tr)?;
     let valid_df = take(&main, &va)?;
-    let (test_feat, test_lab) = match (test_df, test_labels) {
+    let pick = |idx: &[u32]| -> Target {
+        match task {
+            Task::Classification => Target::Classes {
+                labels: idx.iter().map(|&i| labels[i as usize]).collect(),
+                names: Vec::new(),
+            },
+            Task::Regression => Target::Values(idx.iter().map(|&i| values[i as usize]).collect()),
+        }
+    };
+    let (test_feat, test_target) = match (test_df, test_target) {
         (Some(t), Some(l)) => (
             t.select(features.iter().map(|s| s.as_str()))
                 .ctx(|| "test source lacks feature columns of the train source".into())?,
             l,
         ),
-        _ => (
-            take(&main, &te)?,
-            te.iter().map(|&i| labels[i as usize]).collect(),
-        ),
+        _ => (take(&main, &te)?, pick(&te)),
     };
-    let pick = |idx: &[u32]| -> Vec<u32> { idx.iter().map(|&i| labels[i as usize]).collect() };
 
     // Fit on train, apply everywhere.
     let train_f = to_f32(train_df, &features)?;
@@ -175,20 +192,25 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             .collect()
             .ctx(|| "applying preprocessing steps".into())
     };
-    let make = |df: DataFrame, labels: Vec<u32>| -> Result<Dataset> {
+    let make = |df: DataFrame, t: Target| -> Result<Dataset> {
         let df = apply(df)?;
+        let (labels, values) = match t {
+            Target::Classes { labels, .. } => (labels, Vec::new()),
+            Target::Values(v) => (Vec::new(), v),
+        };
         let ds = Dataset {
             feature_names: features.clone(),
             target: target.to_string(),
             features: row_major(&df, &features)?,
             labels,
+            values,
         };
         ds.validate()?;
         Ok(ds)
     };
     let train = make(train_f, pick(&tr))?;
     let valid = make(to_f32(valid_df, &features)?, pick(&va))?;
-    let test = make(to_f32(test_feat, &features)?, test_lab)?;
+    let test = make(to_f32(test_feat, &features)?, test_target)?;
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -202,7 +224,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         input_columns: features.clone(),
         feature_names: features.clone(),
         target: target.to_string(),
-        task: Task::Classification,
+        task,
         class_labels: class_labels.clone(),
         transforms,
     };
@@ -363,11 +385,29 @@ fn is_numeric(dt: &DataType) -> bool {
     dt.is_primitive_numeric() || matches!(dt, DataType::Boolean)
 }
 
-fn encode_target(
-    df: &DataFrame,
-    target: &str,
-    task: Option<Task>,
-) -> Result<(Vec<String>, Vec<u32>)> {
+/// A target column, encoded.
+enum Target {
+    /// Class index per row, and the class names in index order.
+    Classes {
+        labels: Vec<u32>,
+        names: Vec<String>,
+    },
+    /// Regression value per row.
+    Values(Vec<f32>),
+}
+
+impl Target {
+    fn task(&self) -> Task {
+        match self {
+            Target::Classes { .. } => Task::Classification,
+            Target::Values(_) => Task::Regression,
+        }
+    }
+}
+
+/// Encodes the target column: a float column (or `task = "regression"`) gives values,
+/// anything else class indices.
+fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Target> {
     let col = df.column(target).ctx(|| format!("target `{target}`"))?;
     if col.null_count() > 0 {
         return Err(PreprocessError::Invalid(format!(
@@ -382,9 +422,26 @@ fn encode_target(
         Task::Classification
     };
     if task.unwrap_or(inferred) == Task::Regression {
-        return Err(PreprocessError::Invalid(format!(
-            "target `{target}` is a regression target; this kiln version trains classifiers only (set `task = \"classification\"` if its values are class codes)"
-        )));
+        if !is_numeric(&dt) {
+            return Err(PreprocessError::Invalid(format!(
+                "target `{target}` holds {dt} values; a regression target must be numeric (or set `task = \"classification\"`)"
+            )));
+        }
+        let v = col
+            .cast(&DataType::Float32)
+            .ctx(|| format!("target `{target}` as numbers"))?;
+        let values: Vec<f32> = v
+            .f32()
+            .ctx(|| target.to_string())?
+            .into_no_null_iter()
+            .collect();
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(PreprocessError::Invalid(format!(
+                "row {i}: target `{target}` is {}; drop or fix rows without a finite target",
+                values[i]
+            )));
+        }
+        return Ok(Target::Values(values));
     }
     let as_text: Vec<String> = if is_numeric(&dt) {
         let v = col
@@ -421,28 +478,37 @@ fn encode_target(
         .iter()
         .map(|s| classes.iter().position(|c| c == s).unwrap_or(0) as u32)
         .collect();
-    Ok((classes, labels))
+    Ok(Target::Classes {
+        labels,
+        names: classes,
+    })
 }
 
 fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u32>> {
-    let (test_classes, test_labels) = encode_target(df, target, Some(Task::Classification))
-        .or_else(|e| match e {
-            // A test set may hold a single class.
-            PreprocessError::Invalid(m) if m.contains("single class") => {
-                let col = df.column(target).ctx(|| target.to_string())?;
-                let v = col.cast(&DataType::String).ctx(|| target.to_string())?;
-                let first = v
-                    .str()
-                    .ctx(|| target.to_string())?
-                    .iter()
-                    .next()
-                    .flatten()
-                    .unwrap_or("")
-                    .to_string();
-                Ok((vec![first], vec![0; df.height()]))
-            }
-            other => Err(other),
-        })?;
+    let encoded = match encode_target(df, target, Some(Task::Classification)) {
+        Ok(Target::Classes { labels, names }) => Ok((names, labels)),
+        Ok(Target::Values(_)) => Err(PreprocessError::Invalid(format!(
+            "target `{target}` of the test source is not a class column"
+        ))),
+        Err(e) => Err(e),
+    };
+    let (test_classes, test_labels) = encoded.or_else(|e| match e {
+        // A test set may hold a single class.
+        PreprocessError::Invalid(m) if m.contains("single class") => {
+            let col = df.column(target).ctx(|| target.to_string())?;
+            let v = col.cast(&DataType::String).ctx(|| target.to_string())?;
+            let first = v
+                .str()
+                .ctx(|| target.to_string())?
+                .iter()
+                .next()
+                .flatten()
+                .unwrap_or("")
+                .to_string();
+            Ok((vec![first], vec![0; df.height()]))
+        }
+        other => Err(other),
+    })?;
     test_labels
         .iter()
         .map(|&l| {

@@ -9,9 +9,14 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The network.
     pub model: ModelConfig,
-    /// Loss function (default `cross_entropy`).
+    /// Loss function (default `auto`: `cross_entropy` for classification, `mse` for
+    /// regression).
     #[serde(default)]
     pub loss: Loss,
+    /// `huber`: where the loss turns from quadratic to linear, in standardized target
+    /// units (default 1).
+    #[serde(default = "default_huber_delta")]
+    pub huber_delta: f64,
     /// Optimizer and learning rate.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
@@ -117,6 +122,12 @@ impl Config {
                 ),
             );
         }
+        if !(self.huber_delta > 0.0 && self.huber_delta.is_finite()) {
+            bad(
+                "huber_delta",
+                format!("huber_delta {} must be a positive number", self.huber_delta),
+            );
+        }
         if self.epochs == 0 {
             bad("epochs", "epochs must be at least 1".into());
         }
@@ -124,11 +135,11 @@ impl Config {
             bad("batch_size", "batch_size must be at least 1".into());
         }
         if let Some(es) = &self.early_stopping {
-            if es.metric != "accuracy" && es.metric != "loss" {
+            if !["auto", "accuracy", "r2", "loss"].contains(&es.metric.as_str()) {
                 bad(
                     "early_stopping.metric",
                     format!(
-                        "metric `{}` is unknown; use \"accuracy\" or \"loss\"",
+                        "metric `{}` is unknown; use \"auto\", \"accuracy\", \"r2\" or \"loss\"",
                         es.metric
                     ),
                 );
@@ -150,6 +161,9 @@ impl Config {
     }
 }
 
+fn default_huber_delta() -> f64 {
+    1.0
+}
 fn default_every() -> usize {
     1
 }
@@ -196,9 +210,26 @@ fn default_activation() -> Activation {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
-    /// Softmax cross-entropy on logits (multi-class classification).
+    /// `cross_entropy` for a classification target, `mse` for a regression target.
     #[default]
+    Auto,
+    /// Softmax cross-entropy on logits (classification).
     CrossEntropy,
+    /// Mean squared error on the standardized target (regression).
+    Mse,
+    /// Huber loss with `huber_delta` on the standardized target (regression).
+    Huber,
+}
+
+impl Loss {
+    /// The loss actually used for a task.
+    pub fn resolve(self, task: kiln_core::Task) -> Loss {
+        match (self, task) {
+            (Loss::Auto, kiln_core::Task::Classification) => Loss::CrossEntropy,
+            (Loss::Auto, kiln_core::Task::Regression) => Loss::Mse,
+            (l, _) => l,
+        }
+    }
 }
 
 /// Optimizer settings.
@@ -238,7 +269,7 @@ impl Default for OptimizerConfig {
 }
 
 /// How the learning rate changes over training.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
     /// `constant` (default), `step` or `cosine`.
@@ -256,6 +287,18 @@ pub struct Schedule {
     /// `cosine`: the rate at the end of training (default 0).
     #[serde(default)]
     pub min_lr: f64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: 0,
+            step_epochs: default_step_epochs(),
+            gamma: default_gamma(),
+            min_lr: 0.0,
+        }
+    }
 }
 
 fn default_step_epochs() -> usize {
@@ -323,7 +366,8 @@ pub enum OptimizerKind {
 pub struct EarlyStopping {
     /// Epochs without improvement before stopping.
     pub patience: usize,
-    /// `accuracy` (higher is better) or `loss` (lower is better).
+    /// `auto` (default: `accuracy` for classification, `r2` for regression), `accuracy`,
+    /// `r2` (higher is better) or `loss` (lower is better).
     #[serde(default = "default_metric")]
     pub metric: String,
     /// Smallest change that counts as an improvement (default 0).
@@ -332,7 +376,7 @@ pub struct EarlyStopping {
 }
 
 fn default_metric() -> String {
-    "accuracy".into()
+    "auto".into()
 }
 
 #[cfg(test)]

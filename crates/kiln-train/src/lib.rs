@@ -1,6 +1,8 @@
 //! kiln-train: trains a network described at run time (an MLP of any depth) with dfdx,
-//! keeps the weights of the best validation epoch and writes the model artifact:
-//! `spec.json`, `weights.safetensors`, `history.json`.
+//! for classification (softmax cross-entropy) or regression (MSE / Huber on the
+//! standardized target, folded back into the output layer), keeps the weights of the best
+//! validation epoch and writes the model artifact: `spec.json`, `weights.safetensors`,
+//! `history.json`.
 //!
 //! ```
 //! use kiln_core::{Dataset, NativeModel, NoProgress, Predictor};
@@ -13,10 +15,11 @@
 //!     features.extend([a, b]);
 //!     labels.push(u32::from(a + b > 0.0));
 //! }
-//! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels };
+//! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels, values: vec![] };
 //! let config = Config {
 //!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0 },
 //!     loss: Default::default(),
+//!     huber_delta: 1.0,
 //!     schedule: Default::default(),
 //!     optimizer: kiln_train::OptimizerConfig { lr: 0.05, ..Default::default() },
 //!     epochs: 20,
@@ -29,7 +32,7 @@
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-train-doc");
 //! let out = run(&config, &data, &data, 2, &out_dir, &NoProgress).unwrap();
-//! assert!(out.best_valid_accuracy > 0.9);
+//! assert!(out.best_valid_metric > 0.9); // accuracy
 //! let mut model = NativeModel::load(&out_dir).unwrap();
 //! assert_eq!(model.predict(&[1.0, 1.0], 1).unwrap().argmax(), vec![1]);
 //! ```
@@ -91,17 +94,21 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Mean training loss over the epoch's batches.
     pub train_loss: f64,
-    /// Training accuracy over the epoch's batches (with dropout active).
-    pub train_accuracy: f64,
-    /// Cross-entropy on the validation split (best weights are chosen on accuracy).
+    /// The history's metric over the epoch's training batches (with dropout active).
+    pub train_metric: f64,
+    /// Validation loss: cross-entropy (classification) or MSE in target units
+    /// (regression).
     pub valid_loss: f64,
-    /// Accuracy on the validation split.
-    pub valid_accuracy: f64,
+    /// The history's metric on the validation split.
+    pub valid_metric: f64,
 }
 
 /// history.json.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct History {
+    /// What `train_metric` / `valid_metric` hold: `accuracy` (classification) or `r2`
+    /// (regression).
+    pub metric: String,
     /// One record per epoch run.
     pub epochs: Vec<EpochRecord>,
     /// Epoch whose weights were kept.
@@ -117,8 +124,8 @@ pub struct Output {
     pub model: NativeModel,
     /// Per-epoch history.
     pub history: History,
-    /// Validation accuracy of the kept weights.
-    pub best_valid_accuracy: f64,
+    /// Validation metric (accuracy or R²) of the kept weights.
+    pub best_valid_metric: f64,
     /// Training rows processed per second (wall clock, informational only).
     pub samples_per_sec: f64,
     /// Set when training continued from a checkpoint written after this epoch.
@@ -151,13 +158,22 @@ pub fn run_until(
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
-    check(config, train, valid, n_classes)?;
+    let task = if train.is_regression() {
+        Task::Regression
+    } else {
+        Task::Classification
+    };
+    check(config, task, train, valid, n_classes)?;
+    let outputs = match task {
+        Task::Classification => n_classes,
+        Task::Regression => 1,
+    };
     let spec = ModelSpec::mlp(
         train.n_features(),
         &config.model.hidden,
         config.model.activation,
-        Task::Classification,
-        n_classes,
+        task,
+        outputs,
     );
     match config.device.as_str() {
         "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
@@ -174,26 +190,53 @@ pub fn run_until(
     }
 }
 
-fn check(config: &Config, train: &Dataset, valid: &Dataset, n_classes: usize) -> Result<()> {
+fn check(
+    config: &Config,
+    task: Task,
+    train: &Dataset,
+    valid: &Dataset,
+    n_classes: usize,
+) -> Result<()> {
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(TrainError::Config(format!("{key}: {msg}")));
     }
     let bad = |m: String| Err(TrainError::Config(m));
+    if train.is_regression() != valid.is_regression() {
+        return bad("train and valid splits disagree on the task (labels vs values)".into());
+    }
+    let loss = config.loss.resolve(task);
+    let metric = config.early_stopping.as_ref().map(|e| e.metric.as_str());
+    match task {
+        Task::Regression => {
+            if loss == Loss::CrossEntropy {
+                return bad("loss: cross_entropy needs a class target, and this dataset has a regression target; use \"mse\" or \"huber\"".into());
+            }
+            if metric == Some("accuracy") {
+                return bad("early_stopping.metric: accuracy needs a class target; use \"r2\" or \"loss\" for regression".into());
+            }
+            if train.values.len() < 2 {
+                return bad(format!(
+                    "regression needs at least 2 training rows, got {}",
+                    train.values.len()
+                ));
+            }
+            return shape_check(train, valid);
+        }
+        Task::Classification => {
+            if matches!(loss, Loss::Mse | Loss::Huber) {
+                return bad(format!("loss: {loss:?} needs a regression target, and this dataset has class labels; use \"cross_entropy\"").to_lowercase());
+            }
+            if metric == Some("r2") {
+                return bad("early_stopping.metric: r2 needs a regression target; use \"accuracy\" or \"loss\"".into());
+            }
+        }
+    }
     if n_classes < 2 {
         return bad(format!(
             "classification needs at least 2 classes, the schema has {n_classes}"
         ));
     }
-    if train.n_rows() == 0 || valid.n_rows() == 0 {
-        return bad(format!(
-            "train has {} rows and valid {}; both need rows",
-            train.n_rows(),
-            valid.n_rows()
-        ));
-    }
-    if train.n_features() != valid.n_features() {
-        return bad("train and valid splits have different feature columns".into());
-    }
+    shape_check(train, valid)?;
     if let Some(l) = train
         .labels
         .iter()
@@ -203,6 +246,54 @@ fn check(config: &Config, train: &Dataset, valid: &Dataset, n_classes: usize) ->
         return bad(format!("label {l} is out of range for {n_classes} classes"));
     }
     Ok(())
+}
+
+fn shape_check(train: &Dataset, valid: &Dataset) -> Result<()> {
+    if train.n_rows() == 0 || valid.n_rows() == 0 {
+        return Err(TrainError::Config(format!(
+            "train has {} rows and valid {}; both need rows",
+            train.n_rows(),
+            valid.n_rows()
+        )));
+    }
+    if train.n_features() != valid.n_features() {
+        return Err(TrainError::Config(
+            "train and valid splits have different feature columns".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Mean and standard deviation (ddof 0; 1 where it is 0) of the regression target on the
+/// training split: the network learns `(y - mean) / std`, and [`fold_target_scale`] puts
+/// the scale back into the output layer so the saved model predicts `y` itself.
+fn target_scale(values: &[f32]) -> (f32, f32) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = values
+        .iter()
+        .map(|&v| (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let std = if var > 0.0 { var.sqrt() } else { 1.0 };
+    (mean as f32, std as f32)
+}
+
+/// Rewrites the output layer `z` into `z * std + mean`: weights times `std`, bias times
+/// `std` plus `mean`.
+fn fold_target_scale(spec: &ModelSpec, store: &mut TensorStore, (mean, std): (f32, f32)) {
+    let last = spec.layers.len() - 1;
+    let l = &spec.layers[last];
+    let (wk, bk) = (
+        format!("layers.{last}.weight"),
+        format!("layers.{last}.bias"),
+    );
+    if let (Ok(w), Ok(b)) = (store.f32(&wk), store.f32(&bk)) {
+        let w: Vec<f32> = w.iter().map(|v| v * std).collect();
+        let b: Vec<f32> = b.iter().map(|v| v * std + mean).collect();
+        store.insert_f32(&wk, vec![l.in_dim, l.out_dim], w);
+        store.insert_f32(&bk, vec![l.out_dim], b);
+    }
 }
 
 fn dev_err<E: std::fmt::Debug>(e: E) -> TrainError {
@@ -290,6 +381,17 @@ fn train_on<D: Device<f32> + net::HostVec>(
 ) -> Result<Output> {
     let k = spec.output_dim();
     let w = train.n_features();
+    let regression = spec.task == Task::Regression;
+    let loss_kind = config.loss.resolve(spec.task);
+    let scale = target_scale(&train.values);
+    let metric_name = if regression { "r2" } else { "accuracy" };
+    let store = |net: &Mlp<D>| {
+        let mut s = net.to_store();
+        if regression {
+            fold_target_scale(&spec, &mut s, scale);
+        }
+        s
+    };
     let mut net =
         Mlp::new(&dev, spec.clone(), config.model.dropout, config.seed).map_err(dev_err)?;
     let bs = config.batch_size;
@@ -333,26 +435,44 @@ fn train_on<D: Device<f32> + net::HostVec>(
             &format!("epoch {epoch}/{}", config.epochs),
             n_batches as u64,
         );
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        // correct predictions (classification) or squared error of the standardized
+        // target (regression)
+        let (mut loss_sum, mut correct, mut sse) = (0.0f64, 0usize, 0.0f64);
         for chunk in order.chunks(bs) {
             xb.clear();
             yb.clear();
             for &r in chunk {
                 xb.extend_from_slice(train.row(r));
-                let mut onehot = vec![0.0f32; k];
-                onehot[train.labels[r] as usize] = 1.0;
-                yb.extend(onehot);
+                if regression {
+                    yb.push((train.values[r] - scale.0) / scale.1);
+                } else {
+                    let mut onehot = vec![0.0f32; k];
+                    onehot[train.labels[r] as usize] = 1.0;
+                    yb.extend(onehot);
+                }
             }
             let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
             let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
             let logits = net.forward_train(x.traced(Gradients::leaky()), Some(&mut rng));
             let out = logits.retaped::<NoneTape>().as_vec();
-            for (row, &r) in out.chunks_exact(k).zip(chunk) {
-                if argmax(row) == train.labels[r] as usize {
-                    correct += 1;
+            if regression {
+                sse += out
+                    .iter()
+                    .zip(&yb)
+                    .map(|(p, t)| ((p - t) as f64).powi(2))
+                    .sum::<f64>();
+            } else {
+                for (row, &r) in out.chunks_exact(k).zip(chunk) {
+                    if argmax(row) == train.labels[r] as usize {
+                        correct += 1;
+                    }
                 }
             }
-            let loss = dfdx::losses::cross_entropy_with_logits_loss(logits, y);
+            let loss = match loss_kind {
+                Loss::Mse => dfdx::losses::mse_loss(logits, y),
+                Loss::Huber => dfdx::losses::huber_loss(logits, y, config.huber_delta as f32),
+                _ => dfdx::losses::cross_entropy_with_logits_loss(logits, y),
+            };
             let lv = loss.retaped::<NoneTape>().as_vec()[0];
             if !lv.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: lv });
@@ -370,24 +490,30 @@ fn train_on<D: Device<f32> + net::HostVec>(
             progress.advance(1);
         }
         epochs_run += 1;
-        let weights = net.to_store();
-        let (valid_loss, valid_accuracy) = evaluate(&spec, &weights, valid)?;
+        let weights = store(&net);
+        let (valid_loss, valid_metric) = evaluate(&spec, &weights, valid)?;
+        let n_train = train.n_rows() as f64;
         let rec = EpochRecord {
             epoch,
-            train_loss: loss_sum / train.n_rows() as f64,
-            train_accuracy: correct as f64 / train.n_rows() as f64,
+            train_loss: loss_sum / n_train,
+            // the standardized target has variance 1, so R² = 1 - MSE
+            train_metric: if regression {
+                1.0 - sse / n_train
+            } else {
+                correct as f64 / n_train
+            },
             valid_loss,
-            valid_accuracy,
+            valid_metric,
         };
         progress.message(&format!(
-            "loss {:.4} valid acc {:.4}",
-            rec.train_loss, rec.valid_accuracy
+            "loss {:.4} valid {} {:.4}",
+            rec.train_loss, metric_name, rec.valid_metric
         ));
         progress.finish();
         tracing::info!(
             epoch,
             train_loss = rec.train_loss,
-            valid_accuracy,
+            valid_metric,
             valid_loss,
             "epoch done"
         );
@@ -399,16 +525,16 @@ fn train_on<D: Device<f32> + net::HostVec>(
         let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = match &best {
             None => true,
-            Some((acc, loss, _, _)) => {
+            Some((m, loss, _, _)) => {
                 if metric_loss {
                     valid_loss < loss - min_delta
                 } else {
-                    valid_accuracy > acc + min_delta
+                    valid_metric > m + min_delta
                 }
             }
         };
         if improved {
-            best = Some((valid_accuracy, valid_loss, epoch, weights));
+            best = Some((valid_metric, valid_loss, epoch, weights));
             since_best = 0;
         } else {
             since_best += 1;
@@ -447,6 +573,7 @@ fn train_on<D: Device<f32> + net::HostVec>(
     };
     let model = NativeModel::new(spec, weights)?;
     let history = History {
+        metric: metric_name.to_string(),
         epochs: history,
         best_epoch,
         stopped_early,
@@ -460,7 +587,7 @@ fn train_on<D: Device<f32> + net::HostVec>(
     Ok(Output {
         model,
         history,
-        best_valid_accuracy: best_acc,
+        best_valid_metric: best_acc,
         samples_per_sec: samples as f64 / elapsed.max(1e-9),
         resumed_from_epoch,
     })
@@ -476,10 +603,22 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Cross-entropy and accuracy of `weights` on `data`, with kiln-core's reference forward pass.
+/// Loss and metric of `weights` on `data`, with kiln-core's reference forward pass:
+/// cross-entropy and accuracy (classification), or MSE and R² (regression; R² is 1 for
+/// an exact fit of a constant target and 0 for any other fit of one).
 pub fn evaluate(spec: &ModelSpec, weights: &TensorStore, data: &Dataset) -> Result<(f64, f64)> {
     let mut model = NativeModel::new(spec.clone(), weights.clone())?;
     let p = model.predict(&data.features, data.n_rows())?;
+    if spec.task == Task::Regression {
+        let n = data.values.len().max(1) as f64;
+        let sse: f64 = p
+            .logits
+            .iter()
+            .zip(&data.values)
+            .map(|(p, &t)| (f64::from(*p) - f64::from(t)).powi(2))
+            .sum();
+        return Ok((sse / n, data.r2(&p.logits)));
+    }
     let k = p.n_outputs;
     let mut loss = 0.0f64;
     let mut correct = 0usize;

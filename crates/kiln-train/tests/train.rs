@@ -1,8 +1,9 @@
-//! Integration tests of kiln-train on the digits fixture: accuracy floor, determinism,
-//! early stopping and clear configuration errors.
+//! Integration tests of kiln-train on the digits fixture and a generated regression
+//! curve: accuracy and R² floors, determinism, early stopping, resume and clear
+//! configuration errors.
 
-use kiln_core::{Dataset, NoProgress};
-use kiln_train::{Config, EarlyStopping, ModelConfig, OptimizerConfig, run};
+use kiln_core::{Dataset, NativeModel, NoProgress, Predictor};
+use kiln_train::{Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, run};
 use std::path::Path;
 
 /// digits.csv (8x8 images, values 0..16, column `label`), scaled to [0, 1], split 4:1 by row.
@@ -36,6 +37,7 @@ fn digits() -> (Dataset, Dataset) {
         target: "label".into(),
         features: rows.iter().flat_map(|r| r.0.clone()).collect(),
         labels: rows.iter().map(|r| r.1).collect(),
+        values: vec![],
     };
     (mk(tr), mk(va))
 }
@@ -49,6 +51,7 @@ fn config(epochs: usize, seed: u64) -> Config {
             dropout: 0.1,
         },
         loss: Default::default(),
+        huber_delta: 1.0,
         schedule: Default::default(),
         optimizer: OptimizerConfig {
             lr: 3e-3,
@@ -78,9 +81,9 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
     )
     .unwrap();
     assert!(
-        a.best_valid_accuracy >= 0.95,
+        a.best_valid_metric >= 0.95,
         "valid accuracy {}",
-        a.best_valid_accuracy
+        a.best_valid_metric
     );
     assert_eq!(a.history.epochs.len(), 12);
     let b = run(
@@ -109,7 +112,7 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
     )
     .unwrap();
     assert_ne!(bytes("a"), bytes("c"));
-    assert!(c.best_valid_accuracy >= 0.95);
+    assert!(c.best_valid_metric >= 0.95);
 }
 
 #[test]
@@ -124,13 +127,9 @@ fn early_stopping_keeps_the_best_epoch() {
     });
     let out = run(&cfg, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
     let h = &out.history;
-    let best = h
-        .epochs
-        .iter()
-        .map(|e| e.valid_accuracy)
-        .fold(0.0, f64::max);
-    assert_eq!(h.epochs[h.best_epoch - 1].valid_accuracy, best);
-    assert_eq!(out.best_valid_accuracy, best);
+    let best = h.epochs.iter().map(|e| e.valid_metric).fold(0.0, f64::max);
+    assert_eq!(h.epochs[h.best_epoch - 1].valid_metric, best);
+    assert_eq!(out.best_valid_metric, best);
     if h.stopped_early {
         assert_eq!(h.epochs.len(), h.best_epoch + 2);
     }
@@ -220,4 +219,104 @@ fn resume_after_a_halt_equals_an_uninterrupted_run() {
     let out = run(&no_resume, &tr, &va, 10, &fresh, &NoProgress).unwrap();
     assert_eq!(out.resumed_from_epoch, None);
     assert_eq!(bytes(&fresh), bytes(&dir.path().join("full")));
+}
+
+/// y = 300 + 40 sin(2 x0) + 25 x1² over a grid: a nonlinear signal far from zero mean and
+/// unit scale, which the network learns through the standardized target.
+fn curve() -> (Dataset, Dataset) {
+    let mut sets = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for i in 0..600 {
+        let (x0, x1) = ((i % 30) as f32 / 10.0 - 1.5, (i / 30) as f32 / 10.0 - 1.0);
+        let y = 300.0 + 40.0 * (2.0 * x0).sin() + 25.0 * x1 * x1;
+        let s = &mut sets[usize::from(i % 5 == 0)];
+        s.0.extend([x0, x1]);
+        s.1.push(y);
+    }
+    let [(ft, vt), (fv, vv)] = sets;
+    let mk = |features, values| Dataset {
+        feature_names: vec!["x0".into(), "x1".into()],
+        target: "y".into(),
+        features,
+        labels: vec![],
+        values,
+    };
+    (mk(ft, vt), mk(fv, vv))
+}
+
+#[test]
+fn regression_learns_a_nonlinear_signal_in_target_units() {
+    let (tr, va) = curve();
+    let dir = tempfile::tempdir().unwrap();
+    for loss in [Loss::Mse, Loss::Huber, Loss::Auto] {
+        let c = Config {
+            loss,
+            model: ModelConfig {
+                hidden: vec![32, 32],
+                dropout: 0.0,
+                ..config(1, 1).model
+            },
+            ..config(150, 1)
+        };
+        let out_dir = dir.path().join(format!("{loss:?}"));
+        let out = run(&c, &tr, &va, 0, &out_dir, &NoProgress).unwrap();
+        assert_eq!(out.history.metric, "r2");
+        assert!(
+            out.best_valid_metric > 0.99,
+            "{loss:?}: R² {}",
+            out.best_valid_metric
+        );
+        // The saved model predicts y itself, not the standardized target.
+        let mut m = NativeModel::load(&out_dir).unwrap();
+        assert_eq!(m.spec.task, kiln_core::Task::Regression);
+        assert_eq!(m.spec.output_dim(), 1);
+        let p = m.predict(&va.features, va.n_rows()).unwrap();
+        assert!(p.probabilities.is_empty());
+        let (_, r2) = kiln_train::evaluate(&m.spec, &m.weights, &va).unwrap();
+        assert_eq!(r2, out.best_valid_metric);
+        let mae: f32 = p
+            .logits
+            .iter()
+            .zip(&va.values)
+            .map(|(p, t)| (p - t).abs())
+            .sum::<f32>()
+            / va.n_rows() as f32;
+        assert!(
+            mae < 3.0,
+            "{loss:?}: mean abs error {mae} on a target near 300"
+        );
+    }
+    // a constant predictor (the train mean) scores R² <= 0 on the same rows
+    let mean = tr.values.iter().sum::<f32>() / tr.n_rows() as f32;
+    assert!(va.r2(&vec![mean; va.n_rows()]) <= 0.0);
+}
+
+#[test]
+fn losses_and_metrics_must_fit_the_task() {
+    let (tr, va) = curve();
+    let (ctr, cva) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let err = |c: Config, t: &Dataset, v: &Dataset| {
+        run(&c, t, v, 10, dir.path(), &NoProgress)
+            .unwrap_err()
+            .to_string()
+    };
+    let ce = Config {
+        loss: Loss::CrossEntropy,
+        ..config(1, 1)
+    };
+    assert!(err(ce, &tr, &va).contains("use \"mse\" or \"huber\""));
+    let mse = Config {
+        loss: Loss::Mse,
+        ..config(1, 1)
+    };
+    assert!(err(mse, &ctr, &cva).contains("needs a regression target"));
+    let acc = Config {
+        early_stopping: Some(EarlyStopping {
+            patience: 2,
+            metric: "accuracy".into(),
+            min_delta: 0.0,
+        }),
+        ..config(1, 1)
+    };
+    assert!(err(acc, &tr, &va).contains("use \"r2\" or \"loss\" for regression"));
 }

@@ -1,0 +1,133 @@
+//! kiln-preprocess on small CSV files: the task follows the target column (float ->
+//! regression, anything else -> classification, overridable), regression targets travel
+//! as values through the split and the Arrow artifact, and statistics come from train only.
+
+use kiln_core::Task;
+use kiln_preprocess::{Config, Source, Split, Step, read_artifact, run};
+use std::path::Path;
+
+fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
+    Config {
+        source: Source::Csv {
+            path: Some(path.to_path_buf()),
+            train: None,
+            test: None,
+            delimiter: ',',
+            has_header: true,
+            null_values: vec![],
+        },
+        target: target.into(),
+        task,
+        steps: vec![Step::Standardize {
+            columns: Default::default(),
+        }],
+        split: Split {
+            valid: 0.2,
+            test: Some(0.2),
+            stratify: true,
+        },
+        seed: 5,
+    }
+}
+
+/// 50 rows: x in 0..50, c = x % 3 (integer), y = 2x + 0.5 (float), name = text.
+fn write_csv(dir: &Path) -> std::path::PathBuf {
+    let mut s = String::from("x,c,y,name\n");
+    for i in 0..50 {
+        s += &format!("{i},{},{}.5,n{}\n", i % 3, 2 * i, i % 2);
+    }
+    let p = dir.join("d.csv");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+#[test]
+fn a_float_target_is_regression_and_keeps_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write_csv(dir.path());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    // drop the text column: features must be numeric
+    let numeric: String = text
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    std::fs::write(&csv, numeric).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(&config(&csv, "y", None), &out_dir).unwrap();
+    assert_eq!(out.schema.task, Task::Regression);
+    assert!(out.schema.class_labels.is_empty());
+    assert_eq!(out.rows, [30, 10, 10]);
+    let (schema, [train, valid, test]) = read_artifact(&out_dir).unwrap();
+    assert_eq!(schema, out.schema);
+    for d in [&train, &valid, &test] {
+        assert!(d.is_regression() && d.labels.is_empty());
+    }
+    // Every row keeps its own target: y = 2x + 0.5, and x is recoverable from the
+    // standardized feature with the train statistics recorded in the schema.
+    let kiln_core::Transform::Standardize { columns, mean, std } = &schema.transforms[0] else {
+        panic!("{:?}", schema.transforms)
+    };
+    assert_eq!(columns, &["x", "c"]);
+    let mut seen = Vec::new();
+    for d in [&train, &valid, &test] {
+        for r in 0..d.n_rows() {
+            let x = d.row(r)[0] * std[0] + mean[0];
+            assert!((d.values[r] - (2.0 * x + 0.5)).abs() < 1e-3, "row {r}");
+            seen.push(x.round() as i32);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..50).collect::<Vec<_>>(),
+        "each row in exactly one split"
+    );
+    // the mean is the train split's, not the whole file's (24.5)
+    let train_x: Vec<f32> = (0..train.n_rows())
+        .map(|r| train.row(r)[0] * std[0] + mean[0])
+        .collect();
+    let train_mean = train_x.iter().sum::<f32>() / train_x.len() as f32;
+    assert!((mean[0] - train_mean).abs() < 1e-3);
+}
+
+#[test]
+fn task_override_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write_csv(dir.path());
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let numeric: String = text
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    let num = dir.path().join("num.csv");
+    std::fs::write(&num, numeric).unwrap();
+
+    // an integer target is classification unless told otherwise
+    let out = run(&config(&num, "c", None), &dir.path().join("a")).unwrap();
+    assert_eq!(
+        (out.schema.task, out.schema.class_labels.clone()),
+        (
+            Task::Classification,
+            vec!["0".into(), "1".into(), "2".into()]
+        )
+    );
+    let out = run(
+        &config(&num, "c", Some(Task::Regression)),
+        &dir.path().join("b"),
+    )
+    .unwrap();
+    assert_eq!(out.schema.task, Task::Regression);
+
+    // a text target cannot be regressed
+    let e = run(
+        &config(&csv, "name", Some(Task::Regression)),
+        &dir.path().join("c"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("regression target must be numeric"), "{e}");
+    assert!(
+        !dir.path().join("c/schema.json").exists(),
+        "nothing written"
+    );
+}
