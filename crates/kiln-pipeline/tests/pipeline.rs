@@ -334,6 +334,59 @@ fn regression_reaches_r2_and_exports_predictions() {
     assert!((test.r2(&pred.logits) - r2).abs() < 1e-5);
 }
 
+#[test]
+fn binary_cross_entropy_on_one_class_against_the_rest() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+        only: None,
+        from: None,
+    };
+    let p = load(&pipelines().join("digits-binary.toml"), &[]).unwrap();
+    let r = run(&p, &opts).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let schema = json(&r.run_dir.join("data/schema.json"));
+    assert_eq!(schema["class_labels"], serde_json::json!(["not 0", "0"]));
+    let m = &json(&r.run_dir.join("eval/metrics.json"))["variants"];
+    let acc = m["train"]["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.99, "test accuracy {acc}");
+    assert!(m["compress"]["accuracy"].as_f64().unwrap() >= 0.99);
+
+    // A constant predictor ("not 0", the majority) fails the same bar.
+    let (_, [_, _, test]) = kiln_preprocess::read_artifact(&r.run_dir.join("data")).unwrap();
+    let zeros = test.labels.iter().filter(|&&l| l == 1).count();
+    assert!(zeros > 0 && (zeros as f64) < 0.2 * test.n_rows() as f64);
+    let majority = 1.0 - zeros as f64 / test.n_rows() as f64;
+    assert!(majority < 0.99, "{majority}");
+
+    // One logit s was trained; the model holds [0, s], so p(0) = sigmoid(s) everywhere,
+    // in kiln's forward pass and in ONNX Runtime alike.
+    let mut native = kiln_core::NativeModel::load(&r.run_dir.join("train")).unwrap();
+    assert_eq!(native.spec.output_dim(), 2);
+    let last = native.spec.layers.len() - 1;
+    let w = native
+        .weights
+        .f32(&format!("layers.{last}.weight"))
+        .unwrap();
+    assert!(
+        w.iter().step_by(2).all(|&v| v == 0.0),
+        "first logit is constant 0"
+    );
+    let mut onnx = kiln_deploy::OrtModel::from_file(&r.run_dir.join("ship/model.onnx"), 1).unwrap();
+    let n = test.n_rows();
+    let a = kiln_core::Predictor::predict(&mut native, &test.features, n).unwrap();
+    let b = kiln_core::Predictor::predict(&mut onnx, &test.features, n).unwrap();
+    for i in 0..n {
+        let s = a.logits[2 * i + 1];
+        assert_eq!(a.logits[2 * i], 0.0);
+        let sigmoid = 1.0 / (1.0 + (-s).exp());
+        assert!((a.probabilities[2 * i + 1] - sigmoid).abs() < 1e-6);
+        assert!((b.probabilities[2 * i + 1] - sigmoid).abs() < 1e-5);
+    }
+}
+
 fn errors(text: &str) -> Vec<String> {
     let file = pipelines().join("bad.toml");
     parse(&file, text, &[])

@@ -17,6 +17,10 @@ pub struct Config {
     /// Classification or regression; inferred from the target when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
+    /// Makes the task binary: rows whose target equals this value become class
+    /// `<value>` (index 1), every other row `not <value>` (index 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_class: Option<String>,
     /// Steps applied in order; statistics are fitted on the train split only.
     #[serde(default)]
     pub steps: Vec<Step>,
@@ -47,6 +51,12 @@ impl Config {
                     "valid + test = {} leaves no training rows; keep the sum below 1",
                     s.valid + s.test.unwrap_or(0.0)
                 ),
+            ));
+        }
+        if self.positive_class.is_some() && self.task == Some(Task::Regression) {
+            p.push((
+                "positive_class".to_string(),
+                "positive_class makes a binary classification task; it cannot go with task = \"regression\"".to_string(),
             ));
         }
         for (i, step) in self.steps.iter().enumerate() {

@@ -13,6 +13,7 @@
 //!     },
 //!     target: "species".into(),
 //!     task: None,
+//!     positive_class: None,
 //!     steps: vec![Step::Standardize { columns: Default::default() }],
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
 //!     seed: 7,
@@ -116,19 +117,46 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
 
     // Target -> class indices (labels sorted numerically when they are numbers), or
     // regression values.
-    let main_target = encode_target(&main, target, config.task)?;
+    let task = match (&config.positive_class, config.task) {
+        (Some(_), _) => Some(Task::Classification),
+        (None, t) => t,
+    };
+    let main_target = encode_target(&main, target, task)?;
     let task = main_target.task();
     let (class_labels, labels, values) = match main_target {
         Target::Classes { labels: l, names } => (names, l, Vec::new()),
         Target::Values(v) => (Vec::new(), vec![0u32; v.len()], v),
     };
+    let mut test_labels = match (&test_df, task) {
+        (Some(t), Task::Classification) => Some(map_labels(t, target, &class_labels)?),
+        _ => None,
+    };
+    // One class against the rest: `not <value>` = 0, `<value>` = 1.
+    let (class_labels, labels) = match &config.positive_class {
+        Some(pos) => {
+            let Some(p) = class_labels.iter().position(|c| c == pos) else {
+                return Err(PreprocessError::Invalid(format!(
+                    "positive_class `{pos}` is not a value of target `{target}`{}; its values are: {}",
+                    kiln_core::nearest(pos, &class_labels)
+                        .map(|n| format!(" (did you mean `{n}`?)"))
+                        .unwrap_or_default(),
+                    preview(&class_labels)
+                )));
+            };
+            let bin =
+                |l: &[u32]| -> Vec<u32> { l.iter().map(|&x| u32::from(x as usize == p)).collect() };
+            test_labels = test_labels.map(|t| bin(&t));
+            (vec![format!("not {pos}"), pos.clone()], bin(&labels))
+        }
+        None => (class_labels, labels),
+    };
     let test_target = match &test_df {
-        Some(t) => Some(match task {
-            Task::Classification => Target::Classes {
-                labels: map_labels(t, target, &class_labels)?,
+        Some(t) => Some(match test_labels {
+            Some(labels) => Target::Classes {
+                labels,
                 names: class_labels.clone(),
             },
-            Task::Regression => encode_target(t, target, Some(Task::Regression))?,
+            None => encode_target(t, target, Some(Task::Regression))?,
         }),
         None => None,
     };

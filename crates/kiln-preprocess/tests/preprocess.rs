@@ -18,6 +18,7 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
         },
         target: target.into(),
         task,
+        positive_class: None,
         steps: vec![Step::Standardize {
             columns: Default::default(),
         }],

@@ -215,6 +215,9 @@ pub enum Loss {
     Auto,
     /// Softmax cross-entropy on logits (classification).
     CrossEntropy,
+    /// Binary cross-entropy on one logit (two classes; the saved model holds the
+    /// equivalent two logits `[0, s]`).
+    BinaryCrossEntropy,
     /// Mean squared error on the standardized target (regression).
     Mse,
     /// Huber loss with `huber_delta` on the standardized target (regression).

@@ -223,6 +223,11 @@ fn check(
             return shape_check(train, valid);
         }
         Task::Classification => {
+            if loss == Loss::BinaryCrossEntropy && n_classes != 2 {
+                return bad(format!(
+                    "loss: binary_cross_entropy needs exactly 2 classes, the target has {n_classes}; use \"cross_entropy\" (or `positive_class` in the preprocess stage to make one class against the rest)"
+                ));
+            }
             if matches!(loss, Loss::Mse | Loss::Huber) {
                 return bad(format!("loss: {loss:?} needs a regression target, and this dataset has class labels; use \"cross_entropy\"").to_lowercase());
             }
@@ -277,6 +282,24 @@ fn target_scale(values: &[f32]) -> (f32, f32) {
         / n;
     let std = if var > 0.0 { var.sqrt() } else { 1.0 };
     (mean as f32, std as f32)
+}
+
+/// Turns the single logit `s` of a binary cross-entropy head into the two logits
+/// `[0, s]` of the saved spec: their softmax is `[1 - sigmoid(s), sigmoid(s)]`, the
+/// same probabilities, so evaluation, int8 and ONNX export treat it as any classifier.
+fn widen_binary_logit(spec: &ModelSpec, store: &mut TensorStore) {
+    let last = spec.layers.len() - 1;
+    let l = &spec.layers[last];
+    let (wk, bk) = (
+        format!("layers.{last}.weight"),
+        format!("layers.{last}.bias"),
+    );
+    if let (Ok(w), Ok(b)) = (store.f32(&wk), store.f32(&bk)) {
+        let w: Vec<f32> = w.iter().flat_map(|&v| [0.0, v]).collect();
+        let b = vec![0.0, b.first().copied().unwrap_or(0.0)];
+        store.insert_f32(&wk, vec![l.in_dim, 2], w);
+        store.insert_f32(&bk, vec![2], b);
+    }
 }
 
 /// Rewrites the output layer `z` into `z * std + mean`: weights times `std`, bias times
@@ -379,10 +402,16 @@ fn train_on<D: Device<f32> + net::HostVec>(
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
-    let k = spec.output_dim();
     let w = train.n_features();
     let regression = spec.task == Task::Regression;
     let loss_kind = config.loss.resolve(spec.task);
+    let binary = loss_kind == Loss::BinaryCrossEntropy;
+    // The network trained: one logit for binary cross-entropy, else the saved shape.
+    let mut net_spec = spec.clone();
+    if binary && let Some(last) = net_spec.layers.last_mut() {
+        last.out_dim = 1;
+    }
+    let k = net_spec.output_dim();
     let scale = target_scale(&train.values);
     let metric_name = if regression { "r2" } else { "accuracy" };
     let store = |net: &Mlp<D>| {
@@ -390,10 +419,12 @@ fn train_on<D: Device<f32> + net::HostVec>(
         if regression {
             fold_target_scale(&spec, &mut s, scale);
         }
+        if binary {
+            widen_binary_logit(&spec, &mut s);
+        }
         s
     };
-    let mut net =
-        Mlp::new(&dev, spec.clone(), config.model.dropout, config.seed).map_err(dev_err)?;
+    let mut net = Mlp::new(&dev, net_spec, config.model.dropout, config.seed).map_err(dev_err)?;
     let bs = config.batch_size;
     let n_batches = train.n_rows().div_ceil(bs);
     let mut history = Vec::new();
@@ -445,6 +476,8 @@ fn train_on<D: Device<f32> + net::HostVec>(
                 xb.extend_from_slice(train.row(r));
                 if regression {
                     yb.push((train.values[r] - scale.0) / scale.1);
+                } else if binary {
+                    yb.push(train.labels[r] as f32);
                 } else {
                     let mut onehot = vec![0.0f32; k];
                     onehot[train.labels[r] as usize] = 1.0;
@@ -463,16 +496,17 @@ fn train_on<D: Device<f32> + net::HostVec>(
                     .sum::<f64>();
             } else {
                 for (row, &r) in out.chunks_exact(k).zip(chunk) {
-                    if argmax(row) == train.labels[r] as usize {
+                    let class = if binary {
+                        usize::from(row[0] > 0.0)
+                    } else {
+                        argmax(row)
+                    };
+                    if class == train.labels[r] as usize {
                         correct += 1;
                     }
                 }
             }
-            let loss = match loss_kind {
-                Loss::Mse => dfdx::losses::mse_loss(logits, y),
-                Loss::Huber => dfdx::losses::huber_loss(logits, y, config.huber_delta as f32),
-                _ => dfdx::losses::cross_entropy_with_logits_loss(logits, y),
-            };
+            let loss = batch_loss(loss_kind, logits, y, config.huber_delta as f32);
             let lv = loss.retaped::<NoneTape>().as_vec()[0];
             if !lv.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: lv });
@@ -593,6 +627,22 @@ fn train_on<D: Device<f32> + net::HostVec>(
     })
 }
 
+/// The mean loss of a batch: `out` are the network's outputs, `y` the one-hot classes
+/// (cross-entropy), 0/1 (binary cross-entropy) or standardized targets (MSE, Huber).
+fn batch_loss<D: Device<f32>, T: Tape<f32, D>>(
+    kind: Loss,
+    out: Tensor<(usize, usize), f32, D, T>,
+    y: Tensor<(usize, usize), f32, D>,
+    huber_delta: f32,
+) -> Tensor<(), f32, D, T> {
+    match kind {
+        Loss::Mse => dfdx::losses::mse_loss(out, y),
+        Loss::Huber => dfdx::losses::huber_loss(out, y, huber_delta),
+        Loss::BinaryCrossEntropy => dfdx::losses::binary_cross_entropy_with_logits_loss(out, y),
+        Loss::CrossEntropy | Loss::Auto => dfdx::losses::cross_entropy_with_logits_loss(out, y),
+    }
+}
+
 fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (j, v) in row.iter().enumerate() {
@@ -631,4 +681,78 @@ pub fn evaluate(spec: &ModelSpec, weights: &TensorStore, data: &Dataset) -> Resu
     }
     let n = data.n_rows().max(1) as f64;
     Ok((loss / n, correct as f64 / n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each loss on fixed numbers, worked by hand.
+    #[test]
+    fn losses_match_hand_computed_values() {
+        let dev = Cpu::default();
+        let value = |kind: Loss, out: Vec<f32>, y: Vec<f32>, shape: (usize, usize)| {
+            let o = dev.tensor_from_vec(out, shape);
+            let t = dev.tensor_from_vec(y, shape);
+            f64::from(batch_loss(kind, o, t, 1.0).as_vec()[0])
+        };
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        // MSE of errors 1 and -2: (1 + 4) / 2
+        close(
+            value(Loss::Mse, vec![1.0, 2.0], vec![0.0, 4.0], (2, 1)),
+            2.5,
+        );
+        // Huber (delta 1) of errors 1 and -2: (0.5 * 1^2 + 1 * (2 - 0.5)) / 2
+        close(
+            value(Loss::Huber, vec![1.0, 2.0], vec![0.0, 4.0], (2, 1)),
+            1.0,
+        );
+        // BCE with logits 0 (target 1) and 2 (target 0): (ln 2 + ln(1 + e^2)) / 2
+        let bce = (2f64.ln() + (1.0 + 2f64.exp()).ln()) / 2.0;
+        close(
+            value(
+                Loss::BinaryCrossEntropy,
+                vec![0.0, 2.0],
+                vec![1.0, 0.0],
+                (2, 1),
+            ),
+            bce,
+        );
+        // Softmax cross-entropy of logits [0, ln 3] with class 1: -ln(3/4)
+        let ce = value(
+            Loss::CrossEntropy,
+            vec![0.0, 3f32.ln()],
+            vec![0.0, 1.0],
+            (1, 2),
+        );
+        close(ce, -(0.75f64).ln());
+    }
+
+    #[test]
+    fn folding_keeps_the_function() {
+        use kiln_core::{Activation, Predictor};
+        // a 1-input linear regressor y = 2x + 1 learned as (y - 10) / 4
+        let spec = ModelSpec::mlp(1, &[], Activation::Identity, Task::Regression, 1);
+        let mut s = TensorStore::default();
+        s.insert_f32("layers.0.weight", vec![1, 1], vec![0.5]);
+        s.insert_f32("layers.0.bias", vec![1], vec![-2.25]);
+        fold_target_scale(&spec, &mut s, (10.0, 4.0));
+        let mut m = NativeModel::new(spec, s).unwrap();
+        // x = 3: (0.5 * 3 - 2.25) * 4 + 10 = 7 = 2 * 3 + 1
+        assert_eq!(m.predict(&[3.0], 1).unwrap().logits, vec![7.0]);
+
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut s = TensorStore::default();
+        s.insert_f32("layers.0.weight", vec![2, 1], vec![1.0, -1.0]);
+        s.insert_f32("layers.0.bias", vec![1], vec![0.5]);
+        widen_binary_logit(&spec, &mut s);
+        assert_eq!(s.f32("layers.0.weight").unwrap(), &[0.0, 1.0, 0.0, -1.0]);
+        let p = NativeModel::new(spec, s)
+            .unwrap()
+            .predict(&[2.0, 1.0], 1)
+            .unwrap();
+        // s = 2 - 1 + 0.5 = 1.5: p(1) = sigmoid(1.5)
+        let sig = 1.0 / (1.0 + (-1.5f32).exp());
+        assert!((p.probabilities[1] - sig).abs() < 1e-7);
+    }
 }
