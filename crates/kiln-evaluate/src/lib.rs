@@ -22,6 +22,7 @@
 //! ```
 
 pub mod metrics;
+pub mod plots;
 
 use kiln_core::{Dataset, EVAL_BATCH, Predictor};
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,19 @@ pub fn run(
     class_labels: &[String],
     out_dir: &Path,
 ) -> Result<Output> {
+    run_report(config, variants, data, class_labels, &[], out_dir)
+}
+
+/// [`run`], also drawing the training `curves` of the variants' training stages into the
+/// report (`curves-<stage>.svg|png`), beside the per-variant plots.
+pub fn run_report(
+    config: &Config,
+    variants: &mut [(String, &mut dyn Predictor)],
+    data: &Dataset,
+    class_labels: &[String],
+    curves: &[plots::Curves],
+    out_dir: &Path,
+) -> Result<Output> {
     let _span = tracing::info_span!("evaluate").entered();
     let gates: Vec<(String, String, String, f64)> = config
         .gates
@@ -230,9 +244,37 @@ pub fn run(
     }
     let k = class_labels.len();
     let mut results = Vec::new();
+    std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
+    let mut figures: Vec<(String, String)> = Vec::new(); // (title, png file)
+    let plot = |figures: &mut Vec<(String, String)>, title: String, d: &dyn PlotFn| {
+        match d.save(out_dir) {
+            Ok([_, png]) => figures.push((title, png)),
+            // a plot that cannot be drawn must not cost the evaluation
+            Err(e) => tracing::warn!("{title}: {e}"),
+        }
+    };
+    for c in curves {
+        plot(
+            &mut figures,
+            format!("Training curves: {}", c.name),
+            &Named(c, format!("curves-{}", c.name)),
+        );
+    }
     for (name, predictor) in variants.iter_mut() {
         let p = predictor.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
         if regression {
+            let points = data
+                .values
+                .iter()
+                .zip(&p.logits)
+                .map(|(&t, &y)| (f64::from(t), f64::from(y)))
+                .collect();
+            let sc = plots::Scatter { name, points };
+            plot(
+                &mut figures,
+                format!("Predicted vs actual: {name}"),
+                &Named(&sc, format!("scatter-{name}")),
+            );
             let r = metrics::regression(&data.values, &p.logits);
             let mut scalars = BTreeMap::from([
                 ("mse".to_string(), r.mse),
@@ -286,6 +328,43 @@ pub fn run(
         }
         if let Some(v) = metrics::one_vs_rest(t, pr, k, metrics::average_precision) {
             scalars.insert("pr_auc".into(), v);
+        }
+        let cf = plots::Confusion {
+            name,
+            labels: class_labels,
+            matrix: &cm,
+        };
+        plot(
+            &mut figures,
+            format!("Confusion matrix: {name}"),
+            &Named(&cf, format!("confusion-{name}")),
+        );
+        let rel = plots::Reliability {
+            name,
+            bins: plots::reliability_bins(t, pr, k),
+        };
+        plot(
+            &mut figures,
+            format!("Reliability: {name}"),
+            &Named(&rel, format!("reliability-{name}")),
+        );
+        if k == 2 {
+            let positive: Vec<bool> = t.iter().map(|&l| l == 1).collect();
+            let scores: Vec<f64> = pr.chunks_exact(2).map(|r| f64::from(r[1])).collect();
+            let (roc, prc) = plots::BinaryCurves::points(&positive, &scores);
+            let bc = plots::BinaryCurves {
+                name,
+                positive: &class_labels[1],
+                roc,
+                pr: prc,
+                roc_auc: scalars.get("roc_auc").copied().unwrap_or(f64::NAN),
+                pr_auc: scalars.get("pr_auc").copied().unwrap_or(f64::NAN),
+            };
+            plot(
+                &mut figures,
+                format!("ROC and precision-recall: {name}"),
+                &Named(&bc, format!("roc-pr-{name}")),
+            );
         }
         tracing::info!(variant = %name, accuracy = scalars["accuracy"], macro_f1 = scalars["macro_f1"], "scored");
         let m = VariantMetrics {
@@ -358,15 +437,32 @@ pub fn run(
         &out_dir.join("verdict.json"),
         &serde_json::json!({ "blessed": verdict.blessed, "reason": verdict.reason, "gates": checked }),
     )?;
-    kiln_core::atomic_write(
-        &out_dir.join("report.md"),
-        report(&results, &checked, &verdict, class_labels).as_bytes(),
-    )?;
+    let mut text = report(&results, &checked, &verdict, class_labels);
+    if !figures.is_empty() {
+        text += "\n## Plots\n\n(each also as SVG beside the PNG)\n";
+        for (title, png) in &figures {
+            text += &format!("\n### {title}\n\n![{title}]({png})\n");
+        }
+    }
+    kiln_core::atomic_write(&out_dir.join("report.md"), text.as_bytes())?;
     Ok(Output {
         variants: results,
         gates: checked,
         verdict,
     })
+}
+
+/// A plot with its file stem; object-safe, so plots of different kinds share a list.
+trait PlotFn {
+    fn save(&self, dir: &Path) -> std::result::Result<[String; 2], String>;
+}
+
+struct Named<'a, T: plots::Draw>(&'a T, String);
+
+impl<T: plots::Draw> PlotFn for Named<'_, T> {
+    fn save(&self, dir: &Path) -> std::result::Result<[String; 2], String> {
+        plots::save(self.0, dir, &self.1)
+    }
 }
 
 fn report(

@@ -449,6 +449,48 @@ fn model_of(dirs: &BTreeMap<String, PathBuf>, id: &str) -> Result<NativeModel, S
     NativeModel::load(dir).map_err(|e| e.to_string())
 }
 
+/// The training histories behind `inputs` (a train stage itself, or the train stage an
+/// optimize stage compressed), each once, for the evaluation report's curves.
+fn training_curves(
+    p: &Pipeline,
+    inputs: &[String],
+    dirs: &BTreeMap<String, PathBuf>,
+) -> Vec<kiln_evaluate::plots::Curves> {
+    #[derive(serde::Deserialize)]
+    struct HistoryFile {
+        metric: String,
+        epochs: Vec<kiln_evaluate::plots::EpochPoint>,
+        best_epoch: usize,
+    }
+    let mut seen = Vec::new();
+    for id in inputs {
+        let Some(stage) = p.stages.iter().find(|s| &s.id == id) else {
+            continue;
+        };
+        let train = match stage.kind {
+            StageKind::Train => Some(id),
+            StageKind::Optimize => stage.inputs.first(),
+            _ => None,
+        };
+        if let Some(t) = train
+            && !seen.contains(t)
+        {
+            seen.push(t.clone());
+        }
+    }
+    seen.into_iter()
+        .filter_map(|id| {
+            let h: HistoryFile = kiln_core::read_json(&dirs.get(&id)?.join("history.json")).ok()?;
+            Some(kiln_evaluate::plots::Curves {
+                name: id,
+                metric: h.metric,
+                epochs: h.epochs,
+                best_epoch: h.best_epoch,
+            })
+        })
+        .collect()
+}
+
 /// Runs one stage into `out`; returns the epoch a training stage resumed from.
 fn execute(
     p: &Pipeline,
@@ -488,7 +530,8 @@ fn execute(
                 .iter_mut()
                 .map(|(n, m)| (n.clone(), m as &mut dyn Predictor))
                 .collect();
-            kiln_evaluate::run(c, &mut variants, &test, &schema.class_labels, out)
+            let curves = training_curves(p, &stage.inputs, dirs);
+            kiln_evaluate::run_report(c, &mut variants, &test, &schema.class_labels, &curves, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }

@@ -22,6 +22,19 @@ fn json(p: &Path) -> serde_json::Value {
         .unwrap()
 }
 
+/// Width, height and number of distinct colours of a PNG file.
+fn png_stats(path: &Path) -> (u32, u32, usize) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    (info.width, info.height, colours.len())
+}
+
 #[test]
 fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     let runs = tempfile::tempdir().unwrap();
@@ -58,6 +71,31 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         .unwrap();
     assert!(fp32 >= 0.93, "fp32 test accuracy {fp32}");
     assert!((fp32 - int8).abs() <= 0.02, "int8 {int8} vs fp32 {fp32}");
+
+    // The report draws the training curves, a confusion matrix and a reliability diagram
+    // per variant, as PNG (real images, not blank) and SVG, and links them.
+    let report = std::fs::read_to_string(r.run_dir.join("eval/report.md")).unwrap();
+    for stem in [
+        "curves-train",
+        "confusion-train",
+        "confusion-compress",
+        "reliability-train",
+        "reliability-compress",
+    ] {
+        assert!(
+            report.contains(&format!("]({stem}.png)")),
+            "report lacks {stem}"
+        );
+        let (w, h, colours) = png_stats(&r.run_dir.join(format!("eval/{stem}.png")));
+        assert_eq!((w, h), kiln_evaluate::plots::SIZE);
+        assert!(colours > 20, "{stem}.png has only {colours} colours");
+        let svg = std::fs::read_to_string(r.run_dir.join(format!("eval/{stem}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<text"),
+            "{stem}.svg"
+        );
+    }
+    assert!(report.contains("| compress | native |") && report.contains("| train | native |"));
 
     let parity = json(&r.run_dir.join("ship/parity.json"));
     for v in ["fp32", "int8"] {
@@ -315,6 +353,9 @@ fn regression_reaches_r2_and_exports_predictions() {
     // the int8 model stays within the stated R² budget (0.01 on valid) on test too
     assert!((r2 - m["compress"]["r2"].as_f64().unwrap()).abs() < 0.02);
 
+    let (_, _, colours) = png_stats(&r.run_dir.join("eval/scatter-train.png"));
+    assert!(colours > 20);
+
     // A constant predictor (the train mean) fails the same bar: R² <= 0 on test.
     let (_, [train, _, test]) = kiln_preprocess::read_artifact(&r.run_dir.join("data")).unwrap();
     let mean = train.values.iter().sum::<f32>() / train.values.len() as f32;
@@ -353,6 +394,10 @@ fn binary_cross_entropy_on_one_class_against_the_rest() {
     let acc = m["train"]["accuracy"].as_f64().unwrap();
     assert!(acc >= 0.99, "test accuracy {acc}");
     assert!(m["compress"]["accuracy"].as_f64().unwrap() >= 0.99);
+
+    let (w, h, colours) = png_stats(&r.run_dir.join("eval/roc-pr-train.png"));
+    assert_eq!((w, h), kiln_evaluate::plots::SIZE);
+    assert!(colours > 20);
 
     // A constant predictor ("not 0", the majority) fails the same bar.
     let (_, [_, _, test]) = kiln_preprocess::read_artifact(&r.run_dir.join("data")).unwrap();
