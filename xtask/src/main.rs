@@ -1,8 +1,9 @@
-//! `cargo xtask`: the kiln workspace's task runner (setup, test, pipeline, ci).
+//! `cargo xtask`: the kiln workspace's task runner (setup, test, pipeline, ci, bench).
 //!
 //! It depends on nothing (std only) so it builds in seconds, and it knows nothing of
 //! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
 
+mod bench;
 mod cmd;
 mod paths;
 mod setup;
@@ -24,6 +25,11 @@ commands:
                              setup, build `kiln` in release and run `kiln run FILE [args...]`;
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci                         what CI runs: format check, tests, feature checks
+  bench [train|e2e|all] [--peers] [--pairs N] [--write-docs]
+                             kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
+                             warm-up; medians, ratios; results in target/bench/; --peers
+                             installs the peers into target/bench-venv (several GB);
+                             --write-docs updates docs/benchmarks.md
   help                       this text
 
 environment:
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
         "test" => tasks::test(rest),
         "pipeline" => tasks::pipeline(rest),
         "ci" => tasks::ci(),
+        "bench" => bench::bench(rest),
         other => Err(Failure::Usage(format!(
             "unknown command `{other}`; run `cargo xtask help` for the list"
         ))),

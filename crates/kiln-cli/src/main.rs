@@ -1,7 +1,9 @@
-//! The `kiln` binary: `run`, `validate` and `inspect` pipelines. It owns the tracing
+//! The `kiln` binary: `run`, `validate` and `inspect` pipelines, `predict` with a
+//! deployed model. It owns the tracing
 //! subscriber (`RUST_LOG`), the progress bars and the exit codes (0 ok, 1 a stage or gate
 //! failed, 2 the pipeline file or the command line is invalid).
 
+mod predict;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +58,22 @@ enum Command {
     Inspect {
         /// A run folder (runs/<name>/<run-id> or runs/<name>/latest).
         run: PathBuf,
+    },
+    /// Predict raw rows with a deployed model (its fitted preprocessing is applied).
+    Predict {
+        /// A deploy folder (runs/<name>/latest/<deploy stage>) or an .onnx file with
+        /// schema.json beside it (e.g. model.int8.onnx).
+        #[arg(long)]
+        model: PathBuf,
+        /// Raw rows: .csv, .parquet or .arrow, with the model's input columns by name.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write predictions: .csv or .parquet.
+        #[arg(long)]
+        output: PathBuf,
+        /// Rows per ONNX Runtime call.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
     },
 }
 
@@ -125,6 +143,45 @@ fn main() -> ExitCode {
             }
         }
         Command::Inspect { run } => inspect(&run),
+        Command::Predict {
+            model,
+            input,
+            output,
+            batch,
+        } => {
+            let req = predict::Request {
+                model,
+                input,
+                output,
+                batch,
+            };
+            match predict::predict(&req, &progress::Bars::default()) {
+                Ok(s) => {
+                    if !s.extra.is_empty() {
+                        eprintln!(
+                            "warning: ignored column(s) the model does not use: {}",
+                            s.extra.join(", ")
+                        );
+                    }
+                    for (col, count) in &s.out_of_range {
+                        eprintln!(
+                            "warning: column `{col}`: {count} value(s) outside the training range; predictions there are extrapolations"
+                        );
+                    }
+                    let score = s
+                        .score
+                        .map(|(name, v)| format!(", {name} against the input's target {v:.4}"))
+                        .unwrap_or_default();
+                    println!(
+                        "{} rows predicted -> {}{score}",
+                        s.rows,
+                        req.output.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            }
+        }
         Command::Schema => {
             println!("{:#}", kiln_pipeline::json_schema());
             ExitCode::SUCCESS

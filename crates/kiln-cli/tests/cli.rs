@@ -218,3 +218,158 @@ batch_size = 64
         "resumed weights must equal the uninterrupted run's"
     );
 }
+
+/// Trains and deploys the iris pipeline into `runs`, returning the deploy folder.
+fn deployed_iris(runs: &Path) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = kiln()
+        .arg("run")
+        .arg(root.join("pipelines/iris.toml"))
+        .arg("--runs-dir")
+        .arg(runs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    runs.join("iris/latest/ship")
+}
+
+#[test]
+fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let ship = deployed_iris(&dir.path().join("runs"));
+    assert!(
+        ship.join("profile.json").is_file(),
+        "the bundle carries profile.json"
+    );
+    let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/iris.csv");
+
+    // Raw rows in (the model standardizes them itself), labels and probabilities out; the
+    // input's target column is used to score, not as a feature.
+    let preds = dir.path().join("preds.csv");
+    let out = kiln()
+        .args(["predict", "--model"])
+        .arg(&ship)
+        .arg("--input")
+        .arg(&iris)
+        .arg("--output")
+        .arg(&preds)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("150 rows predicted"), "{stdout}");
+    let acc: f64 = stdout
+        .split("accuracy against the input's target ")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(acc >= 0.9, "{acc}");
+    let text = std::fs::read_to_string(&preds).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("prediction,p_setosa,p_versicolor,p_virginica")
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 150);
+    for r in &rows {
+        let cells: Vec<&str> = r.split(',').collect();
+        let p: Vec<f64> = cells[1..].iter().map(|c| c.parse().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{r}");
+        let best = ["setosa", "versicolor", "virginica"][p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0];
+        assert_eq!(cells[0], best, "{r}");
+    }
+    // the first iris row is a setosa
+    assert!(rows[0].starts_with("setosa,"));
+
+    // Parquet out works too, written whole or not at all.
+    let pq = dir.path().join("preds.parquet");
+    let out = kiln()
+        .args(["predict", "--model"])
+        .arg(ship.join("model.onnx"))
+        .arg("--input")
+        .arg(&iris)
+        .arg("--output")
+        .arg(&pq)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&pq).unwrap().starts_with(b"PAR1"));
+
+    // Bad input: a missing column (with the nearest name), a cell that is not a number,
+    // values outside the training range (a warning, not an error).
+    let source = std::fs::read_to_string(&iris).unwrap();
+    let renamed = write(
+        dir.path(),
+        "renamed.csv",
+        &source.replacen("sepal_length", "sepal_lenght", 1),
+    );
+    let mut lines: Vec<String> = source.lines().map(String::from).collect();
+    lines[3] = lines[3].replacen("4.7", "abc", 1);
+    let broken = write(dir.path(), "broken.csv", &(lines.join("\n") + "\n"));
+    let mut wide: Vec<String> = source.lines().map(String::from).collect();
+    wide[1] = wide[1].replacen("5.1", "51.0", 1);
+    let wide = write(dir.path(), "wide.csv", &(wide.join("\n") + "\n"));
+    let run = |input: &Path| {
+        let o = kiln()
+            .args(["predict", "--model"])
+            .arg(&ship)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(dir.path().join("x.csv"))
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&renamed);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("`sepal_length` (did you mean `sepal_lenght`?)"),
+        "{err}"
+    );
+    let (code, err) = run(&broken);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("row 3 column `sepal_length` holds `abc`"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("x.csv").exists(),
+        "nothing written on error"
+    );
+    let (code, err) = run(&wide);
+    assert_eq!(code, Some(0), "{err}");
+    let count = |e: &str| -> usize {
+        e.split("column `sepal_length`: ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    // test rows may already fall outside the train split's range; 51.0 adds one more
+    let (_, clean) = run(&iris);
+    assert_eq!(count(&err), count(&clean) + 1, "{err}");
+    assert!(err.contains("outside the training range"), "{err}");
+    assert!(!err.contains("panicked"));
+}

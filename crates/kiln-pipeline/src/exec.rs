@@ -559,9 +559,22 @@ fn execute(
                     model: model_of(dirs, first)?,
                 });
             }
-            kiln_deploy::run(c, &variants, &schema, &test, hash, out)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            kiln_deploy::run(c, &variants, &schema, &test, hash, out).map_err(|e| e.to_string())?;
+            // the bundle carries the training ranges, so `kiln predict` can warn about
+            // inputs outside them
+            let profile = upstream(p, first, StageKind::Preprocess)
+                .and_then(|pre| dirs.get(&pre.id))
+                .map(|d| d.join("profile.json"))
+                .filter(|f| f.is_file());
+            match profile {
+                Some(f) => std::fs::read(&f)
+                    .map_err(|e| format!("{}: {e}", f.display()))
+                    .and_then(|b| {
+                        kiln_core::atomic_write(&out.join("profile.json"), &b)
+                            .map_err(|e| e.to_string())
+                    }),
+                None => Ok(()),
+            }
         }
     };
     done.map(|()| resumed)

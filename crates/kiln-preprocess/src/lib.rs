@@ -28,6 +28,7 @@ mod config;
 mod error;
 pub mod idx;
 mod split;
+pub mod table;
 
 pub use config::{Columns, Config, Source, Split, Step};
 pub use error::{PreprocessError, Result};
@@ -327,7 +328,7 @@ fn load(config: &Config) -> Result<(DataFrame, Option<DataFrame>)> {
     }
 }
 
-fn read_csv(
+pub(crate) fn read_csv(
     path: &Path,
     delimiter: char,
     has_header: bool,
@@ -723,7 +724,7 @@ fn profile_columns(df: &DataFrame, features: &[String]) -> Result<Vec<ColumnProf
         .collect()
 }
 
-fn preview(names: &[String]) -> String {
+pub(crate) fn preview(names: &[String]) -> String {
     if names.len() <= 8 {
         names.join(", ")
     } else {

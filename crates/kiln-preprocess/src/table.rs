@@ -1,0 +1,220 @@
+//! Raw rows in and prediction tables out, for `kiln predict`: CSV, Parquet or Arrow IPC
+//! chosen by the file extension, read and written with polars. Reading checks the columns
+//! a model needs and names the row and column of every bad cell.
+
+use crate::error::{PolarsContext, PreprocessError, Result};
+use polars::prelude::*;
+use std::path::Path;
+
+/// Raw feature rows read from a table, in the order of the columns asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRows {
+    /// Number of rows.
+    pub n_rows: usize,
+    /// `n_rows * wanted.len()` values, row after row.
+    pub values: Vec<f32>,
+    /// Columns of the file that were not asked for (ignored).
+    pub extra: Vec<String>,
+    /// The file's own column names, in file order.
+    pub columns: Vec<String>,
+}
+
+fn invalid(m: String) -> PreprocessError {
+    PreprocessError::Invalid(m)
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Reads a whole table: `.csv` (header row, `NA` and empty cells are null), `.parquet`,
+/// or `.arrow` / `.ipc` / `.feather` (Arrow IPC).
+pub fn read_table(path: &Path) -> Result<DataFrame> {
+    if !path.is_file() {
+        return Err(PreprocessError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let shown = path.display().to_string();
+    let df = match extension(path).as_str() {
+        "csv" => {
+            return crate::read_csv(path, ',', true, &["NA".to_string(), String::new()]);
+        }
+        "parquet" => {
+            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            ParquetReader::new(f).finish().ctx(|| shown.clone())?
+        }
+        "arrow" | "ipc" | "feather" => {
+            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            IpcReader::new(f).finish().ctx(|| shown.clone())?
+        }
+        other => {
+            return Err(invalid(format!(
+                "{shown}: unknown table format `.{other}`; use .csv, .parquet or .arrow"
+            )));
+        }
+    };
+    if df.height() == 0 {
+        return Err(invalid(format!("{shown}: the table has no rows")));
+    }
+    Ok(df)
+}
+
+/// Reads `path` and returns the `wanted` columns as row-major f32. A missing column is an
+/// error naming the nearest existing one; a cell that is empty or not a number is an
+/// error naming its row (1-based, header excluded) and column.
+pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
+    let df = read_table(path)?;
+    let shown = path.display();
+    let columns: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // suggest only columns the model does not already take
+    let unused: Vec<String> = columns
+        .iter()
+        .filter(|c| !wanted.contains(c))
+        .cloned()
+        .collect();
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|w| !columns.contains(w))
+        .map(|w| match kiln_core::nearest(w, &unused) {
+            Some(n) => format!("`{w}` (did you mean `{n}`?)"),
+            None => format!("`{w}`"),
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(format!(
+            "{shown}: the model needs column(s) {} that the file lacks; its columns are: {}",
+            missing.join(", "),
+            crate::preview(&columns)
+        )));
+    }
+    let n = df.height();
+    let w = wanted.len();
+    let mut values = vec![0.0f32; n * w];
+    for (j, name) in wanted.iter().enumerate() {
+        let c = df.column(name).ctx(|| name.clone())?;
+        let as_f32 = c.cast(&DataType::Float32).ok();
+        let ok = as_f32
+            .as_ref()
+            .is_some_and(|f| f.null_count() == c.null_count());
+        if !ok || c.null_count() > 0 {
+            // Find the first bad cell to name it.
+            let text = c.cast(&DataType::String).ctx(|| name.clone())?;
+            let bad = text
+                .str()
+                .ctx(|| name.clone())?
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| match v {
+                    None => Some((i, "is empty".to_string())),
+                    Some(s) if s.trim().parse::<f32>().is_err() => {
+                        Some((i, format!("holds `{s}`, not a number")))
+                    }
+                    _ => None,
+                });
+            let (row, what) = bad.unwrap_or((0, format!("has type {}", c.dtype())));
+            return Err(invalid(format!(
+                "{shown}: row {} column `{name}` {what}; the model takes numbers in every feature column",
+                row + 1
+            )));
+        }
+        let f = as_f32.ok_or_else(|| invalid(format!("column `{name}` is not numeric")))?;
+        for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
+            values[i * w + j] = v.unwrap_or(f32::NAN);
+        }
+    }
+    let extra = columns
+        .iter()
+        .filter(|c| !wanted.contains(c))
+        .cloned()
+        .collect();
+    Ok(RawRows {
+        n_rows: n,
+        values,
+        extra,
+        columns,
+    })
+}
+
+/// One column of a table as text (nulls as empty strings), e.g. the target column of
+/// rows whose predictions are to be scored.
+pub fn read_text_column(path: &Path, name: &str) -> Result<Vec<String>> {
+    let df = read_table(path)?;
+    let c = df
+        .column(name)
+        .ctx(|| name.to_string())?
+        .cast(&DataType::String)
+        .ctx(|| name.to_string())?;
+    Ok(c.str()
+        .ctx(|| name.to_string())?
+        .iter()
+        .map(|v| v.unwrap_or("").to_string())
+        .collect())
+}
+
+/// One output column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutColumn {
+    /// Text (predicted labels).
+    Text(Vec<String>),
+    /// Numbers (probabilities, regression predictions).
+    Number(Vec<f32>),
+}
+
+/// Writes named columns to `path` (`.csv` or `.parquet`), atomically: into a temporary
+/// file beside it, then renamed.
+pub fn write_table(path: &Path, columns: Vec<(String, OutColumn)>) -> Result<()> {
+    let n = columns.first().map_or(0, |(_, c)| match c {
+        OutColumn::Text(v) => v.len(),
+        OutColumn::Number(v) => v.len(),
+    });
+    let cols: Vec<Column> = columns
+        .into_iter()
+        .map(|(name, c)| match c {
+            OutColumn::Text(v) => Column::new(name.into(), v),
+            OutColumn::Number(v) => Column::new(name.into(), v),
+        })
+        .collect();
+    let mut df = DataFrame::new(n, cols).ctx(|| "building the output table".into())?;
+    let ext = extension(path);
+    if ext != "csv" && ext != "parquet" {
+        return Err(invalid(format!(
+            "{}: unknown output format `.{ext}`; use .csv or .parquet",
+            path.display()
+        )));
+    }
+    let tmp = path.with_extension(format!("{ext}.partial"));
+    let io = |source| PreprocessError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    if ext == "csv" {
+        CsvWriter::new(&mut f)
+            .finish(&mut df)
+            .ctx(|| path.display().to_string())?;
+    } else {
+        ParquetWriter::new(&mut f)
+            .finish(&mut df)
+            .ctx(|| path.display().to_string())?;
+    }
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|source| PreprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

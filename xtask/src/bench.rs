@@ -1,0 +1,464 @@
+//! `cargo xtask bench`: kiln against its peers on the same machine in the same run, A B A B
+//! after a warm-up, medians and ratios printed, results under target/bench/, and
+//! docs/benchmarks.md sections rewritten with `--write-docs`.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::cmd::{self, Failure, Result};
+use crate::paths;
+use crate::setup;
+
+/// What the peers' venv holds. torch from PyPI is the CUDA build (several GB with its
+/// nvidia libraries); it runs on the CPU here.
+const PEER_PACKAGES: &[&str] = &["torch", "numpy", "onnx", "onnxruntime==1.31.1"];
+
+/// Options of one `cargo xtask bench` call.
+struct Options {
+    benches: Vec<&'static str>,
+    peers: bool,
+    pairs: usize,
+    write_docs: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        benches: Vec::new(),
+        peers: false,
+        pairs: 5,
+        write_docs: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "train" => o.benches.push("train"),
+            "e2e" => o.benches.push("e2e"),
+            "all" => o.benches.extend(["train", "e2e"]),
+            "--peers" => o.peers = true,
+            "--write-docs" => o.write_docs = true,
+            "--pairs" => {
+                o.pairs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n >= 1)
+                    .ok_or_else(|| Failure::Usage("--pairs needs a number >= 1".into()))?;
+            }
+            other => {
+                return Err(Failure::Usage(format!(
+                    "unknown bench argument `{other}`; use train, e2e, all, --peers, --pairs N, --write-docs"
+                )));
+            }
+        }
+    }
+    if o.benches.is_empty() {
+        o.benches.extend(["train", "e2e"]);
+    }
+    o.benches.dedup();
+    Ok(o)
+}
+
+/// One measured figure: kiln's samples and the peer's (empty when it did not run).
+struct Figure {
+    name: String,
+    unit: &'static str,
+    /// true when larger is better (throughput), false for times and memory.
+    higher_is_better: bool,
+    kiln: Vec<f64>,
+    peer: Vec<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// A number with as many decimals as its size deserves.
+fn num(x: f64) -> String {
+    match x.abs() {
+        a if a >= 1000.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        _ => format!("{x:.2}"),
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)))
+}
+
+impl Figure {
+    /// kiln relative to the peer, so that > 1 means kiln is better.
+    fn ratio(&self) -> Option<f64> {
+        if self.peer.is_empty() {
+            return None;
+        }
+        let (k, p) = (median(&self.kiln), median(&self.peer));
+        Some(if self.higher_is_better { k / p } else { p / k })
+    }
+
+    fn cells(v: &[f64]) -> String {
+        if v.is_empty() {
+            return "—".into();
+        }
+        let (lo, hi) = min_max(v);
+        format!("{} ({}–{})", num(median(v)), num(lo), num(hi))
+    }
+}
+
+/// `cargo xtask bench [train|e2e|all] [--peers] [--pairs N] [--write-docs]`.
+pub fn bench(args: &[String]) -> Result {
+    let o = parse(args)?;
+    let tools = setup::setup()?;
+    let root = paths::workspace_root();
+    let mut build = cmd::cargo();
+    build.current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "kiln-cli",
+        "--bin",
+        "kiln",
+        "--example",
+        "bench_train",
+    ]);
+    cmd::run(tools.apply(&mut build), "install Rust with rustup")?;
+    let venv = paths::target_dir().join("bench-venv");
+    if o.peers {
+        install_peers(&venv)?;
+    }
+    let python = venv.join("bin").join("python");
+    let have_torch =
+        cmd::probe(Command::new(&python).args(["-c", "import torch, onnx, onnxruntime"]));
+    if !have_torch {
+        eprintln!(
+            "xtask: peers missing: PyTorch, onnx, onnxruntime (no {} with them); kiln runs alone. \
+             `cargo xtask bench --peers` installs them from PyPI (several GB: PyPI's torch is the CUDA build)",
+            venv.display()
+        );
+    }
+    let out_dir = paths::target_dir().join("bench");
+    fs::create_dir_all(&out_dir)
+        .map_err(|e| Failure::msg(format!("{}: {e}", out_dir.display())))?;
+    let mut docs = Vec::new();
+    for &b in &o.benches {
+        let figures = match b {
+            "train" => bench_train(&root, &python, have_torch, o.pairs)?,
+            _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
+        };
+        let table = table(&figures);
+        println!("\n{b}:\n{table}");
+        fs::write(out_dir.join(format!("{b}.json")), json(b, &figures))
+            .map_err(|e| Failure::msg(format!("writing results: {e}")))?;
+        docs.push((b, table));
+    }
+    if o.write_docs {
+        write_docs(&root.join("docs/benchmarks.md"), &docs, args)?;
+    }
+    Ok(())
+}
+
+fn install_peers(venv: &Path) -> Result {
+    if !venv.join("bin/python").is_file() {
+        cmd::run(
+            Command::new("python3").arg("-m").arg("venv").arg(venv),
+            "install python3 with venv support",
+        )?;
+    }
+    let mut pip = Command::new(venv.join("bin/python"));
+    pip.args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(PEER_PACKAGES);
+    cmd::run(&mut pip, "check the network access to PyPI")
+}
+
+/// Runs `command`, returning the first line of its stdout that starts with `{`.
+fn json_line(command: &mut Command) -> Result<String> {
+    let out = command
+        .output()
+        .map_err(|e| cmd::spawn_error(command, &e, "build it first"))?;
+    if !out.status.success() {
+        return Err(Failure::msg(format!(
+            "`{}` failed: {}",
+            cmd::describe(command),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .map(str::to_string)
+        .ok_or_else(|| Failure::msg(format!("`{}` printed no JSON line", cmd::describe(command))))
+}
+
+/// The number after `"key":` in a one-line JSON object.
+fn field(line: &str, key: &str) -> Result<f64> {
+    let pat = format!("\"{key}\":");
+    let rest = line
+        .split_once(&pat)
+        .map(|(_, r)| r.trim_start())
+        .ok_or_else(|| Failure::msg(format!("no `{key}` in {line}")))?;
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .trim()
+        .parse()
+        .map_err(|_| Failure::msg(format!("`{key}` is not a number in {line}")))
+}
+
+/// Training throughput: one epoch of MNIST at 1 and 2 threads, kiln vs PyTorch, and the
+/// sgemm peak that bounds both.
+fn bench_train(root: &Path, python: &Path, peer: bool, pairs: usize) -> Result<Vec<Figure>> {
+    let exe = paths::target_dir().join("release/examples/bench_train");
+    let data = root.join("fixtures/mnist/train");
+    let mut figures = Vec::new();
+    for threads in [1usize, 2] {
+        let kiln = || -> Result<f64> {
+            let mut c = Command::new(&exe);
+            c.arg(&data).env("RAYON_NUM_THREADS", threads.to_string());
+            field(&json_line(&mut c)?, "samples_per_sec")
+        };
+        let torch = || -> Result<f64> {
+            let mut c = Command::new(python);
+            c.current_dir(root.join("bench/peers"))
+                .arg("train_torch.py")
+                .arg(&data)
+                .arg(threads.to_string());
+            field(&json_line(&mut c)?, "samples_per_sec")
+        };
+        let mut f = Figure {
+            name: format!(
+                "train samples/s, {threads} thread{}",
+                if threads > 1 { "s" } else { "" }
+            ),
+            unit: "samples/s",
+            higher_is_better: true,
+            kiln: Vec::new(),
+            peer: Vec::new(),
+        };
+        // warm-up (page cache, CPU clocks), then A B A B ...
+        kiln()?;
+        if peer {
+            torch()?;
+        }
+        for i in 0..pairs {
+            eprintln!("xtask: train, {threads} thread(s), pair {}/{pairs}", i + 1);
+            f.kiln.push(kiln()?);
+            if peer {
+                f.peer.push(torch()?);
+            }
+        }
+        let mut c = Command::new(&exe);
+        c.args(["--sgemm", "2048"])
+            .env("RAYON_NUM_THREADS", threads.to_string());
+        let peak = field(&json_line(&mut c)?, "sgemm_gflops")?;
+        // 784-128-64-10: forward 2 * 109,184 FLOP per sample, backward twice that
+        let per_sample = 6.0 * (784.0 * 128.0 + 128.0 * 64.0 + 64.0 * 10.0);
+        let share = |v: &[f64]| -> Vec<f64> {
+            v.iter()
+                .map(|s| s * per_sample / 1e9 / peak * 100.0)
+                .collect()
+        };
+        let flops = Figure {
+            name: format!(
+                "training FLOP/s as % of a 2048³ sgemm ({peak:.1} GFLOP/s), {threads} thread(s)"
+            ),
+            unit: "%",
+            higher_is_better: true,
+            kiln: share(&f.kiln),
+            peer: share(&f.peer),
+        };
+        figures.push(f);
+        figures.push(flops);
+    }
+    Ok(figures)
+}
+
+/// The whole MNIST pipeline: kiln's default pipeline vs a PyTorch + onnxruntime script
+/// doing the same work; wall time and peak memory (from /usr/bin/time).
+fn bench_e2e(
+    root: &Path,
+    tools: &setup::Tools,
+    python: &Path,
+    peer: bool,
+    pairs: usize,
+) -> Result<Vec<Figure>> {
+    let kiln = paths::target_dir().join("release/kiln");
+    let runs = tempdir_in(&paths::target_dir().join("bench"))?;
+    let timed = |c: &mut Command| -> Result<(f64, f64)> {
+        let mut t = Command::new("/usr/bin/time");
+        t.args(["-f", "__TIME__ %e %M"])
+            .arg(c.get_program())
+            .args(c.get_args());
+        if let Some(d) = c.get_current_dir() {
+            t.current_dir(d);
+        }
+        tools.apply(&mut t);
+        let started = Instant::now();
+        let out = t
+            .output()
+            .map_err(|e| cmd::spawn_error(&t, &e, "install GNU time (apt-get install time)"))?;
+        let wall = started.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(Failure::msg(format!(
+                "`{}` failed:\n{err}",
+                cmd::describe(c)
+            )));
+        }
+        let line = err
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("__TIME__"))
+            .ok_or_else(|| Failure::msg("/usr/bin/time printed nothing"))?;
+        let kb: f64 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        Ok((wall, kb / 1024.0))
+    };
+    let mut run_kiln = Command::new(&kiln);
+    run_kiln
+        .arg("run")
+        .arg(root.join("pipelines/mnist-mlp.toml"))
+        .arg("--force")
+        .arg("--runs-dir")
+        .arg(&runs);
+    let mut run_torch = Command::new(python);
+    run_torch
+        .current_dir(root.join("bench/peers"))
+        .arg("e2e_torch.py")
+        .arg(root.join("fixtures/mnist"))
+        .arg(&runs);
+    let mut wall = Figure {
+        name: "MNIST pipeline wall time (load, train 10 epochs, int8, evaluate, export, verify)"
+            .into(),
+        unit: "s",
+        higher_is_better: false,
+        kiln: vec![],
+        peer: vec![],
+    };
+    let mut mem = Figure {
+        name: "MNIST pipeline peak memory".into(),
+        unit: "MiB",
+        higher_is_better: false,
+        kiln: vec![],
+        peer: vec![],
+    };
+    timed(&mut run_kiln)?;
+    if peer {
+        timed(&mut run_torch)?;
+    }
+    for i in 0..pairs {
+        eprintln!("xtask: e2e pair {}/{pairs}", i + 1);
+        let (w, m) = timed(&mut run_kiln)?;
+        wall.kiln.push(w);
+        mem.kiln.push(m);
+        if peer {
+            let (w, m) = timed(&mut run_torch)?;
+            wall.peer.push(w);
+            mem.peer.push(m);
+        }
+    }
+    let _ = fs::remove_dir_all(&runs);
+    Ok(vec![wall, mem])
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let dir = parent.join(format!("runs-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| Failure::msg(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// A Markdown table of the figures: medians with (min–max), and the ratio.
+fn table(figures: &[Figure]) -> String {
+    let mut s = String::from(
+        "| figure | unit | kiln median (min–max) | peer median (min–max) | kiln vs peer |\n|---|---|---|---|---|\n",
+    );
+    for f in figures {
+        let ratio = f.ratio().map_or("peer not run".to_string(), |r| {
+            format!("{r:.2}× {}", if r >= 1.0 { "better" } else { "worse" })
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            f.name,
+            f.unit,
+            Figure::cells(&f.kiln),
+            Figure::cells(&f.peer),
+            ratio
+        );
+    }
+    s
+}
+
+fn json(bench: &str, figures: &[Figure]) -> String {
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!("{{\"bench\": \"{bench}\", \"figures\": [\n");
+    for (i, f) in figures.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  {{\"name\": \"{}\", \"unit\": \"{}\", \"kiln\": [{}], \"peer\": [{}]}}{}",
+            f.name.replace('"', "'"),
+            f.unit,
+            list(&f.kiln),
+            list(&f.peer),
+            if i + 1 < figures.len() { "," } else { "" }
+        );
+    }
+    s + "]}\n"
+}
+
+/// Replaces each bench's section of docs/benchmarks.md (between `<!-- bench:NAME -->`
+/// and `<!-- /bench:NAME -->`), appending sections that are not there yet.
+fn write_docs(path: &Path, docs: &[(&str, String)], args: &[String]) -> Result {
+    let mut text = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let machine = machine();
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    for (bench, table) in docs {
+        let (open, close) = (
+            format!("<!-- bench:{bench} -->"),
+            format!("<!-- /bench:{bench} -->"),
+        );
+        let body = format!(
+            "{open}\n*{date}, {machine}; `cargo xtask bench {}`*\n\n{table}{close}",
+            args.join(" ")
+        );
+        match (text.find(&open), text.find(&close)) {
+            (Some(a), Some(b)) if b > a => text.replace_range(a..b + close.len(), &body),
+            _ => {
+                let _ = write!(text, "\n## {bench}\n\n{body}\n");
+            }
+        }
+    }
+    fs::write(path, text).map_err(|e| Failure::msg(format!("{}: {e}", path.display())))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+/// "N cores, CPU model" from /proc/cpuinfo.
+fn machine() -> String {
+    let info = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".to_string(), |(_, m)| m.trim().to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {model}")
+}
