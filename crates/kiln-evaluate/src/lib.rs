@@ -21,6 +21,7 @@
 //! assert!(out.verdict.blessed);
 //! ```
 
+pub mod analysis;
 pub mod metrics;
 pub mod plots;
 
@@ -53,7 +54,43 @@ pub struct Config {
     /// k of `top_k_accuracy` (default 5; at most the number of classes minus one).
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// The most each variant may lose against another one, e.g.
+    /// `{ from = "train", accuracy = 0.005 }` (a loss is a fall for metrics where higher
+    /// is better, a rise for log_loss, ece, mse, rmse, mae, mape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_drop: Option<MaxDrop>,
+    /// Permutation feature importance on the validation split, for the first variant:
+    /// `{ top = 10, rows = 2000 }` (off when absent; it predicts `rows` rows once per
+    /// feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub importance: Option<analysis::Importance>,
+    /// A feature column whose values (at most 20 distinct) each get their own metrics in
+    /// the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice_by: Option<String>,
+    /// What scores the variants: `onnxruntime` (default; the ONNX graph deploy ships, run
+    /// by ONNX Runtime, with the difference to kiln's native forward pass reported) or
+    /// `native` (kiln's reference forward pass only).
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
 }
+
+fn default_runtime() -> String {
+    "onnxruntime".into()
+}
+
+/// `max_drop`: limits on the loss of metrics against the variant `from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MaxDrop {
+    /// The variant (input stage id) the others are compared with.
+    pub from: String,
+    /// Metric name -> largest allowed loss (absolute).
+    #[serde(flatten)]
+    pub limits: BTreeMap<String, f64>,
+}
+
+/// Metrics where lower is better.
+pub const LOWER_IS_BETTER: &[&str] = &["log_loss", "ece", "mse", "rmse", "mae", "mape"];
 
 fn default_top_k() -> usize {
     5
@@ -64,6 +101,10 @@ impl Default for Config {
         Config {
             gates: BTreeMap::new(),
             top_k: default_top_k(),
+            max_drop: None,
+            importance: None,
+            slice_by: None,
+            runtime: default_runtime(),
         }
     }
 }
@@ -107,6 +148,29 @@ pub struct VariantMetrics {
     pub confusion: Vec<Vec<u64>>,
     /// Metrics that could not be computed, and why (e.g. R² of a constant target).
     pub notes: Vec<String>,
+    /// Against kiln's native forward pass on the same rows, when this variant ran
+    /// elsewhere (ONNX Runtime): (max |Δ| of probabilities, or of predictions for
+    /// regression; argmax agreement).
+    pub vs_native: Option<(f64, f64)>,
+    /// Main metric (accuracy or R²; RMSE for regression when R² is undefined) per value
+    /// of the `slice_by` column: (raw value, rows, metric).
+    pub slices: Vec<(f64, usize, f64)>,
+}
+
+/// What the caller knows beyond the variants and the test split.
+#[derive(Default)]
+pub struct Extras<'a> {
+    /// Training histories to draw.
+    pub curves: &'a [plots::Curves],
+    /// Per variant, in the same order, kiln's native forward pass when the variants run
+    /// through ONNX Runtime: the report states the difference on every test row.
+    pub reference: Vec<&'a mut dyn Predictor>,
+    /// The validation split, for permutation importance.
+    pub valid: Option<&'a Dataset>,
+    /// The dataset schema, to name slices by raw values.
+    pub schema: Option<&'a kiln_core::Schema>,
+    /// Seed of the importance shuffles.
+    pub seed: u64,
 }
 
 /// One gate's outcome.
@@ -142,25 +206,68 @@ pub struct Output {
     pub gates: Vec<GateResult>,
     /// The verdict written to verdict.json.
     pub verdict: Verdict,
+    /// Permutation importance of the first variant's features, largest drop first
+    /// (empty unless `importance` is set and a validation split was given).
+    pub importance: Vec<analysis::FeatureImportance>,
 }
 
 impl Config {
     /// Gates that cannot be checked, as (key path, message) pairs.
     pub fn problems(&self) -> Vec<(String, String)> {
-        self.gates
-            .iter()
-            .filter_map(|(m, c)| {
-                let err = if !METRICS.contains(&m.as_str()) {
-                    Some(format!(
-                        "gate on unknown metric `{m}`; gates can use {}",
-                        METRICS.join(", ")
-                    ))
-                } else {
-                    parse_gate(m, c).err().map(|e| e.to_string())
-                };
-                err.map(|e| (format!("gates.{m}"), e))
-            })
-            .collect()
+        let mut p: Vec<(String, String)> = Vec::new();
+        if let Some(d) = &self.max_drop {
+            if d.limits.is_empty() {
+                p.push((
+                    "max_drop".into(),
+                    "max_drop names no metric; e.g. { from = \"train\", accuracy = 0.005 }".into(),
+                ));
+            }
+            for (m, v) in &d.limits {
+                if !METRICS.contains(&m.as_str()) {
+                    p.push((
+                        format!("max_drop.{m}"),
+                        format!(
+                            "unknown metric `{m}`; max_drop can use {}",
+                            METRICS.join(", ")
+                        ),
+                    ));
+                } else if !(*v >= 0.0 && v.is_finite()) {
+                    p.push((
+                        format!("max_drop.{m}"),
+                        format!("{v} must be a number >= 0"),
+                    ));
+                }
+            }
+        }
+        if self.runtime != "onnxruntime" && self.runtime != "native" {
+            p.push((
+                "runtime".into(),
+                format!(
+                    "runtime `{}` is unknown; use \"onnxruntime\" or \"native\"",
+                    self.runtime
+                ),
+            ));
+        }
+        if let Some(i) = &self.importance
+            && (i.top == 0 || i.rows == 0)
+        {
+            p.push((
+                "importance".into(),
+                "importance needs top >= 1 and rows >= 1".into(),
+            ));
+        }
+        p.extend(self.gates.iter().filter_map(|(m, c)| {
+            let err = if !METRICS.contains(&m.as_str()) {
+                Some(format!(
+                    "gate on unknown metric `{m}`; gates can use {}",
+                    METRICS.join(", ")
+                ))
+            } else {
+                parse_gate(m, c).err().map(|e| e.to_string())
+            };
+            err.map(|e| (format!("gates.{m}"), e))
+        }));
+        p
     }
 }
 
@@ -192,19 +299,28 @@ pub fn run(
     class_labels: &[String],
     out_dir: &Path,
 ) -> Result<Output> {
-    run_report(config, variants, data, class_labels, &[], out_dir)
+    run_report(
+        config,
+        variants,
+        data,
+        class_labels,
+        Extras::default(),
+        out_dir,
+    )
 }
 
-/// [`run`], also drawing the training `curves` of the variants' training stages into the
-/// report (`curves-<stage>.svg|png`), beside the per-variant plots.
+/// [`run`] with what the pipeline knows besides: training curves to draw
+/// (`curves-<stage>.svg|png`), the native forward pass of variants that run through ONNX
+/// Runtime, the validation split for permutation importance, and the schema for slices.
 pub fn run_report(
     config: &Config,
     variants: &mut [(String, &mut dyn Predictor)],
     data: &Dataset,
     class_labels: &[String],
-    curves: &[plots::Curves],
+    mut extras: Extras<'_>,
     out_dir: &Path,
 ) -> Result<Output> {
+    let curves = extras.curves;
     let _span = tracing::info_span!("evaluate").entered();
     let gates: Vec<(String, String, String, f64)> = config
         .gates
@@ -260,8 +376,45 @@ pub fn run_report(
             &Named(c, format!("curves-{}", c.name)),
         );
     }
-    for (name, predictor) in variants.iter_mut() {
+    let slices = match &config.slice_by {
+        Some(col) => {
+            analysis::slice_rows(data, extras.schema, col).map_err(EvaluateError::Config)?
+        }
+        None => Vec::new(),
+    };
+    for (i, (name, predictor)) in variants.iter_mut().enumerate() {
         let p = predictor.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
+        let vs_native = match extras.reference.get_mut(i) {
+            Some(native) => {
+                let r = native.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
+                let (a, b) = if regression {
+                    (&r.logits, &p.logits)
+                } else {
+                    (&r.probabilities, &p.probabilities)
+                };
+                let diff = a
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| f64::from((x - y).abs()))
+                    .fold(0.0, f64::max);
+                let (ra, pa) = (r.argmax(), p.argmax());
+                let agree = ra.iter().zip(&pa).filter(|(x, y)| x == y).count();
+                Some((diff, agree as f64 / data.n_rows().max(1) as f64))
+            }
+            None => None,
+        };
+        let slice_scores: Vec<(f64, usize, f64)> = slices
+            .iter()
+            .map(|(value, rows)| {
+                let sub = analysis::subset(data, rows);
+                let k = p.n_outputs.max(1);
+                let logits: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| p.logits[r * k..(r + 1) * k].iter().copied())
+                    .collect();
+                (*value, rows.len(), analysis::main_metric(&sub, &logits, k))
+            })
+            .collect();
         if regression {
             let points = data
                 .values
@@ -300,6 +453,8 @@ pub fn run_report(
                 per_class: Vec::new(),
                 confusion: Vec::new(),
                 notes,
+                vs_native,
+                slices: slice_scores,
             });
             continue;
         }
@@ -374,6 +529,8 @@ pub fn run_report(
             per_class,
             confusion: cm,
             notes: Vec::new(),
+            vs_native,
+            slices: slice_scores,
         };
         results.push(m);
     }
@@ -396,6 +553,47 @@ pub fn run_report(
             });
         }
     }
+    if let Some(d) = &config.max_drop {
+        let base = results.iter().find(|v| v.name == d.from).ok_or_else(|| {
+            EvaluateError::Config(format!(
+                "max_drop.from = `{}` is not one of this stage's inputs ({})",
+                d.from,
+                results
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        for v in results.iter().filter(|v| v.name != d.from) {
+            for (m, limit) in &d.limits {
+                let (Some(b), Some(x)) = (base.scalars.get(m), v.scalars.get(m)) else {
+                    return Err(EvaluateError::Config(format!(
+                        "max_drop.{m}: the variants have no `{m}` (it does not apply to this task)"
+                    )));
+                };
+                let loss = if LOWER_IS_BETTER.contains(&m.as_str()) {
+                    x - b
+                } else {
+                    b - x
+                };
+                checked.push(GateResult {
+                    variant: v.name.clone(),
+                    metric: format!("{m} drop vs {}", d.from),
+                    condition: format!("<= {limit}"),
+                    value: loss,
+                    passed: loss <= *limit,
+                });
+            }
+        }
+    }
+    let importance = match (&config.importance, extras.valid, variants.first_mut()) {
+        (Some(cfg), Some(valid), Some((name, model))) => {
+            tracing::info!(variant = %name, rows = cfg.rows.min(valid.n_rows()), "permutation importance");
+            analysis::permutation_importance(&mut **model, valid, cfg, extras.seed)?
+        }
+        _ => Vec::new(),
+    };
     let failed: Vec<String> = checked
         .iter()
         .filter(|g| !g.passed)
@@ -406,7 +604,7 @@ pub fn run_report(
             )
         })
         .collect();
-    let verdict = if gates.is_empty() {
+    let verdict = if checked.is_empty() {
         Verdict {
             blessed: true,
             reason: "no gates".into(),
@@ -438,6 +636,33 @@ pub fn run_report(
         &serde_json::json!({ "blessed": verdict.blessed, "reason": verdict.reason, "gates": checked }),
     )?;
     let mut text = report(&results, &checked, &verdict, class_labels);
+    if let (Some(cfg), Some((first, _))) = (&config.importance, variants.first()) {
+        text += &format!(
+            "\n## Permutation feature importance ({first}, validation split)\n\nThe fall of the main metric ({}) when one feature's values are shuffled across rows.\n\n| feature | drop |\n|---|---|\n",
+            if regression { "R²" } else { "accuracy" }
+        );
+        for f in importance.iter().take(cfg.top) {
+            text += &format!("| {} | {:.4} |\n", f.feature, f.drop);
+        }
+        kiln_core::write_json(&out_dir.join("importance.json"), &importance)?;
+    }
+    if let Some(col) = &config.slice_by {
+        text += &format!(
+            "\n## Slices by `{col}` (test split, {})\n\n| {col} | rows |",
+            if regression { "R²" } else { "accuracy" }
+        );
+        for v in &results {
+            text += &format!(" {} |", v.name);
+        }
+        text += &format!("\n|---|---|{}\n", "---|".repeat(results.len()));
+        for (i, (value, _)) in slices.iter().enumerate() {
+            text += &format!("| {value} | {} |", slices[i].1.len());
+            for v in &results {
+                text += &format!(" {:.4} |", v.slices[i].2);
+            }
+            text += "\n";
+        }
+    }
     if !figures.is_empty() {
         text += "\n## Plots\n\n(each also as SVG beside the PNG)\n";
         for (title, png) in &figures {
@@ -449,6 +674,7 @@ pub fn run_report(
         variants: results,
         gates: checked,
         verdict,
+        importance,
     })
 }
 
@@ -482,11 +708,16 @@ fn report(
     } else {
         &[("accuracy", "accuracy"), ("macro_f1", "macro F1")]
     };
+    let native = results.iter().any(|v| v.vs_native.is_some());
     let mut s = String::from("# Evaluation report\n\n| variant | predictor |");
     for (_, title) in cols {
         s += &format!(" {title} |");
     }
-    s += &format!("\n|---|---|{}\n", "---|".repeat(cols.len()));
+    if native {
+        s += " vs native: max |Δ| | vs native: argmax agreement |";
+    }
+    let n_cols = cols.len() + if native { 2 } else { 0 };
+    s += &format!("\n|---|---|{}\n", "---|".repeat(n_cols));
     for v in results {
         s += &format!("| {} | {} |", v.name, v.predictor);
         for (key, _) in cols {
@@ -495,7 +726,15 @@ fn report(
                 None => s += " — |",
             }
         }
+        match (native, v.vs_native) {
+            (true, Some((d, a))) => s += &format!(" {d:.1e} | {a:.4} |"),
+            (true, None) => s += " — | — |",
+            _ => {}
+        }
         s += "\n";
+    }
+    if native {
+        s += "\nThe variants ran through ONNX Runtime from the ONNX files deploy ships; the last columns compare them with kiln's native forward pass on every test row.\n";
     }
     for v in results {
         for n in &v.notes {
@@ -545,6 +784,96 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two 2-class variants on 4 rows: `good` right on all, `bad` right on 3.
+    fn two_variants(config: &Config) -> Result<Output> {
+        use kiln_core::{Activation, ModelSpec, NativeModel, Task, TensorStore};
+        let model = |flip: f32| {
+            let spec = ModelSpec::mlp(1, &[], Activation::Identity, Task::Classification, 2);
+            let mut w = TensorStore::default();
+            w.insert_f32("layers.0.weight", vec![1, 2], vec![-1.0, 1.0]);
+            w.insert_f32("layers.0.bias", vec![2], vec![flip, -flip]);
+            NativeModel::new(spec, w).unwrap()
+        };
+        let (mut good, mut bad) = (model(0.0), model(2.5));
+        let data = Dataset {
+            feature_names: vec!["x".into()],
+            target: "y".into(),
+            features: vec![-2.0, -1.0, 1.0, 3.0],
+            labels: vec![0, 0, 1, 1],
+            values: vec![],
+        };
+        let mut variants: Vec<(String, &mut dyn Predictor)> =
+            vec![("good".into(), &mut good), ("bad".into(), &mut bad)];
+        let dir = tempfile::tempdir().unwrap();
+        let labels = ["0".to_string(), "1".to_string()];
+        run(config, &mut variants, &data, &labels, dir.path())
+    }
+
+    #[test]
+    fn max_drop_compares_each_variant_with_its_reference() {
+        let limits = |m: &str, v: f64| MaxDrop {
+            from: "good".into(),
+            limits: [(m.to_string(), v)].into(),
+        };
+        // bad predicts 1 only for x > 2.5: right on 3 of 4 rows, a drop of 0.25
+        let out = two_variants(&Config {
+            max_drop: Some(limits("accuracy", 0.3)),
+            ..Config::default()
+        })
+        .unwrap();
+        assert_eq!(out.gates.len(), 1);
+        let g = &out.gates[0];
+        assert_eq!(
+            (g.variant.as_str(), g.metric.as_str()),
+            ("bad", "accuracy drop vs good")
+        );
+        assert!((g.value - 0.25).abs() < 1e-12 && g.passed);
+        assert!(out.verdict.blessed);
+        let out = two_variants(&Config {
+            max_drop: Some(limits("accuracy", 0.2)),
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(!out.verdict.blessed);
+        assert!(
+            out.verdict
+                .reason
+                .contains("bad accuracy drop vs good = 0.2500 fails <= 0.2")
+        );
+        // lower-is-better metrics count a rise as the loss
+        let out = two_variants(&Config {
+            max_drop: Some(limits("log_loss", 10.0)),
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(out.gates[0].value > 0.0, "bad's log-loss is higher");
+        // an unknown reference or metric is a clear error
+        let e = two_variants(&Config {
+            max_drop: Some(MaxDrop {
+                from: "trian".into(),
+                limits: [("accuracy".to_string(), 0.1)].into(),
+            }),
+            ..Config::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_drop.from = `trian` is not one of this stage's inputs (good, bad)"),
+            "{e}"
+        );
+        let c = Config {
+            max_drop: Some(limits("acuracy", 0.1)),
+            runtime: "gpu".into(),
+            ..Config::default()
+        };
+        let p = c.problems();
+        assert!(
+            p.iter()
+                .any(|(k, m)| k == "max_drop.acuracy" && m.contains("unknown metric"))
+        );
+        assert!(p.iter().any(|(k, _)| k == "runtime"));
+    }
 
     #[test]
     fn gates_parse_and_reject_nonsense() {

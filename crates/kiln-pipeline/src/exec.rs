@@ -520,18 +520,57 @@ fn execute(
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Evaluate(c) => {
-            let (schema, [_, _, test]) = dataset(p, first, dirs)?;
+            let (schema, [_, valid, test]) = dataset(p, first, dirs)?;
             let mut models: Vec<(String, NativeModel)> = stage
                 .inputs
                 .iter()
                 .map(|id| model_of(dirs, id).map(|m| (id.clone(), m)))
                 .collect::<Result<_, _>>()?;
-            let mut variants: Vec<(String, &mut dyn Predictor)> = models
-                .iter_mut()
-                .map(|(n, m)| (n.clone(), m as &mut dyn Predictor))
-                .collect();
+            // What deploy would ship: the same exporter's bytes, run by ONNX Runtime.
+            let mut onnx: Vec<kiln_deploy::OrtModel> = Vec::new();
+            if c.runtime == "onnxruntime" {
+                for (id, m) in &models {
+                    let meta = kiln_deploy::ExportMeta {
+                        class_labels: schema.class_labels.clone(),
+                        feature_names: schema.feature_names.clone(),
+                        ..Default::default()
+                    };
+                    let bytes = kiln_deploy::export(&m.spec, &m.weights, &meta)
+                        .map_err(|e| format!("exporting `{id}` to score it: {e}"))?;
+                    onnx.push(kiln_deploy::OrtModel::from_bytes(&bytes, 1).map_err(|e| {
+                        format!("{e} (or set runtime = \"native\" in stage `{}`)", stage.id)
+                    })?);
+                }
+            }
             let curves = training_curves(p, &stage.inputs, dirs);
-            kiln_evaluate::run_report(c, &mut variants, &test, &schema.class_labels, &curves, out)
+            type Named<'a> = Vec<(String, &'a mut dyn Predictor)>;
+            let (mut variants, reference): (Named, Vec<&mut dyn Predictor>) = if onnx.is_empty() {
+                let v = models
+                    .iter_mut()
+                    .map(|(n, m)| (n.clone(), m as &mut dyn Predictor))
+                    .collect();
+                (v, Vec::new())
+            } else {
+                let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+                let v = names
+                    .into_iter()
+                    .zip(onnx.iter_mut())
+                    .map(|(n, o)| (n, o as &mut dyn Predictor))
+                    .collect();
+                let r = models
+                    .iter_mut()
+                    .map(|(_, m)| m as &mut dyn Predictor)
+                    .collect();
+                (v, r)
+            };
+            let extras = kiln_evaluate::Extras {
+                curves: &curves,
+                reference,
+                valid: Some(&valid),
+                schema: Some(&schema),
+                seed: p.seed,
+            };
+            kiln_evaluate::run_report(c, &mut variants, &test, &schema.class_labels, extras, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }

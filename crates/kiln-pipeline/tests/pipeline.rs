@@ -22,6 +22,13 @@ fn json(p: &Path) -> serde_json::Value {
         .unwrap()
 }
 
+/// Rows of the test split of a run's `data` stage.
+fn metrics_rows(run_dir: &Path) -> usize {
+    json(&run_dir.join("data/profile.json"))["rows"]["test"]
+        .as_u64()
+        .unwrap() as usize
+}
+
 /// Width, height and number of distinct colours of a PNG file.
 fn png_stats(path: &Path) -> (u32, u32, usize) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -95,7 +102,33 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
             "{stem}.svg"
         );
     }
-    assert!(report.contains("| compress | native |") && report.contains("| train | native |"));
+    // Scored through ONNX Runtime (what deploy ships), with the gap to kiln's native pass.
+    assert!(report.contains("| train | onnxruntime |"), "{report}");
+    let details = json(&r.run_dir.join("eval/confusion.json"));
+    for v in ["train", "compress"] {
+        let d = &details[v]["vs_native"];
+        assert!(d[0].as_f64().unwrap() < 1e-5, "{v}: {d}");
+        assert_eq!(d[1].as_f64().unwrap(), 1.0);
+    }
+    // max_drop, permutation importance and slices from digits-mlp.toml
+    let verdict = json(&r.run_dir.join("eval/verdict.json"));
+    let drop = verdict["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metric"] == "accuracy drop vs train")
+        .expect("max_drop gate");
+    assert_eq!(drop["variant"], "compress");
+    assert!((drop["value"].as_f64().unwrap() - (fp32 - int8)).abs() < 1e-12);
+    let importance = json(&r.run_dir.join("eval/importance.json"));
+    assert_eq!(importance.as_array().unwrap().len(), 64);
+    assert!(importance[0]["drop"].as_f64().unwrap() > 0.01);
+    assert!(report.contains("## Permutation feature importance (train, validation split)"));
+    assert!(report.contains("## Slices by `px36` (test split, accuracy)"));
+    let slices = details["train"]["slices"].as_array().unwrap();
+    assert!(slices.len() >= 10 && slices.len() <= 17, "{}", slices.len());
+    let rows: u64 = slices.iter().map(|s| s[1].as_u64().unwrap()).sum();
+    assert_eq!(rows as usize, metrics_rows(&r.run_dir));
 
     let parity = json(&r.run_dir.join("ship/parity.json"));
     for v in ["fp32", "int8"] {
@@ -348,6 +381,15 @@ fn regression_reaches_r2_and_exports_predictions() {
     }
     let r2 = m["train"]["r2"].as_f64().unwrap();
     assert!(r2 >= 0.9, "test R² {r2}");
+    // the five informative inputs outrank the five noise inputs
+    let importance = json(&r.run_dir.join("eval/importance.json"));
+    let top5: Vec<&str> = importance.as_array().unwrap()[..5]
+        .iter()
+        .map(|f| f["feature"].as_str().unwrap())
+        .collect();
+    for f in ["x1", "x2", "x3", "x4", "x5"] {
+        assert!(top5.contains(&f), "{top5:?}");
+    }
     let rmse = m["train"]["rmse"].as_f64().unwrap();
     assert!((rmse * rmse - m["train"]["mse"].as_f64().unwrap()).abs() < 1e-9);
     // the int8 model stays within the stated R² budget (0.01 on valid) on test too
