@@ -1,10 +1,11 @@
 //! The `kiln` binary: `run`, `validate` and `inspect` pipelines, `predict` with a
-//! deployed model. It owns the tracing
+//! deployed model, `serve` it over HTTP. It owns the tracing
 //! subscriber (`RUST_LOG`), the progress bars and the exit codes (0 ok, 1 a stage or gate
 //! failed, 2 the pipeline file or the command line is invalid).
 
 mod predict;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use comfy_table::{Table as Grid, presets::UTF8_FULL_CONDENSED};
@@ -75,17 +76,45 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         batch: usize,
     },
+    /// Serve a deployed model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics.
+    Serve {
+        /// A deploy folder or an .onnx file with schema.json beside it (as for `predict`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Address to listen on (port 0 picks a free port; the first stdout line says
+        /// which).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// ONNX Runtime sessions: requests run at once (more wait for a free one).
+        #[arg(long, default_value_t = 2)]
+        sessions: usize,
+        /// Most rows in one request (more: 413).
+        #[arg(long, default_value_t = 1024)]
+        max_batch: usize,
+        /// Largest request body in bytes (more: 413).
+        #[arg(long, default_value_t = 4 * 1024 * 1024)]
+        max_body: usize,
+        /// Per-request limit on waiting for a session plus inference (503 / 504 past it).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server logs its startup and shutdown by default (not ONNX Runtime's session
+    // chatter); the other commands only warn.
+    let default = match cli.command {
+        Command::Serve { .. } => "warn,kiln=info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Validate { file, set } => match kiln_pipeline::load(&file, &set) {
             Ok(p) => {
@@ -179,6 +208,27 @@ fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
+                Err(e) => fail(1, &e),
+            }
+        }
+        Command::Serve {
+            model,
+            addr,
+            sessions,
+            max_batch,
+            max_body,
+            timeout_ms,
+        } => {
+            let opts = serve::Options {
+                model,
+                addr,
+                sessions,
+                max_batch,
+                max_body,
+                timeout_ms,
+            };
+            match serve::serve(opts) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &e),
             }
         }

@@ -32,31 +32,21 @@ pub struct Summary {
 
 /// Runs the request.
 pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
-    let (dir, onnx) = if req.model.is_dir() {
-        (req.model.clone(), req.model.join("model.onnx"))
-    } else {
-        let dir = req.model.parent().unwrap_or(Path::new(".")).to_path_buf();
-        (dir, req.model.clone())
-    };
-    let schema_path = dir.join("schema.json");
-    let schema: Schema = kiln_core::read_json(&schema_path).map_err(|e| {
-        format!("{e}; --model takes a deploy folder (runs/<pipeline>/latest/<deploy stage>) or an .onnx file with schema.json beside it")
-    })?;
+    let Bundle { dir, onnx, schema } = open(&req.model)?;
     if req.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
     let rows = table::read_rows(&req.input, &schema.input_columns).map_err(|e| e.to_string())?;
-    let features = schema.apply(&rows.values).map_err(|e| e.to_string())?;
+    let features = features(&schema, &rows.values).map_err(|e| match e {
+        FeatureError::Schema(m) => m,
+        FeatureError::NotFinite { row, column } => format!(
+            "{}: row {} column `{column}` is not a finite number after preprocessing",
+            req.input.display(),
+            row + 1
+        ),
+    })?;
     let n = rows.n_rows;
     let w = schema.n_features();
-    if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-        return Err(format!(
-            "{}: row {} column `{}` is not a finite number after preprocessing",
-            req.input.display(),
-            i / w + 1,
-            schema.feature_names[i % w]
-        ));
-    }
     let out_of_range = out_of_range(&dir.join("profile.json"), &schema, &rows.values);
     let mut model = kiln_deploy::OrtModel::from_file(&onnx, 0).map_err(|e| e.to_string())?;
     progress.start("predict", n as u64);
@@ -81,17 +71,7 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     let score;
     match schema.task {
         Task::Classification => {
-            let pred = all.argmax();
-            let labels: Vec<String> = pred
-                .iter()
-                .map(|&c| {
-                    schema
-                        .class_labels
-                        .get(c as usize)
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .collect();
+            let labels = labels(&schema, &all);
             score = target.map(|t| {
                 let ok = t.iter().zip(&labels).filter(|(a, b)| a == b).count();
                 ("accuracy".to_string(), ok as f64 / n.max(1) as f64)
@@ -135,6 +115,75 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
         out_of_range,
         score,
     })
+}
+
+/// A deployed model as `kiln predict` and `kiln serve` open it.
+pub struct Bundle {
+    /// The folder holding schema.json (and profile.json).
+    pub dir: PathBuf,
+    /// The ONNX file to run.
+    pub onnx: PathBuf,
+    /// The model's schema: input columns, task, class labels, fitted transforms.
+    pub schema: Schema,
+}
+
+/// Opens `--model`: a deploy folder (its model.onnx) or an .onnx file with schema.json
+/// beside it.
+pub fn open(model: &Path) -> Result<Bundle, String> {
+    let (dir, onnx) = if model.is_dir() {
+        (model.to_path_buf(), model.join("model.onnx"))
+    } else {
+        let dir = model.parent().unwrap_or(Path::new(".")).to_path_buf();
+        (dir, model.to_path_buf())
+    };
+    let schema: Schema = kiln_core::read_json(&dir.join("schema.json")).map_err(|e| {
+        format!("{e}; --model takes a deploy folder (runs/<pipeline>/latest/<deploy stage>) or an .onnx file with schema.json beside it")
+    })?;
+    Ok(Bundle { dir, onnx, schema })
+}
+
+/// Why raw rows could not become model features.
+#[derive(Debug)]
+pub enum FeatureError {
+    /// The schema cannot be applied (a corrupt schema.json, a wrong row width).
+    Schema(String),
+    /// A feature is NaN or infinite after preprocessing (`row` counts from 0).
+    NotFinite {
+        /// The row, counted from 0.
+        row: usize,
+        /// The feature's name.
+        column: String,
+    },
+}
+
+/// Model features from raw rows (row-major, `input_columns` order): the fitted
+/// preprocessing of the schema applied, every feature checked to be finite.
+pub fn features(schema: &Schema, raw: &[f32]) -> Result<Vec<f32>, FeatureError> {
+    let features = schema
+        .apply(raw)
+        .map_err(|e| FeatureError::Schema(e.to_string()))?;
+    let w = schema.n_features().max(1);
+    if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+        return Err(FeatureError::NotFinite {
+            row: i / w,
+            column: schema.feature_names.get(i % w).cloned().unwrap_or_default(),
+        });
+    }
+    Ok(features)
+}
+
+/// The predicted class label of each row (classification): the largest output's label.
+pub fn labels(schema: &Schema, p: &kiln_core::Predictions) -> Vec<String> {
+    p.argmax()
+        .iter()
+        .map(|&c| {
+            schema
+                .class_labels
+                .get(c as usize)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// The target column as text, when the input holds it (to score the predictions).
