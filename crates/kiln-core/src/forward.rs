@@ -1,5 +1,5 @@
 //! The reference forward pass in plain Rust: fp32 dense layers, softmax, and kiln's int8
-//! simulation of ONNX `DynamicQuantizeLinear` + `MatMulInteger`, written to reproduce what
+//! simulation of ONNX `DynamicQuantizeLinear` (or `QuantizeLinear`) + `MatMulInteger`, written to reproduce what
 //! ONNX Runtime computes. Parity checks always compare ONNX Runtime against this code.
 //!
 //! The loops are hand-written (row × k × column, auto-vectorised at opt-level 3) instead of
@@ -56,28 +56,39 @@ pub fn softmax_rows(logits: &[f32], k: usize) -> Vec<f32> {
     out
 }
 
-/// Quantization parameters and values of ONNX `DynamicQuantizeLinear` on a whole tensor:
+/// Quantization parameters of ONNX `DynamicQuantizeLinear` for values in `[lo, hi]`:
 /// range widened to include 0, `scale = (max - min) / 255`,
-/// `zero_point = round_half_even(clamp(-min / scale, 0, 255))`,
+/// `zero_point = round_half_even(clamp(-min / scale, 0, 255))`. Static quantization uses
+/// the same formula on the range seen in calibration.
+pub fn u8_params(lo: f32, hi: f32) -> (f32, u8) {
+    let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+    let scale = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
+    let zp = (0.0 - lo / scale).clamp(0.0, 255.0).round_ties_even() as u8;
+    (scale, zp)
+}
+
+/// ONNX `QuantizeLinear` to uint8 with a given scale and zero point:
 /// `q = clamp(round_half_even(x / scale) + zero_point, 0, 255)`.
+pub fn quantize_u8(x: &[f32], scale: f32, zp: u8) -> Vec<u8> {
+    let (qmin, qmax) = (0.0 - zp as f32, 255.0 - zp as f32);
+    x.iter()
+        .map(|&v| {
+            let r = (v / scale).clamp(qmin, qmax).round_ties_even() as i32 + zp as i32;
+            r.clamp(0, 255) as u8
+        })
+        .collect()
+}
+
+/// Quantization parameters and values of ONNX `DynamicQuantizeLinear` on a whole tensor
+/// (see [`u8_params`] and [`quantize_u8`]).
 pub fn dynamic_quantize_u8(x: &[f32]) -> (Vec<u8>, f32, u8) {
     let (mut lo, mut hi) = (0.0f32, 0.0f32);
     for &v in x {
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    let scale = if hi == lo { 1.0 } else { (hi - lo) / 255.0 };
-    let zp_f = (0.0 - lo / scale).clamp(0.0, 255.0);
-    let zp = zp_f.round_ties_even() as u8;
-    let (qmin, qmax) = (0.0 - zp as f32, 255.0 - zp as f32);
-    let q = x
-        .iter()
-        .map(|&v| {
-            let r = (v / scale).clamp(qmin, qmax).round_ties_even() as i32 + zp as i32;
-            r.clamp(0, 255) as u8
-        })
-        .collect();
-    (q, scale, zp)
+    let (scale, zp) = u8_params(lo, hi);
+    (quantize_u8(x, scale, zp), scale, zp)
 }
 
 /// Symmetric int8 weight quantization of `w[in, out]`: per output column when
@@ -123,6 +134,43 @@ pub fn dense_int8_dynamic(
     act: Activation,
 ) -> Vec<f32> {
     let (xq, x_scale, zp) = dynamic_quantize_u8(x);
+    dense_u8_i8(&xq, n, x_scale, zp, wq, w_scale, b, in_dim, out_dim, act)
+}
+
+/// Dense layer with statically quantized activations (scale and zero point fixed by
+/// calibration), as ONNX Runtime runs `QuantizeLinear -> MatMulInteger -> Cast ->
+/// Mul(x_scale * w_scale) -> Add(b)`. Values outside the calibrated range saturate.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_int8_static(
+    x: &[f32],
+    n: usize,
+    (x_scale, zp): (f32, u8),
+    wq: &[i8],
+    w_scale: &[f32],
+    b: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    act: Activation,
+) -> Vec<f32> {
+    let xq = quantize_u8(x, x_scale, zp);
+    dense_u8_i8(&xq, n, x_scale, zp, wq, w_scale, b, in_dim, out_dim, act)
+}
+
+/// `(u8 x - zp) . i8 w` accumulated in i32, as f32, times `x_scale * w_scale[j]`, plus
+/// `b[j]`, then the activation.
+#[allow(clippy::too_many_arguments)]
+fn dense_u8_i8(
+    xq: &[u8],
+    n: usize,
+    x_scale: f32,
+    zp: u8,
+    wq: &[i8],
+    w_scale: &[f32],
+    b: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    act: Activation,
+) -> Vec<f32> {
     let combined: Vec<f32> = (0..out_dim)
         .map(|j| x_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }])
         .collect();
@@ -145,6 +193,23 @@ pub fn dense_int8_dynamic(
         }
     }
     out
+}
+
+/// Static activation quantization parameters of layer `i` (`layers.<i>.input_scale`,
+/// `layers.<i>.input_zero_point`, one value each).
+pub fn static_params(weights: &TensorStore, i: usize) -> Result<(f32, u8)> {
+    let s = weights.f32(&format!("layers.{i}.input_scale"))?;
+    let z = weights.f32(&format!("layers.{i}.input_zero_point"))?;
+    match (s, z) {
+        ([s], [z])
+            if *s > 0.0 && s.is_finite() && (0.0..=255.0).contains(z) && z.fract() == 0.0 =>
+        {
+            Ok((*s, *z as u8))
+        }
+        _ => Err(CoreError::Invalid(format!(
+            "layers.{i}.input_scale / input_zero_point must hold one positive scale and one zero point in 0..=255"
+        ))),
+    }
 }
 
 /// Runs the network on `n` rows and returns its raw outputs (logits for classification,
@@ -175,7 +240,7 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
                 dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation)
             }
-            Some(_) => {
+            Some(q) => {
                 let w = weights.i8(&format!("layers.{i}.weight"))?;
                 let s = weights.f32(&format!("layers.{i}.weight_scale"))?;
                 if s.len() != 1 && s.len() != l.out_dim {
@@ -186,7 +251,12 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
                     )));
                 }
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                dense_int8_dynamic(&h, n, w, s, b, l.in_dim, l.out_dim, l.activation)
+                if q.scheme == "static" {
+                    let xp = static_params(weights, i)?;
+                    dense_int8_static(&h, n, xp, w, s, b, l.in_dim, l.out_dim, l.activation)
+                } else {
+                    dense_int8_dynamic(&h, n, w, s, b, l.in_dim, l.out_dim, l.activation)
+                }
             }
         };
     }

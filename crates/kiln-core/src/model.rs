@@ -49,10 +49,24 @@ pub struct Quantization {
     /// Weight type; only `"int8"` so far.
     pub dtype: String,
     /// `"dynamic"`: activations are quantized to uint8 at run time, per tensor, as ONNX
-    /// `DynamicQuantizeLinear` does.
+    /// `DynamicQuantizeLinear` does; `"static"`: with a scale and zero point per layer
+    /// fixed by calibration (`layers.<i>.input_scale`, `layers.<i>.input_zero_point`), as
+    /// ONNX `QuantizeLinear` does.
     pub scheme: String,
     /// One scale per output channel (true) or one per tensor (false).
     pub per_channel: bool,
+}
+
+/// How a model was pruned, when it was (informational: the weights say the rest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pruning {
+    /// `"magnitude"` (weights set to zero, shapes kept) or `"structured"` (hidden units
+    /// removed, layers narrower).
+    pub kind: String,
+    /// Magnitude: the fraction of weights that are zero; structured: the fraction of
+    /// hidden units removed.
+    pub amount: f64,
 }
 
 /// spec.json: the network's structure. Weights live in a [`crate::TensorStore`] under
@@ -72,6 +86,9 @@ pub struct ModelSpec {
     /// Set when the weights are quantized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<Quantization>,
+    /// Set when the model was pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<Pruning>,
 }
 
 impl ModelSpec {
@@ -105,6 +122,7 @@ impl ModelSpec {
             input_dim,
             layers,
             quantization: None,
+            pruning: None,
         }
     }
 

@@ -1,12 +1,13 @@
 //! The ONNX exporter: turns a ModelSpec + TensorStore into an ONNX model whose arithmetic
 //! follows kiln-core's reference forward pass step for step — fp32
-//! `MatMul -> Add -> activation`, or for int8 `DynamicQuantizeLinear -> MatMulInteger ->
+//! `MatMul -> Add -> activation`, or for int8 `DynamicQuantizeLinear` (static:
+//! `QuantizeLinear` with calibrated constants) `-> MatMulInteger ->
 //! Cast -> Mul(x_scale * w_scale) -> Add -> activation` — ending in `logits` and, for
 //! classification, `probabilities` (Softmax over the last axis).
 
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    attr_int, batch_value_info, dtype, node, tensor_f32, tensor_i8,
+    attr_int, batch_value_info, dtype, node, tensor_f32, tensor_i8, tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -112,10 +113,10 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         )));
     }
     if let Some(q) = &spec.quantization
-        && (q.dtype != "int8" || q.scheme != "dynamic")
+        && (q.dtype != "int8" || !matches!(q.scheme.as_str(), "dynamic" | "static"))
     {
         return Err(DeployError::Export(format!(
-            "quantization {}/{} cannot be exported; kiln exports int8/dynamic",
+            "quantization {}/{} cannot be exported; kiln exports int8/dynamic and int8/static",
             q.dtype, q.scheme
         )));
     }
@@ -142,8 +143,8 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                 g.inits.push(tensor_f32(&w_name, &[l.in_dim, l.out_dim], w));
                 g.op("MatMul", &format!("{p}.matmul"), &[&h, &w_name], &[&mm]);
             }
-            Some(_) => {
-                // dense_int8_dynamic: (u8 x - zp) . i8 w as i32, as f32, times
+            Some(q) => {
+                // dense_int8_dynamic / _static: (u8 x - zp) . i8 w as i32, as f32, times
                 // (x_scale * w_scale[j]), then + b[j], then the activation.
                 let w = weights.i8(&w_name)?;
                 check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
@@ -167,12 +168,25 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                     format!("{p}.acc_f32"),
                     format!("{p}.combined_scale"),
                 );
-                g.op(
-                    "DynamicQuantizeLinear",
-                    &format!("{p}.quantize"),
-                    &[&h],
-                    &[&xq, &xs, &xz],
-                );
+                if q.scheme == "static" {
+                    // QuantizeLinear with the calibrated scale and zero point (scalars).
+                    let (x_scale, zp) = kiln_core::forward::static_params(weights, i)?;
+                    g.inits.push(tensor_f32(&xs, &[], &[x_scale]));
+                    g.inits.push(tensor_u8(&xz, &[], &[zp]));
+                    g.op(
+                        "QuantizeLinear",
+                        &format!("{p}.quantize"),
+                        &[&h, &xs, &xz],
+                        &[&xq],
+                    );
+                } else {
+                    g.op(
+                        "DynamicQuantizeLinear",
+                        &format!("{p}.quantize"),
+                        &[&h],
+                        &[&xq, &xs, &xz],
+                    );
+                }
                 g.op(
                     "MatMulInteger",
                     &format!("{p}.matmul"),

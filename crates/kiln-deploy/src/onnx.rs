@@ -308,6 +308,17 @@ pub fn tensor_i8(name: &str, shape: &[usize], data: &[i8]) -> TensorProto {
     }
 }
 
+/// A u8 initializer (values in `raw_data`).
+pub fn tensor_u8(name: &str, shape: &[usize], data: &[u8]) -> TensorProto {
+    TensorProto {
+        dims: dims(shape),
+        data_type: dtype::UINT8,
+        name: name.to_string(),
+        raw_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
 impl TensorProto {
     /// The values of an f32 tensor (from `raw_data`, or `float_data` when that is empty).
     pub fn f32_values(&self) -> Option<Vec<f32>> {

@@ -38,7 +38,10 @@
 //! ```
 
 mod config;
+mod finetune;
 mod net;
+
+pub use finetune::{Finetune, finetune};
 
 pub use config::{
     Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind, Schedule,

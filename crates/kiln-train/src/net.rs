@@ -222,6 +222,30 @@ impl<D: Device<f32>> Mlp<D> {
         Some(())
     }
 
+    /// Replaces the parameters with those of `s` (optimizer moments stay zero): the start
+    /// of a fine-tuning run. None when a tensor is missing or has the wrong size.
+    pub fn set_weights(&mut self, dev: &D, s: &TensorStore) -> Option<()> {
+        for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
+            let w = s.f32(&format!("layers.{i}.weight")).ok()?;
+            let b = s.f32(&format!("layers.{i}.bias")).ok()?;
+            if w.len() != spec.in_dim * spec.out_dim || b.len() != spec.out_dim {
+                return None;
+            }
+            l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
+            l.b = dev.tensor_from_vec(b.to_vec(), (spec.out_dim,));
+        }
+        Some(())
+    }
+
+    /// Multiplies each layer's weights by its mask (1 keeps, 0 prunes), where one is given.
+    pub fn apply_masks(&mut self, masks: &[Option<Tensor<(usize, usize), f32, D>>]) {
+        for (l, m) in self.layers.iter_mut().zip(masks) {
+            if let Some(m) = m {
+                l.w = l.w.clone() * m.clone();
+            }
+        }
+    }
+
     /// Copies the parameters out into a kiln TensorStore (`layers.<i>.weight|bias`).
     pub fn to_store(&self) -> TensorStore {
         let mut s = TensorStore::default();

@@ -1,0 +1,177 @@
+//! Fine-tuning of a trained (possibly pruned) model: a few epochs of Adam from its own
+//! weights, with pruned weights held at zero by masks — what kiln-optimize runs between
+//! pruning steps. CPU only, seeded, deterministic like training.
+
+use crate::net::Mlp;
+use crate::{Loss, OptimizerConfig, Result, TrainError, batch_loss, dev_err, evaluate};
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use kiln_core::{Dataset, NativeModel, Task};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// `finetune = { epochs = 1, lr = 1e-4, batch_size = 64 }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Finetune {
+    /// Epochs over the training split (0 = no fine-tuning).
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Adam learning rate (default 1e-4: the weights are already trained).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Rows per step (default 64).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Shuffling seed (the pipeline fills it from its top-level `seed`).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_epochs() -> usize {
+    1
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_batch() -> usize {
+    64
+}
+
+impl Default for Finetune {
+    fn default() -> Self {
+        Finetune {
+            epochs: default_epochs(),
+            lr: default_lr(),
+            batch_size: default_batch(),
+            seed: 0,
+        }
+    }
+}
+
+/// Trains `model` (fp32) for `cfg.epochs` more epochs on `train`: cross-entropy on the
+/// logits for classifiers, MSE scaled by the target's standard deviation for regressors.
+/// `masks[i]`, when given, holds one 0/1 value per weight of layer `i` (`[in, out]`,
+/// row-major); masked weights are zero after every step. Returns the weights of the best
+/// epoch on `valid` by accuracy (R² for regressors), the starting weights included, so
+/// fine-tuning never makes the model worse on the validation split.
+pub fn finetune(
+    model: &NativeModel,
+    masks: &[Option<Vec<f32>>],
+    cfg: &Finetune,
+    train: &Dataset,
+    valid: &Dataset,
+) -> Result<NativeModel> {
+    let spec = model.spec.clone();
+    if spec.quantization.is_some() {
+        return Err(TrainError::Config(
+            "fine-tuning needs an fp32 model; quantize after fine-tuning".into(),
+        ));
+    }
+    if cfg.batch_size == 0 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+        return Err(TrainError::Config(format!(
+            "finetune: batch_size must be at least 1 and lr positive (got {} and {})",
+            cfg.batch_size, cfg.lr
+        )));
+    }
+    let (_, start_metric) = evaluate(&spec, &model.weights, valid)?;
+    let mut best = (start_metric, model.weights.clone());
+    if cfg.epochs == 0 || train.n_rows() == 0 {
+        return Ok(model.clone());
+    }
+    let dev = Cpu::seed_from_u64(cfg.seed);
+    let mut net = Mlp::new(&dev, spec.clone(), 0.0, cfg.seed).map_err(dev_err)?;
+    net.set_weights(&dev, &model.weights)
+        .ok_or_else(|| TrainError::Config("the model's weights do not match its spec".into()))?;
+    let mut mask_t = Vec::new();
+    for (i, l) in spec.layers.iter().enumerate() {
+        mask_t.push(match masks.get(i) {
+            Some(Some(m)) if m.len() == l.in_dim * l.out_dim => {
+                Some(dev.tensor_from_vec(m.clone(), (l.in_dim, l.out_dim)))
+            }
+            Some(Some(m)) => {
+                return Err(TrainError::Config(format!(
+                    "mask of layer {i} holds {} values, the layer has {} weights",
+                    m.len(),
+                    l.in_dim * l.out_dim
+                )));
+            }
+            _ => None,
+        });
+    }
+    let regression = spec.task == Task::Regression;
+    let k = spec.output_dim();
+    let w = train.n_features();
+    // Regressors predict the target itself: the loss is taken on (prediction / std)
+    // against (target / std), the scale training used.
+    let inv_std = if regression {
+        let n = train.values.len().max(1) as f64;
+        let mean = train.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = train
+            .values
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        if var > 0.0 {
+            (1.0 / var.sqrt()) as f32
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    };
+    let opt = OptimizerConfig {
+        lr: cfg.lr,
+        ..Default::default()
+    };
+    let loss_kind = if regression {
+        Loss::Mse
+    } else {
+        Loss::CrossEntropy
+    };
+    let mut xb = Vec::new();
+    let mut yb = Vec::new();
+    for epoch in 1..=cfg.epochs {
+        let _span = tracing::info_span!("finetune", epoch).entered();
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf1e7_f1e7);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..train.n_rows()).collect();
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(cfg.batch_size) {
+            xb.clear();
+            yb.clear();
+            for &r in chunk {
+                xb.extend_from_slice(train.row(r));
+                if regression {
+                    yb.push(train.values[r] * inv_std);
+                } else {
+                    let mut onehot = vec![0.0f32; k];
+                    onehot[train.labels[r] as usize] = 1.0;
+                    yb.extend(onehot);
+                }
+            }
+            let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
+            let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
+            let out = net.forward_train(x.traced(Gradients::leaky()), None);
+            let out = if regression { out * inv_std } else { out };
+            let loss = batch_loss(loss_kind, out, y, 1.0);
+            let lv = loss.retaped::<NoneTape>().as_vec()[0];
+            if !lv.is_finite() {
+                return Err(TrainError::Diverged { epoch, loss: lv });
+            }
+            let mut grads = loss.backward();
+            net.update(&mut grads, &opt, cfg.lr).map_err(dev_err)?;
+            net.apply_masks(&mask_t);
+        }
+        let weights = net.to_store();
+        let (_, metric) = evaluate(&spec, &weights, valid)?;
+        tracing::info!(epoch, valid_metric = metric, "fine-tuned");
+        if metric > best.0 {
+            best = (metric, weights);
+        }
+    }
+    Ok(NativeModel::new(spec, best.1)?)
+}
