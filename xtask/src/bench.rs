@@ -36,7 +36,8 @@ fn parse(args: &[String]) -> Result<Options> {
         match a.as_str() {
             "train" => o.benches.push("train"),
             "e2e" => o.benches.push("e2e"),
-            "all" => o.benches.extend(["train", "e2e"]),
+            "optimize" => o.benches.push("optimize"),
+            "all" => o.benches.extend(["train", "optimize", "e2e"]),
             "--peers" => o.peers = true,
             "--write-docs" => o.write_docs = true,
             "--pairs" => {
@@ -48,13 +49,13 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use train, e2e, all, --peers, --pairs N, --write-docs"
+                    "unknown bench argument `{other}`; use train, optimize, e2e, all, --peers, --pairs N, --write-docs"
                 )));
             }
         }
     }
     if o.benches.is_empty() {
-        o.benches.extend(["train", "e2e"]);
+        o.benches.extend(["train", "optimize", "e2e"]);
     }
     o.benches.dedup();
     Ok(o)
@@ -128,6 +129,8 @@ pub fn bench(args: &[String]) -> Result {
         "kiln",
         "--example",
         "bench_train",
+        "--example",
+        "bench_optimize",
     ]);
     cmd::run(tools.apply(&mut build), "install Rust with rustup")?;
     let venv = paths::target_dir().join("bench-venv");
@@ -151,6 +154,7 @@ pub fn bench(args: &[String]) -> Result {
     for &b in &o.benches {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
+            "optimize" => bench_optimize(&root, &tools, o.pairs)?,
             _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
         };
         let table = table(&figures);
@@ -368,6 +372,83 @@ fn bench_e2e(
     }
     let _ = fs::remove_dir_all(&runs);
     Ok(vec![wall, mem])
+}
+
+/// Compressed MNIST models vs the fp32 one, all exported by kiln and run by ONNX Runtime
+/// (one thread) at batch 1 and 1024: here the "peer" column is fp32, so the ratio is the
+/// speed-up of compression. The model comes from a run of the default pipeline.
+fn bench_optimize(root: &Path, tools: &setup::Tools, pairs: usize) -> Result<Vec<Figure>> {
+    let runs = paths::target_dir().join("bench/runs-optimize");
+    let mut run = Command::new(paths::target_dir().join("release/kiln"));
+    run.arg("run")
+        .arg(root.join("pipelines/mnist-mlp.toml"))
+        .arg("--runs-dir")
+        .arg(&runs);
+    cmd::run(tools.apply(&mut run), "see the pipeline's error above")?;
+    let mut c = Command::new(paths::target_dir().join("release/examples/bench_optimize"));
+    c.arg(runs.join("mnist-mlp/latest")).arg(pairs.to_string());
+    tools.apply(&mut c);
+    let out = c
+        .output()
+        .map_err(|e| cmd::spawn_error(&c, &e, "build it first"))?;
+    if !out.status.success() {
+        return Err(Failure::msg(format!(
+            "bench_optimize failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    let variant = |l: &str| -> String {
+        l.split("\"variant\": \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let values = |name: &str, key: &str| -> Result<Vec<f64>> {
+        lines
+            .iter()
+            .filter(|l| variant(l) == name)
+            .map(|l| field(l, key))
+            .collect()
+    };
+    let mut names: Vec<String> = lines.iter().map(|l| variant(l)).collect();
+    names.dedup();
+    names.sort();
+    names.dedup();
+    let mut figures = Vec::new();
+    for (key, label, unit) in [
+        ("batch1024_rows_per_s", "batch 1024", "rows/s"),
+        ("batch1_per_s", "batch 1", "calls/s"),
+    ] {
+        let base = values("fp32", key)?;
+        for n in names.iter().filter(|n| *n != "fp32") {
+            let bytes = lines
+                .iter()
+                .find(|l| variant(l) == *n)
+                .map(|l| field(l, "onnx_bytes"))
+                .transpose()?
+                .unwrap_or(f64::NAN);
+            let fp_bytes = lines
+                .iter()
+                .find(|l| variant(l) == "fp32")
+                .map(|l| field(l, "onnx_bytes"))
+                .transpose()?
+                .unwrap_or(f64::NAN);
+            figures.push(Figure {
+                name: format!(
+                    "{n} vs fp32, ONNX Runtime {label} ({:.0} % of fp32's ONNX size)",
+                    bytes / fp_bytes * 100.0
+                ),
+                unit,
+                higher_is_better: true,
+                kiln: values(n, key)?,
+                peer: base.clone(),
+            });
+        }
+    }
+    Ok(figures)
 }
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {

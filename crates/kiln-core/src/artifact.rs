@@ -53,7 +53,8 @@ pub fn hash_file(path: &Path) -> Result<String> {
 }
 
 /// Hex SHA-256 over every regular file of a folder (sorted relative names and contents),
-/// recursively. Hidden files (names starting with `.`) are skipped.
+/// recursively. Hidden files (names starting with `.`) and measurements
+/// (`*.timings.json`, which differ from run to run) are skipped.
 pub fn hash_dir(dir: &Path) -> Result<String> {
     let mut files = Vec::new();
     collect_files(dir, dir, &mut files)?;
@@ -74,7 +75,8 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     for entry in entries {
         let entry = entry.map_err(|e| CoreError::io(dir, e))?;
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.ends_with(".timings.json") {
             continue;
         }
         if path.is_dir() {
@@ -106,7 +108,12 @@ mod tests {
         );
         let h1 = hash_dir(&dir).unwrap();
         atomic_write(&dir.join("b.txt"), b"x").unwrap();
-        assert_ne!(h1, hash_dir(&dir).unwrap());
+        let h2 = hash_dir(&dir).unwrap();
+        assert_ne!(h1, h2);
+        // measurements and hidden files do not count
+        atomic_write(&dir.join("latency.timings.json"), b"[1.5]").unwrap();
+        atomic_write(&dir.join(".lock"), b"1").unwrap();
+        assert_eq!(h2, hash_dir(&dir).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

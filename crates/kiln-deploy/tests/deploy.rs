@@ -1,7 +1,8 @@
 //! Tests of kiln-deploy against the real ONNX Runtime: the writer reproduces a forward pass
 //! worked by hand, fp32 and int8 exports match kiln's reference within 1e-5, a perturbed
 //! weight fails the parity gate and the stage, the stage writes a reproducible bundle, and
-//! the official onnx checker and Python onnxruntime accept both files.
+//! the official onnx checker and Python onnxruntime accept every kind of file (fp32, int8
+//! dynamic, int8 static).
 
 use kiln_core::forward::quantize_weights_symmetric;
 use kiln_core::{
@@ -108,6 +109,39 @@ fn int8(m: &NativeModel) -> NativeModel {
         }),
         ..m.spec.clone()
     };
+    NativeModel::new(spec, w).unwrap()
+}
+
+/// Static int8: the dynamic model's weights plus each layer's input range seen on the
+/// first `rows` rows of `x` through the fp32 layers (rows after them may fall outside it
+/// and saturate, as they do in ONNX Runtime's QuantizeLinear).
+fn int8_static(m: &NativeModel, x: &[f32], rows: usize) -> NativeModel {
+    let q = int8(m);
+    let mut w = q.weights.clone();
+    let mut h = x[..rows * m.spec.input_dim].to_vec();
+    for (i, l) in m.spec.layers.iter().enumerate() {
+        let (lo, hi) = h
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        let (s, z) = kiln_core::forward::u8_params(lo, hi);
+        w.insert_f32(&format!("layers.{i}.input_scale"), vec![1], vec![s]);
+        w.insert_f32(
+            &format!("layers.{i}.input_zero_point"),
+            vec![1],
+            vec![f32::from(z)],
+        );
+        h = kiln_core::forward::dense_f32(
+            &h,
+            rows,
+            m.weights.f32(&format!("layers.{i}.weight")).unwrap(),
+            m.weights.f32(&format!("layers.{i}.bias")).unwrap(),
+            l.in_dim,
+            l.out_dim,
+            l.activation,
+        );
+    }
+    let mut spec = q.spec.clone();
+    spec.quantization.as_mut().unwrap().scheme = "static".into();
     NativeModel::new(spec, w).unwrap()
 }
 
@@ -219,7 +253,9 @@ fn writer_matches_a_forward_pass_worked_by_hand() {
 fn fp32_and_int8_match_the_reference_within_1e5() {
     let (m, x) = random(0x2545_f491_4f6c_dd1d, 20, &[16, 8], 5, 300);
     let q = int8(&m);
-    for model in [&m, &q] {
+    // calibrated on 30 rows: later rows saturate in some layers, on both sides alike
+    let st = int8_static(&m, &x, 30);
+    for model in [&m, &q, &st] {
         let bytes = export(&model.spec, &model.weights, &meta(5)).unwrap();
         let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
         // Batches of 100 and one ragged batch of 300 % 128 = 44 rows.
@@ -255,6 +291,30 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
         ),
         (3, 3, 0)
     );
+    // The static file quantizes with constants: QuantizeLinear, no DynamicQuantizeLinear.
+    let gs = decode(&export(&st.spec, &st.weights, &meta(5)).unwrap())
+        .unwrap()
+        .graph
+        .unwrap();
+    let count_s = |op: &str| gs.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!(
+        (
+            count_s("MatMulInteger"),
+            count_s("QuantizeLinear"),
+            count_s("DynamicQuantizeLinear")
+        ),
+        (3, 3, 0)
+    );
+    let st_out = st.clone().predict(&x, 300).unwrap();
+    let saturated = {
+        // some rows lie outside the 30 calibration rows' range of the input layer
+        let (lo, hi) = x[..600]
+            .iter()
+            .fold((0f32, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        x[600..].iter().filter(|&&v| v < lo || v > hi).count()
+    };
+    assert!(saturated > 0, "the test should exercise saturation");
+    assert!(kiln_deploy::compare(&fp, &st_out, 300, 0.0).max_abs_logit < 1.0);
     let int8_inits: Vec<&str> = g
         .initializer
         .iter()
@@ -476,7 +536,11 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
     let (m, x) = random(99, 12, &[10], 3, 50);
     let dir = tempfile::tempdir().unwrap();
     let mut models = Vec::new();
-    for (name, model) in [("fp32", m.clone()), ("int8", int8(&m))] {
+    for (name, model) in [
+        ("fp32", m.clone()),
+        ("int8", int8(&m)),
+        ("static", int8_static(&m, &x, 20)),
+    ] {
         let path = dir.path().join(format!("{name}.onnx"));
         let meta = ExportMeta {
             class_labels: vec!["a".into(), "b".into(), "c".into()],
@@ -489,7 +553,8 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
         let p = model.clone().predict(&x, 50).unwrap();
         models.push(serde_json::json!({
             "path": path,
-            "int8": name == "int8",
+            "int8": name != "fp32",
+            "static": name == "static",
             "probabilities": p.probabilities,
             "argmax": p.argmax(),
         }));
@@ -521,6 +586,8 @@ for m in spec["models"]:
     if m["int8"]:
         assert ops.count("MatMulInteger") == 2 and "MatMul" not in ops, ops
         assert int8 == ["layers.0.weight", "layers.1.weight"], int8
+        q = "QuantizeLinear" if m["static"] else "DynamicQuantizeLinear"
+        assert ops.count(q) == 2, ops
     else:
         assert ops.count("MatMul") == 2 and not int8, ops
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
@@ -547,7 +614,7 @@ for m in spec["models"]:
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
-        2,
+        3,
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -514,9 +514,9 @@ fn execute(
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Optimize(c) => {
-            let (schema, [_, valid, _]) = dataset(p, first, dirs)?;
+            let (schema, [train, valid, _]) = dataset(p, first, dirs)?;
             let model = model_of(dirs, first)?;
-            kiln_optimize::run(c, &model, &valid, out).map_err(|e| e.to_string())?;
+            kiln_optimize::run(c, &model, &train, &valid, out).map_err(|e| e.to_string())?;
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Evaluate(c) => {
@@ -588,8 +588,19 @@ fn execute(
                     name: "fp32".into(),
                     model: model_of(dirs, parent)?,
                 });
+                // named after the chosen candidate (model.<name>.onnx)
+                let chosen = dirs
+                    .get(first)
+                    .and_then(|d| {
+                        kiln_core::read_json::<Vec<kiln_optimize::Candidate>>(
+                            &d.join("candidates.json"),
+                        )
+                        .ok()
+                    })
+                    .and_then(|c| c.into_iter().find(|c| c.chosen))
+                    .map_or_else(|| "compressed".to_string(), |c| c.name);
                 variants.push(kiln_deploy::Variant {
-                    name: "int8".into(),
+                    name: chosen,
                     model: model_of(dirs, first)?,
                 });
             } else {
@@ -687,7 +698,76 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                     });
                 }
             }
-            StageKind::Optimize => {}
+            StageKind::Optimize => {
+                let Some(cands) = json("candidates.json") else {
+                    continue;
+                };
+                let lat = json(kiln_optimize::LATENCY_FILE);
+                let regression = p
+                    .stages
+                    .iter()
+                    .find(|x| Some(x.id.as_str()) == s.inputs.first().map(String::as_str))
+                    .and_then(|t| dirs.get(&t.id))
+                    .and_then(|d| {
+                        kiln_core::read_json::<kiln_core::ModelSpec>(&d.join("spec.json")).ok()
+                    })
+                    .is_some_and(|m| m.task == kiln_core::Task::Regression);
+                let mut rows = Vec::new();
+                for (i, c) in cands.as_array().into_iter().flatten().enumerate() {
+                    let l = lat.as_ref().and_then(|l| l.get(i));
+                    let ms = |k: &str| {
+                        l.and_then(|l| l[k].as_f64())
+                            .map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+                    };
+                    let mut reason = c["reason"].as_str().unwrap_or("").to_string();
+                    if let Some(slow) = l.and_then(|l| l["slower_than_fp32"].as_str()) {
+                        reason = format!("{reason}; SLOWER than fp32: {slow}");
+                    }
+                    rows.push(vec![
+                        format!(
+                            "{}{}",
+                            c["name"].as_str().unwrap_or("?"),
+                            if c["chosen"].as_bool() == Some(true) {
+                                " *"
+                            } else {
+                                ""
+                            }
+                        ),
+                        c["params"].to_string(),
+                        c["nonzeros"].to_string(),
+                        format!(
+                            "{:.1} KiB",
+                            c["onnx_bytes"].as_f64().unwrap_or(0.0) / 1024.0
+                        ),
+                        fmt_metric(&c["valid_accuracy"]),
+                        fmt_metric(&c["accuracy_drop"]),
+                        ms("batch1_ms"),
+                        ms("batch1024_ms"),
+                        l.and_then(|l| l["speedup_1024"].as_f64())
+                            .map_or_else(|| "-".into(), |v| format!("{v:.2}x")),
+                        reason,
+                    ]);
+                }
+                let score = if regression { "valid R²" } else { "valid acc" };
+                tables.push(Table {
+                    title: format!("compression candidates ({}; * = chosen)", s.id),
+                    header: [
+                        "candidate",
+                        "params",
+                        "non-zeros",
+                        "ONNX",
+                        score,
+                        "drop",
+                        "ms @1",
+                        "ms @1024",
+                        "speedup @1024",
+                        "why",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                    rows,
+                });
+            }
             StageKind::Evaluate => {
                 if let Some(v) = json("metrics.json") {
                     let mut rows = Vec::new();

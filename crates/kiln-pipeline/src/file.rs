@@ -440,6 +440,10 @@ pub fn parse<'a>(
                 inputs.extend(take_string_list(&mut ctx, &mut table, "inputs"));
                 let requires = take_string_list(&mut ctx, &mut table, "requires");
                 let own_seed = table.contains_key("seed");
+                let own_finetune_seed = table
+                    .get("finetune")
+                    .and_then(|f| f.get_ref().as_table())
+                    .is_some_and(|f| f.contains_key("seed"));
                 let table_copy = table.clone();
                 let config = match kind {
                     StageKind::Preprocess => {
@@ -467,7 +471,13 @@ pub fn parse<'a>(
                         )
                     }
                     StageKind::Optimize => {
-                        deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Optimize)
+                        deserialize::<kiln_optimize::Config>(&mut ctx, table, span.clone(), &[])
+                            .map(|mut c| {
+                                if !own_finetune_seed {
+                                    c.finetune.seed = seed;
+                                }
+                                StageConfig::Optimize(c)
+                            })
                     }
                     StageKind::Evaluate => {
                         deserialize(&mut ctx, table, span.clone(), &[]).map(StageConfig::Evaluate)

@@ -79,6 +79,59 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     assert!(fp32 >= 0.93, "fp32 test accuracy {fp32}");
     assert!((fp32 - int8).abs() <= 0.02, "int8 {int8} vs fp32 {fp32}");
 
+    // Compression candidates: every one scored and sized, the smallest within budget
+    // chosen (int8: a quarter of the weight bytes), exact sparsity, a narrower network.
+    let cands = json(&r.run_dir.join("compress/candidates.json"));
+    let cands = cands.as_array().unwrap();
+    let names: Vec<&str> = cands.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "fp32",
+            "int8",
+            "int8-static",
+            "sparse-50-global",
+            "structured-50"
+        ]
+    );
+    let chosen: Vec<&str> = cands
+        .iter()
+        .filter(|c| c["chosen"] == true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(chosen, ["int8"]);
+    let field = |i: usize, k: &str| cands[i][k].as_u64().unwrap();
+    let weights = 64 * 64 + 64 * 32 + 32 * 10;
+    assert_eq!(field(0, "params"), weights + 64 + 32 + 10);
+    // half of all weights (global ranking) are exactly zero, biases untouched
+    assert_eq!(field(3, "nonzeros"), field(0, "nonzeros") - weights / 2);
+    assert_eq!(
+        field(4, "params"),
+        64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    );
+    assert!(field(1, "onnx_bytes") * 10 < field(0, "onnx_bytes") * 4);
+    assert!(
+        cands[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("smallest within budget")
+    );
+    for c in &names[1..] {
+        assert!(
+            r.run_dir
+                .join(format!("compress/candidates/{c}/spec.json"))
+                .is_file()
+        );
+    }
+    let lat = json(&r.run_dir.join("compress/latency.timings.json"));
+    let lat = lat.as_array().unwrap();
+    assert_eq!(lat.len(), 5);
+    assert!(lat.iter().all(
+        |l| l["batch1_ms"].as_f64().unwrap() > 0.0 && l["batch1024_ms"].as_f64().unwrap() > 0.0
+    ));
+    // deploy ships the chosen candidate under its name
+    assert!(r.run_dir.join("ship/model.int8.onnx").is_file());
+
     // The report draws the training curves, a confusion matrix and a reliability diagram
     // per variant, as PNG (real images, not blank) and SVG, and links them.
     let report = std::fs::read_to_string(r.run_dir.join("eval/report.md")).unwrap();

@@ -39,6 +39,9 @@ impl HostVec for Cuda {
     }
 }
 
+/// A run-time sized matrix on device `D`.
+pub(crate) type Matrix<D> = Tensor<(usize, usize), f32, D>;
+
 /// One dense layer's parameters and optimizer state.
 pub(crate) struct Layer<D: Device<f32>> {
     pub w: Tensor<(usize, usize), f32, D>,
@@ -238,7 +241,7 @@ impl<D: Device<f32>> Mlp<D> {
     }
 
     /// Multiplies each layer's weights by its mask (1 keeps, 0 prunes), where one is given.
-    pub fn apply_masks(&mut self, masks: &[Option<Tensor<(usize, usize), f32, D>>]) {
+    pub fn apply_masks(&mut self, masks: &[Option<Matrix<D>>]) {
         for (l, m) in self.layers.iter_mut().zip(masks) {
             if let Some(m) = m {
                 l.w = l.w.clone() * m.clone();

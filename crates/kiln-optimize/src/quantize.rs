@@ -1,0 +1,171 @@
+//! int8 quantization: symmetric weights per output channel or per tensor, activations
+//! dynamic (range per batch at run time) or static (range calibrated on training rows).
+
+use kiln_core::forward::{dense_f32, quantize_weights_symmetric, u8_params};
+use kiln_core::{Dataset, ModelSpec, NativeModel, Quantization, TensorStore};
+
+use crate::{OptimizeError, Result};
+
+/// Activation quantization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `DynamicQuantizeLinear`: each batch's own range.
+    Dynamic,
+    /// `QuantizeLinear` with a scale and zero point per layer from calibration.
+    Static,
+}
+
+/// Quantizes `model`'s weights: every `layers.<i>.weight` becomes i8 with a
+/// `layers.<i>.weight_scale`; biases stay f32. [`Scheme::Static`] also records each
+/// layer's input range, seen on the first `calibration_rows` rows of `calibration`
+/// through the fp32 model: `layers.<i>.input_scale` and `layers.<i>.input_zero_point`.
+pub fn quantize(
+    model: &NativeModel,
+    scheme: Scheme,
+    per_channel: bool,
+    calibration: Option<(&Dataset, usize)>,
+) -> Result<NativeModel> {
+    if model.spec.quantization.is_some() {
+        return Err(OptimizeError::Config(
+            "the input model is already quantized".into(),
+        ));
+    }
+    let mut weights = TensorStore::default();
+    for (i, l) in model.spec.layers.iter().enumerate() {
+        let w = model.weights.f32(&format!("layers.{i}.weight"))?;
+        let (wq, scales) = quantize_weights_symmetric(w, l.in_dim, l.out_dim, per_channel);
+        weights.insert_i8(&format!("layers.{i}.weight"), vec![l.in_dim, l.out_dim], wq);
+        weights.insert_f32(
+            &format!("layers.{i}.weight_scale"),
+            vec![scales.len()],
+            scales,
+        );
+        let b = model.weights.f32(&format!("layers.{i}.bias"))?;
+        weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
+    }
+    if scheme == Scheme::Static {
+        let Some((data, rows)) = calibration else {
+            return Err(OptimizeError::Config(
+                "static quantization needs calibration rows (the training split)".into(),
+            ));
+        };
+        for (i, (scale, zp)) in calibrate(model, data, rows)?.into_iter().enumerate() {
+            weights.insert_f32(&format!("layers.{i}.input_scale"), vec![1], vec![scale]);
+            weights.insert_f32(
+                &format!("layers.{i}.input_zero_point"),
+                vec![1],
+                vec![f32::from(zp)],
+            );
+        }
+    }
+    let spec = ModelSpec {
+        quantization: Some(Quantization {
+            dtype: "int8".into(),
+            scheme: match scheme {
+                Scheme::Dynamic => "dynamic",
+                Scheme::Static => "static",
+            }
+            .into(),
+            per_channel,
+        }),
+        ..model.spec.clone()
+    };
+    Ok(NativeModel::new(spec, weights)?)
+}
+
+/// uint8 scale and zero point of each layer's input: the min / max over the first `rows`
+/// rows of `data`, run through the fp32 layers before it.
+pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec<(f32, u8)>> {
+    let n = rows.min(data.n_rows());
+    if n == 0 {
+        return Err(OptimizeError::Config(
+            "static quantization needs at least one calibration row".into(),
+        ));
+    }
+    let mut h = data.features[..n * data.n_features()].to_vec();
+    let mut out = Vec::new();
+    for (i, l) in model.spec.layers.iter().enumerate() {
+        let (lo, hi) = h
+            .iter()
+            .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        out.push(u8_params(lo, hi));
+        let w = model.weights.f32(&format!("layers.{i}.weight"))?;
+        let b = model.weights.f32(&format!("layers.{i}.bias"))?;
+        h = dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::{Activation, Predictor, Task};
+
+    fn model() -> NativeModel {
+        let spec = ModelSpec::mlp(3, &[4], Activation::Relu, Task::Classification, 2);
+        let mut w = TensorStore::default();
+        let w0: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w1: Vec<f32> = (0..8).map(|i| (i as f32 * 0.71).cos()).collect();
+        w.insert_f32("layers.0.weight", vec![3, 4], w0);
+        w.insert_f32("layers.0.bias", vec![4], vec![0.1, -0.1, 0.0, 0.05]);
+        w.insert_f32("layers.1.weight", vec![4, 2], w1);
+        w.insert_f32("layers.1.bias", vec![2], vec![0.0, 0.0]);
+        NativeModel::new(spec, w).unwrap()
+    }
+
+    fn data(n: usize) -> Dataset {
+        Dataset {
+            feature_names: vec!["a".into(), "b".into(), "c".into()],
+            target: "y".into(),
+            features: (0..n * 3)
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+                .collect(),
+            labels: vec![0; n],
+            values: vec![],
+        }
+    }
+
+    #[test]
+    fn quantized_weights_are_int8_within_half_a_step() {
+        let m = model();
+        for per_channel in [true, false] {
+            let q = quantize(&m, Scheme::Dynamic, per_channel, None).unwrap();
+            let wq = q.weights.i8("layers.0.weight").unwrap();
+            let s = q.weights.f32("layers.0.weight_scale").unwrap();
+            assert_eq!(s.len(), if per_channel { 4 } else { 1 });
+            for (i, w) in m.weights.f32("layers.0.weight").unwrap().iter().enumerate() {
+                let sc = s[if per_channel { i % 4 } else { 0 }];
+                assert!((wq[i] as f32 * sc - w).abs() <= sc / 2.0 + 1e-7);
+            }
+        }
+        // int8 data is a quarter of fp32's weights plus the scales
+        let q = quantize(&m, Scheme::Dynamic, true, None).unwrap();
+        assert_eq!(q.weights.data_bytes(), 12 + 8 + 4 * (4 + 2) + 4 * (4 + 2));
+        assert!(quantize(&q, Scheme::Dynamic, true, None).is_err());
+    }
+
+    #[test]
+    fn static_calibration_records_each_layers_input_range() {
+        let m = model();
+        let d = data(20);
+        let q = quantize(&m, Scheme::Static, true, Some((&d, 10))).unwrap();
+        // layer 0 sees the raw features of the first 10 rows: min -1, max 1
+        let (lo, hi) = (-1.0f32, 1.0f32);
+        let s0 = q.weights.f32("layers.0.input_scale").unwrap()[0];
+        let z0 = q.weights.f32("layers.0.input_zero_point").unwrap()[0];
+        assert_eq!(s0, (hi - lo) / 255.0);
+        assert_eq!(z0, (1.0f32 / s0).round_ties_even());
+        // layer 1 sees ReLU outputs: min 0, so the zero point is 0
+        assert_eq!(q.weights.f32("layers.1.input_zero_point").unwrap()[0], 0.0);
+        // on the calibration rows static and dynamic ranges agree for layer 0, so the
+        // outputs are close to fp32
+        let mut qm = q.clone();
+        let mut fm = m.clone();
+        let a = qm.predict(&d.features[..30], 10).unwrap();
+        let b = fm.predict(&d.features[..30], 10).unwrap();
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            assert!((x - y).abs() < 0.05, "{x} vs {y}");
+        }
+        assert!(quantize(&m, Scheme::Static, true, None).is_err());
+    }
+}
