@@ -331,6 +331,9 @@ fn bench_e2e(
     run_kiln
         .arg("run")
         .arg(root.join("pipelines/mnist-mlp.toml"))
+        // the peer script quantizes to int8 and nothing else: so does kiln here (the
+        // default pipeline also tries static int8 and pruning, see `bench optimize`)
+        .args(["--set", "stages.compress.candidates=[]"])
         .arg("--force")
         .arg("--runs-dir")
         .arg(&runs);

@@ -235,7 +235,14 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
             )));
         }
         h = match &spec.quantization {
+            // fp16 weights are stored as the f32 values of their f16 rounding: the
+            // arithmetic is fp32 (ONNX Runtime casts them to float once, at load)
             None => {
+                let w = weights.f32(&format!("layers.{i}.weight"))?;
+                check_len(i, w.len(), l.in_dim * l.out_dim)?;
+                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation)
+            }
+            Some(q) if q.dtype == "fp16" => {
                 let w = weights.f32(&format!("layers.{i}.weight"))?;
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
                 dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation)

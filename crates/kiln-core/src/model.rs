@@ -46,7 +46,8 @@ pub struct LayerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quantization {
-    /// Weight type; only `"int8"` so far.
+    /// Weight type: `"int8"`, or `"fp16"` (weights rounded to half precision, stored as
+    /// their f32 values, exported as float16 initializers; `scheme` is then `"weights"`).
     pub dtype: String,
     /// `"dynamic"`: activations are quantized to uint8 at run time, per tensor, as ONNX
     /// `DynamicQuantizeLinear` does; `"static"`: with a scale and zero point per layer

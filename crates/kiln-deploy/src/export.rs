@@ -7,7 +7,7 @@
 
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    attr_int, batch_value_info, dtype, node, tensor_f32, tensor_i8, tensor_u8,
+    attr_int, batch_value_info, dtype, node, tensor_f16, tensor_f32, tensor_i8, tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -112,11 +112,16 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             meta.feature_names.len()
         )));
     }
+    let fp16 = spec
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.dtype == "fp16");
     if let Some(q) = &spec.quantization
+        && !fp16
         && (q.dtype != "int8" || !matches!(q.scheme.as_str(), "dynamic" | "static"))
     {
         return Err(DeployError::Export(format!(
-            "quantization {}/{} cannot be exported; kiln exports int8/dynamic and int8/static",
+            "quantization {}/{} cannot be exported; kiln exports int8/dynamic, int8/static and fp16",
             q.dtype, q.scheme
         )));
     }
@@ -142,6 +147,21 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                 check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
                 g.inits.push(tensor_f32(&w_name, &[l.in_dim, l.out_dim], w));
                 g.op("MatMul", &format!("{p}.matmul"), &[&h, &w_name], &[&mm]);
+            }
+            Some(_) if fp16 => {
+                // float16 initializer, cast to float (exact: the values are f16's), MatMul
+                let w = weights.f32(&w_name)?;
+                check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
+                let (w16, wf) = (format!("{w_name}_fp16"), format!("{p}.weight_f32"));
+                g.inits.push(tensor_f16(&w16, &[l.in_dim, l.out_dim], w));
+                g.nodes.push(node(
+                    "Cast",
+                    &format!("{p}.cast_weight"),
+                    &[&w16],
+                    &[&wf],
+                    vec![attr_int("to", i64::from(dtype::FLOAT))],
+                ));
+                g.op("MatMul", &format!("{p}.matmul"), &[&h, &wf], &[&mm]);
             }
             Some(q) => {
                 // dense_int8_dynamic / _static: (u8 x - zp) . i8 w as i32, as f32, times
@@ -257,10 +277,10 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         producer_version: meta.kiln_version.clone(),
         doc_string: format!(
             "{} model exported by kiln{}",
-            if spec.quantization.is_some() {
-                "int8 (dynamic)"
-            } else {
-                "fp32"
+            match &spec.quantization {
+                None => "fp32".to_string(),
+                Some(q) if fp16 => format!("{} weights", q.dtype),
+                Some(q) => format!("{} ({})", q.dtype, q.scheme),
             },
             if meta.pipeline_hash.is_empty() {
                 String::new()

@@ -19,6 +19,8 @@ pub mod dtype {
     pub const INT32: i32 = 6;
     /// `int64`.
     pub const INT64: i32 = 7;
+    /// `float16`.
+    pub const FLOAT16: i32 = 10;
 }
 
 /// `AttributeProto.AttributeType` values kiln uses.
@@ -304,6 +306,21 @@ pub fn tensor_i8(name: &str, shape: &[usize], data: &[i8]) -> TensorProto {
         data_type: dtype::INT8,
         name: name.to_string(),
         raw_data: data.iter().map(|&v| v as u8).collect(),
+        ..Default::default()
+    }
+}
+
+/// A float16 initializer from f32 values (rounded to nearest even; values already
+/// representable in f16 are kept exactly).
+pub fn tensor_f16(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
+    TensorProto {
+        dims: dims(shape),
+        data_type: dtype::FLOAT16,
+        name: name.to_string(),
+        raw_data: data
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
         ..Default::default()
     }
 }

@@ -2,7 +2,7 @@
 //! worked by hand, fp32 and int8 exports match kiln's reference within 1e-5, a perturbed
 //! weight fails the parity gate and the stage, the stage writes a reproducible bundle, and
 //! the official onnx checker and Python onnxruntime accept every kind of file (fp32, int8
-//! dynamic, int8 static).
+//! dynamic, int8 static, fp16 weights).
 
 use kiln_core::forward::quantize_weights_symmetric;
 use kiln_core::{
@@ -145,6 +145,30 @@ fn int8_static(m: &NativeModel, x: &[f32], rows: usize) -> NativeModel {
     NativeModel::new(spec, w).unwrap()
 }
 
+/// fp16 weights: rounded to half precision, kept as f32 values; biases unchanged.
+fn fp16(m: &NativeModel) -> NativeModel {
+    let mut w = m.weights.clone();
+    for (i, l) in m.spec.layers.iter().enumerate() {
+        let k = format!("layers.{i}.weight");
+        let v: Vec<f32> = w
+            .f32(&k)
+            .unwrap()
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_f32())
+            .collect();
+        w.insert_f32(&k, vec![l.in_dim, l.out_dim], v);
+    }
+    let spec = ModelSpec {
+        quantization: Some(Quantization {
+            dtype: "fp16".into(),
+            scheme: "weights".into(),
+            per_channel: false,
+        }),
+        ..m.spec.clone()
+    };
+    NativeModel::new(spec, w).unwrap()
+}
+
 fn schema_and_test(m: &NativeModel, x: Vec<f32>) -> (Schema, Dataset) {
     let names: Vec<String> = (0..m.spec.input_dim).map(|i| format!("f{i}")).collect();
     let k = m.spec.output_dim();
@@ -255,7 +279,8 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     let q = int8(&m);
     // calibrated on 30 rows: later rows saturate in some layers, on both sides alike
     let st = int8_static(&m, &x, 30);
-    for model in [&m, &q, &st] {
+    let half = fp16(&m);
+    for model in [&m, &q, &st, &half] {
         let bytes = export(&model.spec, &model.weights, &meta(5)).unwrap();
         let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
         // Batches of 100 and one ragged batch of 300 % 128 = 44 rows.
@@ -291,6 +316,19 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
         ),
         (3, 3, 0)
     );
+    // The fp16 file holds float16 weights (half the bytes) cast to float once.
+    let gh = decode(&export(&half.spec, &half.weights, &meta(5)).unwrap())
+        .unwrap()
+        .graph
+        .unwrap();
+    let f16_inits = gh
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::FLOAT16)
+        .map(|t| t.raw_data.len())
+        .sum::<usize>();
+    assert_eq!(f16_inits, 2 * (20 * 16 + 16 * 8 + 8 * 5));
+    assert_eq!(gh.node.iter().filter(|n| n.op_type == "Cast").count(), 3);
     // The static file quantizes with constants: QuantizeLinear, no DynamicQuantizeLinear.
     let gs = decode(&export(&st.spec, &st.weights, &meta(5)).unwrap())
         .unwrap()
@@ -540,6 +578,7 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
         ("fp32", m.clone()),
         ("int8", int8(&m)),
         ("static", int8_static(&m, &x, 20)),
+        ("fp16", fp16(&m)),
     ] {
         let path = dir.path().join(format!("{name}.onnx"));
         let meta = ExportMeta {
@@ -553,7 +592,8 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
         let p = model.clone().predict(&x, 50).unwrap();
         models.push(serde_json::json!({
             "path": path,
-            "int8": name != "fp32",
+            "int8": name != "fp32" && name != "fp16",
+            "fp16": name == "fp16",
             "static": name == "static",
             "probabilities": p.probabilities,
             "argmax": p.argmax(),
@@ -590,6 +630,8 @@ for m in spec["models"]:
         assert ops.count(q) == 2, ops
     else:
         assert ops.count("MatMul") == 2 and not int8, ops
+        f16 = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+        assert len(f16) == (2 if m["fp16"] else 0), f16
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
     assert dims == [["batch", 12]], dims
     s = ort.InferenceSession(m["path"], providers=["CPUExecutionProvider"])
@@ -614,7 +656,7 @@ for m in spec["models"]:
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
-        3,
+        4,
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

@@ -149,7 +149,8 @@ pub struct CandidateConfig {
     /// Fine-tuning epochs after each pruning step (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetune_epochs: Option<usize>,
-    /// int8 activations: `dynamic` or `static`.
+    /// `dynamic` or `static` (int8 weights; activations quantized per batch or with
+    /// calibrated ranges), or `fp16` (half-precision weights, fp32 arithmetic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<String>,
     /// One weight scale per output channel (default true) or one per tensor.
@@ -175,10 +176,10 @@ impl CandidateConfig {
             }
         }
         if let Some(q) = &self.quantize {
-            parts.push(if q == "static" {
-                "int8-static".into()
-            } else {
-                "int8".into()
+            parts.push(match q.as_str() {
+                "static" => "int8-static".into(),
+                "fp16" => "fp16".into(),
+                _ => "int8".into(),
             });
             if self.per_channel == Some(false) {
                 parts.push("per-tensor".into());
@@ -223,12 +224,13 @@ impl CandidateConfig {
             p.push((format!("{key}.steps"), "steps must be at least 1".into()));
         }
         if let Some(q) = &self.quantize
-            && q != "dynamic"
-            && q != "static"
+            && !matches!(q.as_str(), "dynamic" | "static" | "fp16")
         {
             p.push((
                 format!("{key}.quantize"),
-                format!("unknown quantization `{q}`; use \"dynamic\" or \"static\""),
+                format!(
+                    "unknown quantization `{q}`; use \"dynamic\" or \"static\" (int8) or \"fp16\""
+                ),
             ));
         }
         if self.prune.is_none() && self.structured.is_none() && self.quantize.is_none() {
@@ -477,6 +479,9 @@ pub fn build(
             // structured, then magnitude: record the structural change
             m.spec.pruning = pruning;
         }
+    }
+    if c.quantize.as_deref() == Some("fp16") {
+        return quantize::fp16(&m);
     }
     if let Some(q) = &c.quantize {
         let scheme = if q == "static" {
@@ -764,6 +769,7 @@ mod tests {
         assert_eq!(c("q=static").resolved_name(), "int8-static");
         assert_eq!(c("p=0.5").resolved_name(), "sparse-50");
         assert_eq!(c("s=0.25,q=dynamic").resolved_name(), "structured-25-int8");
+        assert_eq!(c("q=fp16").resolved_name(), "fp16");
     }
 
     fn toml_like(s: &str) -> CandidateConfig {

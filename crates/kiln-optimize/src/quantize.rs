@@ -73,6 +73,40 @@ pub fn quantize(
     Ok(NativeModel::new(spec, weights)?)
 }
 
+/// fp16 weights: every weight and bias rounded to half precision (nearest even), kept as
+/// its f32 value so kiln's forward pass computes exactly what ONNX Runtime does with the
+/// float16 initializers cast to float. Halves the ONNX size; the arithmetic stays fp32.
+pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
+    if model.spec.quantization.is_some() {
+        return Err(OptimizeError::Config(
+            "the input model is already quantized".into(),
+        ));
+    }
+    let round =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    let mut weights = TensorStore::default();
+    for (i, l) in model.spec.layers.iter().enumerate() {
+        let w = model.weights.f32(&format!("layers.{i}.weight"))?;
+        weights.insert_f32(
+            &format!("layers.{i}.weight"),
+            vec![l.in_dim, l.out_dim],
+            round(w),
+        );
+        // biases stay f32 (they are few, and float initializers in the graph)
+        let b = model.weights.f32(&format!("layers.{i}.bias"))?;
+        weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
+    }
+    let spec = ModelSpec {
+        quantization: Some(Quantization {
+            dtype: "fp16".into(),
+            scheme: "weights".into(),
+            per_channel: false,
+        }),
+        ..model.spec.clone()
+    };
+    Ok(NativeModel::new(spec, weights)?)
+}
+
 /// uint8 scale and zero point of each layer's input: the min / max over the first `rows`
 /// rows of `data`, run through the fp32 layers before it.
 pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec<(f32, u8)>> {
@@ -142,6 +176,27 @@ mod tests {
         let q = quantize(&m, Scheme::Dynamic, true, None).unwrap();
         assert_eq!(q.weights.data_bytes(), 12 + 8 + 4 * (4 + 2) + 4 * (4 + 2));
         assert!(quantize(&q, Scheme::Dynamic, true, None).is_err());
+    }
+
+    #[test]
+    fn fp16_weights_are_the_nearest_half_values() {
+        let m = model();
+        let h = fp16(&m).unwrap();
+        for (a, b) in m
+            .weights
+            .f32("layers.0.weight")
+            .unwrap()
+            .iter()
+            .zip(h.weights.f32("layers.0.weight").unwrap())
+        {
+            // within half an f16 ulp (2^-11 relative), and exactly an f16 value
+            assert!(
+                (a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-8,
+                "{a} vs {b}"
+            );
+            assert_eq!(half::f16::from_f32(*b).to_f32(), *b);
+        }
+        assert_eq!(h.spec.quantization.as_ref().unwrap().dtype, "fp16");
     }
 
     #[test]
