@@ -22,6 +22,10 @@ struct Options {
     peers: bool,
     pairs: usize,
     write_docs: bool,
+    /// `serve`: seconds of measured load after the 2 s warm-up.
+    seconds: u64,
+    /// `serve`: concurrent keep-alive clients.
+    clients: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -30,6 +34,8 @@ fn parse(args: &[String]) -> Result<Options> {
         peers: false,
         pairs: 5,
         write_docs: false,
+        seconds: 30,
+        clients: 8,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -37,7 +43,8 @@ fn parse(args: &[String]) -> Result<Options> {
             "train" => o.benches.push("train"),
             "e2e" => o.benches.push("e2e"),
             "optimize" => o.benches.push("optimize"),
-            "all" => o.benches.extend(["train", "optimize", "e2e"]),
+            "serve" => o.benches.push("serve"),
+            "all" => o.benches.extend(["train", "optimize", "e2e", "serve"]),
             "--peers" => o.peers = true,
             "--write-docs" => o.write_docs = true,
             "--pairs" => {
@@ -47,28 +54,40 @@ fn parse(args: &[String]) -> Result<Options> {
                     .filter(|&n: &usize| n >= 1)
                     .ok_or_else(|| Failure::Usage("--pairs needs a number >= 1".into()))?;
             }
+            "--seconds" | "--clients" => {
+                let n = it
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| Failure::Usage(format!("{a} needs a number >= 1")))?;
+                if a == "--seconds" {
+                    o.seconds = n;
+                } else {
+                    o.clients = n as usize;
+                }
+            }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use train, optimize, e2e, all, --peers, --pairs N, --write-docs"
+                    "unknown bench argument `{other}`; use train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --write-docs"
                 )));
             }
         }
     }
     if o.benches.is_empty() {
-        o.benches.extend(["train", "optimize", "e2e"]);
+        o.benches.extend(["train", "optimize", "e2e", "serve"]);
     }
     o.benches.dedup();
     Ok(o)
 }
 
 /// One measured figure: kiln's samples and the peer's (empty when it did not run).
-struct Figure {
-    name: String,
-    unit: &'static str,
+pub(crate) struct Figure {
+    pub(crate) name: String,
+    pub(crate) unit: &'static str,
     /// true when larger is better (throughput), false for times and memory.
-    higher_is_better: bool,
-    kiln: Vec<f64>,
-    peer: Vec<f64>,
+    pub(crate) higher_is_better: bool,
+    pub(crate) kiln: Vec<f64>,
+    pub(crate) peer: Vec<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -109,6 +128,9 @@ impl Figure {
         if v.is_empty() {
             return "—".into();
         }
+        if v.len() == 1 {
+            return num(v[0]);
+        }
         let (lo, hi) = min_max(v);
         format!("{} ({}–{})", num(median(v)), num(lo), num(hi))
     }
@@ -120,18 +142,15 @@ pub fn bench(args: &[String]) -> Result {
     let tools = setup::setup()?;
     let root = paths::workspace_root();
     let mut build = cmd::cargo();
-    build.current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "kiln-cli",
-        "--bin",
-        "kiln",
-        "--example",
-        "bench_train",
-        "--example",
-        "bench_optimize",
-    ]);
+    build
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "kiln-cli", "--bin", "kiln"]);
+    if o.benches.contains(&"train") {
+        build.args(["--example", "bench_train"]);
+    }
+    if o.benches.contains(&"optimize") {
+        build.args(["--example", "bench_optimize"]);
+    }
     cmd::run(tools.apply(&mut build), "install Rust with rustup")?;
     let venv = paths::target_dir().join("bench-venv");
     if o.peers {
@@ -155,6 +174,7 @@ pub fn bench(args: &[String]) -> Result {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
+            "serve" => crate::bench_serve::bench_serve(&root, &tools, &venv, &o_serve(&o))?,
             _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
         };
         let table = table(&figures);
@@ -167,6 +187,14 @@ pub fn bench(args: &[String]) -> Result {
         write_docs(&root.join("docs/benchmarks.md"), &docs, args)?;
     }
     Ok(())
+}
+
+fn o_serve(o: &Options) -> crate::bench_serve::ServeOptions {
+    crate::bench_serve::ServeOptions {
+        seconds: o.seconds,
+        clients: o.clients,
+        pairs: o.pairs,
+    }
 }
 
 fn install_peers(venv: &Path) -> Result {
@@ -183,7 +211,7 @@ fn install_peers(venv: &Path) -> Result {
 }
 
 /// Runs `command`, returning the first line of its stdout that starts with `{`.
-fn json_line(command: &mut Command) -> Result<String> {
+pub(crate) fn json_line(command: &mut Command) -> Result<String> {
     let out = command
         .output()
         .map_err(|e| cmd::spawn_error(command, &e, "build it first"))?;
@@ -202,7 +230,7 @@ fn json_line(command: &mut Command) -> Result<String> {
 }
 
 /// The number after `"key":` in a one-line JSON object.
-fn field(line: &str, key: &str) -> Result<f64> {
+pub(crate) fn field(line: &str, key: &str) -> Result<f64> {
     let pat = format!("\"{key}\":");
     let rest = line
         .split_once(&pat)
@@ -454,7 +482,7 @@ fn bench_optimize(root: &Path, tools: &setup::Tools, pairs: usize) -> Result<Vec
     Ok(figures)
 }
 
-fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+pub(crate) fn tempdir_in(parent: &Path) -> Result<PathBuf> {
     let dir = parent.join(format!("runs-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| Failure::msg(format!("{}: {e}", dir.display())))?;
     Ok(dir)

@@ -4,6 +4,7 @@
 //! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
 
 mod bench;
+mod bench_serve;
 mod cmd;
 mod paths;
 mod setup;
@@ -25,11 +26,13 @@ commands:
                              setup, build `kiln` in release and run `kiln run FILE [args...]`;
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci                         what CI runs: format check, tests, feature checks
-  bench [train|e2e|all] [--peers] [--pairs N] [--write-docs]
+  bench [train|e2e|serve|all] [--peers] [--pairs N] [--seconds N] [--clients N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers
                              installs the peers into target/bench-venv (several GB);
-                             --write-docs updates docs/benchmarks.md
+                             --write-docs updates docs/benchmarks.md; serve: kiln serve
+                             under --clients N (8) keep-alive clients for --seconds N (30),
+                             and kiln predict vs Python onnxruntime at batch 1 and 1024
   help                       this text
 
 environment:

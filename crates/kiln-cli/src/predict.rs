@@ -32,7 +32,9 @@ pub struct Summary {
 
 /// Runs the request.
 pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
-    let Bundle { dir, onnx, schema } = open(&req.model)?;
+    let Bundle {
+        dir, onnx, schema, ..
+    } = open(&req.model)?;
     if req.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
@@ -123,8 +125,12 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// The ONNX file to run.
     pub onnx: PathBuf,
-    /// The model's schema: input columns, task, class labels, fitted transforms.
+    /// The model's schema: input columns, task, class labels, and the fitted transforms
+    /// callers must apply — none when the model has them in its graph (`baked`).
     pub schema: Schema,
+    /// The ONNX graph holds the preprocessing (metadata `preprocessing = baked`): it takes
+    /// raw values, and `schema.transforms` is emptied so they are not applied twice.
+    pub baked: bool,
 }
 
 /// Opens `--model`: a deploy folder (its model.onnx) or an .onnx file with schema.json
@@ -136,10 +142,28 @@ pub fn open(model: &Path) -> Result<Bundle, String> {
         let dir = model.parent().unwrap_or(Path::new(".")).to_path_buf();
         (dir, model.to_path_buf())
     };
-    let schema: Schema = kiln_core::read_json(&dir.join("schema.json")).map_err(|e| {
+    let mut schema: Schema = kiln_core::read_json(&dir.join("schema.json")).map_err(|e| {
         format!("{e}; --model takes a deploy folder (runs/<pipeline>/latest/<deploy stage>) or an .onnx file with schema.json beside it")
     })?;
-    Ok(Bundle { dir, onnx, schema })
+    let bytes = std::fs::read(&onnx).map_err(|e| {
+        format!(
+            "{}: {e}; --model takes a deploy folder holding model.onnx or an .onnx file",
+            onnx.display()
+        )
+    })?;
+    let baked = kiln_deploy::decode(&bytes)
+        .map(|m| kiln_deploy::is_baked(&m))
+        .map_err(|e| format!("{}: {e}", onnx.display()))?;
+    if baked {
+        // the graph applies them to the raw values itself
+        schema.transforms.clear();
+    }
+    Ok(Bundle {
+        dir,
+        onnx,
+        schema,
+        baked,
+    })
 }
 
 /// Why raw rows could not become model features.

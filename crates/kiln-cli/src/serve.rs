@@ -47,6 +47,12 @@ pub fn serve(opts: Options) -> Result<(), String> {
         );
     }
     let bundle = predict::open(&opts.model)?;
+    if bundle.baked {
+        tracing::info!(
+            "{}: the preprocessing is in the graph; raw values go in as they are",
+            bundle.onnx.display()
+        );
+    }
     let mut models = Vec::with_capacity(opts.sessions);
     for _ in 0..opts.sessions {
         // one intra-op thread per session: concurrency comes from the pool

@@ -373,3 +373,69 @@ fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
     assert!(err.contains("outside the training range"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+/// A bundle deployed with `include_preprocessing = true` takes raw values: `kiln predict`
+/// sees the `preprocessing = baked` metadata, does not standardize a second time, and gives
+/// the same probabilities as the bundle without it.
+#[test]
+fn predict_feeds_raw_values_to_a_model_with_baked_preprocessing() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let plain = deployed_iris(&runs).canonicalize().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = kiln()
+        .arg("run")
+        .arg(root.join("pipelines/iris.toml"))
+        .args([
+            "--set",
+            "stages.ship.include_preprocessing=true",
+            "--runs-dir",
+        ])
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let baked = runs.join("iris/latest/ship").canonicalize().unwrap();
+    assert_ne!(plain, baked);
+    let iris = root.join("fixtures/iris.csv");
+    let predict = |ship: &Path, name: &str| -> Vec<Vec<f64>> {
+        let preds = dir.path().join(name);
+        let out = kiln()
+            .args(["predict", "--model"])
+            .arg(ship)
+            .arg("--input")
+            .arg(&iris)
+            .arg("--output")
+            .arg(&preds)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&preds)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').skip(1).map(|c| c.parse().unwrap()).collect())
+            .collect()
+    };
+    let (a, b) = (predict(&plain, "plain.csv"), predict(&baked, "baked.csv"));
+    assert_eq!((a.len(), b.len()), (150, 150));
+    let diff = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f64, f64::max);
+    assert!(diff <= 1e-5, "{diff}");
+    // and the baked graph really is different: it starts with Sub / Div
+    let m = kiln_deploy::decode(&std::fs::read(baked.join("model.onnx")).unwrap()).unwrap();
+    assert!(kiln_deploy::is_baked(&m));
+    assert_eq!(m.graph.unwrap().node[0].op_type, "Sub");
+}

@@ -1,7 +1,9 @@
 //! kiln-deploy: exports models to ONNX (hand-written prost messages), runs them in ONNX
 //! Runtime through `ort`, and gates the deployment on parity with kiln-core's reference
 //! forward pass. The stage writes `model.onnx` (the `fp32` variant), `model.<variant>.onnx`,
-//! `parity.json` and `schema.json` — the ONNX files only after every variant passed.
+//! `parity.json` and `schema.json` — the ONNX files only after every variant passed — and
+//! the pipeline adds `model_card.md` ([`card`]). With `include_preprocessing` the fitted
+//! preprocessing is baked into the graph ([`bake`]).
 //!
 //! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` or from where
 //! `cargo xtask setup` installs it (see [`runtime::library_path`]).
@@ -49,11 +51,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bake;
+pub mod card;
 pub mod export;
 pub mod onnx;
 pub mod parity;
 pub mod runtime;
 
+pub use bake::{bake, is_baked};
+pub use card::{ColumnRange, ModelCard, VariantMetrics};
 pub use export::{ExportMeta, build, decode, export, output_name};
 pub use parity::{ParityReport, WorstRow, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
@@ -105,6 +111,11 @@ pub struct Config {
     /// Smallest allowed argmax agreement of a non-fp32 variant with the fp32 model on the
     /// test split (0.995).
     pub min_argmax_agreement: f64,
+    /// Bake the fitted numeric preprocessing of schema.json (scale, standardize) into the
+    /// ONNX graph in front of the first layer, so that its input `features` takes the raw
+    /// input columns (false). The graph then carries the metadata `preprocessing = baked`,
+    /// and `kiln predict` / `kiln serve` feed it raw values.
+    pub include_preprocessing: bool,
 }
 
 impl Default for Config {
@@ -114,6 +125,7 @@ impl Default for Config {
             parity_tolerance: 1e-5,
             parity_batch: kiln_core::EVAL_BATCH,
             min_argmax_agreement: 0.995,
+            include_preprocessing: false,
         }
     }
 }
@@ -190,6 +202,8 @@ struct ConfigFile {
     parity_batch: Option<usize>,
     #[serde(default)]
     min_argmax_agreement: Option<f64>,
+    #[serde(default)]
+    include_preprocessing: Option<bool>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -217,6 +231,7 @@ impl TryFrom<ConfigFile> for Config {
             parity_tolerance: f.parity_tolerance.unwrap_or(d.parity_tolerance),
             parity_batch: f.parity_batch.unwrap_or(d.parity_batch),
             min_argmax_agreement: f.min_argmax_agreement.unwrap_or(d.min_argmax_agreement),
+            include_preprocessing: f.include_preprocessing.unwrap_or(d.include_preprocessing),
         })
     }
 }
@@ -243,6 +258,10 @@ pub struct ParityFile {
     pub min_argmax_agreement: f64,
     /// Whether every check passed (the ONNX files were written).
     pub passed: bool,
+    /// The preprocessing is in the graph: ONNX Runtime ran on raw rows (the test split's
+    /// transforms undone) and the reference pass on `Schema::apply` of those rows.
+    #[serde(default)]
+    pub preprocessing_baked: bool,
 }
 
 /// One deployed variant.
@@ -363,6 +382,18 @@ pub fn run_with_exporter(
     let _span = tracing::info_span!("deploy", variants = variants.len()).entered();
     config.validate()?;
     check_inputs(variants, schema, test)?;
+    // A baked model takes raw rows: ONNX Runtime gets them, the reference pass gets what
+    // `Schema::apply` makes of them.
+    let baked_inputs = if config.include_preprocessing {
+        let raw = bake::unapply(schema, &test.features)?;
+        Some((schema.apply(&raw)?, raw))
+    } else {
+        None
+    };
+    let (native_x, onnx_x): (&[f32], &[f32]) = match &baked_inputs {
+        Some((f, raw)) => (f, raw),
+        None => (&test.features, &test.features),
+    };
     let meta = ExportMeta {
         class_labels: schema.class_labels.clone(),
         feature_names: schema.feature_names.clone(),
@@ -373,12 +404,18 @@ pub fn run_with_exporter(
     let n = test.n_rows();
     let mut checked = Vec::new();
     for v in variants {
-        let bytes = exporter(&v.model, &meta)?;
+        let mut bytes = exporter(&v.model, &meta)?;
+        if config.include_preprocessing {
+            let mut m = decode(&bytes)?;
+            bake::bake(&mut m, schema)?;
+            bytes = prost::Message::encode_to_vec(&m);
+        }
         let mut onnx = OrtModel::from_bytes(&bytes, 1)?;
         let (report, native) = parity::check_parity_keep(
             &mut v.model.clone(),
             &mut onnx,
-            &test.features,
+            native_x,
+            onnx_x,
             n,
             config.parity_batch,
             config.parity_tolerance,
@@ -404,6 +441,7 @@ pub fn run_with_exporter(
         agreement_with_fp32: BTreeMap::new(),
         min_argmax_agreement: config.min_argmax_agreement,
         passed: false,
+        preprocessing_baked: config.include_preprocessing,
     };
     let mut outputs = Vec::new();
     for (v, bytes, report, classes) in &checked {
@@ -497,7 +535,9 @@ mod tests {
         let c: Config = serde_json::from_str(r#"{"opset": 18, "parity_batch": 64}"#).unwrap();
         assert_eq!((c.opset, c.parity_batch), (18, 64));
         let c: Config = serde_json::from_str(r#"{"onnx": {"opset": 19}}"#).unwrap();
-        assert_eq!(c.opset, 19);
+        assert_eq!((c.opset, c.include_preprocessing), (19, false));
+        let c: Config = serde_json::from_str(r#"{"include_preprocessing": true}"#).unwrap();
+        assert!(c.include_preprocessing && c.problems().is_empty());
         // Round trip through the flat form.
         let back: Config = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);

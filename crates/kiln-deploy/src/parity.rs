@@ -184,14 +184,16 @@ pub fn check_parity(
     batch: usize,
     tol: f32,
 ) -> Result<ParityReport> {
-    check_parity_keep(native, onnx, features, n_rows, batch, tol).map(|(r, _)| r)
+    check_parity_keep(native, onnx, features, features, n_rows, batch, tol).map(|(r, _)| r)
 }
 
-/// [`check_parity`], also returning the reference predictions.
+/// [`check_parity`], also returning the reference predictions; the ONNX side gets
+/// `onnx_features` (raw rows for a model with baked preprocessing).
 pub(crate) fn check_parity_keep(
     native: &mut dyn Predictor,
     onnx: &mut dyn Predictor,
     features: &[f32],
+    onnx_features: &[f32],
     n_rows: usize,
     batch: usize,
     tol: f32,
@@ -201,14 +203,17 @@ pub(crate) fn check_parity_keep(
             "the parity batch size is 0; set parity_batch to 1 or more".into(),
         ));
     }
-    if n_rows == 0 || !features.len().is_multiple_of(n_rows) {
+    if n_rows == 0
+        || !features.len().is_multiple_of(n_rows)
+        || onnx_features.len() != features.len()
+    {
         return Err(DeployError::Parity(format!(
             "cannot compare {} feature values as {n_rows} rows; pass a non-empty split",
             features.len()
         )));
     }
     let a = native.predict_batched(features, n_rows, batch)?;
-    let b = onnx.predict_batched(features, n_rows, batch)?;
+    let b = onnx.predict_batched(onnx_features, n_rows, batch)?;
     let mut report = compare(&a, &b, batch, tol);
     report.native = native.name().to_string();
     report.onnx = onnx.name().to_string();

@@ -418,7 +418,7 @@ fn new_run_id(parent: &Path) -> String {
 }
 
 /// The nearest upstream stage of `kind`, following first inputs.
-fn upstream<'p>(p: &'p Pipeline, from: &str, kind: StageKind) -> Option<&'p StageDef> {
+pub(crate) fn upstream<'p>(p: &'p Pipeline, from: &str, kind: StageKind) -> Option<&'p StageDef> {
     let mut cur = p.stages.iter().find(|s| s.id == from)?;
     loop {
         if cur.kind == kind {
@@ -609,7 +609,22 @@ fn execute(
                     model: model_of(dirs, first)?,
                 });
             }
-            kiln_deploy::run(c, &variants, &schema, &test, hash, out).map_err(|e| e.to_string())?;
+            let o = kiln_deploy::run(c, &variants, &schema, &test, hash, out)
+                .map_err(|e| e.to_string())?;
+            // model_card.md: the variants' origins let it show their test metrics
+            let origins: Vec<(String, String)> = variants
+                .iter()
+                .map(|v| {
+                    let from = match (v.name.as_str(), src.kind) {
+                        ("fp32", StageKind::Optimize) => src.inputs.first().cloned(),
+                        _ => None,
+                    };
+                    (v.name.clone(), from.unwrap_or_else(|| first.to_string()))
+                })
+                .collect();
+            let card = crate::card::model_card(p, stage, dirs, &origins);
+            kiln_deploy::card::write(out, &card, &schema, c, &o, hash)
+                .map_err(|e| e.to_string())?;
             // the bundle carries the training ranges, so `kiln predict` can warn about
             // inputs outside them
             let profile = upstream(p, first, StageKind::Preprocess)

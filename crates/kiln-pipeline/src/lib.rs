@@ -25,6 +25,7 @@
 //! assert!(errs[0].to_string().contains("doc.toml:12:1: unknown key `epoch`; did you mean `epochs`?"));
 //! ```
 
+mod card;
 mod exec;
 mod file;
 mod graph;

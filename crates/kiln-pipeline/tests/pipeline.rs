@@ -402,6 +402,148 @@ fn iris_with_a_string_target_runs() {
             .unwrap()
             >= 0.85
     );
+    // The bundle's model card: real figures and every section.
+    let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
+    let acc = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        card.contains(&format!("| fp32 | train | eval | {acc:.4} |")),
+        "{card}"
+    );
+    for section in [
+        "# Model card: iris",
+        "## Data",
+        "## Metrics",
+        "## Intended use",
+        "## Limits",
+        "## How it was built",
+        "## Preprocessing",
+        "## Privacy and security",
+    ] {
+        assert!(card.contains(section), "{section} missing:\n{card}");
+    }
+    let rows = metrics_rows(&r.run_dir);
+    assert!(card.contains(&format!("test {rows}")), "{card}");
+    assert!(card.contains("csv (path `iris.csv`)"), "{card}");
+    assert!(
+        card.contains("Classes: `setosa`, `versicolor`, `virginica`"),
+        "{card}"
+    );
+    assert!(card.contains("NOT in the ONNX graph"), "{card}");
+    assert!(card.contains("- standardize: (x - mean) / std"), "{card}");
+    let col = &json(&r.run_dir.join("data/profile.json"))["columns"][0];
+    let range = format!(
+        "| sepal_length | {} | {} |",
+        col["min"].as_f64().unwrap(),
+        col["max"].as_f64().unwrap()
+    );
+    assert!(card.contains(&range), "{range}\n{card}");
+    assert!(card.contains("binds 127.0.0.1 by default"), "{card}");
+    let parity = json(&r.run_dir.join("ship/parity.json"));
+    let prob = parity["variants"]["fp32"]["max_abs_prob"].as_f64().unwrap();
+    assert!(
+        card.contains(&format!("max |Δ probability| {prob:.2e}")),
+        "{card}"
+    );
+}
+
+/// `include_preprocessing = true`: the standardization is in the graph, which takes raw
+/// iris rows and matches the reference pass on `Schema::apply` of them within 1e-5; the
+/// official checker accepts it.
+#[test]
+fn iris_with_baked_preprocessing_takes_raw_rows() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+        only: None,
+        from: None,
+    };
+    let p = load(
+        &pipelines().join("iris.toml"),
+        &["stages.ship.include_preprocessing=true".to_string()],
+    )
+    .unwrap();
+    let r = run(&p, &opts).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let ship = r.run_dir.join("ship");
+    let parity = json(&ship.join("parity.json"));
+    assert_eq!(parity["preprocessing_baked"], true);
+    assert_eq!(parity["passed"], true);
+    let d = parity["variants"]["fp32"]["max_abs_prob"].as_f64().unwrap();
+    assert!(d <= 1e-5, "{d}");
+    let bytes = std::fs::read(ship.join("model.onnx")).unwrap();
+    let model = kiln_deploy::decode(&bytes).unwrap();
+    assert!(kiln_deploy::is_baked(&model));
+    let ops: Vec<&str> = model.graph.as_ref().unwrap().node[..3]
+        .iter()
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(ops, ["Sub", "Div", "MatMul"]);
+    assert!(
+        std::fs::read_to_string(ship.join("model_card.md"))
+            .unwrap()
+            .contains("Baked into the ONNX graph")
+    );
+
+    // Every raw row of the fixture: ONNX Runtime on raw values vs the reference on the
+    // schema's features.
+    let schema: kiln_core::Schema = kiln_core::read_json(&ship.join("schema.json")).unwrap();
+    assert!(!schema.transforms.is_empty());
+    let text = std::fs::read_to_string(pipelines().join("../fixtures/iris.csv")).unwrap();
+    let raw: Vec<f32> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|l| l.split(',').take(4).map(|v| v.parse::<f32>().unwrap()))
+        .collect();
+    let n = raw.len() / 4;
+    assert_eq!(n, 150);
+    let mut native = kiln_core::NativeModel::load(&r.run_dir.join("train")).unwrap();
+    let want = kiln_core::Predictor::predict(&mut native, &schema.apply(&raw).unwrap(), n).unwrap();
+    let mut onnx = kiln_deploy::OrtModel::from_bytes(&bytes, 1).unwrap();
+    let got = kiln_core::Predictor::predict(&mut onnx, &raw, n).unwrap();
+    let diff = want
+        .probabilities
+        .iter()
+        .zip(&got.probabilities)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert_eq!(got.probabilities.len(), n * 3);
+    assert!(diff <= 1e-5, "{diff}");
+    assert_eq!(want.argmax(), got.argmax());
+
+    // onnx.checker with full_check (KILN_PYTHON; required under CI=true).
+    let python = std::env::var("KILN_PYTHON").ok().filter(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import onnx"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "KILN_PYTHON with onnx is required under CI=true; run `cargo xtask setup`"
+        );
+        eprintln!("note: KILN_PYTHON is not available, so onnx.checker did not run");
+        return;
+    };
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys, onnx; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print('checked', len(m.graph.node))",
+        ])
+        .arg(ship.join("model.onnx"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("checked"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
