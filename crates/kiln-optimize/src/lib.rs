@@ -81,7 +81,7 @@ pub struct Config {
     /// Fine-tuning between pruning steps (epochs come from each candidate's
     /// `finetune_epochs`): `{ lr = 1e-4, batch_size = 64 }`.
     #[serde(default)]
-    pub finetune: kiln_train::Finetune,
+    pub finetune: FinetuneConfig,
     /// Training rows that calibrate static quantization (default 1000).
     #[serde(default = "default_calibration_rows")]
     pub calibration_rows: usize,
@@ -106,6 +106,39 @@ impl Default for Config {
 
 fn default_calibration_rows() -> usize {
     1000
+}
+
+/// Adam settings of the fine-tuning after each pruning step (its epochs are each
+/// candidate's `finetune_epochs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Learning rate (default 1e-4: the weights are already trained).
+    #[serde(default = "default_ft_lr")]
+    pub lr: f64,
+    /// Rows per step (default 64).
+    #[serde(default = "default_ft_batch")]
+    pub batch_size: usize,
+    /// Shuffling seed (the pipeline fills it from its top-level `seed`).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_ft_lr() -> f64 {
+    1e-4
+}
+fn default_ft_batch() -> usize {
+    64
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            lr: default_ft_lr(),
+            batch_size: default_ft_batch(),
+            seed: 0,
+        }
+    }
 }
 
 /// The legacy single int8 setting (`quantize = { … }`).
@@ -435,7 +468,9 @@ pub fn build(
     let epochs = c.finetune_epochs.unwrap_or(0);
     let ft = kiln_train::Finetune {
         epochs,
-        ..config.finetune.clone()
+        lr: config.finetune.lr,
+        batch_size: config.finetune.batch_size,
+        seed: config.finetune.seed,
     };
     let mut m = model.clone();
     if let Some(frac) = c.structured {
