@@ -120,6 +120,46 @@ pub fn quantize_weights_symmetric(
     (q, scales)
 }
 
+/// Asymmetric int8 weight quantization of `w[in, out]`: per output column when
+/// `per_channel`, else one range; the range widened to include 0, `scale = (max - min) /
+/// 255`, `zero_point = clamp(round_half_even(-128 - min / scale), -128, 127)`,
+/// `q = clamp(round_half_even(w / scale) + zero_point, -128, 127)`. Returns (q, scales,
+/// zero points as f32).
+pub fn quantize_weights_asymmetric(
+    w: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    per_channel: bool,
+) -> (Vec<i8>, Vec<f32>, Vec<f32>) {
+    let k = if per_channel { out_dim } else { 1 };
+    let (mut lo, mut hi) = (vec![0.0f32; k], vec![0.0f32; k]);
+    for row in w.chunks_exact(out_dim) {
+        for (j, &v) in row.iter().enumerate() {
+            let c = if per_channel { j } else { 0 };
+            lo[c] = lo[c].min(v);
+            hi[c] = hi[c].max(v);
+        }
+    }
+    let scales: Vec<f32> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(&l, &h)| if h == l { 1.0 } else { (h - l) / 255.0 })
+        .collect();
+    let zps: Vec<f32> = lo
+        .iter()
+        .zip(&scales)
+        .map(|(&l, &s)| (-128.0 - l / s).round_ties_even().clamp(-128.0, 127.0))
+        .collect();
+    let mut q = Vec::with_capacity(in_dim * out_dim);
+    for row in w.chunks_exact(out_dim) {
+        for (j, &v) in row.iter().enumerate() {
+            let c = if per_channel { j } else { 0 };
+            q.push(((v / scales[c]).round_ties_even() + zps[c]).clamp(-128.0, 127.0) as i8);
+        }
+    }
+    (q, scales, zps)
+}
+
 /// Dense layer with dynamic uint8 activations and int8 weights, as ONNX Runtime runs
 /// `DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale) -> Add(b)`.
 #[allow(clippy::too_many_arguments)]
@@ -134,7 +174,17 @@ pub fn dense_int8_dynamic(
     act: Activation,
 ) -> Vec<f32> {
     let (xq, x_scale, zp) = dynamic_quantize_u8(x);
-    dense_u8_i8(&xq, n, x_scale, zp, wq, w_scale, b, in_dim, out_dim, act)
+    dense_u8_i8(
+        &xq,
+        n,
+        x_scale,
+        zp,
+        (wq, w_scale, &[]),
+        b,
+        in_dim,
+        out_dim,
+        act,
+    )
 }
 
 /// Dense layer with statically quantized activations (scale and zero point fixed by
@@ -153,24 +203,45 @@ pub fn dense_int8_static(
     act: Activation,
 ) -> Vec<f32> {
     let xq = quantize_u8(x, x_scale, zp);
-    dense_u8_i8(&xq, n, x_scale, zp, wq, w_scale, b, in_dim, out_dim, act)
+    dense_u8_i8(
+        &xq,
+        n,
+        x_scale,
+        zp,
+        (wq, w_scale, &[]),
+        b,
+        in_dim,
+        out_dim,
+        act,
+    )
 }
 
-/// `(u8 x - zp) . i8 w` accumulated in i32, as f32, times `x_scale * w_scale[j]`, plus
-/// `b[j]`, then the activation.
+/// An int8 weight matrix: values, scales (1 or per column) and zero points (none for
+/// symmetric weights, else 1 or per column, integers held as f32).
+pub type QuantWeights<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+/// `(u8 x - zp) . (i8 w - w_zp)` accumulated in i32, as f32, times `x_scale *
+/// w_scale[j]`, plus `b[j]`, then the activation — ONNX `MatMulInteger` with its optional
+/// `b_zero_point`, then the float rescaling.
 #[allow(clippy::too_many_arguments)]
-fn dense_u8_i8(
+pub fn dense_u8_i8(
     xq: &[u8],
     n: usize,
     x_scale: f32,
     zp: u8,
-    wq: &[i8],
-    w_scale: &[f32],
+    (wq, w_scale, w_zp): QuantWeights,
     b: &[f32],
     in_dim: usize,
     out_dim: usize,
     act: Activation,
 ) -> Vec<f32> {
+    let wz: Vec<i32> = (0..out_dim)
+        .map(|j| match w_zp.len() {
+            0 => 0,
+            1 => w_zp[0] as i32,
+            _ => w_zp[j] as i32,
+        })
+        .collect();
     let combined: Vec<f32> = (0..out_dim)
         .map(|j| x_scale * w_scale[if w_scale.len() == 1 { 0 } else { j }])
         .collect();
@@ -178,6 +249,7 @@ fn dense_u8_i8(
     let mut acc = vec![0i32; out_dim];
     for (xr, or) in xq.chunks_exact(in_dim).zip(out.chunks_exact_mut(out_dim)) {
         acc.iter_mut().for_each(|a| *a = 0);
+        let mut x_sum = 0i32;
         for (k, &xv) in xr.iter().enumerate() {
             let xv = xv as i32 - zp as i32;
             if xv == 0 {
@@ -187,9 +259,12 @@ fn dense_u8_i8(
             for (a, &wv) in acc.iter_mut().zip(wr) {
                 *a += xv * wv as i32;
             }
+            x_sum += xv;
         }
         for j in 0..out_dim {
-            or[j] = act.apply(acc[j] as f32 * combined[j] + b[j]);
+            // sum_k x_k (w_kj - z_j) = sum_k x_k w_kj - z_j sum_k x_k, exactly, in i32
+            let a = acc[j] - wz[j] * x_sum;
+            or[j] = act.apply(a as f32 * combined[j] + b[j]);
         }
     }
     out
@@ -258,12 +333,25 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
                     )));
                 }
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                if q.scheme == "static" {
-                    let xp = static_params(weights, i)?;
-                    dense_int8_static(&h, n, xp, w, s, b, l.in_dim, l.out_dim, l.activation)
-                } else {
-                    dense_int8_dynamic(&h, n, w, s, b, l.in_dim, l.out_dim, l.activation)
+                // asymmetric weights carry zero points, one per scale
+                let z = weights
+                    .f32(&format!("layers.{i}.weight_zero_point"))
+                    .unwrap_or(&[]);
+                if !z.is_empty() && z.len() != s.len() {
+                    return Err(CoreError::Invalid(format!(
+                        "layers.{i}.weight_zero_point holds {} values; expected {} (one per scale)",
+                        z.len(),
+                        s.len()
+                    )));
                 }
+                let (xq, xs, xz) = if q.scheme == "static" {
+                    let (xs, xz) = static_params(weights, i)?;
+                    (quantize_u8(&h, xs, xz), xs, xz)
+                } else {
+                    dynamic_quantize_u8(&h)
+                };
+                let (ind, outd, act) = (l.in_dim, l.out_dim, l.activation);
+                dense_u8_i8(&xq, n, xs, xz, (w, s, z), b, ind, outd, act)
             }
         };
     }
@@ -320,6 +408,44 @@ mod tests {
         assert!((s - 0.019_607_844).abs() < 1e-9);
         assert_eq!(zp, 153);
         assert_eq!(q, vec![153, 255, 0, 26, 221, 179]);
+    }
+
+    #[test]
+    fn asymmetric_weights_dequantize_within_half_scale() {
+        // a skewed column: asymmetric uses all 256 levels on [-0.1, 1.0]
+        let w: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 23) as f32) * 0.05 - 0.1)
+            .collect();
+        for per_channel in [true, false] {
+            let (q, s, z) = quantize_weights_asymmetric(&w, 12, 5, per_channel);
+            for (i, (&qv, &wv)) in q.iter().zip(&w).enumerate() {
+                let c = if per_channel { i % 5 } else { 0 };
+                let back = (qv as f32 - z[c]) * s[c];
+                assert!((back - wv).abs() <= s[c] / 2.0 + 1e-6, "{back} vs {wv}");
+            }
+        }
+        // the integer identity used by dense_u8_i8 equals the direct sum
+        let (q, s, z) = quantize_weights_asymmetric(&w, 12, 5, true);
+        let x: Vec<u8> = (0..24).map(|i| (i * 11 % 256) as u8).collect();
+        let y = dense_u8_i8(
+            &x,
+            2,
+            0.5,
+            7,
+            (&q, &s, &z),
+            &[0.0; 5],
+            12,
+            5,
+            Activation::Identity,
+        );
+        for r in 0..2 {
+            for j in 0..5 {
+                let direct: i32 = (0..12)
+                    .map(|k| (x[r * 12 + k] as i32 - 7) * (q[k * 5 + j] as i32 - z[j] as i32))
+                    .sum();
+                assert_eq!(y[r * 5 + j], direct as f32 * (0.5 * s[j]));
+            }
+        }
     }
 
     #[test]

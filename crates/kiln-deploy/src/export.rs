@@ -207,12 +207,23 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                         &[&xq, &xs, &xz],
                     );
                 }
-                g.op(
-                    "MatMulInteger",
-                    &format!("{p}.matmul"),
-                    &[&xq, &w_name, &xz],
-                    &[&acc],
-                );
+                // asymmetric weights: MatMulInteger's b_zero_point (a scalar, or one per
+                // output column)
+                let z_name = format!("{p}.weight_zero_point");
+                let mut mm_inputs = vec![xq.as_str(), w_name.as_str(), xz.as_str()];
+                if let Ok(z) = weights.f32(&z_name) {
+                    if z.len() != s.len() || z.iter().any(|v| v.fract() != 0.0 || v.abs() > 128.0) {
+                        return Err(DeployError::Export(format!(
+                            "tensor `{z_name}` must hold one int8 zero point per scale ({})",
+                            s.len()
+                        )));
+                    }
+                    let zi: Vec<i8> = z.iter().map(|&v| v as i8).collect();
+                    let shape: &[usize] = if zi.len() == 1 { &[] } else { &[zi.len()] };
+                    g.inits.push(tensor_i8(&z_name, shape, &zi));
+                    mm_inputs.push(&z_name);
+                }
+                g.op("MatMulInteger", &format!("{p}.matmul"), &mm_inputs, &[&acc]);
                 g.nodes.push(node(
                     "Cast",
                     &format!("{p}.cast"),

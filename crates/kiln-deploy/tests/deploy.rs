@@ -2,7 +2,7 @@
 //! worked by hand, fp32 and int8 exports match kiln's reference within 1e-5, a perturbed
 //! weight fails the parity gate and the stage, the stage writes a reproducible bundle, and
 //! the official onnx checker and Python onnxruntime accept every kind of file (fp32, int8
-//! dynamic, int8 static, fp16 weights).
+//! dynamic, int8 static, int8 with asymmetric weights, fp16 weights).
 
 use kiln_core::forward::quantize_weights_symmetric;
 use kiln_core::{
@@ -145,6 +145,24 @@ fn int8_static(m: &NativeModel, x: &[f32], rows: usize) -> NativeModel {
     NativeModel::new(spec, w).unwrap()
 }
 
+/// Asymmetric int8 weights (a zero point per scale), dynamic activations.
+fn int8_asym(m: &NativeModel, per_channel: bool) -> NativeModel {
+    let q = int8(m);
+    let mut w = q.weights.clone();
+    for (i, l) in m.spec.layers.iter().enumerate() {
+        let (wq, s, z) = kiln_core::forward::quantize_weights_asymmetric(
+            m.weights.f32(&format!("layers.{i}.weight")).unwrap(),
+            l.in_dim,
+            l.out_dim,
+            per_channel,
+        );
+        w.insert_i8(&format!("layers.{i}.weight"), vec![l.in_dim, l.out_dim], wq);
+        w.insert_f32(&format!("layers.{i}.weight_scale"), vec![s.len()], s);
+        w.insert_f32(&format!("layers.{i}.weight_zero_point"), vec![z.len()], z);
+    }
+    NativeModel::new(q.spec.clone(), w).unwrap()
+}
+
 /// fp16 weights: rounded to half precision, kept as f32 values; biases unchanged.
 fn fp16(m: &NativeModel) -> NativeModel {
     let mut w = m.weights.clone();
@@ -280,7 +298,8 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     // calibrated on 30 rows: later rows saturate in some layers, on both sides alike
     let st = int8_static(&m, &x, 30);
     let half = fp16(&m);
-    for model in [&m, &q, &st, &half] {
+    let (asym_c, asym_t) = (int8_asym(&m, true), int8_asym(&m, false));
+    for model in [&m, &q, &st, &half, &asym_c, &asym_t] {
         let bytes = export(&model.spec, &model.weights, &meta(5)).unwrap();
         let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
         // Batches of 100 and one ragged batch of 300 % 128 = 44 rows.
@@ -579,6 +598,7 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
         ("int8", int8(&m)),
         ("static", int8_static(&m, &x, 20)),
         ("fp16", fp16(&m)),
+        ("asym", int8_asym(&m, true)),
     ] {
         let path = dir.path().join(format!("{name}.onnx"));
         let meta = ExportMeta {
@@ -594,6 +614,7 @@ fn official_checker_and_python_onnxruntime_accept_both_files() {
             "path": path,
             "int8": name != "fp32" && name != "fp16",
             "fp16": name == "fp16",
+            "asym": name == "asym",
             "static": name == "static",
             "probabilities": p.probabilities,
             "argmax": p.argmax(),
@@ -625,6 +646,9 @@ for m in spec["models"]:
     int8 = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     if m["int8"]:
         assert ops.count("MatMulInteger") == 2 and "MatMul" not in ops, ops
+        zps = [n for n in int8 if n.endswith("weight_zero_point")]
+        assert len(zps) == (2 if m["asym"] else 0), zps
+        int8 = [n for n in int8 if n not in zps]
         assert int8 == ["layers.0.weight", "layers.1.weight"], int8
         q = "QuantizeLinear" if m["static"] else "DynamicQuantizeLinear"
         assert ops.count(q) == 2, ops
@@ -656,7 +680,7 @@ for m in spec["models"]:
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
-        4,
+        5,
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

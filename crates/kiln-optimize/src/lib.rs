@@ -155,6 +155,9 @@ pub struct QuantizeConfig {
     /// One scale per output channel (default true).
     #[serde(default = "default_true")]
     pub per_channel: bool,
+    /// Symmetric weights (default true) or asymmetric (with zero points).
+    #[serde(default = "default_true")]
+    pub symmetric: bool,
 }
 
 /// One candidate: pruning (magnitude or structured, optional), then quantization
@@ -189,6 +192,10 @@ pub struct CandidateConfig {
     /// One weight scale per output channel (default true) or one per tensor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_channel: Option<bool>,
+    /// int8 weights symmetric around 0 (default true) or asymmetric (a zero point per
+    /// scale, the full int8 range over [min, max]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric: Option<bool>,
 }
 
 impl CandidateConfig {
@@ -216,6 +223,9 @@ impl CandidateConfig {
             });
             if self.per_channel == Some(false) {
                 parts.push("per-tensor".into());
+            }
+            if self.symmetric == Some(false) {
+                parts.push("asym".into());
             }
         }
         if parts.is_empty() {
@@ -295,6 +305,7 @@ impl Config {
             all.push(CandidateConfig {
                 quantize: Some(q.scheme.clone()),
                 per_channel: Some(q.per_channel),
+                symmetric: Some(q.symmetric),
                 ..Default::default()
             });
         }
@@ -381,6 +392,7 @@ impl Default for QuantizeConfig {
             dtype: default_dtype(),
             scheme: default_scheme(),
             per_channel: true,
+            symmetric: true,
         }
     }
 }
@@ -524,10 +536,11 @@ pub fn build(
         } else {
             Scheme::Dynamic
         };
-        m = quantize::quantize(
+        m = quantize::quantize_with(
             &m,
             scheme,
             c.per_channel.unwrap_or(true),
+            c.symmetric.unwrap_or(true),
             Some((train, config.calibration_rows)),
         )?;
     }
@@ -805,6 +818,9 @@ mod tests {
         assert_eq!(c("p=0.5").resolved_name(), "sparse-50");
         assert_eq!(c("s=0.25,q=dynamic").resolved_name(), "structured-25-int8");
         assert_eq!(c("q=fp16").resolved_name(), "fp16");
+        let mut a = c("q=dynamic");
+        a.symmetric = Some(false);
+        assert_eq!(a.resolved_name(), "int8-asym");
     }
 
     fn toml_like(s: &str) -> CandidateConfig {

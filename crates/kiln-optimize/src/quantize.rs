@@ -1,7 +1,10 @@
-//! int8 quantization: symmetric weights per output channel or per tensor, activations
+//! int8 quantization: symmetric or asymmetric weights per output channel or per tensor,
+//! activations
 //! dynamic (range per batch at run time) or static (range calibrated on training rows).
 
-use kiln_core::forward::{dense_f32, quantize_weights_symmetric, u8_params};
+use kiln_core::forward::{
+    dense_f32, quantize_weights_asymmetric, quantize_weights_symmetric, u8_params,
+};
 use kiln_core::{Dataset, ModelSpec, NativeModel, Quantization, TensorStore};
 
 use crate::{OptimizeError, Result};
@@ -25,6 +28,19 @@ pub fn quantize(
     per_channel: bool,
     calibration: Option<(&Dataset, usize)>,
 ) -> Result<NativeModel> {
+    quantize_with(model, scheme, per_channel, true, calibration)
+}
+
+/// [`quantize`] with a choice of symmetric weights (zero point 0, `scale = max|w| / 127`)
+/// or asymmetric ones (`layers.<i>.weight_zero_point` per scale, the full int8 range over
+/// [min, max]: finer steps for skewed weight distributions).
+pub fn quantize_with(
+    model: &NativeModel,
+    scheme: Scheme,
+    per_channel: bool,
+    symmetric: bool,
+    calibration: Option<(&Dataset, usize)>,
+) -> Result<NativeModel> {
     if model.spec.quantization.is_some() {
         return Err(OptimizeError::Config(
             "the input model is already quantized".into(),
@@ -33,7 +49,13 @@ pub fn quantize(
     let mut weights = TensorStore::default();
     for (i, l) in model.spec.layers.iter().enumerate() {
         let w = model.weights.f32(&format!("layers.{i}.weight"))?;
-        let (wq, scales) = quantize_weights_symmetric(w, l.in_dim, l.out_dim, per_channel);
+        let (wq, scales) = if symmetric {
+            quantize_weights_symmetric(w, l.in_dim, l.out_dim, per_channel)
+        } else {
+            let (q, s, z) = quantize_weights_asymmetric(w, l.in_dim, l.out_dim, per_channel);
+            weights.insert_f32(&format!("layers.{i}.weight_zero_point"), vec![z.len()], z);
+            (q, s)
+        };
         weights.insert_i8(&format!("layers.{i}.weight"), vec![l.in_dim, l.out_dim], wq);
         weights.insert_f32(
             &format!("layers.{i}.weight_scale"),

@@ -90,6 +90,7 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
             "fp32",
             "int8",
             "int8-static",
+            "int8-asym",
             "sparse-50-global",
             "structured-50"
         ]
@@ -104,9 +105,9 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     let weights = 64 * 64 + 64 * 32 + 32 * 10;
     assert_eq!(field(0, "params"), weights + 64 + 32 + 10);
     // half of all weights (global ranking) are exactly zero, biases untouched
-    assert_eq!(field(3, "nonzeros"), field(0, "nonzeros") - weights / 2);
+    assert_eq!(field(4, "nonzeros"), field(0, "nonzeros") - weights / 2);
     assert_eq!(
-        field(4, "params"),
+        field(5, "params"),
         64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
     );
     assert!(field(1, "onnx_bytes") * 10 < field(0, "onnx_bytes") * 4);
@@ -125,7 +126,7 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     }
     let lat = json(&r.run_dir.join("compress/latency.timings.json"));
     let lat = lat.as_array().unwrap();
-    assert_eq!(lat.len(), 5);
+    assert_eq!(lat.len(), 6);
     assert!(lat.iter().all(
         |l| l["batch1_ms"].as_f64().unwrap() > 0.0 && l["batch1024_ms"].as_f64().unwrap() > 0.0
     ));
