@@ -396,6 +396,16 @@ mod tests {
     }
 
     #[test]
+    fn leaky_relu_and_gelu_match_their_definitions() {
+        assert_eq!(Activation::LeakyRelu.apply(2.0), 2.0);
+        assert_eq!(Activation::LeakyRelu.apply(-2.0), -0.02);
+        // GELU(1) = 0.5 (1 + erf(1/sqrt 2)) = 0.8413447; GELU(-1) = -0.15865526
+        assert!((Activation::Gelu.apply(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((Activation::Gelu.apply(-1.0) + 0.158_655_26).abs() < 1e-6);
+        assert_eq!(Activation::Gelu.apply(0.0), 0.0);
+    }
+
+    #[test]
     fn softmax_rows_sum_to_one() {
         let p = softmax_rows(&[0.0, 0.0, 1000.0, 0.0], 2);
         assert_eq!(p, vec![0.5, 0.5, 1.0, 0.0]);

@@ -14,9 +14,16 @@ pub enum Activation {
     Tanh,
     /// 1 / (1 + exp(-x))
     Sigmoid,
+    /// x for x >= 0, else 0.01 x (PyTorch's and ONNX's default slope)
+    LeakyRelu,
+    /// 0.5 x (1 + erf(x / sqrt 2)), the exact GELU (erf from libm, as dfdx trains it)
+    Gelu,
     /// x (used on the output layer)
     Identity,
 }
+
+/// Slope of [`Activation::LeakyRelu`] for negative inputs.
+pub const LEAKY_RELU_ALPHA: f32 = 0.01;
 
 impl Activation {
     /// Applies the activation to one value.
@@ -25,6 +32,14 @@ impl Activation {
             Activation::Relu => x.max(0.0),
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::LeakyRelu => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    LEAKY_RELU_ALPHA * x
+                }
+            }
+            Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x / std::f32::consts::SQRT_2)),
             Activation::Identity => x,
         }
     }

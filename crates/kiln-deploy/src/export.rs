@@ -7,7 +7,8 @@
 
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    attr_int, batch_value_info, dtype, node, tensor_f16, tensor_f32, tensor_i8, tensor_u8,
+    attr_float, attr_int, batch_value_info, dtype, node, tensor_f16, tensor_f32, tensor_i8,
+    tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -244,9 +245,43 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             Activation::Relu => Some("Relu"),
             Activation::Tanh => Some("Tanh"),
             Activation::Sigmoid => Some("Sigmoid"),
+            Activation::LeakyRelu => Some("LeakyRelu"),
+            Activation::Gelu => Some("Gelu"),
             Activation::Identity => None,
         };
         match act {
+            Some("Gelu") => {
+                // 0.5 * x * (1 + Erf(x / sqrt 2)) in kiln-core's order (the Gelu op needs
+                // opset 20)
+                let pre = format!("{p}.pre_activation");
+                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
+                let c = |n: &str| format!("{p}.gelu_{n}");
+                g.inits
+                    .push(tensor_f32(&c("sqrt2"), &[], &[std::f32::consts::SQRT_2]));
+                g.inits.push(tensor_f32(&c("one"), &[], &[1.0]));
+                g.inits.push(tensor_f32(&c("half"), &[], &[0.5]));
+                g.op("Div", &c("div"), &[&pre, &c("sqrt2")], &[&c("scaled")]);
+                g.op("Erf", &c("erf"), &[&c("scaled")], &[&c("erf_out")]);
+                g.op(
+                    "Add",
+                    &c("add"),
+                    &[&c("erf_out"), &c("one")],
+                    &[&c("one_plus")],
+                );
+                g.op("Mul", &c("mul_half"), &[&c("half"), &pre], &[&c("half_x")]);
+                g.op("Mul", &c("mul"), &[&c("half_x"), &c("one_plus")], &[&out]);
+            }
+            Some("LeakyRelu") => {
+                let pre = format!("{p}.pre_activation");
+                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
+                g.nodes.push(node(
+                    "LeakyRelu",
+                    &format!("{p}.activation"),
+                    &[&pre],
+                    &[&out],
+                    vec![attr_float("alpha", kiln_core::LEAKY_RELU_ALPHA)],
+                ));
+            }
             Some(act) => {
                 let pre = format!("{p}.pre_activation");
                 g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);

@@ -97,6 +97,28 @@ impl Config {
                 format!("momentum {} must be in [0, 1)", self.optimizer.momentum),
             );
         }
+        if self.optimizer.nesterov
+            && (self.optimizer.kind != OptimizerKind::Sgd || self.optimizer.momentum <= 0.0)
+        {
+            bad(
+                "optimizer.nesterov",
+                "nesterov applies to kind = \"sgd\" with momentum > 0".into(),
+            );
+        }
+        if self.optimizer.clip_grad_norm.is_some() && self.device == "cuda" {
+            bad(
+                "optimizer.clip_grad_norm",
+                "gradient clipping runs on the cpu device only for now".into(),
+            );
+        }
+        if let Some(c) = self.optimizer.clip_grad_norm
+            && !(c > 0.0 && c.is_finite())
+        {
+            bad(
+                "optimizer.clip_grad_norm",
+                format!("clip_grad_norm {c} must be a positive number"),
+            );
+        }
         if self.schedule.kind == ScheduleKind::Step
             && !(self.schedule.gamma > 0.0 && self.schedule.gamma <= 1.0)
         {
@@ -251,6 +273,13 @@ pub struct OptimizerConfig {
     /// Momentum for sgd (default 0).
     #[serde(default)]
     pub momentum: f64,
+    /// Nesterov momentum for sgd (default false; needs `momentum` > 0).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Clip the gradient of every step to this global L2 norm (over all weights and
+    /// biases) before the optimizer sees it (default: no clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn default_opt() -> OptimizerKind {
@@ -267,6 +296,8 @@ impl Default for OptimizerConfig {
             lr: default_lr(),
             weight_decay: 0.0,
             momentum: 0.0,
+            nesterov: false,
+            clip_grad_norm: None,
         }
     }
 }

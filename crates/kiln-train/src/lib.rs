@@ -2,7 +2,7 @@
 //! for classification (softmax cross-entropy) or regression (MSE / Huber on the
 //! standardized target, folded back into the output layer), keeps the weights of the best
 //! validation epoch and writes the model artifact: `spec.json`, `weights.safetensors`,
-//! `history.json`.
+//! `history.json` (and the same as `history.csv`).
 //!
 //! ```
 //! use kiln_core::{Dataset, NativeModel, NoProgress, Predictor};
@@ -118,6 +118,28 @@ pub struct History {
     pub best_epoch: usize,
     /// True when early stopping ended training before `epochs`.
     pub stopped_early: bool,
+}
+
+impl History {
+    /// history.csv: one row per epoch, `epoch,train_loss,train_<metric>,valid_loss,
+    /// valid_<metric>,best` (shortest round-trip decimals, so the values equal
+    /// history.json's).
+    pub fn to_csv(&self) -> String {
+        let m = &self.metric;
+        let mut s = format!("epoch,train_loss,train_{m},valid_loss,valid_{m},best\n");
+        for e in &self.epochs {
+            s += &format!(
+                "{},{},{},{},{},{}\n",
+                e.epoch,
+                e.train_loss,
+                e.train_metric,
+                e.valid_loss,
+                e.valid_metric,
+                u8::from(e.epoch == self.best_epoch)
+            );
+        }
+        s
+    }
 }
 
 /// What a training run produced.
@@ -618,6 +640,7 @@ fn train_on<D: Device<f32> + net::HostVec>(
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     model.save(out_dir)?;
     kiln_core::write_json(&out_dir.join("history.json"), &history)?;
+    kiln_core::atomic_write(&out_dir.join("history.csv"), history.to_csv().as_bytes())?;
     if ckpt_dir.exists() {
         std::fs::remove_dir_all(&ckpt_dir).map_err(|e| kiln_core::CoreError::io(&ckpt_dir, e))?;
     }

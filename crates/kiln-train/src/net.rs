@@ -111,6 +111,8 @@ impl<D: Device<f32>> Mlp<D> {
                 Activation::Relu => z.relu(),
                 Activation::Tanh => z.tanh(),
                 Activation::Sigmoid => z.sigmoid(),
+                Activation::LeakyRelu => z.prelu(kiln_core::LEAKY_RELU_ALPHA),
+                Activation::Gelu => z.accurate_gelu(),
                 Activation::Identity => z,
             };
             if let (true, true, Some(rng)) = (i + 1 < n, self.dropout > 0.0, rng.as_deref_mut()) {
@@ -132,8 +134,14 @@ impl<D: Device<f32>> Mlp<D> {
         grads: &mut Gradients<f32, D>,
         opt: &OptimizerConfig,
         lr: f64,
-    ) -> Result<(), D::Err> {
+    ) -> Result<(), D::Err>
+    where
+        D: HostVec,
+    {
         self.step += 1;
+        if let Some(max_norm) = opt.clip_grad_norm {
+            self.clip(grads, max_norm as f32)?;
+        }
         let decay = if opt.weight_decay > 0.0 {
             Some(match opt.kind {
                 OptimizerKind::Adamw => WeightDecay::Decoupled(opt.weight_decay),
@@ -160,7 +168,11 @@ impl<D: Device<f32>> Mlp<D> {
                 OptimizerKind::Sgd => {
                     let cfg = SgdConfig {
                         lr,
-                        momentum: (opt.momentum > 0.0).then_some(Momentum::Classic(opt.momentum)),
+                        momentum: (opt.momentum > 0.0).then_some(if opt.nesterov {
+                            Momentum::Nesterov(opt.momentum)
+                        } else {
+                            Momentum::Classic(opt.momentum)
+                        }),
                         weight_decay: decay,
                     };
                     let gw = grads.get_or_alloc_mut(&l.w)?;
@@ -168,6 +180,37 @@ impl<D: Device<f32>> Mlp<D> {
                     let gb = grads.get_or_alloc_mut(&l.b)?;
                     cfg.try_update(&mut l.b, mb, gb)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Scales every gradient by `max_norm / norm` when their global L2 norm exceeds
+    /// `max_norm` (PyTorch's `clip_grad_norm_` without its epsilon).
+    fn clip(&self, grads: &mut Gradients<f32, D>, max_norm: f32) -> Result<(), D::Err>
+    where
+        D: HostVec,
+    {
+        let mut sq = 0.0f64;
+        for l in &self.layers {
+            for g in [grads.get(&l.w).as_vec(), grads.get(&l.b).as_vec()] {
+                sq += g.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            }
+        }
+        let norm = sq.sqrt() as f32;
+        if norm <= max_norm || norm == 0.0 {
+            return Ok(());
+        }
+        let c = max_norm / norm;
+        for l in &self.layers {
+            let gw = grads.get(&l.w) * c;
+            let gb = grads.get(&l.b) * c;
+            let dev = l.w.device().clone();
+            // devices that cannot take host buffers (CUDA for now) keep the gradient:
+            // `Config::problems` refuses clipping there before training starts
+            if let (Some(w), Some(b)) = (dev.upload(&gw.as_vec()), dev.upload(&gb.as_vec())) {
+                *grads.get_or_alloc_mut(&l.w)? = w;
+                *grads.get_or_alloc_mut(&l.b)? = b;
             }
         }
         Ok(())
@@ -299,6 +342,7 @@ mod tests {
             lr: 0.01,
             weight_decay: 0.0,
             momentum: 0.0,
+            ..Default::default()
         };
         net.update(&mut grads, &opt, opt.lr).unwrap();
         let w = net.layers[0].w.as_vec();
@@ -326,6 +370,7 @@ mod tests {
             lr: 0.1,
             weight_decay: 0.0,
             momentum: 0.0,
+            ..Default::default()
         };
         let x = dev.tensor_from_vec(vec![1.0f32], (1, 1));
         let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
@@ -337,5 +382,60 @@ mod tests {
         net.update(&mut grads, &opt, opt.lr).unwrap();
         // z = [0, 0], p = [0.5, 0.5], dz = [-0.5, 0.5]; w -= 0.1 * dz
         assert_eq!(net.layers[0].w.as_vec(), vec![0.05, -0.05]);
+    }
+
+    /// One SGD step of the zero network on x = 1, target class 0: the gradients of w and
+    /// b are both [-0.5, 0.5] (global norm 1).
+    fn one_step(opt: &OptimizerConfig) -> (Vec<f32>, Vec<f32>) {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::mlp(1, &[], Activation::Identity, Task::Classification, 2);
+        let mut net = Mlp::new(&dev, spec, 0.0, 0).unwrap();
+        net.layers[0].w = dev.tensor_from_vec(vec![0.0, 0.0], (1, 2));
+        net.layers[0].b = dev.tensor_from_vec(vec![0.0, 0.0], (2,));
+        let x = dev.tensor_from_vec(vec![1.0f32], (1, 1));
+        let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
+        let loss = dfdx::losses::cross_entropy_with_logits_loss(
+            net.forward_train(x.traced(Gradients::leaky()), None),
+            y,
+        );
+        let mut grads = loss.backward();
+        net.update(&mut grads, opt, opt.lr).unwrap();
+        (net.layers[0].w.as_vec(), net.layers[0].b.as_vec())
+    }
+
+    #[test]
+    fn clipping_scales_the_global_gradient_norm() {
+        let sgd = |clip| OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 1.0,
+            clip_grad_norm: clip,
+            ..Default::default()
+        };
+        // norm 1 > 0.1: every gradient times 0.1, so each parameter moves by 0.05
+        let (w, b) = one_step(&sgd(Some(0.1)));
+        for v in w.iter().chain(&b) {
+            assert!((v.abs() - 0.05).abs() < 1e-7, "{w:?} {b:?}");
+        }
+        // norm 1 <= 2: untouched
+        assert_eq!(one_step(&sgd(Some(2.0))), one_step(&sgd(None)));
+        assert_eq!(one_step(&sgd(None)).0, vec![0.5, -0.5]);
+    }
+
+    /// Nesterov (PyTorch's form): v = m v + g, step = g + m v; the first step is
+    /// (1 + m) g.
+    #[test]
+    fn nesterov_first_step_is_one_plus_momentum_times_the_gradient() {
+        let opt = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        };
+        let (w, _) = one_step(&opt);
+        assert!(
+            (w[0] - 0.095).abs() < 1e-7 && (w[1] + 0.095).abs() < 1e-7,
+            "{w:?}"
+        );
     }
 }

@@ -320,3 +320,58 @@ fn losses_and_metrics_must_fit_the_task() {
     };
     assert!(err(acc, &tr, &va).contains("use \"r2\" or \"loss\" for regression"));
 }
+
+/// Every activation trains on digits, with the optimizer options (SGD + Nesterov, Adam
+/// with gradient clipping), and the exported history.csv holds history.json's numbers.
+#[test]
+fn activations_and_optimizer_options_train_and_history_csv_matches() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (kiln_core::Activation::Gelu, None, false),
+        (kiln_core::Activation::LeakyRelu, Some(1.0), false),
+        (kiln_core::Activation::Tanh, None, true),
+    ];
+    for (i, (act, clip, nesterov)) in cases.into_iter().enumerate() {
+        let mut c = config(8, 3);
+        c.model.activation = act;
+        c.optimizer.clip_grad_norm = clip;
+        if nesterov {
+            c.optimizer = OptimizerConfig {
+                kind: kiln_train::OptimizerKind::Sgd,
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                ..Default::default()
+            };
+        }
+        let out_dir = dir.path().join(format!("m{i}"));
+        let o = run(&c, &tr, &va, 10, &out_dir, &NoProgress).unwrap();
+        assert!(
+            o.best_valid_metric >= 0.9,
+            "{act:?} clip {clip:?} nesterov {nesterov}: valid accuracy {}",
+            o.best_valid_metric
+        );
+        let csv = std::fs::read_to_string(out_dir.join("history.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "epoch,train_loss,train_accuracy,valid_loss,valid_accuracy,best"
+        );
+        assert_eq!(lines.len(), o.history.epochs.len() + 1);
+        for (line, e) in lines[1..].iter().zip(&o.history.epochs) {
+            let v: Vec<f64> = line.split(',').map(|x| x.parse().unwrap()).collect();
+            assert_eq!(
+                v,
+                [
+                    e.epoch as f64,
+                    e.train_loss,
+                    e.train_metric,
+                    e.valid_loss,
+                    e.valid_metric,
+                    f64::from(u8::from(e.epoch == o.history.best_epoch))
+                ]
+            );
+        }
+    }
+}
