@@ -58,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         device: "cpu".into(),
         checkpoint_every: 0,
         resume: false,
+        sweep: None,
         seed: 42,
     };
     let out = tempfile::tempdir()?;

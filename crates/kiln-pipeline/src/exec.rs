@@ -692,6 +692,45 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
                 }
             }
             StageKind::Train => {
+                if let Some(v) = json("sweep.json") {
+                    let rows = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            vec![
+                                format!(
+                                    "{}{}",
+                                    t["trial"],
+                                    if t["chosen"] == true { " *" } else { "" }
+                                ),
+                                t["lr"].to_string(),
+                                t["batch_size"].to_string(),
+                                t["hidden"].to_string(),
+                                t["dropout"].to_string(),
+                                t["weight_decay"].to_string(),
+                                fmt_metric(&t["best_valid_metric"]),
+                                t["best_epoch"].to_string(),
+                            ]
+                        })
+                        .collect();
+                    tables.push(Table {
+                        title: format!("sweep ({}; * = kept)", s.id),
+                        header: [
+                            "trial",
+                            "lr",
+                            "batch",
+                            "hidden",
+                            "dropout",
+                            "weight decay",
+                            "valid metric",
+                            "best epoch",
+                        ]
+                        .map(String::from)
+                        .to_vec(),
+                        rows,
+                    });
+                }
                 if let Some(v) = json("history.json") {
                     let best = v["best_epoch"].as_u64().unwrap_or(0) as usize;
                     let e = &v["epochs"][best.saturating_sub(1)];

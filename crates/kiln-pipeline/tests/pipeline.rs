@@ -405,6 +405,11 @@ fn iris_with_a_string_target_runs() {
     );
     // The bundle's model card: real figures and every section.
     let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
+    // the sweep trained 4 trials and kept one
+    let sweep = json(&r.run_dir.join("train/sweep.json"));
+    let sweep = sweep.as_array().unwrap();
+    assert_eq!(sweep.len(), 4);
+    assert_eq!(sweep.iter().filter(|t| t["chosen"] == true).count(), 1);
     let acc = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
         .as_f64()
         .unwrap();

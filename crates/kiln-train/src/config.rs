@@ -45,6 +45,9 @@ pub struct Config {
     /// its top-level `seed`).
     #[serde(default)]
     pub seed: u64,
+    /// Hyperparameter search: train one model per combination and keep the best.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::Sweep>,
 }
 
 impl Config {
@@ -178,6 +181,9 @@ impl Config {
                 "device",
                 format!("unknown device `{}`; use \"cpu\" or \"cuda\"", self.device),
             );
+        }
+        if let Some(sw) = &self.sweep {
+            p.extend(sw.problems(self));
         }
         p
     }

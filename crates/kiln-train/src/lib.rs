@@ -29,6 +29,7 @@
 //!     checkpoint_every: 1,
 //!     resume: true,
 //!     seed: 1,
+//!     sweep: None,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-train-doc");
 //! let out = run(&config, &data, &data, 2, &out_dir, &NoProgress).unwrap();
@@ -40,8 +41,10 @@
 mod config;
 mod finetune;
 mod net;
+mod sweep;
 
 pub use finetune::{Finetune, finetune};
+pub use sweep::{MAX_TRIALS, Sweep, Trial};
 
 pub use config::{
     Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind, Schedule,
@@ -183,6 +186,12 @@ pub fn run_until(
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
+    if let Some(sw) = &config.sweep {
+        if let Some((key, msg)) = config.problems().into_iter().next() {
+            return Err(TrainError::Config(format!("{key}: {msg}")));
+        }
+        return sweep::run_sweep(sw, config, train, valid, n_classes, out_dir, progress);
+    }
     let task = if train.is_regression() {
         Task::Regression
     } else {

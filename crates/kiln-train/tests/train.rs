@@ -63,6 +63,7 @@ fn config(epochs: usize, seed: u64) -> Config {
         device: "cpu".into(),
         checkpoint_every: 1,
         resume: true,
+        sweep: None,
         seed,
     }
 }
@@ -374,4 +375,82 @@ fn activations_and_optimizer_options_train_and_history_csv_matches() {
             );
         }
     }
+}
+
+/// A grid sweep trains every combination, keeps the best by validation accuracy and
+/// passes its exact weights on; a random sweep draws the same trials on every run; bad
+/// sweeps are explained.
+#[test]
+fn sweep_trains_every_trial_and_keeps_the_best() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(3, 5);
+    c.sweep = Some(kiln_train::Sweep {
+        lr: vec![3e-3, 1e-2],
+        hidden: vec![vec![16], vec![32]],
+        ..Default::default()
+    });
+    let out = run(&c, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
+    let trials: Vec<kiln_train::Trial> =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sweep.json")).unwrap()).unwrap();
+    let combos: Vec<(f64, Vec<usize>)> = trials.iter().map(|t| (t.lr, t.hidden.clone())).collect();
+    assert_eq!(
+        combos,
+        [
+            (3e-3, vec![16]),
+            (3e-3, vec![32]),
+            (1e-2, vec![16]),
+            (1e-2, vec![32])
+        ]
+    );
+    let best = trials
+        .iter()
+        .map(|t| t.best_valid_metric)
+        .fold(f64::MIN, f64::max);
+    let chosen: Vec<&kiln_train::Trial> = trials.iter().filter(|t| t.chosen).collect();
+    assert_eq!(chosen.len(), 1);
+    assert_eq!(chosen[0].best_valid_metric, best);
+    assert_eq!(out.best_valid_metric, best);
+    let k = chosen[0].trial;
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    assert_eq!(
+        read(&dir.path().join("weights.safetensors")),
+        read(&dir.path().join(format!("trials/{k}/weights.safetensors")))
+    );
+    assert_eq!(out.model.spec.layers[0].out_dim, chosen[0].hidden[0]);
+    // a rerun keeps the completed trials and ends with the same bytes
+    let again = run(&c, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
+    assert_eq!(again.best_valid_metric, best);
+    assert_eq!(
+        again.samples_per_sec, 0.0,
+        "completed trials are not retrained"
+    );
+
+    let mut r = config(2, 5);
+    r.sweep = Some(kiln_train::Sweep {
+        lr: vec![1e-3, 3e-3, 1e-2],
+        batch_size: vec![16, 64],
+        strategy: "random".into(),
+        trials: Some(2),
+        ..Default::default()
+    });
+    let draw = |d: &Path| -> Vec<(f64, usize)> {
+        run(&r, &tr, &va, 10, d, &NoProgress).unwrap();
+        let t: Vec<kiln_train::Trial> =
+            serde_json::from_slice(&std::fs::read(d.join("sweep.json")).unwrap()).unwrap();
+        t.iter().map(|t| (t.lr, t.batch_size)).collect()
+    };
+    let (a, b) = (draw(&dir.path().join("r1")), draw(&dir.path().join("r2")));
+    assert_eq!(a.len(), 2);
+    assert_ne!(a[0], a[1]);
+    assert_eq!(a, b);
+
+    let mut bad = config(2, 5);
+    bad.sweep = Some(kiln_train::Sweep {
+        lr: vec![1e-3, -1.0],
+        strategy: "random".into(),
+        ..Default::default()
+    });
+    let keys: Vec<String> = bad.problems().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["sweep.trials", "sweep.lr"]);
 }
