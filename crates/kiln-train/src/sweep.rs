@@ -112,7 +112,7 @@ impl Sweep {
             }
         }
         if self.strategy == "random" {
-            let mut rng = ChaCha8Rng::seed_from_u64(base.seed ^ 0x5e4e_e9);
+            let mut rng = ChaCha8Rng::seed_from_u64(base.seed ^ 0x005e_4ee9);
             all.shuffle(&mut rng);
             all.truncate(self.trials.unwrap_or(all.len()));
         }
