@@ -70,9 +70,10 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
     Ok(df)
 }
 
-/// Reads `path` and returns the `wanted` columns as row-major f32. A missing column is an
-/// error naming the nearest existing one; a cell that is empty or not a number is an
-/// error naming its row (1-based, header excluded) and column.
+/// Reads `path` and returns the `wanted` columns as row-major f32, an empty cell as NaN
+/// (which the schema's `impute` steps fill). A missing column is an error naming the
+/// nearest existing one; a cell that is not a number is an error naming its row (1-based,
+/// header excluded) and column.
 pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
     let df = read_table(path)?;
     let shown = path.display();
@@ -111,7 +112,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
         let ok = as_f32
             .as_ref()
             .is_some_and(|f| f.null_count() == c.null_count());
-        if !ok || c.null_count() > 0 {
+        if !ok {
             // Find the first bad cell to name it.
             let text = c.cast(&DataType::String).ctx(|| name.clone())?;
             let bad = text
@@ -120,7 +121,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
                 .iter()
                 .enumerate()
                 .find_map(|(i, v)| match v {
-                    None => Some((i, "is empty".to_string())),
+                    None => None,
                     Some(s) if s.trim().parse::<f32>().is_err() => {
                         Some((i, format!("holds `{s}`, not a number")))
                     }
