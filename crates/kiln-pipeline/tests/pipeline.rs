@@ -362,6 +362,7 @@ uses = "preprocess"
 source = { format = "csv", path = "../fixtures/messy.csv", null_values = ["NA", ""] }
 target = "label"
 steps = [
+  { op = "dedupe" },
   { op = "drop", columns = ["notes"] },
   { op = "impute", strategy = "median", columns = ["age", "income"] },
   { op = "clip", lower_quantile = 0.05, upper_quantile = 0.95, columns = ["income"] },
@@ -420,12 +421,14 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
     assert!(r.ok, "{:?}", r.failure);
     let profile = json(&r.run_dir.join("data/profile.json"));
     assert_eq!(profile["dropped_rows"]["null_target"], 2);
+    assert_eq!(profile["dropped_rows"]["duplicates"], 4);
+    assert_eq!(profile["dropped_rows"]["null_features"], 0);
     let rows = &profile["rows"];
     let n = ["train", "valid", "test"]
         .iter()
         .map(|k| rows[k].as_u64().unwrap())
         .sum::<u64>();
-    assert_eq!(n, 58);
+    assert_eq!(n, 54);
     let schema: kiln_core::Schema =
         kiln_core::read_json(&r.run_dir.join("ship/schema.json")).unwrap();
     assert_eq!(
@@ -436,7 +439,8 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
     let ops: Vec<&str> = schema.transforms.iter().map(|t| t.op()).collect();
     assert_eq!(ops, ["drop", "impute", "clip", "log1p", "min_max"]);
 
-    // Every raw row through Schema::apply: the same bits as the three splits' features.
+    // Every raw row through Schema::apply: the same bits as the three splits' features
+    // (as sets: the duplicates are gone from the splits).
     let raw = messy_raw(&schema.input_columns);
     let applied = schema.apply(&raw).unwrap();
     let bits = |v: &[f32]| -> Vec<Vec<u32>> {
@@ -445,6 +449,7 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
             .map(|row| row.iter().map(|x| x.to_bits()).collect())
             .collect();
         r.sort_unstable();
+        r.dedup();
         r
     };
     let mut stored = Vec::new();
@@ -456,6 +461,7 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
         .unwrap();
         stored.extend_from_slice(&d.features);
     }
+    assert_eq!(stored.len(), 54 * 4);
     assert_eq!(bits(&applied), bits(&stored));
     // the constant column becomes 0, everything lies in [0, 1] on train
     assert!(applied.chunks_exact(4).all(|r| r[3] == 0.0));
@@ -992,7 +998,7 @@ uses = "preprocess"
 source = { format = "csv", path = "a.csv", train = "b.csv", test = "c.csv", delimiter = ";", has_header = true, null_values = ["NA"] }
 target = "y"
 task = "classification"
-steps = [{ op = "scale", by = 2.0, columns = ["a"] }, { op = "standardize", columns = "numeric" }, { op = "impute", strategy = "constant", value = 0.0, columns = ["a"] }, { op = "clip", min = 0.0, max = 1.0 }, { op = "clip", lower_quantile = 0.01, upper_quantile = 0.99 }, { op = "log1p" }, { op = "min_max" }, { op = "drop", columns = ["b"] }, { op = "select", columns = ["a"] }]
+steps = [{ op = "scale", by = 2.0, columns = ["a"] }, { op = "standardize", columns = "numeric" }, { op = "impute", strategy = "constant", value = 0.0, columns = ["a"] }, { op = "clip", min = 0.0, max = 1.0 }, { op = "clip", lower_quantile = 0.01, upper_quantile = 0.99 }, { op = "log1p" }, { op = "min_max" }, { op = "drop", columns = ["b"] }, { op = "select", columns = ["a"] }, { op = "drop_nulls", columns = ["a"] }, { op = "dedupe" }]
 split = { valid = 0.1, test = 0.2, stratify = true }
 [stages.idx]
 uses = "preprocess"

@@ -319,6 +319,16 @@ pub enum Step {
         /// Columns to keep.
         columns: Vec<String>,
     },
+    /// Row step, on the raw table before the split: drop every row with a missing cell
+    /// in one of `columns`.
+    DropNulls {
+        /// Columns (default: all feature columns).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// Row step, on the raw table before the split: drop rows that repeat an earlier
+    /// row exactly (every feature cell and the target).
+    Dedupe {},
 }
 
 /// How `impute` fits its fill value.

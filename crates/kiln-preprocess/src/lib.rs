@@ -98,6 +98,10 @@ pub struct ColumnProfile {
 pub struct DroppedRows {
     /// Rows whose target cell is empty.
     pub null_target: usize,
+    /// Rows a `drop_nulls` step removed.
+    pub null_features: usize,
+    /// Rows a `dedupe` step removed.
+    pub duplicates: usize,
 }
 
 /// A loaded source file: its frame, its name for messages and, per frame row, the row
@@ -151,6 +155,21 @@ impl Frame {
         let dropped = self.df.height() - keep.len();
         self.keep(&keep)?;
         Ok(dropped)
+    }
+
+    /// A column as text (a missing cell as an empty string).
+    fn text(&self, name: &str) -> Result<Vec<String>> {
+        let c = self
+            .df
+            .column(name)
+            .ctx(|| name.to_string())?
+            .cast(&DataType::String)
+            .ctx(|| name.to_string())?;
+        Ok(c.str()
+            .ctx(|| name.to_string())?
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect())
     }
 
     /// The feature columns as row-major f32 with NaN for a missing cell. A text cell that
@@ -273,6 +292,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let removed = steps::removed_columns(&config.steps, &features);
     let mut dropped = DroppedRows {
         null_target: main.drop_null_target(target)?,
+        ..Default::default()
     };
     if let Some(t) = &mut test_src {
         dropped.null_target += t.drop_null_target(target)?;
@@ -280,11 +300,41 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if dropped.null_target > 0 {
         tracing::info!(rows = dropped.null_target, "dropped rows without a target");
     }
-    let main_raw = main.features(&features, &removed)?;
-    let test_raw = test_src
+    let mut main_raw = main.features(&features, &removed)?;
+    let mut test_raw = test_src
         .as_ref()
         .map(|t| t.features(&features, &removed))
         .transpose()?;
+    // Row steps (drop_nulls, dedupe) on the raw tables, before the split.
+    let mut row_steps = |f: &mut Frame, raw: &mut Vec<f32>| -> Result<()> {
+        let y = f.text(target)?;
+        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y)?;
+        dropped.null_features += nulls;
+        dropped.duplicates += dups;
+        if keep.len() < y.len() {
+            if keep.is_empty() {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: drop_nulls / dedupe removed every row; impute instead",
+                    f.file
+                )));
+            }
+            f.keep(&keep)?;
+            let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+            *raw = gather(raw, w, &idx);
+        }
+        Ok(())
+    };
+    row_steps(&mut main, &mut main_raw)?;
+    if let (Some(t), Some(r)) = (&mut test_src, &mut test_raw) {
+        row_steps(t, r)?;
+    }
+    if dropped.null_features + dropped.duplicates > 0 {
+        tracing::info!(
+            null_features = dropped.null_features,
+            duplicates = dropped.duplicates,
+            "row steps dropped rows"
+        );
+    }
     let mut sites_in = vec![(&main, main_raw.as_slice())];
     if let (Some(t), Some(r)) = (&test_src, &test_raw) {
         sites_in.push((t, r.as_slice()));

@@ -24,6 +24,8 @@ pub(crate) fn op(step: &Step) -> &'static str {
         Step::MinMax { .. } => "min_max",
         Step::Drop { .. } => "drop",
         Step::Select { .. } => "select",
+        Step::DropNulls { .. } => "drop_nulls",
+        Step::Dedupe {} => "dedupe",
     }
 }
 
@@ -64,6 +66,47 @@ fn resolve(i: usize, step: &Step, columns: &Columns, names: &[String]) -> Result
         ))),
         Columns::Named(list) => resolve_list(i, step, list, names),
     }
+}
+
+/// Frame rows to keep after the row steps (`drop_nulls`, `dedupe`, in the order
+/// written), given raw feature rows (NaN = missing) and the target as text; returns the
+/// kept row indices and how many rows each kind of step dropped
+/// (`[null_features, duplicates]`).
+pub(crate) fn row_steps(
+    steps: &[Step],
+    raw: &[f32],
+    features: &[String],
+    target: &[String],
+) -> Result<(Vec<usize>, [usize; 2])> {
+    let w = features.len();
+    let mut keep: Vec<usize> = (0..target.len()).collect();
+    let mut dropped = [0usize; 2];
+    for (i, step) in steps.iter().enumerate() {
+        let before = keep.len();
+        match step {
+            Step::DropNulls { columns } => {
+                let idx: Vec<usize> = resolve(i, step, columns, features)?
+                    .iter()
+                    .map(|c| features.iter().position(|f| f == c).unwrap_or(0))
+                    .collect();
+                keep.retain(|&r| idx.iter().all(|&j| !raw[r * w + j].is_nan()));
+                dropped[0] += before - keep.len();
+            }
+            Step::Dedupe {} => {
+                let mut seen = std::collections::HashSet::new();
+                keep.retain(|&r| {
+                    let bits: Vec<u32> = raw[r * w..(r + 1) * w]
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect();
+                    seen.insert((bits, target[r].clone()))
+                });
+                dropped[1] += before - keep.len();
+            }
+            _ => {}
+        }
+    }
+    Ok((keep, dropped))
 }
 
 /// Feature columns that a `drop` or `select` step removes (whatever comes before it).
@@ -145,6 +188,8 @@ pub(crate) fn fit(
     for (i, step) in steps.iter().enumerate() {
         let w = names.len();
         let t = match step {
+            // row steps ran on the raw table before the split
+            Step::DropNulls { .. } | Step::Dedupe {} => continue,
             Step::Drop { columns } => Transform::Drop {
                 columns: resolve_list(i, step, columns, &names)?,
             },
@@ -323,7 +368,7 @@ fn fit_one(
                 max: hi,
             }
         }
-        Step::Drop { .. } | Step::Select { .. } => {
+        Step::Drop { .. } | Step::Select { .. } | Step::DropNulls { .. } | Step::Dedupe {} => {
             return Err(invalid(format!("steps[{i}]: internal: not a numeric step")));
         }
     })
@@ -486,5 +531,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no value in the train split"), "{e}");
+    }
+
+    #[test]
+    fn drop_nulls_and_dedupe_count_what_they_drop() {
+        let f = names(&["a", "b"]);
+        let nan = f32::NAN;
+        // rows: 0 (1, 2) y, 1 (1, 2) y dup, 2 (1, 2) n (other target), 3 (NaN, 5) y,
+        // 4 (3, NaN) y
+        let raw = vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0, nan, 5.0, 3.0, nan];
+        let y: Vec<String> = ["y", "y", "n", "y", "y"].map(String::from).to_vec();
+        let steps = vec![
+            Step::Dedupe {},
+            Step::DropNulls {
+                columns: Columns::Named(names(&["a"])),
+            },
+        ];
+        let (keep, d) = row_steps(&steps, &raw, &f, &y).unwrap();
+        assert_eq!((keep, d), (vec![0, 2, 4], [1, 1]));
+        let all = vec![Step::DropNulls {
+            columns: Columns::default(),
+        }];
+        assert_eq!(
+            row_steps(&all, &raw, &f, &y).unwrap(),
+            (vec![0, 1, 2], [2, 0])
+        );
+        let typo = vec![Step::DropNulls {
+            columns: Columns::Named(names(&["bb"])),
+        }];
+        let e = row_steps(&typo, &raw, &f, &y).unwrap_err().to_string();
+        assert!(
+            e.contains("steps[0] (drop_nulls)") && e.contains("`b`"),
+            "{e}"
+        );
     }
 }

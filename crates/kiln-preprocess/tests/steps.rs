@@ -244,3 +244,32 @@ fn clear_errors_and_nothing_written() {
     assert_eq!(out.dropped.null_target, 2, "once in train, once in test");
     assert_eq!(out.rows, [3, 0, 3]);
 }
+
+#[test]
+fn drop_nulls_and_dedupe_run_before_the_split_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // rows 1 and 2 are equal; row 3 has a NA in b; row 5 equals row 1 but its target differs
+    let text = "a,b,y\n1,2,0\n1,2,0\n3,NA,1\n4,5,1\n1,2,1\n";
+    let csv = write(dir.path(), "d.csv", text);
+    let steps = vec![
+        Step::DropNulls {
+            columns: Columns::default(),
+        },
+        Step::Dedupe {},
+    ];
+    let out_dir = dir.path().join("out");
+    let out = run(&config(&csv, steps), &out_dir).unwrap();
+    // the file is train and test source: every count twice
+    assert_eq!(out.dropped.null_features, 2);
+    assert_eq!(out.dropped.duplicates, 2);
+    assert_eq!(out.rows, [3, 0, 3]);
+    assert!(
+        out.schema.transforms.is_empty(),
+        "row steps are not replayed"
+    );
+    let train = Dataset::read_ipc(&out_dir.join("train.arrow"), "y").unwrap();
+    assert_eq!(train.features, vec![1.0, 2.0, 4.0, 5.0, 1.0, 2.0]);
+    assert_eq!(train.labels, vec![0, 1, 1]);
+    let profile: serde_json::Value = kiln_core::read_json(&out_dir.join("profile.json")).unwrap();
+    assert_eq!(profile["dropped_rows"]["duplicates"], 2);
+}
