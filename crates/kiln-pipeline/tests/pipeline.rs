@@ -1003,6 +1003,12 @@ split = { valid = 0.1, test = 0.2, stratify = true }
 [stages.idx]
 uses = "preprocess"
 source = { format = "idx", train = "t", test = "u" }
+[stages.pq]
+uses = "preprocess"
+source = { format = "parquet", path = "a.parquet" }
+[stages.ipc]
+uses = "preprocess"
+source = { format = "arrow", path = "a.arrow" }
 [stages.train]
 uses = "train"
 input = "data"

@@ -193,6 +193,16 @@ pub enum Source {
         #[serde(default)]
         null_values: Vec<String>,
     },
+    /// A Parquet file, read with polars (missing cells are nulls).
+    Parquet {
+        /// The one file to split.
+        path: PathBuf,
+    },
+    /// An Arrow IPC file (`.arrow` / `.feather`), read with polars.
+    Arrow {
+        /// The one file to split.
+        path: PathBuf,
+    },
     /// MNIST-style IDX files: `train` (and optional `test`) are prefixes such as
     /// `fixtures/mnist/train`, completed with `-images-idx3-ubyte[.gz]` and
     /// `-labels-idx1-ubyte[.gz]`.
@@ -222,6 +232,7 @@ impl Source {
                 .into_iter()
                 .filter_map(|p| p.as_mut())
                 .collect(),
+            Source::Parquet { path } | Source::Arrow { path } => vec![path],
             Source::Idx { train, test } => {
                 let mut v = vec![train];
                 v.extend(test.as_mut());

@@ -1,4 +1,4 @@
-//! kiln-preprocess: loads raw data with polars (CSV or MNIST IDX), fits preprocessing on
+//! kiln-preprocess: loads raw data with polars (CSV, Parquet, Arrow IPC or MNIST IDX), fits preprocessing on
 //! the train split only, splits with a seeded stratified shuffle, and writes the dataset
 //! artifact: `train.arrow`, `valid.arrow`, `test.arrow` (Arrow IPC), `schema.json` and
 //! `profile.json`.
@@ -541,6 +541,8 @@ fn load(config: &Config) -> Result<(Frame, Option<Frame>)> {
                 )),
             }
         }
+        Source::Parquet { path } => Ok((Frame::new(table::read_parquet(path)?, path), None)),
+        Source::Arrow { path } => Ok((Frame::new(table::read_ipc(path)?, path), None)),
         Source::Idx { train, test } => Ok((
             Frame::new(read_idx_frame(train)?, train),
             test.as_deref()

@@ -44,20 +44,8 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
         "csv" => {
             return crate::read_csv(path, ',', true, &["NA".to_string(), String::new()]);
         }
-        "parquet" => {
-            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            ParquetReader::new(f).finish().ctx(|| shown.clone())?
-        }
-        "arrow" | "ipc" | "feather" => {
-            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            IpcReader::new(f).finish().ctx(|| shown.clone())?
-        }
+        "parquet" => read_parquet(path)?,
+        "arrow" | "ipc" | "feather" => read_ipc(path)?,
         other => {
             return Err(invalid(format!(
                 "{shown}: unknown table format `.{other}`; use .csv, .parquet or .arrow"
@@ -68,6 +56,39 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
         return Err(invalid(format!("{shown}: the table has no rows")));
     }
     Ok(df)
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|source| PreprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn nonempty(df: DataFrame, path: &Path) -> Result<DataFrame> {
+    if df.height() == 0 {
+        return Err(invalid(format!(
+            "{}: the table has no rows",
+            path.display()
+        )));
+    }
+    Ok(df)
+}
+
+/// Reads a whole Parquet file (at least one row).
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let df = ParquetReader::new(open(path)?)
+        .finish()
+        .ctx(|| format!("{}: could not read as parquet", path.display()))?;
+    nonempty(df, path)
+}
+
+/// Reads a whole Arrow IPC file (at least one row).
+pub fn read_ipc(path: &Path) -> Result<DataFrame> {
+    let df = IpcReader::new(open(path)?)
+        .finish()
+        .ctx(|| format!("{}: could not read as Arrow IPC", path.display()))?;
+    nonempty(df, path)
 }
 
 /// Reads `path` and returns the `wanted` columns as row-major f32, an empty cell as NaN

@@ -273,3 +273,72 @@ fn drop_nulls_and_dedupe_run_before_the_split_and_are_counted() {
     let profile: serde_json::Value = kiln_core::read_json(&out_dir.join("profile.json")).unwrap();
     assert_eq!(profile["dropped_rows"]["duplicates"], 2);
 }
+
+#[test]
+fn parquet_and_arrow_sources_with_nulls() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let a: Vec<Option<f32>> = vec![Some(1.0), None, Some(3.0), Some(10.0), Some(2.0), Some(4.0)];
+    let y: Vec<i32> = vec![0, 1, 0, 1, 0, 1];
+    let mut df = DataFrame::new(
+        6,
+        vec![Column::new("a".into(), a), Column::new("y".into(), y)],
+    )
+    .unwrap();
+    let pq = dir.path().join("d.parquet");
+    ParquetWriter::new(std::fs::File::create(&pq).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let ipc = dir.path().join("d.arrow");
+    IpcWriter::new(std::fs::File::create(&ipc).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let impute = || {
+        vec![Step::Impute {
+            strategy: ImputeStrategy::Median,
+            value: None,
+            columns: Columns::default(),
+        }]
+    };
+    for (k, source) in [
+        Source::Parquet { path: pq.clone() },
+        Source::Arrow { path: ipc.clone() },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = config(&pq, impute());
+        c.source = source;
+        c.split = Split {
+            valid: 0.0,
+            test: Some(0.5),
+            stratify: false,
+        };
+        let out = run(&c, &dir.path().join(format!("out{k}"))).unwrap();
+        assert_eq!(out.rows, [3, 0, 3]);
+        let Transform::Impute { values, .. } = &out.schema.transforms[0] else {
+            panic!("{:?}", out.schema.transforms)
+        };
+        // the median of the train rows' present values, the null not counted: whether the
+        // null row is in train (its fill is the median of the other two, which keeps the
+        // median) or not, the stored train column's median is the fill value
+        let train =
+            Dataset::read_ipc(&dir.path().join(format!("out{k}/train.arrow")), "y").unwrap();
+        let mut v = train.features.clone();
+        v.sort_by(f32::total_cmp);
+        assert_eq!(v[1], values[0], "{v:?}");
+        assert!(train.features.iter().all(|x| x.is_finite()));
+        // without the impute step the null is named with file and row
+        let mut c = config(&pq, vec![]);
+        c.source = if k == 0 {
+            Source::Parquet { path: pq.clone() }
+        } else {
+            Source::Arrow { path: ipc.clone() }
+        };
+        let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
+        assert!(
+            e.contains("row 2") && e.contains("`a`") && e.contains("impute"),
+            "{e}"
+        );
+    }
+}
