@@ -249,6 +249,23 @@ impl Schema {
         self.class_labels.len()
     }
 
+    /// Whether a missing raw value (NaN) of `column` is filled or removed before any
+    /// step computes with it: an `impute` of it, or a `drop` / `select` that removes it,
+    /// comes first.
+    pub fn fills_missing(&self, column: &str) -> bool {
+        for t in &self.transforms {
+            let named = t.columns().iter().any(|c| c == column);
+            match t {
+                Transform::Select { .. } if !named => return true,
+                Transform::Select { .. } => {}
+                Transform::Impute { .. } | Transform::Drop { .. } if named => return true,
+                _ if named => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// Applies the fitted transforms to raw rows (row-major, `input_columns` order; a
     /// missing value is NaN) and returns model features (`feature_names` order).
     pub fn apply(&self, raw: &[f32]) -> Result<Vec<f32>> {
@@ -353,6 +370,17 @@ mod tests {
         let mut d = vec![1.0, 1.0, 1.0];
         s.transforms[2].apply_to(&mut n, &mut d).unwrap();
         assert_eq!(d, vec![1.0, 2.0f32.ln(), 1.0]);
+        assert!(s.fills_missing("a"), "imputed first");
+        assert!(!s.fills_missing("b"), "clip uses b first");
+        assert!(!s.fills_missing("c"), "min_max uses c first");
+        let mut dropped = s.clone();
+        dropped.transforms.insert(
+            0,
+            Transform::Drop {
+                columns: vec!["b".into()],
+            },
+        );
+        assert!(dropped.fills_missing("b"));
         let mut bad = s.clone();
         bad.feature_names = names;
         assert!(bad.apply(&raw).unwrap_err().to_string().contains("corrupt"));
