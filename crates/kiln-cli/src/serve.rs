@@ -391,7 +391,9 @@ fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>,
                         "rows[{i}]: missing column `{c}`"
                     )));
                 };
-                raw.push(number(x, || format!("rows[{i}] column `{c}`"))?);
+                raw.push(number(x, schema.fills_missing(c), || {
+                    format!("rows[{i}] column `{c}`")
+                })?);
             }
         } else {
             let Some(vals) = item.as_array() else {
@@ -409,16 +411,19 @@ fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>,
                 )));
             }
             for (j, (x, c)) in vals.iter().zip(cols).enumerate() {
-                raw.push(number(x, || format!("instances[{i}][{j}] (column `{c}`)"))?);
+                raw.push(number(x, schema.fills_missing(c), || {
+                    format!("instances[{i}][{j}] (column `{c}`)")
+                })?);
             }
         }
     }
     Ok((raw, items.len()))
 }
 
-/// A raw value as f32: a finite JSON number; null, text, NaN / infinity (as text) and
-/// numbers beyond f32 are rejected naming `at`.
-fn number(x: &Value, at: impl Fn() -> String) -> Result<f32, ApiError> {
+/// A raw value as f32: a finite JSON number, or null (missing, NaN) where the schema
+/// imputes or drops the column (`nullable`); null elsewhere, text, NaN / infinity (as
+/// text) and numbers beyond f32 are rejected naming `at`.
+fn number(x: &Value, nullable: bool, at: impl Fn() -> String) -> Result<f32, ApiError> {
     let bad =
         |what: String| ApiError::invalid(format!("{} {what}; expected a finite number", at()));
     match x {
@@ -430,6 +435,7 @@ fn number(x: &Value, at: impl Fn() -> String) -> Result<f32, ApiError> {
                 Err(bad(format!("is {n}, not finite as a 32-bit float")))
             }
         }
+        Value::Null if nullable => Ok(f32::NAN),
         Value::Null => Err(bad("is null".into())),
         Value::String(s) => Err(bad(format!(
             "is the string {x}{}",
@@ -646,6 +652,25 @@ mod tests {
         let i: Value = serde_json::from_str(r#"{"instances": [[1.5, 2]]}"#).unwrap();
         assert_eq!(parse_rows(&s, &r, 2).unwrap(), (vec![1.5, 2.0], 1));
         assert_eq!(parse_rows(&s, &i, 2).unwrap(), (vec![1.5, 2.0], 1));
+    }
+
+    #[test]
+    fn null_is_missing_where_the_schema_imputes_the_column() {
+        let mut s = schema();
+        s.transforms.insert(
+            0,
+            kiln_core::Transform::Impute {
+                columns: vec!["a".into()],
+                strategy: "median".into(),
+                values: vec![3.0],
+            },
+        );
+        let v: Value = serde_json::from_str(r#"{"rows": [{"a": null, "b": 2}]}"#).unwrap();
+        let (raw, n) = parse_rows(&s, &v, 2).unwrap();
+        assert!(raw[0].is_nan() && raw[1] == 2.0 && n == 1, "{raw:?}");
+        let v: Value = serde_json::from_str(r#"{"instances": [[1, null]]}"#).unwrap();
+        let m = parse_rows(&s, &v, 2).unwrap_err().message;
+        assert!(m.contains("(column `b`) is null"), "{m}");
     }
 
     #[test]

@@ -439,3 +439,88 @@ fn predict_feeds_raw_values_to_a_model_with_baked_preprocessing() {
     assert!(kiln_deploy::is_baked(&m));
     assert_eq!(m.graph.unwrap().node[0].op_type, "Sub");
 }
+
+/// A model whose schema imputes: `kiln predict` takes rows with `NA` and empty cells in
+/// the imputed columns (and the dropped all-empty column), and names row and column of a
+/// missing cell that no step fills.
+#[test]
+fn predict_fills_missing_cells_the_schema_imputes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let messy = root.join("fixtures/messy.csv");
+    let pipe = format!(
+        r#"version = 1
+name = "messy"
+[stages.data]
+uses = "preprocess"
+source = {{ format = "csv", path = "{}", null_values = ["NA", ""] }}
+target = "label"
+steps = [
+  {{ op = "drop", columns = ["notes"] }},
+  {{ op = "impute", strategy = "median", columns = ["age", "income"] }},
+  {{ op = "log1p", columns = ["income"] }},
+  {{ op = "min_max" }},
+]
+[stages.train]
+uses = "train"
+input = "data"
+model = {{ hidden = [8] }}
+epochs = 5
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#,
+        messy.display()
+    );
+    let f = write(dir.path(), "messy.toml", &pipe);
+    let runs = dir.path().join("runs");
+    let out = kiln()
+        .arg("run")
+        .arg(&f)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ship = runs.join("messy/latest/ship");
+    let rows = write(
+        dir.path(),
+        "rows.csv",
+        "age,income,score,const,notes\nNA,12000,1.5,7,\n40,,0.2,7,\n33,50000,0.9,7,\n",
+    );
+    let preds = dir.path().join("preds.csv");
+    let predict = |input: &Path| {
+        kiln()
+            .args(["predict", "--model"])
+            .arg(&ship)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&preds)
+            .output()
+            .unwrap()
+    };
+    let out = predict(&rows);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&preds).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.starts_with("prediction,p_no,p_yes"), "{text}");
+    // `score` is not imputed: its missing cell is named
+    let bad = write(
+        dir.path(),
+        "bad.csv",
+        "age,income,score,const,notes\n30,12000,1.5,7,\n40,100,NA,7,\n",
+    );
+    let out = predict(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("row 2 column `score`"), "{err}");
+}

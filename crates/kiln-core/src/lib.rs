@@ -33,7 +33,7 @@ pub use error::{CoreError, Result};
 pub use model::{Activation, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Pruning, Quantization};
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};
-pub use schema::{Schema, Task, Transform};
+pub use schema::{Schema, Task, Transform, min_max_range};
 pub use tensors::{TensorData, TensorStore};
 
 /// The candidate closest to `name` by edit distance, when it is close enough to be a typo

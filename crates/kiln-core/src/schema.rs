@@ -34,6 +34,188 @@ pub enum Transform {
         /// Fitted standard deviations (population, ddof = 0; 1 where it was 0).
         std: Vec<f32>,
     },
+    /// Missing values (NaN in raw rows: null or empty cells) replaced by a fitted value.
+    Impute {
+        /// Columns the transform applies to.
+        columns: Vec<String>,
+        /// How the values were fitted: `mean`, `median`, `most_frequent` or `constant`.
+        strategy: String,
+        /// The fill value of each column.
+        values: Vec<f32>,
+    },
+    /// Values below `min` set to `min`, above `max` to `max` (per column; a missing
+    /// bound leaves that side open).
+    Clip {
+        /// Columns the transform applies to.
+        columns: Vec<String>,
+        /// Lower bounds, one per column.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<Vec<f32>>,
+        /// Upper bounds, one per column.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<Vec<f32>>,
+    },
+    /// `ln(1 + x)` on the named columns.
+    Log1p {
+        /// Columns the transform applies to.
+        columns: Vec<String>,
+    },
+    /// `(x - min) / (max - min)` with the train min and max (divided by 1 where the train
+    /// column is constant, so its train values become 0).
+    MinMax {
+        /// Columns the transform applies to.
+        columns: Vec<String>,
+        /// Train minimum per column.
+        min: Vec<f32>,
+        /// Train maximum per column.
+        max: Vec<f32>,
+    },
+    /// Removes the named columns from the features.
+    Drop {
+        /// Columns removed.
+        columns: Vec<String>,
+    },
+    /// Keeps only the named columns, in the order of the features.
+    Select {
+        /// Columns kept.
+        columns: Vec<String>,
+    },
+}
+
+impl Transform {
+    /// The transform's name as written in a pipeline file (`op`).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Transform::Scale { .. } => "scale",
+            Transform::Standardize { .. } => "standardize",
+            Transform::Impute { .. } => "impute",
+            Transform::Clip { .. } => "clip",
+            Transform::Log1p { .. } => "log1p",
+            Transform::MinMax { .. } => "min_max",
+            Transform::Drop { .. } => "drop",
+            Transform::Select { .. } => "select",
+        }
+    }
+
+    /// The columns the transform names.
+    pub fn columns(&self) -> &[String] {
+        match self {
+            Transform::Scale { columns, .. }
+            | Transform::Standardize { columns, .. }
+            | Transform::Impute { columns, .. }
+            | Transform::Clip { columns, .. }
+            | Transform::Log1p { columns }
+            | Transform::MinMax { columns, .. }
+            | Transform::Drop { columns }
+            | Transform::Select { columns } => columns,
+        }
+    }
+
+    /// Applies this transform to row-major `data` whose columns are `names`; `drop` and
+    /// `select` change `names` (and the row width) too. Exactly the float operations of
+    /// [`Schema::apply`], which calls it once per transform.
+    pub fn apply_to(&self, names: &mut Vec<String>, data: &mut Vec<f32>) -> Result<()> {
+        let width = names.len();
+        if width == 0 || !data.len().is_multiple_of(width) {
+            return Err(CoreError::Invalid(format!(
+                "rows hold {} values, not a multiple of the {} columns",
+                data.len(),
+                width
+            )));
+        }
+        let idx = indices(names, self.columns(), self.op())?;
+        let per_col = |v: &[f32], what: &str| -> Result<()> {
+            if v.len() != idx.len() {
+                return Err(CoreError::Invalid(format!(
+                    "{} lists {} columns but {} {what}; the schema is corrupt",
+                    self.op(),
+                    idx.len(),
+                    v.len()
+                )));
+            }
+            Ok(())
+        };
+        let each = |data: &mut Vec<f32>, f: &dyn Fn(usize, f32) -> f32| {
+            for row in data.chunks_exact_mut(width) {
+                for (k, &c) in idx.iter().enumerate() {
+                    row[c] = f(k, row[c]);
+                }
+            }
+        };
+        match self {
+            Transform::Scale { by, .. } => each(data, &|_, x| x / by),
+            Transform::Standardize { mean, std, .. } => {
+                per_col(mean, "means")?;
+                per_col(std, "stds")?;
+                each(data, &|k, x| (x - mean[k]) / std[k]);
+            }
+            Transform::Impute { values, .. } => {
+                per_col(values, "values")?;
+                each(data, &|k, x| if x.is_nan() { values[k] } else { x });
+            }
+            Transform::Clip { min, max, .. } => {
+                for (v, what) in [(min, "minima"), (max, "maxima")] {
+                    if let Some(v) = v {
+                        per_col(v, what)?;
+                    }
+                }
+                each(data, &|k, x| {
+                    let x = match min {
+                        Some(lo) if x < lo[k] => lo[k],
+                        _ => x,
+                    };
+                    match max {
+                        Some(hi) if x > hi[k] => hi[k],
+                        _ => x,
+                    }
+                });
+            }
+            Transform::Log1p { .. } => each(data, &|_, x| x.ln_1p()),
+            Transform::MinMax { min, max, .. } => {
+                per_col(min, "minima")?;
+                per_col(max, "maxima")?;
+                each(data, &|k, x| (x - min[k]) / min_max_range(min[k], max[k]));
+            }
+            Transform::Drop { .. } | Transform::Select { .. } => {
+                let keep: Vec<usize> = match self {
+                    Transform::Drop { .. } => (0..width).filter(|c| !idx.contains(c)).collect(),
+                    _ => idx.clone(),
+                };
+                if keep.is_empty() {
+                    return Err(CoreError::Invalid(format!(
+                        "{} leaves no feature columns",
+                        self.op()
+                    )));
+                }
+                let mut out = Vec::with_capacity(data.len() / width * keep.len());
+                for row in data.chunks_exact(width) {
+                    out.extend(keep.iter().map(|&c| row[c]));
+                }
+                *data = out;
+                *names = keep.iter().map(|&c| names[c].clone()).collect();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The divisor `min_max` uses: `max - min`, or 1 where the train column was constant.
+pub fn min_max_range(min: f32, max: f32) -> f32 {
+    let r = max - min;
+    if r > 0.0 && r.is_finite() { r } else { 1.0 }
+}
+
+fn indices(names: &[String], columns: &[String], op: &str) -> Result<Vec<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            names.iter().position(|n| n == c).ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "{op} names column `{c}` that the rows at that point do not have; the schema is corrupt"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// schema.json: what a dataset artifact holds and how it was made.
@@ -67,9 +249,25 @@ impl Schema {
         self.class_labels.len()
     }
 
-    /// Applies the fitted transforms to raw rows (row-major, `input_columns` order) and
-    /// returns model features. Only numeric, column-preserving transforms exist so far, so
-    /// input and feature columns coincide.
+    /// Whether a missing raw value (NaN) of `column` is filled or removed before any
+    /// step computes with it: an `impute` of it, or a `drop` / `select` that removes it,
+    /// comes first.
+    pub fn fills_missing(&self, column: &str) -> bool {
+        for t in &self.transforms {
+            let named = t.columns().iter().any(|c| c == column);
+            match t {
+                Transform::Select { .. } if !named => return true,
+                Transform::Select { .. } => {}
+                Transform::Impute { .. } | Transform::Drop { .. } if named => return true,
+                _ if named => return false,
+                _ => {}
+            }
+        }
+        false
+    }
+
+    /// Applies the fitted transforms to raw rows (row-major, `input_columns` order; a
+    /// missing value is NaN) and returns model features (`feature_names` order).
     pub fn apply(&self, raw: &[f32]) -> Result<Vec<f32>> {
         let width = self.input_columns.len();
         if width == 0 || !raw.len().is_multiple_of(width) {
@@ -80,49 +278,17 @@ impl Schema {
             )));
         }
         let mut out = raw.to_vec();
+        let mut names = self.input_columns.clone();
         for t in &self.transforms {
-            match t {
-                Transform::Scale { columns, by } => {
-                    for c in self.indices(columns)? {
-                        for row in out.chunks_exact_mut(width) {
-                            row[c] /= by;
-                        }
-                    }
-                }
-                Transform::Standardize { columns, mean, std } => {
-                    if mean.len() != columns.len() || std.len() != columns.len() {
-                        return Err(CoreError::Invalid(format!(
-                            "standardize lists {} columns but {} means and {} stds; the schema is corrupt",
-                            columns.len(),
-                            mean.len(),
-                            std.len()
-                        )));
-                    }
-                    for (k, c) in self.indices(columns)?.into_iter().enumerate() {
-                        for row in out.chunks_exact_mut(width) {
-                            row[c] = (row[c] - mean[k]) / std[k];
-                        }
-                    }
-                }
-            }
+            t.apply_to(&mut names, &mut out)?;
+        }
+        if names != self.feature_names {
+            return Err(CoreError::Invalid(format!(
+                "the transforms end with columns {names:?}, not the schema's features {:?}; the schema is corrupt",
+                self.feature_names
+            )));
         }
         Ok(out)
-    }
-
-    fn indices(&self, columns: &[String]) -> Result<Vec<usize>> {
-        columns
-            .iter()
-            .map(|c| {
-                self.input_columns
-                    .iter()
-                    .position(|n| n == c)
-                    .ok_or_else(|| {
-                        CoreError::Invalid(format!(
-                            "transform names column `{c}` that the schema does not have"
-                        ))
-                    })
-            })
-            .collect()
     }
 }
 
@@ -156,5 +322,67 @@ mod tests {
             vec![2.0, 2.0, 0.5, 0.0]
         );
         assert!(s.apply(&[1.0, 2.0, 3.0]).is_err());
+    }
+
+    #[test]
+    fn apply_impute_clip_log1p_min_max_drop_select() {
+        let names = ["a", "b", "c"].map(String::from).to_vec();
+        let s = Schema {
+            version: 1,
+            input_columns: names.clone(),
+            feature_names: vec!["c".into(), "a".into()],
+            target: "y".into(),
+            task: Task::Regression,
+            class_labels: vec![],
+            transforms: vec![
+                Transform::Impute {
+                    columns: vec!["a".into()],
+                    strategy: "median".into(),
+                    values: vec![3.0],
+                },
+                Transform::Clip {
+                    columns: vec!["a".into(), "b".into()],
+                    min: Some(vec![2.0, -1.0]),
+                    max: None,
+                },
+                Transform::Log1p {
+                    columns: vec!["b".into()],
+                },
+                Transform::MinMax {
+                    columns: vec!["a".into(), "c".into()],
+                    min: vec![2.0, 5.0],
+                    max: vec![10.0, 5.0],
+                },
+                Transform::Drop {
+                    columns: vec!["b".into()],
+                },
+                Transform::Select {
+                    columns: vec!["c".into(), "a".into()],
+                },
+            ],
+        };
+        // row 1: a = NaN -> 3 -> 3 -> (3-2)/8; c constant on train: (7-5)/1
+        // row 2: a = 1 -> clipped to 2 -> 0; c = 5 -> 0
+        let raw = [f32::NAN, 0.0, 7.0, 1.0, -3.0, 5.0];
+        assert_eq!(s.apply(&raw).unwrap(), vec![2.0, 0.125, 0.0, 0.0]);
+        // log1p on b: before the drop, b = ln(1 + max(x, -1))
+        let mut n = names.clone();
+        let mut d = vec![1.0, 1.0, 1.0];
+        s.transforms[2].apply_to(&mut n, &mut d).unwrap();
+        assert_eq!(d, vec![1.0, 2.0f32.ln(), 1.0]);
+        assert!(s.fills_missing("a"), "imputed first");
+        assert!(!s.fills_missing("b"), "clip uses b first");
+        assert!(!s.fills_missing("c"), "min_max uses c first");
+        let mut dropped = s.clone();
+        dropped.transforms.insert(
+            0,
+            Transform::Drop {
+                columns: vec!["b".into()],
+            },
+        );
+        assert!(dropped.fills_missing("b"));
+        let mut bad = s.clone();
+        bad.feature_names = names;
+        assert!(bad.apply(&raw).unwrap_err().to_string().contains("corrupt"));
     }
 }

@@ -48,6 +48,18 @@ fn indices(schema: &Schema, columns: &[String], what: &str) -> Result<Vec<usize>
 /// graph applies them.
 fn plan(schema: &Schema) -> Result<Vec<(&'static str, Vec<f32>)>> {
     let n = schema.input_columns.len();
+    if let Some((k, t)) = schema
+        .transforms
+        .iter()
+        .enumerate()
+        .find(|(_, t)| !matches!(t, Transform::Scale { .. } | Transform::Standardize { .. }))
+    {
+        return Err(bad(format!(
+            "transform {} of schema.json is `{}`, which cannot be baked into the graph (only scale and standardize can)",
+            k + 1,
+            t.op()
+        )));
+    }
     if schema.input_columns != schema.feature_names {
         return Err(bad(
             "the schema's input columns differ from its features, and only column-preserving transforms can be baked".into(),
@@ -88,6 +100,9 @@ fn plan(schema: &Schema) -> Result<Vec<(&'static str, Vec<f32>)>> {
                 }
                 steps.push(("Sub", m));
                 steps.push(("Div", s));
+            }
+            other => {
+                return Err(bad(format!("{what} is `{}`", other.op())));
             }
         }
     }
@@ -267,6 +282,23 @@ mod tests {
         let e = check(&unknown).unwrap_err().to_string();
         assert!(
             e.contains("`z`") && e.contains("include_preprocessing = false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_step_that_cannot_be_baked_is_a_config_error_naming_it() {
+        let mut s = schema();
+        s.transforms.push(Transform::Log1p {
+            columns: vec!["a".into()],
+        });
+        let e = check(&s).unwrap_err();
+        assert!(matches!(e, DeployError::Config(_)), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("transform 3")
+                && e.contains("`log1p`")
+                && e.contains("include_preprocessing = false"),
             "{e}"
         );
     }

@@ -63,6 +63,25 @@ fn transform_text(t: &Transform) -> String {
             "standardize: (x - mean) / std with train-split statistics on {}",
             columns_text(columns)
         ),
+        Transform::Impute {
+            columns, strategy, ..
+        } => format!(
+            "impute: missing values filled with the train-split {strategy} on {}",
+            columns_text(columns)
+        ),
+        Transform::Clip { columns, .. } => {
+            format!(
+                "clip: values limited to fitted bounds on {}",
+                columns_text(columns)
+            )
+        }
+        Transform::Log1p { columns } => format!("log1p: ln(1 + x) on {}", columns_text(columns)),
+        Transform::MinMax { columns, .. } => format!(
+            "min_max: (x - min) / (max - min) with train-split statistics on {}",
+            columns_text(columns)
+        ),
+        Transform::Drop { columns } => format!("drop: removes {}", columns_text(columns)),
+        Transform::Select { columns } => format!("select: keeps {}", columns_text(columns)),
     }
 }
 

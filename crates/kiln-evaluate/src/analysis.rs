@@ -160,6 +160,15 @@ fn raw_value(schema: Option<&Schema>, column: &str, v: f32) -> f64 {
                     x = x * f64::from(std[i]) + f64::from(mean[i]);
                 }
             }
+            Transform::MinMax { columns, min, max } => {
+                if let Some(i) = columns.iter().position(|c| c == column) {
+                    x = x * f64::from(kiln_core::min_max_range(min[i], max[i])) + f64::from(min[i]);
+                }
+            }
+            Transform::Log1p { columns } if columns.iter().any(|c| c == column) => {
+                x = x.exp_m1();
+            }
+            // impute and clip keep the values they leave; drop / select keep columns
             _ => {}
         }
     }
@@ -257,5 +266,20 @@ mod tests {
         );
         let sub = subset(&data, &s[0].1);
         assert_eq!(sub.n_rows(), s[0].1.len());
+        // min_max then log1p undone: stored k -> e^k - 1 -> (e^k - 1) * 2 + 1
+        let mut schema = schema;
+        schema.transforms = vec![
+            Transform::MinMax {
+                columns: vec!["noise".into()],
+                min: vec![1.0],
+                max: vec![3.0],
+            },
+            Transform::Log1p {
+                columns: vec!["noise".into()],
+            },
+        ];
+        let s = slice_rows(&data, Some(&schema), "noise").unwrap();
+        assert_eq!(s[0].0, 1.0);
+        assert_eq!(s[1].0, ((1f64.exp_m1() * 2.0 + 1.0) * 1e4).round() / 1e4);
     }
 }

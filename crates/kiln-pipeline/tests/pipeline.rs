@@ -355,6 +355,143 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     );
 }
 
+const MESSY: &str = r#"version = 1
+name = "messy"
+seed = 2
+[stages.data]
+uses = "preprocess"
+source = { format = "csv", path = "../fixtures/messy.csv", null_values = ["NA", ""] }
+target = "label"
+steps = [
+  { op = "dedupe" },
+  { op = "drop", columns = ["notes"] },
+  { op = "impute", strategy = "median", columns = ["age", "income"] },
+  { op = "clip", lower_quantile = 0.05, upper_quantile = 0.95, columns = ["income"] },
+  { op = "log1p", columns = ["income"] },
+  { op = "min_max" },
+]
+split = { valid = 0.2, test = 0.2, stratify = true }
+[stages.train]
+uses = "train"
+input = "data"
+model = { hidden = [8] }
+optimizer = { kind = "adam", lr = 1e-2 }
+epochs = 20
+batch_size = 8
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#;
+
+/// Raw rows of fixtures/messy.csv in the given columns (NaN for `NA` / empty cells),
+/// rows without a label left out.
+fn messy_raw(columns: &[String]) -> Vec<f32> {
+    let text = std::fs::read_to_string(pipelines().join("../fixtures/messy.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |c: &str| header.iter().position(|h| *h == c).unwrap();
+    let mut out = Vec::new();
+    for l in lines {
+        let cells: Vec<&str> = l.split(',').collect();
+        if cells[at("label")].is_empty() {
+            continue;
+        }
+        for c in columns {
+            out.push(cells[at(c)].parse::<f32>().unwrap_or(f32::NAN));
+        }
+    }
+    out
+}
+
+/// fixtures/messy.csv (NA and empty cells, an all-empty column, rows without a label)
+/// through preprocess, train and deploy: the label-less rows are dropped and counted,
+/// `Schema::apply` on the raw rows gives the training features bit for bit, and baking
+/// the steps into the graph is refused with a configuration error naming the step.
+#[test]
+fn messy_csv_with_missing_cells_runs_through_deploy() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        runs_dir: runs.path().to_path_buf(),
+        force: false,
+        progress: &NoProgress,
+        only: None,
+        from: None,
+    };
+    let p = parse(&pipelines().join("messy.toml"), MESSY, &[]).unwrap_or_else(|e| panic!("{e:?}"));
+    let r = run(&p, &opts).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let profile = json(&r.run_dir.join("data/profile.json"));
+    assert_eq!(profile["dropped_rows"]["null_target"], 2);
+    assert_eq!(profile["dropped_rows"]["duplicates"], 4);
+    assert_eq!(profile["dropped_rows"]["null_features"], 0);
+    let rows = &profile["rows"];
+    let n = ["train", "valid", "test"]
+        .iter()
+        .map(|k| rows[k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(n, 54);
+    let schema: kiln_core::Schema =
+        kiln_core::read_json(&r.run_dir.join("ship/schema.json")).unwrap();
+    assert_eq!(
+        schema.input_columns,
+        ["age", "income", "score", "const", "notes"]
+    );
+    assert_eq!(schema.feature_names, ["age", "income", "score", "const"]);
+    let ops: Vec<&str> = schema.transforms.iter().map(|t| t.op()).collect();
+    assert_eq!(ops, ["drop", "impute", "clip", "log1p", "min_max"]);
+
+    // Every raw row through Schema::apply: the same bits as the three splits' features
+    // (as sets: the duplicates are gone from the splits).
+    let raw = messy_raw(&schema.input_columns);
+    let applied = schema.apply(&raw).unwrap();
+    let bits = |v: &[f32]| -> Vec<Vec<u32>> {
+        let mut r: Vec<Vec<u32>> = v
+            .chunks_exact(4)
+            .map(|row| row.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        r.sort_unstable();
+        r.dedup();
+        r
+    };
+    let mut stored = Vec::new();
+    for split in ["train", "valid", "test"] {
+        let d = kiln_core::Dataset::read_ipc(
+            &r.run_dir.join(format!("data/{split}.arrow")),
+            &schema.target,
+        )
+        .unwrap();
+        stored.extend_from_slice(&d.features);
+    }
+    assert_eq!(stored.len(), 54 * 4);
+    assert_eq!(bits(&applied), bits(&stored));
+    // the constant column becomes 0, everything lies in [0, 1] on train
+    assert!(applied.chunks_exact(4).all(|r| r[3] == 0.0));
+    let parity = json(&r.run_dir.join("ship/parity.json"));
+    assert_eq!(parity["passed"], true);
+    assert!(r.run_dir.join("ship/model.onnx").is_file());
+    let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
+    assert!(
+        card.contains("impute: missing values filled with the train-split median"),
+        "{card}"
+    );
+
+    // Baking: refused, naming the first step it cannot bake; nothing deployed.
+    let p = parse(
+        &pipelines().join("messy.toml"),
+        MESSY,
+        &["stages.ship.include_preprocessing=true".to_string()],
+    )
+    .unwrap();
+    let r = run(&p, &opts).unwrap();
+    assert!(!r.ok);
+    let f = r.failure.clone().unwrap();
+    assert!(
+        f.contains("`drop`") && f.contains("include_preprocessing = false"),
+        "{f}"
+    );
+    assert!(!r.run_dir.join("ship").exists(), "nothing deployed");
+}
+
 #[test]
 fn failed_gate_blocks_deploy_and_fails_the_run() {
     let runs = tempfile::tempdir().unwrap();
@@ -867,11 +1004,17 @@ uses = "preprocess"
 source = { format = "csv", path = "a.csv", train = "b.csv", test = "c.csv", delimiter = ";", has_header = true, null_values = ["NA"] }
 target = "y"
 task = "classification"
-steps = [{ op = "scale", by = 2.0, columns = ["a"] }, { op = "standardize", columns = "numeric" }]
+steps = [{ op = "scale", by = 2.0, columns = ["a"] }, { op = "standardize", columns = "numeric" }, { op = "impute", strategy = "constant", value = 0.0, columns = ["a"] }, { op = "clip", min = 0.0, max = 1.0 }, { op = "clip", lower_quantile = 0.01, upper_quantile = 0.99 }, { op = "log1p" }, { op = "min_max" }, { op = "drop", columns = ["b"] }, { op = "select", columns = ["a"] }, { op = "drop_nulls", columns = ["a"] }, { op = "dedupe" }]
 split = { valid = 0.1, test = 0.2, stratify = true }
 [stages.idx]
 uses = "preprocess"
 source = { format = "idx", train = "t", test = "u" }
+[stages.pq]
+uses = "preprocess"
+source = { format = "parquet", path = "a.parquet" }
+[stages.ipc]
+uses = "preprocess"
+source = { format = "arrow", path = "a.arrow" }
 [stages.train]
 uses = "train"
 input = "data"

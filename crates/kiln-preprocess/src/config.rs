@@ -60,14 +60,11 @@ impl Config {
             ));
         }
         for (i, step) in self.steps.iter().enumerate() {
-            if let Step::Scale { by, .. } = step
-                && (*by == 0.0 || !by.is_finite())
-            {
-                p.push((
-                    format!("steps.{i}.by"),
-                    format!("scale by {by} is not allowed; use a finite non-zero number"),
-                ));
-            }
+            p.extend(
+                step_problems(step)
+                    .into_iter()
+                    .map(|(k, m)| (format!("steps.{i}{k}"), m)),
+            );
         }
         if let Source::Csv { delimiter, .. } = &self.source
             && !delimiter.is_ascii()
@@ -79,6 +76,92 @@ impl Config {
         }
         p
     }
+}
+
+/// Out-of-range values of one step, as (key suffix, message) pairs.
+fn step_problems(step: &Step) -> Vec<(String, String)> {
+    let mut p = Vec::new();
+    match step {
+        Step::Scale { by, .. } if *by == 0.0 || !by.is_finite() => p.push((
+            ".by".into(),
+            format!("scale by {by} is not allowed; use a finite non-zero number"),
+        )),
+        Step::Impute {
+            strategy, value, ..
+        } => match (strategy, value) {
+            (ImputeStrategy::Constant, None) => p.push((
+                ".value".into(),
+                "impute with strategy = \"constant\" needs `value`".into(),
+            )),
+            (ImputeStrategy::Constant, Some(v)) if !v.is_finite() => {
+                p.push((".value".into(), format!("value {v} must be finite")))
+            }
+            (s, Some(_)) if *s != ImputeStrategy::Constant => p.push((
+                ".value".into(),
+                format!(
+                    "`value` is only used with strategy = \"constant\", not \"{}\"; remove it",
+                    s.name()
+                ),
+            )),
+            _ => {}
+        },
+        Step::Clip {
+            min,
+            max,
+            lower_quantile,
+            upper_quantile,
+            ..
+        } => {
+            let by_value = min.is_some() || max.is_some();
+            let by_quantile = lower_quantile.is_some() || upper_quantile.is_some();
+            if by_value && by_quantile {
+                p.push((
+                    String::new(),
+                    "clip takes either `min` / `max` or `lower_quantile` / `upper_quantile`, not both".into(),
+                ));
+            } else if !by_value && !by_quantile {
+                p.push((
+                    String::new(),
+                    "clip needs `min` and / or `max`, or `lower_quantile` and / or `upper_quantile`".into(),
+                ));
+            }
+            for (k, q) in [
+                ("lower_quantile", lower_quantile),
+                ("upper_quantile", upper_quantile),
+            ] {
+                if let Some(q) = q
+                    && !(0.0..=1.0).contains(q)
+                {
+                    p.push((format!(".{k}"), format!("quantile {q} must be in [0, 1]")));
+                }
+            }
+            if let (Some(a), Some(b)) = (lower_quantile, upper_quantile)
+                && a > b
+            {
+                p.push((
+                    ".lower_quantile".into(),
+                    format!("lower_quantile {a} is above upper_quantile {b}"),
+                ));
+            }
+            for (k, v) in [("min", min), ("max", max)] {
+                if let Some(v) = v
+                    && v.is_nan()
+                {
+                    p.push((format!(".{k}"), "NaN is not a bound".into()));
+                }
+            }
+            if let (Some(a), Some(b)) = (min, max)
+                && a > b
+            {
+                p.push((".min".into(), format!("min {a} is above max {b}")));
+            }
+        }
+        Step::Drop { columns } | Step::Select { columns } if columns.is_empty() => {
+            p.push((".columns".into(), "list at least one column".into()))
+        }
+        _ => {}
+    }
+    p
 }
 
 fn default_target() -> String {
@@ -110,6 +193,16 @@ pub enum Source {
         #[serde(default)]
         null_values: Vec<String>,
     },
+    /// A Parquet file, read with polars (missing cells are nulls).
+    Parquet {
+        /// The one file to split.
+        path: PathBuf,
+    },
+    /// An Arrow IPC file (`.arrow` / `.feather`), read with polars.
+    Arrow {
+        /// The one file to split.
+        path: PathBuf,
+    },
     /// MNIST-style IDX files: `train` (and optional `test`) are prefixes such as
     /// `fixtures/mnist/train`, completed with `-images-idx3-ubyte[.gz]` and
     /// `-labels-idx1-ubyte[.gz]`.
@@ -139,6 +232,7 @@ impl Source {
                 .into_iter()
                 .filter_map(|p| p.as_mut())
                 .collect(),
+            Source::Parquet { path } | Source::Arrow { path } => vec![path],
             Source::Idx { train, test } => {
                 let mut v = vec![train];
                 v.extend(test.as_mut());
@@ -182,6 +276,96 @@ pub enum Step {
         #[serde(default)]
         columns: Columns,
     },
+    /// Fill missing cells (null / empty, or a `null_values` string) with a value fitted
+    /// on the train split.
+    Impute {
+        /// `mean`, `median`, `most_frequent` (ties: the smallest value) or `constant`
+        /// (with `value`).
+        strategy: ImputeStrategy,
+        /// The fill value of `strategy = "constant"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<f32>,
+        /// Columns (default: all numeric features).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// Limit values to [`min`, `max`], or to the train split's
+    /// [`lower_quantile`, `upper_quantile`] quantiles (linear interpolation).
+    Clip {
+        /// Lower bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f32>,
+        /// Upper bound.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f32>,
+        /// Lower bound as a quantile of the train column, in [0, 1].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lower_quantile: Option<f64>,
+        /// Upper bound as a quantile of the train column, in [0, 1].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upper_quantile: Option<f64>,
+        /// Columns (default: all numeric features).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// `ln(1 + x)`; train values must be above -1.
+    Log1p {
+        /// Columns (default: all numeric features).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// `(x - min) / (max - min)` with the train min and max (a constant column becomes 0).
+    MinMax {
+        /// Columns (default: all numeric features).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// Remove the listed feature columns.
+    Drop {
+        /// Columns to remove.
+        columns: Vec<String>,
+    },
+    /// Keep only the listed feature columns, in this order.
+    Select {
+        /// Columns to keep.
+        columns: Vec<String>,
+    },
+    /// Row step, on the raw table before the split: drop every row with a missing cell
+    /// in one of `columns`.
+    DropNulls {
+        /// Columns (default: all feature columns).
+        #[serde(default)]
+        columns: Columns,
+    },
+    /// Row step, on the raw table before the split: drop rows that repeat an earlier
+    /// row exactly (every feature cell and the target).
+    Dedupe {},
+}
+
+/// How `impute` fits its fill value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImputeStrategy {
+    /// The train mean.
+    Mean,
+    /// The train median.
+    Median,
+    /// The most frequent train value (ties: the smallest).
+    MostFrequent,
+    /// The given `value`.
+    Constant,
+}
+
+impl ImputeStrategy {
+    /// The name written in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImputeStrategy::Mean => "mean",
+            ImputeStrategy::Median => "median",
+            ImputeStrategy::MostFrequent => "most_frequent",
+            ImputeStrategy::Constant => "constant",
+        }
+    }
 }
 
 /// Fractions of the split. `train` is what remains.

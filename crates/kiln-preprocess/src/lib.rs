@@ -1,4 +1,4 @@
-//! kiln-preprocess: loads raw data with polars (CSV or MNIST IDX), fits preprocessing on
+//! kiln-preprocess: loads raw data with polars (CSV, Parquet, Arrow IPC or MNIST IDX), fits preprocessing on
 //! the train split only, splits with a seeded stratified shuffle, and writes the dataset
 //! artifact: `train.arrow`, `valid.arrow`, `test.arrow` (Arrow IPC), `schema.json` and
 //! `profile.json`.
@@ -28,14 +28,15 @@ mod config;
 mod error;
 pub mod idx;
 mod split;
+mod steps;
 pub mod table;
 
-pub use config::{Columns, Config, Source, Split, Step};
+pub use config::{Columns, Config, ImputeStrategy, Source, Split, Step};
 pub use error::{PreprocessError, Result};
 pub use split::stratified_split;
 
 use error::PolarsContext;
-use kiln_core::{Dataset, Schema, Task, Transform};
+use kiln_core::{Dataset, Schema, Task};
 use polars::prelude::*;
 use serde::Serialize;
 use std::path::Path;
@@ -47,6 +48,8 @@ pub struct Output {
     pub schema: Schema,
     /// Rows in train, valid, test.
     pub rows: [usize; 3],
+    /// Rows removed before the split.
+    pub dropped: DroppedRows,
 }
 
 /// profile.json: what a user checks before trusting the data.
@@ -58,8 +61,10 @@ pub struct Profile {
     pub n_features: usize,
     /// Rows per class label in the train split.
     pub train_class_counts: Vec<(String, usize)>,
-    /// Per feature column: min, max, mean over the raw train split.
+    /// Per raw feature column: min, max, mean over the raw train split.
     pub columns: Vec<ColumnProfile>,
+    /// Rows removed before the split, by reason.
+    pub dropped_rows: DroppedRows,
 }
 
 /// Row counts of the three splits.
@@ -84,18 +89,186 @@ pub struct ColumnProfile {
     pub max: f64,
     /// Mean value.
     pub mean: f64,
+    /// Missing cells.
+    pub missing: usize,
+}
+
+/// Rows the stage removed before the split (profile.json `dropped_rows`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DroppedRows {
+    /// Rows whose target cell is empty.
+    pub null_target: usize,
+    /// Rows a `drop_nulls` step removed.
+    pub null_features: usize,
+    /// Rows a `dedupe` step removed.
+    pub duplicates: usize,
+}
+
+/// A loaded source file: its frame, its name for messages and, per frame row, the row
+/// number in the file (1-based, header excluded).
+struct Frame {
+    df: DataFrame,
+    file: String,
+    rows: Vec<usize>,
+}
+
+impl Frame {
+    fn new(df: DataFrame, path: &Path) -> Frame {
+        let rows = (1..=df.height()).collect();
+        Frame {
+            df,
+            file: path.display().to_string(),
+            rows,
+        }
+    }
+
+    /// Keeps the frame rows at `keep` (ascending).
+    fn keep(&mut self, keep: &[usize]) -> Result<()> {
+        let ca = IdxCa::from_vec("idx".into(), keep.iter().map(|&i| i as IdxSize).collect());
+        self.df = self.df.take(&ca).ctx(|| self.file.clone())?;
+        self.rows = keep.iter().map(|&i| self.rows[i]).collect();
+        Ok(())
+    }
+
+    /// Drops the rows whose target is null; returns how many.
+    fn drop_null_target(&mut self, target: &str) -> Result<usize> {
+        let c = self
+            .df
+            .column(target)
+            .ctx(|| format!("target `{target}`"))?;
+        if c.null_count() == 0 {
+            return Ok(0);
+        }
+        let mask = c.is_null();
+        let keep: Vec<usize> = mask
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| *n != Some(true))
+            .map(|(i, _)| i)
+            .collect();
+        if keep.is_empty() {
+            return Err(PreprocessError::Invalid(format!(
+                "{}: the target column `{target}` is empty in every row",
+                self.file
+            )));
+        }
+        let dropped = self.df.height() - keep.len();
+        self.keep(&keep)?;
+        Ok(dropped)
+    }
+
+    /// A column as text (a missing cell as an empty string).
+    fn text(&self, name: &str) -> Result<Vec<String>> {
+        let c = self
+            .df
+            .column(name)
+            .ctx(|| name.to_string())?
+            .cast(&DataType::String)
+            .ctx(|| name.to_string())?;
+        Ok(c.str()
+            .ctx(|| name.to_string())?
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect())
+    }
+
+    /// The feature columns as row-major f32 with NaN for a missing cell. A text cell that
+    /// is not a number is an error naming file, row and column; a column that is empty
+    /// in every row too, unless `removed` (a `drop` / `select` step removes it).
+    fn features(&self, features: &[String], removed: &[String]) -> Result<Vec<f32>> {
+        let n = self.df.height();
+        let w = features.len();
+        let mut out = vec![f32::NAN; n * w];
+        for (j, name) in features.iter().enumerate() {
+            let Ok(c) = self.df.column(name) else {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: lacks the feature column `{name}` of the train source; its columns are: {}",
+                    self.file,
+                    preview(
+                        &self
+                            .df
+                            .get_column_names()
+                            .iter()
+                            .map(|s| s.to_string())
+                            .collect::<Vec<_>>()
+                    )
+                )));
+            };
+            let skip = removed.contains(name);
+            if skip {
+                continue;
+            }
+            if c.null_count() == n {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: column `{name}` is empty in every row; drop it with {{ op = \"drop\", columns = [\"{name}\"] }}",
+                    self.file
+                )));
+            }
+            if is_numeric(c.dtype()) {
+                let f = c.cast(&DataType::Float32).ctx(|| name.clone())?;
+                for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
+                    out[i * w + j] = v.unwrap_or(f32::NAN);
+                }
+                continue;
+            }
+            let text = c.cast(&DataType::String).ctx(|| name.clone())?;
+            for (i, v) in text.str().ctx(|| name.clone())?.iter().enumerate() {
+                let Some(v) = v else { continue };
+                match v.trim().parse::<f32>() {
+                    Ok(x) => out[i * w + j] = x,
+                    Err(_) => {
+                        return Err(PreprocessError::Invalid(format!(
+                            "{}: row {} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
+                            self.file, self.rows[i]
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Per column, where its first missing cell is (`file: row N`), over `frames` in order.
+fn null_sites(
+    frames: &[(&Frame, &[f32])],
+    features: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let w = features.len();
+    let mut out = std::collections::BTreeMap::new();
+    for (f, raw) in frames {
+        for (j, name) in features.iter().enumerate() {
+            if out.contains_key(name) {
+                continue;
+            }
+            if let Some(i) = raw.iter().skip(j).step_by(w).position(|x| x.is_nan()) {
+                out.insert(name.clone(), format!("{}: row {}", f.file, f.rows[i]));
+            }
+        }
+    }
+    out
+}
+
+fn gather(raw: &[f32], w: usize, idx: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(idx.len() * w);
+    for &i in idx {
+        out.extend_from_slice(&raw[i as usize * w..(i as usize + 1) * w]);
+    }
+    out
 }
 
 /// Runs the stage: load, split, fit on train, transform, write the artifact into `out_dir`.
+/// Nothing is written when any check fails.
 pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let _span = tracing::info_span!("preprocess").entered();
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(PreprocessError::Invalid(format!("{key}: {msg}")));
     }
-    let (main, test_df) = load(config)?;
-    tracing::info!(rows = main.height(), columns = main.width(), "loaded");
+    let (mut main, mut test_src) = load(config)?;
+    tracing::info!(rows = main.df.height(), columns = main.df.width(), "loaded");
     let target = config.target.as_str();
     let names: Vec<String> = main
+        .df
         .get_column_names()
         .iter()
         .map(|s| s.to_string())
@@ -115,6 +288,60 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             "the data has no feature columns besides the target".into(),
         ));
     }
+    let w = features.len();
+    let removed = steps::removed_columns(&config.steps, &features);
+    let mut dropped = DroppedRows {
+        null_target: main.drop_null_target(target)?,
+        ..Default::default()
+    };
+    if let Some(t) = &mut test_src {
+        dropped.null_target += t.drop_null_target(target)?;
+    }
+    if dropped.null_target > 0 {
+        tracing::info!(rows = dropped.null_target, "dropped rows without a target");
+    }
+    let mut main_raw = main.features(&features, &removed)?;
+    let mut test_raw = test_src
+        .as_ref()
+        .map(|t| t.features(&features, &removed))
+        .transpose()?;
+    // Row steps (drop_nulls, dedupe) on the raw tables, before the split.
+    let mut row_steps = |f: &mut Frame, raw: &mut Vec<f32>| -> Result<()> {
+        let y = f.text(target)?;
+        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y)?;
+        dropped.null_features += nulls;
+        dropped.duplicates += dups;
+        if keep.len() < y.len() {
+            if keep.is_empty() {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: drop_nulls / dedupe removed every row; impute instead",
+                    f.file
+                )));
+            }
+            f.keep(&keep)?;
+            let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+            *raw = gather(raw, w, &idx);
+        }
+        Ok(())
+    };
+    row_steps(&mut main, &mut main_raw)?;
+    if let (Some(t), Some(r)) = (&mut test_src, &mut test_raw) {
+        row_steps(t, r)?;
+    }
+    if dropped.null_features + dropped.duplicates > 0 {
+        tracing::info!(
+            null_features = dropped.null_features,
+            duplicates = dropped.duplicates,
+            "row steps dropped rows"
+        );
+    }
+    let mut sites_in = vec![(&main, main_raw.as_slice())];
+    if let (Some(t), Some(r)) = (&test_src, &test_raw) {
+        sites_in.push((t, r.as_slice()));
+    }
+    let nulls = null_sites(&sites_in, &features);
+    let test_df = test_src.as_ref().map(|t| &t.df);
+    let main_df = &main.df;
 
     // Target -> class indices (labels sorted numerically when they are numbers), or
     // regression values.
@@ -122,13 +349,13 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         (Some(_), _) => Some(Task::Classification),
         (None, t) => t,
     };
-    let main_target = encode_target(&main, target, task)?;
+    let main_target = encode_target(main_df, target, task)?;
     let task = main_target.task();
     let (class_labels, labels, values) = match main_target {
         Target::Classes { labels: l, names } => (names, l, Vec::new()),
         Target::Values(v) => (Vec::new(), vec![0u32; v.len()], v),
     };
-    let mut test_labels = match (&test_df, task) {
+    let mut test_labels = match (test_df, task) {
         (Some(t), Task::Classification) => Some(map_labels(t, target, &class_labels)?),
         _ => None,
     };
@@ -151,7 +378,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         }
         None => (class_labels, labels),
     };
-    let test_target = match &test_df {
+    let test_target = match test_df {
         Some(t) => Some(match test_labels {
             Some(labels) => Target::Classes {
                 labels,
@@ -163,7 +390,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     };
 
     // Split the main source (regression: one stratum).
-    let test_frac = match (&test_df, config.split.test) {
+    let test_frac = match (test_df, config.split.test) {
         (Some(_), Some(f)) if f > 0.0 => {
             return Err(PreprocessError::Invalid(format!(
                 "split.test = {f} but the source already has a test set; remove one of them"
@@ -180,15 +407,6 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         config.split.stratify && task == Task::Classification,
         config.seed,
     )?;
-    let take = |df: &DataFrame, idx: &[u32]| -> Result<DataFrame> {
-        let ca = IdxCa::from_vec("idx".into(), idx.iter().map(|&i| i as IdxSize).collect());
-        df.select(features.iter().map(|s| s.as_str()))
-            .ctx(|| "selecting feature columns".into())?
-            .take(&ca)
-            .ctx(|| "splitting rows".into())
-    };
-    let train_df = take(&main, &tr)?;
-    let valid_df = take(&main, &va)?;
     let pick = |idx: &[u32]| -> Target {
         match task {
             Task::Classification => Target::Classes {
@@ -198,48 +416,52 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             Task::Regression => Target::Values(idx.iter().map(|&i| values[i as usize]).collect()),
         }
     };
-    let (test_feat, test_target) = match (test_df, test_target) {
-        (Some(t), Some(l)) => (
-            t.select(features.iter().map(|s| s.as_str()))
-                .ctx(|| "test source lacks feature columns of the train source".into())?,
-            l,
-        ),
-        _ => (take(&main, &te)?, pick(&te)),
+    let train_raw = gather(&main_raw, w, &tr);
+    let valid_raw = gather(&main_raw, w, &va);
+    let (test_raw, test_target) = match (test_raw, test_target) {
+        (Some(r), Some(l)) => (r, l),
+        _ => (gather(&main_raw, w, &te), pick(&te)),
     };
 
-    // Fit on train, apply everywhere.
-    let train_f = to_f32(train_df, &features)?;
-    let transforms = fit(&config.steps, &train_f, &features)?;
-    let profile_cols = profile_columns(&train_f, &features)?;
-    let exprs = transform_exprs(&transforms);
-    let apply = |df: DataFrame| -> Result<DataFrame> {
-        if exprs.is_empty() {
-            return Ok(df);
-        }
-        df.lazy()
-            .with_columns(exprs.clone())
-            .collect()
-            .ctx(|| "applying preprocessing steps".into())
+    // Fit on train, in the order written; every split goes through Schema::apply.
+    let (transforms, feature_names) = steps::fit(&config.steps, &train_raw, &features, &nulls)?;
+    let profile_cols = profile_columns(&train_raw, &features);
+    let schema = Schema {
+        version: 1,
+        input_columns: features.clone(),
+        feature_names: feature_names.clone(),
+        target: target.to_string(),
+        task,
+        class_labels: class_labels.clone(),
+        transforms,
     };
-    let make = |df: DataFrame, t: Target| -> Result<Dataset> {
-        let df = apply(df)?;
+    let make = |raw: &[f32], t: Target, split: &str| -> Result<Dataset> {
         let (labels, values) = match t {
             Target::Classes { labels, .. } => (labels, Vec::new()),
             Target::Values(v) => (Vec::new(), v),
         };
+        let x = schema.apply(raw)?;
+        let fw = feature_names.len();
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(PreprocessError::Invalid(format!(
+                "the {split} split's feature `{}` is {} in one of its rows after the steps; check the steps (log1p of values at or below -1, a missing value that no impute fills)",
+                feature_names[i % fw],
+                x[i]
+            )));
+        }
         let ds = Dataset {
-            feature_names: features.clone(),
+            feature_names: feature_names.clone(),
             target: target.to_string(),
-            features: row_major(&df, &features)?,
+            features: x,
             labels,
             values,
         };
         ds.validate()?;
         Ok(ds)
     };
-    let train = make(train_f, pick(&tr))?;
-    let valid = make(to_f32(valid_df, &features)?, pick(&va))?;
-    let test = make(to_f32(test_feat, &features)?, test_target)?;
+    let train = make(&train_raw, pick(&tr), "train")?;
+    let valid = make(&valid_raw, pick(&va), "valid")?;
+    let test = make(&test_raw, test_target, "test")?;
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -248,15 +470,6 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         )));
     }
 
-    let schema = Schema {
-        version: 1,
-        input_columns: features.clone(),
-        feature_names: features.clone(),
-        target: target.to_string(),
-        task,
-        class_labels: class_labels.clone(),
-        transforms,
-    };
     std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -274,9 +487,10 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             valid: valid.n_rows(),
             test: test.n_rows(),
         },
-        n_features: features.len(),
+        n_features: feature_names.len(),
         train_class_counts: class_labels.iter().cloned().zip(counts).collect(),
         columns: profile_cols,
+        dropped_rows: dropped.clone(),
     };
     kiln_core::write_json(&out_dir.join("profile.json"), &profile)?;
     kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
@@ -289,6 +503,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     Ok(Output {
         schema,
         rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
+        dropped,
     })
 }
 
@@ -302,7 +517,7 @@ pub fn read_artifact(dir: &Path) -> Result<(Schema, [Dataset; 3])> {
     ))
 }
 
-fn load(config: &Config) -> Result<(DataFrame, Option<DataFrame>)> {
+fn load(config: &Config) -> Result<(Frame, Option<Frame>)> {
     match &config.source {
         Source::Csv {
             path,
@@ -312,7 +527,12 @@ fn load(config: &Config) -> Result<(DataFrame, Option<DataFrame>)> {
             has_header,
             null_values,
         } => {
-            let read = |p: &Path| read_csv(p, *delimiter, *has_header, null_values);
+            let read = |p: &Path| -> Result<Frame> {
+                Ok(Frame::new(
+                    read_csv(p, *delimiter, *has_header, null_values)?,
+                    p,
+                ))
+            };
             match (path, train, test) {
                 (Some(p), None, None) => Ok((read(p)?, None)),
                 (None, Some(tr), te) => Ok((read(tr)?, te.as_deref().map(read).transpose()?)),
@@ -321,9 +541,13 @@ fn load(config: &Config) -> Result<(DataFrame, Option<DataFrame>)> {
                 )),
             }
         }
+        Source::Parquet { path } => Ok((Frame::new(table::read_parquet(path)?, path), None)),
+        Source::Arrow { path } => Ok((Frame::new(table::read_ipc(path)?, path), None)),
         Source::Idx { train, test } => Ok((
-            read_idx_frame(train)?,
-            test.as_deref().map(read_idx_frame).transpose()?,
+            Frame::new(read_idx_frame(train)?, train),
+            test.as_deref()
+                .map(|t| -> Result<Frame> { Ok(Frame::new(read_idx_frame(t)?, t)) })
+                .transpose()?,
         )),
     }
 }
@@ -555,171 +779,36 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
         .collect()
 }
 
-fn to_f32(df: DataFrame, features: &[String]) -> Result<DataFrame> {
-    for c in df.columns() {
-        if !is_numeric(c.dtype()) {
-            return Err(PreprocessError::Invalid(format!(
-                "column `{}` holds {} values, not numbers; drop it or encode it first",
-                c.name(),
-                c.dtype()
-            )));
-        }
-        if c.null_count() > 0 {
-            return Err(PreprocessError::Invalid(format!(
-                "column `{}` has {} empty cells; remove those rows or fill them before training",
-                c.name(),
-                c.null_count()
-            )));
-        }
-    }
-    let exprs: Vec<Expr> = features
-        .iter()
-        .map(|f| col(f.as_str()).cast(DataType::Float32))
-        .collect();
-    df.lazy()
-        .select(exprs)
-        .collect()
-        .ctx(|| "casting features to f32".into())
-}
-
-fn resolve_columns(columns: &Columns, features: &[String]) -> Result<Vec<String>> {
-    match columns {
-        Columns::Group(g) if g == "numeric" || g == "all" => Ok(features.to_vec()),
-        Columns::Group(g) => Err(PreprocessError::Invalid(format!(
-            "unknown column group `{g}`; use \"numeric\", \"all\" or a list of names"
-        ))),
-        Columns::Named(names) => names
-            .iter()
-            .map(|n| {
-                if features.contains(n) {
-                    Ok(n.clone())
-                } else {
-                    Err(PreprocessError::Invalid(format!(
-                        "step names column `{n}` which does not exist{}",
-                        kiln_core::nearest(n, features)
-                            .map(|c| format!(" (did you mean `{c}`?)"))
-                            .unwrap_or_default()
-                    )))
-                }
-            })
-            .collect(),
-    }
-}
-
-fn fit(steps: &[Step], train: &DataFrame, features: &[String]) -> Result<Vec<Transform>> {
-    let mut out = Vec::new();
-    let mut current = train.clone();
-    for step in steps {
-        let t = match step {
-            Step::Scale { by, columns } => {
-                if *by == 0.0 || !by.is_finite() {
-                    return Err(PreprocessError::Invalid(format!(
-                        "scale by {by} is not allowed; use a finite non-zero number"
-                    )));
-                }
-                Transform::Scale {
-                    columns: resolve_columns(columns, features)?,
-                    by: *by,
-                }
-            }
-            Step::Standardize { columns } => {
-                let cols = resolve_columns(columns, features)?;
-                let (mut mean, mut std) = (Vec::new(), Vec::new());
-                for c in &cols {
-                    let s = current
-                        .column(c)
-                        .ctx(|| c.clone())?
-                        .as_materialized_series()
-                        .cast(&DataType::Float64)
-                        .ctx(|| c.clone())?;
-                    let m = s.mean().unwrap_or(0.0);
-                    let sd = s.std(0).unwrap_or(0.0);
-                    mean.push(m as f32);
-                    std.push(if sd > 0.0 { sd as f32 } else { 1.0 });
-                }
-                Transform::Standardize {
-                    columns: cols,
-                    mean,
-                    std,
-                }
-            }
-        };
-        let e = transform_exprs(std::slice::from_ref(&t));
-        current = current
-            .lazy()
-            .with_columns(e)
-            .collect()
-            .ctx(|| "fitting preprocessing".into())?;
-        out.push(t);
-    }
-    Ok(out)
-}
-
-/// polars expressions computing the same f32 arithmetic as `Schema::apply`.
-fn transform_exprs(transforms: &[Transform]) -> Vec<Expr> {
-    // Compose per column so that several transforms on one column chain.
-    let mut per_col: Vec<(String, Expr)> = Vec::new();
-    let get = |name: &str, per_col: &mut Vec<(String, Expr)>| -> usize {
-        if let Some(i) = per_col.iter().position(|(n, _)| n == name) {
-            i
-        } else {
-            per_col.push((name.to_string(), col(name)));
-            per_col.len() - 1
-        }
-    };
-    for t in transforms {
-        match t {
-            Transform::Scale { columns, by } => {
-                for c in columns {
-                    let i = get(c, &mut per_col);
-                    per_col[i].1 = per_col[i].1.clone() / lit(*by);
-                }
-            }
-            Transform::Standardize { columns, mean, std } => {
-                for (k, c) in columns.iter().enumerate() {
-                    let i = get(c, &mut per_col);
-                    per_col[i].1 = (per_col[i].1.clone() - lit(mean[k])) / lit(std[k]);
-                }
-            }
-        }
-    }
-    per_col
-        .into_iter()
-        .map(|(n, e)| e.alias(n.as_str()))
-        .collect()
-}
-
-fn row_major(df: &DataFrame, features: &[String]) -> Result<Vec<f32>> {
-    let n = df.height();
+fn profile_columns(raw: &[f32], features: &[String]) -> Vec<ColumnProfile> {
     let w = features.len();
-    let mut out = vec![0.0f32; n * w];
-    for (j, name) in features.iter().enumerate() {
-        let c = df.column(name).ctx(|| name.clone())?;
-        let ca = c.f32().ctx(|| name.clone())?;
-        for (i, v) in ca.iter().enumerate() {
-            out[i * w + j] = v.unwrap_or(f32::NAN);
-        }
-    }
-    Ok(out)
-}
-
-fn profile_columns(df: &DataFrame, features: &[String]) -> Result<Vec<ColumnProfile>> {
     features
         .iter()
-        .map(|name| {
-            let s = df
-                .column(name)
-                .ctx(|| name.clone())?
-                .as_materialized_series()
-                .cast(&DataType::Float64)
-                .ctx(|| name.clone())?;
-            let ca = s.f64().ctx(|| name.clone())?;
-            Ok(ColumnProfile {
+        .enumerate()
+        .map(|(j, name)| {
+            let v: Vec<f64> = raw
+                .iter()
+                .skip(j)
+                .step_by(w)
+                .filter(|x| !x.is_nan())
+                .map(|&x| f64::from(x))
+                .collect();
+            let n = raw.len() / w.max(1);
+            let (min, max, mean) = if v.is_empty() {
+                (f64::NAN, f64::NAN, f64::NAN)
+            } else {
+                (
+                    v.iter().copied().fold(f64::INFINITY, f64::min),
+                    v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    v.iter().sum::<f64>() / v.len() as f64,
+                )
+            };
+            ColumnProfile {
                 name: name.clone(),
-                min: ca.min().unwrap_or(f64::NAN),
-                max: ca.max().unwrap_or(f64::NAN),
-                mean: ca.mean().unwrap_or(f64::NAN),
-            })
+                min,
+                max,
+                mean,
+                missing: n - v.len(),
+            }
         })
         .collect()
 }

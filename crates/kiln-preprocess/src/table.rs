@@ -44,20 +44,8 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
         "csv" => {
             return crate::read_csv(path, ',', true, &["NA".to_string(), String::new()]);
         }
-        "parquet" => {
-            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            ParquetReader::new(f).finish().ctx(|| shown.clone())?
-        }
-        "arrow" | "ipc" | "feather" => {
-            let f = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            IpcReader::new(f).finish().ctx(|| shown.clone())?
-        }
+        "parquet" => read_parquet(path)?,
+        "arrow" | "ipc" | "feather" => read_ipc(path)?,
         other => {
             return Err(invalid(format!(
                 "{shown}: unknown table format `.{other}`; use .csv, .parquet or .arrow"
@@ -70,9 +58,43 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
     Ok(df)
 }
 
-/// Reads `path` and returns the `wanted` columns as row-major f32. A missing column is an
-/// error naming the nearest existing one; a cell that is empty or not a number is an
-/// error naming its row (1-based, header excluded) and column.
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|source| PreprocessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn nonempty(df: DataFrame, path: &Path) -> Result<DataFrame> {
+    if df.height() == 0 {
+        return Err(invalid(format!(
+            "{}: the table has no rows",
+            path.display()
+        )));
+    }
+    Ok(df)
+}
+
+/// Reads a whole Parquet file (at least one row).
+pub fn read_parquet(path: &Path) -> Result<DataFrame> {
+    let df = ParquetReader::new(open(path)?)
+        .finish()
+        .ctx(|| format!("{}: could not read as parquet", path.display()))?;
+    nonempty(df, path)
+}
+
+/// Reads a whole Arrow IPC file (at least one row).
+pub fn read_ipc(path: &Path) -> Result<DataFrame> {
+    let df = IpcReader::new(open(path)?)
+        .finish()
+        .ctx(|| format!("{}: could not read as Arrow IPC", path.display()))?;
+    nonempty(df, path)
+}
+
+/// Reads `path` and returns the `wanted` columns as row-major f32, an empty cell as NaN
+/// (which the schema's `impute` steps fill). A missing column is an error naming the
+/// nearest existing one; a cell that is not a number is an error naming its row (1-based,
+/// header excluded) and column.
 pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
     let df = read_table(path)?;
     let shown = path.display();
@@ -111,7 +133,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
         let ok = as_f32
             .as_ref()
             .is_some_and(|f| f.null_count() == c.null_count());
-        if !ok || c.null_count() > 0 {
+        if !ok {
             // Find the first bad cell to name it.
             let text = c.cast(&DataType::String).ctx(|| name.clone())?;
             let bad = text
@@ -120,7 +142,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
                 .iter()
                 .enumerate()
                 .find_map(|(i, v)| match v {
-                    None => Some((i, "is empty".to_string())),
+                    None => None,
                     Some(s) if s.trim().parse::<f32>().is_err() => {
                         Some((i, format!("holds `{s}`, not a number")))
                     }

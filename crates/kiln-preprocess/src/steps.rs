@@ -1,0 +1,568 @@
+//! Fitting the column steps on the train split, in the order written: each step's
+//! statistics come from the train rows as the earlier steps left them, and each fitted
+//! `Transform` is applied with kiln-core's own `Transform::apply_to`, so that
+//! `Schema::apply` on raw rows reproduces the training features bit for bit.
+
+use crate::config::{Columns, ImputeStrategy, Step};
+use crate::error::{PolarsContext, PreprocessError, Result};
+use kiln_core::Transform;
+use polars::prelude::*;
+use std::collections::BTreeMap;
+
+fn invalid(m: String) -> PreprocessError {
+    PreprocessError::Invalid(m)
+}
+
+/// The step's name as written in a pipeline file.
+pub(crate) fn op(step: &Step) -> &'static str {
+    match step {
+        Step::Scale { .. } => "scale",
+        Step::Standardize { .. } => "standardize",
+        Step::Impute { .. } => "impute",
+        Step::Clip { .. } => "clip",
+        Step::Log1p { .. } => "log1p",
+        Step::MinMax { .. } => "min_max",
+        Step::Drop { .. } => "drop",
+        Step::Select { .. } => "select",
+        Step::DropNulls { .. } => "drop_nulls",
+        Step::Dedupe {} => "dedupe",
+    }
+}
+
+fn unknown(i: usize, step: &Step, name: &str, names: &[String]) -> PreprocessError {
+    invalid(format!(
+        "steps[{i}] ({}): column `{name}` does not exist at this step{}; the columns are: {}",
+        op(step),
+        kiln_core::nearest(name, names)
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default(),
+        crate::preview(names)
+    ))
+}
+
+fn resolve_list(i: usize, step: &Step, list: &[String], names: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for n in list {
+        if !names.contains(n) {
+            return Err(unknown(i, step, n, names));
+        }
+        if out.contains(n) {
+            return Err(invalid(format!(
+                "steps[{i}] ({}): column `{n}` is listed twice; list it once",
+                op(step)
+            )));
+        }
+        out.push(n.clone());
+    }
+    Ok(out)
+}
+
+fn resolve(i: usize, step: &Step, columns: &Columns, names: &[String]) -> Result<Vec<String>> {
+    match columns {
+        Columns::Group(g) if g == "numeric" || g == "all" => Ok(names.to_vec()),
+        Columns::Group(g) => Err(invalid(format!(
+            "steps[{i}] ({}): unknown column group `{g}`; use \"numeric\", \"all\" or a list of names",
+            op(step)
+        ))),
+        Columns::Named(list) => resolve_list(i, step, list, names),
+    }
+}
+
+/// Frame rows to keep after the row steps (`drop_nulls`, `dedupe`, in the order
+/// written), given raw feature rows (NaN = missing) and the target as text; returns the
+/// kept row indices and how many rows each kind of step dropped
+/// (`[null_features, duplicates]`).
+pub(crate) fn row_steps(
+    steps: &[Step],
+    raw: &[f32],
+    features: &[String],
+    target: &[String],
+) -> Result<(Vec<usize>, [usize; 2])> {
+    let w = features.len();
+    let mut keep: Vec<usize> = (0..target.len()).collect();
+    let mut dropped = [0usize; 2];
+    for (i, step) in steps.iter().enumerate() {
+        let before = keep.len();
+        match step {
+            Step::DropNulls { columns } => {
+                let idx: Vec<usize> = resolve(i, step, columns, features)?
+                    .iter()
+                    .map(|c| features.iter().position(|f| f == c).unwrap_or(0))
+                    .collect();
+                keep.retain(|&r| idx.iter().all(|&j| !raw[r * w + j].is_nan()));
+                dropped[0] += before - keep.len();
+            }
+            Step::Dedupe {} => {
+                let mut seen = std::collections::HashSet::new();
+                keep.retain(|&r| {
+                    let bits: Vec<u32> = raw[r * w..(r + 1) * w]
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect();
+                    seen.insert((bits, target[r].clone()))
+                });
+                dropped[1] += before - keep.len();
+            }
+            _ => {}
+        }
+    }
+    Ok((keep, dropped))
+}
+
+/// Feature columns that a `drop` or `select` step removes (whatever comes before it).
+pub(crate) fn removed_columns(steps: &[Step], features: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in steps {
+        match s {
+            Step::Drop { columns } => out.extend(columns.iter().cloned()),
+            Step::Select { columns } => {
+                out.extend(features.iter().filter(|f| !columns.contains(f)).cloned())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// One column of row-major `data` (width `w`).
+fn column(data: &[f32], w: usize, j: usize) -> Vec<f32> {
+    data.iter().skip(j).step_by(w).copied().collect()
+}
+
+/// The `q` quantile of sorted values, linear interpolation between the closest ranks
+/// (numpy's default): position `q * (n - 1)`.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// The fill value of `strategy` from the present (non-NaN) values.
+pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present: &[f32]) -> f32 {
+    let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
+    v.sort_by(f64::total_cmp);
+    match strategy {
+        ImputeStrategy::Constant => value.unwrap_or(0.0),
+        ImputeStrategy::Mean => (v.iter().sum::<f64>() / v.len() as f64) as f32,
+        ImputeStrategy::Median => quantile(&v, 0.5) as f32,
+        ImputeStrategy::MostFrequent => {
+            // sorted: runs of equal values; the first longest run is the smallest mode
+            let (mut best, mut best_n, mut k) = (v[0], 0usize, 0usize);
+            while k < v.len() {
+                let run = v[k..].iter().take_while(|&&x| x == v[k]).count();
+                if run > best_n {
+                    (best, best_n) = (v[k], run);
+                }
+                k += run;
+            }
+            best as f32
+        }
+    }
+}
+
+/// Fits `steps` on the train rows (row-major, `features` order, NaN = missing) and
+/// returns the transforms and the final feature names. `nulls` maps each column that
+/// holds a missing value in any split to where the first one is (`file: row N`): such a
+/// column must be imputed or dropped before any other step uses it.
+pub(crate) fn fit(
+    steps: &[Step],
+    train: &[f32],
+    features: &[String],
+    nulls: &BTreeMap<String, String>,
+) -> Result<(Vec<Transform>, Vec<String>)> {
+    let mut names = features.to_vec();
+    let mut data = train.to_vec();
+    let mut nullable: BTreeMap<String, String> = nulls.clone();
+    let mut out = Vec::new();
+    let null_error = |i: usize, what: &str, c: &str, site: &str| {
+        invalid(format!(
+            "{site}: column `{c}` is empty (null); {what} needs a number in every row. Fill it first with {{ op = \"impute\", strategy = \"median\", columns = [\"{c}\"] }} before this step, or drop the column with {{ op = \"drop\", columns = [\"{c}\"] }}{}",
+            if i == usize::MAX {
+                String::new()
+            } else {
+                format!(" (step steps[{i}])")
+            }
+        ))
+    };
+    for (i, step) in steps.iter().enumerate() {
+        let w = names.len();
+        let t = match step {
+            // row steps ran on the raw table before the split
+            Step::DropNulls { .. } | Step::Dedupe {} => continue,
+            Step::Drop { columns } => Transform::Drop {
+                columns: resolve_list(i, step, columns, &names)?,
+            },
+            Step::Select { columns } => Transform::Select {
+                columns: resolve_list(i, step, columns, &names)?,
+            },
+            Step::Scale { columns, .. }
+            | Step::Standardize { columns }
+            | Step::Impute { columns, .. }
+            | Step::Clip { columns, .. }
+            | Step::Log1p { columns }
+            | Step::MinMax { columns } => {
+                let cols = resolve(i, step, columns, &names)?;
+                if !matches!(step, Step::Impute { .. }) {
+                    for c in &cols {
+                        if let Some(site) = nullable.get(c) {
+                            return Err(null_error(i, op(step), c, site));
+                        }
+                    }
+                }
+                let idx: Vec<usize> = cols
+                    .iter()
+                    .map(|c| names.iter().position(|n| n == c).unwrap_or(0))
+                    .collect();
+                let present = |j: usize| -> Vec<f32> {
+                    column(&data, w, j)
+                        .into_iter()
+                        .filter(|x| !x.is_nan())
+                        .collect()
+                };
+                fit_one(i, step, cols, &idx, present)?
+            }
+        };
+        match &t {
+            Transform::Impute { columns, .. } => {
+                for c in columns {
+                    nullable.remove(c);
+                }
+            }
+            Transform::Drop { columns } => {
+                for c in columns {
+                    nullable.remove(c);
+                }
+            }
+            Transform::Select { columns } => nullable.retain(|c, _| columns.contains(c)),
+            _ => {}
+        }
+        t.apply_to(&mut names, &mut data)?;
+        out.push(t);
+    }
+    if let Some((c, site)) = nullable.iter().next() {
+        return Err(null_error(usize::MAX, "the model", c, site));
+    }
+    Ok((out, names))
+}
+
+fn fit_one(
+    i: usize,
+    step: &Step,
+    cols: Vec<String>,
+    idx: &[usize],
+    present: impl Fn(usize) -> Vec<f32>,
+) -> Result<Transform> {
+    let empty = |c: &str| {
+        invalid(format!(
+            "steps[{i}] ({}): column `{c}` has no value in the train split to fit on; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}",
+            op(step)
+        ))
+    };
+    Ok(match step {
+        Step::Scale { by, .. } => {
+            if *by == 0.0 || !by.is_finite() {
+                return Err(invalid(format!(
+                    "steps[{i}] (scale): by {by} is not allowed; use a finite non-zero number"
+                )));
+            }
+            Transform::Scale {
+                columns: cols,
+                by: *by,
+            }
+        }
+        Step::Standardize { .. } => {
+            let (mut mean, mut std) = (Vec::new(), Vec::new());
+            for (k, &j) in idx.iter().enumerate() {
+                let s = Series::new("x".into(), present(j))
+                    .cast(&DataType::Float64)
+                    .ctx(|| cols[k].clone())?;
+                let m = s.mean().unwrap_or(0.0);
+                let sd = s.std(0).unwrap_or(0.0);
+                mean.push(m as f32);
+                std.push(if sd > 0.0 { sd as f32 } else { 1.0 });
+            }
+            Transform::Standardize {
+                columns: cols,
+                mean,
+                std,
+            }
+        }
+        Step::Impute {
+            strategy, value, ..
+        } => {
+            let mut values = Vec::new();
+            for (k, &j) in idx.iter().enumerate() {
+                let p = present(j);
+                if p.is_empty() && *strategy != ImputeStrategy::Constant {
+                    return Err(empty(&cols[k]));
+                }
+                values.push(impute_value(*strategy, *value, &p));
+            }
+            Transform::Impute {
+                columns: cols,
+                strategy: strategy.name().into(),
+                values,
+            }
+        }
+        Step::Clip {
+            min,
+            max,
+            lower_quantile,
+            upper_quantile,
+            ..
+        } => {
+            let n = cols.len();
+            if lower_quantile.is_none() && upper_quantile.is_none() {
+                Transform::Clip {
+                    columns: cols,
+                    min: min.map(|v| vec![v; n]),
+                    max: max.map(|v| vec![v; n]),
+                }
+            } else {
+                let (mut lo, mut hi) = (Vec::new(), Vec::new());
+                for (k, &j) in idx.iter().enumerate() {
+                    let mut v: Vec<f64> = present(j).into_iter().map(f64::from).collect();
+                    if v.is_empty() {
+                        return Err(empty(&cols[k]));
+                    }
+                    v.sort_by(f64::total_cmp);
+                    if let Some(q) = lower_quantile {
+                        lo.push(quantile(&v, *q) as f32);
+                    }
+                    if let Some(q) = upper_quantile {
+                        hi.push(quantile(&v, *q) as f32);
+                    }
+                }
+                Transform::Clip {
+                    columns: cols,
+                    min: lower_quantile.map(|_| lo),
+                    max: upper_quantile.map(|_| hi),
+                }
+            }
+        }
+        Step::Log1p { .. } => {
+            for (k, &j) in idx.iter().enumerate() {
+                if let Some(x) = present(j).into_iter().find(|&x| x <= -1.0) {
+                    return Err(invalid(format!(
+                        "steps[{i}] (log1p): column `{}` holds {x} in the train split, and log1p needs values above -1; clip it first (e.g. {{ op = \"clip\", min = 0.0 }})",
+                        cols[k]
+                    )));
+                }
+            }
+            Transform::Log1p { columns: cols }
+        }
+        Step::MinMax { .. } => {
+            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            for (k, &j) in idx.iter().enumerate() {
+                let p = present(j);
+                if p.is_empty() {
+                    return Err(empty(&cols[k]));
+                }
+                lo.push(p.iter().copied().fold(f32::INFINITY, f32::min));
+                hi.push(p.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            }
+            Transform::MinMax {
+                columns: cols,
+                min: lo,
+                max: hi,
+            }
+        }
+        Step::Drop { .. } | Step::Select { .. } | Step::DropNulls { .. } | Step::Dedupe {} => {
+            return Err(invalid(format!("steps[{i}]: internal: not a numeric step")));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn impute_values_worked_by_hand() {
+        let p = [1.0, 3.0, 10.0]; // [1, 3, NA, 10] without the NA
+        assert_eq!(impute_value(ImputeStrategy::Median, None, &p), 3.0);
+        assert_eq!(impute_value(ImputeStrategy::Mean, None, &p), 14.0 / 3.0);
+        assert_eq!(
+            impute_value(ImputeStrategy::Median, None, &[1.0, 3.0, 4.0, 10.0]),
+            3.5
+        );
+        assert_eq!(
+            impute_value(
+                ImputeStrategy::MostFrequent,
+                None,
+                &[5.0, 2.0, 5.0, 2.0, 7.0]
+            ),
+            2.0
+        );
+        assert_eq!(impute_value(ImputeStrategy::Constant, Some(-1.0), &p), -1.0);
+    }
+
+    #[test]
+    fn quantiles_interpolate_linearly() {
+        let v: Vec<f64> = (0..=10).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.1), 1.0);
+        assert_eq!(quantile(&v, 0.25), 2.5);
+        assert_eq!(quantile(&[1.0, 2.0, 4.0], 0.75), 3.0);
+        assert_eq!(quantile(&[7.0], 0.9), 7.0);
+    }
+
+    #[test]
+    fn steps_fit_in_order_and_match_apply() {
+        let f = names(&["a", "b", "c"]);
+        // a = [1, 3, NA, 10], b = [0, 1, 2, 100], c constant 5
+        let nan = f32::NAN;
+        let train = vec![
+            1.0, 0.0, 5.0, 3.0, 1.0, 5.0, nan, 2.0, 5.0, 10.0, 100.0, 5.0,
+        ];
+        let mut nulls = BTreeMap::new();
+        nulls.insert("a".to_string(), "d.csv: row 3".to_string());
+        let steps = vec![
+            Step::Impute {
+                strategy: ImputeStrategy::Median,
+                value: None,
+                columns: Columns::Named(names(&["a"])),
+            },
+            Step::Clip {
+                min: None,
+                max: None,
+                lower_quantile: None,
+                upper_quantile: Some(0.5),
+                columns: Columns::Named(names(&["b"])),
+            },
+            Step::MinMax {
+                columns: Columns::default(),
+            },
+            Step::Drop {
+                columns: names(&["b"]),
+            },
+        ];
+        let (t, out_names) = fit(&steps, &train, &f, &nulls).unwrap();
+        assert_eq!(out_names, names(&["a", "c"]));
+        assert_eq!(
+            t[0],
+            Transform::Impute {
+                columns: names(&["a"]),
+                strategy: "median".into(),
+                values: vec![3.0]
+            }
+        );
+        // b sorted [0, 1, 2, 100]: median at position 1.5 = 1.5
+        assert_eq!(
+            t[1],
+            Transform::Clip {
+                columns: names(&["b"]),
+                min: None,
+                max: Some(vec![1.5])
+            }
+        );
+        // after impute and clip: a = [1, 3, 3, 10], b = [0, 1, 1.5, 1.5], c = 5
+        assert_eq!(
+            t[2],
+            Transform::MinMax {
+                columns: f.clone(),
+                min: vec![1.0, 0.0, 5.0],
+                max: vec![10.0, 1.5, 5.0]
+            }
+        );
+        let schema = kiln_core::Schema {
+            version: 1,
+            input_columns: f.clone(),
+            feature_names: out_names,
+            target: "y".into(),
+            task: kiln_core::Task::Regression,
+            class_labels: vec![],
+            transforms: t,
+        };
+        let x = schema.apply(&train).unwrap();
+        // a: (v - 1) / 9; c constant -> 0
+        assert_eq!(x, vec![0.0, 0.0, 2.0 / 9.0, 0.0, 2.0 / 9.0, 0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn nulls_unknown_columns_and_log1p_are_checked() {
+        let f = names(&["age", "b"]);
+        let mut nulls = BTreeMap::new();
+        nulls.insert("age".to_string(), "d.csv: row 7".to_string());
+        let std = vec![Step::Standardize {
+            columns: Columns::default(),
+        }];
+        let e = fit(&std, &[f32::NAN, 1.0], &f, &nulls)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d.csv: row 7") && e.contains("`age`") && e.contains("impute"),
+            "{e}"
+        );
+        // no step at all still refuses a null
+        let e = fit(&[], &[f32::NAN, 1.0], &f, &nulls)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("impute"), "{e}");
+        // dropping the column is fine
+        let drop = vec![Step::Drop {
+            columns: names(&["age"]),
+        }];
+        assert!(fit(&drop, &[f32::NAN, 1.0], &f, &nulls).is_ok());
+        let typo = vec![Step::Log1p {
+            columns: Columns::Named(names(&["agee"])),
+        }];
+        let e = fit(&typo, &[1.0, 1.0], &f, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean `age`?"), "{e}");
+        let log = vec![Step::Log1p {
+            columns: Columns::default(),
+        }];
+        let e = fit(&log, &[1.0, -2.0], &f, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`b` holds -2"), "{e}");
+        let all_null = vec![Step::Impute {
+            strategy: ImputeStrategy::Mean,
+            value: None,
+            columns: Columns::default(),
+        }];
+        let e = fit(&all_null, &[f32::NAN, 1.0], &f, &nulls)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no value in the train split"), "{e}");
+    }
+
+    #[test]
+    fn drop_nulls_and_dedupe_count_what_they_drop() {
+        let f = names(&["a", "b"]);
+        let nan = f32::NAN;
+        // rows: 0 (1, 2) y, 1 (1, 2) y dup, 2 (1, 2) n (other target), 3 (NaN, 5) y,
+        // 4 (3, NaN) y
+        let raw = vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0, nan, 5.0, 3.0, nan];
+        let y: Vec<String> = ["y", "y", "n", "y", "y"].map(String::from).to_vec();
+        let steps = vec![
+            Step::Dedupe {},
+            Step::DropNulls {
+                columns: Columns::Named(names(&["a"])),
+            },
+        ];
+        let (keep, d) = row_steps(&steps, &raw, &f, &y).unwrap();
+        assert_eq!((keep, d), (vec![0, 2, 4], [1, 1]));
+        let all = vec![Step::DropNulls {
+            columns: Columns::default(),
+        }];
+        assert_eq!(
+            row_steps(&all, &raw, &f, &y).unwrap(),
+            (vec![0, 1, 2], [2, 0])
+        );
+        let typo = vec![Step::DropNulls {
+            columns: Columns::Named(names(&["bb"])),
+        }];
+        let e = row_steps(&typo, &raw, &f, &y).unwrap_err().to_string();
+        assert!(
+            e.contains("steps[0] (drop_nulls)") && e.contains("`b`"),
+            "{e}"
+        );
+    }
+}
