@@ -14,7 +14,16 @@ use crate::setup;
 
 /// What the peers' venv holds. torch from PyPI is the CUDA build (several GB with its
 /// nvidia libraries); it runs on the CPU here.
-const PEER_PACKAGES: &[&str] = &["torch", "numpy", "onnx", "onnxruntime==1.31.1"];
+const PEER_PACKAGES: &[&str] = &[
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime==1.31.1",
+    "pandas",
+    "scikit-learn",
+    "polars",
+    "pyarrow",
+];
 
 /// Options of one `cargo xtask bench` call.
 struct Options {
@@ -42,9 +51,12 @@ fn parse(args: &[String]) -> Result<Options> {
         match a.as_str() {
             "train" => o.benches.push("train"),
             "e2e" => o.benches.push("e2e"),
+            "preprocess" => o.benches.push("preprocess"),
             "optimize" => o.benches.push("optimize"),
             "serve" => o.benches.push("serve"),
-            "all" => o.benches.extend(["train", "optimize", "e2e", "serve"]),
+            "all" => o
+                .benches
+                .extend(["preprocess", "train", "optimize", "e2e", "serve"]),
             "--peers" => o.peers = true,
             "--write-docs" => o.write_docs = true,
             "--pairs" => {
@@ -68,13 +80,14 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --write-docs"
+                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --write-docs"
                 )));
             }
         }
     }
     if o.benches.is_empty() {
-        o.benches.extend(["train", "optimize", "e2e", "serve"]);
+        o.benches
+            .extend(["preprocess", "train", "optimize", "e2e", "serve"]);
     }
     o.benches.dedup();
     Ok(o)
@@ -174,6 +187,7 @@ pub fn bench(args: &[String]) -> Result {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
+            "preprocess" => bench_preprocess(&root, &tools, &python, o.pairs)?,
             "serve" => crate::bench_serve::bench_serve(&root, &tools, &venv, &o_serve(&o))?,
             _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
         };
@@ -480,6 +494,91 @@ fn bench_optimize(root: &Path, tools: &setup::Tools, pairs: usize) -> Result<Vec
         }
     }
     Ok(figures)
+}
+
+/// The preprocess stage of the default pipeline (MNIST IDX -> scaled features ->
+/// stratified split -> Arrow IPC) as `kiln run --only data`, against pandas +
+/// scikit-learn and Python polars scripts doing the same; wall time of each process.
+fn bench_preprocess(
+    root: &Path,
+    tools: &setup::Tools,
+    python: &Path,
+    pairs: usize,
+) -> Result<Vec<Figure>> {
+    let scratch = tempdir_in(&paths::target_dir().join("bench"))?;
+    let have =
+        cmd::probe(Command::new(python).args(["-c", "import pandas, sklearn, polars, pyarrow"]));
+    if !have {
+        eprintln!(
+            "xtask: peers missing: pandas, scikit-learn, polars, pyarrow (not in {}); kiln runs alone. `cargo xtask bench --peers` installs them",
+            python.display()
+        );
+    }
+    let wall = |c: &mut Command| -> Result<f64> {
+        tools.apply(c);
+        let t = Instant::now();
+        let out = c
+            .output()
+            .map_err(|e| cmd::spawn_error(c, &e, "build it first"))?;
+        if !out.status.success() {
+            return Err(Failure::msg(format!(
+                "`{}` failed: {}",
+                cmd::describe(c),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut kiln = Command::new(paths::target_dir().join("release/kiln"));
+    kiln.arg("run")
+        .arg(root.join("pipelines/mnist-mlp.toml"))
+        .args(["--only", "data", "--force", "--runs-dir"])
+        .arg(scratch.join("kiln"));
+    let peer = |script: &str| {
+        let mut c = Command::new(python);
+        c.current_dir(root.join("bench/peers"))
+            .arg(script)
+            .arg(root.join("fixtures/mnist"))
+            .arg(scratch.join(script));
+        c
+    };
+    let (mut pandas, mut polars) = (peer("prep_pandas.py"), peer("prep_polars.py"));
+    let name = |peer: &str| {
+        format!(
+            "MNIST preprocess wall time (IDX -> DataFrame, scale, stratified split, Arrow IPC), vs {peer}"
+        )
+    };
+    let mut vs_pandas = Figure {
+        name: name("pandas + scikit-learn"),
+        unit: "s",
+        higher_is_better: false,
+        kiln: vec![],
+        peer: vec![],
+    };
+    let mut vs_polars = Figure {
+        name: name("Python polars"),
+        unit: "s",
+        higher_is_better: false,
+        kiln: vec![],
+        peer: vec![],
+    };
+    wall(&mut kiln)?;
+    if have {
+        wall(&mut pandas)?;
+        wall(&mut polars)?;
+    }
+    for i in 0..pairs {
+        eprintln!("xtask: preprocess pair {}/{pairs}", i + 1);
+        let k = wall(&mut kiln)?;
+        vs_pandas.kiln.push(k);
+        vs_polars.kiln.push(k);
+        if have {
+            vs_pandas.peer.push(wall(&mut pandas)?);
+            vs_polars.peer.push(wall(&mut polars)?);
+        }
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    Ok(vec![vs_pandas, vs_polars])
 }
 
 pub(crate) fn tempdir_in(parent: &Path) -> Result<PathBuf> {
