@@ -514,21 +514,7 @@ fn bench_preprocess(
             python.display()
         );
     }
-    let wall = |c: &mut Command| -> Result<f64> {
-        tools.apply(c);
-        let t = Instant::now();
-        let out = c
-            .output()
-            .map_err(|e| cmd::spawn_error(c, &e, "build it first"))?;
-        if !out.status.success() {
-            return Err(Failure::msg(format!(
-                "`{}` failed: {}",
-                cmd::describe(c),
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
+    let wall = |c: &mut Command| wall_time(tools.apply(c));
     let mut kiln = Command::new(paths::target_dir().join("release/kiln"));
     kiln.arg("run")
         .arg(root.join("pipelines/mnist-mlp.toml"))
@@ -579,6 +565,22 @@ fn bench_preprocess(
     }
     let _ = fs::remove_dir_all(&scratch);
     Ok(vec![vs_pandas, vs_polars])
+}
+
+/// Seconds `c` took to run to a successful exit (its stderr in the error otherwise).
+pub(crate) fn wall_time(c: &mut Command) -> Result<f64> {
+    let t = Instant::now();
+    let out = c
+        .output()
+        .map_err(|e| cmd::spawn_error(c, &e, "build it first"))?;
+    if !out.status.success() {
+        return Err(Failure::msg(format!(
+            "`{}` failed: {}",
+            cmd::describe(c),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 pub(crate) fn tempdir_in(parent: &Path) -> Result<PathBuf> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench::{Figure, json_line};
+use crate::bench::{Figure, json_line, wall_time};
 use crate::cmd::{self, Failure, Result};
 use crate::paths;
 use crate::setup;
@@ -338,20 +338,7 @@ pub(crate) fn bench_serve(
         );
     }
     for batch in [1usize, 1024] {
-        let timed = |c: &mut Command| -> Result<f64> {
-            let t = Instant::now();
-            let out = c
-                .output()
-                .map_err(|e| cmd::spawn_error(c, &e, "build it first"))?;
-            if !out.status.success() {
-                return Err(Failure::msg(format!(
-                    "`{}` failed: {}",
-                    cmd::describe(c),
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-            Ok(rows / t.elapsed().as_secs_f64())
-        };
+        let timed = |c: &mut Command| -> Result<f64> { Ok(rows / wall_time(c)?) };
         let mut k = Command::new(&kiln);
         k.args(["predict", "--model"])
             .arg(&ship)

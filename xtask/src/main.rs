@@ -25,8 +25,8 @@ commands:
   pipeline [NAME|FILE] [args...]
                              setup, build `kiln` in release and run `kiln run FILE [args...]`;
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
-  ci                         what CI runs: format check, tests, feature checks
-  bench [train|e2e|serve|all] [--peers] [--pairs N] [--seconds N] [--clients N] [--write-docs]
+  ci [--no-test]             what CI runs: format check, tests (unless --no-test), feature checks
+  bench [preprocess|train|optimize|e2e|serve|all] [--peers] [--pairs N] [--seconds N] [--clients N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers
                              installs the peers into target/bench-venv (several GB);
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         "setup" => setup::setup().map(|tools| tools.print()),
         "test" => tasks::test(rest),
         "pipeline" => tasks::pipeline(rest),
-        "ci" => tasks::ci(),
+        "ci" => tasks::ci(rest),
         "bench" => bench::bench(rest),
         other => Err(Failure::Usage(format!(
             "unknown command `{other}`; run `cargo xtask help` for the list"

@@ -106,9 +106,17 @@ fn pipeline_names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `cargo xtask ci`: format check, setup + workspace tests, then the `ci-check` feature
-/// check of kiln-train when that feature exists.
-pub fn ci() -> Result {
+/// `cargo xtask ci [--no-test]`: format check, setup + workspace tests (`--no-test`
+/// leaves them to a separate `cargo xtask test`, as .ci/run does), then the `ci-check`
+/// feature check of kiln-train when that feature exists.
+pub fn ci(args: &[String]) -> Result {
+    let run_tests = match args {
+        [] => true,
+        [a] if a == "--no-test" => false,
+        _ => {
+            return Err(Failure::Usage("usage: cargo xtask ci [--no-test]".into()));
+        }
+    };
     let root = paths::workspace_root();
 
     if cmd::probe(cmd::cargo().args(["fmt", "--version"])) {
@@ -127,7 +135,9 @@ pub fn ci() -> Result {
     }
 
     let tools = setup::setup()?;
-    cargo_test(&tools, &[])?;
+    if run_tests {
+        cargo_test(&tools, &[])?;
+    }
 
     let manifest = root.join("crates").join("kiln-train").join("Cargo.toml");
     let text = fs::read_to_string(&manifest).map_err(|err| {

@@ -1,11 +1,9 @@
 //! Tests of the `kiln` binary as a user meets it: exit codes and messages for bad input.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
+use common::{kiln, ok};
+use std::path::Path;
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -142,17 +140,10 @@ batch_size = 64
         .unwrap()
     };
 
-    let out = kiln()
+    ok(kiln()
         .args(["run", "--runs-dir", "a"])
         .arg(&f)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(dir.path()));
 
     let mut child = kiln()
         .args(["run", "--runs-dir", "b"])
@@ -190,17 +181,10 @@ batch_size = 64
             || !dir.path().join("b/resume/latest/train").exists()
     );
 
-    let out = kiln()
+    ok(kiln()
         .args(["run", "--runs-dir", "b"])
         .arg(&f)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(dir.path()));
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.path().join("b/resume/latest/run.json")).unwrap(),
     )
@@ -222,18 +206,11 @@ batch_size = 64
 /// Trains and deploys the iris pipeline into `runs`, returning the deploy folder.
 fn deployed_iris(runs: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = kiln()
+    ok(kiln()
         .arg("run")
         .arg(root.join("pipelines/iris.toml"))
         .arg("--runs-dir")
-        .arg(runs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(runs));
     runs.join("iris/latest/ship")
 }
 
@@ -297,20 +274,13 @@ fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
 
     // Parquet out works too, written whole or not at all.
     let pq = dir.path().join("preds.parquet");
-    let out = kiln()
+    ok(kiln()
         .args(["predict", "--model"])
         .arg(ship.join("model.onnx"))
         .arg("--input")
         .arg(&iris)
         .arg("--output")
-        .arg(&pq)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&pq));
     assert!(std::fs::read(&pq).unwrap().starts_with(b"PAR1"));
 
     // Bad input: a missing column (with the nearest name), a cell that is not a number,
@@ -404,20 +374,13 @@ fn predict_feeds_raw_values_to_a_model_with_baked_preprocessing() {
     let iris = root.join("fixtures/iris.csv");
     let predict = |ship: &Path, name: &str| -> Vec<Vec<f64>> {
         let preds = dir.path().join(name);
-        let out = kiln()
+        ok(kiln()
             .args(["predict", "--model"])
             .arg(ship)
             .arg("--input")
             .arg(&iris)
             .arg("--output")
-            .arg(&preds)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(&preds));
         std::fs::read_to_string(&preds)
             .unwrap()
             .lines()
@@ -474,18 +437,7 @@ input = "train"
     );
     let f = write(dir.path(), "messy.toml", &pipe);
     let runs = dir.path().join("runs");
-    let out = kiln()
-        .arg("run")
-        .arg(&f)
-        .arg("--runs-dir")
-        .arg(&runs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(kiln().arg("run").arg(&f).arg("--runs-dir").arg(&runs));
     let ship = runs.join("messy/latest/ship");
     let rows = write(
         dir.path(),

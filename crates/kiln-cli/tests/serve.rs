@@ -1,6 +1,9 @@
 //! Tests of `kiln serve` as a client meets it: the real binary on a free port, raw HTTP
 //! over std::net, answers checked against `kiln predict`, errors, /metrics and SIGTERM.
 
+mod common;
+
+use common::{kiln, ok, root};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -9,32 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The iris pipeline trained and deployed once per test process (into the target's tmp
 /// folder, so that a later run hits the stage cache), returning the deploy folder.
 fn ship() -> &'static Path {
     static SHIP: OnceLock<PathBuf> = OnceLock::new();
     SHIP.get_or_init(|| {
         let runs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-tests/runs");
-        let out = kiln()
+        ok(kiln()
             .arg("run")
             .arg(root().join("pipelines/iris.toml"))
             .arg("--runs-dir")
-            .arg(&runs)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(&runs));
         runs.join("iris/latest/ship")
     })
 }
@@ -124,20 +112,13 @@ fn iris_and_kiln_predict() -> Expected {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let preds = dir.path().join("preds.csv");
-    let out = kiln()
+    ok(kiln()
         .args(["predict", "--model"])
         .arg(ship())
         .arg("--input")
         .arg(&iris)
         .arg("--output")
-        .arg(&preds)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(&preds));
     let text = std::fs::read_to_string(&preds).unwrap();
     let mut lines = text.lines();
     assert_eq!(

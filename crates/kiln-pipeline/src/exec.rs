@@ -26,6 +26,19 @@ pub struct RunOptions<'a> {
     pub from: Option<String>,
 }
 
+impl RunOptions<'_> {
+    /// Runs into `runs_dir`: cached stages reused, every stage run, no progress shown.
+    pub fn new(runs_dir: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            runs_dir: runs_dir.into(),
+            force: false,
+            progress: &kiln_core::NoProgress,
+            only: None,
+            from: None,
+        }
+    }
+}
+
 /// Ids of `root` and every stage that depends on it, directly or not.
 fn downstream(p: &Pipeline, root: &str) -> Vec<String> {
     let mut set = vec![root.to_string()];

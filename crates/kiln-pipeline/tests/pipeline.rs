@@ -2,7 +2,6 @@
 //! small data with accuracy floors and ONNX parity, the cache skips exactly what did not
 //! change, failed gates block deployment, and invalid files give located errors.
 
-use kiln_core::NoProgress;
 use kiln_pipeline::{RunOptions, load, parse, run};
 use std::path::{Path, PathBuf};
 
@@ -45,13 +44,7 @@ fn png_stats(path: &Path) -> (u32, u32, usize) {
 #[test]
 fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let p = load(&pipelines().join("digits-mlp.toml"), &[]).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
@@ -410,13 +403,7 @@ fn messy_raw(columns: &[String]) -> Vec<f32> {
 #[test]
 fn messy_csv_with_missing_cells_runs_through_deploy() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let p = parse(&pipelines().join("messy.toml"), MESSY, &[]).unwrap_or_else(|e| panic!("{e:?}"));
     let r = run(&p, &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
@@ -495,13 +482,7 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
 #[test]
 fn failed_gate_blocks_deploy_and_fails_the_run() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let set = vec![
         "stages.eval.gates.accuracy=\">= 0.9999\"".to_string(),
         "stages.train.epochs=2".to_string(),
@@ -520,13 +501,7 @@ fn failed_gate_blocks_deploy_and_fails_the_run() {
 #[test]
 fn iris_with_a_string_target_runs() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let r = run(&load(&pipelines().join("iris.toml"), &[]).unwrap(), &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
     let schema = json(&r.run_dir.join("data/schema.json"));
@@ -597,13 +572,7 @@ fn iris_with_a_string_target_runs() {
 #[test]
 fn iris_with_baked_preprocessing_takes_raw_rows() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let p = load(
         &pipelines().join("iris.toml"),
         &["stages.ship.include_preprocessing=true".to_string()],
@@ -692,13 +661,7 @@ fn iris_with_baked_preprocessing_takes_raw_rows() {
 #[test]
 fn regression_reaches_r2_and_exports_predictions() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let p = load(&pipelines().join("friedman-regression.toml"), &[]).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);
@@ -758,13 +721,7 @@ fn regression_reaches_r2_and_exports_predictions() {
 #[test]
 fn binary_cross_entropy_on_one_class_against_the_rest() {
     let runs = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        runs_dir: runs.path().to_path_buf(),
-        force: false,
-        progress: &NoProgress,
-        only: None,
-        from: None,
-    };
+    let opts = RunOptions::new(runs.path());
     let p = load(&pipelines().join("digits-binary.toml"), &[]).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(r.ok, "{:?}", r.failure);

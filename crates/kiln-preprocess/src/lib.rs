@@ -159,17 +159,7 @@ impl Frame {
 
     /// A column as text (a missing cell as an empty string).
     fn text(&self, name: &str) -> Result<Vec<String>> {
-        let c = self
-            .df
-            .column(name)
-            .ctx(|| name.to_string())?
-            .cast(&DataType::String)
-            .ctx(|| name.to_string())?;
-        Ok(c.str()
-            .ctx(|| name.to_string())?
-            .iter()
-            .map(|v| v.unwrap_or("").to_string())
-            .collect())
+        table::column_text(&self.df, name)
     }
 
     /// The feature columns as row-major f32 with NaN for a missing cell. A text cell that

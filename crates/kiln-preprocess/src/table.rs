@@ -175,7 +175,11 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
 /// One column of a table as text (nulls as empty strings), e.g. the target column of
 /// rows whose predictions are to be scored.
 pub fn read_text_column(path: &Path, name: &str) -> Result<Vec<String>> {
-    let df = read_table(path)?;
+    column_text(&read_table(path)?, name)
+}
+
+/// A column of `df` as text (a missing cell as an empty string).
+pub(crate) fn column_text(df: &DataFrame, name: &str) -> Result<Vec<String>> {
     let c = df
         .column(name)
         .ctx(|| name.to_string())?

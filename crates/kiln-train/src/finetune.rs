@@ -76,6 +76,17 @@ pub fn finetune(
             cfg.batch_size, cfg.lr
         )));
     }
+    let k_out = spec.output_dim();
+    if train.n_features() != spec.input_dim
+        || (spec.task == Task::Regression) != train.is_regression()
+        || train.labels.iter().any(|&l| l as usize >= k_out)
+    {
+        return Err(TrainError::Config(format!(
+            "fine-tuning data does not fit the model ({} features for {} inputs, or labels / targets of another task); use the dataset the model was trained on",
+            train.n_features(),
+            spec.input_dim
+        )));
+    }
     let (_, start_metric) = evaluate(&spec, &model.weights, valid)?;
     let mut best = (start_metric, model.weights.clone());
     if cfg.epochs == 0 || train.n_rows() == 0 {
