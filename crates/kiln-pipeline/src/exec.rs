@@ -240,7 +240,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             h += &format!("input {d} {r}\n");
         }
         if let StageConfig::Preprocess(c) = &stage.config {
-            for f in source_files(c) {
+            for f in kiln_preprocess::source_files(&c.source) {
                 let fh = kiln_core::hash_file(&f).unwrap_or_else(|_| "missing".into());
                 h += &format!("file {} {fh}\n", f.display());
                 input_files.insert(f.display().to_string(), fh);
@@ -369,22 +369,6 @@ fn git_commit(dir: &Path) -> Option<String> {
     let dirty =
         git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     Some(if dirty { format!("{head}-dirty") } else { head })
-}
-
-fn source_files(c: &kiln_preprocess::Config) -> Vec<PathBuf> {
-    let mut c = c.clone();
-    let is_idx = matches!(c.source, kiln_preprocess::Source::Idx { .. });
-    let mut out = Vec::new();
-    for p in c.source.paths_mut() {
-        if is_idx {
-            if let Ok((a, b)) = kiln_preprocess::idx::idx_pair(p) {
-                out.extend([a, b]);
-            }
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
 }
 
 #[cfg(unix)]
@@ -678,6 +662,114 @@ fn fmt_metric(v: &serde_json::Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Most rows of the data profile table in the summary; profile.json has every column.
+const PROFILE_ROWS: usize = 12;
+
+/// The preprocess stage's tables: rows per split with what was dropped and added, the
+/// train class balance, and the column profile (columns with missing cells first).
+fn data_tables(id: &str, v: &serde_json::Value) -> Vec<Table> {
+    let r = &v["rows"];
+    let d = &v["dropped_rows"];
+    let a = &v["augmentation"];
+    let n = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let dropped = n(&d["null_target"]) + n(&d["null_features"]) + n(&d["duplicates"]);
+    let added = n(&a["oversampled"]) + n(&a["copies"]);
+    let mut out = vec![Table {
+        title: format!("data ({id})"),
+        header: [
+            "train",
+            "valid",
+            "test",
+            "features",
+            "rows dropped",
+            "train rows added",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: vec![vec![
+            r["train"].to_string(),
+            r["valid"].to_string(),
+            r["test"].to_string(),
+            v["n_features"].to_string(),
+            format!(
+                "{dropped} (no target {}, nulls {}, duplicates {})",
+                n(&d["null_target"]),
+                n(&d["null_features"]),
+                n(&d["duplicates"])
+            ),
+            format!(
+                "{added} (oversampled {}, copies {})",
+                n(&a["oversampled"]),
+                n(&a["copies"])
+            ),
+        ]],
+    }];
+    let classes = v["train_class_counts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let total: u64 = classes.iter().map(|c| n(&c[1])).sum();
+    if !classes.is_empty() {
+        out.push(Table {
+            title: format!("class balance, train before augmentation ({id})"),
+            header: ["class", "rows", "share"].map(String::from).to_vec(),
+            rows: classes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c[0].as_str().unwrap_or_default().to_string(),
+                        n(&c[1]).to_string(),
+                        format!("{:.1} %", 100.0 * n(&c[1]) as f64 / total.max(1) as f64),
+                    ]
+                })
+                .collect(),
+        });
+    }
+    let mut cols = v["columns"].as_array().cloned().unwrap_or_default();
+    let all = cols.len();
+    cols.sort_by(|x, y| {
+        let share = |c: &serde_json::Value| c["null_share"].as_f64().unwrap_or(0.0);
+        share(y).total_cmp(&share(x))
+    });
+    let num = |x: &serde_json::Value| x.as_f64().map(|f| format!("{f:.4}")).unwrap_or("-".into());
+    let mut rows: Vec<Vec<String>> = cols
+        .iter()
+        .take(PROFILE_ROWS)
+        .map(|c| {
+            vec![
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["dtype"].as_str().unwrap_or_default().to_string(),
+                format!("{:.1} %", 100.0 * c["null_share"].as_f64().unwrap_or(0.0)),
+                num(&c["min"]),
+                num(&c["max"]),
+                num(&c["mean"]),
+                c["distinct"].to_string(),
+            ]
+        })
+        .collect();
+    if all > PROFILE_ROWS {
+        rows.push(vec![
+            format!("… {} more in profile.json", all - PROFILE_ROWS),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    out.push(Table {
+        title: format!("data profile, raw train columns ({id})"),
+        header: [
+            "column", "type", "missing", "min", "max", "mean", "distinct",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    });
+    out
+}
+
 fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> {
     let mut tables = Vec::new();
     for s in &p.stages {
@@ -686,22 +778,7 @@ fn summary_tables(p: &Pipeline, dirs: &BTreeMap<String, PathBuf>) -> Vec<Table> 
         match s.kind {
             StageKind::Preprocess => {
                 if let Some(v) = json("profile.json") {
-                    let r = &v["rows"];
-                    tables.push(Table {
-                        title: format!("data ({})", s.id),
-                        header: vec![
-                            "train".into(),
-                            "valid".into(),
-                            "test".into(),
-                            "features".into(),
-                        ],
-                        rows: vec![vec![
-                            r["train"].to_string(),
-                            r["valid"].to_string(),
-                            r["test"].to_string(),
-                            v["n_features"].to_string(),
-                        ]],
-                    });
+                    tables.extend(data_tables(&s.id, &v));
                 }
             }
             StageKind::Train => {

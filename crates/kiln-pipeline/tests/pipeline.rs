@@ -1067,3 +1067,40 @@ fn committed_json_schema_is_current() {
     );
     assert!(train["properties"]["batch_size"].is_object());
 }
+
+/// pipelines/digits-augment.toml: the train split triples (two shifted / rotated / noisy
+/// copies per row), valid and test keep their rows, the summary says so, and the model
+/// passes its gate.
+#[test]
+fn digits_with_augmentation_runs_and_reports_the_added_rows() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = RunOptions::new(runs.path());
+    let p = load(&pipelines().join("digits-augment.toml"), &[]).unwrap();
+    let r = run(&p, &opts).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let profile = json(&r.run_dir.join("data/profile.json"));
+    let before = profile["augmentation"]["before"].as_u64().unwrap();
+    assert_eq!(before, 1169);
+    assert_eq!(profile["augmentation"]["copies"], 2 * before);
+    assert_eq!(profile["augmentation"]["after"], 3 * before);
+    assert_eq!(profile["rows"]["train"], 3 * before);
+    assert_eq!(profile["rows"]["test"], 359);
+    let data = r.tables.iter().find(|t| t.title == "data (data)").unwrap();
+    let added = data
+        .header
+        .iter()
+        .position(|h| h == "train rows added")
+        .unwrap();
+    assert_eq!(data.rows[0][added], "2338 (oversampled 0, copies 2338)");
+    let profile_table = r
+        .tables
+        .iter()
+        .find(|t| t.title.starts_with("data profile"))
+        .unwrap();
+    assert_eq!(profile_table.rows.len(), 13, "12 columns and the rest");
+    assert!(profile_table.rows[12][0].contains("52 more in profile.json"));
+    let acc = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(acc >= 0.95, "{acc}");
+}

@@ -1,6 +1,7 @@
 //! The preprocessing stage's configuration: where the data comes from, the target, the
 //! steps to apply and how to split.
 
+use crate::augment::Augment;
 use kiln_core::Task;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -27,6 +28,10 @@ pub struct Config {
     /// How to split into train / valid / test.
     #[serde(default)]
     pub split: Split,
+    /// Seeded augmentation of the train split (oversampling, shifted / rotated / noisy
+    /// copies); off by default.
+    #[serde(default, skip_serializing_if = "Augment::is_off")]
+    pub augment: Augment,
     /// Seed of the split (the pipeline fills it from its top-level `seed`).
     #[serde(default)]
     pub seed: u64,
@@ -66,6 +71,7 @@ impl Config {
                     .map(|(k, m)| (format!("steps.{i}{k}"), m)),
             );
         }
+        p.extend(self.augment.problems());
         if let Source::Csv { delimiter, .. } = &self.source
             && !delimiter.is_ascii()
         {
@@ -172,7 +178,9 @@ fn default_target() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "format", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Source {
-    /// A CSV file (`path`), or separate `train` and `test` files.
+    /// A CSV file (`path`), or separate `train` and `test` files. Every path of a csv,
+    /// parquet or arrow source may be a glob (`data/part-*.csv`): the matching files, in
+    /// name order, are read as one table.
     Csv {
         /// The one file to split.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,15 +201,30 @@ pub enum Source {
         #[serde(default)]
         null_values: Vec<String>,
     },
-    /// A Parquet file, read with polars (missing cells are nulls).
+    /// Parquet (`path`, or `train` and `test`), read with polars (missing cells are
+    /// nulls).
     Parquet {
         /// The one file to split.
-        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+        /// Training file (with `test`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        train: Option<PathBuf>,
+        /// Test file (with `train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<PathBuf>,
     },
-    /// An Arrow IPC file (`.arrow` / `.feather`), read with polars.
+    /// Arrow IPC (`.arrow` / `.feather`; `path`, or `train` and `test`), read with polars.
     Arrow {
         /// The one file to split.
-        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+        /// Training file (with `test`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        train: Option<PathBuf>,
+        /// Test file (with `train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<PathBuf>,
     },
     /// MNIST-style IDX files: `train` (and optional `test`) are prefixes such as
     /// `fixtures/mnist/train`, completed with `-images-idx3-ubyte[.gz]` and
@@ -228,11 +251,12 @@ impl Source {
         match self {
             Source::Csv {
                 path, train, test, ..
-            } => [path, train, test]
+            }
+            | Source::Parquet { path, train, test }
+            | Source::Arrow { path, train, test } => [path, train, test]
                 .into_iter()
                 .filter_map(|p| p.as_mut())
                 .collect(),
-            Source::Parquet { path } | Source::Arrow { path } => vec![path],
             Source::Idx { train, test } => {
                 let mut v = vec![train];
                 v.extend(test.as_mut());

@@ -16,6 +16,7 @@
 //!     positive_class: None,
 //!     steps: vec![Step::Standardize { columns: Default::default() }],
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
+//!     augment: Default::default(),
 //!     seed: 7,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-preprocess-doc");
@@ -24,6 +25,7 @@
 //! assert_eq!(out.rows, [90, 30, 30]);
 //! ```
 
+mod augment;
 mod config;
 mod error;
 pub mod idx;
@@ -31,6 +33,7 @@ mod split;
 mod steps;
 pub mod table;
 
+pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
 pub use config::{Columns, Config, ImputeStrategy, Source, Split, Step};
 pub use error::{PreprocessError, Result};
 pub use split::stratified_split;
@@ -39,7 +42,7 @@ use error::PolarsContext;
 use kiln_core::{Dataset, Schema, Task};
 use polars::prelude::*;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What one run produced.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct Output {
     pub rows: [usize; 3],
     /// Rows removed before the split.
     pub dropped: DroppedRows,
+    /// Rows the augmentation added to the train split.
+    pub augmented: AugmentCounts,
 }
 
 /// profile.json: what a user checks before trusting the data.
@@ -65,6 +70,8 @@ pub struct Profile {
     pub columns: Vec<ColumnProfile>,
     /// Rows removed before the split, by reason.
     pub dropped_rows: DroppedRows,
+    /// Train rows before and after augmentation (the class counts above are before).
+    pub augmentation: AugmentCounts,
 }
 
 /// Row counts of the three splits.
@@ -83,6 +90,12 @@ pub struct SplitCounts {
 pub struct ColumnProfile {
     /// Column name.
     pub name: String,
+    /// The column's type as read (polars' name for it, e.g. `i64`, `f64`, `str`).
+    pub dtype: String,
+    /// Share of missing cells, in [0, 1].
+    pub null_share: f64,
+    /// Distinct non-missing values.
+    pub distinct: usize,
     /// Smallest value.
     pub min: f64,
     /// Largest value.
@@ -104,28 +117,117 @@ pub struct DroppedRows {
     pub duplicates: usize,
 }
 
-/// A loaded source file: its frame, its name for messages and, per frame row, the row
-/// number in the file (1-based, header excluded).
+/// A loaded source (one file, or the files a glob matched, stacked in name order): its
+/// frame, the files for messages and, per frame row, which file and which row of it
+/// (1-based, header excluded).
 struct Frame {
     df: DataFrame,
-    file: String,
-    rows: Vec<usize>,
+    files: Vec<String>,
+    rows: Vec<(u32, usize)>,
 }
 
 impl Frame {
     fn new(df: DataFrame, path: &Path) -> Frame {
-        let rows = (1..=df.height()).collect();
+        let rows = (1..=df.height()).map(|r| (0, r)).collect();
         Frame {
             df,
-            file: path.display().to_string(),
+            files: vec![path.display().to_string()],
             rows,
         }
+    }
+
+    /// The frames of several files stacked; every file must have the same columns. A
+    /// column read with different types in different files becomes f64 when all are
+    /// numbers, text otherwise.
+    fn stack(parts: Vec<(DataFrame, PathBuf)>) -> Result<Frame> {
+        let mut parts = parts.into_iter();
+        let Some((first, p0)) = parts.next() else {
+            return Err(PreprocessError::Invalid("no files to read".into()));
+        };
+        let mut frame = Frame::new(first, &p0);
+        let names: Vec<String> = column_names(&frame.df);
+        let mut dfs = vec![frame.df.clone()];
+        for (df, p) in parts {
+            let theirs = column_names(&df);
+            let missing: Vec<String> = names
+                .iter()
+                .filter(|n| !theirs.contains(n))
+                .cloned()
+                .collect();
+            let extra: Vec<String> = theirs
+                .iter()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: its columns differ from {}'s (missing: [{}], extra: [{}]); every file a glob matches must have the same columns",
+                    p.display(),
+                    p0.display(),
+                    preview(&missing),
+                    preview(&extra)
+                )));
+            }
+            let df = df
+                .select(names.iter().map(|n| n.as_str()))
+                .ctx(|| p.display().to_string())?;
+            let f = frame.files.len() as u32;
+            frame.rows.extend((1..=df.height()).map(|r| (f, r)));
+            frame.files.push(p.display().to_string());
+            dfs.push(df);
+        }
+        for name in &names {
+            let types: Vec<DataType> = dfs
+                .iter()
+                .map(|d| d.column(name).map(|c| c.dtype().clone()))
+                .filter(|t| !matches!(t, Ok(DataType::Null)))
+                .collect::<PolarsResult<_>>()
+                .ctx(|| name.clone())?;
+            if types.windows(2).all(|w| w[0] == w[1]) && types.len() == dfs.len() {
+                continue;
+            }
+            let to = if types.iter().all(is_numeric) {
+                DataType::Float64
+            } else {
+                DataType::String
+            };
+            for d in &mut dfs {
+                let c = d
+                    .column(name)
+                    .ctx(|| name.clone())?
+                    .cast(&to)
+                    .ctx(|| name.clone())?;
+                d.with_column(c).ctx(|| name.clone())?;
+            }
+        }
+        let mut all = dfs.remove(0);
+        for d in &dfs {
+            all.vstack_mut(d)
+                .ctx(|| "stacking the files of a glob".to_string())?;
+        }
+        all.rechunk_mut();
+        frame.df = all;
+        Ok(frame)
+    }
+
+    /// The source's name for messages: its file, or the first and how many more.
+    fn name(&self) -> String {
+        match self.files.len() {
+            1 => self.files[0].clone(),
+            n => format!("{} (+{} more files)", self.files[0], n - 1),
+        }
+    }
+
+    /// Where frame row `i` comes from: `file: row N`.
+    fn site(&self, i: usize) -> String {
+        let (f, r) = self.rows[i];
+        format!("{}: row {r}", self.files[f as usize])
     }
 
     /// Keeps the frame rows at `keep` (ascending).
     fn keep(&mut self, keep: &[usize]) -> Result<()> {
         let ca = IdxCa::from_vec("idx".into(), keep.iter().map(|&i| i as IdxSize).collect());
-        self.df = self.df.take(&ca).ctx(|| self.file.clone())?;
+        self.df = self.df.take(&ca).ctx(|| self.name())?;
         self.rows = keep.iter().map(|&i| self.rows[i]).collect();
         Ok(())
     }
@@ -149,7 +251,7 @@ impl Frame {
         if keep.is_empty() {
             return Err(PreprocessError::Invalid(format!(
                 "{}: the target column `{target}` is empty in every row",
-                self.file
+                self.name()
             )));
         }
         let dropped = self.df.height() - keep.len();
@@ -173,15 +275,8 @@ impl Frame {
             let Ok(c) = self.df.column(name) else {
                 return Err(PreprocessError::Invalid(format!(
                     "{}: lacks the feature column `{name}` of the train source; its columns are: {}",
-                    self.file,
-                    preview(
-                        &self
-                            .df
-                            .get_column_names()
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect::<Vec<_>>()
-                    )
+                    self.name(),
+                    preview(&column_names(&self.df))
                 )));
             };
             let skip = removed.contains(name);
@@ -191,7 +286,7 @@ impl Frame {
             if c.null_count() == n {
                 return Err(PreprocessError::Invalid(format!(
                     "{}: column `{name}` is empty in every row; drop it with {{ op = \"drop\", columns = [\"{name}\"] }}",
-                    self.file
+                    self.name()
                 )));
             }
             if is_numeric(c.dtype()) {
@@ -208,8 +303,8 @@ impl Frame {
                     Ok(x) => out[i * w + j] = x,
                     Err(_) => {
                         return Err(PreprocessError::Invalid(format!(
-                            "{}: row {} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
-                            self.file, self.rows[i]
+                            "{} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
+                            self.site(i)
                         )));
                     }
                 }
@@ -232,7 +327,7 @@ fn null_sites(
                 continue;
             }
             if let Some(i) = raw.iter().skip(j).step_by(w).position(|x| x.is_nan()) {
-                out.insert(name.clone(), format!("{}: row {}", f.file, f.rows[i]));
+                out.insert(name.clone(), f.site(i));
             }
         }
     }
@@ -254,15 +349,10 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(PreprocessError::Invalid(format!("{key}: {msg}")));
     }
-    let (mut main, mut test_src) = load(config)?;
+    let (mut main, mut test_src, idx_layout) = load(config)?;
     tracing::info!(rows = main.df.height(), columns = main.df.width(), "loaded");
     let target = config.target.as_str();
-    let names: Vec<String> = main
-        .df
-        .get_column_names()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let names = column_names(&main.df);
     if !names.iter().any(|n| n == target) {
         return Err(PreprocessError::Invalid(format!(
             "target column `{target}` not found{}; columns are: {}",
@@ -305,7 +395,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             if keep.is_empty() {
                 return Err(PreprocessError::Invalid(format!(
                     "{}: drop_nulls / dedupe removed every row; impute instead",
-                    f.file
+                    f.name()
                 )));
             }
             f.keep(&keep)?;
@@ -415,7 +505,16 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
 
     // Fit on train, in the order written; every split goes through Schema::apply.
     let (transforms, feature_names) = steps::fit(&config.steps, &train_raw, &features, &nulls)?;
-    let profile_cols = profile_columns(&train_raw, &features);
+    let dtypes: Vec<String> = features
+        .iter()
+        .map(|f| {
+            main.df
+                .column(f)
+                .map(|c| c.dtype().to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let profile_cols = profile_columns(&train_raw, &features, &dtypes);
     let schema = Schema {
         version: 1,
         input_columns: features.clone(),
@@ -449,7 +548,22 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         ds.validate()?;
         Ok(ds)
     };
-    let train = make(&train_raw, pick(&tr), "train")?;
+    let mut train = make(&train_raw, pick(&tr), "train")?;
+    if config.augment.oversample && task == Task::Regression {
+        return Err(PreprocessError::Invalid(
+            "augment.oversample balances classes, but the target is a regression target; remove `oversample`".into(),
+        ));
+    }
+    let layout = config.augment.layout(w, idx_layout)?;
+    let augmented = augment_train(
+        &config.augment,
+        &schema,
+        &train_raw,
+        &mut train,
+        layout,
+        class_labels.len(),
+        config.seed,
+    )?;
     let valid = make(&valid_raw, pick(&va), "valid")?;
     let test = make(&test_raw, test_target, "test")?;
     if train.n_rows() == 0 || test.n_rows() == 0 {
@@ -468,7 +582,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     valid.write_ipc(&out_dir.join("valid.arrow"))?;
     test.write_ipc(&out_dir.join("test.arrow"))?;
     let mut counts = vec![0usize; class_labels.len()];
-    for &l in &train.labels {
+    for &l in train.labels.iter().take(augmented.before) {
         counts[l as usize] += 1;
     }
     let profile = Profile {
@@ -481,6 +595,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         train_class_counts: class_labels.iter().cloned().zip(counts).collect(),
         columns: profile_cols,
         dropped_rows: dropped.clone(),
+        augmentation: augmented.clone(),
     };
     kiln_core::write_json(&out_dir.join("profile.json"), &profile)?;
     kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
@@ -494,7 +609,74 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         schema,
         rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
         dropped,
+        augmented,
     })
+}
+
+/// Adds the augmented rows to `train` (whose features came from `raw` through `schema`):
+/// oversampled rows, then copies, each copy's raw row shifted / rotated and its features
+/// noised. The class counts and statistics stay those of the original rows.
+fn augment_train(
+    cfg: &Augment,
+    schema: &Schema,
+    raw: &[f32],
+    train: &mut Dataset,
+    layout: Option<[usize; 2]>,
+    n_classes: usize,
+    seed: u64,
+) -> Result<AugmentCounts> {
+    let n = train.n_rows();
+    let mut counts = AugmentCounts {
+        before: n,
+        after: n,
+        ..Default::default()
+    };
+    if cfg.is_off() {
+        return Ok(counts);
+    }
+    let _span = tracing::info_span!("augment", rows = n).entered();
+    let w = raw.len() / n.max(1);
+    let fw = train.n_features();
+    let plan = augment::plan(cfg, &train.labels, n_classes, n, seed);
+    let base: Vec<u32> = (0..n as u32)
+        .chain(plan.oversampled.iter().copied())
+        .collect();
+    let copy_src: Vec<u32> = plan.copies.iter().map(|&c| base[c as usize]).collect();
+    for &i in &plan.oversampled {
+        let i = i as usize;
+        train.features.extend_from_within(i * fw..(i + 1) * fw);
+    }
+    let copies_raw = augment::copy_rows(cfg, raw, w, &copy_src, layout, seed);
+    let mut copies = schema.apply(&copies_raw)?;
+    augment::add_noise(&mut copies, cfg.noise, seed);
+    if let Some(i) = copies.iter().position(|v| !v.is_finite()) {
+        return Err(PreprocessError::Invalid(format!(
+            "an augmented copy's feature `{}` is {}; check the steps and `augment`",
+            train.feature_names[i % fw],
+            copies[i]
+        )));
+    }
+    train.features.extend(copies);
+    let added: Vec<u32> = plan.oversampled.iter().chain(&copy_src).copied().collect();
+    if !train.labels.is_empty() {
+        let l: Vec<u32> = added.iter().map(|&i| train.labels[i as usize]).collect();
+        train.labels.extend(l);
+    }
+    if !train.values.is_empty() {
+        let v: Vec<f32> = added.iter().map(|&i| train.values[i as usize]).collect();
+        train.values.extend(v);
+    }
+    train.validate()?;
+    counts.oversampled = plan.oversampled.len();
+    counts.copies = copy_src.len();
+    counts.after = train.n_rows();
+    tracing::info!(
+        oversampled = counts.oversampled,
+        copies = counts.copies,
+        after = counts.after,
+        "augmented the train split"
+    );
+    Ok(counts)
 }
 
 /// Reads the dataset artifact written by [`run`]: schema plus the three splits.
@@ -507,7 +689,33 @@ pub fn read_artifact(dir: &Path) -> Result<(Schema, [Dataset; 3])> {
     ))
 }
 
-fn load(config: &Config) -> Result<(Frame, Option<Frame>)> {
+/// The main source, the test source if any, and the image layout an IDX source gives.
+type Loaded = (Frame, Option<Frame>, Option<[usize; 2]>);
+
+fn load(config: &Config) -> Result<Loaded> {
+    let tabular = |path: &Option<PathBuf>,
+                   train: &Option<PathBuf>,
+                   test: &Option<PathBuf>,
+                   read: &dyn Fn(&Path) -> Result<DataFrame>|
+     -> Result<Loaded> {
+        let read = |p: &Path| -> Result<Frame> {
+            let files = expand(p)?;
+            let _span = tracing::info_span!("read", files = files.len()).entered();
+            Frame::stack(
+                files
+                    .into_iter()
+                    .map(|f| Ok((read(&f)?, f)))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        };
+        match (path, train, test) {
+            (Some(p), None, None) => Ok((read(p)?, None, None)),
+            (None, Some(tr), te) => Ok((read(tr)?, te.as_deref().map(read).transpose()?, None)),
+            _ => Err(PreprocessError::Invalid(
+                "source: give either `path`, or `train` (and optionally `test`)".into(),
+            )),
+        }
+    };
     match &config.source {
         Source::Csv {
             path,
@@ -516,30 +724,84 @@ fn load(config: &Config) -> Result<(Frame, Option<Frame>)> {
             delimiter,
             has_header,
             null_values,
-        } => {
-            let read = |p: &Path| -> Result<Frame> {
-                Ok(Frame::new(
-                    read_csv(p, *delimiter, *has_header, null_values)?,
-                    p,
-                ))
-            };
-            match (path, train, test) {
-                (Some(p), None, None) => Ok((read(p)?, None)),
-                (None, Some(tr), te) => Ok((read(tr)?, te.as_deref().map(read).transpose()?)),
-                _ => Err(PreprocessError::Invalid(
-                    "csv source: give either `path`, or `train` (and optionally `test`)".into(),
-                )),
+        } => tabular(path, train, test, &|p| {
+            read_csv(p, *delimiter, *has_header, null_values)
+        }),
+        Source::Parquet { path, train, test } => tabular(path, train, test, &table::read_parquet),
+        Source::Arrow { path, train, test } => tabular(path, train, test, &table::read_ipc),
+        Source::Idx { train, test } => {
+            let (df, layout) = read_idx_frame(train)?;
+            let test = test
+                .as_deref()
+                .map(|t| -> Result<Frame> { Ok(Frame::new(read_idx_frame(t)?.0, t)) })
+                .transpose()?;
+            Ok((Frame::new(df, train), test, Some(layout)))
+        }
+    }
+}
+
+/// True when `p` holds a glob pattern (`*`, `?` or `[`).
+fn is_glob(p: &Path) -> bool {
+    p.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// The files a source path names: itself, or the files its glob matches in name order
+/// (an error when none does).
+fn expand(p: &Path) -> Result<Vec<PathBuf>> {
+    if !is_glob(p) {
+        return Ok(vec![p.to_path_buf()]);
+    }
+    let pattern = p.to_string_lossy();
+    let paths = glob::glob(&pattern).map_err(|e| {
+        PreprocessError::Invalid(format!("{pattern}: not a valid glob pattern: {e}"))
+    })?;
+    let mut files = Vec::new();
+    for entry in paths {
+        let f = entry.map_err(|e| PreprocessError::Io {
+            path: e.path().to_path_buf(),
+            source: std::io::Error::new(e.error().kind(), e.error().to_string()),
+        })?;
+        if f.is_file() {
+            files.push(f);
+        }
+    }
+    if files.is_empty() {
+        return Err(PreprocessError::Invalid(format!(
+            "{pattern}: no file matches this pattern; check the `source` path"
+        )));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Every file a source reads (globs expanded, IDX prefixes completed), for the pipeline's
+/// content hash; a path that cannot be resolved is left as written (reading it will fail
+/// with a clear error).
+pub fn source_files(source: &Source) -> Vec<PathBuf> {
+    let mut s = source.clone();
+    let is_idx = matches!(s, Source::Idx { .. });
+    let mut out = Vec::new();
+    for p in s.paths_mut() {
+        if is_idx {
+            match idx::idx_pair(p) {
+                Ok((a, b)) => out.extend([a, b]),
+                Err(_) => out.push(p.clone()),
+            }
+        } else {
+            match expand(p) {
+                Ok(files) => out.extend(files),
+                Err(_) => out.push(p.clone()),
             }
         }
-        Source::Parquet { path } => Ok((Frame::new(table::read_parquet(path)?, path), None)),
-        Source::Arrow { path } => Ok((Frame::new(table::read_ipc(path)?, path), None)),
-        Source::Idx { train, test } => Ok((
-            Frame::new(read_idx_frame(train)?, train),
-            test.as_deref()
-                .map(|t| -> Result<Frame> { Ok(Frame::new(read_idx_frame(t)?, t)) })
-                .transpose()?,
-        )),
     }
+    out
+}
+
+fn column_names(df: &DataFrame) -> Vec<String> {
+    df.get_column_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 pub(crate) fn read_csv(
@@ -586,7 +848,9 @@ pub(crate) fn read_csv(
     Ok(df)
 }
 
-fn read_idx_frame(prefix: &Path) -> Result<DataFrame> {
+/// The IDX pair at `prefix` as a frame (`pixel_0` … and `label`), and the image layout
+/// `[rows, cols]`.
+fn read_idx_frame(prefix: &Path) -> Result<(DataFrame, [usize; 2])> {
     let (img_path, lab_path) = idx::idx_pair(prefix)?;
     let images = idx::read_idx(&img_path)?;
     let labels = idx::read_idx(&lab_path)?;
@@ -621,7 +885,9 @@ fn read_idx_frame(prefix: &Path) -> Result<DataFrame> {
             .map(|&l| i32::from(l))
             .collect::<Vec<i32>>(),
     ));
-    DataFrame::new(n, cols).ctx(|| format!("{}: building the frame", img_path.display()))
+    let df =
+        DataFrame::new(n, cols).ctx(|| format!("{}: building the frame", img_path.display()))?;
+    Ok((df, [images.dims[1], images.dims[2]]))
 }
 
 fn is_numeric(dt: &DataType) -> bool {
@@ -769,7 +1035,7 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
         .collect()
 }
 
-fn profile_columns(raw: &[f32], features: &[String]) -> Vec<ColumnProfile> {
+fn profile_columns(raw: &[f32], features: &[String], dtypes: &[String]) -> Vec<ColumnProfile> {
     let w = features.len();
     features
         .iter()
@@ -792,8 +1058,18 @@ fn profile_columns(raw: &[f32], features: &[String]) -> Vec<ColumnProfile> {
                     v.iter().sum::<f64>() / v.len() as f64,
                 )
             };
+            let mut bits: Vec<u32> = v.iter().map(|&x| (x as f32 + 0.0).to_bits()).collect();
+            bits.sort_unstable();
+            bits.dedup();
             ColumnProfile {
                 name: name.clone(),
+                dtype: dtypes.get(j).cloned().unwrap_or_default(),
+                null_share: if n == 0 {
+                    0.0
+                } else {
+                    (n - v.len()) as f64 / n as f64
+                },
+                distinct: bits.len(),
                 min,
                 max,
                 mean,

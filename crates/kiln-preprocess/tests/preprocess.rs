@@ -27,6 +27,7 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
             test: Some(0.2),
             stratify: true,
         },
+        augment: Default::default(),
         seed: 5,
     }
 }

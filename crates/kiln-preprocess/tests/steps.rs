@@ -27,6 +27,7 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
             test: None,
             stratify: false,
         },
+        augment: Default::default(),
         seed: 1,
     }
 }
@@ -301,8 +302,16 @@ fn parquet_and_arrow_sources_with_nulls() {
         }]
     };
     for (k, source) in [
-        Source::Parquet { path: pq.clone() },
-        Source::Arrow { path: ipc.clone() },
+        Source::Parquet {
+            path: Some(pq.clone()),
+            train: None,
+            test: None,
+        },
+        Source::Arrow {
+            path: Some(ipc.clone()),
+            train: None,
+            test: None,
+        },
     ]
     .into_iter()
     .enumerate()
@@ -331,9 +340,17 @@ fn parquet_and_arrow_sources_with_nulls() {
         // without the impute step the null is named with file and row
         let mut c = config(&pq, vec![]);
         c.source = if k == 0 {
-            Source::Parquet { path: pq.clone() }
+            Source::Parquet {
+                path: Some(pq.clone()),
+                train: None,
+                test: None,
+            }
         } else {
-            Source::Arrow { path: ipc.clone() }
+            Source::Arrow {
+                path: Some(ipc.clone()),
+                train: None,
+                test: None,
+            }
         };
         let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
         assert!(
