@@ -124,6 +124,14 @@ struct Frame {
     df: DataFrame,
     files: Vec<String>,
     rows: Vec<(u32, usize)>,
+    dense: Option<Dense>,
+}
+
+/// Feature columns held row-major beside the frame: IDX pixels, which as a 784-column
+/// DataFrame would cost more to build and to read back than the pixels themselves.
+struct Dense {
+    names: Vec<String>,
+    raw: Vec<f32>,
 }
 
 impl Frame {
@@ -133,6 +141,7 @@ impl Frame {
             df,
             files: vec![path.display().to_string()],
             rows,
+            dense: None,
         }
     }
 
@@ -229,7 +238,31 @@ impl Frame {
         let ca = IdxCa::from_vec("idx".into(), keep.iter().map(|&i| i as IdxSize).collect());
         self.df = self.df.take(&ca).ctx(|| self.name())?;
         self.rows = keep.iter().map(|&i| self.rows[i]).collect();
+        if let Some(d) = &mut self.dense {
+            let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+            d.raw = gather(&d.raw, d.names.len(), &idx);
+        }
         Ok(())
+    }
+
+    /// Every column name: the row-major ones, then the frame's.
+    fn columns(&self) -> Vec<String> {
+        let mut names = self
+            .dense
+            .as_ref()
+            .map(|d| d.names.clone())
+            .unwrap_or_default();
+        names.extend(column_names(&self.df));
+        names
+    }
+
+    /// A column's type as read (`u8` for IDX pixels).
+    fn dtype(&self, name: &str) -> String {
+        match self.df.column(name) {
+            Ok(c) => c.dtype().to_string(),
+            Err(_) if self.dense.is_some() => "u8".into(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Drops the rows whose target is null; returns how many.
@@ -268,6 +301,11 @@ impl Frame {
     /// is not a number is an error naming file, row and column; a column that is empty
     /// in every row too, unless `removed` (a `drop` / `select` step removes it).
     fn features(&self, features: &[String], removed: &[String]) -> Result<Vec<f32>> {
+        if let Some(d) = &self.dense
+            && d.names == features
+        {
+            return Ok(d.raw.clone());
+        }
         let n = self.df.height();
         let w = features.len();
         let mut out = vec![f32::NAN; n * w];
@@ -314,20 +352,26 @@ impl Frame {
     }
 }
 
-/// Per column, where its first missing cell is (`file: row N`), over `frames` in order.
+/// Per column, where its first missing cell is (`file: row N`), over `frames` in order
+/// (one pass over the rows).
 fn null_sites(
     frames: &[(&Frame, &[f32])],
     features: &[String],
 ) -> std::collections::BTreeMap<String, String> {
-    let w = features.len();
+    let w = features.len().max(1);
     let mut out = std::collections::BTreeMap::new();
     for (f, raw) in frames {
-        for (j, name) in features.iter().enumerate() {
-            if out.contains_key(name) {
-                continue;
+        let mut first: Vec<Option<usize>> = vec![None; w];
+        for (i, row) in raw.chunks_exact(w).enumerate() {
+            for (j, x) in row.iter().enumerate() {
+                if x.is_nan() && first[j].is_none() {
+                    first[j] = Some(i);
+                }
             }
-            if let Some(i) = raw.iter().skip(j).step_by(w).position(|x| x.is_nan()) {
-                out.insert(name.clone(), f.site(i));
+        }
+        for (j, name) in features.iter().enumerate() {
+            if let Some(i) = first[j] {
+                out.entry(name.clone()).or_insert_with(|| f.site(i));
             }
         }
     }
@@ -352,7 +396,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let (mut main, mut test_src, idx_layout) = load(config)?;
     tracing::info!(rows = main.df.height(), columns = main.df.width(), "loaded");
     let target = config.target.as_str();
-    let names = column_names(&main.df);
+    let names = main.columns();
     if !names.iter().any(|n| n == target) {
         return Err(PreprocessError::Invalid(format!(
             "target column `{target}` not found{}; columns are: {}",
@@ -505,15 +549,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
 
     // Fit on train, in the order written; every split goes through Schema::apply.
     let (transforms, feature_names) = steps::fit(&config.steps, &train_raw, &features, &nulls)?;
-    let dtypes: Vec<String> = features
-        .iter()
-        .map(|f| {
-            main.df
-                .column(f)
-                .map(|c| c.dtype().to_string())
-                .unwrap_or_default()
-        })
-        .collect();
+    let dtypes: Vec<String> = features.iter().map(|f| main.dtype(f)).collect();
     let profile_cols = profile_columns(&train_raw, &features, &dtypes);
     let schema = Schema {
         version: 1,
@@ -733,9 +769,9 @@ fn load(config: &Config) -> Result<Loaded> {
             let (df, layout) = read_idx_frame(train)?;
             let test = test
                 .as_deref()
-                .map(|t| -> Result<Frame> { Ok(Frame::new(read_idx_frame(t)?.0, t)) })
+                .map(|t| -> Result<Frame> { Ok(read_idx_frame(t)?.0) })
                 .transpose()?;
-            Ok((Frame::new(df, train), test, Some(layout)))
+            Ok((df, test, Some(layout)))
         }
     }
 }
@@ -848,9 +884,9 @@ pub(crate) fn read_csv(
     Ok(df)
 }
 
-/// The IDX pair at `prefix` as a frame (`pixel_0` … and `label`), and the image layout
-/// `[rows, cols]`.
-fn read_idx_frame(prefix: &Path) -> Result<(DataFrame, [usize; 2])> {
+/// The IDX pair at `prefix`: a frame of `label` with the pixels (`pixel_0` …) held
+/// row-major beside it, and the image layout `[rows, cols]`.
+fn read_idx_frame(prefix: &Path) -> Result<(Frame, [usize; 2])> {
     let (img_path, lab_path) = idx::idx_pair(prefix)?;
     let images = idx::read_idx(&img_path)?;
     let labels = idx::read_idx(&lab_path)?;
@@ -871,23 +907,22 @@ fn read_idx_frame(prefix: &Path) -> Result<(DataFrame, [usize; 2])> {
         });
     }
     let w = images.dims[1] * images.dims[2];
-    let mut cols: Vec<Column> = (0..w)
-        .map(|j| {
-            let v: Vec<f32> = (0..n).map(|i| f32::from(images.data[i * w + j])).collect();
-            Column::new(format!("pixel_{j}").into(), v)
-        })
-        .collect();
-    cols.push(Column::new(
+    let label = Column::new(
         "label".into(),
         labels
             .data
             .iter()
             .map(|&l| i32::from(l))
             .collect::<Vec<i32>>(),
-    ));
-    let df =
-        DataFrame::new(n, cols).ctx(|| format!("{}: building the frame", img_path.display()))?;
-    Ok((df, [images.dims[1], images.dims[2]]))
+    );
+    let df = DataFrame::new(n, vec![label])
+        .ctx(|| format!("{}: building the frame", lab_path.display()))?;
+    let mut frame = Frame::new(df, prefix);
+    frame.dense = Some(Dense {
+        names: (0..w).map(|j| format!("pixel_{j}")).collect(),
+        raw: images.data.iter().map(|&p| f32::from(p)).collect(),
+    });
+    Ok((frame, [images.dims[1], images.dims[2]]))
 }
 
 fn is_numeric(dt: &DataType) -> bool {
@@ -1035,48 +1070,78 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
         .collect()
 }
 
+/// Per-column statistics of row-major `raw` (NaN = missing), in one pass over the rows
+/// (column-wise passes over a wide table miss the cache on every value).
 fn profile_columns(raw: &[f32], features: &[String], dtypes: &[String]) -> Vec<ColumnProfile> {
-    let w = features.len();
+    let w = features.len().max(1);
+    let n = raw.len() / w;
+    let mut min = vec![f64::INFINITY; w];
+    let mut max = vec![f64::NEG_INFINITY; w];
+    let mut sum = vec![0.0f64; w];
+    let mut present = vec![0usize; w];
+    let mut seen: Vec<std::collections::HashSet<u32, BitsHash>> = vec![Default::default(); w];
+    for row in raw.chunks_exact(w) {
+        for (j, &x) in row.iter().enumerate() {
+            if x.is_nan() {
+                continue;
+            }
+            let v = f64::from(x);
+            min[j] = min[j].min(v);
+            max[j] = max[j].max(v);
+            sum[j] += v;
+            present[j] += 1;
+            seen[j].insert((x + 0.0).to_bits()); // -0.0 and 0.0 are one value
+        }
+    }
     features
         .iter()
         .enumerate()
         .map(|(j, name)| {
-            let v: Vec<f64> = raw
-                .iter()
-                .skip(j)
-                .step_by(w)
-                .filter(|x| !x.is_nan())
-                .map(|&x| f64::from(x))
-                .collect();
-            let n = raw.len() / w.max(1);
-            let (min, max, mean) = if v.is_empty() {
+            let (mn, mx, mean) = if present[j] == 0 {
                 (f64::NAN, f64::NAN, f64::NAN)
             } else {
-                (
-                    v.iter().copied().fold(f64::INFINITY, f64::min),
-                    v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                    v.iter().sum::<f64>() / v.len() as f64,
-                )
+                (min[j], max[j], sum[j] / present[j] as f64)
             };
-            let mut bits: Vec<u32> = v.iter().map(|&x| (x as f32 + 0.0).to_bits()).collect();
-            bits.sort_unstable();
-            bits.dedup();
             ColumnProfile {
                 name: name.clone(),
                 dtype: dtypes.get(j).cloned().unwrap_or_default(),
                 null_share: if n == 0 {
                     0.0
                 } else {
-                    (n - v.len()) as f64 / n as f64
+                    (n - present[j]) as f64 / n as f64
                 },
-                distinct: bits.len(),
-                min,
-                max,
+                distinct: seen[j].len(),
+                min: mn,
+                max: mx,
                 mean,
-                missing: n - v.len(),
+                missing: n - present[j],
             }
         })
         .collect()
+}
+
+/// Hashes f32 bit patterns for the distinct counts: one multiply (Fibonacci hashing),
+/// enough for 32-bit keys and several times faster than the default SipHash.
+type BitsHash = std::hash::BuildHasherDefault<FibHasher>;
+
+/// See [`BitsHash`].
+#[derive(Default)]
+struct FibHasher(u64);
+
+impl std::hash::Hasher for FibHasher {
+    fn finish(&self) -> u64 {
+        // The product's high bits are the mixed ones; fold them into the low bits that
+        // pick the bucket.
+        self.0 ^ (self.0 >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 pub(crate) fn preview(names: &[String]) -> String {

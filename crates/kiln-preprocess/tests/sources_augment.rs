@@ -489,3 +489,70 @@ fn each_bad_input_is_named_and_nothing_is_written() {
     let e = err(&c);
     assert!(e.contains("test split's feature `x` is -inf"), "{e}");
 }
+
+/// Writes an uncompressed IDX pair at `prefix`: `n` images of 4 × 4 (pixel p of image i
+/// = (i * 5 + p) % 256) and labels i % 2.
+fn write_idx(prefix: &Path, n: u32) {
+    let mut img = vec![0, 0, 8, 3];
+    for d in [n, 4, 4] {
+        img.extend(d.to_be_bytes());
+    }
+    img.extend((0..n).flat_map(|i| (0..16).map(move |p| ((i * 5 + p) % 256) as u8)));
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend(n.to_be_bytes());
+    lab.extend((0..n).map(|i| (i % 2) as u8));
+    let name = prefix.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(prefix.with_file_name(format!("{name}-images-idx3-ubyte")), img).unwrap();
+    std::fs::write(prefix.with_file_name(format!("{name}-labels-idx1-ubyte")), lab).unwrap();
+}
+
+#[test]
+fn idx_pixels_go_straight_to_rows_and_give_the_image_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tr, te) = (dir.path().join("train"), dir.path().join("t10k"));
+    write_idx(&tr, 50);
+    write_idx(&te, 10);
+    let mut c = config(
+        Source::Idx {
+            train: tr,
+            test: Some(te),
+        },
+        vec![Step::Scale {
+            by: 255.0,
+            columns: Default::default(),
+        }],
+    );
+    c.target = "label".into();
+    c.split = Split {
+        valid: 0.2,
+        test: None,
+        stratify: true,
+    };
+    c.augment = Augment {
+        copies: 1,
+        shift: 1,
+        ..Default::default()
+    };
+    let out = run(&c, &dir.path().join("out")).unwrap();
+    assert_eq!(out.rows, [80, 10, 10]);
+    assert_eq!(out.augmented.copies, 40);
+    let (schema, [train, _, test]) = read_artifact(&dir.path().join("out")).unwrap();
+    assert_eq!(schema.input_columns.len(), 16);
+    assert_eq!(schema.input_columns[15], "pixel_15");
+    // test image i, pixel p = ((i * 5 + p) % 256) / 255
+    let want: Vec<f32> = (0..10u32)
+        .flat_map(|i| (0..16).map(move |p| ((i * 5 + p) % 256) as f32 / 255.0))
+        .collect();
+    assert_eq!(test.features, want);
+    assert_eq!(test.labels, (0..10).map(|i| i % 2).collect::<Vec<u32>>());
+    for (k, copy) in train.features[40 * 16..].chunks(16).enumerate() {
+        let src = &train.features[k * 16..(k + 1) * 16];
+        assert!(
+            (-1..=1).any(|dy| (-1..=1).any(|dx| shift_image(src, 4, 4, dy, dx) == copy)),
+            "copy {k}"
+        );
+    }
+    let profile: serde_json::Value =
+        serde_json::from_slice(&bytes(&dir.path().join("out/profile.json"))).unwrap();
+    assert_eq!(profile["columns"][0]["dtype"], "u8");
+}
