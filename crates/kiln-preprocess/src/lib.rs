@@ -31,7 +31,7 @@ mod split;
 mod steps;
 pub mod table;
 
-pub use config::{Columns, Config, ImputeStrategy, Source, Split, Step};
+pub use config::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
 pub use error::{PreprocessError, Result};
 pub use split::stratified_split;
 
@@ -163,12 +163,24 @@ impl Frame {
     }
 
     /// The feature columns as row-major f32 with NaN for a missing cell. A text cell that
-    /// is not a number is an error naming file, row and column; a column that is empty
-    /// in every row too, unless `removed` (a `drop` / `select` step removes it).
-    fn features(&self, features: &[String], removed: &[String]) -> Result<Vec<f32>> {
+    /// is not a number makes its column a text column when `text` is `None` (the main
+    /// source; a test source gets the main source's text columns as `text`, and a
+    /// non-number cell elsewhere is an error naming file, row and column): its cells come
+    /// back dictionary-encoded and its place in the rows holds placeholders (NaN where
+    /// missing, the cell's dictionary code as bits elsewhere, so that row steps see
+    /// equal cells as equal). A column that is empty in every row is an error too,
+    /// unless `removed` (a `drop` / `select` step removes it).
+    fn features(
+        &self,
+        features: &[String],
+        removed: &[String],
+        text: Option<&[String]>,
+    ) -> Result<Features> {
         let n = self.df.height();
         let w = features.len();
         let mut out = vec![f32::NAN; n * w];
+        let mut cells = Vec::new();
+        let mut sites = std::collections::BTreeMap::new();
         for (j, name) in features.iter().enumerate() {
             let Ok(c) = self.df.column(name) else {
                 return Err(PreprocessError::Invalid(format!(
@@ -194,29 +206,72 @@ impl Frame {
                     self.file
                 )));
             }
-            if is_numeric(c.dtype()) {
+            let given_text = text.is_some_and(|t| t.contains(name));
+            if is_numeric(c.dtype()) && !given_text {
                 let f = c.cast(&DataType::Float32).ctx(|| name.clone())?;
                 for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
                     out[i * w + j] = v.unwrap_or(f32::NAN);
                 }
                 continue;
             }
-            let text = c.cast(&DataType::String).ctx(|| name.clone())?;
-            for (i, v) in text.str().ctx(|| name.clone())?.iter().enumerate() {
-                let Some(v) = v else { continue };
-                match v.trim().parse::<f32>() {
-                    Ok(x) => out[i * w + j] = x,
-                    Err(_) => {
-                        return Err(PreprocessError::Invalid(format!(
-                            "{}: row {} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
-                            self.file, self.rows[i]
-                        )));
+            let as_text = c.cast(&DataType::String).ctx(|| name.clone())?;
+            let strs = as_text.str().ctx(|| name.clone())?;
+            let mut bad = None;
+            if !given_text {
+                for (i, v) in strs.iter().enumerate() {
+                    let Some(v) = v else { continue };
+                    match v.trim().parse::<f32>() {
+                        Ok(x) => out[i * w + j] = x,
+                        Err(_) => {
+                            bad = Some((i, v.to_string()));
+                            break;
+                        }
                     }
                 }
             }
+            match (bad, text) {
+                (None, _) if !given_text => continue,
+                (None, _) => {}
+                (Some((i, v)), Some(_)) => {
+                    return Err(PreprocessError::Invalid(format!(
+                        "{}: row {} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
+                        self.file, self.rows[i]
+                    )));
+                }
+                (Some((i, v)), None) => {
+                    sites.insert(
+                        name.clone(),
+                        format!(
+                            "{}: row {} column `{name}` holds `{v}`",
+                            self.file, self.rows[i]
+                        ),
+                    );
+                }
+            }
+            let col = kiln_core::TextColumn::from_cells(strs.iter());
+            for (i, &code) in col.codes.iter().enumerate() {
+                out[i * w + j] = if code == kiln_core::encode::MISSING {
+                    f32::NAN
+                } else {
+                    f32::from_bits(code)
+                };
+            }
+            cells.push((name.clone(), col));
         }
-        Ok(out)
+        Ok(Features {
+            raw: out,
+            cells,
+            sites,
+        })
     }
+}
+
+/// The feature columns of a frame: row-major numbers (placeholders at text columns),
+/// the text columns' cells, and where each text column first holds a non-number.
+struct Features {
+    raw: Vec<f32>,
+    cells: Vec<(String, kiln_core::TextColumn)>,
+    sites: std::collections::BTreeMap<String, String>,
 }
 
 /// Per column, where its first missing cell is (`file: row N`), over `frames` in order.
@@ -290,15 +345,30 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if dropped.null_target > 0 {
         tracing::info!(rows = dropped.null_target, "dropped rows without a target");
     }
-    let mut main_raw = main.features(&features, &removed)?;
-    let mut test_raw = test_src
-        .as_ref()
-        .map(|t| t.features(&features, &removed))
-        .transpose()?;
+    let Features {
+        raw: mut main_raw,
+        cells: mut main_cells,
+        sites,
+    } = main.features(&features, &removed, None)?;
+    let text = steps::Text { sites };
+    let text_names: Vec<String> = main_cells.iter().map(|(n, _)| n.clone()).collect();
+    let (mut test_raw, mut test_cells) = match test_src.as_ref() {
+        Some(t) => {
+            let f = t.features(&features, &removed, Some(&text_names))?;
+            (Some(f.raw), f.cells)
+        }
+        None => (None, Vec::new()),
+    };
+    if !text_names.is_empty() {
+        tracing::info!(columns = ?text_names, "text columns");
+    }
     // Row steps (drop_nulls, dedupe) on the raw tables, before the split.
-    let mut row_steps = |f: &mut Frame, raw: &mut Vec<f32>| -> Result<()> {
+    let mut row_steps = |f: &mut Frame,
+                         raw: &mut Vec<f32>,
+                         cells: &mut Vec<(String, kiln_core::TextColumn)>|
+     -> Result<()> {
         let y = f.text(target)?;
-        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y)?;
+        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y, &text)?;
         dropped.null_features += nulls;
         dropped.duplicates += dups;
         if keep.len() < y.len() {
@@ -311,12 +381,15 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             f.keep(&keep)?;
             let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
             *raw = gather(raw, w, &idx);
+            for (_, c) in cells.iter_mut() {
+                *c = c.take(&idx);
+            }
         }
         Ok(())
     };
-    row_steps(&mut main, &mut main_raw)?;
+    row_steps(&mut main, &mut main_raw, &mut main_cells)?;
     if let (Some(t), Some(r)) = (&mut test_src, &mut test_raw) {
-        row_steps(t, r)?;
+        row_steps(t, r, &mut test_cells)?;
     }
     if dropped.null_features + dropped.duplicates > 0 {
         tracing::info!(
@@ -406,16 +479,30 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             Task::Regression => Target::Values(idx.iter().map(|&i| values[i as usize]).collect()),
         }
     };
+    let take = |idx: &[u32]| -> Vec<(String, kiln_core::TextColumn)> {
+        main_cells
+            .iter()
+            .map(|(n, c)| (n.clone(), c.take(idx)))
+            .collect()
+    };
     let train_raw = gather(&main_raw, w, &tr);
     let valid_raw = gather(&main_raw, w, &va);
-    let (test_raw, test_target) = match (test_raw, test_target) {
-        (Some(r), Some(l)) => (r, l),
-        _ => (gather(&main_raw, w, &te), pick(&te)),
+    let (train_cells, valid_cells) = (take(&tr), take(&va));
+    let (test_raw, test_cells, test_target) = match (test_raw, test_target) {
+        (Some(r), Some(l)) => (r, test_cells, l),
+        _ => (gather(&main_raw, w, &te), take(&te), pick(&te)),
     };
 
     // Fit on train, in the order written; every split goes through Schema::apply.
-    let (transforms, feature_names) = steps::fit(&config.steps, &train_raw, &features, &nulls)?;
-    let profile_cols = profile_columns(&train_raw, &features);
+    let (transforms, feature_names) = steps::fit(
+        &config.steps,
+        &train_raw,
+        &features,
+        &nulls,
+        &train_cells,
+        &text,
+    )?;
+    let profile_cols = profile_columns(&train_raw, &features, &train_cells);
     let schema = Schema {
         version: 1,
         input_columns: features.clone(),
@@ -425,12 +512,16 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         class_labels: class_labels.clone(),
         transforms,
     };
-    let make = |raw: &[f32], t: Target, split: &str| -> Result<Dataset> {
+    let make = |raw: &[f32],
+                cells: Vec<(String, kiln_core::TextColumn)>,
+                t: Target,
+                split: &str|
+     -> Result<Dataset> {
         let (labels, values) = match t {
             Target::Classes { labels, .. } => (labels, Vec::new()),
             Target::Values(v) => (Vec::new(), v),
         };
-        let x = schema.apply(raw)?;
+        let x = schema.apply_with_text(raw, cells)?;
         let fw = feature_names.len();
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(PreprocessError::Invalid(format!(
@@ -449,9 +540,9 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         ds.validate()?;
         Ok(ds)
     };
-    let train = make(&train_raw, pick(&tr), "train")?;
-    let valid = make(&valid_raw, pick(&va), "valid")?;
-    let test = make(&test_raw, test_target, "test")?;
+    let train = make(&train_raw, train_cells, pick(&tr), "train")?;
+    let valid = make(&valid_raw, valid_cells, pick(&va), "valid")?;
+    let test = make(&test_raw, test_cells, test_target, "test")?;
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -769,12 +860,30 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
         .collect()
 }
 
-fn profile_columns(raw: &[f32], features: &[String]) -> Vec<ColumnProfile> {
+fn profile_columns(
+    raw: &[f32],
+    features: &[String],
+    cells: &[(String, kiln_core::TextColumn)],
+) -> Vec<ColumnProfile> {
     let w = features.len();
     features
         .iter()
         .enumerate()
         .map(|(j, name)| {
+            if let Some((_, c)) = cells.iter().find(|(n, _)| n == name) {
+                // a text column: no min / max / mean (null in profile.json)
+                return ColumnProfile {
+                    name: name.clone(),
+                    min: f64::NAN,
+                    max: f64::NAN,
+                    mean: f64::NAN,
+                    missing: c
+                        .codes
+                        .iter()
+                        .filter(|&&x| x == kiln_core::encode::MISSING)
+                        .count(),
+                };
+            }
             let v: Vec<f64> = raw
                 .iter()
                 .skip(j)
