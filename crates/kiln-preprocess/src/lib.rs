@@ -367,6 +367,13 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
                          raw: &mut Vec<f32>,
                          cells: &mut Vec<(String, kiln_core::TextColumn)>|
      -> Result<()> {
+        if !config
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::DropNulls { .. } | Step::Dedupe {}))
+        {
+            return Ok(());
+        }
         let y = f.text(target)?;
         let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y, &text)?;
         dropped.null_features += nulls;
@@ -451,6 +458,8 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         }),
         None => None,
     };
+    // the frames are not needed any more: their features and targets are extracted
+    drop((main, test_src));
 
     // Split the main source (regression: one stratum).
     let test_frac = match (test_df, config.split.test) {
@@ -492,9 +501,10 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         (Some(r), Some(l)) => (r, test_cells, l),
         _ => (gather(&main_raw, w, &te), take(&te), pick(&te)),
     };
+    drop((main_raw, main_cells));
 
     // Fit on train, in the order written; every split goes through Schema::apply.
-    let (transforms, feature_names) = steps::fit(
+    let (transforms, feature_names, train_x) = steps::fit(
         &config.steps,
         &train_raw,
         &features,
@@ -512,16 +522,11 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         class_labels: class_labels.clone(),
         transforms,
     };
-    let make = |raw: &[f32],
-                cells: Vec<(String, kiln_core::TextColumn)>,
-                t: Target,
-                split: &str|
-     -> Result<Dataset> {
+    let make = |x: Vec<f32>, t: Target, split: &str| -> Result<Dataset> {
         let (labels, values) = match t {
             Target::Classes { labels, .. } => (labels, Vec::new()),
             Target::Values(v) => (Vec::new(), v),
         };
-        let x = schema.apply_with_text(raw, cells)?;
         let fw = feature_names.len();
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(PreprocessError::Invalid(format!(
@@ -540,9 +545,22 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         ds.validate()?;
         Ok(ds)
     };
-    let train = make(&train_raw, train_cells, pick(&tr), "train")?;
-    let valid = make(&valid_raw, valid_cells, pick(&va), "valid")?;
-    let test = make(&test_raw, test_cells, test_target, "test")?;
+    // the train features are what fitting left (Schema::apply's very operations); the
+    // other splits go through Schema::apply
+    drop((train_raw, train_cells));
+    let train = make(train_x, pick(&tr), "train")?;
+    let valid = make(
+        schema.apply_with_text(&valid_raw, valid_cells)?,
+        pick(&va),
+        "valid",
+    )?;
+    drop(valid_raw);
+    let test = make(
+        schema.apply_with_text(&test_raw, test_cells)?,
+        test_target,
+        "test",
+    )?;
+    drop(test_raw);
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -796,7 +814,9 @@ fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Tar
             .map(|s| s.unwrap_or("").to_string())
             .collect()
     };
-    let mut classes: Vec<String> = as_text.clone();
+    // distinct labels first (sorting every row's label parsed the labels per comparison)
+    let distinct: std::collections::HashSet<&str> = as_text.iter().map(String::as_str).collect();
+    let mut classes: Vec<String> = distinct.into_iter().map(str::to_string).collect();
     classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
@@ -808,9 +828,14 @@ fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Tar
             classes.first().cloned().unwrap_or_default()
         )));
     }
+    let index: std::collections::HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let labels = as_text
         .iter()
-        .map(|s| classes.iter().position(|c| c == s).unwrap_or(0) as u32)
+        .map(|s| index.get(s.as_str()).copied().unwrap_or(0))
         .collect();
     Ok(Target::Classes {
         labels,

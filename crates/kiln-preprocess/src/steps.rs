@@ -250,7 +250,9 @@ pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present
 
 /// Fits `steps` on the train rows (row-major, `features` order, NaN = missing; a text
 /// column's values are placeholders) and the train cells of the text columns, and
-/// returns the transforms and the final feature names. `nulls` maps each column that
+/// returns the transforms, the final feature names and the train features (what
+/// `Schema::apply_with_text` gives for the train rows: the same operations in the same
+/// order). `nulls` maps each column that
 /// holds a missing value in any split to where the first one is (`file: row N`): such a
 /// numeric column must be imputed or dropped before any other step uses it. Every text
 /// column must be encoded (`one_hot`, `ordinal`, `hash_text`) or dropped.
@@ -261,7 +263,7 @@ pub(crate) fn fit(
     nulls: &BTreeMap<String, String>,
     train_text: &[(String, TextColumn)],
     text: &Text,
-) -> Result<(Vec<Transform>, Vec<String>)> {
+) -> Result<(Vec<Transform>, Vec<String>, Vec<f32>)> {
     let mut names = features.to_vec();
     let mut data = train.to_vec();
     let mut cells: Vec<(String, TextColumn)> = train_text.to_vec();
@@ -447,7 +449,7 @@ pub(crate) fn fit(
     if let Some((c, site)) = nullable.iter().next() {
         return Err(null_error(usize::MAX, "the model", c, site));
     }
-    Ok((out, names))
+    Ok((out, names, data))
 }
 
 fn positions(cols: &[String], names: &[String]) -> Vec<usize> {
@@ -664,7 +666,7 @@ mod tests {
                 columns: names(&["b"]),
             },
         ];
-        let (t, out_names) = fit(&steps, &train, &f, &nulls, &[], &Text::default()).unwrap();
+        let (t, out_names, fitted) = fit(&steps, &train, &f, &nulls, &[], &Text::default()).unwrap();
         assert_eq!(out_names, names(&["a", "c"]));
         assert_eq!(
             t[0],
@@ -702,6 +704,7 @@ mod tests {
             transforms: t,
         };
         let x = schema.apply(&train).unwrap();
+        assert_eq!(x, fitted);
         // a: (v - 1) / 9; c constant -> 0
         assert_eq!(x, vec![0.0, 0.0, 2.0 / 9.0, 0.0, 2.0 / 9.0, 0.0, 1.0, 0.0]);
     }
