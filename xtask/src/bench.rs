@@ -187,7 +187,14 @@ pub fn bench(args: &[String]) -> Result {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
-            "preprocess" => bench_preprocess(&root, &tools, &python, o.pairs)?,
+            "preprocess" => {
+                let have = cmd::probe(
+                    Command::new(&python).args(["-c", "import pandas, sklearn, polars, pyarrow"]),
+                );
+                let mut f = crate::bench_prep::bench_table(&root, &tools, &python, have, o.pairs)?;
+                f.extend(bench_preprocess(&root, &tools, &python, o.pairs)?);
+                f
+            }
             "serve" => crate::bench_serve::bench_serve(&root, &tools, &venv, &o_serve(&o))?,
             _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
         };
@@ -336,39 +343,7 @@ fn bench_e2e(
 ) -> Result<Vec<Figure>> {
     let kiln = paths::target_dir().join("release/kiln");
     let runs = tempdir_in(&paths::target_dir().join("bench"))?;
-    let timed = |c: &mut Command| -> Result<(f64, f64)> {
-        let mut t = Command::new("/usr/bin/time");
-        t.args(["-f", "__TIME__ %e %M"])
-            .arg(c.get_program())
-            .args(c.get_args());
-        if let Some(d) = c.get_current_dir() {
-            t.current_dir(d);
-        }
-        tools.apply(&mut t);
-        let started = Instant::now();
-        let out = t
-            .output()
-            .map_err(|e| cmd::spawn_error(&t, &e, "install GNU time (apt-get install time)"))?;
-        let wall = started.elapsed().as_secs_f64();
-        let err = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            return Err(Failure::msg(format!(
-                "`{}` failed:\n{err}",
-                cmd::describe(c)
-            )));
-        }
-        let line = err
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("__TIME__"))
-            .ok_or_else(|| Failure::msg("/usr/bin/time printed nothing"))?;
-        let kb: f64 = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN);
-        Ok((wall, kb / 1024.0))
-    };
+    let timed = |c: &mut Command| timed(tools, c);
     let mut run_kiln = Command::new(&kiln);
     run_kiln
         .arg("run")
@@ -565,6 +540,42 @@ fn bench_preprocess(
     }
     let _ = fs::remove_dir_all(&scratch);
     Ok(vec![vs_pandas, vs_polars])
+}
+
+/// Wall seconds and peak resident memory (MiB, GNU time's maximum RSS) of `c` run to a
+/// successful exit.
+pub(crate) fn timed(tools: &setup::Tools, c: &mut Command) -> Result<(f64, f64)> {
+    let mut t = Command::new("/usr/bin/time");
+    t.args(["-f", "__TIME__ %e %M"])
+        .arg(c.get_program())
+        .args(c.get_args());
+    if let Some(d) = c.get_current_dir() {
+        t.current_dir(d);
+    }
+    tools.apply(&mut t);
+    let started = Instant::now();
+    let out = t
+        .output()
+        .map_err(|e| cmd::spawn_error(&t, &e, "install GNU time (apt-get install time)"))?;
+    let wall = started.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(Failure::msg(format!(
+            "`{}` failed:\n{err}",
+            cmd::describe(c)
+        )));
+    }
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("__TIME__"))
+        .ok_or_else(|| Failure::msg("/usr/bin/time printed nothing"))?;
+    let kb: f64 = line
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    Ok((wall, kb / 1024.0))
 }
 
 /// Seconds `c` took to run to a successful exit (its stderr in the error otherwise).

@@ -4,6 +4,7 @@
 //! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
 
 mod bench;
+mod bench_prep;
 mod bench_serve;
 mod cmd;
 mod paths;

@@ -38,8 +38,10 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     if req.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let rows = table::read_rows(&req.input, &schema.input_columns).map_err(|e| e.to_string())?;
-    let features = features(&schema, &rows.values).map_err(|e| match e {
+    let rows =
+        table::read_rows_with_text(&req.input, &schema.input_columns, &schema.text_columns())
+            .map_err(|e| e.to_string())?;
+    let features = features(&schema, &rows.values, rows.text.clone()).map_err(|e| match e {
         FeatureError::Schema(m) => m,
         FeatureError::NotFinite { row, column } => format!(
             "{}: row {} column `{column}` is not a finite number after preprocessing",
@@ -180,11 +182,16 @@ pub enum FeatureError {
     },
 }
 
-/// Model features from raw rows (row-major, `input_columns` order): the fitted
-/// preprocessing of the schema applied, every feature checked to be finite.
-pub fn features(schema: &Schema, raw: &[f32]) -> Result<Vec<f32>, FeatureError> {
+/// Model features from raw rows (row-major, `input_columns` order) and the cells of the
+/// schema's text columns: the fitted preprocessing of the schema applied, every feature
+/// checked to be finite.
+pub fn features(
+    schema: &Schema,
+    raw: &[f32],
+    text: Vec<(String, kiln_core::TextColumn)>,
+) -> Result<Vec<f32>, FeatureError> {
     let features = schema
-        .apply(raw)
+        .apply_with_text(raw, text)
         .map_err(|e| FeatureError::Schema(e.to_string()))?;
     let w = schema.n_features().max(1);
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use kiln_core::{Predictions, Predictor, Schema, Task};
+use kiln_core::{Predictions, Predictor, Schema, Task, TextColumn};
 use kiln_deploy::OrtModel;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -266,7 +266,8 @@ async fn predict_json(
     if n == 0 {
         return Ok(json!({ "predictions": [] }));
     }
-    let features = predict::features(&app.schema, &raw).map_err(|e| match e {
+    let cells = text_cells(&app.schema, &value)?;
+    let features = predict::features(&app.schema, &raw, cells).map_err(|e| match e {
         FeatureError::Schema(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
         FeatureError::NotFinite { row, column } => ApiError::invalid(format!(
             "row {row} column `{column}` is not a finite number after preprocessing"
@@ -325,6 +326,7 @@ async fn predict_json(
 /// `{"rows": [{column: value, ...}, ...]}` or `{"instances": [[value, ...], ...]}`.
 fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>, usize), ApiError> {
     let cols = &schema.input_columns;
+    let text = schema.text_columns();
     let usage = || {
         format!(
             "the body must be a JSON object with `rows` (objects by column name) or `instances` (arrays of {} values in the order {})",
@@ -391,9 +393,13 @@ fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>,
                         "rows[{i}]: missing column `{c}`"
                     )));
                 };
-                raw.push(number(x, schema.fills_missing(c), || {
-                    format!("rows[{i}] column `{c}`")
-                })?);
+                let at = || format!("rows[{i}] column `{c}`");
+                if text.contains(c) {
+                    cell_text(x, at)?;
+                    raw.push(f32::NAN);
+                } else {
+                    raw.push(number(x, schema.fills_missing(c), at)?);
+                }
             }
         } else {
             let Some(vals) = item.as_array() else {
@@ -411,13 +417,58 @@ fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>,
                 )));
             }
             for (j, (x, c)) in vals.iter().zip(cols).enumerate() {
-                raw.push(number(x, schema.fills_missing(c), || {
-                    format!("instances[{i}][{j}] (column `{c}`)")
-                })?);
+                let at = || format!("instances[{i}][{j}] (column `{c}`)");
+                if text.contains(c) {
+                    cell_text(x, at)?;
+                    raw.push(f32::NAN);
+                } else {
+                    raw.push(number(x, schema.fills_missing(c), at)?);
+                }
             }
         }
     }
     Ok((raw, items.len()))
+}
+
+/// The cells of the schema's text columns from a body that [`parse_rows`] accepted.
+fn text_cells(schema: &Schema, v: &Value) -> Result<Vec<(String, TextColumn)>, ApiError> {
+    let cols = &schema.input_columns;
+    let mut out = Vec::new();
+    for c in schema.text_columns() {
+        let j = cols.iter().position(|n| *n == c).unwrap_or(0);
+        let items: &[Value] = v
+            .get("rows")
+            .or_else(|| v.get("instances"))
+            .and_then(Value::as_array)
+            .map_or(&[], |a| a.as_slice());
+        let mut cells = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let x = item
+                .get(c.as_str())
+                .or_else(|| item.get(j))
+                .unwrap_or(&Value::Null);
+            cells.push(cell_text(x, || format!("row {i} column `{c}`"))?);
+        }
+        out.push((
+            c.clone(),
+            TextColumn::from_cells(cells.iter().map(|s| s.as_deref())),
+        ));
+    }
+    Ok(out)
+}
+
+/// A raw value of a text (categorical) column: a string, a number or boolean (as its
+/// JSON text), or null (missing); arrays and objects are rejected naming `at`.
+fn cell_text(x: &Value, at: impl Fn() -> String) -> Result<Option<String>, ApiError> {
+    match x {
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Null => Ok(None),
+        Value::Number(_) | Value::Bool(_) => Ok(Some(x.to_string())),
+        Value::Array(_) | Value::Object(_) => Err(ApiError::invalid(format!(
+            "{} is not text; this column takes a string (or null)",
+            at()
+        ))),
+    }
 }
 
 /// A raw value as f32: a finite JSON number, or null (missing, NaN) where the schema
@@ -671,6 +722,32 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"instances": [[1, null]]}"#).unwrap();
         let m = parse_rows(&s, &v, 2).unwrap_err().message;
         assert!(m.contains("(column `b`) is null"), "{m}");
+    }
+
+    #[test]
+    fn text_columns_take_strings_and_give_the_features_of_the_schema() {
+        let mut s = schema();
+        s.feature_names = vec!["a".into(), "b=u".into(), "b=v".into()];
+        s.transforms = vec![kiln_core::Transform::OneHot {
+            columns: vec!["b".into()],
+            categories: vec![vec!["u".into(), "v".into()]],
+        }];
+        let v: Value = serde_json::from_str(
+            r#"{"rows": [{"a": 1, "b": "v"}, {"a": 2, "b": null}, {"a": 3, "b": "new"}]}"#,
+        )
+        .unwrap();
+        let (raw, n) = parse_rows(&s, &v, 3).unwrap();
+        assert_eq!(n, 3);
+        let cells = text_cells(&s, &v).unwrap();
+        let x = predict::features(&s, &raw, cells).unwrap();
+        assert_eq!(x, [1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]);
+        let i: Value = serde_json::from_str(r#"{"instances": [[1, "u"]]}"#).unwrap();
+        let (raw, _) = parse_rows(&s, &i, 3).unwrap();
+        let x = predict::features(&s, &raw, text_cells(&s, &i).unwrap()).unwrap();
+        assert_eq!(x, [1.0, 1.0, 0.0]);
+        let bad: Value = serde_json::from_str(r#"{"instances": [[1, [2]]]}"#).unwrap();
+        let m = parse_rows(&s, &bad, 3).unwrap_err().message;
+        assert!(m.contains("(column `b`) is not text"), "{m}");
     }
 
     #[test]

@@ -403,9 +403,10 @@ fn predict_feeds_raw_values_to_a_model_with_baked_preprocessing() {
     assert_eq!(m.graph.unwrap().node[0].op_type, "Sub");
 }
 
-/// A model whose schema imputes: `kiln predict` takes rows with `NA` and empty cells in
-/// the imputed columns (and the dropped all-empty column), and names row and column of a
-/// missing cell that no step fills.
+/// A model whose schema imputes and encodes text: `kiln predict` takes rows with `NA` and
+/// empty cells in the imputed columns (and the dropped all-empty column), text cells in
+/// the one-hot and hashed columns (an unseen category and missing cells included), and
+/// names row and column of a missing cell that no step fills.
 #[test]
 fn predict_fills_missing_cells_the_schema_imputes() {
     let dir = tempfile::tempdir().unwrap();
@@ -423,6 +424,8 @@ steps = [
   {{ op = "impute", strategy = "median", columns = ["age", "income"] }},
   {{ op = "log1p", columns = ["income"] }},
   {{ op = "min_max" }},
+  {{ op = "one_hot", columns = ["color"], max_categories = 3 }},
+  {{ op = "hash_text", columns = ["review"], n_features = 8 }},
 ]
 [stages.train]
 uses = "train"
@@ -442,7 +445,7 @@ input = "train"
     let rows = write(
         dir.path(),
         "rows.csv",
-        "age,income,score,const,notes\nNA,12000,1.5,7,\n40,,0.2,7,\n33,50000,0.9,7,\n",
+        "age,income,score,const,notes,color,review\nNA,12000,1.5,7,,red,Great value!\n40,,0.2,7,,purple,\n33,50000,0.9,7,,,late delivery\n",
     );
     let preds = dir.path().join("preds.csv");
     let predict = |input: &Path| {
@@ -469,7 +472,7 @@ input = "train"
     let bad = write(
         dir.path(),
         "bad.csv",
-        "age,income,score,const,notes\n30,12000,1.5,7,\n40,100,NA,7,\n",
+        "age,income,score,const,notes,color,review\n30,12000,1.5,7,,red,ok\n40,100,NA,7,,blue,ok\n",
     );
     let out = predict(&bad);
     let err = String::from_utf8_lossy(&out.stderr);

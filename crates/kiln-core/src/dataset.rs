@@ -8,6 +8,9 @@ use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use std::path::Path;
 use std::sync::Arc;
 
+/// Rows per record batch of the Arrow IPC files kiln writes.
+pub const IPC_BATCH_ROWS: usize = 65_536;
+
 /// Row-major features and per-row targets, the currency between stages. A classification
 /// dataset fills `labels` (class indices) and leaves `values` empty; a regression dataset
 /// fills `values` and leaves `labels` empty.
@@ -103,6 +106,13 @@ impl Dataset {
     /// Encodes the dataset as an Arrow IPC file: one Float32 column per feature and a
     /// column named after the target, UInt32 class indices or Float32 regression values.
     pub fn to_ipc_bytes(&self) -> Result<Vec<u8>> {
+        self.write_ipc_to(Vec::new())
+    }
+
+    /// Writes the Arrow IPC file into `out`, in record batches of at most
+    /// [`IPC_BATCH_ROWS`] rows (each transposed from the row-major features on its own,
+    /// so memory stays at one batch), and returns `out`.
+    pub fn write_ipc_to<W: std::io::Write>(&self, out: W) -> Result<W> {
         self.validate()?;
         let (n, w) = (self.n_rows(), self.n_features());
         let mut fields: Vec<Field> = self
@@ -117,30 +127,47 @@ impl Dataset {
         };
         fields.push(Field::new(&self.target, target_type, false));
         let schema = Arc::new(ArrowSchema::new(fields));
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
-        for c in 0..w {
-            let col: Vec<f32> = (0..n).map(|r| self.features[r * w + c]).collect();
-            columns.push(Arc::new(Float32Array::from(col)));
-        }
-        if self.is_regression() {
-            columns.push(Arc::new(Float32Array::from(self.values.clone())));
-        } else {
-            columns.push(Arc::new(UInt32Array::from(self.labels.clone())));
-        }
         let err = |e: arrow_schema::ArrowError| CoreError::Invalid(format!("arrow: {e}"));
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(err)?;
-        let mut buf = Vec::new();
-        {
-            let mut writer = FileWriter::try_new(&mut buf, &schema).map_err(err)?;
+        let mut writer = FileWriter::try_new(out, &schema).map_err(err)?;
+        let mut start = 0;
+        // an empty dataset still gets one (empty) batch
+        while start < n || (n == 0 && start == 0) {
+            let end = (start + IPC_BATCH_ROWS).min(n);
+            let rows = &self.features[start * w..end * w];
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
+            for c in 0..w {
+                let col: Vec<f32> = rows.iter().skip(c).step_by(w.max(1)).copied().collect();
+                columns.push(Arc::new(Float32Array::from(col)));
+            }
+            if self.is_regression() {
+                columns.push(Arc::new(Float32Array::from(
+                    self.values[start..end].to_vec(),
+                )));
+            } else {
+                columns.push(Arc::new(UInt32Array::from(
+                    self.labels[start..end].to_vec(),
+                )));
+            }
+            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(err)?;
             writer.write(&batch).map_err(err)?;
-            writer.finish().map_err(err)?;
+            start = end;
+            if n == 0 {
+                break;
+            }
         }
-        Ok(buf)
+        writer.finish().map_err(err)?;
+        writer.into_inner().map_err(err)
     }
 
-    /// Writes the dataset to `path` as Arrow IPC, atomically.
+    /// Writes the dataset to `path` as Arrow IPC, atomically (into a temporary file
+    /// beside it, then renamed), streaming one record batch at a time.
     pub fn write_ipc(&self, path: &Path) -> Result<()> {
-        crate::atomic_write(path, &self.to_ipc_bytes()?)
+        crate::artifact::atomic_write_with(path, |f| {
+            let w = self.write_ipc_to(std::io::BufWriter::with_capacity(1 << 20, f))?;
+            w.into_inner()
+                .map_err(|e| CoreError::io(path, e.into_error()))?;
+            Ok(())
+        })
     }
 
     /// Reads a dataset written by [`Dataset::write_ipc`] (or any Arrow IPC file with

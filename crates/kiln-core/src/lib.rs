@@ -17,6 +17,7 @@
 
 pub mod artifact;
 pub mod dataset;
+pub mod encode;
 pub mod error;
 pub mod forward;
 pub mod model;
@@ -29,6 +30,7 @@ pub use forward::forward;
 
 pub use artifact::{atomic_write, hash_bytes, hash_dir, hash_file, read_json, write_json};
 pub use dataset::Dataset;
+pub use encode::TextColumn;
 pub use error::{CoreError, Result};
 pub use model::{Activation, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Pruning, Quantization};
 pub use predictor::{NativeModel, Predictions, Predictor};

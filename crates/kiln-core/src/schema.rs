@@ -1,6 +1,7 @@
 //! The dataset schema (schema.json): feature names, task, class labels and the fitted
 //! transforms that turn raw input columns into model features.
 
+use crate::encode::{Expansion, TextColumn, bucket, expand, tokens};
 use crate::error::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +81,44 @@ pub enum Transform {
         /// Columns kept.
         columns: Vec<String>,
     },
+    /// Missing cells of text (categorical) columns replaced by a fitted category.
+    ImputeCategorical {
+        /// Text columns the transform applies to.
+        columns: Vec<String>,
+        /// How the values were fitted: `most_frequent` or `constant`.
+        strategy: String,
+        /// The fill category of each column.
+        values: Vec<String>,
+    },
+    /// Each text column becomes one feature per recorded category, named
+    /// `column=category`, in the order recorded: 1 where the cell equals the category,
+    /// 0 elsewhere. A cell that is no recorded category (unseen in training, beyond the
+    /// `max_categories` cap, or missing) gives all zeros.
+    OneHot {
+        /// Text columns the transform applies to.
+        columns: Vec<String>,
+        /// Per column, the categories kept (sorted by name).
+        categories: Vec<Vec<String>>,
+    },
+    /// Each text column becomes one feature of the same name: the cell's index in the
+    /// recorded categories (sorted by name), or -1 for a cell that is none of them
+    /// (unseen in training, or missing).
+    Ordinal {
+        /// Text columns the transform applies to.
+        columns: Vec<String>,
+        /// Per column, the categories in index order.
+        categories: Vec<Vec<String>>,
+    },
+    /// Hashed bag of words: each text column becomes `n_features` features named
+    /// `column#0` … : the cell is lowercased and split on every non-alphanumeric
+    /// character, and each token adds 1 to feature `fnv1a_64(token) % n_features`. A
+    /// missing cell gives all zeros.
+    HashText {
+        /// Text columns the transform applies to.
+        columns: Vec<String>,
+        /// Features per column.
+        n_features: usize,
+    },
 }
 
 impl Transform {
@@ -94,7 +133,23 @@ impl Transform {
             Transform::MinMax { .. } => "min_max",
             Transform::Drop { .. } => "drop",
             Transform::Select { .. } => "select",
+            Transform::ImputeCategorical { .. } => "impute_categorical",
+            Transform::OneHot { .. } => "one_hot",
+            Transform::Ordinal { .. } => "ordinal",
+            Transform::HashText { .. } => "hash_text",
         }
+    }
+
+    /// Whether the transform takes text columns (`impute_categorical`, `one_hot`,
+    /// `ordinal`, `hash_text`).
+    pub fn is_text(&self) -> bool {
+        matches!(
+            self,
+            Transform::ImputeCategorical { .. }
+                | Transform::OneHot { .. }
+                | Transform::Ordinal { .. }
+                | Transform::HashText { .. }
+        )
     }
 
     /// The columns the transform names.
@@ -107,7 +162,11 @@ impl Transform {
             | Transform::Log1p { columns }
             | Transform::MinMax { columns, .. }
             | Transform::Drop { columns }
-            | Transform::Select { columns } => columns,
+            | Transform::Select { columns }
+            | Transform::ImputeCategorical { columns, .. }
+            | Transform::OneHot { columns, .. }
+            | Transform::Ordinal { columns, .. }
+            | Transform::HashText { columns, .. } => columns,
         }
     }
 
@@ -115,6 +174,35 @@ impl Transform {
     /// `select` change `names` (and the row width) too. Exactly the float operations of
     /// [`Schema::apply`], which calls it once per transform.
     pub fn apply_to(&self, names: &mut Vec<String>, data: &mut Vec<f32>) -> Result<()> {
+        self.apply_with_text(names, data, &mut Vec::new())
+    }
+
+    /// [`Transform::apply_to`] for rows that hold text columns too: `names` lists every
+    /// column, the text ones included (their values in `data` are placeholders, never
+    /// read), and `text` holds the cells of the text columns still present. Numeric
+    /// transforms refuse a text column; encoders replace one by numeric features.
+    pub fn apply_with_text(
+        &self,
+        names: &mut Vec<String>,
+        data: &mut Vec<f32>,
+        text: &mut Vec<(String, TextColumn)>,
+    ) -> Result<()> {
+        let is_text = |c: &String| text.iter().any(|(n, _)| n == c);
+        if self.is_text() {
+            if let Some(c) = self.columns().iter().find(|c| !is_text(c)) {
+                return Err(CoreError::Invalid(format!(
+                    "{} takes the text column `{c}`, but the rows give no text cells for it; pass its cells as text (Schema::apply_with_text)",
+                    self.op()
+                )));
+            }
+        } else if !matches!(self, Transform::Drop { .. } | Transform::Select { .. })
+            && let Some(c) = self.columns().iter().find(|c| is_text(c))
+        {
+            return Err(CoreError::Invalid(format!(
+                "{} computes with column `{c}`, which holds text; the schema is corrupt",
+                self.op()
+            )));
+        }
         let width = names.len();
         if width == 0 || !data.len().is_multiple_of(width) {
             return Err(CoreError::Invalid(format!(
@@ -176,6 +264,90 @@ impl Transform {
                 per_col(max, "maxima")?;
                 each(data, &|k, x| (x - min[k]) / min_max_range(min[k], max[k]));
             }
+            Transform::ImputeCategorical {
+                columns, values, ..
+            } => {
+                per_col_s(values, "values", idx.len(), self.op())?;
+                for (c, v) in columns.iter().zip(values) {
+                    if let Some((_, col)) = text.iter_mut().find(|(n, _)| n == c) {
+                        col.fill(v);
+                    }
+                }
+            }
+            Transform::OneHot {
+                columns,
+                categories,
+            }
+            | Transform::Ordinal {
+                columns,
+                categories,
+            } => {
+                if categories.len() != idx.len() {
+                    return Err(CoreError::Invalid(format!(
+                        "{} lists {} columns but {} category lists; the schema is corrupt",
+                        self.op(),
+                        idx.len(),
+                        categories.len()
+                    )));
+                }
+                let one_hot = matches!(self, Transform::OneHot { .. });
+                self.encode(names, data, text, idx, |k, col| {
+                    let cats = &categories[k];
+                    let per_code = col
+                        .dict
+                        .iter()
+                        .map(|d| match (cats.iter().position(|c| c == d), one_hot) {
+                            (Some(p), true) => vec![(p as u32, 1.0)],
+                            (None, true) => vec![],
+                            (Some(p), false) => vec![(0, p as f32)],
+                            (None, false) => vec![(0, -1.0)],
+                        })
+                        .collect();
+                    if one_hot {
+                        Expansion {
+                            names: cats.iter().map(|c| format!("{}={c}", columns[k])).collect(),
+                            per_code,
+                            missing: vec![],
+                        }
+                    } else {
+                        Expansion {
+                            names: vec![columns[k].clone()],
+                            per_code,
+                            missing: vec![(0, -1.0)],
+                        }
+                    }
+                })?;
+            }
+            Transform::HashText {
+                columns,
+                n_features,
+            } => {
+                if *n_features == 0 {
+                    return Err(CoreError::Invalid(
+                        "hash_text with n_features = 0; the schema is corrupt".into(),
+                    ));
+                }
+                let n = *n_features;
+                self.encode(names, data, text, idx, |k, col| Expansion {
+                    names: (0..n).map(|b| format!("{}#{b}", columns[k])).collect(),
+                    per_code: col
+                        .dict
+                        .iter()
+                        .map(|d| {
+                            let mut counts: Vec<(u32, f32)> = Vec::new();
+                            for t in tokens(d) {
+                                let b = bucket(&t, n) as u32;
+                                match counts.iter_mut().find(|(o, _)| *o == b) {
+                                    Some((_, v)) => *v += 1.0,
+                                    None => counts.push((b, 1.0)),
+                                }
+                            }
+                            counts
+                        })
+                        .collect(),
+                    missing: vec![],
+                })?;
+            }
             Transform::Drop { .. } | Transform::Select { .. } => {
                 let keep: Vec<usize> = match self {
                     Transform::Drop { .. } => (0..width).filter(|c| !idx.contains(c)).collect(),
@@ -193,10 +365,47 @@ impl Transform {
                 }
                 *data = out;
                 *names = keep.iter().map(|&c| names[c].clone()).collect();
+                text.retain(|(n, _)| names.contains(n));
             }
         }
         Ok(())
     }
+
+    /// Runs an encoder: `plan(k, column)` gives the expansion of the k-th named column.
+    fn encode(
+        &self,
+        names: &mut Vec<String>,
+        data: &mut Vec<f32>,
+        text: &mut Vec<(String, TextColumn)>,
+        idx: Vec<usize>,
+        plan: impl Fn(usize, &TextColumn) -> Expansion,
+    ) -> Result<()> {
+        let cols = self.columns();
+        let mut plans = Vec::with_capacity(cols.len());
+        let mut taken = Vec::with_capacity(cols.len());
+        for (k, c) in cols.iter().enumerate() {
+            let Some(p) = text.iter().position(|(n, _)| n == c) else {
+                return Err(CoreError::Invalid(format!(
+                    "{} names text column `{c}` that the rows lack",
+                    self.op()
+                )));
+            };
+            taken.push(text.remove(p).1);
+            plans.push((idx[k], plan(k, &taken[k])));
+        }
+        let refs: Vec<&TextColumn> = taken.iter().collect();
+        expand(names, data, &refs, &plans, self.op())
+    }
+}
+
+fn per_col_s(v: &[String], what: &str, n: usize, op: &str) -> Result<()> {
+    if v.len() != n {
+        return Err(CoreError::Invalid(format!(
+            "{op} lists {n} columns but {} {what}; the schema is corrupt",
+            v.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The divisor `min_max` uses: `max - min`, or 1 where the train column was constant.
@@ -266,9 +475,44 @@ impl Schema {
         false
     }
 
+    /// The input columns whose cells are text: those a text transform (`one_hot`,
+    /// `ordinal`, `hash_text`, `impute_categorical`) uses before any other transform
+    /// does, in `input_columns` order.
+    pub fn text_columns(&self) -> Vec<String> {
+        self.input_columns
+            .iter()
+            .filter(|c| {
+                for t in &self.transforms {
+                    let named = t.columns().contains(c);
+                    match t {
+                        Transform::Select { .. } if !named => return false,
+                        Transform::Drop { .. } if named => return false,
+                        Transform::Select { .. } | Transform::Drop { .. } => {}
+                        _ if named => return t.is_text(),
+                        _ => {}
+                    }
+                }
+                false
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Applies the fitted transforms to raw rows (row-major, `input_columns` order; a
-    /// missing value is NaN) and returns model features (`feature_names` order).
+    /// missing value is NaN) and returns model features (`feature_names` order). For a
+    /// schema with text columns use [`Schema::apply_with_text`].
     pub fn apply(&self, raw: &[f32]) -> Result<Vec<f32>> {
+        self.apply_with_text(raw, Vec::new())
+    }
+
+    /// [`Schema::apply`] for raw rows with text columns: `raw` holds every input column
+    /// (any value at a text column's place; it is not read) and `text` the cells of
+    /// each of [`Schema::text_columns`], by name.
+    pub fn apply_with_text(
+        &self,
+        raw: &[f32],
+        mut text: Vec<(String, TextColumn)>,
+    ) -> Result<Vec<f32>> {
         let width = self.input_columns.len();
         if width == 0 || !raw.len().is_multiple_of(width) {
             return Err(CoreError::Invalid(format!(
@@ -277,10 +521,24 @@ impl Schema {
                 width
             )));
         }
+        let n_rows = raw.len() / width;
+        for (c, col) in &text {
+            if !self.input_columns.contains(c) {
+                return Err(CoreError::Invalid(format!(
+                    "text column `{c}` is not an input column of the schema"
+                )));
+            }
+            if col.len() != n_rows {
+                return Err(CoreError::Invalid(format!(
+                    "text column `{c}` holds {} rows, the numbers {n_rows}",
+                    col.len()
+                )));
+            }
+        }
         let mut out = raw.to_vec();
         let mut names = self.input_columns.clone();
         for t in &self.transforms {
-            t.apply_to(&mut names, &mut out)?;
+            t.apply_with_text(&mut names, &mut out, &mut text)?;
         }
         if names != self.feature_names {
             return Err(CoreError::Invalid(format!(
@@ -384,5 +642,82 @@ mod tests {
         let mut bad = s.clone();
         bad.feature_names = names;
         assert!(bad.apply(&raw).unwrap_err().to_string().contains("corrupt"));
+    }
+
+    fn text(cells: &[Option<&str>]) -> TextColumn {
+        TextColumn::from_cells(cells.iter().copied())
+    }
+
+    #[test]
+    fn encoders_expand_text_columns_in_place() {
+        let s = Schema {
+            version: 1,
+            input_columns: ["color", "x", "size", "notes"].map(String::from).to_vec(),
+            feature_names: [
+                "color=blue",
+                "color=red",
+                "x",
+                "size",
+                "notes#0",
+                "notes#1",
+                "notes#2",
+            ]
+            .map(String::from)
+            .to_vec(),
+            target: "y".into(),
+            task: Task::Classification,
+            class_labels: vec!["a".into(), "b".into()],
+            transforms: vec![
+                Transform::ImputeCategorical {
+                    columns: vec!["size".into()],
+                    strategy: "constant".into(),
+                    values: vec!["M".into()],
+                },
+                Transform::OneHot {
+                    columns: vec!["color".into()],
+                    categories: vec![vec!["blue".into(), "red".into()]],
+                },
+                Transform::Ordinal {
+                    columns: vec!["size".into()],
+                    categories: vec![vec!["L".into(), "M".into(), "S".into()]],
+                },
+                Transform::HashText {
+                    columns: vec!["notes".into()],
+                    n_features: 3,
+                },
+                Transform::Scale {
+                    columns: vec!["x".into()],
+                    by: 2.0,
+                },
+            ],
+        };
+        assert_eq!(s.text_columns(), ["color", "size", "notes"]);
+        // rows: red / 4 / missing size / "Late, late!"; green (unseen) / 6 / XL (unseen) / missing
+        let raw = [f32::NAN, 4.0, f32::NAN, f32::NAN, 0.0, 6.0, 0.0, 0.0];
+        let cols = vec![
+            ("color".to_string(), text(&[Some("red"), Some("green")])),
+            ("size".to_string(), text(&[None, Some("XL")])),
+            ("notes".to_string(), text(&[Some("Late, late!"), None])),
+        ];
+        let late = bucket("late", 3) as usize;
+        let mut row0 = vec![0.0, 1.0, 2.0, 1.0, 0.0, 0.0, 0.0];
+        row0[4 + late] = 2.0;
+        let row1 = vec![0.0, 0.0, 3.0, -1.0, 0.0, 0.0, 0.0];
+        assert_eq!(
+            s.apply_with_text(&raw, cols.clone()).unwrap(),
+            [row0, row1].concat()
+        );
+        // without the text cells, the encoders say what is missing
+        let e = s.apply(&raw).unwrap_err().to_string();
+        assert!(e.contains("`size`") && e.contains("text"), "{e}");
+        // a numeric transform on a text column is a corrupt schema
+        let mut bad = s.clone();
+        bad.transforms.insert(
+            0,
+            Transform::Log1p {
+                columns: vec!["color".into()],
+            },
+        );
+        assert!(bad.apply_with_text(&raw, cols).is_err());
     }
 }

@@ -301,5 +301,16 @@ mod tests {
                 && e.contains("include_preprocessing = false"),
             "{e}"
         );
+        // the text encoders are refused the same way
+        let mut s = schema();
+        s.transforms.insert(
+            0,
+            Transform::OneHot {
+                columns: vec!["a".into()],
+                categories: vec![vec!["u".into()]],
+            },
+        );
+        let e = check(&s).unwrap_err().to_string();
+        assert!(e.contains("transform 1") && e.contains("`one_hot`"), "{e}");
     }
 }

@@ -82,6 +82,31 @@ fn transform_text(t: &Transform) -> String {
         ),
         Transform::Drop { columns } => format!("drop: removes {}", columns_text(columns)),
         Transform::Select { columns } => format!("select: keeps {}", columns_text(columns)),
+        Transform::ImputeCategorical {
+            columns, strategy, ..
+        } => format!(
+            "impute: missing categories filled with the train-split {strategy} on {}",
+            columns_text(columns)
+        ),
+        Transform::OneHot {
+            columns,
+            categories,
+        } => format!(
+            "one_hot: one feature per train-split category ({} in all; unseen categories give all zeros) on {}",
+            categories.iter().map(Vec::len).sum::<usize>(),
+            columns_text(columns)
+        ),
+        Transform::Ordinal { columns, .. } => format!(
+            "ordinal: the index of the category among the train-split categories (unseen: -1) on {}",
+            columns_text(columns)
+        ),
+        Transform::HashText {
+            columns,
+            n_features,
+        } => format!(
+            "hash_text: counts of lowercase tokens hashed (FNV-1a) into {n_features} features on {}",
+            columns_text(columns)
+        ),
     }
 }
 

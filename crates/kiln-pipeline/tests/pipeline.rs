@@ -362,6 +362,9 @@ steps = [
   { op = "clip", lower_quantile = 0.05, upper_quantile = 0.95, columns = ["income"] },
   { op = "log1p", columns = ["income"] },
   { op = "min_max" },
+  { op = "impute", strategy = "most_frequent", columns = ["color"] },
+  { op = "one_hot", columns = ["color"], max_categories = 3 },
+  { op = "hash_text", columns = ["review"], n_features = 8 },
 ]
 split = { valid = 0.2, test = 0.2, stratify = true }
 [stages.train]
@@ -376,8 +379,32 @@ uses = "deploy"
 input = "train"
 "#;
 
-/// Raw rows of fixtures/messy.csv in the given columns (NaN for `NA` / empty cells),
-/// rows without a label left out.
+/// The text cells of fixtures/messy.csv's `columns` (an empty cell as missing), rows
+/// without a label left out.
+fn messy_text(columns: &[String]) -> Vec<(String, kiln_core::TextColumn)> {
+    let text = std::fs::read_to_string(pipelines().join("../fixtures/messy.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<&str>> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|c| !c[header.len() - 1].is_empty())
+        .collect();
+    columns
+        .iter()
+        .map(|c| {
+            let j = header.iter().position(|h| h == c).unwrap();
+            (
+                c.clone(),
+                kiln_core::TextColumn::from_cells(
+                    rows.iter().map(|r| Some(r[j]).filter(|s| !s.is_empty())),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Raw rows of fixtures/messy.csv in the given columns (NaN for `NA` / empty cells and
+/// text), rows without a label left out.
 fn messy_raw(columns: &[String]) -> Vec<f32> {
     let text = std::fs::read_to_string(pipelines().join("../fixtures/messy.csv")).unwrap();
     let mut lines = text.lines();
@@ -421,19 +448,44 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
         kiln_core::read_json(&r.run_dir.join("ship/schema.json")).unwrap();
     assert_eq!(
         schema.input_columns,
-        ["age", "income", "score", "const", "notes"]
+        [
+            "age", "income", "score", "const", "notes", "color", "review"
+        ]
     );
-    assert_eq!(schema.feature_names, ["age", "income", "score", "const"]);
+    assert_eq!(schema.text_columns(), ["color", "review"]);
+    let hashed: Vec<String> = (0..8).map(|k| format!("review#{k}")).collect();
+    let mut want = ["age", "income", "score", "const"]
+        .map(String::from)
+        .to_vec();
+    // red 32 − 2 duplicates, blue, green: the three most frequent; violet is capped
+    want.extend(["color=blue", "color=green", "color=red"].map(String::from));
+    want.extend(hashed);
+    assert_eq!(schema.feature_names, want);
     let ops: Vec<&str> = schema.transforms.iter().map(|t| t.op()).collect();
-    assert_eq!(ops, ["drop", "impute", "clip", "log1p", "min_max"]);
+    assert_eq!(
+        ops,
+        [
+            "drop",
+            "impute",
+            "clip",
+            "log1p",
+            "min_max",
+            "impute_categorical",
+            "one_hot",
+            "hash_text"
+        ]
+    );
+    let fw = schema.n_features();
 
     // Every raw row through Schema::apply: the same bits as the three splits' features
     // (as sets: the duplicates are gone from the splits).
     let raw = messy_raw(&schema.input_columns);
-    let applied = schema.apply(&raw).unwrap();
+    let applied = schema
+        .apply_with_text(&raw, messy_text(&schema.text_columns()))
+        .unwrap();
     let bits = |v: &[f32]| -> Vec<Vec<u32>> {
         let mut r: Vec<Vec<u32>> = v
-            .chunks_exact(4)
+            .chunks_exact(fw)
             .map(|row| row.iter().map(|x| x.to_bits()).collect())
             .collect();
         r.sort_unstable();
@@ -449,10 +501,22 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
         .unwrap();
         stored.extend_from_slice(&d.features);
     }
-    assert_eq!(stored.len(), 54 * 4);
+    assert_eq!(stored.len(), 54 * fw);
     assert_eq!(bits(&applied), bits(&stored));
     // the constant column becomes 0, everything lies in [0, 1] on train
-    assert!(applied.chunks_exact(4).all(|r| r[3] == 0.0));
+    assert!(applied.chunks_exact(fw).all(|r| r[3] == 0.0));
+    // one-hot: one 1 per row, or none for violet (beyond the cap)
+    let text = std::fs::read_to_string(pipelines().join("../fixtures/messy.csv")).unwrap();
+    let colors: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with(','))
+        .map(|l| l.split(',').nth(5).unwrap())
+        .collect();
+    for (row, color) in applied.chunks_exact(fw).zip(&colors) {
+        let hot: f32 = row[4..7].iter().sum();
+        assert_eq!(hot, if *color == "violet" { 0.0 } else { 1.0 }, "{color}");
+    }
     let parity = json(&r.run_dir.join("ship/parity.json"));
     assert_eq!(parity["passed"], true);
     assert!(r.run_dir.join("ship/model.onnx").is_file());

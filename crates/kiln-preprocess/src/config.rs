@@ -97,9 +97,9 @@ fn step_problems(step: &Step) -> Vec<(String, String)> {
         } => match (strategy, value) {
             (ImputeStrategy::Constant, None) => p.push((
                 ".value".into(),
-                "impute with strategy = \"constant\" needs `value`".into(),
+                "impute with strategy = \"constant\" needs `value` (a number for numeric columns, a string for categorical ones)".into(),
             )),
-            (ImputeStrategy::Constant, Some(v)) if !v.is_finite() => {
+            (ImputeStrategy::Constant, Some(ImputeValue::Number(v))) if !v.is_finite() => {
                 p.push((".value".into(), format!("value {v} must be finite")))
             }
             (s, Some(_)) if *s != ImputeStrategy::Constant => p.push((
@@ -161,6 +161,21 @@ fn step_problems(step: &Step) -> Vec<(String, String)> {
             {
                 p.push((".min".into(), format!("min {a} is above max {b}")));
             }
+        }
+        Step::OneHot {
+            max_categories: Some(0),
+            ..
+        } => p.push((
+            ".max_categories".into(),
+            "max_categories = 0 keeps no category; use at least 1, or leave it out for no cap"
+                .into(),
+        )),
+        Step::HashText { n_features, .. } if *n_features == 0 || *n_features > 1 << 20 => p.push((
+            ".n_features".into(),
+            format!("n_features = {n_features} must be between 1 and 1048576"),
+        )),
+        Step::HashText { columns, .. } if columns.is_empty() => {
+            p.push((".columns".into(), "list at least one text column".into()))
         }
         Step::Drop { columns } | Step::Select { columns } if columns.is_empty() => {
             p.push((".columns".into(), "list at least one column".into()))
@@ -272,8 +287,14 @@ impl Source {
 pub enum Columns {
     /// Named columns.
     Named(Vec<String>),
-    /// A group: `"numeric"` or `"all"` (every feature column is numeric for now).
+    /// A group: `"numeric"` (columns of numbers), `"categorical"` (columns of text) or
+    /// `"all"` (both where the step takes both, i.e. `impute`, `drop_nulls`; otherwise
+    /// the columns of the kind the step takes).
     Group(String),
+}
+
+fn categorical_columns() -> Columns {
+    Columns::Group("categorical".into())
 }
 
 impl Default for Columns {
@@ -304,11 +325,12 @@ pub enum Step {
     /// on the train split.
     Impute {
         /// `mean`, `median`, `most_frequent` (ties: the smallest value) or `constant`
-        /// (with `value`).
+        /// (with `value`). Categorical columns take `most_frequent` or `constant`.
         strategy: ImputeStrategy,
-        /// The fill value of `strategy = "constant"`.
+        /// The fill value of `strategy = "constant"`: a number for numeric columns, a
+        /// string for categorical ones.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        value: Option<f32>,
+        value: Option<ImputeValue>,
         /// Columns (default: all numeric features).
         #[serde(default)]
         columns: Columns,
@@ -364,6 +386,42 @@ pub enum Step {
     /// Row step, on the raw table before the split: drop rows that repeat an earlier
     /// row exactly (every feature cell and the target).
     Dedupe {},
+    /// One feature per train category (`column=category`, categories sorted by name):
+    /// 1 where the cell is that category, else 0. Unseen categories, those beyond
+    /// `max_categories` and missing cells give all zeros.
+    OneHot {
+        /// Text columns (default: all categorical columns).
+        #[serde(default = "categorical_columns")]
+        columns: Columns,
+        /// Keep only the most frequent train categories (ties: by name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_categories: Option<usize>,
+    },
+    /// The cell's index among the train categories sorted by name; -1 for an unseen
+    /// category or a missing cell.
+    Ordinal {
+        /// Text columns (default: all categorical columns).
+        #[serde(default = "categorical_columns")]
+        columns: Columns,
+    },
+    /// Hashed bag of words: lowercase tokens split on non-alphanumeric characters, each
+    /// counted in feature `fnv1a_64(token) % n_features` (`column#k`).
+    HashText {
+        /// The text columns.
+        columns: Vec<String>,
+        /// Features per column (1 to 1048576).
+        n_features: usize,
+    },
+}
+
+/// The fill value of `impute` with `strategy = "constant"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ImputeValue {
+    /// For numeric columns.
+    Number(f32),
+    /// For categorical columns.
+    Text(String),
 }
 
 /// How `impute` fits its fill value.

@@ -34,7 +34,7 @@ mod steps;
 pub mod table;
 
 pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
-pub use config::{Columns, Config, ImputeStrategy, Source, Split, Step};
+pub use config::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
 pub use error::{PreprocessError, Result};
 pub use split::stratified_split;
 
@@ -298,17 +298,33 @@ impl Frame {
     }
 
     /// The feature columns as row-major f32 with NaN for a missing cell. A text cell that
-    /// is not a number is an error naming file, row and column; a column that is empty
-    /// in every row too, unless `removed` (a `drop` / `select` step removes it).
-    fn features(&self, features: &[String], removed: &[String]) -> Result<Vec<f32>> {
+    /// is not a number makes its column a text column when `text` is `None` (the main
+    /// source; a test source gets the main source's text columns as `text`, and a
+    /// non-number cell elsewhere is an error naming file, row and column): its cells come
+    /// back dictionary-encoded and its place in the rows holds placeholders (NaN where
+    /// missing, the cell's dictionary code as bits elsewhere, so that row steps see
+    /// equal cells as equal). A column that is empty in every row is an error too,
+    /// unless `removed` (a `drop` / `select` step removes it).
+    fn features(
+        &self,
+        features: &[String],
+        removed: &[String],
+        text: Option<&[String]>,
+    ) -> Result<Features> {
         if let Some(d) = &self.dense
             && d.names == features
         {
-            return Ok(d.raw.clone());
+            return Ok(Features {
+                raw: d.raw.clone(),
+                cells: Vec::new(),
+                sites: Default::default(),
+            });
         }
         let n = self.df.height();
         let w = features.len();
         let mut out = vec![f32::NAN; n * w];
+        let mut cells = Vec::new();
+        let mut sites = std::collections::BTreeMap::new();
         for (j, name) in features.iter().enumerate() {
             let Ok(c) = self.df.column(name) else {
                 return Err(PreprocessError::Invalid(format!(
@@ -327,29 +343,69 @@ impl Frame {
                     self.name()
                 )));
             }
-            if is_numeric(c.dtype()) {
+            let given_text = text.is_some_and(|t| t.contains(name));
+            if is_numeric(c.dtype()) && !given_text {
                 let f = c.cast(&DataType::Float32).ctx(|| name.clone())?;
                 for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
                     out[i * w + j] = v.unwrap_or(f32::NAN);
                 }
                 continue;
             }
-            let text = c.cast(&DataType::String).ctx(|| name.clone())?;
-            for (i, v) in text.str().ctx(|| name.clone())?.iter().enumerate() {
-                let Some(v) = v else { continue };
-                match v.trim().parse::<f32>() {
-                    Ok(x) => out[i * w + j] = x,
-                    Err(_) => {
-                        return Err(PreprocessError::Invalid(format!(
-                            "{} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
-                            self.site(i)
-                        )));
+            let as_text = c.cast(&DataType::String).ctx(|| name.clone())?;
+            let strs = as_text.str().ctx(|| name.clone())?;
+            let mut bad = None;
+            if !given_text {
+                for (i, v) in strs.iter().enumerate() {
+                    let Some(v) = v else { continue };
+                    match v.trim().parse::<f32>() {
+                        Ok(x) => out[i * w + j] = x,
+                        Err(_) => {
+                            bad = Some((i, v.to_string()));
+                            break;
+                        }
                     }
                 }
             }
+            match (bad, text) {
+                (None, _) if !given_text => continue,
+                (None, _) => {}
+                (Some((i, v)), Some(_)) => {
+                    return Err(PreprocessError::Invalid(format!(
+                        "{} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
+                        self.site(i)
+                    )));
+                }
+                (Some((i, v)), None) => {
+                    sites.insert(
+                        name.clone(),
+                        format!("{} column `{name}` holds `{v}`", self.site(i)),
+                    );
+                }
+            }
+            let col = kiln_core::TextColumn::from_cells(strs.iter());
+            for (i, &code) in col.codes.iter().enumerate() {
+                out[i * w + j] = if code == kiln_core::encode::MISSING {
+                    f32::NAN
+                } else {
+                    f32::from_bits(code)
+                };
+            }
+            cells.push((name.clone(), col));
         }
-        Ok(out)
+        Ok(Features {
+            raw: out,
+            cells,
+            sites,
+        })
     }
+}
+
+/// The feature columns of a frame: row-major numbers (placeholders at text columns),
+/// the text columns' cells, and where each text column first holds a non-number.
+struct Features {
+    raw: Vec<f32>,
+    cells: Vec<(String, kiln_core::TextColumn)>,
+    sites: std::collections::BTreeMap<String, String>,
 }
 
 /// Per column, where its first missing cell is (`file: row N`), over `frames` in order
@@ -424,15 +480,37 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if dropped.null_target > 0 {
         tracing::info!(rows = dropped.null_target, "dropped rows without a target");
     }
-    let mut main_raw = main.features(&features, &removed)?;
-    let mut test_raw = test_src
-        .as_ref()
-        .map(|t| t.features(&features, &removed))
-        .transpose()?;
+    let Features {
+        raw: mut main_raw,
+        cells: mut main_cells,
+        sites,
+    } = main.features(&features, &removed, None)?;
+    let text = steps::Text { sites };
+    let text_names: Vec<String> = main_cells.iter().map(|(n, _)| n.clone()).collect();
+    let (mut test_raw, mut test_cells) = match test_src.as_ref() {
+        Some(t) => {
+            let f = t.features(&features, &removed, Some(&text_names))?;
+            (Some(f.raw), f.cells)
+        }
+        None => (None, Vec::new()),
+    };
+    if !text_names.is_empty() {
+        tracing::info!(columns = ?text_names, "text columns");
+    }
     // Row steps (drop_nulls, dedupe) on the raw tables, before the split.
-    let mut row_steps = |f: &mut Frame, raw: &mut Vec<f32>| -> Result<()> {
+    let mut row_steps = |f: &mut Frame,
+                         raw: &mut Vec<f32>,
+                         cells: &mut Vec<(String, kiln_core::TextColumn)>|
+     -> Result<()> {
+        if !config
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::DropNulls { .. } | Step::Dedupe {}))
+        {
+            return Ok(());
+        }
         let y = f.text(target)?;
-        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y)?;
+        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y, &text)?;
         dropped.null_features += nulls;
         dropped.duplicates += dups;
         if keep.len() < y.len() {
@@ -445,12 +523,15 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             f.keep(&keep)?;
             let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
             *raw = gather(raw, w, &idx);
+            for (_, c) in cells.iter_mut() {
+                *c = c.take(&idx);
+            }
         }
         Ok(())
     };
-    row_steps(&mut main, &mut main_raw)?;
+    row_steps(&mut main, &mut main_raw, &mut main_cells)?;
     if let (Some(t), Some(r)) = (&mut test_src, &mut test_raw) {
-        row_steps(t, r)?;
+        row_steps(t, r, &mut test_cells)?;
     }
     if dropped.null_features + dropped.duplicates > 0 {
         tracing::info!(
@@ -512,16 +593,20 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         }),
         None => None,
     };
+    let dtypes: Vec<String> = features.iter().map(|f| main.dtype(f)).collect();
+    let has_test = test_src.is_some();
+    // the frames are not needed any more: their features and targets are extracted
+    drop((main, test_src));
 
     // Split the main source (regression: one stratum).
-    let test_frac = match (test_df, config.split.test) {
-        (Some(_), Some(f)) if f > 0.0 => {
+    let test_frac = match (has_test, config.split.test) {
+        (true, Some(f)) if f > 0.0 => {
             return Err(PreprocessError::Invalid(format!(
                 "split.test = {f} but the source already has a test set; remove one of them"
             )));
         }
-        (Some(_), _) => 0.0,
-        (None, f) => f.unwrap_or(0.2),
+        (true, _) => 0.0,
+        (false, f) => f.unwrap_or(0.2),
     };
     let [tr, va, te] = split::stratified_split(
         &labels,
@@ -540,17 +625,31 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             Task::Regression => Target::Values(idx.iter().map(|&i| values[i as usize]).collect()),
         }
     };
+    let take = |idx: &[u32]| -> Vec<(String, kiln_core::TextColumn)> {
+        main_cells
+            .iter()
+            .map(|(n, c)| (n.clone(), c.take(idx)))
+            .collect()
+    };
     let train_raw = gather(&main_raw, w, &tr);
     let valid_raw = gather(&main_raw, w, &va);
-    let (test_raw, test_target) = match (test_raw, test_target) {
-        (Some(r), Some(l)) => (r, l),
-        _ => (gather(&main_raw, w, &te), pick(&te)),
+    let (train_cells, valid_cells) = (take(&tr), take(&va));
+    let (test_raw, test_cells, test_target) = match (test_raw, test_target) {
+        (Some(r), Some(l)) => (r, test_cells, l),
+        _ => (gather(&main_raw, w, &te), take(&te), pick(&te)),
     };
+    drop((main_raw, main_cells));
 
     // Fit on train, in the order written; every split goes through Schema::apply.
-    let (transforms, feature_names) = steps::fit(&config.steps, &train_raw, &features, &nulls)?;
-    let dtypes: Vec<String> = features.iter().map(|f| main.dtype(f)).collect();
-    let profile_cols = profile_columns(&train_raw, &features, &dtypes);
+    let (transforms, feature_names, train_x) = steps::fit(
+        &config.steps,
+        &train_raw,
+        &features,
+        &nulls,
+        &train_cells,
+        &text,
+    )?;
+    let profile_cols = profile_columns(&train_raw, &features, &dtypes, &train_cells);
     let schema = Schema {
         version: 1,
         input_columns: features.clone(),
@@ -560,12 +659,11 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         class_labels: class_labels.clone(),
         transforms,
     };
-    let make = |raw: &[f32], t: Target, split: &str| -> Result<Dataset> {
+    let make = |x: Vec<f32>, t: Target, split: &str| -> Result<Dataset> {
         let (labels, values) = match t {
             Target::Classes { labels, .. } => (labels, Vec::new()),
             Target::Values(v) => (Vec::new(), v),
         };
-        let x = schema.apply(raw)?;
         let fw = feature_names.len();
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(PreprocessError::Invalid(format!(
@@ -584,7 +682,9 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         ds.validate()?;
         Ok(ds)
     };
-    let mut train = make(&train_raw, pick(&tr), "train")?;
+    // the train features are what fitting left (Schema::apply's very operations); the
+    // other splits go through Schema::apply
+    let mut train = make(train_x, pick(&tr), "train")?;
     if config.augment.oversample && task == Task::Regression {
         return Err(PreprocessError::Invalid(
             "augment.oversample balances classes, but the target is a regression target; remove `oversample`".into(),
@@ -594,14 +694,25 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let augmented = augment_train(
         &config.augment,
         &schema,
-        &train_raw,
+        (&train_raw, &train_cells),
         &mut train,
         layout,
         class_labels.len(),
         config.seed,
     )?;
-    let valid = make(&valid_raw, pick(&va), "valid")?;
-    let test = make(&test_raw, test_target, "test")?;
+    drop((train_raw, train_cells));
+    let valid = make(
+        schema.apply_with_text(&valid_raw, valid_cells)?,
+        pick(&va),
+        "valid",
+    )?;
+    drop(valid_raw);
+    let test = make(
+        schema.apply_with_text(&test_raw, test_cells)?,
+        test_target,
+        "test",
+    )?;
+    drop(test_raw);
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -655,7 +766,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
 fn augment_train(
     cfg: &Augment,
     schema: &Schema,
-    raw: &[f32],
+    (raw, cells): (&[f32], &[(String, kiln_core::TextColumn)]),
     train: &mut Dataset,
     layout: Option<[usize; 2]>,
     n_classes: usize,
@@ -683,7 +794,11 @@ fn augment_train(
         train.features.extend_from_within(i * fw..(i + 1) * fw);
     }
     let copies_raw = augment::copy_rows(cfg, raw, w, &copy_src, layout, seed);
-    let mut copies = schema.apply(&copies_raw)?;
+    let copies_cells = cells
+        .iter()
+        .map(|(n, c)| (n.clone(), c.take(&copy_src)))
+        .collect();
+    let mut copies = schema.apply_with_text(&copies_raw, copies_cells)?;
     augment::add_noise(&mut copies, cfg.noise, seed);
     if let Some(i) = copies.iter().position(|v| !v.is_finite()) {
         return Err(PreprocessError::Invalid(format!(
@@ -1006,7 +1121,9 @@ fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Tar
             .map(|s| s.unwrap_or("").to_string())
             .collect()
     };
-    let mut classes: Vec<String> = as_text.clone();
+    // distinct labels first (sorting every row's label parsed the labels per comparison)
+    let distinct: std::collections::HashSet<&str> = as_text.iter().map(String::as_str).collect();
+    let mut classes: Vec<String> = distinct.into_iter().map(str::to_string).collect();
     classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
@@ -1018,9 +1135,14 @@ fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Tar
             classes.first().cloned().unwrap_or_default()
         )));
     }
+    let index: std::collections::HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let labels = as_text
         .iter()
-        .map(|s| classes.iter().position(|c| c == s).unwrap_or(0) as u32)
+        .map(|s| index.get(s.as_str()).copied().unwrap_or(0))
         .collect();
     Ok(Target::Classes {
         labels,
@@ -1070,9 +1192,15 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
         .collect()
 }
 
-/// Per-column statistics of row-major `raw` (NaN = missing), in one pass over the rows
-/// (column-wise passes over a wide table miss the cache on every value).
-fn profile_columns(raw: &[f32], features: &[String], dtypes: &[String]) -> Vec<ColumnProfile> {
+/// Per-column statistics of row-major `raw` (NaN = missing; text columns come from
+/// `cells`), in one pass over the rows (column-wise passes over a wide table miss the
+/// cache on every value).
+fn profile_columns(
+    raw: &[f32],
+    features: &[String],
+    dtypes: &[String],
+    cells: &[(String, kiln_core::TextColumn)],
+) -> Vec<ColumnProfile> {
     let w = features.len().max(1);
     let n = raw.len() / w;
     let mut min = vec![f64::INFINITY; w];
@@ -1097,6 +1225,36 @@ fn profile_columns(raw: &[f32], features: &[String], dtypes: &[String]) -> Vec<C
         .iter()
         .enumerate()
         .map(|(j, name)| {
+            if let Some((_, c)) = cells.iter().find(|(n, _)| n == name) {
+                // a text column: no min / max / mean (null in profile.json)
+                let missing = c
+                    .codes
+                    .iter()
+                    .filter(|&&x| x == kiln_core::encode::MISSING)
+                    .count();
+                let mut codes: Vec<u32> = c
+                    .codes
+                    .iter()
+                    .copied()
+                    .filter(|&x| x != kiln_core::encode::MISSING)
+                    .collect();
+                codes.sort_unstable();
+                codes.dedup();
+                return ColumnProfile {
+                    name: name.clone(),
+                    dtype: dtypes.get(j).cloned().unwrap_or_default(),
+                    null_share: if n == 0 {
+                        0.0
+                    } else {
+                        missing as f64 / n as f64
+                    },
+                    distinct: codes.len(),
+                    min: f64::NAN,
+                    max: f64::NAN,
+                    mean: f64::NAN,
+                    missing,
+                };
+            }
             let (mn, mx, mean) = if present[j] == 0 {
                 (f64::NAN, f64::NAN, f64::NAN)
             } else {

@@ -3,9 +3,10 @@
 //! `Transform` is applied with kiln-core's own `Transform::apply_to`, so that
 //! `Schema::apply` on raw rows reproduces the training features bit for bit.
 
-use crate::config::{Columns, ImputeStrategy, Step};
+use crate::config::{Columns, ImputeStrategy, ImputeValue, Step};
 use crate::error::{PolarsContext, PreprocessError, Result};
-use kiln_core::Transform;
+use kiln_core::encode::frequencies;
+use kiln_core::{TextColumn, Transform};
 use polars::prelude::*;
 use std::collections::BTreeMap;
 
@@ -26,7 +27,37 @@ pub(crate) fn op(step: &Step) -> &'static str {
         Step::Select { .. } => "select",
         Step::DropNulls { .. } => "drop_nulls",
         Step::Dedupe {} => "dedupe",
+        Step::OneHot { .. } => "one_hot",
+        Step::Ordinal { .. } => "ordinal",
+        Step::HashText { .. } => "hash_text",
     }
+}
+
+/// The kind of columns a step takes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Numeric,
+    Text,
+    Both,
+}
+
+fn kind(step: &Step) -> Kind {
+    match step {
+        Step::OneHot { .. } | Step::Ordinal { .. } | Step::HashText { .. } => Kind::Text,
+        Step::Impute { .. }
+        | Step::DropNulls { .. }
+        | Step::Drop { .. }
+        | Step::Select { .. }
+        | Step::Dedupe {} => Kind::Both,
+        _ => Kind::Numeric,
+    }
+}
+
+/// The steps that turn a text column into numbers, as a hint.
+fn encode_hint(c: &str) -> String {
+    format!(
+        "encode it with {{ op = \"one_hot\", columns = [\"{c}\"] }}, {{ op = \"ordinal\", columns = [\"{c}\"] }} or {{ op = \"hash_text\", columns = [\"{c}\"], n_features = 64 }}, or drop it with {{ op = \"drop\", columns = [\"{c}\"] }}"
+    )
 }
 
 fn unknown(i: usize, step: &Step, name: &str, names: &[String]) -> PreprocessError {
@@ -57,14 +88,69 @@ fn resolve_list(i: usize, step: &Step, list: &[String], names: &[String]) -> Res
     Ok(out)
 }
 
-fn resolve(i: usize, step: &Step, columns: &Columns, names: &[String]) -> Result<Vec<String>> {
-    match columns {
-        Columns::Group(g) if g == "numeric" || g == "all" => Ok(names.to_vec()),
-        Columns::Group(g) => Err(invalid(format!(
-            "steps[{i}] ({}): unknown column group `{g}`; use \"numeric\", \"all\" or a list of names",
-            op(step)
-        ))),
-        Columns::Named(list) => resolve_list(i, step, list, names),
+fn resolve(
+    i: usize,
+    step: &Step,
+    columns: &Columns,
+    names: &[String],
+    text: &Text,
+) -> Result<Vec<String>> {
+    let k = kind(step);
+    let numeric = || names.iter().filter(|n| !text.is(n)).cloned().collect();
+    let textual = || names.iter().filter(|n| text.is(n)).cloned().collect();
+    let out: Vec<String> = match columns {
+        Columns::Group(g) if g == "numeric" => numeric(),
+        Columns::Group(g) if g == "categorical" => textual(),
+        Columns::Group(g) if g == "all" => match k {
+            Kind::Numeric => numeric(),
+            Kind::Text => textual(),
+            Kind::Both => names.to_vec(),
+        },
+        Columns::Group(g) => {
+            return Err(invalid(format!(
+                "steps[{i}] ({}): unknown column group `{g}`; use \"numeric\", \"categorical\", \"all\" or a list of names",
+                op(step)
+            )));
+        }
+        Columns::Named(list) => resolve_list(i, step, list, names)?,
+    };
+    for c in &out {
+        match (k, text.is(c)) {
+            (Kind::Numeric, true) => {
+                return Err(invalid(format!(
+                    "steps[{i}] ({}): column `{c}` holds text ({}), and {} computes with numbers; {}; if it should hold numbers, fix the cell or list the marker in the source's `null_values`",
+                    op(step),
+                    text.site(c),
+                    op(step),
+                    encode_hint(c)
+                )));
+            }
+            (Kind::Text, false) => {
+                return Err(invalid(format!(
+                    "steps[{i}] ({}): column `{c}` holds numbers, and {} encodes text (categorical) columns; leave it out, or use a numeric step",
+                    op(step),
+                    op(step)
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The text columns of the raw rows: their names and where each shows a cell that is
+/// not a number (`file: row N holds `x``), for messages.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Text {
+    pub sites: BTreeMap<String, String>,
+}
+
+impl Text {
+    fn is(&self, c: &str) -> bool {
+        self.sites.contains_key(c)
+    }
+    fn site(&self, c: &str) -> String {
+        self.sites.get(c).cloned().unwrap_or_default()
     }
 }
 
@@ -77,6 +163,7 @@ pub(crate) fn row_steps(
     raw: &[f32],
     features: &[String],
     target: &[String],
+    text: &Text,
 ) -> Result<(Vec<usize>, [usize; 2])> {
     let w = features.len();
     let mut keep: Vec<usize> = (0..target.len()).collect();
@@ -85,7 +172,7 @@ pub(crate) fn row_steps(
         let before = keep.len();
         match step {
             Step::DropNulls { columns } => {
-                let idx: Vec<usize> = resolve(i, step, columns, features)?
+                let idx: Vec<usize> = resolve(i, step, columns, features, text)?
                     .iter()
                     .map(|c| features.iter().position(|f| f == c).unwrap_or(0))
                     .collect();
@@ -161,19 +248,29 @@ pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present
     }
 }
 
-/// Fits `steps` on the train rows (row-major, `features` order, NaN = missing) and
-/// returns the transforms and the final feature names. `nulls` maps each column that
+/// Fits `steps` on the train rows (row-major, `features` order, NaN = missing; a text
+/// column's values are placeholders) and the train cells of the text columns, and
+/// returns the transforms, the final feature names and the train features (what
+/// `Schema::apply_with_text` gives for the train rows: the same operations in the same
+/// order). `nulls` maps each column that
 /// holds a missing value in any split to where the first one is (`file: row N`): such a
-/// column must be imputed or dropped before any other step uses it.
+/// numeric column must be imputed or dropped before any other step uses it. Every text
+/// column must be encoded (`one_hot`, `ordinal`, `hash_text`) or dropped.
 pub(crate) fn fit(
     steps: &[Step],
     train: &[f32],
     features: &[String],
     nulls: &BTreeMap<String, String>,
-) -> Result<(Vec<Transform>, Vec<String>)> {
+    train_text: &[(String, TextColumn)],
+    text: &Text,
+) -> Result<(Vec<Transform>, Vec<String>, Vec<f32>)> {
     let mut names = features.to_vec();
     let mut data = train.to_vec();
+    let mut cells: Vec<(String, TextColumn)> = train_text.to_vec();
     let mut nullable: BTreeMap<String, String> = nulls.clone();
+    // a text column's missing cells are the encoders' business
+    nullable.retain(|c, _| !text.is(c));
+    let mut text = text.clone();
     let mut out = Vec::new();
     let null_error = |i: usize, what: &str, c: &str, site: &str| {
         invalid(format!(
@@ -187,68 +284,192 @@ pub(crate) fn fit(
     };
     for (i, step) in steps.iter().enumerate() {
         let w = names.len();
-        let t = match step {
+        let ts: Vec<Transform> = match step {
             // row steps ran on the raw table before the split
             Step::DropNulls { .. } | Step::Dedupe {} => continue,
-            Step::Drop { columns } => Transform::Drop {
+            Step::Drop { columns } => vec![Transform::Drop {
                 columns: resolve_list(i, step, columns, &names)?,
-            },
-            Step::Select { columns } => Transform::Select {
+            }],
+            Step::Select { columns } => vec![Transform::Select {
                 columns: resolve_list(i, step, columns, &names)?,
-            },
+            }],
+            Step::OneHot { columns, .. } | Step::Ordinal { columns } => {
+                let cols = resolve(i, step, columns, &names, &text)?;
+                let mut categories = Vec::new();
+                for c in &cols {
+                    let col = text_column(&cells, c)?;
+                    let mut f = frequencies(col);
+                    if f.is_empty() {
+                        return Err(invalid(format!(
+                            "steps[{i}] ({}): column `{c}` has no value in the train split to fit on; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}",
+                            op(step)
+                        )));
+                    }
+                    if let Step::OneHot {
+                        max_categories: Some(m),
+                        ..
+                    } = step
+                    {
+                        f.truncate(*m);
+                    }
+                    let mut cats: Vec<String> = f.into_iter().map(|(c, _)| c).collect();
+                    cats.sort();
+                    categories.push(cats);
+                }
+                vec![match step {
+                    Step::OneHot { .. } => Transform::OneHot {
+                        columns: cols,
+                        categories,
+                    },
+                    _ => Transform::Ordinal {
+                        columns: cols,
+                        categories,
+                    },
+                }]
+            }
+            Step::HashText {
+                columns,
+                n_features,
+            } => {
+                let cols = resolve(i, step, &Columns::Named(columns.clone()), &names, &text)?;
+                vec![Transform::HashText {
+                    columns: cols,
+                    n_features: *n_features,
+                }]
+            }
+            Step::Impute {
+                strategy,
+                value,
+                columns,
+            } => {
+                let all = resolve(i, step, columns, &names, &text)?;
+                let (tcols, ncols): (Vec<String>, Vec<String>) =
+                    all.into_iter().partition(|c| text.is(c));
+                let mut v = Vec::new();
+                if !tcols.is_empty() {
+                    let mut values = Vec::new();
+                    for c in &tcols {
+                        values.push(match (strategy, value) {
+                            (ImputeStrategy::Constant, Some(ImputeValue::Text(t))) => t.clone(),
+                            (ImputeStrategy::Constant, _) => {
+                                return Err(invalid(format!(
+                                    "steps[{i}] (impute): column `{c}` is categorical, so `value` must be a string (e.g. value = \"missing\")"
+                                )));
+                            }
+                            (ImputeStrategy::MostFrequent, _) => frequencies(text_column(&cells, c)?)
+                                .into_iter()
+                                .next()
+                                .map(|(t, _)| t)
+                                .ok_or_else(|| {
+                                    invalid(format!(
+                                        "steps[{i}] (impute): column `{c}` has no value in the train split to fit on; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}"
+                                    ))
+                                })?,
+                            (s, _) => {
+                                return Err(invalid(format!(
+                                    "steps[{i}] (impute): column `{c}` is categorical, and strategy = \"{}\" needs numbers; use \"most_frequent\" or \"constant\" with a string value",
+                                    s.name()
+                                )));
+                            }
+                        });
+                    }
+                    v.push(Transform::ImputeCategorical {
+                        columns: tcols,
+                        strategy: strategy.name().into(),
+                        values,
+                    });
+                }
+                if !ncols.is_empty() || v.is_empty() {
+                    let number = match value {
+                        None => None,
+                        Some(ImputeValue::Number(x)) => Some(*x),
+                        Some(ImputeValue::Text(t)) => {
+                            return Err(invalid(format!(
+                                "steps[{i}] (impute): value \"{t}\" is a string, but {} numeric; use a number, or name only categorical columns",
+                                match ncols.first() {
+                                    Some(c) => format!("column `{c}` is"),
+                                    None => "the columns are".into(),
+                                }
+                            )));
+                        }
+                    };
+                    let idx = positions(&ncols, &names);
+                    let present = |j: usize| -> Vec<f32> {
+                        column(&data, w, j)
+                            .into_iter()
+                            .filter(|x| !x.is_nan())
+                            .collect()
+                    };
+                    v.push(fit_one(i, step, number, ncols, &idx, present)?);
+                }
+                v
+            }
             Step::Scale { columns, .. }
             | Step::Standardize { columns }
-            | Step::Impute { columns, .. }
             | Step::Clip { columns, .. }
             | Step::Log1p { columns }
             | Step::MinMax { columns } => {
-                let cols = resolve(i, step, columns, &names)?;
-                if !matches!(step, Step::Impute { .. }) {
-                    for c in &cols {
-                        if let Some(site) = nullable.get(c) {
-                            return Err(null_error(i, op(step), c, site));
-                        }
+                let cols = resolve(i, step, columns, &names, &text)?;
+                for c in &cols {
+                    if let Some(site) = nullable.get(c) {
+                        return Err(null_error(i, op(step), c, site));
                     }
                 }
-                let idx: Vec<usize> = cols
-                    .iter()
-                    .map(|c| names.iter().position(|n| n == c).unwrap_or(0))
-                    .collect();
+                let idx = positions(&cols, &names);
                 let present = |j: usize| -> Vec<f32> {
                     column(&data, w, j)
                         .into_iter()
                         .filter(|x| !x.is_nan())
                         .collect()
                 };
-                fit_one(i, step, cols, &idx, present)?
+                vec![fit_one(i, step, None, cols, &idx, present)?]
             }
         };
-        match &t {
-            Transform::Impute { columns, .. } => {
-                for c in columns {
-                    nullable.remove(c);
+        for t in ts {
+            match &t {
+                Transform::Impute { columns, .. } | Transform::Drop { columns } => {
+                    for c in columns {
+                        nullable.remove(c);
+                    }
                 }
+                Transform::Select { columns } => nullable.retain(|c, _| columns.contains(c)),
+                _ => {}
             }
-            Transform::Drop { columns } => {
-                for c in columns {
-                    nullable.remove(c);
-                }
-            }
-            Transform::Select { columns } => nullable.retain(|c, _| columns.contains(c)),
-            _ => {}
+            t.apply_with_text(&mut names, &mut data, &mut cells)?;
+            text.sites.retain(|c, _| cells.iter().any(|(n, _)| n == c));
+            out.push(t);
         }
-        t.apply_to(&mut names, &mut data)?;
-        out.push(t);
+    }
+    if let Some((c, site)) = text.sites.iter().next() {
+        return Err(invalid(format!(
+            "{site}, not a number, and no step turns the column into numbers: if it should hold numbers, fix the cell or list the marker in the source's `null_values`; if `{c}` is a text (categorical) column, {}",
+            encode_hint(c)
+        )));
     }
     if let Some((c, site)) = nullable.iter().next() {
         return Err(null_error(usize::MAX, "the model", c, site));
     }
-    Ok((out, names))
+    Ok((out, names, data))
+}
+
+fn positions(cols: &[String], names: &[String]) -> Vec<usize> {
+    cols.iter()
+        .map(|c| names.iter().position(|n| n == c).unwrap_or(0))
+        .collect()
+}
+
+fn text_column<'a>(cells: &'a [(String, TextColumn)], c: &str) -> Result<&'a TextColumn> {
+    cells
+        .iter()
+        .find(|(n, _)| n == c)
+        .map(|(_, t)| t)
+        .ok_or_else(|| invalid(format!("internal: no cells for text column `{c}`")))
 }
 
 fn fit_one(
     i: usize,
     step: &Step,
+    value: Option<f32>,
     cols: Vec<String>,
     idx: &[usize],
     present: impl Fn(usize) -> Vec<f32>,
@@ -288,16 +509,14 @@ fn fit_one(
                 std,
             }
         }
-        Step::Impute {
-            strategy, value, ..
-        } => {
+        Step::Impute { strategy, .. } => {
             let mut values = Vec::new();
             for (k, &j) in idx.iter().enumerate() {
                 let p = present(j);
                 if p.is_empty() && *strategy != ImputeStrategy::Constant {
                     return Err(empty(&cols[k]));
                 }
-                values.push(impute_value(*strategy, *value, &p));
+                values.push(impute_value(*strategy, value, &p));
             }
             Transform::Impute {
                 columns: cols,
@@ -368,7 +587,13 @@ fn fit_one(
                 max: hi,
             }
         }
-        Step::Drop { .. } | Step::Select { .. } | Step::DropNulls { .. } | Step::Dedupe {} => {
+        Step::Drop { .. }
+        | Step::Select { .. }
+        | Step::DropNulls { .. }
+        | Step::Dedupe {}
+        | Step::OneHot { .. }
+        | Step::Ordinal { .. }
+        | Step::HashText { .. } => {
             return Err(invalid(format!("steps[{i}]: internal: not a numeric step")));
         }
     })
@@ -441,7 +666,8 @@ mod tests {
                 columns: names(&["b"]),
             },
         ];
-        let (t, out_names) = fit(&steps, &train, &f, &nulls).unwrap();
+        let (t, out_names, fitted) =
+            fit(&steps, &train, &f, &nulls, &[], &Text::default()).unwrap();
         assert_eq!(out_names, names(&["a", "c"]));
         assert_eq!(
             t[0],
@@ -479,6 +705,7 @@ mod tests {
             transforms: t,
         };
         let x = schema.apply(&train).unwrap();
+        assert_eq!(x, fitted);
         // a: (v - 1) / 9; c constant -> 0
         assert_eq!(x, vec![0.0, 0.0, 2.0 / 9.0, 0.0, 2.0 / 9.0, 0.0, 1.0, 0.0]);
     }
@@ -491,7 +718,7 @@ mod tests {
         let std = vec![Step::Standardize {
             columns: Columns::default(),
         }];
-        let e = fit(&std, &[f32::NAN, 1.0], &f, &nulls)
+        let e = fit(&std, &[f32::NAN, 1.0], &f, &nulls, &[], &Text::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -499,7 +726,7 @@ mod tests {
             "{e}"
         );
         // no step at all still refuses a null
-        let e = fit(&[], &[f32::NAN, 1.0], &f, &nulls)
+        let e = fit(&[], &[f32::NAN, 1.0], &f, &nulls, &[], &Text::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("impute"), "{e}");
@@ -507,29 +734,50 @@ mod tests {
         let drop = vec![Step::Drop {
             columns: names(&["age"]),
         }];
-        assert!(fit(&drop, &[f32::NAN, 1.0], &f, &nulls).is_ok());
+        assert!(fit(&drop, &[f32::NAN, 1.0], &f, &nulls, &[], &Text::default()).is_ok());
         let typo = vec![Step::Log1p {
             columns: Columns::Named(names(&["agee"])),
         }];
-        let e = fit(&typo, &[1.0, 1.0], &f, &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let e = fit(
+            &typo,
+            &[1.0, 1.0],
+            &f,
+            &BTreeMap::new(),
+            &[],
+            &Text::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("did you mean `age`?"), "{e}");
         let log = vec![Step::Log1p {
             columns: Columns::default(),
         }];
-        let e = fit(&log, &[1.0, -2.0], &f, &BTreeMap::new())
-            .unwrap_err()
-            .to_string();
+        let e = fit(
+            &log,
+            &[1.0, -2.0],
+            &f,
+            &BTreeMap::new(),
+            &[],
+            &Text::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`b` holds -2"), "{e}");
         let all_null = vec![Step::Impute {
             strategy: ImputeStrategy::Mean,
             value: None,
             columns: Columns::default(),
         }];
-        let e = fit(&all_null, &[f32::NAN, 1.0], &f, &nulls)
-            .unwrap_err()
-            .to_string();
+        let e = fit(
+            &all_null,
+            &[f32::NAN, 1.0],
+            &f,
+            &nulls,
+            &[],
+            &Text::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("no value in the train split"), "{e}");
     }
 
@@ -547,19 +795,21 @@ mod tests {
                 columns: Columns::Named(names(&["a"])),
             },
         ];
-        let (keep, d) = row_steps(&steps, &raw, &f, &y).unwrap();
+        let (keep, d) = row_steps(&steps, &raw, &f, &y, &Text::default()).unwrap();
         assert_eq!((keep, d), (vec![0, 2, 4], [1, 1]));
         let all = vec![Step::DropNulls {
             columns: Columns::default(),
         }];
         assert_eq!(
-            row_steps(&all, &raw, &f, &y).unwrap(),
+            row_steps(&all, &raw, &f, &y, &Text::default()).unwrap(),
             (vec![0, 1, 2], [2, 0])
         );
         let typo = vec![Step::DropNulls {
             columns: Columns::Named(names(&["bb"])),
         }];
-        let e = row_steps(&typo, &raw, &f, &y).unwrap_err().to_string();
+        let e = row_steps(&typo, &raw, &f, &y, &Text::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("steps[0] (drop_nulls)") && e.contains("`b`"),
             "{e}"

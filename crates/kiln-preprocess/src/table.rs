@@ -17,6 +17,8 @@ pub struct RawRows {
     pub extra: Vec<String>,
     /// The file's own column names, in file order.
     pub columns: Vec<String>,
+    /// The cells of the text columns asked for (their places in `values` are NaN).
+    pub text: Vec<(String, kiln_core::TextColumn)>,
 }
 
 fn invalid(m: String) -> PreprocessError {
@@ -96,6 +98,13 @@ pub fn read_ipc(path: &Path) -> Result<DataFrame> {
 /// nearest existing one; a cell that is not a number is an error naming its row (1-based,
 /// header excluded) and column.
 pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
+    read_rows_with_text(path, wanted, &[])
+}
+
+/// [`read_rows`] where the `text` columns (a subset of `wanted`, e.g. a schema's
+/// `text_columns()`) hold text cells: read as text (a number as its text), an empty
+/// cell as missing.
+pub fn read_rows_with_text(path: &Path, wanted: &[String], text: &[String]) -> Result<RawRows> {
     let df = read_table(path)?;
     let shown = path.display();
     let columns: Vec<String> = df
@@ -127,8 +136,18 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
     let n = df.height();
     let w = wanted.len();
     let mut values = vec![0.0f32; n * w];
+    let mut cells = Vec::new();
     for (j, name) in wanted.iter().enumerate() {
         let c = df.column(name).ctx(|| name.clone())?;
+        if text.contains(name) {
+            let t = c.cast(&DataType::String).ctx(|| name.clone())?;
+            let col = kiln_core::TextColumn::from_cells(t.str().ctx(|| name.clone())?.iter());
+            for i in 0..n {
+                values[i * w + j] = f32::NAN;
+            }
+            cells.push((name.clone(), col));
+            continue;
+        }
         let as_f32 = c.cast(&DataType::Float32).ok();
         let ok = as_f32
             .as_ref()
@@ -150,7 +169,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
                 });
             let (row, what) = bad.unwrap_or((0, format!("has type {}", c.dtype())));
             return Err(invalid(format!(
-                "{shown}: row {} column `{name}` {what}; the model takes numbers in every feature column",
+                "{shown}: row {} column `{name}` {what}; the model takes numbers in this column",
                 row + 1
             )));
         }
@@ -169,6 +188,7 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
         values,
         extra,
         columns,
+        text: cells,
     })
 }
 

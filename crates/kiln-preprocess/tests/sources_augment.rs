@@ -502,8 +502,16 @@ fn write_idx(prefix: &Path, n: u32) {
     lab.extend(n.to_be_bytes());
     lab.extend((0..n).map(|i| (i % 2) as u8));
     let name = prefix.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::write(prefix.with_file_name(format!("{name}-images-idx3-ubyte")), img).unwrap();
-    std::fs::write(prefix.with_file_name(format!("{name}-labels-idx1-ubyte")), lab).unwrap();
+    std::fs::write(
+        prefix.with_file_name(format!("{name}-images-idx3-ubyte")),
+        img,
+    )
+    .unwrap();
+    std::fs::write(
+        prefix.with_file_name(format!("{name}-labels-idx1-ubyte")),
+        lab,
+    )
+    .unwrap();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! errors (file, row, column, what to do) with nothing written.
 
 use kiln_core::{Dataset, Transform};
-use kiln_preprocess::{Columns, Config, ImputeStrategy, Source, Split, Step, run};
+use kiln_preprocess::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step, run};
 use std::path::{Path, PathBuf};
 
 fn config(path: &Path, steps: Vec<Step>) -> Config {
@@ -146,7 +146,7 @@ fn log1p_select_and_constant_impute() {
     let steps = vec![
         Step::Impute {
             strategy: ImputeStrategy::Constant,
-            value: Some(-0.5),
+            value: Some(ImputeValue::Number(-0.5)),
             columns: Columns::default(),
         },
         Step::Log1p {
