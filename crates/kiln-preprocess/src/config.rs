@@ -4,6 +4,7 @@
 use crate::augment::Augment;
 use kiln_core::Task;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Configuration of one preprocessing run.
@@ -22,6 +23,11 @@ pub struct Config {
     /// `<value>` (index 1), every other row `not <value>` (index 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positive_class: Option<String>,
+    /// Column types that override inference: `"text"` (a categorical column of numeric
+    /// codes such as zip codes) or `"number"` (a cell that is not a number is then an
+    /// error naming its row, instead of making the column text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_types: BTreeMap<String, ColumnType>,
     /// Steps applied in order; statistics are fitted on the train split only.
     #[serde(default)]
     pub steps: Vec<Step>,
@@ -422,6 +428,16 @@ pub enum ImputeValue {
     Number(f32),
     /// For categorical columns.
     Text(String),
+}
+
+/// A column type given in `column_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// Numbers (f32 features).
+    Number,
+    /// Text: each cell a category or a document, for `one_hot`, `ordinal`, `hash_text`.
+    Text,
 }
 
 /// How `impute` fits its fill value.

@@ -14,6 +14,7 @@
 //!     target: "species".into(),
 //!     task: None,
 //!     positive_class: None,
+//!     column_types: Default::default(),
 //!     steps: vec![Step::Standardize { columns: Default::default() }],
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
 //!     augment: Default::default(),
@@ -34,7 +35,7 @@ mod steps;
 pub mod table;
 
 pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
-pub use config::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
+pub use config::{ColumnType, Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
 pub use error::{PreprocessError, Result};
 pub use split::stratified_split;
 
@@ -42,6 +43,7 @@ use error::PolarsContext;
 use kiln_core::{Dataset, Schema, Task};
 use polars::prelude::*;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What one run produced.
@@ -310,6 +312,7 @@ impl Frame {
         features: &[String],
         removed: &[String],
         text: Option<&[String]>,
+        types: &BTreeMap<String, ColumnType>,
     ) -> Result<Features> {
         if let Some(d) = &self.dense
             && d.names == features
@@ -343,7 +346,9 @@ impl Frame {
                     self.name()
                 )));
             }
-            let given_text = text.is_some_and(|t| t.contains(name));
+            let forced = types.get(name).copied();
+            let given_text =
+                text.is_some_and(|t| t.contains(name)) || forced == Some(ColumnType::Text);
             if is_numeric(c.dtype()) && !given_text {
                 let f = c.cast(&DataType::Float32).ctx(|| name.clone())?;
                 for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
@@ -368,14 +373,21 @@ impl Frame {
             }
             match (bad, text) {
                 (None, _) if !given_text => continue,
-                (None, _) => {}
-                (Some((i, v)), Some(_)) => {
+                (None, _) => {
+                    if text.is_none() {
+                        sites.insert(
+                            name.clone(),
+                            format!("{}: column `{name}` (text by `column_types`)", self.name()),
+                        );
+                    }
+                }
+                (Some((i, v)), t) if t.is_some() || forced == Some(ColumnType::Number) => {
                     return Err(PreprocessError::Invalid(format!(
                         "{} column `{name}` holds `{v}`, not a number; fix the cell, list it in the source's `null_values`, or drop the column with {{ op = \"drop\", columns = [\"{name}\"] }}",
                         self.site(i)
                     )));
                 }
-                (Some((i, v)), None) => {
+                (Some((i, v)), _) => {
                     sites.insert(
                         name.clone(),
                         format!("{} column `{name}` holds `{v}`", self.site(i)),
@@ -462,6 +474,17 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             preview(&names)
         )));
     }
+    for c in config.column_types.keys() {
+        if !names.contains(c) {
+            return Err(PreprocessError::Invalid(format!(
+                "column_types: column `{c}` does not exist{}; columns are: {}",
+                kiln_core::nearest(c, &names)
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default(),
+                preview(&names)
+            )));
+        }
+    }
     let features: Vec<String> = names.iter().filter(|n| *n != target).cloned().collect();
     if features.is_empty() {
         return Err(PreprocessError::Invalid(
@@ -484,12 +507,12 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         raw: mut main_raw,
         cells: mut main_cells,
         sites,
-    } = main.features(&features, &removed, None)?;
+    } = main.features(&features, &removed, None, &config.column_types)?;
     let text = steps::Text { sites };
     let text_names: Vec<String> = main_cells.iter().map(|(n, _)| n.clone()).collect();
     let (mut test_raw, mut test_cells) = match test_src.as_ref() {
         Some(t) => {
-            let f = t.features(&features, &removed, Some(&text_names))?;
+            let f = t.features(&features, &removed, Some(&text_names), &config.column_types)?;
             (Some(f.raw), f.cells)
         }
         None => (None, Vec::new()),
@@ -875,9 +898,17 @@ fn load(config: &Config) -> Result<Loaded> {
             delimiter,
             has_header,
             null_values,
-        } => tabular(path, train, test, &|p| {
-            read_csv(p, *delimiter, *has_header, null_values)
-        }),
+        } => {
+            let text: Vec<&str> = config
+                .column_types
+                .iter()
+                .filter(|(_, t)| **t == ColumnType::Text)
+                .map(|(c, _)| c.as_str())
+                .collect();
+            tabular(path, train, test, &|p| {
+                read_csv(p, *delimiter, *has_header, null_values, &text)
+            })
+        }
         Source::Parquet { path, train, test } => tabular(path, train, test, &table::read_parquet),
         Source::Arrow { path, train, test } => tabular(path, train, test, &table::read_ipc),
         Source::Idx { train, test } => {
@@ -955,11 +986,14 @@ fn column_names(df: &DataFrame) -> Vec<String> {
         .collect()
 }
 
+/// Reads a CSV file with polars; `text` columns are read as text (so `007` stays
+/// `007`), the others' types are inferred.
 pub(crate) fn read_csv(
     path: &Path,
     delimiter: char,
     has_header: bool,
     null_values: &[String],
+    text: &[&str],
 ) -> Result<DataFrame> {
     let meta = std::fs::metadata(path).map_err(|source| PreprocessError::Io {
         path: path.to_path_buf(),
@@ -978,8 +1012,15 @@ pub(crate) fn read_csv(
     }
     let nulls = (!null_values.is_empty())
         .then(|| NullValues::AllColumns(null_values.iter().map(|s| s.as_str().into()).collect()));
+    let overwrite = (!text.is_empty()).then(|| {
+        Arc::new(polars::prelude::Schema::from_iter(
+            text.iter()
+                .map(|c| Field::new((*c).into(), DataType::String)),
+        ))
+    });
     let df = CsvReadOptions::default()
         .with_has_header(has_header)
+        .with_schema_overwrite(overwrite)
         .with_infer_schema_length(Some(10_000))
         .with_parse_options(
             CsvParseOptions::default()

@@ -44,7 +44,7 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
     let shown = path.display().to_string();
     let df = match extension(path).as_str() {
         "csv" => {
-            return crate::read_csv(path, ',', true, &["NA".to_string(), String::new()]);
+            return crate::read_csv(path, ',', true, &["NA".to_string(), String::new()], &[]);
         }
         "parquet" => read_parquet(path)?,
         "arrow" | "ipc" | "feather" => read_ipc(path)?,

@@ -21,6 +21,7 @@ fn config(train: &Path, test: &Path, steps: Vec<Step>) -> Config {
         target: "y".into(),
         task: None,
         positive_class: None,
+        column_types: Default::default(),
         steps,
         // every train-source row is in train, in file order
         split: Split {

@@ -19,6 +19,7 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
         target: target.into(),
         task,
         positive_class: None,
+        column_types: Default::default(),
         steps: vec![Step::Standardize {
             columns: Default::default(),
         }],

@@ -25,6 +25,7 @@ fn config(source: Source, steps: Vec<Step>) -> Config {
         target: "y".into(),
         task: None,
         positive_class: None,
+        column_types: Default::default(),
         steps,
         split: Split {
             valid: 0.2,
@@ -563,4 +564,56 @@ fn idx_pixels_go_straight_to_rows_and_give_the_image_layout() {
     let profile: serde_json::Value =
         serde_json::from_slice(&bytes(&dir.path().join("out/profile.json"))).unwrap();
     assert_eq!(profile["columns"][0]["dtype"], "u8");
+}
+
+/// `column_types` turns numeric codes into categories (leading zeros kept) and makes a
+/// text cell in a number column an error naming its row.
+#[test]
+fn column_types_override_inference() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from("zip,x,y\n");
+    for i in 0..30 {
+        s += &format!(
+            "{:03},{}.5,{}\n",
+            [7, 12, 7][i % 3],
+            i,
+            if i % 2 == 0 { "a" } else { "b" }
+        );
+    }
+    let path = dir.path().join("z.csv");
+    std::fs::write(&path, &s).unwrap();
+    let mut c = config(
+        csv_source(&path),
+        vec![Step::OneHot {
+            columns: kiln_preprocess::Columns::Named(vec!["zip".into()]),
+            max_categories: None,
+        }],
+    );
+    c.column_types = [("zip".to_string(), kiln_preprocess::ColumnType::Text)].into();
+    let out = run(&c, &dir.path().join("ok")).unwrap();
+    assert_eq!(out.schema.feature_names, ["zip=007", "zip=012", "x"]);
+    // without the override zip is a number column and one_hot refuses it
+    c.column_types.clear();
+    let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
+    assert!(e.contains("zip"), "{e}");
+    // a text cell in a column declared numeric
+    std::fs::write(
+        &path,
+        s.replace("\n3.5,", "\nthree,").replace(",3.5,", ",three,"),
+    )
+    .unwrap();
+    let mut c = config(csv_source(&path), vec![]);
+    c.column_types = [("x".to_string(), kiln_preprocess::ColumnType::Number)].into();
+    let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
+    assert!(
+        e.contains("z.csv: row 4 column `x` holds `three`, not a number"),
+        "{e}"
+    );
+    c.column_types = [("zpi".to_string(), kiln_preprocess::ColumnType::Text)].into();
+    let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
+    assert!(
+        e.contains("column_types: column `zpi`") && e.contains("did you mean `zip`?"),
+        "{e}"
+    );
+    assert!(!dir.path().join("bad").exists());
 }

@@ -19,6 +19,7 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
         target: "y".into(),
         task: None,
         positive_class: None,
+        column_types: Default::default(),
         steps,
         // the file is both train and test source: every row is in train, so the fitted
         // values are the file's
