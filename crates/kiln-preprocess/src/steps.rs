@@ -283,6 +283,16 @@ pub(crate) fn fit(
         ))
     };
     for (i, step) in steps.iter().enumerate() {
+        let _span = tracing::info_span!(
+            "step",
+            i,
+            op = op(step),
+            rows = train_text
+                .first()
+                .map_or(train.len() / features.len().max(1), |(_, c)| c.len()),
+            columns = names.len()
+        )
+        .entered();
         let w = names.len();
         let ts: Vec<Transform> = match step {
             // row steps ran on the raw table before the split
