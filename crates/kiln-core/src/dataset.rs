@@ -140,9 +140,13 @@ impl Dataset {
                 columns.push(Arc::new(Float32Array::from(col)));
             }
             if self.is_regression() {
-                columns.push(Arc::new(Float32Array::from(self.values[start..end].to_vec())));
+                columns.push(Arc::new(Float32Array::from(
+                    self.values[start..end].to_vec(),
+                )));
             } else {
-                columns.push(Arc::new(UInt32Array::from(self.labels[start..end].to_vec())));
+                columns.push(Arc::new(UInt32Array::from(
+                    self.labels[start..end].to_vec(),
+                )));
             }
             let batch = RecordBatch::try_new(schema.clone(), columns).map_err(err)?;
             writer.write(&batch).map_err(err)?;

@@ -459,6 +459,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         None => None,
     };
     // the frames are not needed any more: their features and targets are extracted
+    let test_df = test_df.map(|_| ());
     drop((main, test_src));
 
     // Split the main source (regression: one stratum).

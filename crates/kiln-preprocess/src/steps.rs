@@ -666,7 +666,8 @@ mod tests {
                 columns: names(&["b"]),
             },
         ];
-        let (t, out_names, fitted) = fit(&steps, &train, &f, &nulls, &[], &Text::default()).unwrap();
+        let (t, out_names, fitted) =
+            fit(&steps, &train, &f, &nulls, &[], &Text::default()).unwrap();
         assert_eq!(out_names, names(&["a", "c"]));
         assert_eq!(
             t[0],
