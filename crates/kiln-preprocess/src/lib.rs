@@ -619,7 +619,6 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let dtypes: Vec<String> = features.iter().map(|f| main.dtype(f)).collect();
     let has_test = test_src.is_some();
     // the frames are not needed any more: their features and targets are extracted
-    let test_df = test_df.map(|_| ());
     drop((main, test_src));
 
     // Split the main source (regression: one stratum).
