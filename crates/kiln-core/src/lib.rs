@@ -30,7 +30,9 @@ pub use forward::forward;
 pub use artifact::{atomic_write, hash_bytes, hash_dir, hash_file, read_json, write_json};
 pub use dataset::Dataset;
 pub use error::{CoreError, Result};
-pub use model::{Activation, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Pruning, Quantization};
+pub use model::{
+    Activation, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm, Pruning, Quantization,
+};
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};
 pub use schema::{Schema, Task, Transform, min_max_range};

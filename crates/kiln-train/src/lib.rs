@@ -17,7 +17,7 @@
 //! }
 //! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels, values: vec![] };
 //! let config = Config {
-//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0 },
+//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0, norm: None },
 //!     loss: Default::default(),
 //!     huber_delta: 1.0,
 //!     schedule: Default::default(),
@@ -207,7 +207,8 @@ pub fn run_until(
         config.model.activation,
         task,
         outputs,
-    );
+    )
+    .with_norm(config.model.norm);
     match config.device.as_str() {
         "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
         #[cfg(feature = "cuda")]

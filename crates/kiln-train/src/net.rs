@@ -150,7 +150,9 @@ impl HostVec for Cpu {
         let (mut sa_, mut sb_) = (ra?, rb?);
         for l in &net.layers {
             add_grad(&mut sa_.grads, &mut sb_.grads, &l.w)?;
-            add_grad(&mut sa_.grads, &mut sb_.grads, &l.b)?;
+            for v in l.vectors() {
+                add_grad(&mut sa_.grads, &mut sb_.grads, v)?;
+            }
         }
         sa_.outputs.extend(sb_.outputs);
         Ok(Step {
@@ -201,11 +203,63 @@ impl HostVec for Cuda {
     }
 }
 
+/// A run-time sized vector on device `D`.
+pub(crate) type Vector<D> = Tensor<(usize,), f32, D>;
+
 /// One dense layer's parameters and optimizer state.
 pub(crate) struct Layer<D: Device<f32>> {
-    pub w: Tensor<(usize, usize), f32, D>,
-    pub b: Tensor<(usize,), f32, D>,
-    state: [<D as Storage<f32>>::Vec; 4],
+    pub w: Matrix<D>,
+    pub b: Vector<D>,
+    /// Layer norm's gamma and beta, when the layer has a norm.
+    pub norm: Option<(Vector<D>, Vector<D>)>,
+    /// Optimizer moments (first, second) of each parameter, in [`Layer::NAMES`] order.
+    state: Vec<[<D as Storage<f32>>::Vec; 2]>,
+}
+
+impl<D: Device<f32>> Layer<D> {
+    /// Parameter names in checkpoints and model files (`layers.<i>.<name>`): the weight,
+    /// then the vectors of [`Layer::vectors`].
+    const NAMES: [&'static str; 4] = ["weight", "bias", "norm_weight", "norm_bias"];
+
+    /// The bias, then the norm's gamma and beta when there is a norm.
+    fn vectors(&self) -> Vec<&Vector<D>> {
+        let mut v = vec![&self.b];
+        if let Some((g, b)) = &self.norm {
+            v.extend([g, b]);
+        }
+        v
+    }
+
+    fn vectors_mut(&mut self) -> Vec<&mut Vector<D>> {
+        let mut v = vec![&mut self.b];
+        if let Some((g, b)) = &mut self.norm {
+            v.extend([g, b]);
+        }
+        v
+    }
+}
+
+/// How parameters move: dfdx's Adam (with AdamW's decoupled decay) or SGD.
+enum Rule {
+    Adam(AdamConfig),
+    Sgd(SgdConfig),
+}
+
+impl Rule {
+    /// Moves `p` by its gradient in `grads`, with moments `m`.
+    fn apply<S: Shape, D: Device<f32>>(
+        &self,
+        step: i32,
+        p: &mut Tensor<S, f32, D>,
+        [m, v]: &mut [<D as Storage<f32>>::Vec; 2],
+        grads: &mut Gradients<f32, D>,
+    ) -> Result<(), D::Err> {
+        let g = grads.get_or_alloc_mut(p)?;
+        match self {
+            Rule::Adam(c) => c.try_update(step, p, m, v, g),
+            Rule::Sgd(c) => c.try_update(p, m, g),
+        }
+    }
 }
 
 /// The network: layers plus the activation and dropout of the hidden layers.
@@ -218,8 +272,9 @@ pub(crate) struct Mlp<D: Device<f32>> {
 
 impl<D: Device<f32>> Mlp<D> {
     /// Builds the network of `spec` with PyTorch's default initialisation
-    /// (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for weights and biases), drawn from a ChaCha8
-    /// stream seeded with `seed`, so weights do not depend on the device.
+    /// (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for weights and biases, norms at gamma 1 and
+    /// beta 0), drawn from a ChaCha8 stream seeded with `seed`, so weights do not depend on
+    /// the device.
     pub fn new(dev: &D, spec: ModelSpec, dropout: f32, seed: u64) -> Result<Self, D::Err> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers = Vec::new();
@@ -231,15 +286,28 @@ impl<D: Device<f32>> Mlp<D> {
             let b: Vec<f32> = (0..l.out_dim)
                 .map(|_| rng.gen_range(-bound..bound))
                 .collect();
+            let norm = l.norm.map(|_| {
+                (
+                    dev.tensor_from_vec(vec![1.0; l.out_dim], (l.out_dim,)),
+                    dev.tensor_from_vec(vec![0.0; l.out_dim], (l.out_dim,)),
+                )
+            });
+            let mut sizes = vec![l.in_dim * l.out_dim, l.out_dim];
+            if norm.is_some() {
+                sizes.extend([l.out_dim, l.out_dim]);
+            }
+            let state = sizes
+                .into_iter()
+                .map(|n| {
+                    let alloc = || Storage::<f32>::try_alloc_len(dev, n);
+                    Ok([alloc()?, alloc()?])
+                })
+                .collect::<Result<_, D::Err>>()?;
             layers.push(Layer {
                 w: dev.tensor_from_vec(w, (l.in_dim, l.out_dim)),
                 b: dev.tensor_from_vec(b, (l.out_dim,)),
-                state: [
-                    Storage::<f32>::try_alloc_len(dev, l.in_dim * l.out_dim)?,
-                    Storage::<f32>::try_alloc_len(dev, l.in_dim * l.out_dim)?,
-                    Storage::<f32>::try_alloc_len(dev, l.out_dim)?,
-                    Storage::<f32>::try_alloc_len(dev, l.out_dim)?,
-                ],
+                norm,
+                state,
             });
         }
         Ok(Mlp {
@@ -291,10 +359,20 @@ impl<D: Device<f32>> Mlp<D> {
     fn finish_layer(&self, i: usize, z: Traced<D>, masks: &[&[f32]]) -> Traced<D> {
         let (l, s) = (&self.layers[i], &self.spec.layers[i]);
         let rows = z.shape().0;
-        let z = z + l
+        let shape = (rows, s.out_dim);
+        let mut z = z + l
             .b
             .clone()
-            .broadcast_like::<(usize, usize), Axis<0>>(&(rows, s.out_dim));
+            .broadcast_like::<(usize, usize), Axis<0>>(&shape);
+        if let Some((gamma, beta)) = &l.norm {
+            z = z.normalize::<Axis<1>>(kiln_core::LAYER_NORM_EPS)
+                * gamma
+                    .clone()
+                    .broadcast_like::<(usize, usize), Axis<0>>(&shape)
+                + beta
+                    .clone()
+                    .broadcast_like::<(usize, usize), Axis<0>>(&shape);
+        }
         let a = match s.activation {
             Activation::Relu => z.relu(),
             Activation::Tanh => z.tanh(),
@@ -356,37 +434,36 @@ impl<D: Device<f32>> Mlp<D> {
         } else {
             None
         };
+        let rule = match opt.kind {
+            OptimizerKind::Adam | OptimizerKind::Adamw => Rule::Adam(AdamConfig {
+                lr,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: decay,
+            }),
+            OptimizerKind::Sgd => Rule::Sgd(SgdConfig {
+                lr,
+                momentum: (opt.momentum > 0.0).then_some(if opt.nesterov {
+                    Momentum::Nesterov(opt.momentum)
+                } else {
+                    Momentum::Classic(opt.momentum)
+                }),
+                weight_decay: decay,
+            }),
+        };
+        let step = self.step;
         for l in &mut self.layers {
-            let [mw, vw, mb, vb] = &mut l.state;
-            match opt.kind {
-                OptimizerKind::Adam | OptimizerKind::Adamw => {
-                    let cfg = AdamConfig {
-                        lr,
-                        betas: [0.9, 0.999],
-                        eps: 1e-8,
-                        weight_decay: decay,
-                    };
-                    let gw = grads.get_or_alloc_mut(&l.w)?;
-                    cfg.try_update(self.step, &mut l.w, mw, vw, gw)?;
-                    let gb = grads.get_or_alloc_mut(&l.b)?;
-                    cfg.try_update(self.step, &mut l.b, mb, vb, gb)?;
+            let mut state = std::mem::take(&mut l.state);
+            let result = (|| {
+                let (sw, rest) = state.split_at_mut(1);
+                rule.apply(step, &mut l.w, &mut sw[0], grads)?;
+                for (p, s) in l.vectors_mut().into_iter().zip(rest) {
+                    rule.apply(step, p, s, grads)?;
                 }
-                OptimizerKind::Sgd => {
-                    let cfg = SgdConfig {
-                        lr,
-                        momentum: (opt.momentum > 0.0).then_some(if opt.nesterov {
-                            Momentum::Nesterov(opt.momentum)
-                        } else {
-                            Momentum::Classic(opt.momentum)
-                        }),
-                        weight_decay: decay,
-                    };
-                    let gw = grads.get_or_alloc_mut(&l.w)?;
-                    cfg.try_update(&mut l.w, mw, gw)?;
-                    let gb = grads.get_or_alloc_mut(&l.b)?;
-                    cfg.try_update(&mut l.b, mb, gb)?;
-                }
-            }
+                Ok(())
+            })();
+            l.state = state;
+            result?;
         }
         Ok(())
     }
@@ -397,10 +474,12 @@ impl<D: Device<f32>> Mlp<D> {
     where
         D: HostVec,
     {
+        let sum_sq = |v: Vec<f32>| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
         let mut sq = 0.0f64;
         for l in &self.layers {
-            for g in [grads.get(&l.w).as_vec(), grads.get(&l.b).as_vec()] {
-                sq += g.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            sq += sum_sq(grads.get(&l.w).as_vec());
+            for v in l.vectors() {
+                sq += sum_sq(grads.get(v).as_vec());
             }
         }
         let norm = sq.sqrt() as f32;
@@ -409,14 +488,9 @@ impl<D: Device<f32>> Mlp<D> {
         }
         let c = max_norm / norm;
         for l in &self.layers {
-            let gw = grads.get(&l.w) * c;
-            let gb = grads.get(&l.b) * c;
-            let dev = l.w.device().clone();
-            // devices that cannot take host buffers (CUDA for now) keep the gradient:
-            // `Config::problems` refuses clipping there before training starts
-            if let (Some(w), Some(b)) = (dev.upload(&gw.as_vec()), dev.upload(&gb.as_vec())) {
-                *grads.get_or_alloc_mut(&l.w)? = w;
-                *grads.get_or_alloc_mut(&l.b)? = b;
+            scale_grad(grads, &l.w, c)?;
+            for v in l.vectors() {
+                scale_grad(grads, v, c)?;
             }
         }
         Ok(())
@@ -435,12 +509,15 @@ impl<D: Device<f32>> Mlp<D> {
     {
         let mut s = self.to_store();
         for (i, l) in self.layers.iter().enumerate() {
-            for (name, v) in ["weight.m", "weight.v", "bias.m", "bias.v"]
-                .iter()
-                .zip(&l.state)
-            {
-                let host = dev.download(v)?;
-                s.insert_f32(&format!("opt.layers.{i}.{name}"), vec![host.len()], host);
+            for (name, [m, v]) in Layer::<D>::NAMES.iter().zip(&l.state) {
+                for (suffix, buf) in [("m", m), ("v", v)] {
+                    let host = dev.download(buf)?;
+                    s.insert_f32(
+                        &format!("opt.layers.{i}.{name}.{suffix}"),
+                        vec![host.len()],
+                        host,
+                    );
+                }
             }
         }
         Some(s)
@@ -451,23 +528,19 @@ impl<D: Device<f32>> Mlp<D> {
     where
         D: HostVec,
     {
-        for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
-            let w = s.f32(&format!("layers.{i}.weight")).ok()?;
-            let b = s.f32(&format!("layers.{i}.bias")).ok()?;
-            if w.len() != spec.in_dim * spec.out_dim || b.len() != spec.out_dim {
-                return None;
-            }
-            l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
-            l.b = dev.tensor_from_vec(b.to_vec(), (spec.out_dim,));
-            for (k, name) in ["weight.m", "weight.v", "bias.m", "bias.v"]
-                .iter()
-                .enumerate()
-            {
-                let v = s.f32(&format!("opt.layers.{i}.{name}")).ok()?;
-                if v.len() != if k < 2 { w.len() } else { b.len() } {
-                    return None;
+        self.set_weights(dev, s)?;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let sizes: Vec<usize> = std::iter::once(l.w.shape().0 * l.w.shape().1)
+                .chain(l.vectors().iter().map(|v| v.shape().0))
+                .collect();
+            for ((name, [m, v]), n) in Layer::<D>::NAMES.iter().zip(&mut l.state).zip(sizes) {
+                for (suffix, buf) in [("m", m), ("v", v)] {
+                    let host = s.f32(&format!("opt.layers.{i}.{name}.{suffix}")).ok()?;
+                    if host.len() != n {
+                        return None;
+                    }
+                    *buf = dev.upload(host)?;
                 }
-                l.state[k] = dev.upload(v)?;
             }
         }
         self.step = step;
@@ -477,14 +550,23 @@ impl<D: Device<f32>> Mlp<D> {
     /// Replaces the parameters with those of `s` (optimizer moments stay zero): the start
     /// of a fine-tuning run. None when a tensor is missing or has the wrong size.
     pub fn set_weights(&mut self, dev: &D, s: &TensorStore) -> Option<()> {
+        let vector = |key: String, n: usize| -> Option<Vector<D>> {
+            let v = s.f32(&key).ok()?;
+            (v.len() == n).then(|| dev.tensor_from_vec(v.to_vec(), (n,)))
+        };
         for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
             let w = s.f32(&format!("layers.{i}.weight")).ok()?;
-            let b = s.f32(&format!("layers.{i}.bias")).ok()?;
-            if w.len() != spec.in_dim * spec.out_dim || b.len() != spec.out_dim {
+            if w.len() != spec.in_dim * spec.out_dim {
                 return None;
             }
             l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
-            l.b = dev.tensor_from_vec(b.to_vec(), (spec.out_dim,));
+            l.b = vector(format!("layers.{i}.bias"), spec.out_dim)?;
+            if l.norm.is_some() {
+                l.norm = Some((
+                    vector(format!("layers.{i}.norm_weight"), spec.out_dim)?,
+                    vector(format!("layers.{i}.norm_bias"), spec.out_dim)?,
+                ));
+            }
         }
         Some(())
     }
@@ -498,7 +580,8 @@ impl<D: Device<f32>> Mlp<D> {
         }
     }
 
-    /// Copies the parameters out into a kiln TensorStore (`layers.<i>.weight|bias`).
+    /// Copies the parameters out into a kiln TensorStore (`layers.<i>.weight|bias`, and
+    /// `norm_weight|norm_bias` for a layer with a norm).
     pub fn to_store(&self) -> TensorStore {
         let mut s = TensorStore::default();
         for (i, (l, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
@@ -507,14 +590,30 @@ impl<D: Device<f32>> Mlp<D> {
                 vec![spec.in_dim, spec.out_dim],
                 l.w.as_vec(),
             );
-            s.insert_f32(
-                &format!("layers.{i}.bias"),
-                vec![spec.out_dim],
-                l.b.as_vec(),
-            );
+            for (name, v) in Layer::<D>::NAMES[1..].iter().zip(l.vectors()) {
+                s.insert_f32(
+                    &format!("layers.{i}.{name}"),
+                    vec![spec.out_dim],
+                    v.as_vec(),
+                );
+            }
         }
         s
     }
+}
+
+/// Multiplies the gradient of `t` by `c`. Devices that cannot take host buffers (CUDA for
+/// now) keep the gradient: `Config::problems` refuses clipping there before training.
+fn scale_grad<S: Shape, D: HostVec>(
+    grads: &mut Gradients<f32, D>,
+    t: &Tensor<S, f32, D>,
+    c: f32,
+) -> Result<(), D::Err> {
+    let g = (grads.get(t) * c).as_vec();
+    if let Some(v) = t.device().upload(&g) {
+        *grads.get_or_alloc_mut(t)? = v;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -625,6 +724,90 @@ mod tests {
                 .iter()
                 .any(|v| v.abs() > 1e-3)
         );
+    }
+
+    /// `steps` steps of `kind` (lr 0.01, weight decay 0.1, betas 0.9 / 0.999, eps 1e-8) on
+    /// the model of `adam_first_step_matches_hand_computation`, same x and class each step.
+    fn adam_steps(kind: OptimizerKind, steps: usize) -> (Vec<f32>, Vec<f32>) {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut net = Mlp::new(&dev, spec, 0.0, 0).unwrap();
+        net.layers[0].w = dev.tensor_from_vec(vec![0.1, -0.2, 0.3, 0.05], (2, 2));
+        net.layers[0].b = dev.tensor_from_vec(vec![0.0, 0.1], (2,));
+        let opt = OptimizerConfig {
+            kind,
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        for _ in 0..steps {
+            let x = dev.tensor_from_vec(vec![1.0f32, 2.0], (1, 2));
+            let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
+            let loss = dfdx::losses::cross_entropy_with_logits_loss(net.forward_train(x, &[]), y);
+            let mut grads = loss.backward();
+            net.update(&mut grads, &opt, opt.lr).unwrap();
+        }
+        (net.layers[0].w.as_vec(), net.layers[0].b.as_vec())
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 2e-7, "{got:?} vs {want:?}");
+        }
+        assert_eq!(got.len(), want.len());
+    }
+
+    /// AdamW (decoupled weight decay: p -= lr * wd * p beside the Adam step) against
+    /// PyTorch 2.15's `torch.optim.AdamW(lr=0.01, weight_decay=0.1)` on the same model,
+    /// three steps (W as in × out; `weight_decay` applies to biases too, as in one torch
+    /// parameter group). Step 1 by hand: 0.1 - 0.01 * 0.1 * 0.1 + 0.01 = 0.1099.
+    #[test]
+    fn adamw_steps_match_pytorch() {
+        let golden: [([f32; 4], [f32; 2]); 3] = [
+            (
+                [0.109899998, -0.209800005, 0.309700012, 0.0399499983],
+                [0.00999999978, 0.0899000019],
+            ),
+            (
+                [0.119772524, -0.219572634, 0.319372714, 0.02992763],
+                [0.0199724175, 0.0798276812],
+            ),
+            (
+                [0.129605338, -0.229305655, 0.329005927, 0.0199451186],
+                [0.0299050324, 0.0697952732],
+            ),
+        ];
+        for (i, (w, b)) in golden.iter().enumerate() {
+            let (gw, gb) = adam_steps(OptimizerKind::Adamw, i + 1);
+            assert_close(&gw, w);
+            assert_close(&gb, b);
+        }
+    }
+
+    /// Adam with L2 weight decay (wd * p added to the gradient before the moments)
+    /// against PyTorch 2.15's `torch.optim.Adam(lr=0.01, weight_decay=0.1)`, three steps.
+    /// Step 1 moves every parameter by exactly lr, as without decay; later steps differ.
+    #[test]
+    fn adam_l2_steps_match_pytorch() {
+        let golden: [([f32; 4], [f32; 2]); 3] = [
+            (
+                [0.109999999, -0.210000008, 0.310000002, 0.0399999991],
+                [0.00999999978, 0.0900000036],
+            ),
+            (
+                [0.119980209, -0.21997942, 0.319980502, 0.0300182309],
+                [0.0199809559, 0.0800183564],
+            ),
+            (
+                [0.129926592, -0.229923561, 0.329927713, 0.0200674944],
+                [0.0299294125, 0.0700679719],
+            ),
+        ];
+        for (i, (w, b)) in golden.iter().enumerate() {
+            let (gw, gb) = adam_steps(OptimizerKind::Adam, i + 1);
+            assert_close(&gw, w);
+            assert_close(&gb, b);
+        }
     }
 
     /// SGD with momentum 0.9, two steps with the same gradient g: v1 = g, v2 = 0.9 g + g.
