@@ -112,10 +112,11 @@ impl HostVec for Cpu {
             grads.try_alloc_for(&z_key)?;
             let dz = grads.get(&z_key);
             let dw = x.permute::<(usize, usize), Axes2<1, 0>>().try_matmul(dz)?;
-            let g = grads.get_or_alloc_mut(&w_key)?;
-            for (g, d) in g.iter_mut().zip(dw.as_vec()) {
-                *g += d;
-            }
+            // `w` takes part in this tape through this product only (the tape starts
+            // here, and the first layer's weight is used nowhere else), so its gradient
+            // is exactly dW: copied in, not added (dfdx's element-wise `as_vec` costs as
+            // much as the product itself)
+            dw.copy_into(grads.get_or_alloc_mut(&w_key)?);
             Ok(())
         });
         z.put_tape(tape)
