@@ -210,13 +210,8 @@ pub fn run_until(
     )
     .with_norm(config.model.norm);
     match config.device.as_str() {
-        "cpu" => {
-            let dev = Cpu::seed_from_u64(config.seed);
-            // reuse freed buffers instead of asking the allocator (and the kernel) anew
-            // for every op's output
-            dev.enable_cache();
-            train_on(dev, spec, config, train, valid, out_dir, progress, halt_after)
-        }
+        // (dfdx's buffer cache stays off: its pop races when two threads share the device)
+        "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
         #[cfg(feature = "cuda")]
         "cuda" => {
             let dev = Cuda::try_seed_from_u64(config.seed).map_err(|e| TrainError::Device(format!("cuda: {e:?}")))?;
