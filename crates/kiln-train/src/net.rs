@@ -144,7 +144,14 @@ impl HostVec for Cpu {
         let run_b = || net.pass(self, &b, loss, sb);
         let (ra, rb) = match half_pools() {
             Some((pa, pb)) if rayon::current_num_threads() > 1 => {
-                rayon::join(|| pa.install(run_a), || pb.install(run_b))
+                // half b is spawned on pool b, half a runs on pool a while this thread
+                // waits for both (blocked, not spinning: the cores go to the halves)
+                let mut rb = None;
+                let ra = pb.in_place_scope(|s| {
+                    s.spawn(|_| rb = Some(run_b()));
+                    pa.install(run_a)
+                });
+                (ra, rb.unwrap_or_else(run_b))
             }
             _ => (run_a(), run_b()),
         };
