@@ -427,7 +427,7 @@ fn save_checkpoint(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_on<D: Device<f32> + net::HostVec>(
+fn train_on<D: Device<f32> + net::Backend>(
     dev: D,
     spec: ModelSpec,
     config: &Config,

@@ -67,7 +67,7 @@ pub(crate) struct LossFn {
 
 /// What kiln needs of a device beyond dfdx's `Device`: host copies of buffers (for
 /// checkpoints), the input layer's product, and how a batch's gradients are computed.
-pub(crate) trait HostVec: Device<f32> {
+pub(crate) trait Backend: Device<f32> {
     /// The buffer's values, or None when the device cannot copy them.
     fn download(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>>;
     /// A device buffer holding `v`.
@@ -91,7 +91,7 @@ pub(crate) trait HostVec: Device<f32> {
     }
 }
 
-impl HostVec for Cpu {
+impl Backend for Cpu {
     fn download(&self, v: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
         Some(v.to_vec())
     }
@@ -202,7 +202,7 @@ fn add_grad<S: Shape>(
 
 /// CUDA runs do not checkpoint yet: the optimizer moments stay on the device.
 #[cfg(feature = "cuda")]
-impl HostVec for Cuda {
+impl Backend for Cuda {
     fn download(&self, _: &<Self as Storage<f32>>::Vec) -> Option<Vec<f32>> {
         None
     }
@@ -351,7 +351,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// empty means no dropout.
     pub fn forward_train(&self, x: Matrix<D>, masks: &[&[f32]]) -> Traced<D>
     where
-        D: HostVec,
+        D: Backend,
     {
         let Some((first, rest)) = self.layers.split_first() else {
             return x.traced(Gradients::leaky());
@@ -402,7 +402,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// mean loss itself and the outputs.
     pub fn pass(&self, dev: &D, batch: &Batch, loss: LossFn, scale: f32) -> Result<Step<D>, D::Err>
     where
-        D: HostVec,
+        D: Backend,
     {
         let w = batch.x.len() / batch.rows.max(1);
         let k = batch.y.len() / batch.rows.max(1);
@@ -428,7 +428,7 @@ impl<D: Device<f32>> Mlp<D> {
         lr: f64,
     ) -> Result<(), D::Err>
     where
-        D: HostVec,
+        D: Backend,
     {
         self.step += 1;
         if let Some(max_norm) = opt.clip_grad_norm {
@@ -480,7 +480,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// `max_norm` (PyTorch's `clip_grad_norm_` without its epsilon).
     fn clip(&self, grads: &mut Gradients<f32, D>, max_norm: f32) -> Result<(), D::Err>
     where
-        D: HostVec,
+        D: Backend,
     {
         let sum_sq = |v: Vec<f32>| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
         let mut sq = 0.0f64;
@@ -513,7 +513,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// copy its buffers to the host).
     pub fn export_state(&self, dev: &D) -> Option<TensorStore>
     where
-        D: HostVec,
+        D: Backend,
     {
         let mut s = self.to_store();
         for (i, l) in self.layers.iter().enumerate() {
@@ -534,7 +534,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// Restores parameters, moments and the step count from a checkpoint.
     pub fn import_state(&mut self, dev: &D, s: &TensorStore, step: i32) -> Option<()>
     where
-        D: HostVec,
+        D: Backend,
     {
         self.set_weights(dev, s)?;
         for (i, l) in self.layers.iter_mut().enumerate() {
@@ -612,7 +612,7 @@ impl<D: Device<f32>> Mlp<D> {
 
 /// Multiplies the gradient of `t` by `c`. Devices that cannot take host buffers (CUDA for
 /// now) keep the gradient: `Config::problems` refuses clipping there before training.
-fn scale_grad<S: Shape, D: HostVec>(
+fn scale_grad<S: Shape, D: Backend>(
     grads: &mut Gradients<f32, D>,
     t: &Tensor<S, f32, D>,
     c: f32,
