@@ -758,9 +758,10 @@ mod tests {
         (net.layers[0].w.as_vec(), net.layers[0].b.as_vec())
     }
 
-    fn assert_close(got: &[f32], want: &[f32]) {
+    /// `want` as f64: PyTorch's float32 values printed with 9 significant digits.
+    fn assert_close(got: &[f32], want: &[f64]) {
         for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 2e-7, "{got:?} vs {want:?}");
+            assert!((f64::from(*a) - b).abs() < 2e-7, "{got:?} vs {want:?}");
         }
         assert_eq!(got.len(), want.len());
     }
@@ -771,7 +772,7 @@ mod tests {
     /// parameter group). Step 1 by hand: 0.1 - 0.01 * 0.1 * 0.1 + 0.01 = 0.1099.
     #[test]
     fn adamw_steps_match_pytorch() {
-        let golden: [([f32; 4], [f32; 2]); 3] = [
+        let golden: [([f64; 4], [f64; 2]); 3] = [
             (
                 [0.109899998, -0.209800005, 0.309700012, 0.0399499983],
                 [0.00999999978, 0.0899000019],
@@ -797,7 +798,7 @@ mod tests {
     /// Step 1 moves every parameter by exactly lr, as without decay; later steps differ.
     #[test]
     fn adam_l2_steps_match_pytorch() {
-        let golden: [([f32; 4], [f32; 2]); 3] = [
+        let golden: [([f64; 4], [f64; 2]); 3] = [
             (
                 [0.109999999, -0.210000008, 0.310000002, 0.0399999991],
                 [0.00999999978, 0.0900000036],
