@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             hidden: vec![128, 64],
             activation: kiln_core::Activation::Relu,
             dropout: 0.0,
+            norm: None,
         },
         loss: Default::default(),
         huber_delta: 1.0,

@@ -7,7 +7,7 @@
 //! summation order makes the results reproducible bit for bit.
 
 use crate::error::{CoreError, Result};
-use crate::model::{Activation, ModelSpec};
+use crate::model::{Activation, LAYER_NORM_EPS, LayerSpec, ModelSpec, Norm};
 use crate::schema::Task;
 use crate::tensors::TensorStore;
 
@@ -37,6 +37,65 @@ pub fn dense_f32(
         }
     }
     out
+}
+
+/// Layer normalization of each row of `h` (`width` values): `(z - mean) / sqrt(var +
+/// 1e-5) * gamma + beta`, mean and biased variance over the row, as PyTorch's
+/// `LayerNorm` and ONNX `LayerNormalization` compute them.
+pub fn layer_norm_rows(h: &mut [f32], width: usize, gamma: &[f32], beta: &[f32]) {
+    let n = width as f32;
+    for row in h.chunks_exact_mut(width) {
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// The activation the dense kernels apply for layer `l`: its own, or the identity when a
+/// norm comes between (then [`norm_and_activate`] applies both).
+pub fn kernel_activation(l: &LayerSpec) -> Activation {
+    if l.norm.is_some() {
+        Activation::Identity
+    } else {
+        l.activation
+    }
+}
+
+/// The norm and then the activation of layer `i` on its affine output `h` (rows ×
+/// `out_dim`), when the layer has a norm; nothing otherwise.
+pub fn norm_and_activate(
+    l: &LayerSpec,
+    weights: &TensorStore,
+    i: usize,
+    h: &mut [f32],
+) -> Result<()> {
+    let Some(Norm::Layer) = l.norm else {
+        return Ok(());
+    };
+    let (gamma, beta) = norm_params(weights, i, l.out_dim)?;
+    layer_norm_rows(h, l.out_dim, gamma, beta);
+    for v in h.iter_mut() {
+        *v = l.activation.apply(*v);
+    }
+    Ok(())
+}
+
+/// Gamma and beta of layer `i`'s norm (`layers.<i>.norm_weight`, `layers.<i>.norm_bias`),
+/// `width` values each.
+pub fn norm_params(weights: &TensorStore, i: usize, width: usize) -> Result<(&[f32], &[f32])> {
+    let g = weights.f32(&format!("layers.{i}.norm_weight"))?;
+    let b = weights.f32(&format!("layers.{i}.norm_bias"))?;
+    if g.len() != width || b.len() != width {
+        return Err(CoreError::Invalid(format!(
+            "layers.{i}.norm_weight / norm_bias hold {} / {} values, the layer has {width} units",
+            g.len(),
+            b.len()
+        )));
+    }
+    Ok((g, b))
 }
 
 /// Row-wise softmax as ONNX Runtime computes it: `exp(x - max) / sum`.
@@ -315,12 +374,12 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
             None => {
                 let w = weights.f32(&format!("layers.{i}.weight"))?;
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation)
+                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l))
             }
             Some(q) if q.dtype == "fp16" => {
                 let w = weights.f32(&format!("layers.{i}.weight"))?;
                 check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation)
+                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l))
             }
             Some(q) => {
                 let w = weights.i8(&format!("layers.{i}.weight"))?;
@@ -350,10 +409,11 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
                 } else {
                     dynamic_quantize_u8(&h)
                 };
-                let (ind, outd, act) = (l.in_dim, l.out_dim, l.activation);
+                let (ind, outd, act) = (l.in_dim, l.out_dim, kernel_activation(l));
                 dense_u8_i8(&xq, n, xs, xz, (w, s, z), b, ind, outd, act)
             }
         };
+        norm_and_activate(l, weights, i, &mut h)?;
     }
     Ok(h)
 }
@@ -393,6 +453,48 @@ mod tests {
             Activation::Relu,
         );
         assert_eq!(y, vec![2.1, 0.0]);
+    }
+
+    /// Row [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5, so
+    /// z = [-2, -1, 0, 3] / sqrt(3.5 + 1e-5); then times gamma plus beta.
+    #[test]
+    fn layer_norm_matches_hand_computation() {
+        let mut h = vec![1.0f32, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0];
+        layer_norm_rows(&mut h, 4, &[1.0, 2.0, 1.0, 0.5], &[0.0, 0.0, 0.1, -1.0]);
+        let s = (3.5f32 + 1e-5).sqrt();
+        let want = [-2.0 / s, -2.0 / s, 0.1, 1.5 / s - 1.0];
+        for (a, b) in h[..4].iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{h:?}");
+        }
+        // a constant row has variance 0: every value becomes beta
+        assert_eq!(&h[4..], &[0.0, 0.0, 0.1, -1.0]);
+        assert!((want[0] - -1.0690435).abs() < 1e-6);
+
+        // through the whole forward pass: norm before the ReLU of the hidden layer
+        let spec = ModelSpec::mlp(1, &[4], Activation::Relu, Task::Regression, 1)
+            .with_norm(Some(Norm::Layer));
+        let mut w = TensorStore::default();
+        w.insert_f32("layers.0.weight", vec![1, 4], vec![1.0, 2.0, 3.0, 6.0]);
+        w.insert_f32("layers.0.bias", vec![4], vec![0.0; 4]);
+        w.insert_f32("layers.0.norm_weight", vec![4], vec![1.0; 4]);
+        w.insert_f32("layers.0.norm_bias", vec![4], vec![0.0; 4]);
+        w.insert_f32("layers.1.weight", vec![4, 1], vec![1.0; 4]);
+        w.insert_f32("layers.1.bias", vec![1], vec![0.0]);
+        // x = 1 and x = 2 give the same normalized row: relu([-2, -1, 0, 3] / s) sums to 3 / s
+        let y = forward(&spec, &w, &[1.0, 2.0], 2).unwrap();
+        for v in y {
+            assert!((v - 3.0 / s).abs() < 1e-5, "{v}");
+        }
+        assert_eq!(spec.n_params(), 4 + 4 + 8 + 4 + 1);
+        w.insert_f32("layers.0.norm_bias", vec![3], vec![0.0; 3]);
+        assert!(forward(&spec, &w, &[1.0], 1).is_err());
+        // spec.json: the key only where a layer has a norm; files without it still load
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(json.matches("\"norm\":\"layer\"").count(), 1, "{json}");
+        let old: LayerSpec =
+            serde_json::from_str(r#"{"in_dim": 1, "out_dim": 2, "activation": "relu"}"#).unwrap();
+        assert_eq!(old.norm, None);
+        assert!(!serde_json::to_string(&old).unwrap().contains("norm"));
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub use artifact::{atomic_write, hash_bytes, hash_dir, hash_file, read_json, wri
 pub use dataset::Dataset;
 pub use encode::TextColumn;
 pub use error::{CoreError, Result};
-pub use model::{Activation, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Pruning, Quantization};
+pub use model::{
+    Activation, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm, Pruning, Quantization,
+};
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};
 pub use schema::{Schema, Task, Transform, min_max_range};

@@ -45,7 +45,22 @@ impl Activation {
     }
 }
 
-/// One dense layer: `y = act(x @ W + b)` with `W` of shape `[in_dim, out_dim]`.
+/// A normalization between a dense layer's affine map and its activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// Layer normalization over the layer's units, as PyTorch's `LayerNorm`:
+    /// `(z - mean) / sqrt(var + 1e-5) * gamma + beta` with the biased variance; gamma and
+    /// beta are `layers.<i>.norm_weight` and `layers.<i>.norm_bias` (`[out]`, float even
+    /// in a quantized model).
+    Layer,
+}
+
+/// Epsilon of [`Norm::Layer`] (PyTorch's default).
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// One dense layer: `y = act(norm(x @ W + b))` with `W` of shape `[in_dim, out_dim]` and
+/// the norm optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -53,8 +68,12 @@ pub struct LayerSpec {
     pub in_dim: usize,
     /// Output width.
     pub out_dim: usize,
-    /// Activation applied after the affine map.
+    /// Activation applied after the affine map (and the norm).
     pub activation: Activation,
+    /// Normalization between the affine map and the activation, if any (absent in
+    /// spec.json files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
 }
 
 /// How a model's weights are quantized, when they are.
@@ -124,6 +143,7 @@ impl ModelSpec {
                 in_dim: prev,
                 out_dim: h,
                 activation,
+                norm: None,
             });
             prev = h;
         }
@@ -131,6 +151,7 @@ impl ModelSpec {
             in_dim: prev,
             out_dim: outputs,
             activation: Activation::Identity,
+            norm: None,
         });
         ModelSpec {
             version: 1,
@@ -142,6 +163,20 @@ impl ModelSpec {
         }
     }
 
+    /// The same network with `norm` after every hidden layer (the output layer has none).
+    pub fn with_norm(mut self, norm: Option<Norm>) -> Self {
+        let hidden = self.layers.len().saturating_sub(1);
+        for l in &mut self.layers[..hidden] {
+            l.norm = norm;
+        }
+        self
+    }
+
+    /// True when some layer has a norm.
+    pub fn has_norm(&self) -> bool {
+        self.layers.iter().any(|l| l.norm.is_some())
+    }
+
     /// Width of the output layer.
     pub fn output_dim(&self) -> usize {
         self.layers
@@ -150,11 +185,11 @@ impl ModelSpec {
             .unwrap_or(self.input_dim)
     }
 
-    /// Number of weights and biases.
+    /// Number of weights, biases and norm parameters.
     pub fn n_params(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.in_dim * l.out_dim + l.out_dim)
+            .map(|l| l.in_dim * l.out_dim + l.out_dim * if l.norm.is_some() { 3 } else { 1 })
             .sum()
     }
 

@@ -1,6 +1,6 @@
 //! The ONNX exporter: turns a ModelSpec + TensorStore into an ONNX model whose arithmetic
 //! follows kiln-core's reference forward pass step for step — fp32
-//! `MatMul -> Add -> activation`, or for int8 `DynamicQuantizeLinear` (static:
+//! `MatMul -> Add -> [LayerNormalization] -> activation`, or for int8 `DynamicQuantizeLinear` (static:
 //! `QuantizeLinear` with calibrated constants) `-> MatMulInteger ->
 //! Cast -> Mul(x_scale * w_scale) -> Add -> activation` — ending in `logits` and, for
 //! classification, `probabilities` (Softmax over the last axis).
@@ -111,6 +111,12 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             "the model takes {} features but {} feature names were given; pass the schema the model was trained on",
             spec.input_dim,
             meta.feature_names.len()
+        )));
+    }
+    if spec.has_norm() && meta.opset < 17 {
+        return Err(DeployError::Export(format!(
+            "the model has layer norm, which ONNX has as LayerNormalization from opset 17; opset {} is too old, set opset = 17 or newer",
+            meta.opset
         )));
     }
     let fp16 = spec
@@ -249,12 +255,43 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             Activation::Gelu => Some("Gelu"),
             Activation::Identity => None,
         };
+        // Add(b), then the norm and the activation, each writing `out` when it is last
+        let norm = l.norm.is_some();
+        let add_out = if act.is_none() && !norm {
+            out.clone()
+        } else {
+            format!("{p}.pre_activation")
+        };
+        g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&add_out]);
+        let pre = if norm {
+            // LayerNormalization over the last axis (opset 17+), as layer_norm_rows
+            let (gamma, beta) = kiln_core::forward::norm_params(weights, i, l.out_dim)?;
+            let (gn, bn) = (format!("{p}.norm_weight"), format!("{p}.norm_bias"));
+            g.inits.push(tensor_f32(&gn, &[l.out_dim], gamma));
+            g.inits.push(tensor_f32(&bn, &[l.out_dim], beta));
+            let normed = if act.is_none() {
+                out.clone()
+            } else {
+                format!("{p}.normalized")
+            };
+            g.nodes.push(node(
+                "LayerNormalization",
+                &format!("{p}.norm"),
+                &[&add_out, &gn, &bn],
+                &[&normed],
+                vec![
+                    attr_int("axis", -1),
+                    attr_float("epsilon", kiln_core::LAYER_NORM_EPS),
+                ],
+            ));
+            normed
+        } else {
+            add_out
+        };
         match act {
             Some("Gelu") => {
                 // 0.5 * x * (1 + Erf(x / sqrt 2)) in kiln-core's order (the Gelu op needs
                 // opset 20)
-                let pre = format!("{p}.pre_activation");
-                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
                 let c = |n: &str| format!("{p}.gelu_{n}");
                 g.inits
                     .push(tensor_f32(&c("sqrt2"), &[], &[std::f32::consts::SQRT_2]));
@@ -272,8 +309,6 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                 g.op("Mul", &c("mul"), &[&c("half_x"), &c("one_plus")], &[&out]);
             }
             Some("LeakyRelu") => {
-                let pre = format!("{p}.pre_activation");
-                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
                 g.nodes.push(node(
                     "LeakyRelu",
                     &format!("{p}.activation"),
@@ -282,12 +317,8 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                     vec![attr_float("alpha", kiln_core::LEAKY_RELU_ALPHA)],
                 ));
             }
-            Some(act) => {
-                let pre = format!("{p}.pre_activation");
-                g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&pre]);
-                g.op(act, &format!("{p}.activation"), &[&pre], &[&out]);
-            }
-            None => g.op("Add", &format!("{p}.add"), &[&mm, &b_name], &[&out]),
+            Some(act) => g.op(act, &format!("{p}.activation"), &[&pre], &[&out]),
+            None => {}
         }
         h = out;
     }

@@ -103,6 +103,18 @@ pub fn apply_masks(spec: &ModelSpec, store: &mut TensorStore, masks: &[Vec<f32>]
     Ok(())
 }
 
+/// Structured pruning needs layers without a norm: removing units changes the mean and
+/// variance a layer norm takes over them, so the narrower model would not compute what
+/// the masked one does.
+fn refuse_norm(model: &NativeModel) -> Result<()> {
+    if model.spec.has_norm() {
+        return Err(OptimizeError::Config(
+            "structured pruning cannot remove units of a model with layer norm (the norm's mean and variance are taken over the units); drop the `structured` candidate, or use `prune` (magnitude) or `quantize`".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Importance of each unit of hidden layer `i`: the norm of its incoming weights and
 /// bias times the norm of its outgoing weights (a unit that receives or sends nothing
 /// matters little).
@@ -129,6 +141,7 @@ fn unit_scores(model: &NativeModel, i: usize) -> Result<Vec<f64>> {
 /// The hidden units of each hidden layer to keep so that `keep[i]` remain: the highest
 /// scores, in their original order (ties: the lower index stays).
 pub fn units_to_keep(model: &NativeModel, keep: &[usize]) -> Result<Vec<Vec<usize>>> {
+    refuse_norm(model)?;
     let hidden = model.spec.layers.len() - 1;
     if keep.len() != hidden {
         return Err(OptimizeError::Config(format!(
@@ -157,6 +170,7 @@ pub fn remove_units(
     kept: &[Vec<usize>],
     fraction: f64,
 ) -> Result<NativeModel> {
+    refuse_norm(model)?;
     let mut spec = model.spec.clone();
     let mut store = TensorStore::default();
     let n = spec.layers.len();
@@ -200,6 +214,7 @@ pub fn remove_units(
 /// The dense model equivalent to [`remove_units`] with `kept`: removed units' incoming
 /// weights, biases and outgoing weights set to zero, shapes unchanged.
 pub fn structured_mask(model: &NativeModel, kept: &[Vec<usize>]) -> Result<NativeModel> {
+    refuse_norm(model)?;
     let mut store = model.weights.clone();
     for (i, keep) in kept.iter().enumerate() {
         let l = &model.spec.layers[i];

@@ -3,9 +3,10 @@
 //! dynamic (range per batch at run time) or static (range calibrated on training rows).
 
 use kiln_core::forward::{
-    dense_f32, quantize_weights_asymmetric, quantize_weights_symmetric, u8_params,
+    dense_f32, kernel_activation, norm_and_activate, norm_params, quantize_weights_asymmetric,
+    quantize_weights_symmetric, u8_params,
 };
-use kiln_core::{Dataset, ModelSpec, NativeModel, Quantization, TensorStore};
+use kiln_core::{Dataset, LayerSpec, ModelSpec, NativeModel, Quantization, TensorStore};
 
 use crate::{OptimizeError, Result};
 
@@ -19,7 +20,7 @@ pub enum Scheme {
 }
 
 /// Quantizes `model`'s weights: every `layers.<i>.weight` becomes i8 with a
-/// `layers.<i>.weight_scale`; biases stay f32. [`Scheme::Static`] also records each
+/// `layers.<i>.weight_scale`; biases and norm parameters stay f32. [`Scheme::Static`] also records each
 /// layer's input range, seen on the first `calibration_rows` rows of `calibration`
 /// through the fp32 model: `layers.<i>.input_scale` and `layers.<i>.input_zero_point`.
 pub fn quantize(
@@ -64,6 +65,7 @@ pub fn quantize_with(
         );
         let b = model.weights.f32(&format!("layers.{i}.bias"))?;
         weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
+        copy_norm(&model.weights, &mut weights, i, l)?;
     }
     if scheme == Scheme::Static {
         let Some((data, rows)) = calibration else {
@@ -117,6 +119,7 @@ pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
         // biases stay f32 (they are few, and float initializers in the graph)
         let b = model.weights.f32(&format!("layers.{i}.bias"))?;
         weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
+        copy_norm(&model.weights, &mut weights, i, l)?;
     }
     let spec = ModelSpec {
         quantization: Some(Quantization {
@@ -147,9 +150,29 @@ pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec
         out.push(u8_params(lo, hi));
         let w = model.weights.f32(&format!("layers.{i}.weight"))?;
         let b = model.weights.f32(&format!("layers.{i}.bias"))?;
-        h = dense_f32(&h, n, w, b, l.in_dim, l.out_dim, l.activation);
+        h = dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l));
+        norm_and_activate(l, &model.weights, i, &mut h)?;
     }
     Ok(out)
+}
+
+/// Copies layer `i`'s norm parameters, when it has a norm: they stay f32 in every
+/// compressed form (two values per unit, applied in float after the dequantized product).
+fn copy_norm(from: &TensorStore, to: &mut TensorStore, i: usize, l: &LayerSpec) -> Result<()> {
+    if l.norm.is_some() {
+        let (g, b) = norm_params(from, i, l.out_dim)?;
+        to.insert_f32(
+            &format!("layers.{i}.norm_weight"),
+            vec![l.out_dim],
+            g.to_vec(),
+        );
+        to.insert_f32(
+            &format!("layers.{i}.norm_bias"),
+            vec![l.out_dim],
+            b.to_vec(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,6 +221,38 @@ mod tests {
         let q = quantize(&m, Scheme::Dynamic, true, None).unwrap();
         assert_eq!(q.weights.data_bytes(), 12 + 8 + 4 * (4 + 2) + 4 * (4 + 2));
         assert!(quantize(&q, Scheme::Dynamic, true, None).is_err());
+    }
+
+    /// A model with layer norm: int8 (dynamic and static) and fp16 keep gamma and beta as
+    /// f32, the quantized outputs stay close to fp32's, and structured pruning refuses.
+    #[test]
+    fn norm_parameters_stay_float_through_quantization() {
+        let mut m = model();
+        m.spec = m.spec.clone().with_norm(Some(kiln_core::Norm::Layer));
+        let (g, b) = (vec![1.5f32, 0.5, 1.0, 2.0], vec![0.1f32, -0.2, 0.0, 0.3]);
+        m.weights
+            .insert_f32("layers.0.norm_weight", vec![4], g.clone());
+        m.weights
+            .insert_f32("layers.0.norm_bias", vec![4], b.clone());
+        let d = data(20);
+        let mut fm = m.clone();
+        let want = fm.predict(&d.features, 20).unwrap().logits;
+        for q in [
+            quantize(&m, Scheme::Dynamic, true, None).unwrap(),
+            quantize(&m, Scheme::Static, true, Some((&d, 20))).unwrap(),
+            fp16(&m).unwrap(),
+        ] {
+            assert_eq!(q.weights.f32("layers.0.norm_weight").unwrap(), &g[..]);
+            assert_eq!(q.weights.f32("layers.0.norm_bias").unwrap(), &b[..]);
+            let got = q.clone().predict(&d.features, 20).unwrap().logits;
+            for (x, y) in got.iter().zip(&want) {
+                assert!((x - y).abs() < 0.1, "{x} vs {y}");
+            }
+        }
+        let e = crate::prune::units_to_keep(&m, &[2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer norm"), "{e}");
     }
 
     #[test]

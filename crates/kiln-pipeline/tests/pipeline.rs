@@ -1039,7 +1039,7 @@ source = { format = "arrow", path = "a.arrow" }
 [stages.train]
 uses = "train"
 input = "data"
-model = { kind = "mlp", hidden = [4], activation = "relu", dropout = 0.1 }
+model = { kind = "mlp", hidden = [4], activation = "relu", dropout = 0.1, norm = "layer" }
 loss = "cross_entropy"
 optimizer = { kind = "sgd", lr = 0.1, weight_decay = 0.1, momentum = 0.5 }
 epochs = 2

@@ -1,6 +1,6 @@
 //! The training stage's configuration (the `[stages.<id>]` table of `uses = "train"`).
 
-use kiln_core::Activation;
+use kiln_core::{Activation, Norm};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of one training run.
@@ -223,6 +223,11 @@ pub struct ModelConfig {
     /// Dropout probability after each hidden activation, during training only.
     #[serde(default)]
     pub dropout: f32,
+    /// Normalization after each hidden layer's affine map, before its activation:
+    /// `"layer"` (layer norm with learned gamma and beta, eps 1e-5, as PyTorch's
+    /// `LayerNorm`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
 }
 
 fn default_kind() -> String {

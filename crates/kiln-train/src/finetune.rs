@@ -5,7 +5,6 @@
 use crate::net::Mlp;
 use crate::{Loss, OptimizerConfig, Result, TrainError, batch_loss, dev_err, evaluate};
 use dfdx::prelude::*;
-use dfdx::tensor::Gradients;
 use kiln_core::{Dataset, NativeModel, Task};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -166,7 +165,7 @@ pub fn finetune(
             }
             let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
             let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
-            let out = net.forward_train(x.traced(Gradients::leaky()), None);
+            let out = net.forward_train(x, &[]);
             let out = if regression { out * inv_std } else { out };
             let loss = batch_loss(loss_kind, out, y, 1.0);
             let lv = loss.retaped::<NoneTape>().as_vec()[0];

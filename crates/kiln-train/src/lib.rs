@@ -17,7 +17,7 @@
 //! }
 //! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels, values: vec![] };
 //! let config = Config {
-//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0 },
+//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0, norm: None },
 //!     loss: Default::default(),
 //!     huber_delta: 1.0,
 //!     schedule: Default::default(),
@@ -52,7 +52,6 @@ pub use config::{
 };
 
 use dfdx::prelude::*;
-use dfdx::tensor::Gradients;
 use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Progress, Task, TensorStore};
 use net::Mlp;
 use rand::SeedableRng;
@@ -208,8 +207,10 @@ pub fn run_until(
         config.model.activation,
         task,
         outputs,
-    );
+    )
+    .with_norm(config.model.norm);
     match config.device.as_str() {
+        // (dfdx's buffer cache stays off: its pop races when two threads share the device)
         "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
         #[cfg(feature = "cuda")]
         "cuda" => {
@@ -426,7 +427,7 @@ fn save_checkpoint(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_on<D: Device<f32> + net::HostVec>(
+fn train_on<D: Device<f32> + net::Backend>(
     dev: D,
     spec: ModelSpec,
     config: &Config,
@@ -518,10 +519,22 @@ fn train_on<D: Device<f32> + net::HostVec>(
                     yb.extend(onehot);
                 }
             }
-            let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
-            let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
-            let logits = net.forward_train(x.traced(Gradients::leaky()), Some(&mut rng));
-            let out = logits.retaped::<NoneTape>().as_vec();
+            let masks = net.draw_masks(chunk.len(), &mut rng);
+            let batch = net::Batch {
+                x: &xb,
+                y: &yb,
+                rows: chunk.len(),
+                masks: masks.iter().map(Vec::as_slice).collect(),
+            };
+            let lossfn = net::LossFn {
+                kind: loss_kind,
+                huber_delta: config.huber_delta as f32,
+            };
+            let net::Step {
+                mut grads,
+                loss: lv,
+                outputs: out,
+            } = dev.batch_step(&net, &batch, lossfn).map_err(dev_err)?;
             if regression {
                 sse += out
                     .iter()
@@ -540,13 +553,10 @@ fn train_on<D: Device<f32> + net::HostVec>(
                     }
                 }
             }
-            let loss = batch_loss(loss_kind, logits, y, config.huber_delta as f32);
-            let lv = loss.retaped::<NoneTape>().as_vec()[0];
             if !lv.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: lv });
             }
             loss_sum += lv as f64 * chunk.len() as f64;
-            let mut grads = loss.backward();
             let lr = config.schedule.lr_at(
                 config.optimizer.lr,
                 net.step() as usize,
@@ -664,7 +674,7 @@ fn train_on<D: Device<f32> + net::HostVec>(
 
 /// The mean loss of a batch: `out` are the network's outputs, `y` the one-hot classes
 /// (cross-entropy), 0/1 (binary cross-entropy) or standardized targets (MSE, Huber).
-fn batch_loss<D: Device<f32>, T: Tape<f32, D>>(
+pub(crate) fn batch_loss<D: Device<f32>, T: Tape<f32, D>>(
     kind: Loss,
     out: Tensor<(usize, usize), f32, D, T>,
     y: Tensor<(usize, usize), f32, D>,

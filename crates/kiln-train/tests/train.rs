@@ -49,6 +49,7 @@ fn config(epochs: usize, seed: u64) -> Config {
             hidden: vec![32],
             activation: kiln_core::Activation::Relu,
             dropout: 0.1,
+            norm: None,
         },
         loss: Default::default(),
         huber_delta: 1.0,
@@ -114,6 +115,31 @@ fn digits_reaches_accuracy_floor_and_reruns_are_bit_identical() {
     .unwrap();
     assert_ne!(bytes("a"), bytes("c"));
     assert!(c.best_valid_metric >= 0.95);
+}
+
+/// Same seed and data give the same weights bit for bit at 1 and 2 threads (and with
+/// dropout: its masks come from kiln's stream, drawn for the whole batch before it is
+/// split in halves).
+#[test]
+fn weights_are_bit_identical_at_one_and_two_threads() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(6, 5);
+    cfg.model.dropout = 0.2;
+    let train_with = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let out = dir.path().join(format!("t{threads}"));
+        let o = pool.install(|| run(&cfg, &tr, &va, 10, &out, &NoProgress).unwrap());
+        (std::fs::read(out.join("weights.safetensors")).unwrap(), o)
+    };
+    let (one, a) = train_with(1);
+    let (two, b) = train_with(2);
+    assert_eq!(one, two, "weights differ between 1 and 2 threads");
+    assert_eq!(a.history, b.history);
+    assert!(a.best_valid_metric > 0.9, "{}", a.best_valid_metric);
 }
 
 #[test]
@@ -220,6 +246,61 @@ fn resume_after_a_halt_equals_an_uninterrupted_run() {
     let out = run(&no_resume, &tr, &va, 10, &fresh, &NoProgress).unwrap();
     assert_eq!(out.resumed_from_epoch, None);
     assert_eq!(bytes(&fresh), bytes(&dir.path().join("full")));
+}
+
+/// `model.norm = "layer"`: the network trains with a layer norm after each hidden layer
+/// (gamma and beta learned), the saved model carries them and predicts what training
+/// measured, a run halted after epoch 2 resumes to the same bytes (the norm's moments are
+/// in the checkpoint), and fine-tuning starts from the trained norm.
+#[test]
+fn layer_norm_trains_saves_and_resumes() {
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(5, 9);
+    cfg.model.hidden = vec![32, 16];
+    cfg.model.norm = Some(kiln_core::Norm::Layer);
+    let full = run(&cfg, &tr, &va, 10, &dir.path().join("full"), &NoProgress).unwrap();
+    assert!(full.best_valid_metric >= 0.95, "{}", full.best_valid_metric);
+    let mut m = NativeModel::load(&dir.path().join("full")).unwrap();
+    assert_eq!(m.spec.layers[0].norm, Some(kiln_core::Norm::Layer));
+    assert_eq!(m.spec.layers[2].norm, None, "no norm on the output layer");
+    for i in 0..2 {
+        let g = m.weights.f32(&format!("layers.{i}.norm_weight")).unwrap();
+        let b = m.weights.f32(&format!("layers.{i}.norm_bias")).unwrap();
+        assert_eq!(
+            (g.len(), b.len()),
+            (m.spec.layers[i].out_dim, m.spec.layers[i].out_dim)
+        );
+        assert!(
+            g.iter().any(|v| (v - 1.0).abs() > 1e-3),
+            "gamma never moved"
+        );
+        assert!(b.iter().any(|v| v.abs() > 1e-3), "beta never moved");
+    }
+    let (_, acc) = kiln_train::evaluate(&m.spec, &m.weights, &va).unwrap();
+    assert_eq!(acc, full.best_valid_metric);
+    assert!(m.predict(va.row(0), 1).is_ok());
+
+    let cut = dir.path().join("cut");
+    let halted = kiln_train::run_until(&cfg, &tr, &va, 10, &cut, &NoProgress, Some(2)).unwrap_err();
+    assert!(
+        matches!(halted, kiln_train::TrainError::Halted { epoch: 2 }),
+        "{halted}"
+    );
+    let resumed = run(&cfg, &tr, &va, 10, &cut, &NoProgress).unwrap();
+    assert_eq!(resumed.resumed_from_epoch, Some(2));
+    let bytes = |d: &Path| std::fs::read(d.join("weights.safetensors")).unwrap();
+    assert_eq!(bytes(&cut), bytes(&dir.path().join("full")));
+
+    let ft = kiln_train::Finetune {
+        epochs: 1,
+        lr: 1e-3,
+        batch_size: 32,
+        seed: 1,
+    };
+    let tuned = kiln_train::finetune(&m, &[], &ft, &tr, &va).unwrap();
+    assert_eq!(tuned.spec.layers[0].norm, Some(kiln_core::Norm::Layer));
+    assert!(tuned.weights.f32("layers.1.norm_bias").is_ok());
 }
 
 /// y = 300 + 40 sin(2 x0) + 25 x1² over a grid: a nonlinear signal far from zero mean and
