@@ -30,7 +30,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = pd.read_csv(src)
     y = df.pop("label")
-    cat = [c for c in df.columns if df[c].dtype == object]
+    cat = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     num = [c for c in df.columns if c not in cat]
     x_rest, x_te, y_rest, y_te = train_test_split(df, y, test_size=0.2, stratify=y, random_state=42)
     x_tr, x_va, y_tr, y_va = train_test_split(

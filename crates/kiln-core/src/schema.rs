@@ -699,7 +699,7 @@ mod tests {
             ("size".to_string(), text(&[None, Some("XL")])),
             ("notes".to_string(), text(&[Some("Late, late!"), None])),
         ];
-        let late = bucket("late", 3) as usize;
+        let late = bucket("late", 3);
         let mut row0 = vec![0.0, 1.0, 2.0, 1.0, 0.0, 0.0, 0.0];
         row0[4 + late] = 2.0;
         let row1 = vec![0.0, 0.0, 3.0, -1.0, 0.0, 0.0, 0.0];
