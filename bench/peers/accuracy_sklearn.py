@@ -1,6 +1,6 @@
 """scikit-learn on kiln's own dataset artifact: the same split and the same preprocessed
 features (train.arrow / valid.arrow / test.arrow of a kiln preprocess stage), to compare
-test accuracy with kiln's model (`cargo xtask bench accuracy`, docs/benchmarks.md).
+test accuracy with kiln's model (docs/benchmarks.md, "accuracy against scikit-learn").
 
 Fits LogisticRegression (lbfgs, max_iter 2000) and MLPClassifier with the hidden sizes,
 optimizer settings, epochs and batch size of the pipeline's train stage (adam, no early
