@@ -509,7 +509,7 @@ fn bench_preprocess(
     let (mut pandas, mut polars) = (peer("prep_pandas.py"), peer("prep_polars.py"));
     let name = |peer: &str| {
         format!(
-            "MNIST preprocess wall time (IDX -> DataFrame, scale, stratified split, Arrow IPC), vs {peer}"
+            "MNIST preprocess wall time (IDX -> rows, scale, stratified split, Arrow IPC), vs {peer}"
         )
     };
     let mut vs_pandas = Figure {
