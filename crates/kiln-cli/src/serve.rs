@@ -68,6 +68,7 @@ pub fn serve(opts: Options) -> Result<(), String> {
         models.push(m);
     }
     let app = Arc::new(App {
+        text: bundle.schema.text_columns(),
         schema: bundle.schema,
         pool: Pool {
             permits: Arc::new(Semaphore::new(opts.sessions)),
@@ -140,6 +141,8 @@ async fn run(
 /// Shared server state.
 struct App {
     schema: Schema,
+    /// The schema's text columns, worked out once (it walks every transform).
+    text: Vec<String>,
     pool: Pool,
     metrics: Metrics,
     /// False once shutdown has begun.
@@ -262,11 +265,11 @@ async fn predict_json(
             format!("malformed JSON: {e}"),
         )
     })?;
-    let (raw, n) = parse_rows(&app.schema, &value, app.max_batch)?;
+    let (raw, n) = parse_rows(&app.schema, &app.text, &value, app.max_batch)?;
     if n == 0 {
         return Ok(json!({ "predictions": [] }));
     }
-    let cells = text_cells(&app.schema, &value)?;
+    let cells = text_cells(&app.schema, &app.text, &value)?;
     let features = predict::features(&app.schema, &raw, cells).map_err(|e| match e {
         FeatureError::Schema(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
         FeatureError::NotFinite { row, column } => ApiError::invalid(format!(
@@ -324,9 +327,13 @@ async fn predict_json(
 
 /// Raw values (row-major, `input_columns` order) and the row count from a request body:
 /// `{"rows": [{column: value, ...}, ...]}` or `{"instances": [[value, ...], ...]}`.
-fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>, usize), ApiError> {
+fn parse_rows(
+    schema: &Schema,
+    text: &[String],
+    v: &Value,
+    max_batch: usize,
+) -> Result<(Vec<f32>, usize), ApiError> {
     let cols = &schema.input_columns;
-    let text = schema.text_columns();
     let usage = || {
         format!(
             "the body must be a JSON object with `rows` (objects by column name) or `instances` (arrays of {} values in the order {})",
@@ -431,11 +438,15 @@ fn parse_rows(schema: &Schema, v: &Value, max_batch: usize) -> Result<(Vec<f32>,
 }
 
 /// The cells of the schema's text columns from a body that [`parse_rows`] accepted.
-fn text_cells(schema: &Schema, v: &Value) -> Result<Vec<(String, TextColumn)>, ApiError> {
+fn text_cells(
+    schema: &Schema,
+    text: &[String],
+    v: &Value,
+) -> Result<Vec<(String, TextColumn)>, ApiError> {
     let cols = &schema.input_columns;
     let mut out = Vec::new();
-    for c in schema.text_columns() {
-        let j = cols.iter().position(|n| *n == c).unwrap_or(0);
+    for c in text {
+        let j = cols.iter().position(|n| n == c).unwrap_or(0);
         let items: &[Value] = v
             .get("rows")
             .or_else(|| v.get("instances"))
@@ -692,7 +703,7 @@ mod tests {
 
     fn err(body: &str) -> (StatusCode, String) {
         let v: Value = serde_json::from_str(body).unwrap();
-        let e = parse_rows(&schema(), &v, 2).unwrap_err();
+        let e = parse_rows(&schema(), &[], &v, 2).unwrap_err();
         (e.status, e.message)
     }
 
@@ -701,8 +712,14 @@ mod tests {
         let s = schema();
         let r: Value = serde_json::from_str(r#"{"rows": [{"b": 2, "a": 1.5}]}"#).unwrap();
         let i: Value = serde_json::from_str(r#"{"instances": [[1.5, 2]]}"#).unwrap();
-        assert_eq!(parse_rows(&s, &r, 2).unwrap(), (vec![1.5, 2.0], 1));
-        assert_eq!(parse_rows(&s, &i, 2).unwrap(), (vec![1.5, 2.0], 1));
+        assert_eq!(
+            parse_rows(&s, &s.text_columns(), &r, 2).unwrap(),
+            (vec![1.5, 2.0], 1)
+        );
+        assert_eq!(
+            parse_rows(&s, &s.text_columns(), &i, 2).unwrap(),
+            (vec![1.5, 2.0], 1)
+        );
     }
 
     #[test]
@@ -717,10 +734,12 @@ mod tests {
             },
         );
         let v: Value = serde_json::from_str(r#"{"rows": [{"a": null, "b": 2}]}"#).unwrap();
-        let (raw, n) = parse_rows(&s, &v, 2).unwrap();
+        let (raw, n) = parse_rows(&s, &s.text_columns(), &v, 2).unwrap();
         assert!(raw[0].is_nan() && raw[1] == 2.0 && n == 1, "{raw:?}");
         let v: Value = serde_json::from_str(r#"{"instances": [[1, null]]}"#).unwrap();
-        let m = parse_rows(&s, &v, 2).unwrap_err().message;
+        let m = parse_rows(&s, &s.text_columns(), &v, 2)
+            .unwrap_err()
+            .message;
         assert!(m.contains("(column `b`) is null"), "{m}");
     }
 
@@ -736,17 +755,20 @@ mod tests {
             r#"{"rows": [{"a": 1, "b": "v"}, {"a": 2, "b": null}, {"a": 3, "b": "new"}]}"#,
         )
         .unwrap();
-        let (raw, n) = parse_rows(&s, &v, 3).unwrap();
+        let (raw, n) = parse_rows(&s, &s.text_columns(), &v, 3).unwrap();
         assert_eq!(n, 3);
-        let cells = text_cells(&s, &v).unwrap();
+        let cells = text_cells(&s, &s.text_columns(), &v).unwrap();
         let x = predict::features(&s, &raw, cells).unwrap();
         assert_eq!(x, [1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]);
         let i: Value = serde_json::from_str(r#"{"instances": [[1, "u"]]}"#).unwrap();
-        let (raw, _) = parse_rows(&s, &i, 3).unwrap();
-        let x = predict::features(&s, &raw, text_cells(&s, &i).unwrap()).unwrap();
+        let (raw, _) = parse_rows(&s, &s.text_columns(), &i, 3).unwrap();
+        let x =
+            predict::features(&s, &raw, text_cells(&s, &s.text_columns(), &i).unwrap()).unwrap();
         assert_eq!(x, [1.0, 1.0, 0.0]);
         let bad: Value = serde_json::from_str(r#"{"instances": [[1, [2]]]}"#).unwrap();
-        let m = parse_rows(&s, &bad, 3).unwrap_err().message;
+        let m = parse_rows(&s, &s.text_columns(), &bad, 3)
+            .unwrap_err()
+            .message;
         assert!(m.contains("(column `b`) is not text"), "{m}");
     }
 
