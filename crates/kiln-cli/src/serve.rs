@@ -69,6 +69,7 @@ pub fn serve(opts: Options) -> Result<(), String> {
     }
     let app = Arc::new(App {
         text: bundle.schema.text_columns(),
+        fills: fills(&bundle.schema),
         schema: bundle.schema,
         pool: Pool {
             permits: Arc::new(Semaphore::new(opts.sessions)),
@@ -143,6 +144,8 @@ struct App {
     schema: Schema,
     /// The schema's text columns, worked out once (it walks every transform).
     text: Vec<String>,
+    /// Per input column, whether a missing value is allowed (see [`fills`]).
+    fills: Vec<bool>,
     pool: Pool,
     metrics: Metrics,
     /// False once shutdown has begun.
@@ -265,7 +268,7 @@ async fn predict_json(
             format!("malformed JSON: {e}"),
         )
     })?;
-    let (raw, n) = parse_rows(&app.schema, &app.text, &value, app.max_batch)?;
+    let (raw, n) = parse_rows(&app.schema, (&app.text, &app.fills), &value, app.max_batch)?;
     if n == 0 {
         return Ok(json!({ "predictions": [] }));
     }
@@ -329,7 +332,7 @@ async fn predict_json(
 /// `{"rows": [{column: value, ...}, ...]}` or `{"instances": [[value, ...], ...]}`.
 fn parse_rows(
     schema: &Schema,
-    text: &[String],
+    (text, fills): (&[String], &[bool]),
     v: &Value,
     max_batch: usize,
 ) -> Result<(Vec<f32>, usize), ApiError> {
@@ -394,7 +397,7 @@ fn parse_rows(
                     cols.join(", ")
                 )));
             }
-            for c in cols {
+            for (j, c) in cols.iter().enumerate() {
                 let Some(x) = row.get(c) else {
                     return Err(ApiError::invalid(format!(
                         "rows[{i}]: missing column `{c}`"
@@ -405,7 +408,7 @@ fn parse_rows(
                     cell_text(x, at)?;
                     raw.push(f32::NAN);
                 } else {
-                    raw.push(number(x, schema.fills_missing(c), at)?);
+                    raw.push(number(x, fills[j], at)?);
                 }
             }
         } else {
@@ -429,12 +432,22 @@ fn parse_rows(
                     cell_text(x, at)?;
                     raw.push(f32::NAN);
                 } else {
-                    raw.push(number(x, schema.fills_missing(c), at)?);
+                    raw.push(number(x, fills[j], at)?);
                 }
             }
         }
     }
     Ok((raw, items.len()))
+}
+
+/// Per input column, whether the schema fills a missing value (`Schema::fills_missing`,
+/// which walks every transform: worked out once per server, not per cell).
+fn fills(schema: &Schema) -> Vec<bool> {
+    schema
+        .input_columns
+        .iter()
+        .map(|c| schema.fills_missing(c))
+        .collect()
 }
 
 /// The cells of the schema's text columns from a body that [`parse_rows`] accepted.
@@ -703,7 +716,7 @@ mod tests {
 
     fn err(body: &str) -> (StatusCode, String) {
         let v: Value = serde_json::from_str(body).unwrap();
-        let e = parse_rows(&schema(), &[], &v, 2).unwrap_err();
+        let e = parse_rows(&schema(), (&[], &fills(&schema())), &v, 2).unwrap_err();
         (e.status, e.message)
     }
 
@@ -713,11 +726,11 @@ mod tests {
         let r: Value = serde_json::from_str(r#"{"rows": [{"b": 2, "a": 1.5}]}"#).unwrap();
         let i: Value = serde_json::from_str(r#"{"instances": [[1.5, 2]]}"#).unwrap();
         assert_eq!(
-            parse_rows(&s, &s.text_columns(), &r, 2).unwrap(),
+            parse_rows(&s, (&s.text_columns(), &fills(&s)), &r, 2).unwrap(),
             (vec![1.5, 2.0], 1)
         );
         assert_eq!(
-            parse_rows(&s, &s.text_columns(), &i, 2).unwrap(),
+            parse_rows(&s, (&s.text_columns(), &fills(&s)), &i, 2).unwrap(),
             (vec![1.5, 2.0], 1)
         );
     }
@@ -734,10 +747,10 @@ mod tests {
             },
         );
         let v: Value = serde_json::from_str(r#"{"rows": [{"a": null, "b": 2}]}"#).unwrap();
-        let (raw, n) = parse_rows(&s, &s.text_columns(), &v, 2).unwrap();
+        let (raw, n) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 2).unwrap();
         assert!(raw[0].is_nan() && raw[1] == 2.0 && n == 1, "{raw:?}");
         let v: Value = serde_json::from_str(r#"{"instances": [[1, null]]}"#).unwrap();
-        let m = parse_rows(&s, &s.text_columns(), &v, 2)
+        let m = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 2)
             .unwrap_err()
             .message;
         assert!(m.contains("(column `b`) is null"), "{m}");
@@ -755,18 +768,18 @@ mod tests {
             r#"{"rows": [{"a": 1, "b": "v"}, {"a": 2, "b": null}, {"a": 3, "b": "new"}]}"#,
         )
         .unwrap();
-        let (raw, n) = parse_rows(&s, &s.text_columns(), &v, 3).unwrap();
+        let (raw, n) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 3).unwrap();
         assert_eq!(n, 3);
         let cells = text_cells(&s, &s.text_columns(), &v).unwrap();
         let x = predict::features(&s, &raw, cells).unwrap();
         assert_eq!(x, [1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]);
         let i: Value = serde_json::from_str(r#"{"instances": [[1, "u"]]}"#).unwrap();
-        let (raw, _) = parse_rows(&s, &s.text_columns(), &i, 3).unwrap();
+        let (raw, _) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &i, 3).unwrap();
         let x =
             predict::features(&s, &raw, text_cells(&s, &s.text_columns(), &i).unwrap()).unwrap();
         assert_eq!(x, [1.0, 1.0, 0.0]);
         let bad: Value = serde_json::from_str(r#"{"instances": [[1, [2]]]}"#).unwrap();
-        let m = parse_rows(&s, &s.text_columns(), &bad, 3)
+        let m = parse_rows(&s, (&s.text_columns(), &fills(&s)), &bad, 3)
             .unwrap_err()
             .message;
         assert!(m.contains("(column `b`) is not text"), "{m}");
