@@ -110,10 +110,13 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // a span's end is logged with its time, so `RUST_LOG=info` shows where a run's time
+    // goes (stage, preprocessing step, epoch)
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();
     match cli.command {
         Command::Validate { file, set } => match kiln_pipeline::load(&file, &set) {

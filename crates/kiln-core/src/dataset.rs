@@ -135,8 +135,7 @@ impl Dataset {
             let end = (start + IPC_BATCH_ROWS).min(n);
             let rows = &self.features[start * w..end * w];
             let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
-            for c in 0..w {
-                let col: Vec<f32> = rows.iter().skip(c).step_by(w.max(1)).copied().collect();
+            for col in rows_to_columns(rows, w) {
                 columns.push(Arc::new(Float32Array::from(col)));
             }
             if self.is_regression() {
@@ -202,6 +201,7 @@ impl Dataset {
             let start = features.len();
             features.resize(start + n * w, 0.0f32);
             let mut c = 0;
+            let mut cols: Vec<&[f32]> = Vec::with_capacity(w);
             for (i, col) in batch.columns().iter().enumerate() {
                 if i == t_idx {
                     if col.null_count() > 0 {
@@ -235,11 +235,10 @@ impl Dataset {
                         feature_names[c]
                     )));
                 }
-                for (r, v) in f.values().iter().enumerate() {
-                    features[start + r * w + c] = *v;
-                }
+                cols.push(f.values());
                 c += 1;
             }
+            columns_to_rows(&cols, &mut features[start..]);
         }
         let ds = Dataset {
             feature_names,
@@ -253,9 +252,75 @@ impl Dataset {
     }
 }
 
+/// Columns at a time through the cache: a strip of this many columns is copied row by
+/// row, so each row's strip is one or two cache lines instead of one line per value.
+const STRIP: usize = 16;
+
+/// The columns of row-major `rows` (`w` values per row).
+fn rows_to_columns(rows: &[f32], w: usize) -> Vec<Vec<f32>> {
+    let n = rows.len().checked_div(w).unwrap_or(0);
+    let mut out: Vec<Vec<f32>> = (0..w).map(|_| Vec::with_capacity(n)).collect();
+    for (s, strip) in out.chunks_mut(STRIP).enumerate() {
+        let (c0, k) = (s * STRIP, strip.len());
+        for row in rows.chunks_exact(w) {
+            for (col, &v) in strip.iter_mut().zip(&row[c0..c0 + k]) {
+                col.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// Writes `cols` (equal lengths) into row-major `rows` (`cols.len()` values per row).
+fn columns_to_rows(cols: &[&[f32]], rows: &mut [f32]) {
+    let w = cols.len();
+    if w == 0 {
+        return;
+    }
+    for (s, strip) in cols.chunks(STRIP).enumerate() {
+        let c0 = s * STRIP;
+        for (r, row) in rows.chunks_exact_mut(w).enumerate() {
+            for (dst, col) in row[c0..c0 + strip.len()].iter_mut().zip(strip) {
+                *dst = col[r];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wide_multi_batch_round_trip_puts_every_value_in_its_column() {
+        // 37 columns (two full strips and a partial one), two record batches
+        let (n, w) = (IPC_BATCH_ROWS + 3, 37);
+        let d = Dataset {
+            feature_names: (0..w).map(|j| format!("f{j}")).collect(),
+            target: "y".into(),
+            features: (0..n * w).map(|i| i as f32).collect(),
+            labels: (0..n as u32).map(|i| i % 3).collect(),
+            values: vec![],
+        };
+        let bytes = d.to_ipc_bytes().unwrap();
+        let reader = FileReader::try_new(std::io::Cursor::new(bytes.clone()), None).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        assert_eq!(batches.len(), 2);
+        let last = &batches[1];
+        assert_eq!(last.num_rows(), 3);
+        // row IPC_BATCH_ROWS + 2, column 33 holds (row * w + 33)
+        let c33 = last
+            .column(33)
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .unwrap();
+        assert_eq!(c33.value(2), ((IPC_BATCH_ROWS + 2) * w + 33) as f32);
+        let dir = std::env::temp_dir().join(format!("kiln-core-wide-{}", std::process::id()));
+        let p = dir.join("d.arrow");
+        d.write_ipc(&p).unwrap();
+        assert_eq!(Dataset::read_ipc(&p, "y").unwrap(), d);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn ipc_round_trip_is_exact() {

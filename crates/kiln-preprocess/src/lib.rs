@@ -503,6 +503,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if dropped.null_target > 0 {
         tracing::info!(rows = dropped.null_target, "dropped rows without a target");
     }
+    let features_span = tracing::info_span!("features", columns = w).entered();
     let Features {
         raw: mut main_raw,
         cells: mut main_cells,
@@ -520,6 +521,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     if !text_names.is_empty() {
         tracing::info!(columns = ?text_names, "text columns");
     }
+    drop(features_span);
     // Row steps (drop_nulls, dedupe) on the raw tables, before the split.
     let mut row_steps = |f: &mut Frame,
                          raw: &mut Vec<f32>,
@@ -654,6 +656,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
             .map(|(n, c)| (n.clone(), c.take(idx)))
             .collect()
     };
+    let split_span = tracing::info_span!("split").entered();
     let train_raw = gather(&main_raw, w, &tr);
     let valid_raw = gather(&main_raw, w, &va);
     let (train_cells, valid_cells) = (take(&tr), take(&va));
@@ -662,17 +665,28 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         _ => (gather(&main_raw, w, &te), take(&te), pick(&te)),
     };
     drop((main_raw, main_cells));
+    drop(split_span);
 
-    // Fit on train, in the order written; every split goes through Schema::apply.
-    let (transforms, feature_names, train_x) = steps::fit(
-        &config.steps,
-        &train_raw,
-        &features,
-        &nulls,
-        &train_cells,
-        &text,
-    )?;
-    let profile_cols = profile_columns(&train_raw, &features, &dtypes, &train_cells);
+    // Fit on train, in the order written; every split goes through Schema::apply. The
+    // profile of the raw train columns is taken on a second thread meanwhile.
+    let (fitted, profile_cols) = std::thread::scope(|s| {
+        let profile = s.spawn(|| {
+            let _span = tracing::info_span!("profile").entered();
+            profile_columns(&train_raw, &features, &dtypes, &train_cells)
+        });
+        let fitted = steps::fit(
+            &config.steps,
+            &train_raw,
+            &features,
+            &nulls,
+            &train_cells,
+            &text,
+        );
+        (fitted, profile.join())
+    });
+    let (transforms, feature_names, train_x) = fitted?;
+    let profile_cols = profile_cols
+        .map_err(|_| PreprocessError::Invalid("internal: the profile thread panicked".into()))?;
     let schema = Schema {
         version: 1,
         input_columns: features.clone(),
@@ -695,15 +709,14 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
                 x[i]
             )));
         }
-        let ds = Dataset {
+        // sizes agree by construction; write_ipc validates again before writing
+        Ok(Dataset {
             feature_names: feature_names.clone(),
             target: target.to_string(),
             features: x,
             labels,
             values,
-        };
-        ds.validate()?;
-        Ok(ds)
+        })
     };
     // the train features are what fitting left (Schema::apply's very operations); the
     // other splits go through Schema::apply
@@ -724,6 +737,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         config.seed,
     )?;
     drop((train_raw, train_cells));
+    let apply_span = tracing::info_span!("apply", splits = "valid, test").entered();
     let valid = make(
         schema.apply_with_text(&valid_raw, valid_cells)?,
         pick(&va),
@@ -736,6 +750,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         "test",
     )?;
     drop(test_raw);
+    drop(apply_span);
     if train.n_rows() == 0 || test.n_rows() == 0 {
         return Err(PreprocessError::Invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -748,9 +763,18 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         path: out_dir.to_path_buf(),
         source,
     })?;
-    train.write_ipc(&out_dir.join("train.arrow"))?;
-    valid.write_ipc(&out_dir.join("valid.arrow"))?;
-    test.write_ipc(&out_dir.join("test.arrow"))?;
+    // train on a second thread, valid and test on this one
+    let write_span = tracing::info_span!("write").entered();
+    std::thread::scope(|s| -> Result<()> {
+        let t = s.spawn(|| train.write_ipc(&out_dir.join("train.arrow")));
+        valid.write_ipc(&out_dir.join("valid.arrow"))?;
+        test.write_ipc(&out_dir.join("test.arrow"))?;
+        t.join().map_err(|_| {
+            PreprocessError::Invalid("internal: the thread writing train.arrow panicked".into())
+        })??;
+        Ok(())
+    })?;
+    drop(write_span);
     let mut counts = vec![0usize; class_labels.len()];
     for &l in train.labels.iter().take(augmented.before) {
         counts[l as usize] += 1;
@@ -1234,8 +1258,10 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
 }
 
 /// Per-column statistics of row-major `raw` (NaN = missing; text columns come from
-/// `cells`), in one pass over the rows (column-wise passes over a wide table miss the
-/// cache on every value).
+/// `cells`): min / max / mean in one pass over the rows, then the distinct counts column
+/// by column, through one hash set reused for every column, so that only one column's
+/// set is in the cache at a time (a set per column filled row by row missed the cache
+/// on nearly every insert).
 fn profile_columns(
     raw: &[f32],
     features: &[String],
@@ -1248,7 +1274,6 @@ fn profile_columns(
     let mut max = vec![f64::NEG_INFINITY; w];
     let mut sum = vec![0.0f64; w];
     let mut present = vec![0usize; w];
-    let mut seen: Vec<std::collections::HashSet<u32, BitsHash>> = vec![Default::default(); w];
     for row in raw.chunks_exact(w) {
         for (j, &x) in row.iter().enumerate() {
             if x.is_nan() {
@@ -1259,9 +1284,20 @@ fn profile_columns(
             max[j] = max[j].max(v);
             sum[j] += v;
             present[j] += 1;
-            seen[j].insert((x + 0.0).to_bits()); // -0.0 and 0.0 are one value
         }
     }
+    let mut seen: std::collections::HashSet<u32, BitsHash> = Default::default();
+    let mut distinct = |j: usize| {
+        seen.clear();
+        seen.extend(
+            raw.iter()
+                .skip(j)
+                .step_by(w)
+                .filter(|x| !x.is_nan())
+                .map(|&x| (x + 0.0).to_bits()), // -0.0 and 0.0 are one value
+        );
+        seen.len()
+    };
     features
         .iter()
         .enumerate()
@@ -1309,7 +1345,7 @@ fn profile_columns(
                 } else {
                     (n - present[j]) as f64 / n as f64
                 },
-                distinct: seen[j].len(),
+                distinct: distinct(j),
                 min: mn,
                 max: mx,
                 mean,

@@ -4,10 +4,9 @@
 //! `Schema::apply` on raw rows reproduces the training features bit for bit.
 
 use crate::config::{Columns, ImputeStrategy, ImputeValue, Step};
-use crate::error::{PolarsContext, PreprocessError, Result};
+use crate::error::{PreprocessError, Result};
 use kiln_core::encode::frequencies;
 use kiln_core::{TextColumn, Transform};
-use polars::prelude::*;
 use std::collections::BTreeMap;
 
 fn invalid(m: String) -> PreprocessError {
@@ -212,8 +211,35 @@ pub(crate) fn removed_columns(steps: &[Step], features: &[String]) -> Vec<String
 }
 
 /// One column of row-major `data` (width `w`).
-fn column(data: &[f32], w: usize, j: usize) -> Vec<f32> {
-    data.iter().skip(j).step_by(w).copied().collect()
+/// The present (non-NaN) values of columns `idx` of row-major `data` (`w` per row), in
+/// one pass over the rows.
+fn present_columns(data: &[f32], w: usize, idx: &[usize]) -> Vec<Vec<f32>> {
+    let n = data.len() / w.max(1);
+    let mut out: Vec<Vec<f32>> = idx.iter().map(|_| Vec::with_capacity(n)).collect();
+    for row in data.chunks_exact(w.max(1)) {
+        for (col, &j) in out.iter_mut().zip(idx) {
+            let x = row[j];
+            if !x.is_nan() {
+                col.push(x);
+            }
+        }
+    }
+    out
+}
+
+/// Mean and population standard deviation (numpy's `std`, ddof 0) in f64, two passes.
+fn mean_std(v: &[f32]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = v
+        .iter()
+        .map(|&x| (f64::from(x) - mean) * (f64::from(x) - mean))
+        .sum::<f64>()
+        / n;
+    (mean, var.sqrt())
 }
 
 /// The `q` quantile of sorted values, linear interpolation between the closest ranks
@@ -227,14 +253,18 @@ pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// The fill value of `strategy` from the present (non-NaN) values.
 pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present: &[f32]) -> f32 {
-    let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
-    v.sort_by(f64::total_cmp);
+    let sorted = || {
+        let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
     match strategy {
         ImputeStrategy::Constant => value.unwrap_or(0.0),
-        ImputeStrategy::Mean => (v.iter().sum::<f64>() / v.len() as f64) as f32,
-        ImputeStrategy::Median => quantile(&v, 0.5) as f32,
+        ImputeStrategy::Mean => mean_std(present).0 as f32,
+        ImputeStrategy::Median => quantile(&sorted(), 0.5) as f32,
         ImputeStrategy::MostFrequent => {
             // sorted: runs of equal values; the first longest run is the smallest mode
+            let v = sorted();
             let (mut best, mut best_n, mut k) = (v[0], 0usize, 0usize);
             while k < v.len() {
                 let run = v[k..].iter().take_while(|&&x| x == v[k]).count();
@@ -404,12 +434,7 @@ pub(crate) fn fit(
                         }
                     };
                     let idx = positions(&ncols, &names);
-                    let present = |j: usize| -> Vec<f32> {
-                        column(&data, w, j)
-                            .into_iter()
-                            .filter(|x| !x.is_nan())
-                            .collect()
-                    };
+                    let present = || present_columns(&data, w, &idx);
                     v.push(fit_one(i, step, number, ncols, &idx, present)?);
                 }
                 v
@@ -426,12 +451,7 @@ pub(crate) fn fit(
                     }
                 }
                 let idx = positions(&cols, &names);
-                let present = |j: usize| -> Vec<f32> {
-                    column(&data, w, j)
-                        .into_iter()
-                        .filter(|x| !x.is_nan())
-                        .collect()
-                };
+                let present = || present_columns(&data, w, &idx);
                 vec![fit_one(i, step, None, cols, &idx, present)?]
             }
         };
@@ -482,7 +502,7 @@ fn fit_one(
     value: Option<f32>,
     cols: Vec<String>,
     idx: &[usize],
-    present: impl Fn(usize) -> Vec<f32>,
+    present: impl Fn() -> Vec<Vec<f32>>,
 ) -> Result<Transform> {
     let empty = |c: &str| {
         invalid(format!(
@@ -504,12 +524,8 @@ fn fit_one(
         }
         Step::Standardize { .. } => {
             let (mut mean, mut std) = (Vec::new(), Vec::new());
-            for (k, &j) in idx.iter().enumerate() {
-                let s = Series::new("x".into(), present(j))
-                    .cast(&DataType::Float64)
-                    .ctx(|| cols[k].clone())?;
-                let m = s.mean().unwrap_or(0.0);
-                let sd = s.std(0).unwrap_or(0.0);
+            for p in present() {
+                let (m, sd) = mean_std(&p);
                 mean.push(m as f32);
                 std.push(if sd > 0.0 { sd as f32 } else { 1.0 });
             }
@@ -521,12 +537,15 @@ fn fit_one(
         }
         Step::Impute { strategy, .. } => {
             let mut values = Vec::new();
-            for (k, &j) in idx.iter().enumerate() {
-                let p = present(j);
+            let all = match strategy {
+                ImputeStrategy::Constant => vec![Vec::new(); idx.len()],
+                _ => present(),
+            };
+            for (k, p) in all.iter().enumerate() {
                 if p.is_empty() && *strategy != ImputeStrategy::Constant {
                     return Err(empty(&cols[k]));
                 }
-                values.push(impute_value(*strategy, value, &p));
+                values.push(impute_value(*strategy, value, p));
             }
             Transform::Impute {
                 columns: cols,
@@ -550,8 +569,8 @@ fn fit_one(
                 }
             } else {
                 let (mut lo, mut hi) = (Vec::new(), Vec::new());
-                for (k, &j) in idx.iter().enumerate() {
-                    let mut v: Vec<f64> = present(j).into_iter().map(f64::from).collect();
+                for (k, p) in present().into_iter().enumerate() {
+                    let mut v: Vec<f64> = p.into_iter().map(f64::from).collect();
                     if v.is_empty() {
                         return Err(empty(&cols[k]));
                     }
@@ -571,8 +590,8 @@ fn fit_one(
             }
         }
         Step::Log1p { .. } => {
-            for (k, &j) in idx.iter().enumerate() {
-                if let Some(x) = present(j).into_iter().find(|&x| x <= -1.0) {
+            for (k, p) in present().into_iter().enumerate() {
+                if let Some(x) = p.into_iter().find(|&x| x <= -1.0) {
                     return Err(invalid(format!(
                         "steps[{i}] (log1p): column `{}` holds {x} in the train split, and log1p needs values above -1; clip it first (e.g. {{ op = \"clip\", min = 0.0 }})",
                         cols[k]
@@ -583,8 +602,7 @@ fn fit_one(
         }
         Step::MinMax { .. } => {
             let (mut lo, mut hi) = (Vec::new(), Vec::new());
-            for (k, &j) in idx.iter().enumerate() {
-                let p = present(j);
+            for (k, p) in present().into_iter().enumerate() {
                 if p.is_empty() {
                     return Err(empty(&cols[k]));
                 }
