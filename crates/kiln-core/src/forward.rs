@@ -358,6 +358,46 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
             spec.input_dim
         )));
     }
+    // Rows are independent unless activations are quantized dynamically (their range
+    // comes from the whole batch): large inputs go through in one slice of rows per core,
+    // each row's arithmetic the same either way, so the outputs are too.
+    let dynamic = spec
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.scheme == "dynamic");
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(n / PARALLEL_ROWS);
+    if threads > 1 && spec.input_dim > 0 && !dynamic {
+        let per = n.div_ceil(threads);
+        let parts: Vec<Result<Vec<f32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = x
+                .chunks(per * spec.input_dim)
+                .map(|c| s.spawn(move || forward_rows(spec, weights, c, c.len() / spec.input_dim)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(CoreError::Invalid("a forward-pass thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(n * spec.output_dim());
+        for p in parts {
+            out.extend(p?);
+        }
+        return Ok(out);
+    }
+    forward_rows(spec, weights, x, n)
+}
+
+/// Inputs of at least twice this many rows are split over the cores.
+const PARALLEL_ROWS: usize = 512;
+
+/// [`forward`] on one thread.
+fn forward_rows(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let mut h = x.to_vec();
     for (i, l) in spec.layers.iter().enumerate() {
         let b = weights.f32(&format!("layers.{i}.bias"))?;
@@ -453,6 +493,27 @@ mod tests {
             Activation::Relu,
         );
         assert_eq!(y, vec![2.1, 0.0]);
+    }
+
+    /// A batch large enough to be split over the cores gives, row for row, the bits that
+    /// one row at a time gives.
+    #[test]
+    fn split_batches_give_the_bits_of_single_rows() {
+        let spec = ModelSpec::mlp(3, &[5], Activation::Tanh, Task::Classification, 2);
+        let mut w = TensorStore::default();
+        let wave = |n: usize, k: f32| (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>();
+        w.insert_f32("layers.0.weight", vec![3, 5], wave(15, 0.7));
+        w.insert_f32("layers.0.bias", vec![5], wave(5, 1.3));
+        w.insert_f32("layers.1.weight", vec![5, 2], wave(10, 0.9));
+        w.insert_f32("layers.1.bias", vec![2], wave(2, 2.1));
+        let n = 4 * PARALLEL_ROWS + 3;
+        let x = wave(n * 3, 0.013);
+        let all = forward(&spec, &w, &x, n).unwrap();
+        assert_eq!(all.len(), n * 2);
+        for (r, row) in x.chunks(3).enumerate() {
+            let one = forward(&spec, &w, row, 1).unwrap();
+            assert_eq!(one[..], all[r * 2..r * 2 + 2], "row {r}");
+        }
     }
 
     /// Row [1, 2, 3, 6]: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5, so

@@ -297,6 +297,22 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
         ["cached", "cached", "cached", "executed", "skipped"]
     );
+    // --force with --only reruns that stage alone; upstream still comes from the cache
+    let st = statuses(
+        &run(
+            &p,
+            &RunOptions {
+                only: Some("eval".into()),
+                force: true,
+                ..opts.clone()
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        st.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+        ["cached", "cached", "cached", "executed", "skipped"]
+    );
     let e = run(
         &p,
         &RunOptions {

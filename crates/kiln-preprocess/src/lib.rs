@@ -1258,10 +1258,11 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
 }
 
 /// Per-column statistics of row-major `raw` (NaN = missing; text columns come from
-/// `cells`): min / max / mean in one pass over the rows, then the distinct counts column
-/// by column, through one hash set reused for every column, so that only one column's
-/// set is in the cache at a time (a set per column filled row by row missed the cache
-/// on nearly every insert).
+/// `cells`): min / max / mean in one pass over the rows, then the distinct counts a strip
+/// of columns at a time, with as many columns per strip as keeps their hash sets in the
+/// cache (one column at a time for a million rows, where a set per column filled row by
+/// row missed the cache on nearly every insert; 19 at a time for MNIST's 54,000, where
+/// one column at a time would read a cache line per value).
 fn profile_columns(
     raw: &[f32],
     features: &[String],
@@ -1286,18 +1287,29 @@ fn profile_columns(
             present[j] += 1;
         }
     }
-    let mut seen: std::collections::HashSet<u32, BitsHash> = Default::default();
-    let mut distinct = |j: usize| {
-        seen.clear();
-        seen.extend(
-            raw.iter()
-                .skip(j)
-                .step_by(w)
-                .filter(|x| !x.is_nan())
-                .map(|&x| (x + 0.0).to_bits()), // -0.0 and 0.0 are one value
-        );
-        seen.len()
-    };
+    let numeric: Vec<usize> = (0..w)
+        .filter(|&j| !cells.iter().any(|(c, _)| Some(c) == features.get(j)))
+        .collect();
+    let strip = ((1usize << 20) / n.max(1)).clamp(1, 64);
+    let mut distinct = vec![0usize; w];
+    let mut sets: Vec<std::collections::HashSet<u32, BitsHash>> = Vec::new();
+    for cols in numeric.chunks(strip) {
+        sets.resize_with(cols.len(), Default::default);
+        for set in &mut sets {
+            set.clear();
+        }
+        for row in raw.chunks_exact(w) {
+            for (set, &j) in sets.iter_mut().zip(cols) {
+                let x = row[j];
+                if !x.is_nan() {
+                    set.insert((x + 0.0).to_bits()); // -0.0 and 0.0 are one value
+                }
+            }
+        }
+        for (set, &j) in sets.iter().zip(cols) {
+            distinct[j] = set.len();
+        }
+    }
     features
         .iter()
         .enumerate()
@@ -1345,7 +1357,7 @@ fn profile_columns(
                 } else {
                     (n - present[j]) as f64 / n as f64
                 },
-                distinct: distinct(j),
+                distinct: distinct[j],
                 min: mn,
                 max: mx,
                 mean,

@@ -211,7 +211,7 @@ pub fn run_until(
     .with_norm(config.model.norm);
     match config.device.as_str() {
         // (dfdx's buffer cache stays off: its pop races when two threads share the device)
-        "cpu" => train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after),
+        "cpu" => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),
         #[cfg(feature = "cuda")]
         "cuda" => {
             let dev = Cuda::try_seed_from_u64(config.seed).map_err(|e| TrainError::Device(format!("cuda: {e:?}")))?;
@@ -519,19 +519,27 @@ fn train_on<D: Device<f32> + net::Backend>(
                     yb.extend(onehot);
                 }
             }
-            let masks = net.draw_masks(chunk.len(), &mut rng);
+            // the batch's dropout masks are drawn in the pass (each half of the batch its
+            // own rows, at once), from here in the epoch's stream, which then moves past them
             let batch = net::Batch {
                 x: &xb,
                 y: &yb,
                 rows: chunk.len(),
-                masks: masks.iter().map(Vec::as_slice).collect(),
+                masks: Vec::new(),
+                mask_stream: Some(net::MaskStream {
+                    rng: rng.clone(),
+                    rows: chunk.len(),
+                    first_row: 0,
+                }),
             };
+            rng.set_word_pos(rng.get_word_pos() + net.mask_values(chunk.len()));
             let lossfn = net::LossFn {
                 kind: loss_kind,
                 huber_delta: config.huber_delta as f32,
             };
             let net::Step {
                 mut grads,
+                more,
                 loss: lv,
                 outputs: out,
             } = dev.batch_step(&net, &batch, lossfn).map_err(dev_err)?;
@@ -563,13 +571,16 @@ fn train_on<D: Device<f32> + net::Backend>(
                 n_batches,
                 config.epochs,
             );
-            net.update(&mut grads, &config.optimizer, lr)
+            net.update_with(&mut grads, more, &config.optimizer, lr)
                 .map_err(dev_err)?;
             progress.advance(1);
         }
         epochs_run += 1;
         let weights = store(&net);
-        let (valid_loss, valid_metric) = evaluate(&spec, &weights, valid)?;
+        let (valid_loss, valid_metric) = {
+            let _span = tracing::info_span!("validate", rows = valid.n_rows()).entered();
+            evaluate(&spec, &weights, valid)?
+        };
         let n_train = train.n_rows() as f64;
         let rec = EpochRecord {
             epoch,
@@ -638,6 +649,7 @@ fn train_on<D: Device<f32> + net::Backend>(
                 best: (*be, *acc, *loss),
                 history: history.clone(),
             };
+            let _span = tracing::info_span!("checkpoint").entered();
             save_checkpoint(out_dir, &state, &params, bw)?;
         }
         if halt_after == Some(epoch) {

@@ -17,11 +17,27 @@ pub(crate) type Traced<D> = Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>;
 
 /// One batch on the host, row-major: `x` (rows × inputs), `y` (rows × outputs) and a
 /// dropout mask (rows × width, 0 or 1/(1-p)) per hidden layer, or none without dropout.
+/// With no masks given and a `mask_stream`, the pass draws its own masks from it (see
+/// [`MaskStream`]).
 pub(crate) struct Batch<'a> {
     pub x: &'a [f32],
     pub y: &'a [f32],
     pub rows: usize,
     pub masks: Vec<&'a [f32]>,
+    pub mask_stream: Option<MaskStream>,
+}
+
+/// Where a batch's dropout masks come from: the epoch's random stream at the batch's
+/// first mask value. The masks of the whole batch (`rows` rows) lie there one layer
+/// after the other, row after row, exactly as [`Mlp::draw_masks`] draws them; a part of
+/// the batch starting at `first_row` seeks to its own rows, so the two halves of a batch
+/// draw their masks at once, on their own threads, and get the very values one thread
+/// drawing the whole batch would.
+#[derive(Clone)]
+pub(crate) struct MaskStream {
+    pub rng: ChaCha8Rng,
+    pub rows: usize,
+    pub first_row: usize,
 }
 
 impl<'a> Batch<'a> {
@@ -39,23 +55,42 @@ impl<'a> Batch<'a> {
                 y: ya,
                 rows: at,
                 masks: ma,
+                mask_stream: self.mask_stream.clone(),
             },
             Batch {
                 x: xb,
                 y: yb,
                 rows: self.rows - at,
                 masks: mb,
+                mask_stream: self.mask_stream.clone().map(|m| MaskStream {
+                    first_row: m.first_row + at,
+                    ..m
+                }),
             },
         )
     }
 }
 
 /// What one forward and backward pass over a batch gives: the gradients of the batch's
-/// mean loss, that loss, and the network's outputs (rows × outputs).
+/// mean loss (`grads`, plus `more` when the batch ran in two halves: the second half's
+/// share, added to `grads` by [`Mlp::update_with`] or [`Step::merge`]), that loss, and
+/// the network's outputs (rows × outputs).
 pub(crate) struct Step<D: Device<f32>> {
     pub grads: Gradients<f32, D>,
+    pub more: Option<Gradients<f32, D>>,
     pub loss: f32,
     pub outputs: Vec<f32>,
+}
+
+impl<D: Backend> Step<D> {
+    /// The gradients of the whole batch: `more` added into `grads`.
+    #[cfg(test)]
+    pub fn merge(mut self, net: &Mlp<D>) -> Result<Gradients<f32, D>, D::Err> {
+        if let Some(more) = self.more.take() {
+            D::merge_grads(net, &mut self.grads, more)?;
+        }
+        Ok(self.grads)
+    }
 }
 
 /// How the loss of a batch is taken: its kind and the Huber delta.
@@ -88,6 +123,28 @@ pub(crate) trait Backend: Device<f32> {
         loss: LossFn,
     ) -> Result<Step<Self>, Self::Err> {
         net.pass(self, batch, loss, 1.0)
+    }
+
+    /// Adds `more` into `grads` for every parameter of `net` (only reached on devices
+    /// whose `batch_step` returns two sets of gradients).
+    fn merge_grads(
+        _net: &Mlp<Self>,
+        _grads: &mut Gradients<f32, Self>,
+        _more: Gradients<f32, Self>,
+    ) -> Result<(), Self::Err> {
+        Ok(())
+    }
+
+    /// One Adam step on every parameter of `net` with the gradients `grads` + `more`, by
+    /// the device's own kernel; None when it has none (dfdx's kernel runs instead).
+    fn adam_step(
+        _net: &mut Mlp<Self>,
+        _grads: &mut Gradients<f32, Self>,
+        _more: Option<&mut Gradients<f32, Self>>,
+        _cfg: &AdamConfig,
+        _t: i32,
+    ) -> Option<Result<(), Self::Err>> {
+        None
     }
 }
 
@@ -140,36 +197,245 @@ impl Backend for Cpu {
         }
         let (a, b) = batch.split(n / 2);
         let (sa, sb) = (a.rows as f32 / n as f32, b.rows as f32 / n as f32);
-        let run_a = || net.pass(self, &a, loss, sa);
-        let run_b = || net.pass(self, &b, loss, sb);
-        let (ra, rb) = match half_pools() {
-            Some((pa, pb)) if rayon::current_num_threads() > 1 => {
-                // half b is spawned on pool b, half a runs on pool a while this thread
-                // waits for both (blocked, not spinning: the cores go to the halves)
-                let mut rb = None;
-                let ra = pb.in_place_scope(|s| {
-                    s.spawn(|_| rb = Some(run_b()));
-                    pa.install(run_a)
-                });
-                (ra, rb.unwrap_or_else(run_b))
-            }
-            _ => (run_a(), run_b()),
-        };
-        let (mut sa_, mut sb_) = (ra?, rb?);
-        for l in &net.layers {
-            add_grad(&mut sa_.grads, &mut sb_.grads, &l.w)?;
-            for v in l.vectors() {
-                add_grad(&mut sa_.grads, &mut sb_.grads, v)?;
-            }
-        }
+        let (ra, rb) = in_halves(
+            || net.pass(self, &a, loss, sa),
+            || net.pass(self, &b, loss, sb),
+        );
+        let (mut sa_, sb_) = (ra?, rb?);
         sa_.outputs.extend(sb_.outputs);
         Ok(Step {
             grads: sa_.grads,
+            more: Some(sb_.grads),
             loss: (f64::from(sa_.loss) * a.rows as f64 + f64::from(sb_.loss) * b.rows as f64)
                 as f32
                 / n as f32,
             outputs: sa_.outputs,
         })
+    }
+
+    fn merge_grads(
+        net: &Mlp<Cpu>,
+        grads: &mut Gradients<f32, Cpu>,
+        mut more: Gradients<f32, Cpu>,
+    ) -> Result<(), CpuError> {
+        for l in &net.layers {
+            add_grad(grads, &mut more, &l.w)?;
+            for v in l.vectors() {
+                add_grad(grads, &mut more, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// dfdx's Adam arithmetic, element for element (so the weights are bit-identical to
+    /// its kernel's), with three differences: the bias corrections are computed once per
+    /// step instead of once per element, the second half-batch's gradient is added on
+    /// the way (no separate pass), and a large parameter is updated in two halves at once
+    /// on the two pools. Elementwise work, so the result does not depend on the split.
+    fn adam_step(
+        net: &mut Mlp<Cpu>,
+        grads: &mut Gradients<f32, Cpu>,
+        mut more: Option<&mut Gradients<f32, Cpu>>,
+        cfg: &AdamConfig,
+        t: i32,
+    ) -> Option<Result<(), CpuError>> {
+        let k = AdamConsts::new(cfg, t);
+        let mut run = || -> Result<(), CpuError> {
+            for l in &mut net.layers {
+                l.mirror.resize_with(l.state.len(), || None);
+                let (sw, rest) = l.state.split_at_mut(1);
+                let (mw, mrest) = l.mirror.split_at_mut(1);
+                adam_param(&k, &mut l.w, &mut sw[0], grads, more.as_deref_mut(), &mut mw[0])?;
+                let mut vectors = vec![&mut l.b];
+                if let Some((g, b)) = &mut l.norm {
+                    vectors.extend([g, b]);
+                }
+                for ((p, st), mi) in vectors.into_iter().zip(rest).zip(mrest) {
+                    adam_param(&k, p, st, grads, more.as_deref_mut(), mi)?;
+                }
+            }
+            Ok(())
+        };
+        Some(run())
+    }
+}
+
+/// The per-step constants of dfdx's Adam kernel, in f32 as it computes them.
+struct AdamConsts {
+    b1: f32,
+    b2: f32,
+    /// `1 / (1 - b1^t)` and `1 / (1 - b2^t)`.
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    lr: f32,
+    l2: Option<f32>,
+    decoupled: Option<f32>,
+}
+
+impl AdamConsts {
+    fn new(cfg: &AdamConfig, t: i32) -> Self {
+        let [b1, b2] = cfg.betas.map(|b| b as f32);
+        AdamConsts {
+            b1,
+            b2,
+            c1: (1.0 - b1.powi(t)).recip(),
+            c2: (1.0 - b2.powi(t)).recip(),
+            eps: cfg.eps as f32,
+            lr: cfg.lr as f32,
+            l2: match cfg.weight_decay {
+                Some(WeightDecay::L2(wd)) => Some(wd as f32),
+                _ => None,
+            },
+            decoupled: match cfg.weight_decay {
+                Some(WeightDecay::Decoupled(wd)) => Some((wd * cfg.lr) as f32),
+                _ => None,
+            },
+        }
+    }
+
+    /// Updates `p`, `m`, `v` in place with the gradient `ga` (+ `gb`).
+    fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], ga: &[f32], gb: Option<&[f32]>) {
+        // one monomorphic loop per case over slices of one length, so that the compiler
+        // drops the bounds checks and vectorizes each
+        let n = p.len();
+        let (m, v, ga) = (&mut m[..n], &mut v[..n], &ga[..n]);
+        match (gb, self.l2, self.decoupled) {
+            (Some(gb), None, None) => {
+                let gb = &gb[..n];
+                for i in 0..n {
+                    p[i] -= self.step(&mut m[i], &mut v[i], ga[i] + gb[i]);
+                }
+            }
+            (None, None, None) => {
+                for i in 0..n {
+                    p[i] -= self.step(&mut m[i], &mut v[i], ga[i]);
+                }
+            }
+            (gb, l2, dec) => {
+                for i in 0..n {
+                    let mut g = match gb {
+                        Some(b) => ga[i] + b[i],
+                        None => ga[i],
+                    };
+                    if let Some(wd) = l2 {
+                        g += wd * p[i];
+                    }
+                    let mut u = self.step(&mut m[i], &mut v[i], g);
+                    if let Some(wd) = dec {
+                        u += wd * p[i];
+                    }
+                    p[i] -= u;
+                }
+            }
+        }
+    }
+
+    /// Moves the moments by gradient `g` and returns the step `lr · m̂ / (√v̂ + eps)`.
+    #[inline(always)]
+    fn step(&self, m: &mut f32, v: &mut f32, g: f32) -> f32 {
+        *m = *m * self.b1 + g * (1.0 - self.b1);
+        *v = *v * self.b2 + g * g * (1.0 - self.b2);
+        let m_hat = *m * self.c1;
+        let v_hat = *v * self.c2;
+        self.lr * m_hat / (v_hat.sqrt() + self.eps)
+    }
+}
+
+/// Parameters at least this large are updated in two halves at once.
+const PARALLEL_ADAM: usize = 16 * 1024;
+
+/// One Adam step on parameter `p`, computed on its host copy `mirror` (taken from the
+/// tensor when there is none) and copied into the tensor: dfdx gives no mutable view of
+/// a tensor's data, and keeping the copy saves copying 0.4 MB out of the input layer's
+/// weights every step.
+fn adam_param<S: Shape>(
+    k: &AdamConsts,
+    p: &mut Tensor<S, f32, Cpu>,
+    [m, v]: &mut [<Cpu as Storage<f32>>::Vec; 2],
+    grads: &mut Gradients<f32, Cpu>,
+    more: Option<&mut Gradients<f32, Cpu>>,
+    mirror: &mut Option<Vec<f32>>,
+) -> Result<(), CpuError> {
+    let scratch = match mirror.take() {
+        Some(host) if host.len() == m.len() => mirror.insert(host),
+        _ => {
+            let mut host = vec![0.0; m.len()];
+            p.copy_into(&mut host);
+            mirror.insert(host)
+        }
+    };
+    let ga: &[f32] = grads.get_or_alloc_mut(p)?;
+    let gb: Option<&[f32]> = match more {
+        Some(g) => Some(g.get_or_alloc_mut(p)?),
+        None => None,
+    };
+    let (ps, ms, vs): (&mut [f32], &mut [f32], &mut [f32]) = (scratch, m, v);
+    if ps.len() >= PARALLEL_ADAM {
+        let h = ps.len() / 2;
+        let (p0, p1) = ps.split_at_mut(h);
+        let (m0, m1) = ms.split_at_mut(h);
+        let (v0, v1) = vs.split_at_mut(h);
+        let (a0, a1) = ga.split_at(h);
+        let (b0, b1) = match gb {
+            Some(b) => {
+                let (x, y) = b.split_at(h);
+                (Some(x), Some(y))
+            }
+            None => (None, None),
+        };
+        in_halves(
+            || k.apply(p0, m0, v0, a0, b0),
+            || k.apply(p1, m1, v1, a1, b1),
+        );
+    } else {
+        k.apply(ps, ms, vs, ga, gb);
+    }
+    p.copy_from(ps);
+    Ok(())
+}
+
+/// Runs `a` and `b` at once on the two one-thread pools when rayon has two or more
+/// threads (this thread waits, blocked, while the cores run the halves), else one after
+/// the other. Either way each runs single-threaded, so the arithmetic is the same.
+fn in_halves<A: Send, B: Send>(
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
+    match half_pools() {
+        // on pool a's thread (see `on_half_pool`) `a` runs right here
+        Some((pa, pb)) if pa.current_thread_index().is_some() || rayon::current_num_threads() > 1 => {
+            let mut rb = None;
+            let mut b = Some(b);
+            let ra = pb.in_place_scope(|s| {
+                let (rb, b) = (&mut rb, &mut b);
+                s.spawn(move |_| {
+                    if let Some(b) = b.take() {
+                        *rb = Some(b());
+                    }
+                });
+                pa.install(a)
+            });
+            match (rb, b) {
+                (Some(r), _) => (ra, r),
+                (None, Some(b)) => (ra, b()),
+                (None, None) => unreachable!("the spawned half ran or did not"),
+            }
+        }
+        _ => (a(), b()),
+    }
+}
+
+/// Runs `f` (a training loop) on the first half's pool thread when rayon has two or more
+/// threads: the first half of every batch then runs inline on that thread, and only the
+/// second half's thread is woken per step (instead of both halves' threads, with this
+/// thread sleeping in between).
+pub(crate) fn on_half_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match half_pools() {
+        Some((pa, _)) if rayon::current_num_threads() > 1 && pa.current_thread_index().is_none() => {
+            pa.install(f)
+        }
+        _ => f(),
     }
 }
 
@@ -222,6 +488,10 @@ pub(crate) struct Layer<D: Device<f32>> {
     pub norm: Option<(Vector<D>, Vector<D>)>,
     /// Optimizer moments (first, second) of each parameter, in [`Layer::NAMES`] order.
     state: Vec<[<D as Storage<f32>>::Vec; 2]>,
+    /// Host copies of the parameters for kiln's CPU Adam (see `adam_param`), empty until
+    /// its first step. Whatever replaces a parameter tensor clears them
+    /// ([`Mlp::set_weights`], [`Mlp::apply_masks`]).
+    mirror: Vec<Option<Vec<f32>>>,
 }
 
 impl<D: Device<f32>> Layer<D> {
@@ -316,6 +586,7 @@ impl<D: Device<f32>> Mlp<D> {
                 b: dev.tensor_from_vec(b, (l.out_dim,)),
                 norm,
                 state,
+                mirror: Vec::new(),
             });
         }
         Ok(Mlp {
@@ -329,6 +600,7 @@ impl<D: Device<f32>> Mlp<D> {
     /// Dropout masks for a batch of `rows`: one per hidden layer (rows × width, 0 with
     /// probability p, else 1/(1-p)), drawn from kiln's seeded stream (not the device's), so
     /// a resumed run draws the same ones. None without dropout.
+    #[cfg(test)]
     pub fn draw_masks(&self, rows: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
         if self.dropout <= 0.0 {
             return Vec::new();
@@ -339,6 +611,39 @@ impl<D: Device<f32>> Mlp<D> {
         self.spec.layers[..hidden]
             .iter()
             .map(|s| {
+                (0..rows * s.out_dim)
+                    .map(|_| if rng.r#gen::<f32>() < p { 0.0 } else { keep })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Mask values one batch of `rows` rows takes from the random stream (what
+    /// [`Mlp::draw_masks`] draws): rows × the hidden layers' widths.
+    pub fn mask_values(&self, rows: usize) -> u128 {
+        if self.dropout <= 0.0 {
+            return 0;
+        }
+        let hidden = self.spec.layers.len().saturating_sub(1);
+        let widths: usize = self.spec.layers[..hidden].iter().map(|s| s.out_dim).sum();
+        (rows * widths) as u128
+    }
+
+    /// The masks of `rows` rows of a batch drawn from `stream` (see [`MaskStream`]).
+    fn draw_masks_at(&self, stream: &MaskStream, rows: usize) -> Vec<Vec<f32>> {
+        if self.dropout <= 0.0 {
+            return Vec::new();
+        }
+        let (p, keep) = (self.dropout, 1.0 / (1.0 - self.dropout));
+        let hidden = self.spec.layers.len().saturating_sub(1);
+        let mut rng = stream.rng.clone();
+        let mut layer_start = stream.rng.get_word_pos();
+        self.spec.layers[..hidden]
+            .iter()
+            .map(|s| {
+                // one u32 word per value (rand's f32 takes one)
+                rng.set_word_pos(layer_start + (stream.first_row * s.out_dim) as u128);
+                layer_start += (stream.rows * s.out_dim) as u128;
                 (0..rows * s.out_dim)
                     .map(|_| if rng.r#gen::<f32>() < p { 0.0 } else { keep })
                     .collect()
@@ -408,13 +713,23 @@ impl<D: Device<f32>> Mlp<D> {
         let k = batch.y.len() / batch.rows.max(1);
         let x = dev.try_tensor_from_vec(batch.x.to_vec(), (batch.rows, w))?;
         let y = dev.try_tensor_from_vec(batch.y.to_vec(), (batch.rows, k))?;
-        let out = self.forward_train(x, &batch.masks);
+        let drawn = match (batch.masks.is_empty(), &batch.mask_stream) {
+            (true, Some(stream)) => self.draw_masks_at(stream, batch.rows),
+            _ => Vec::new(),
+        };
+        let masks: Vec<&[f32]> = if drawn.is_empty() {
+            batch.masks.clone()
+        } else {
+            drawn.iter().map(Vec::as_slice).collect()
+        };
+        let out = self.forward_train(x, &masks);
         let outputs = out.retaped::<NoneTape>().as_vec();
         let l = crate::batch_loss(loss.kind, out, y, loss.huber_delta);
         let value = l.retaped::<NoneTape>().as_vec()[0];
         let grads = (l * scale).backward();
         Ok(Step {
             grads,
+            more: None,
             loss: value,
             outputs,
         })
@@ -430,7 +745,29 @@ impl<D: Device<f32>> Mlp<D> {
     where
         D: Backend,
     {
+        self.update_with(grads, None, opt, lr)
+    }
+
+    /// [`Mlp::update`] with the gradients `grads` + `more` (a batch's two halves, see
+    /// [`Step`]).
+    pub fn update_with(
+        &mut self,
+        grads: &mut Gradients<f32, D>,
+        mut more: Option<Gradients<f32, D>>,
+        opt: &OptimizerConfig,
+        lr: f64,
+    ) -> Result<(), D::Err>
+    where
+        D: Backend,
+    {
         self.step += 1;
+        let adam = matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+        // clipping needs the whole gradient first; the device's Adam adds `more` itself
+        if (opt.clip_grad_norm.is_some() || !adam)
+            && let Some(m) = more.take()
+        {
+            D::merge_grads(self, grads, m)?;
+        }
         if let Some(max_norm) = opt.clip_grad_norm {
             self.clip(grads, max_norm as f32)?;
         }
@@ -460,7 +797,17 @@ impl<D: Device<f32>> Mlp<D> {
             }),
         };
         let step = self.step;
+        if let Rule::Adam(cfg) = &rule
+            && let Some(done) = D::adam_step(self, grads, more.as_mut(), cfg, step)
+        {
+            return done;
+        }
+        if let Some(m) = more.take() {
+            D::merge_grads(self, grads, m)?;
+        }
         for l in &mut self.layers {
+            // dfdx's kernels change the tensors in place: host copies would go stale
+            l.mirror.clear();
             let mut state = std::mem::take(&mut l.state);
             let result = (|| {
                 let (sw, rest) = state.split_at_mut(1);
@@ -567,6 +914,7 @@ impl<D: Device<f32>> Mlp<D> {
             if w.len() != spec.in_dim * spec.out_dim {
                 return None;
             }
+            l.mirror.clear();
             l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
             l.b = vector(format!("layers.{i}.bias"), spec.out_dim)?;
             if l.norm.is_some() {
@@ -583,6 +931,7 @@ impl<D: Device<f32>> Mlp<D> {
     pub fn apply_masks(&mut self, masks: &[Option<Matrix<D>>]) {
         for (l, m) in self.layers.iter_mut().zip(masks) {
             if let Some(m) = m {
+                l.mirror.clear();
                 l.w = l.w.clone() * m.clone();
             }
         }
@@ -670,6 +1019,96 @@ mod tests {
         );
     }
 
+    /// The two halves of a batch, each drawing its own rows from the batch's place in
+    /// the stream, get the masks one draw over the whole batch gives; the stream then
+    /// moves on by as many values as that draw took.
+    #[test]
+    fn halves_draw_the_masks_of_the_whole_batch() {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::mlp(3, &[4, 5], Activation::Relu, Task::Classification, 2);
+        let net = Mlp::new(&dev, spec, 0.3, 7).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        rng.set_stream(3);
+        let _ = rng.r#gen::<u64>(); // not at the stream's start
+        let mut after = rng.clone();
+        let whole = net.draw_masks(7, &mut after);
+        assert_eq!(after.get_word_pos(), rng.get_word_pos() + net.mask_values(7));
+        let stream = MaskStream {
+            rng: rng.clone(),
+            rows: 7,
+            first_row: 0,
+        };
+        let a = net.draw_masks_at(&stream, 3);
+        let b = net.draw_masks_at(&MaskStream { first_row: 3, ..stream }, 4);
+        for (l, w) in [4, 5].into_iter().enumerate() {
+            assert_eq!(a[l], whole[l][..3 * w]);
+            assert_eq!(b[l], whole[l][3 * w..]);
+        }
+        assert!(whole[0].contains(&0.0) && whole[1].iter().any(|&m| m > 1.0));
+    }
+
+    /// kiln's CPU Adam kernel gives dfdx's kernel's values bit for bit, with and without a
+    /// second gradient and with either weight decay, over several steps.
+    #[test]
+    fn cpu_adam_is_dfdx_adam_bit_for_bit() {
+        let dev = Cpu::seed_from_u64(0);
+        let n = PARALLEL_ADAM + 5; // the two-half path
+        let wave = |k: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * k).sin() * 0.1).collect() };
+        for decay in [
+            None,
+            Some(WeightDecay::L2(0.1)),
+            Some(WeightDecay::Decoupled(0.1)),
+        ] {
+            let cfg = AdamConfig {
+                lr: 0.01,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: decay,
+            };
+            let mut theirs: Tensor<(usize,), f32, Cpu> = dev.tensor_from_vec(wave(0.37), (n,));
+            let [mut m1, mut v1] = [(); 2].map(|_| dev.try_alloc_len(n).unwrap());
+            let mut ours = wave(0.37);
+            let (mut m2, mut v2) = (vec![0.0f32; n], vec![0.0f32; n]);
+            for t in 1..=4 {
+                let (ga, gb) = (wave(0.11 * t as f32), wave(0.23 * t as f32));
+                let sum: Vec<f32> = ga.iter().zip(&gb).map(|(a, b)| a + b).collect();
+                let g = dev.upload(&sum).unwrap();
+                cfg.try_update(t, &mut theirs, &mut m1, &mut v1, &g).unwrap();
+                AdamConsts::new(&cfg, t).apply(&mut ours, &mut m2, &mut v2, &ga, Some(&gb));
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&theirs.as_vec()), bits(&ours), "{decay:?}");
+            assert_eq!(bits(&m1), bits(&m2));
+            assert_eq!(bits(&v1), bits(&v2));
+        }
+    }
+
+    /// A parameter replaced after an Adam step (a new tensor) is what the next step
+    /// starts from, not the stale host copy of the old one.
+    #[test]
+    fn replaced_weights_are_not_overwritten_by_the_host_copy() {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut net = Mlp::new(&dev, spec, 0.0, 0).unwrap();
+        let opt = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 0.01,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        // zero gradients: Adam moves nothing, so the weights must stay what they are
+        net.update(&mut Gradients::leaky(), &opt, opt.lr).unwrap();
+        let mut s = net.to_store();
+        s.insert_f32("layers.0.weight", vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        net.set_weights(&dev, &s).unwrap();
+        net.update(&mut Gradients::leaky(), &opt, opt.lr).unwrap();
+        assert_eq!(net.layers[0].w.as_vec(), [1.0, 2.0, 3.0, 4.0]);
+        let mask = dev.tensor_from_vec(vec![1.0, 0.0, 1.0, 0.0], (2, 2));
+        net.apply_masks(&[Some(mask)]);
+        net.update(&mut Gradients::leaky(), &opt, opt.lr).unwrap();
+        assert_eq!(net.layers[0].w.as_vec(), [1.0, 0.0, 3.0, 0.0]);
+    }
+
     /// The CPU's two-half step (dW only for the input layer) gives the gradients, loss and
     /// outputs of one pass over the whole batch with dfdx's own matmul, up to rounding.
     #[test]
@@ -691,6 +1130,7 @@ mod tests {
             y: &y,
             rows,
             masks: masks.iter().map(Vec::as_slice).collect(),
+            mask_stream: None,
         };
         let loss = LossFn {
             kind: Loss::CrossEntropy,
@@ -716,15 +1156,10 @@ mod tests {
         };
         close(&split.outputs, &out);
         close(&[split.loss], &[lv]);
+        let merged = split.merge(&net).unwrap();
         for layer in &net.layers {
-            close(
-                &split.grads.get(&layer.w).as_vec(),
-                &g.get(&layer.w).as_vec(),
-            );
-            close(
-                &split.grads.get(&layer.b).as_vec(),
-                &g.get(&layer.b).as_vec(),
-            );
+            close(&merged.get(&layer.w).as_vec(), &g.get(&layer.w).as_vec());
+            close(&merged.get(&layer.b).as_vec(), &g.get(&layer.b).as_vec());
         }
         assert!(
             g.get(&net.layers[0].w)
