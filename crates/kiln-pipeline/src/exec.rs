@@ -295,11 +295,15 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
                         std::fs::remove_dir_all(&done).map_err(io(&done))?;
                     }
                     std::fs::rename(&partial, &done).map_err(io(&done))?;
+                    if let Some(a) = datasets.remove(&partial) {
+                        datasets.insert(done.clone(), a);
+                    }
                     rec.status = "executed".into();
                 }
                 Err(msg) => {
                     // Keep nothing that looks complete.
                     let _ = std::fs::remove_dir_all(&partial);
+                    datasets.remove(&partial);
                     rec.status = "failed".into();
                     rec.message = Some(msg.clone());
                     failure.get_or_insert(format!("stage `{}` failed: {msg}", stage.id));
@@ -531,7 +535,10 @@ fn execute(
     let mut resumed = None;
     let done: Result<(), String> = match &stage.config {
         StageConfig::Preprocess(c) => kiln_preprocess::run(c, out)
-            .map(|_| ())
+            .map(|o| {
+                // the stages after it take the splits from memory, not from the files
+                datasets.insert(out.to_path_buf(), std::rc::Rc::new((o.schema, o.splits)));
+            })
             .map_err(|e| e.to_string()),
         StageConfig::Train(c) => {
             let data = dataset(p, first, dirs)?;

@@ -57,6 +57,9 @@ pub struct Output {
     pub dropped: DroppedRows,
     /// Rows the augmentation added to the train split.
     pub augmented: AugmentCounts,
+    /// The train, valid and test splits as written (what [`read_artifact`] reads back),
+    /// for a caller that goes on in the same process.
+    pub splits: [Dataset; 3],
 }
 
 /// profile.json: what a user checks before trusting the data.
@@ -804,6 +807,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
         dropped,
         augmented,
+        splits: [train, valid, test],
     })
 }
 
@@ -1258,11 +1262,9 @@ fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u3
 }
 
 /// Per-column statistics of row-major `raw` (NaN = missing; text columns come from
-/// `cells`): min / max / mean in one pass over the rows, then the distinct counts a strip
-/// of columns at a time, with as many columns per strip as keeps their hash sets in the
-/// cache (one column at a time for a million rows, where a set per column filled row by
-/// row missed the cache on nearly every insert; 19 at a time for MNIST's 54,000, where
-/// one column at a time would read a cache line per value).
+/// `cells`): min / max / mean in one pass over the rows, then the distinct counts (see
+/// the comment on the grouping below: a hash set per column filled row by row missed
+/// the cache on nearly every insert for a million-row table).
 fn profile_columns(
     raw: &[f32],
     features: &[String],
@@ -1290,23 +1292,35 @@ fn profile_columns(
     let numeric: Vec<usize> = (0..w)
         .filter(|&j| !cells.iter().any(|(c, _)| Some(c) == features.get(j)))
         .collect();
-    let strip = ((1usize << 20) / n.max(1)).clamp(1, 64);
-    let mut distinct = vec![0usize; w];
-    let mut sets: Vec<std::collections::HashSet<u32, BitsHash>> = Vec::new();
-    for cols in numeric.chunks(strip) {
-        sets.resize_with(cols.len(), Default::default);
-        for set in &mut sets {
-            set.clear();
+    // Columns with few values (MNIST's pixels: at most 256) are counted together in one
+    // pass over the rows, their small sets all in the cache; columns with many values
+    // (a million-row table's measurements) one at a time, so that only one large set is
+    // in the cache at once. Which is which comes from the first 2,048 rows; the counts
+    // are exact either way.
+    let (few, many): (Vec<usize>, Vec<usize>) = numeric.iter().partition(|&&j| {
+        let mut seen = BitSet32::new();
+        for row in raw.chunks_exact(w).take(2048) {
+            if !row[j].is_nan() {
+                seen.insert((row[j] + 0.0).to_bits());
+            }
         }
+        seen.len() <= 256
+    });
+    let mut distinct = vec![0usize; w];
+    let groups = std::iter::once(few).chain(many.into_iter().map(|j| vec![j]));
+    for cols in groups.filter(|g| !g.is_empty()) {
+        // a column of many values gets room for every row at once (no regrowing)
+        let room = if cols.len() == 1 { n } else { 256 };
+        let mut sets: Vec<BitSet32> = cols.iter().map(|_| BitSet32::for_keys(room)).collect();
         for row in raw.chunks_exact(w) {
-            for (set, &j) in sets.iter_mut().zip(cols) {
+            for (set, &j) in sets.iter_mut().zip(&cols) {
                 let x = row[j];
                 if !x.is_nan() {
                     set.insert((x + 0.0).to_bits()); // -0.0 and 0.0 are one value
                 }
             }
         }
-        for (set, &j) in sets.iter().zip(cols) {
+        for (set, &j) in sets.iter().zip(&cols) {
             distinct[j] = set.len();
         }
     }
@@ -1367,27 +1381,71 @@ fn profile_columns(
         .collect()
 }
 
-/// Hashes f32 bit patterns for the distinct counts: one multiply (Fibonacci hashing),
-/// enough for 32-bit keys and several times faster than the default SipHash.
-type BitsHash = std::hash::BuildHasherDefault<FibHasher>;
+/// A set of f32 bit patterns for the distinct counts: open addressing with linear
+/// probing over a power-of-two table, Fibonacci hashing, grown at half full. Written by
+/// hand because this is the profile's inner loop (a lookup per cell: 42 million for
+/// MNIST's train split) and std's `HashSet` spent ≈ 5 ns per lookup on its general
+/// machinery; the keys here are plain `u32`s with one value that never occurs (the NaN
+/// pattern `u32::MAX`: missing cells are skipped), which marks an empty slot.
+struct BitSet32 {
+    slots: Vec<u32>,
+    len: usize,
+    /// 32 − log2(slots): the hash's top bits pick the slot.
+    shift: u32,
+}
 
-/// See [`BitsHash`].
-#[derive(Default)]
-struct FibHasher(u64);
+impl BitSet32 {
+    const EMPTY: u32 = u32::MAX;
 
-impl std::hash::Hasher for FibHasher {
-    fn finish(&self) -> u64 {
-        // The product's high bits are the mixed ones; fold them into the low bits that
-        // pick the bucket.
-        self.0 ^ (self.0 >> 29)
+    fn new() -> Self {
+        Self::for_keys(8)
     }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+
+    /// A set with room for `n` keys before it grows.
+    fn for_keys(n: usize) -> Self {
+        let slots = (2 * n).next_power_of_two().max(16);
+        BitSet32 {
+            slots: vec![Self::EMPTY; slots],
+            len: 0,
+            shift: 32 - slots.trailing_zeros(),
         }
     }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn insert(&mut self, key: u32) {
+        debug_assert_ne!(key, Self::EMPTY);
+        let mask = self.slots.len() - 1;
+        let mut i = (key.wrapping_mul(0x9e37_79b1) >> self.shift) as usize;
+        loop {
+            let s = self.slots[i];
+            if s == key {
+                return;
+            }
+            if s == Self::EMPTY {
+                self.slots[i] = key;
+                self.len += 1;
+                if self.len * 2 > self.slots.len() {
+                    self.grow();
+                }
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::replace(&mut self.slots, vec![Self::EMPTY; 0]);
+        self.slots = vec![Self::EMPTY; old.len() * 2];
+        self.shift -= 1;
+        self.len = 0;
+        for k in old {
+            if k != Self::EMPTY {
+                self.insert(k);
+            }
+        }
     }
 }
 
@@ -1396,5 +1454,24 @@ pub(crate) fn preview(names: &[String]) -> String {
         names.join(", ")
     } else {
         format!("{}, … ({} in all)", names[..8].join(", "), names.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_set_counts_what_a_hash_set_counts() {
+        let mut ours = BitSet32::new();
+        let mut theirs = std::collections::HashSet::new();
+        for i in 0..100_000u32 {
+            // repeats, and keys with the sign bit set
+            let k = (i.wrapping_mul(2_654_435_761) % 30_011) | ((i & 1) << 31);
+            ours.insert(k);
+            theirs.insert(k);
+        }
+        assert_eq!(ours.len(), theirs.len());
+        assert!(ours.len() > 30_000, "{}", ours.len());
     }
 }

@@ -245,7 +245,14 @@ impl Backend for Cpu {
                 l.mirror.resize_with(l.state.len(), || None);
                 let (sw, rest) = l.state.split_at_mut(1);
                 let (mw, mrest) = l.mirror.split_at_mut(1);
-                adam_param(&k, &mut l.w, &mut sw[0], grads, more.as_deref_mut(), &mut mw[0])?;
+                adam_param(
+                    &k,
+                    &mut l.w,
+                    &mut sw[0],
+                    grads,
+                    more.as_deref_mut(),
+                    &mut mw[0],
+                )?;
                 let mut vectors = vec![&mut l.b];
                 if let Some((g, b)) = &mut l.norm {
                     vectors.extend([g, b]);
@@ -404,7 +411,9 @@ fn in_halves<A: Send, B: Send>(
 ) -> (A, B) {
     match half_pools() {
         // on pool a's thread (see `on_half_pool`) `a` runs right here
-        Some((pa, pb)) if pa.current_thread_index().is_some() || rayon::current_num_threads() > 1 => {
+        Some((pa, pb))
+            if pa.current_thread_index().is_some() || rayon::current_num_threads() > 1 =>
+        {
             let mut rb = None;
             let mut b = Some(b);
             let ra = pb.in_place_scope(|s| {
@@ -432,7 +441,9 @@ fn in_halves<A: Send, B: Send>(
 /// thread sleeping in between).
 pub(crate) fn on_half_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match half_pools() {
-        Some((pa, _)) if rayon::current_num_threads() > 1 && pa.current_thread_index().is_none() => {
+        Some((pa, _))
+            if rayon::current_num_threads() > 1 && pa.current_thread_index().is_none() =>
+        {
             pa.install(f)
         }
         _ => f(),
@@ -1032,14 +1043,23 @@ mod tests {
         let _ = rng.r#gen::<u64>(); // not at the stream's start
         let mut after = rng.clone();
         let whole = net.draw_masks(7, &mut after);
-        assert_eq!(after.get_word_pos(), rng.get_word_pos() + net.mask_values(7));
+        assert_eq!(
+            after.get_word_pos(),
+            rng.get_word_pos() + net.mask_values(7)
+        );
         let stream = MaskStream {
             rng: rng.clone(),
             rows: 7,
             first_row: 0,
         };
         let a = net.draw_masks_at(&stream, 3);
-        let b = net.draw_masks_at(&MaskStream { first_row: 3, ..stream }, 4);
+        let b = net.draw_masks_at(
+            &MaskStream {
+                first_row: 3,
+                ..stream
+            },
+            4,
+        );
         for (l, w) in [4, 5].into_iter().enumerate() {
             assert_eq!(a[l], whole[l][..3 * w]);
             assert_eq!(b[l], whole[l][3 * w..]);
@@ -1073,7 +1093,8 @@ mod tests {
                 let (ga, gb) = (wave(0.11 * t as f32), wave(0.23 * t as f32));
                 let sum: Vec<f32> = ga.iter().zip(&gb).map(|(a, b)| a + b).collect();
                 let g = dev.upload(&sum).unwrap();
-                cfg.try_update(t, &mut theirs, &mut m1, &mut v1, &g).unwrap();
+                cfg.try_update(t, &mut theirs, &mut m1, &mut v1, &g)
+                    .unwrap();
                 AdamConsts::new(&cfg, t).apply(&mut ours, &mut m2, &mut v2, &ga, Some(&gb));
             }
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
