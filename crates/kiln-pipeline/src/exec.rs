@@ -543,7 +543,7 @@ fn execute(
         StageConfig::Train(c) => {
             let data = dataset(p, first, dirs)?;
             let (schema, [train, valid, _]) = &*data;
-            let o = kiln_train::run(c, &train, &valid, schema.n_classes(), out, opts.progress)
+            let o = kiln_train::run(c, train, valid, schema.n_classes(), out, opts.progress)
                 .map_err(|e| e.to_string())?;
             resumed = o.resumed_from_epoch;
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
@@ -552,7 +552,7 @@ fn execute(
             let data = dataset(p, first, dirs)?;
             let (schema, [train, valid, _]) = &*data;
             let model = model_of(dirs, first)?;
-            kiln_optimize::run(c, &model, &train, &valid, out).map_err(|e| e.to_string())?;
+            kiln_optimize::run(c, &model, train, valid, out).map_err(|e| e.to_string())?;
             kiln_core::write_json(&out.join("schema.json"), &schema).map_err(|e| e.to_string())
         }
         StageConfig::Evaluate(c) => {
@@ -603,11 +603,11 @@ fn execute(
             let extras = kiln_evaluate::Extras {
                 curves: &curves,
                 reference,
-                valid: Some(&valid),
-                schema: Some(&schema),
+                valid: Some(valid),
+                schema: Some(schema),
                 seed: p.seed,
             };
-            kiln_evaluate::run_report(c, &mut variants, &test, &schema.class_labels, extras, out)
+            kiln_evaluate::run_report(c, &mut variants, test, &schema.class_labels, extras, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
@@ -647,7 +647,7 @@ fn execute(
                     model: model_of(dirs, first)?,
                 });
             }
-            let o = kiln_deploy::run(c, &variants, &schema, &test, hash, out)
+            let o = kiln_deploy::run(c, &variants, schema, test, hash, out)
                 .map_err(|e| e.to_string())?;
             // model_card.md: the variants' origins let it show their test metrics
             let origins: Vec<(String, String)> = variants
@@ -661,7 +661,7 @@ fn execute(
                 })
                 .collect();
             let card = crate::card::model_card(p, stage, dirs, &origins);
-            kiln_deploy::card::write(out, &card, &schema, c, &o, hash)
+            kiln_deploy::card::write(out, &card, schema, c, &o, hash)
                 .map_err(|e| e.to_string())?;
             // the bundle carries the training ranges, so `kiln predict` can warn about
             // inputs outside them
