@@ -661,8 +661,7 @@ fn execute(
                 })
                 .collect();
             let card = crate::card::model_card(p, stage, dirs, &origins);
-            kiln_deploy::card::write(out, &card, schema, c, &o, hash)
-                .map_err(|e| e.to_string())?;
+            kiln_deploy::card::write(out, &card, schema, c, &o, hash).map_err(|e| e.to_string())?;
             // the bundle carries the training ranges, so `kiln predict` can warn about
             // inputs outside them
             let profile = upstream(p, first, StageKind::Preprocess)
