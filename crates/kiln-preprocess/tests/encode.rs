@@ -84,6 +84,9 @@ fn encoders_worked_by_hand_and_reproduced_on_raw_rows() {
     let csv = write(dir.path(), "d.csv", CSV);
     let out_dir = dir.path().join("out");
     let out = run(&config(&csv, &csv, steps()), &out_dir).unwrap();
+    // the splits handed to the next stages in memory are the files' contents exactly
+    let (_, read_back) = kiln_preprocess::read_artifact(&out_dir).unwrap();
+    assert_eq!(out.splits, read_back);
     let s = &out.schema;
     assert_eq!(s.input_columns, ["color", "size", "review", "x"]);
     assert_eq!(s.text_columns(), ["color", "size", "review"]);

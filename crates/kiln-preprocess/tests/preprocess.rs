@@ -62,6 +62,8 @@ fn a_float_target_is_regression_and_keeps_its_values() {
     assert_eq!(out.rows, [30, 10, 10]);
     let (schema, [train, valid, test]) = read_artifact(&out_dir).unwrap();
     assert_eq!(schema, out.schema);
+    // the splits handed to the next stages in memory are the files' contents exactly
+    assert_eq!(out.splits, [train.clone(), valid.clone(), test.clone()]);
     for d in [&train, &valid, &test] {
         assert!(d.is_regression() && d.labels.is_empty());
     }
