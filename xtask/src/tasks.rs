@@ -17,6 +17,17 @@ const DEFAULT_PIPELINE: &str = "mnist-mlp";
 
 /// `cargo xtask test [args…]`: setup, then `cargo test --workspace [args…]`.
 pub fn test(args: &[String]) -> Result {
+    // snapshot tests rewrite their expectation under this variable (and then fail); CI
+    // must compare, never rewrite
+    if std::env::var_os("KILN_UPDATE_SNAPSHOTS").is_some()
+        && std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+    {
+        return Err(Failure::Usage(
+            "KILN_UPDATE_SNAPSHOTS is set under CI; snapshots are only rewritten by hand, \
+             and the rewrite reviewed with `git diff`"
+                .into(),
+        ));
+    }
     let tools = setup::setup()?;
     cargo_test(&tools, args)
 }

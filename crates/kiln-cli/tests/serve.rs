@@ -12,12 +12,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The iris pipeline trained and deployed once per test process (into the target's tmp
-/// folder, so that a later run hits the stage cache), returning the deploy folder.
+/// The iris pipeline trained and deployed once per test process by this build, into a
+/// folder of its own (earlier processes' folders are removed first, so no test ever
+/// serves what an older build wrote), returning the deploy folder.
 fn ship() -> &'static Path {
     static SHIP: OnceLock<PathBuf> = OnceLock::new();
     SHIP.get_or_init(|| {
-        let runs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-tests/runs");
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-tests");
+        let _ = std::fs::remove_dir_all(&base);
+        let runs = base.join(std::process::id().to_string());
         ok(kiln()
             .arg("run")
             .arg(root().join("pipelines/iris.toml"))

@@ -41,17 +41,22 @@ pub fn dense_f32(
 
 /// Layer normalization of each row of `h` (`width` values): `(z - mean) / sqrt(var +
 /// 1e-5) * gamma + beta`, mean and biased variance over the row, as PyTorch's
-/// `LayerNorm` and ONNX `LayerNormalization` compute them.
-pub fn layer_norm_rows(h: &mut [f32], width: usize, gamma: &[f32], beta: &[f32]) {
+/// `LayerNorm` and ONNX `LayerNormalization` compute them. Returns the smallest
+/// `sqrt(var + 1e-5)` it divided by (infinity for no rows).
+pub fn layer_norm_rows(h: &mut [f32], width: usize, gamma: &[f32], beta: &[f32]) -> f32 {
     let n = width as f32;
+    let mut sigma_min = f32::INFINITY;
     for row in h.chunks_exact_mut(width) {
         let mean = row.iter().sum::<f32>() / n;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        let sigma = (var + LAYER_NORM_EPS).sqrt();
+        sigma_min = sigma_min.min(sigma);
+        let inv = 1.0 / sigma;
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = (*v - mean) * inv * g + b;
         }
     }
+    sigma_min
 }
 
 /// The activation the dense kernels apply for layer `l`: its own, or the identity when a
@@ -65,22 +70,23 @@ pub fn kernel_activation(l: &LayerSpec) -> Activation {
 }
 
 /// The norm and then the activation of layer `i` on its affine output `h` (rows ×
-/// `out_dim`), when the layer has a norm; nothing otherwise.
+/// `out_dim`), when the layer has a norm; nothing otherwise. Returns the smallest row
+/// standard deviation the norm divided by (None without a norm).
 pub fn norm_and_activate(
     l: &LayerSpec,
     weights: &TensorStore,
     i: usize,
     h: &mut [f32],
-) -> Result<()> {
+) -> Result<Option<f32>> {
     let Some(Norm::Layer) = l.norm else {
-        return Ok(());
+        return Ok(None);
     };
     let (gamma, beta) = norm_params(weights, i, l.out_dim)?;
-    layer_norm_rows(h, l.out_dim, gamma, beta);
+    let sigma_min = layer_norm_rows(h, l.out_dim, gamma, beta);
     for v in h.iter_mut() {
         *v = l.activation.apply(*v);
     }
-    Ok(())
+    Ok(Some(sigma_min))
 }
 
 /// Gamma and beta of layer `i`'s norm (`layers.<i>.norm_weight`, `layers.<i>.norm_bias`),
@@ -398,6 +404,28 @@ const PARALLEL_ROWS: usize = 512;
 
 /// [`forward`] on one thread.
 fn forward_rows(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    forward_traced(spec, weights, x, n, &mut |_, _| {})
+}
+
+/// What the forward pass saw at one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerSeen {
+    /// The activation quantization scale and zero point of the layer's input (int8
+    /// specs; the batch's own for dynamic quantization, the calibrated ones for static).
+    pub input_quant: Option<(f32, u8)>,
+    /// The smallest row standard deviation the layer's norm divided by (layers with a
+    /// norm).
+    pub norm_sigma_min: Option<f32>,
+}
+
+/// The forward pass on one thread, telling `seen` what it saw at each layer (by index).
+pub fn forward_traced(
+    spec: &ModelSpec,
+    weights: &TensorStore,
+    x: &[f32],
+    n: usize,
+    seen: &mut dyn FnMut(usize, LayerSeen),
+) -> Result<Vec<f32>> {
     let mut h = x.to_vec();
     for (i, l) in spec.layers.iter().enumerate() {
         let b = weights.f32(&format!("layers.{i}.bias"))?;
@@ -408,54 +436,69 @@ fn forward_rows(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) ->
                 l.out_dim
             )));
         }
+        let mut input_quant = None;
         h = match &spec.quantization {
             // fp16 weights are stored as the f32 values of their f16 rounding: the
             // arithmetic is fp32 (ONNX Runtime casts them to float once, at load)
-            None => {
-                let w = weights.f32(&format!("layers.{i}.weight"))?;
-                check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l))
-            }
-            Some(q) if q.dtype == "fp16" => {
-                let w = weights.f32(&format!("layers.{i}.weight"))?;
-                check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l))
-            }
-            Some(q) => {
-                let w = weights.i8(&format!("layers.{i}.weight"))?;
-                let s = weights.f32(&format!("layers.{i}.weight_scale"))?;
-                if s.len() != 1 && s.len() != l.out_dim {
-                    return Err(CoreError::Invalid(format!(
-                        "layers.{i}.weight_scale holds {} values; expected 1 or {}",
-                        s.len(),
-                        l.out_dim
-                    )));
-                }
-                check_len(i, w.len(), l.in_dim * l.out_dim)?;
-                // asymmetric weights carry zero points, one per scale
-                let z = weights
-                    .f32(&format!("layers.{i}.weight_zero_point"))
-                    .unwrap_or(&[]);
-                if !z.is_empty() && z.len() != s.len() {
-                    return Err(CoreError::Invalid(format!(
-                        "layers.{i}.weight_zero_point holds {} values; expected {} (one per scale)",
-                        z.len(),
-                        s.len()
-                    )));
-                }
+            Some(q) if q.dtype != "fp16" => {
+                let (w, s, z) = int8_weights(weights, i, l)?;
                 let (xq, xs, xz) = if q.scheme == "static" {
                     let (xs, xz) = static_params(weights, i)?;
                     (quantize_u8(&h, xs, xz), xs, xz)
                 } else {
                     dynamic_quantize_u8(&h)
                 };
+                input_quant = Some((xs, xz));
                 let (ind, outd, act) = (l.in_dim, l.out_dim, kernel_activation(l));
                 dense_u8_i8(&xq, n, xs, xz, (w, s, z), b, ind, outd, act)
             }
+            _ => {
+                let w = weights.f32(&format!("layers.{i}.weight"))?;
+                check_len(i, w.len(), l.in_dim * l.out_dim)?;
+                dense_f32(&h, n, w, b, l.in_dim, l.out_dim, kernel_activation(l))
+            }
         };
-        norm_and_activate(l, weights, i, &mut h)?;
+        let norm_sigma_min = norm_and_activate(l, weights, i, &mut h)?;
+        seen(
+            i,
+            LayerSeen {
+                input_quant,
+                norm_sigma_min,
+            },
+        );
     }
     Ok(h)
+}
+
+/// Layer `i`'s int8 weights: values, scales (1 or per column) and zero points (empty for
+/// symmetric weights), their sizes checked against the layer.
+pub fn int8_weights<'a>(
+    weights: &'a TensorStore,
+    i: usize,
+    l: &LayerSpec,
+) -> Result<QuantWeights<'a>> {
+    let w = weights.i8(&format!("layers.{i}.weight"))?;
+    let s = weights.f32(&format!("layers.{i}.weight_scale"))?;
+    if s.len() != 1 && s.len() != l.out_dim {
+        return Err(CoreError::Invalid(format!(
+            "layers.{i}.weight_scale holds {} values; expected 1 or {}",
+            s.len(),
+            l.out_dim
+        )));
+    }
+    check_len(i, w.len(), l.in_dim * l.out_dim)?;
+    // asymmetric weights carry zero points, one per scale
+    let z = weights
+        .f32(&format!("layers.{i}.weight_zero_point"))
+        .unwrap_or(&[]);
+    if !z.is_empty() && z.len() != s.len() {
+        return Err(CoreError::Invalid(format!(
+            "layers.{i}.weight_zero_point holds {} values; expected {} (one per scale)",
+            z.len(),
+            s.len()
+        )));
+    }
+    Ok((w, s, z))
 }
 
 fn check_len(layer: usize, got: usize, want: usize) -> Result<()> {

@@ -25,6 +25,7 @@ pub mod predictor;
 pub mod progress;
 pub mod schema;
 pub mod tensors;
+pub mod tolerance;
 
 pub use forward::forward;
 

@@ -61,7 +61,7 @@ pub mod runtime;
 pub use bake::{bake, is_baked};
 pub use card::{ColumnRange, ModelCard, VariantMetrics};
 pub use export::{ExportMeta, build, decode, export, output_name};
-pub use parity::{ParityReport, WorstRow, check_parity, compare};
+pub use parity::{ParityReport, WorstRow, check_model_parity, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
 use kiln_core::{Dataset, NativeModel, Schema};
@@ -411,11 +411,10 @@ pub fn run_with_exporter(
             bytes = prost::Message::encode_to_vec(&m);
         }
         let mut onnx = OrtModel::from_bytes(&bytes, 1)?;
-        let (report, native) = parity::check_parity_keep(
-            &mut v.model.clone(),
+        let (report, native) = parity::check_model_parity(
+            &v.model,
             &mut onnx,
-            native_x,
-            onnx_x,
+            (native_x, onnx_x),
             n,
             config.parity_batch,
             config.parity_tolerance,

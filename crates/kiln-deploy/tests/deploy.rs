@@ -10,7 +10,8 @@ use kiln_core::{
 };
 use kiln_deploy::onnx::{ModelProto, dtype};
 use kiln_deploy::{
-    Config, DeployError, ExportMeta, OrtModel, ParityFile, Variant, check_parity, decode, export,
+    Config, DeployError, ExportMeta, OrtModel, ParityFile, Variant, check_model_parity,
+    check_parity, decode, export,
 };
 use prost::Message;
 use std::path::Path;
@@ -407,14 +408,49 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     );
 }
 
+/// `m` with every hidden layer's activation set to `act`, and with layer norm (seeded
+/// gamma and beta) when `norm`.
+fn with_activation(m: &NativeModel, act: Activation, norm: bool, seed: u64) -> NativeModel {
+    let mut spec = m.spec.clone();
+    let last = spec.layers.len() - 1;
+    for l in &mut spec.layers[..last] {
+        l.activation = act;
+    }
+    let mut w = m.weights.clone();
+    if norm {
+        spec = spec.with_norm(Some(kiln_core::Norm::Layer));
+        let mut next = rng(seed);
+        for (i, l) in spec.layers[..last].iter().enumerate() {
+            let gamma: Vec<f32> = (0..l.out_dim).map(|_| 1.0 + 0.5 * next()).collect();
+            let beta: Vec<f32> = (0..l.out_dim).map(|_| 0.2 * next()).collect();
+            w.insert_f32(&format!("layers.{i}.norm_weight"), vec![l.out_dim], gamma);
+            w.insert_f32(&format!("layers.{i}.norm_bias"), vec![l.out_dim], beta);
+        }
+    }
+    NativeModel::new(spec, w).unwrap()
+}
+
+/// The deploy gate on `model` against its own export: (report, rows explained by one
+/// rounding step).
+fn gate(model: &NativeModel, x: &[f32], rows: usize) -> kiln_deploy::ParityReport {
+    let bytes = export(&model.spec, &model.weights, &meta(model.spec.output_dim())).unwrap();
+    let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+    check_model_parity(model, &mut ort, (x, x), rows, rows, 1e-5)
+        .unwrap()
+        .0
+}
+
 /// Every hidden activation (ReLU, tanh, sigmoid, leaky ReLU as ONNX LeakyRelu, GELU
-/// spelled out with Erf for opset 17) gives ONNX Runtime's outputs within 1e-5 of kiln's
-/// reference in fp32. In int8 the piecewise-linear ones are exact too; for the smooth
-/// ones a last-ulp difference of exp / tanh / erf between ONNX Runtime and Rust can move
-/// a value across a rounding boundary of the next layer's activation quantization, one
-/// step on one row in a few hundred, so there the bound is per row.
+/// spelled out with Erf for opset 17), with and without layer norm, passes the deploy
+/// parity gate (1e-5 in probability) in fp32, int8 dynamic and int8 static, over 40
+/// random models each. Piecewise-linear activations without norm are exact in int8 as
+/// in fp32; for the others ONNX Runtime's `exp` / `tanh` / `erf` may differ in the last
+/// bit, which can put an activation on the other side of the next layer's rounding
+/// boundary: such rows pass only when one step of one quantized activation reproduces
+/// them (`rounding_rows`), and there are few of them.
 #[test]
-fn every_activation_matches_the_reference() {
+fn every_activation_passes_the_gate_in_fp32_and_int8() {
+    let mut rounding = 0;
     for act in [
         Activation::Relu,
         Activation::Tanh,
@@ -422,49 +458,62 @@ fn every_activation_matches_the_reference() {
         Activation::LeakyRelu,
         Activation::Gelu,
     ] {
-        let (mut m, x) = random(11, 12, &[10, 6], 4, 200);
-        // inputs in [-2, 2] so the negative side of every activation is exercised
-        let x: Vec<f32> = x.iter().map(|v| v * 4.0 - 2.0).collect();
-        let last = m.spec.layers.len() - 1;
-        for l in &mut m.spec.layers[..last] {
-            l.activation = act;
-        }
-        let m = NativeModel::new(m.spec.clone(), m.weights.clone()).unwrap();
-        let exact = matches!(act, Activation::Relu | Activation::LeakyRelu);
-        for (i, model) in [m.clone(), int8(&m)].into_iter().enumerate() {
-            let bytes = export(&model.spec, &model.weights, &meta(4)).unwrap();
-            let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
-            let r = check_parity(&mut model.clone(), &mut ort, &x, 200, 200, 1e-5).unwrap();
-            if i == 0 || exact {
-                assert!(r.passed && r.max_abs_logit <= 1e-4, "{act:?}: {r:?}");
-            } else {
-                // at most 2 rows of 200 off, by at most a few quantization steps
-                let off = r.worst_rows.iter().filter(|w| w.diff > 1e-5).count();
-                assert!(off <= 2 && r.max_abs_prob < 0.02, "{act:?} int8: {r:?}");
-                assert_eq!(r.argmax_agreement, 1.0, "{act:?} int8: {r:?}");
+        for norm in [false, true] {
+            for seed in 0..40 {
+                let (m, x) = random(100 + seed, 12, &[10, 6], 4, 200);
+                // inputs in [-2, 2] so the negative side of every activation is exercised
+                let x: Vec<f32> = x.iter().map(|v| v * 4.0 - 2.0).collect();
+                let m = with_activation(&m, act, norm, seed);
+                let exact = !norm && matches!(act, Activation::Relu | Activation::LeakyRelu);
+                for (name, model) in [
+                    ("fp32", m.clone()),
+                    ("int8", int8(&m)),
+                    ("static", int8_static(&m, &x, 100)),
+                ] {
+                    let r = gate(&model, &x, 200);
+                    let what = format!("{act:?} norm {norm} seed {seed} {name}");
+                    assert!(r.passed, "{what}: {r:?}");
+                    if name == "fp32" || exact {
+                        assert!(r.rounding_rows.is_empty(), "{what}: {r:?}");
+                        assert!(r.max_abs_prob <= 1e-5, "{what}: {r:?}");
+                    }
+                    assert!(r.rounding_rows.len() <= 3, "{what}: {r:?}");
+                    rounding += r.rounding_rows.len();
+                }
             }
         }
     }
+    // the rule is exercised: some smooth int8 rows really do differ by one step
+    assert!(rounding > 0);
 }
 
-/// Layer norm after each hidden layer (ONNX LayerNormalization, opset 17) gives ONNX
-/// Runtime's outputs within 1e-5 of kiln's reference in fp32, and in int8 (norm
-/// parameters in f32) the same bound per row as the smooth activations; opset 16 cannot
-/// express it and is refused.
+/// The one-step rule cannot hide a wrong model: int8 with tanh whose exported weights
+/// differ by one unit of one weight fails the gate, on rows no single rounding step of
+/// the reference explains.
 #[test]
-fn layer_norm_matches_the_reference() {
-    let (m, x) = random(13, 12, &[10, 6], 4, 200);
-    let spec = m.spec.clone().with_norm(Some(kiln_core::Norm::Layer));
-    let mut w = m.weights.clone();
-    let mut next = rng(5);
-    for (i, l) in spec.layers[..2].iter().enumerate() {
-        let gamma: Vec<f32> = (0..l.out_dim).map(|_| 1.0 + 0.5 * next()).collect();
-        let beta: Vec<f32> = (0..l.out_dim).map(|_| 0.2 * next()).collect();
-        w.insert_f32(&format!("layers.{i}.norm_weight"), vec![l.out_dim], gamma);
-        w.insert_f32(&format!("layers.{i}.norm_bias"), vec![l.out_dim], beta);
-    }
-    let m = NativeModel::new(spec, w).unwrap();
-    for (i, model) in [m.clone(), int8(&m)].into_iter().enumerate() {
+fn one_step_rule_rejects_a_wrong_int8_weight() {
+    let (m, x) = random(21, 12, &[10, 6], 4, 200);
+    let x: Vec<f32> = x.iter().map(|v| v * 4.0 - 2.0).collect();
+    let q = int8(&with_activation(&m, Activation::Tanh, false, 0));
+    let mut wrong = q.clone();
+    let mut w1 = wrong.weights.i8("layers.1.weight").unwrap().to_vec();
+    w1[0] = w1[0].saturating_add(if w1[0] > 0 { -9 } else { 9 });
+    wrong.weights.insert_i8("layers.1.weight", vec![10, 6], w1);
+    let bytes = export(&wrong.spec, &wrong.weights, &meta(4)).unwrap();
+    let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+    let (r, _) = check_model_parity(&q, &mut ort, (&x, &x), 200, 200, 1e-5).unwrap();
+    assert!(!r.passed, "{r:?}");
+    assert!(r.max_abs_prob > 1e-3, "{r:?}");
+}
+
+/// Layer norm after each hidden layer is exported as ONNX LayerNormalization (opset 17),
+/// one node per norm, in fp32 and int8 (norm parameters in f32); opset 16 cannot express
+/// it and is refused.
+#[test]
+fn layer_norm_is_exported_as_layer_normalization() {
+    let (m, _) = random(13, 12, &[10, 6], 4, 200);
+    let m = with_activation(&m, Activation::Relu, true, 5);
+    for model in [m.clone(), int8(&m)] {
         let bytes = export(&model.spec, &model.weights, &meta(4)).unwrap();
         let proto = ModelProto::decode(bytes.as_slice()).unwrap();
         let graph = proto.graph.unwrap();
@@ -474,14 +523,6 @@ fn layer_norm_matches_the_reference() {
             .filter(|n| n.op_type == "LayerNormalization")
             .count();
         assert_eq!(norms, 2);
-        let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
-        let r = check_parity(&mut model.clone(), &mut ort, &x, 200, 200, 1e-5).unwrap();
-        if i == 0 {
-            assert!(r.passed && r.max_abs_logit <= 1e-4, "fp32: {r:?}");
-        } else {
-            let off = r.worst_rows.iter().filter(|w| w.diff > 1e-5).count();
-            assert!(off <= 2 && r.max_abs_prob < 0.02, "int8: {r:?}");
-        }
     }
     let old = ExportMeta {
         opset: 16,
@@ -660,27 +701,10 @@ fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
 }
 
 /// The official tools: onnx.checker (full_check) and Python onnxruntime 1.31 on both
-/// files. `cargo xtask test` provides them (KILN_PYTHON); under CI=true their absence fails.
+/// files. `cargo xtask test` provides them (KILN_PYTHON); without them the test fails.
 #[test]
 fn official_checker_and_python_onnxruntime_accept_both_files() {
-    let python = std::env::var("KILN_PYTHON").ok().filter(|p| {
-        std::process::Command::new(p)
-            .args(["-c", "import onnx, onnxruntime, numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    });
-    let Some(python) = python else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "KILN_PYTHON with onnx + onnxruntime is required under CI=true; run `cargo xtask setup` and `cargo xtask test`"
-            );
-        }
-        eprintln!(
-            "note: KILN_PYTHON (a python with onnx + onnxruntime) is not available, so the official-tools check did not run; use `cargo xtask test` to include it"
-        );
-        return;
-    };
+    let python = kiln_python("import onnx, onnxruntime, numpy");
     let (m, x) = random(99, 12, &[10], 3, 50);
     let dir = tempfile::tempdir().unwrap();
     let mut models = Vec::new();
@@ -803,4 +827,21 @@ fn a_missing_runtime_library_is_an_error_naming_both_places() {
         `/nonexistent-kiln-cache/onnxruntime-1.31.1/libonnxruntime.so` does not exist; \
         run `cargo xtask setup`";
     assert!(stdout.contains(want), "{stdout}");
+}
+
+/// The python of `KILN_PYTHON`, checked to run `imports`; the test fails, naming the
+/// command that installs it, when it is missing (`cargo xtask test` sets it up).
+fn kiln_python(imports: &str) -> String {
+    let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| {
+        panic!("KILN_PYTHON is unset: this test needs a python with onnx and onnxruntime; run the suite with `cargo xtask test`, which installs them")
+    });
+    let ok = std::process::Command::new(&python)
+        .args(["-c", imports])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "KILN_PYTHON={python} cannot run `{imports}`; run `cargo xtask setup` to rebuild its venv"
+    );
+    python
 }

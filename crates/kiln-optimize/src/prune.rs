@@ -336,4 +336,47 @@ mod tests {
             }
         }
     }
+
+    /// 2 -> 5 -> 2 with hand-picked weights: unit j's score is |in_j| * |out_j| (norms of
+    /// its incoming weights + bias and of its outgoing weights).
+    #[test]
+    fn structured_pruning_keeps_the_units_with_the_highest_scores() {
+        let spec = ModelSpec::mlp(2, &[5], Activation::Relu, Task::Classification, 2);
+        let mut w = TensorStore::default();
+        // incoming columns (w0j, w1j) and biases: |in| = 5, 1, 3, 3, 2
+        #[rustfmt::skip]
+        w.insert_f32("layers.0.weight", vec![2, 5], vec![
+            3.0, 1.0, 0.0, 2.0, 0.0,
+            4.0, 0.0, 3.0, 2.0, 0.0,
+        ]);
+        w.insert_f32("layers.0.bias", vec![5], vec![0.0, 0.0, 0.0, 1.0, 2.0]);
+        // outgoing rows: |out| = 1, 10, 2, 2, 1.5
+        #[rustfmt::skip]
+        w.insert_f32("layers.1.weight", vec![5, 2], vec![
+            1.0, 0.0,
+            6.0, 8.0,
+            0.0, 2.0,
+            2.0, 0.0,
+            0.9, 1.2,
+        ]);
+        w.insert_f32("layers.1.bias", vec![2], vec![0.0, 0.0]);
+        let m = NativeModel::new(spec, w).unwrap();
+        // scores 5, 10, 6, 6, 3: keep 1 -> unit 1; keep 3 -> 1, 2, 3 (the tie 2 = 3 both
+        // fit); keep 2 -> 1 and 2 (of the tied units the lower index stays)
+        assert_eq!(units_to_keep(&m, &[1]).unwrap(), [vec![1]]);
+        assert_eq!(units_to_keep(&m, &[2]).unwrap(), [vec![1, 2]]);
+        assert_eq!(units_to_keep(&m, &[3]).unwrap(), [vec![1, 2, 3]]);
+        assert_eq!(units_to_keep(&m, &[4]).unwrap(), [vec![0, 1, 2, 3]]);
+        // removing units 0, 3, 4 leaves the columns and rows of units 1 and 2
+        let small = remove_units(&m, &[vec![1, 2]], 0.6).unwrap();
+        assert_eq!(
+            small.weights.f32("layers.0.weight").unwrap(),
+            &[1.0, 0.0, 0.0, 3.0]
+        );
+        assert_eq!(small.weights.f32("layers.0.bias").unwrap(), &[0.0, 0.0]);
+        assert_eq!(
+            small.weights.f32("layers.1.weight").unwrap(),
+            &[6.0, 8.0, 0.0, 2.0]
+        );
+    }
 }

@@ -237,17 +237,24 @@ mod tests {
         let d = data(20);
         let mut fm = m.clone();
         let want = fm.predict(&d.features, 20).unwrap().logits;
-        for q in [
-            quantize(&m, Scheme::Dynamic, true, None).unwrap(),
-            quantize(&m, Scheme::Static, true, Some((&d, 20))).unwrap(),
-            fp16(&m).unwrap(),
+        // largest logit error of each on these 20 rows: int8 (measured 0.020 dynamic,
+        // 0.021 static) and fp16 (0.0020, weights rounded to 11 significant bits)
+        for (q, bound) in [
+            (quantize(&m, Scheme::Dynamic, true, None).unwrap(), 0.03),
+            (
+                quantize(&m, Scheme::Static, true, Some((&d, 20))).unwrap(),
+                0.03,
+            ),
+            (fp16(&m).unwrap(), 0.003),
         ] {
             assert_eq!(q.weights.f32("layers.0.norm_weight").unwrap(), &g[..]);
             assert_eq!(q.weights.f32("layers.0.norm_bias").unwrap(), &b[..]);
             let got = q.clone().predict(&d.features, 20).unwrap().logits;
             for (x, y) in got.iter().zip(&want) {
-                assert!((x - y).abs() < 0.1, "{x} vs {y}");
+                assert!((x - y).abs() < bound, "{x} vs {y}");
             }
+            // and they are not fp32 itself
+            assert_ne!(got, want);
         }
         let e = crate::prune::units_to_keep(&m, &[2])
             .unwrap_err()

@@ -595,7 +595,10 @@ fn column_types_override_inference() {
     // without the override zip is a number column and one_hot refuses it
     c.column_types.clear();
     let e = run(&c, &dir.path().join("bad")).unwrap_err().to_string();
-    assert!(e.contains("zip"), "{e}");
+    assert!(
+        e.contains("steps[0] (one_hot): column `zip` holds numbers, and one_hot encodes text"),
+        "{e}"
+    );
     // a text cell in a column declared numeric
     std::fs::write(
         &path,

@@ -1193,23 +1193,30 @@ mod tests {
     /// `steps` steps of `kind` (lr 0.01, weight decay 0.1, betas 0.9 / 0.999, eps 1e-8) on
     /// the model of `adam_first_step_matches_hand_computation`, same x and class each step.
     fn adam_steps(kind: OptimizerKind, steps: usize) -> (Vec<f32>, Vec<f32>) {
-        let dev = Cpu::seed_from_u64(0);
-        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
-        let mut net = Mlp::new(&dev, spec, 0.0, 0).unwrap();
-        net.layers[0].w = dev.tensor_from_vec(vec![0.1, -0.2, 0.3, 0.05], (2, 2));
-        net.layers[0].b = dev.tensor_from_vec(vec![0.0, 0.1], (2,));
         let opt = OptimizerConfig {
             kind,
             lr: 0.01,
             weight_decay: 0.1,
             ..Default::default()
         };
+        optimizer_steps(&opt, steps)
+    }
+
+    /// `steps` steps of `opt` on a 2-in, 2-out linear classifier (W = [[0.1, -0.2],
+    /// [0.3, 0.05]] as in × out, b = [0, 0.1]), x = [1, 2] and class 0 every step; the
+    /// model of golden/torch_optimizers.py.
+    fn optimizer_steps(opt: &OptimizerConfig, steps: usize) -> (Vec<f32>, Vec<f32>) {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Classification, 2);
+        let mut net = Mlp::new(&dev, spec, 0.0, 0).unwrap();
+        net.layers[0].w = dev.tensor_from_vec(vec![0.1, -0.2, 0.3, 0.05], (2, 2));
+        net.layers[0].b = dev.tensor_from_vec(vec![0.0, 0.1], (2,));
         for _ in 0..steps {
             let x = dev.tensor_from_vec(vec![1.0f32, 2.0], (1, 2));
             let y = dev.tensor_from_vec(vec![1.0f32, 0.0], (1, 2));
             let loss = dfdx::losses::cross_entropy_with_logits_loss(net.forward_train(x, &[]), y);
             let mut grads = loss.backward();
-            net.update(&mut grads, &opt, opt.lr).unwrap();
+            net.update(&mut grads, opt, opt.lr).unwrap();
         }
         (net.layers[0].w.as_vec(), net.layers[0].b.as_vec())
     }
@@ -1223,7 +1230,7 @@ mod tests {
     }
 
     /// AdamW (decoupled weight decay: p -= lr * wd * p beside the Adam step) against
-    /// PyTorch 2.15's `torch.optim.AdamW(lr=0.01, weight_decay=0.1)` on the same model,
+    /// (golden/torch_optimizers.py) PyTorch 2.15's `torch.optim.AdamW(lr=0.01, weight_decay=0.1)` on the same model,
     /// three steps (W as in × out; `weight_decay` applies to biases too, as in one torch
     /// parameter group). Step 1 by hand: 0.1 - 0.01 * 0.1 * 0.1 + 0.01 = 0.1099.
     #[test]
@@ -1250,7 +1257,7 @@ mod tests {
     }
 
     /// Adam with L2 weight decay (wd * p added to the gradient before the moments)
-    /// against PyTorch 2.15's `torch.optim.Adam(lr=0.01, weight_decay=0.1)`, three steps.
+    /// against (golden/torch_optimizers.py) PyTorch 2.15's `torch.optim.Adam(lr=0.01, weight_decay=0.1)`, three steps.
     /// Step 1 moves every parameter by exactly lr, as without decay; later steps differ.
     #[test]
     fn adam_l2_steps_match_pytorch() {
@@ -1275,7 +1282,7 @@ mod tests {
         }
     }
 
-    /// SGD with momentum 0.9, two steps with the same gradient g: v1 = g, v2 = 0.9 g + g.
+    /// One plain SGD step (momentum 0) of the zero network on x = 1, class 0, by hand.
     #[test]
     fn sgd_moves_against_the_gradient() {
         let dev = Cpu::seed_from_u64(0);
@@ -1297,6 +1304,145 @@ mod tests {
         net.update(&mut grads, &opt, opt.lr).unwrap();
         // z = [0, 0], p = [0.5, 0.5], dz = [-0.5, 0.5]; w -= 0.1 * dz
         assert_eq!(net.layers[0].w.as_vec(), vec![0.05, -0.05]);
+    }
+
+    /// SGD (lr 0.01), plain, with momentum 0.9 and with Nesterov momentum 0.9, each with
+    /// weight decay 0 and 0.1 (L2: wd * p added to the gradient, biases too), three steps
+    /// against PyTorch 2.15's `torch.optim.SGD` (golden/torch_optimizers.py).
+    #[test]
+    fn sgd_steps_match_pytorch() {
+        type Golden = [([f64; 4], [f64; 2]); 3];
+        let cases: [(f64, bool, f64, Golden); 6] = [
+            (
+                0.0,
+                false,
+                0.0,
+                [
+                    (
+                        [0.103318125, -0.203318119, 0.306636244, 0.0433637574],
+                        [0.00331812189, 0.096681878],
+                    ),
+                    (
+                        [0.106548563, -0.206548557, 0.313097119, 0.0369028784],
+                        [0.00654856255, 0.0934514403],
+                    ),
+                    (
+                        [0.109694816, -0.209694818, 0.319389641, 0.0306103695],
+                        [0.00969481654, 0.0903051868],
+                    ),
+                ],
+            ),
+            (
+                0.9,
+                false,
+                0.0,
+                [
+                    (
+                        [0.103318125, -0.203318119, 0.306636244, 0.0433637574],
+                        [0.00331812189, 0.096681878],
+                    ),
+                    (
+                        [0.109534875, -0.209534869, 0.319069743, 0.0309302583],
+                        [0.00953487214, 0.0904651284],
+                    ),
+                    (
+                        [0.118199445, -0.218199447, 0.3363989, 0.013601114],
+                        [0.0181994438, 0.0818005577],
+                    ),
+                ],
+            ),
+            (
+                0.9,
+                true,
+                0.0,
+                [
+                    (
+                        [0.106304429, -0.206304431, 0.312608868, 0.0373911373],
+                        [0.00630443124, 0.0936955735],
+                    ),
+                    (
+                        [0.114982001, -0.214982003, 0.329964012, 0.0200359952],
+                        [0.0149820028, 0.0850180015],
+                    ),
+                    (
+                        [0.125525728, -0.225525722, 0.35105145, -0.00105145539],
+                        [0.0255257282, 0.0744742751],
+                    ),
+                ],
+            ),
+            (
+                0.0,
+                false,
+                0.1,
+                [
+                    (
+                        [0.103218123, -0.203118131, 0.306336254, 0.0433137566],
+                        [0.00331812189, 0.0965818763],
+                    ),
+                    (
+                        [0.106346875, -0.206146985, 0.312493861, 0.0368065014],
+                        [0.00654677488, 0.0932533219],
+                    ),
+                    (
+                        [0.109389849, -0.209090158, 0.318480015, 0.0304710586],
+                        [0.00968954712, 0.0900107473],
+                    ),
+                ],
+            ),
+            (
+                0.9,
+                false,
+                0.1,
+                [
+                    (
+                        [0.103218123, -0.203118131, 0.306336254, 0.0433137566],
+                        [0.00331812189, 0.0965818763],
+                    ),
+                    (
+                        [0.109243184, -0.208953291, 0.318196476, 0.0307888798],
+                        [0.00953308493, 0.0901770145],
+                    ),
+                    (
+                        [0.117630355, -0.217069849, 0.334700197, 0.0133379782],
+                        [0.0181908794, 0.0812485963],
+                    ),
+                ],
+            ),
+            (
+                0.9,
+                true,
+                0.1,
+                [
+                    (
+                        [0.106114432, -0.205924436, 0.312038869, 0.0372961387],
+                        [0.00630443124, 0.0935055688],
+                    ),
+                    (
+                        [0.114514843, -0.214054212, 0.328569055, 0.0198187213],
+                        [0.0149754798, 0.0845638812],
+                    ),
+                    (
+                        [0.124697477, -0.22389397, 0.348591447, -0.00140372175],
+                        [0.025500983, 0.0736955106],
+                    ),
+                ],
+            ),
+        ];
+        for (momentum, nesterov, weight_decay, golden) in cases {
+            let opt = OptimizerConfig {
+                kind: OptimizerKind::Sgd,
+                lr: 0.01,
+                momentum,
+                nesterov,
+                weight_decay,
+                ..Default::default()
+            };
+            for (i, (w, b)) in golden.iter().enumerate() {
+                let (gw, gb) = optimizer_steps(&opt, i + 1);
+                assert_close(&gw, w);
+                assert_close(&gb, b);
+            }
+        }
     }
 
     /// One SGD step of the zero network on x = 1, target class 0: the gradients of w and
