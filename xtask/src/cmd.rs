@@ -41,9 +41,37 @@ impl Failure {
 /// Result of a task.
 pub type Result<T = ()> = std::result::Result<T, Failure>;
 
-/// A `cargo` command: the cargo that runs xtask (env `CARGO`), else `cargo` on PATH.
+/// A `cargo` command: the cargo that runs xtask (env `CARGO`), else `cargo` on PATH,
+/// without the variables `cargo run` set for xtask itself.
+///
+/// Build scripts may ask cargo to rerun when a variable changes (ring's asks for
+/// `CARGO_MANIFEST_DIR`), and cargo compares the value in its own environment: a child
+/// cargo that inherited xtask's `CARGO_MANIFEST_DIR` saw a change against a plain
+/// `cargo build`, rebuilt ring and everything above it (polars: 8-15 minutes), and the
+/// next plain build rebuilt it back. Without these variables both see the same.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")))
+    let mut command =
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")));
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_run) {
+            command.env_remove(&key);
+        }
+    }
+    command
+}
+
+/// Whether `cargo run` sets this variable for the program it runs (the package's own
+/// metadata), as opposed to configuration that a child cargo should inherit.
+fn set_by_cargo_run(key: &str) -> bool {
+    [
+        "CARGO_MANIFEST_",
+        "CARGO_PKG_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+        || key == "CARGO_PRIMARY_PACKAGE"
 }
 
 /// A printable form of a command line, for logs and error messages.
@@ -116,4 +144,48 @@ pub fn exit_code(status: ExitStatus) -> u8 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The child cargo does not see what `cargo run` set for xtask (under `cargo xtask
+    /// test` this process has them all), and keeps cargo's configuration.
+    #[test]
+    fn child_cargo_drops_what_cargo_run_set() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+        ] {
+            assert!(set_by_cargo_run(key), "{key}");
+        }
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(key), "{key}");
+        }
+        // the test binary itself runs with CARGO_MANIFEST_DIR set by cargo
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let c = cargo();
+        let removed: Vec<_> = c
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.contains(&"CARGO_MANIFEST_DIR".to_string()),
+            "{removed:?}"
+        );
+        assert!(!removed.contains(&"CARGO_HOME".to_string()));
+    }
 }
