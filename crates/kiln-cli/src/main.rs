@@ -1,7 +1,8 @@
 //! The `kiln` binary: `run`, `validate` and `inspect` pipelines, `predict` with a
-//! deployed model, `serve` it over HTTP. It owns the tracing
+//! deployed model, `serve` it over HTTP, `gc` a runs folder. It owns the tracing
 //! subscriber (`RUST_LOG`), the progress bars and the exit codes (0 ok, 1 a stage or gate
-//! failed, 2 the pipeline file or the command line is invalid).
+//! failed, 2 the pipeline file or the command line is invalid, 3 a cache lock was not
+//! free within `--lock-timeout`).
 
 mod predict;
 mod progress;
@@ -12,10 +13,24 @@ use comfy_table::{Table as Grid, presets::UTF8_FULL_CONDENSED};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `kiln --version`: the version, the build identity (a hash of every library crate's
+/// sources, Cargo.lock and the compiler: what the stage cache keys cover) and rustc.
+fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{} (build {}, {})",
+            env!("CARGO_PKG_VERSION"),
+            kiln_pipeline::build_id(),
+            kiln_pipeline::RUSTC_VERSION
+        )
+    })
+}
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version,
+    version = version(),
     about = "dataset -> trained, compressed, evaluated, ONNX-deployed model"
 )]
 struct Cli {
@@ -44,6 +59,27 @@ enum Command {
         /// Rerun this stage and everything downstream of it.
         #[arg(long, value_name = "ID")]
         from: Option<String>,
+        /// Most seconds to wait for another run building the same stage (default: as
+        /// long as it takes); past it kiln exits with code 3, naming that run.
+        #[arg(long, value_name = "SECONDS")]
+        lock_timeout: Option<f64>,
+    },
+    /// Remove what no run needs: abandoned partial folders and cache entries no run
+    /// links to.
+    Gc {
+        /// The runs folder.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// Only what is at least this many days old (default 7; 0 = everything).
+        #[arg(long, default_value_t = 7.0)]
+        older_than_days: f64,
+        /// Also remove unlinked entries, oldest first, until the cache holds at most
+        /// this many MiB.
+        #[arg(long, value_name = "MIB")]
+        max_size_mib: Option<u64>,
+        /// List what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check a pipeline file without running it.
     Validate {
@@ -143,10 +179,23 @@ fn main() -> ExitCode {
             runs_dir,
             only,
             from,
+            lock_timeout,
         } => {
             let pipeline = match kiln_pipeline::load(&file, &set) {
                 Ok(p) => p,
                 Err(e) => return fail(2, &e.to_string()),
+            };
+            let lock_timeout = match lock_timeout {
+                None => None,
+                Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => {
+                    Some(std::time::Duration::from_secs_f64(s))
+                }
+                Some(s) => {
+                    return fail(
+                        2,
+                        &format!("--lock-timeout {s}: give a number of seconds >= 0"),
+                    );
+                }
             };
             let bars = progress::Bars::default();
             let opts = kiln_pipeline::RunOptions {
@@ -155,6 +204,7 @@ fn main() -> ExitCode {
                 progress: &bars,
                 only,
                 from,
+                lock_timeout,
             };
             let started = std::time::Instant::now();
             match kiln_pipeline::run(&pipeline, &opts) {
@@ -167,14 +217,23 @@ fn main() -> ExitCode {
                     );
                     match &report.failure {
                         None => ExitCode::SUCCESS,
-                        Some(f) => fail(1, f),
+                        Some(f) => fail(1, &f.to_string()),
                     }
                 }
                 Err(e @ kiln_pipeline::PipelineError::Usage(_)) => fail(2, &e.to_string()),
+                Err(e @ kiln_pipeline::PipelineError::LockTimeout { .. }) => {
+                    fail(3, &e.to_string())
+                }
                 Err(e) => fail(1, &e.to_string()),
             }
         }
         Command::Inspect { run } => inspect(&run),
+        Command::Gc {
+            runs_dir,
+            older_than_days,
+            max_size_mib,
+            dry_run,
+        } => gc(&runs_dir, older_than_days, max_size_mib, dry_run),
         Command::Predict {
             model,
             input,
@@ -254,8 +313,8 @@ fn print_report(report: &kiln_pipeline::RunReport) {
     for s in &report.stages {
         g.add_row([
             s.id.clone(),
-            format!("{:?}", s.uses).to_lowercase(),
-            s.status.clone(),
+            s.uses.to_string(),
+            s.status.to_string(),
             format!("{:.1}", s.seconds),
             s.message.clone().unwrap_or_default(),
         ]);
@@ -273,9 +332,9 @@ fn print_report(report: &kiln_pipeline::RunReport) {
 }
 
 fn inspect(run: &std::path::Path) -> ExitCode {
-    let manifest = run.join("run.json");
-    let v: serde_json::Value = match kiln_core::read_json(&manifest) {
-        Ok(v) => v,
+    use kiln_core::artifact::{metrics::Metrics, run::RunManifest};
+    let m: RunManifest = match kiln_core::artifact::load(run) {
+        Ok(m) => m,
         Err(e) => {
             return fail(
                 2,
@@ -284,38 +343,79 @@ fn inspect(run: &std::path::Path) -> ExitCode {
         }
     };
     println!(
-        "pipeline {}  run {}  ok: {}",
-        v["pipeline"].as_str().unwrap_or("?"),
-        v["run_id"].as_str().unwrap_or("?"),
-        v["ok"]
+        "pipeline {}  run {}  status: {:?}  ({:.1} s, build {})",
+        m.pipeline, m.run_id, m.status, m.seconds, m.build
     );
     let mut g = Grid::new();
-    g.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["stage", "kind", "status", "seconds", "hash"]);
-    for s in v["stages"].as_array().into_iter().flatten() {
+    g.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "stage",
+        "kind",
+        "status",
+        "seconds",
+        "hash",
+        "why it ran",
+    ]);
+    for s in &m.stages {
         g.add_row([
-            s["id"].as_str().unwrap_or("").to_string(),
-            s["uses"].as_str().unwrap_or("").to_string(),
-            s["status"].as_str().unwrap_or("").to_string(),
-            format!("{:.1}", s["seconds"].as_f64().unwrap_or(0.0)),
-            s["hash"].as_str().unwrap_or("").to_string(),
+            s.id.clone(),
+            s.uses.to_string(),
+            s.status.to_string(),
+            format!("{:.1}", s.seconds),
+            s.hash.clone(),
+            s.rerun_because.join("; "),
         ]);
     }
     println!("{g}");
-    for s in v["stages"].as_array().into_iter().flatten() {
-        let metrics = run
-            .join(s["id"].as_str().unwrap_or(""))
-            .join("metrics.json");
-        if let Ok(m) = kiln_core::read_json::<serde_json::Value>(&metrics) {
-            println!(
-                "\nmetrics ({}): {}",
-                s["id"].as_str().unwrap_or(""),
-                m["variants"]
-            );
+    for s in &m.stages {
+        if let Ok(metrics) = kiln_core::artifact::load::<Metrics>(&run.join(&s.id)) {
+            for (variant, values) in &metrics.variants {
+                let shown: Vec<String> = metrics
+                    .main()
+                    .iter()
+                    .filter_map(|(k, t)| values.get(*k).map(|v| format!("{t} {v:.4}")))
+                    .collect();
+                println!("\nmetrics ({}, {variant}): {}", s.id, shown.join(", "));
+            }
         }
     }
-    if let Some(f) = v["failure"].as_str() {
+    if let Some(f) = &m.failure {
         println!("\nfailure: {f}");
     }
     ExitCode::SUCCESS
+}
+
+fn gc(runs_dir: &std::path::Path, days: f64, max_mib: Option<u64>, dry_run: bool) -> ExitCode {
+    if !(days.is_finite() && days >= 0.0) {
+        return fail(
+            2,
+            &format!("--older-than-days {days}: give a number of days >= 0"),
+        );
+    }
+    let opts = kiln_pipeline::gc::GcOptions {
+        older_than: (days * 86_400.0).min(u64::MAX as f64) as u64,
+        max_bytes: max_mib.map(|m| m.saturating_mul(1 << 20)),
+        dry_run,
+    };
+    match kiln_pipeline::gc::gc(runs_dir, &opts) {
+        Ok(removed) => {
+            let total: u64 = removed.iter().map(|r| r.bytes).sum();
+            for r in &removed {
+                println!(
+                    "{} {} ({:.1} MiB, {})",
+                    if dry_run { "would remove" } else { "removed" },
+                    r.path.display(),
+                    r.bytes as f64 / (1 << 20) as f64,
+                    r.why
+                );
+            }
+            println!(
+                "{} {} folder(s), {:.1} MiB",
+                if dry_run { "would free" } else { "freed" },
+                removed.len(),
+                total as f64 / (1 << 20) as f64
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e.to_string()),
+    }
 }

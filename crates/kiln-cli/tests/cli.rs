@@ -99,9 +99,11 @@ fn missing_and_corrupt_mnist_files_fail_cleanly() {
         err.contains("train-images-idx3-ubyte.gz") && err.contains("corrupt"),
         "{err}"
     );
-    // No stage output that looks complete.
+    // No stage output in the cache (only the entry's lock file stays)
     let cache: Vec<_> = std::fs::read_dir(dir.path().join("runs/.cache"))
         .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|x| x != "lock"))
         .collect();
     assert!(cache.is_empty(), "{cache:?}");
 }

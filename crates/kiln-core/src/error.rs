@@ -40,6 +40,14 @@ pub enum CoreError {
     /// Data or a model is inconsistent (wrong shapes, missing tensors, bad values).
     #[error("{0}")]
     Invalid(String),
+    /// An artifact of another kind or format than the reader expects.
+    #[error("{}: {message}", path.display())]
+    Format {
+        /// The file involved.
+        path: PathBuf,
+        /// Which kind or format it holds, and what to do.
+        message: String,
+    },
 }
 
 /// Result alias for kiln-core.

@@ -29,7 +29,9 @@ pub mod tolerance;
 
 pub use forward::forward;
 
-pub use artifact::{atomic_write, hash_bytes, hash_dir, hash_file, read_json, write_json};
+pub use artifact::{
+    Artifact, atomic_write, hash_bytes, hash_dir, hash_file, read_json, write_json,
+};
 pub use dataset::Dataset;
 pub use encode::TextColumn;
 pub use error::{CoreError, Result};

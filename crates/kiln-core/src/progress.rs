@@ -11,6 +11,8 @@ pub trait Progress: Send + Sync {
     fn message(&self, msg: &str);
     /// The phase is over.
     fn finish(&self);
+    /// A training epoch finished (what a live view plots); ignored by default.
+    fn epoch(&self, _point: &crate::artifact::progress::EpochPoint) {}
 }
 
 /// A [`Progress`] that ignores everything.

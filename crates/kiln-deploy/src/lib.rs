@@ -61,6 +61,7 @@ pub mod runtime;
 pub use bake::{bake, is_baked};
 pub use card::{ColumnRange, ModelCard, VariantMetrics};
 pub use export::{ExportMeta, build, decode, export, output_name};
+pub use kiln_core::artifact::parity::Parity;
 pub use parity::{ParityReport, WorstRow, check_model_parity, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
@@ -246,24 +247,6 @@ pub struct Variant {
     pub model: NativeModel,
 }
 
-/// parity.json.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParityFile {
-    /// Per variant: ONNX Runtime vs kiln's reference forward pass on the test split.
-    pub variants: BTreeMap<String, ParityReport>,
-    /// Per non-fp32 variant that is not pruned: fraction of test rows whose reference
-    /// argmax equals the fp32 model's.
-    pub agreement_with_fp32: BTreeMap<String, f64>,
-    /// The required argmax agreement with fp32.
-    pub min_argmax_agreement: f64,
-    /// Whether every check passed (the ONNX files were written).
-    pub passed: bool,
-    /// The preprocessing is in the graph: ONNX Runtime ran on raw rows (the test split's
-    /// transforms undone) and the reference pass on `Schema::apply` of those rows.
-    #[serde(default)]
-    pub preprocessing_baked: bool,
-}
-
 /// One deployed variant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VariantOutput {
@@ -285,7 +268,7 @@ pub struct Output {
     /// The variants, in the order given.
     pub variants: Vec<VariantOutput>,
     /// The content of parity.json.
-    pub parity: ParityFile,
+    pub parity: Parity,
 }
 
 /// File name of a variant: `model.onnx` for `fp32`, else `model.<variant>.onnx`.
@@ -435,7 +418,7 @@ pub fn run_with_exporter(
         .find(|(v, ..)| v.name == "fp32")
         .map(|(.., c)| c.clone());
     let mut failures = Vec::new();
-    let mut parity = ParityFile {
+    let mut parity = Parity {
         variants: BTreeMap::new(),
         agreement_with_fp32: BTreeMap::new(),
         min_argmax_agreement: config.min_argmax_agreement,
@@ -490,7 +473,7 @@ pub fn run_with_exporter(
                 std::fs::remove_file(&stale).map_err(|e| kiln_core::CoreError::io(&stale, e))?;
             }
         }
-        kiln_core::write_json(&out_dir.join("parity.json"), &parity)?;
+        kiln_core::artifact::save(out_dir, &parity)?;
         return Err(DeployError::Parity(format!(
             "{}; see {} and re-export from the same weights",
             failures.join("; "),
@@ -501,7 +484,7 @@ pub fn run_with_exporter(
         kiln_core::atomic_write(&out_dir.join(file_name(&v.name)), bytes)?;
     }
     kiln_core::write_json(&out_dir.join("schema.json"), schema)?;
-    kiln_core::write_json(&out_dir.join("parity.json"), &parity)?;
+    kiln_core::artifact::save(out_dir, &parity)?;
     Ok(Output {
         variants: outputs,
         parity,

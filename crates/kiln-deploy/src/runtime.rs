@@ -86,6 +86,14 @@ pub fn environment() -> Result<&'static ort::environment::Environment> {
     .map_err(|e| DeployError::Runtime(e.clone()))
 }
 
+/// The ONNX Runtime library this process loaded, with its build information, once a
+/// session was created (None before, or when loading failed).
+pub fn loaded() -> Option<String> {
+    ENV.get()?.as_ref().ok()?;
+    let path = library_path().ok()?;
+    Some(format!("{} ({})", path.display(), ort::info()))
+}
+
 fn session_builder(threads: usize) -> Result<SessionBuilder> {
     let env = environment()?;
     // The builder's error type holds the builder (not Send/Sync): keep only the message.

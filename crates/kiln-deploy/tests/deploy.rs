@@ -10,8 +10,8 @@ use kiln_core::{
 };
 use kiln_deploy::onnx::{ModelProto, dtype};
 use kiln_deploy::{
-    Config, DeployError, ExportMeta, OrtModel, ParityFile, Variant, check_model_parity,
-    check_parity, decode, export,
+    Config, DeployError, ExportMeta, OrtModel, Parity, Variant, check_model_parity, check_parity,
+    decode, export,
 };
 use prost::Message;
 use std::path::Path;
@@ -594,7 +594,7 @@ fn one_perturbed_weight_fails_the_parity_gate_and_the_stage() {
         "{msg}"
     );
     assert!(!dir.path().join("model.onnx").exists());
-    let parity: ParityFile = kiln_core::read_json(&dir.path().join("parity.json")).unwrap();
+    let parity: Parity = kiln_core::read_json(&dir.path().join("parity.json")).unwrap();
     assert!(!parity.passed);
     assert!(!parity.variants["fp32"].passed);
     assert_eq!(parity.variants["fp32"].worst_rows, r.worst_rows);
@@ -648,7 +648,7 @@ fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
     assert_eq!(out.variants[0].agreement_with_fp32, None);
 
     // parity.json and schema.json on disk.
-    let parity: ParityFile = kiln_core::read_json(&dir.join("parity.json")).unwrap();
+    let parity: Parity = kiln_core::read_json(&dir.join("parity.json")).unwrap();
     assert_eq!(&parity, &out.parity);
     assert!(parity.passed);
     assert_eq!(parity.agreement_with_fp32["int8"], agreement);

@@ -13,7 +13,7 @@
 //! let mut model = NativeModel::new(spec, w).unwrap();
 //! let test = Dataset { feature_names: vec!["a".into(), "b".into()], target: "y".into(),
 //!     features: vec![1.0, 0.0, 0.0, 1.0, 2.0, 3.0], labels: vec![0, 1, 0], values: vec![] };
-//! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".to_string())].into(), ..Default::default() };
+//! let config = Config { gates: [("accuracy".to_string(), ">= 0.6".parse().unwrap())].into(), ..Default::default() };
 //! let labels = vec!["no".to_string(), "yes".to_string()];
 //! let mut variants: Vec<(String, &mut dyn Predictor)> = vec![("fp32".into(), &mut model)];
 //! let out = run(&config, &mut variants, &test, &labels, &std::env::temp_dir().join("kiln-eval-doc")).unwrap();
@@ -50,7 +50,7 @@ pub type Result<T, E = EvaluateError> = std::result::Result<T, E>;
 pub struct Config {
     /// Thresholds every variant must meet, e.g. `accuracy = ">= 0.97"`.
     #[serde(default)]
-    pub gates: BTreeMap<String, String>,
+    pub gates: BTreeMap<String, Condition>,
     /// k of `top_k_accuracy` (default 5; at most the number of classes minus one).
     #[serde(default = "default_top_k")]
     pub top_k: usize,
@@ -71,12 +71,112 @@ pub struct Config {
     /// What scores the variants: `onnxruntime` (default; the ONNX graph deploy ships, run
     /// by ONNX Runtime, with the difference to kiln's native forward pass reported) or
     /// `native` (kiln's reference forward pass only).
-    #[serde(default = "default_runtime")]
-    pub runtime: String,
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
-fn default_runtime() -> String {
-    "onnxruntime".into()
+/// What runs the variants an evaluate stage scores.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// The exported ONNX graph in ONNX Runtime (what deploy ships).
+    #[default]
+    Onnxruntime,
+    /// kiln's reference forward pass.
+    Native,
+}
+
+/// How a gate compares a metric with its threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `>=`
+    Ge,
+    /// `>`
+    Gt,
+    /// `<=`
+    Le,
+    /// `<`
+    Lt,
+}
+
+impl Op {
+    /// The operator as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Ge => ">=",
+            Op::Gt => ">",
+            Op::Le => "<=",
+            Op::Lt => "<",
+        }
+    }
+
+    /// Whether `value op threshold` holds (never for NaN).
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Op::Ge => value >= threshold,
+            Op::Gt => value > threshold,
+            Op::Le => value <= threshold,
+            Op::Lt => value < threshold,
+        }
+    }
+}
+
+/// A gate's condition, e.g. `">= 0.97"`: parsed when the pipeline file is read, so a
+/// malformed one is an error located at its value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct Condition {
+    /// The comparison.
+    pub op: Op,
+    /// The threshold (finite).
+    pub threshold: f64,
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.op.as_str(), self.threshold)
+    }
+}
+
+impl From<Condition> for String {
+    fn from(c: Condition) -> String {
+        c.to_string()
+    }
+}
+
+impl std::str::FromStr for Condition {
+    type Err = String;
+
+    fn from_str(cond: &str) -> std::result::Result<Self, String> {
+        let c = cond.trim();
+        for (text, op) in [(">=", Op::Ge), ("<=", Op::Le), (">", Op::Gt), ("<", Op::Lt)] {
+            if let Some(rest) = c.strip_prefix(text) {
+                let threshold: f64 = rest
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|v: &f64| v.is_finite())
+                    .ok_or_else(|| {
+                        format!("gate \"{cond}\": `{}` is not a finite number", rest.trim())
+                    })?;
+                return Ok(Condition { op, threshold });
+            }
+        }
+        Err(format!(
+            "gate \"{cond}\" must start with >=, >, <= or < (e.g. \">= 0.97\")"
+        ))
+    }
+}
+
+impl TryFrom<String> for Condition {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
 }
 
 /// `max_drop`: limits on the loss of metrics against the variant `from`.
@@ -104,7 +204,7 @@ impl Default for Config {
             max_drop: None,
             importance: None,
             slice_by: None,
-            runtime: default_runtime(),
+            runtime: Runtime::Onnxruntime,
         }
     }
 }
@@ -173,29 +273,8 @@ pub struct Extras<'a> {
     pub seed: u64,
 }
 
-/// One gate's outcome.
-#[derive(Debug, Clone, Serialize)]
-pub struct GateResult {
-    /// Variant checked.
-    pub variant: String,
-    /// Metric name.
-    pub metric: String,
-    /// The condition as written.
-    pub condition: String,
-    /// The measured value.
-    pub value: f64,
-    /// Whether it held.
-    pub passed: bool,
-}
-
-/// verdict.json: whether the evaluated models are blessed for deployment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Verdict {
-    /// True when every gate passed (or there were none).
-    pub blessed: bool,
-    /// Human-readable summary.
-    pub reason: String,
-}
+pub use kiln_core::artifact::metrics::Metrics;
+pub use kiln_core::artifact::verdict::{GateResult, Verdict};
 
 /// What the stage produced.
 #[derive(Debug, Clone)]
@@ -239,15 +318,6 @@ impl Config {
                 }
             }
         }
-        if self.runtime != "onnxruntime" && self.runtime != "native" {
-            p.push((
-                "runtime".into(),
-                format!(
-                    "runtime `{}` is unknown; use \"onnxruntime\" or \"native\"",
-                    self.runtime
-                ),
-            ));
-        }
         if let Some(i) = &self.importance
             && (i.top == 0 || i.rows == 0)
         {
@@ -256,37 +326,22 @@ impl Config {
                 "importance needs top >= 1 and rows >= 1".into(),
             ));
         }
-        p.extend(self.gates.iter().filter_map(|(m, c)| {
-            let err = if !METRICS.contains(&m.as_str()) {
-                Some(format!(
-                    "gate on unknown metric `{m}`; gates can use {}",
-                    METRICS.join(", ")
-                ))
-            } else {
-                parse_gate(m, c).err().map(|e| e.to_string())
-            };
-            err.map(|e| (format!("gates.{m}"), e))
-        }));
+        p.extend(
+            self.gates
+                .keys()
+                .filter(|m| !METRICS.contains(&m.as_str()))
+                .map(|m| {
+                    (
+                        format!("gates.{m}"),
+                        format!(
+                            "gate on unknown metric `{m}`; gates can use {}",
+                            METRICS.join(", ")
+                        ),
+                    )
+                }),
+        );
         p
     }
-}
-
-fn parse_gate(metric: &str, cond: &str) -> Result<(String, f64)> {
-    let c = cond.trim();
-    for op in [">=", "<=", ">", "<"] {
-        if let Some(rest) = c.strip_prefix(op) {
-            let v: f64 = rest.trim().parse().map_err(|_| {
-                EvaluateError::Config(format!(
-                    "gate `{metric} = \"{cond}\"`: `{}` is not a number",
-                    rest.trim()
-                ))
-            })?;
-            return Ok((op.to_string(), v));
-        }
-    }
-    Err(EvaluateError::Config(format!(
-        "gate `{metric} = \"{cond}\"` must start with >=, >, <= or < (e.g. \">= 0.97\")"
-    )))
 }
 
 /// Scores every variant on `data` (batches of [`EVAL_BATCH`] rows), checks the gates and
@@ -322,24 +377,14 @@ pub fn run_report(
 ) -> Result<Output> {
     let curves = extras.curves;
     let _span = tracing::info_span!("evaluate").entered();
-    let gates: Vec<(String, String, String, f64)> = config
-        .gates
-        .iter()
-        .map(|(m, c)| {
-            if !METRICS.contains(&m.as_str()) {
-                return Err(EvaluateError::Config(format!(
-                    "gate on unknown metric `{m}`; gates can use {}",
-                    METRICS.join(", ")
-                )));
-            }
-            let (op, v) = parse_gate(m, c)?;
-            Ok((m.clone(), c.clone(), op, v))
-        })
-        .collect::<Result<_>>()?;
+    if let Some((key, msg)) = config.problems().into_iter().next() {
+        return Err(EvaluateError::Config(format!("{key}: {msg}")));
+    }
+    let gates = &config.gates;
     let regression = data.is_regression();
-    if let Some((m, ..)) = gates
-        .iter()
-        .find(|(m, ..)| REGRESSION_METRICS.contains(&m.as_str()) != regression)
+    if let Some(m) = gates
+        .keys()
+        .find(|m| REGRESSION_METRICS.contains(&m.as_str()) != regression)
     {
         let (this, other) = if regression {
             ("a regression", REGRESSION_METRICS.join(", "))
@@ -536,20 +581,14 @@ pub fn run_report(
     }
     let mut checked = Vec::new();
     for v in &results {
-        for (metric, cond, op, thr) in &gates {
+        for (metric, cond) in gates {
             let value = v.scalars.get(metric).copied().unwrap_or(f64::NAN);
-            let passed = match op.as_str() {
-                ">=" => value >= *thr,
-                ">" => value > *thr,
-                "<=" => value <= *thr,
-                _ => value < *thr,
-            };
             checked.push(GateResult {
                 variant: v.name.clone(),
                 metric: metric.clone(),
-                condition: cond.clone(),
+                condition: cond.to_string(),
                 value,
-                passed,
+                passed: cond.op.holds(value, cond.threshold),
             });
         }
     }
@@ -604,37 +643,29 @@ pub fn run_report(
             )
         })
         .collect();
-    let verdict = if checked.is_empty() {
-        Verdict {
-            blessed: true,
-            reason: "no gates".into(),
-        }
+    let (blessed, reason) = if checked.is_empty() {
+        (true, "no gates".to_string())
     } else if failed.is_empty() {
-        Verdict {
-            blessed: true,
-            reason: format!("all {} gates passed", checked.len()),
-        }
+        (true, format!("all {} gates passed", checked.len()))
     } else {
-        Verdict {
-            blessed: false,
-            reason: failed.join("; "),
-        }
+        (false, failed.join("; "))
+    };
+    let verdict = Verdict {
+        blessed,
+        reason,
+        gates: checked.clone(),
     };
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
-    let mut metrics_json = BTreeMap::new();
-    for v in &results {
-        metrics_json.insert(v.name.clone(), v.scalars.clone());
-    }
-    kiln_core::write_json(
-        &out_dir.join("metrics.json"),
-        &serde_json::json!({ "variants": metrics_json }),
-    )?;
+    let metrics = Metrics {
+        variants: results
+            .iter()
+            .map(|v| (v.name.clone(), v.scalars.clone()))
+            .collect(),
+    };
+    kiln_core::artifact::save(out_dir, &metrics)?;
     let details: BTreeMap<_, _> = results.iter().map(|v| (v.name.clone(), v)).collect();
     kiln_core::write_json(&out_dir.join("confusion.json"), &details)?;
-    kiln_core::write_json(
-        &out_dir.join("verdict.json"),
-        &serde_json::json!({ "blessed": verdict.blessed, "reason": verdict.reason, "gates": checked }),
-    )?;
+    kiln_core::artifact::save(out_dir, &verdict)?;
     let mut text = report(&results, &checked, &verdict, class_labels);
     if let (Some(cfg), Some((first, _))) = (&config.importance, variants.first()) {
         text += &format!(
@@ -864,7 +895,6 @@ mod tests {
         );
         let c = Config {
             max_drop: Some(limits("acuracy", 0.1)),
-            runtime: "gpu".into(),
             ..Config::default()
         };
         let p = c.problems();
@@ -872,30 +902,47 @@ mod tests {
             p.iter()
                 .any(|(k, m)| k == "max_drop.acuracy" && m.contains("unknown metric"))
         );
-        assert!(p.iter().any(|(k, _)| k == "runtime"));
     }
 
     #[test]
     fn gates_parse_and_reject_nonsense() {
+        let c = |s: &str| s.parse::<Condition>();
         assert_eq!(
-            parse_gate("accuracy", ">= 0.97").unwrap(),
-            (">=".to_string(), 0.97)
+            c(">= 0.97").unwrap(),
+            Condition {
+                op: Op::Ge,
+                threshold: 0.97
+            }
         );
         assert_eq!(
-            parse_gate("accuracy", "<0.5").unwrap(),
-            ("<".to_string(), 0.5)
+            c("<0.5").unwrap(),
+            Condition {
+                op: Op::Lt,
+                threshold: 0.5
+            }
+        );
+        assert_eq!(c(" > 1e-3 ").unwrap().to_string(), "> 0.001");
+        assert!(
+            c("0.97")
+                .unwrap_err()
+                .contains("must start with >=, >, <= or <")
         );
         assert!(
-            parse_gate("accuracy", "0.97")
+            c(">= high")
                 .unwrap_err()
-                .to_string()
-                .contains("must start with")
+                .contains("`high` is not a finite number")
         );
-        assert!(
-            parse_gate("accuracy", ">= high")
-                .unwrap_err()
-                .to_string()
-                .contains("not a number")
-        );
+        for bad in [">= nan", "<= inf", "> -inf", ">= NaN"] {
+            assert!(
+                c(bad).unwrap_err().contains("is not a finite number"),
+                "{bad}"
+            );
+        }
+        // NaN never passes, whatever the operator
+        for op in [Op::Ge, Op::Gt, Op::Le, Op::Lt] {
+            assert!(!op.holds(f64::NAN, 0.5));
+        }
+        assert!(Op::Ge.holds(0.5, 0.5) && !Op::Gt.holds(0.5, 0.5));
+        assert!(Op::Le.holds(0.5, 0.5) && !Op::Lt.holds(0.5, 0.5));
     }
 }

@@ -14,20 +14,8 @@ pub const SIZE: (u32, u32) = (800, 500);
 const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
 
-/// One epoch of a training history, as history.json holds it.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct EpochPoint {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss.
-    pub train_loss: f64,
-    /// Validation loss.
-    pub valid_loss: f64,
-    /// Training metric (accuracy or R²).
-    pub train_metric: f64,
-    /// Validation metric.
-    pub valid_metric: f64,
-}
+/// One epoch of a training history (history.json's record).
+pub use kiln_core::artifact::history::EpochRecord as EpochPoint;
 
 /// A training history to draw, named after the stage that trained it.
 #[derive(Debug, Clone, PartialEq)]

@@ -397,45 +397,7 @@ impl Default for QuantizeConfig {
     }
 }
 
-/// One evaluated candidate (candidates.json; deterministic, no timings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Candidate {
-    /// `fp32` (the reference), or the candidate's name.
-    pub name: String,
-    /// Weights and biases.
-    pub params: usize,
-    /// Weights and biases that are not zero.
-    pub nonzeros: usize,
-    /// Bytes of tensor data.
-    pub weight_bytes: usize,
-    /// Size of its ONNX file (without class labels in the metadata).
-    pub onnx_bytes: usize,
-    /// Accuracy (R² for regression) on the validation split.
-    pub valid_accuracy: f64,
-    /// Drop of that score against fp32 (positive = worse).
-    pub accuracy_drop: f64,
-    /// Whether this candidate was chosen.
-    pub chosen: bool,
-    /// Why it was or was not chosen.
-    pub reason: String,
-}
-
-/// A candidate's ONNX Runtime latency (latency.timings.json; measured, so not part of
-/// the stage's content hash).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Latency {
-    /// Candidate name.
-    pub name: String,
-    /// Median milliseconds per call with 1 row.
-    pub batch1_ms: f64,
-    /// Median milliseconds per call with 1024 rows.
-    pub batch1024_ms: f64,
-    /// fp32's batch-1024 time divided by this one's (> 1 = faster).
-    pub speedup_1024: f64,
-    /// Set when the chosen candidate is slower than fp32 at batch 1024, with the reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slower_than_fp32: Option<String>,
-}
+pub use kiln_core::artifact::candidates::{Candidate, Candidates, Latency, Timings};
 
 /// What the stage produced.
 #[derive(Debug, Clone)]
@@ -724,9 +686,19 @@ pub fn run(
     for ((m, _), c) in built.iter().zip(&candidates).skip(1) {
         m.save(&out_dir.join("candidates").join(&c.name))?;
     }
-    kiln_core::write_json(&out_dir.join("candidates.json"), &candidates)?;
+    kiln_core::artifact::save(
+        out_dir,
+        &Candidates {
+            candidates: candidates.clone(),
+        },
+    )?;
     if !lat.is_empty() {
-        kiln_core::write_json(&out_dir.join(LATENCY_FILE), &lat)?;
+        kiln_core::artifact::save(
+            out_dir,
+            &Timings {
+                latency: lat.clone(),
+            },
+        )?;
     }
     let Some(ci) = chosen else {
         return Err(OptimizeError::OverBudget {
@@ -746,7 +718,7 @@ pub fn run(
 }
 
 /// File of the measured latencies (not hashed into the stage's content: timings vary).
-pub const LATENCY_FILE: &str = "latency.timings.json";
+pub const LATENCY_FILE: &str = <Timings as kiln_core::Artifact>::FILE;
 
 /// The candidates as text lines (the over-budget error).
 pub fn table(candidates: &[Candidate], latency: &[Latency]) -> String {
@@ -884,8 +856,9 @@ mod tests {
         };
         let dir2 = tempfile::tempdir().unwrap();
         let r = run(&strict, &m, &valid, &valid, dir2.path());
-        let cands: Vec<Candidate> =
-            kiln_core::read_json(&dir2.path().join("candidates.json")).unwrap();
+        let cands = kiln_core::artifact::load::<Candidates>(dir2.path())
+            .unwrap()
+            .candidates;
         // removing half the hidden units of this fixed model keeps 73 of the 200
         // predictions (fp32's own labels), so it must be out, and with it every candidate
         assert_eq!(cands[1].name, "structured-50");

@@ -1,13 +1,17 @@
 //! Fills the deploy bundle's model card (`kiln_deploy::ModelCard`) with what only the
-//! pipeline knows: the data source and splits (profile.json), the training config, and the
-//! test metrics of the evaluate stages the deploy stage `requires` (whose outputs are in
-//! its stage hash, so a cached card never shows stale metrics).
+//! pipeline knows: the data source and splits (profile.json), the training config and
+//! history, and the test metrics of the evaluate stages the deploy stage `requires` —
+//! all read through the deploy stage's declared reads, so they are in its cache key and a
+//! cached card never shows stale figures.
 
 use crate::StageKind;
-use crate::file::{Pipeline, StageConfig, StageDef};
+use crate::file::StageConfig;
+use crate::stage::{RunCx, upstream};
+use kiln_core::artifact::history::History;
+use kiln_core::artifact::metrics::Metrics;
+use kiln_core::artifact::profile::Profile;
 use kiln_deploy::{ColumnRange, ModelCard, VariantMetrics};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Metrics shown on the card when the evaluate stage has them, in this order.
 const METRICS: [&str; 9] = [
@@ -28,13 +32,10 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_else(|| p.display().to_string())
 }
 
-/// The card of deploy `stage`, whose variants came from `origins` (variant, stage id).
-pub(crate) fn model_card(
-    p: &Pipeline,
-    stage: &StageDef,
-    dirs: &BTreeMap<String, PathBuf>,
-    origins: &[(String, String)],
-) -> ModelCard {
+/// The card of the running deploy stage, whose variants came from `origins` (variant,
+/// stage id).
+pub(crate) fn model_card(cx: &RunCx<'_>, origins: &[(String, String)]) -> ModelCard {
+    let (p, stage) = (cx.pipeline, cx.def);
     let first = stage.inputs.first().map(String::as_str).unwrap_or("");
     let mut card = ModelCard {
         pipeline: p.name.clone(),
@@ -46,46 +47,37 @@ pub(crate) fn model_card(
         ),
         ..Default::default()
     };
-    if let Some(pre) = crate::exec::upstream(p, first, StageKind::Preprocess) {
+    if let Some(pre) = upstream(p, first, StageKind::Preprocess) {
         if let StageConfig::Preprocess(c) = &pre.config {
-            let v = serde_json::to_value(&c.source).unwrap_or_default();
-            let files: Vec<String> = ["path", "train", "test"]
-                .iter()
-                .filter_map(|k| {
-                    v[*k]
-                        .as_str()
-                        .map(|f| format!("{k} `{}`", file_name(Path::new(f))))
-                })
+            let files: Vec<String> = c
+                .source
+                .named_paths()
+                .into_iter()
+                .map(|(k, f)| format!("{k} `{}`", file_name(f)))
                 .collect();
-            card.dataset = format!(
-                "{} ({})",
-                v["format"].as_str().unwrap_or("?"),
-                files.join(", ")
-            );
+            card.dataset = format!("{} ({})", c.source.format(), files.join(", "));
         }
-        if let Some(prof) = dirs
-            .get(&pre.id)
-            .and_then(|d| kiln_core::read_json::<serde_json::Value>(&d.join("profile.json")).ok())
-        {
-            for k in ["train", "valid", "test"] {
-                if let Some(n) = prof["rows"][k].as_u64() {
-                    card.rows.push((k.to_string(), n as usize));
-                }
-            }
-            for c in prof["columns"].as_array().into_iter().flatten() {
-                if let (Some(name), Some(min), Some(max)) =
-                    (c["name"].as_str(), c["min"].as_f64(), c["max"].as_f64())
-                {
-                    card.input_ranges.push(ColumnRange {
-                        name: name.into(),
-                        min,
-                        max,
-                    });
-                }
+        if let Ok(prof) = cx.artifact::<Profile>(&pre.id) {
+            let r = prof.rows;
+            card.rows = vec![
+                ("train".to_string(), r.train),
+                ("valid".to_string(), r.valid),
+                ("test".to_string(), r.test),
+            ];
+            for c in prof
+                .columns
+                .iter()
+                .filter(|c| c.min.is_finite() && c.max.is_finite())
+            {
+                card.input_ranges.push(ColumnRange {
+                    name: c.name.clone(),
+                    min: c.min,
+                    max: c.max,
+                });
             }
         }
     }
-    if let Some(train) = crate::exec::upstream(p, first, StageKind::Train) {
+    if let Some(train) = upstream(p, first, StageKind::Train) {
         if let StageConfig::Train(c) = &train.config {
             let json = serde_json::to_string(c).unwrap_or_default();
             card.training.push((
@@ -93,17 +85,10 @@ pub(crate) fn model_card(
                 format!("`{json}`"),
             ));
         }
-        if let Some(h) = dirs
-            .get(&train.id)
-            .and_then(|d| kiln_core::read_json::<serde_json::Value>(&d.join("history.json")).ok())
-        {
+        if let Ok(h) = cx.artifact::<History>(&train.id) {
             card.training.push((
                 "Epochs run / best epoch".into(),
-                format!(
-                    "{} / {}",
-                    h["epochs"].as_array().map_or(0, |a| a.len()),
-                    h["best_epoch"]
-                ),
+                format!("{} / {}", h.epochs.len(), h.best_epoch),
             ));
         }
     }
@@ -120,17 +105,13 @@ pub(crate) fn model_card(
         ));
     }
     for e in &stage.requires {
-        let Some(m) = dirs
-            .get(e)
-            .and_then(|d| kiln_core::read_json::<serde_json::Value>(&d.join("metrics.json")).ok())
-        else {
+        let Ok(m) = cx.artifact::<Metrics>(e) else {
             continue;
         };
         for (variant, from) in origins {
-            let vals = &m["variants"][from];
             let metrics: Vec<(String, f64)> = METRICS
                 .iter()
-                .filter_map(|k| vals[*k].as_f64().map(|v| (k.to_string(), v)))
+                .filter_map(|k| m.get(from, k).map(|v| (k.to_string(), v)))
                 .collect();
             if !metrics.is_empty() {
                 card.metrics.push(VariantMetrics {

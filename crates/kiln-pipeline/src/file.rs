@@ -2,6 +2,7 @@
 //! every problem reported at once as `file:line:col` plus the offending line.
 
 use crate::StageKind;
+use crate::stage::KINDS;
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,22 @@ pub struct Pipeline {
     pub source_text: String,
 }
 
+impl Pipeline {
+    /// The stage with this id.
+    pub fn stage(&self, id: &str) -> Option<&StageDef> {
+        self.stages.iter().find(|s| s.id == id)
+    }
+}
+
+/// Whether `name` can name a pipeline or a stage: non-empty, letters, digits, `-` and
+/// `_` only (so it can never form a path outside the runs folder).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header {
@@ -139,7 +156,6 @@ struct Header {
 pub(crate) const SET_SPAN: Range<usize> = usize::MAX..usize::MAX;
 
 const HEADER_KEYS: &[&str] = &["version", "name", "seed", "description", "stages"];
-const STAGE_KINDS: &[&str] = &["preprocess", "train", "optimize", "evaluate", "deploy"];
 
 pub(crate) struct Ctx<'a> {
     pub file: &'a Path,
@@ -373,12 +389,7 @@ pub fn parse<'a>(
                 ),
             );
         }
-        if h.name.is_empty()
-            || !h
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !valid_name(&h.name) {
             ctx.error(
                 root_span.start..root_span.start + 1,
                 format!(
@@ -400,6 +411,16 @@ pub fn parse<'a>(
                 let id = key.get_ref().to_string();
                 let id_span = key.span();
                 let span = val.span();
+                if !valid_name(&id) {
+                    ctx.error(
+                        id_span,
+                        format!(
+                            "stage id `{id}` must be non-empty and use only letters, digits, - and _ (it names a folder of the run)"
+                        ),
+                    );
+                    broken.push(id);
+                    continue;
+                }
                 let DeValue::Table(mut table) = val.into_inner() else {
                     ctx.error(
                         id_span,
@@ -414,27 +435,20 @@ pub fn parse<'a>(
                     continue;
                 };
                 let uses_span = uses.span();
-                let kind = match uses.get_ref().as_str() {
-                    Some("preprocess") => StageKind::Preprocess,
-                    Some("train") => StageKind::Train,
-                    Some("optimize") => StageKind::Optimize,
-                    Some("evaluate") => StageKind::Evaluate,
-                    Some("deploy") => StageKind::Deploy,
-                    other => {
-                        let got = other.unwrap_or("?");
-                        let hint = crate::nearest(
-                            got,
-                            &STAGE_KINDS
-                                .iter()
-                                .map(|s| s.to_string())
-                                .collect::<Vec<_>>(),
-                        )
+                let found = uses
+                    .get_ref()
+                    .as_str()
+                    .and_then(|u| KINDS.iter().find(|k| k.kind.as_str() == u));
+                let Some(kind) = found.map(|k| k.kind) else {
+                    let got = uses.get_ref().as_str().unwrap_or("?");
+                    let names: Vec<String> =
+                        KINDS.iter().map(|k| k.kind.as_str().to_string()).collect();
+                    let hint = crate::nearest(got, &names)
                         .map(|n| format!("did you mean `{n}`?"))
-                        .unwrap_or_else(|| format!("expected one of {}", STAGE_KINDS.join(", ")));
-                        ctx.error(uses_span, format!("unknown stage kind `{got}`; {hint}"));
-                        broken.push(id);
-                        continue;
-                    }
+                        .unwrap_or_else(|| format!("expected one of {}", names.join(", ")));
+                    ctx.error(uses_span, format!("unknown stage kind `{got}`; {hint}"));
+                    broken.push(id);
+                    continue;
                 };
                 let mut inputs = take_string_list(&mut ctx, &mut table, "input");
                 inputs.extend(take_string_list(&mut ctx, &mut table, "inputs"));

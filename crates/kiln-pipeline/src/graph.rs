@@ -7,27 +7,6 @@ use std::ops::Range;
 
 type Edges = Vec<(String, Range<usize>)>;
 
-fn wants(kind: StageKind) -> (&'static [StageKind], &'static str, usize, usize) {
-    use StageKind::*;
-    match kind {
-        Preprocess => (&[], "nothing", 0, 0),
-        Train => (&[Preprocess], "a dataset (a preprocess stage)", 1, 1),
-        Optimize => (&[Train], "a trained model (a train stage)", 1, 1),
-        Evaluate => (
-            &[Train, Optimize],
-            "models (train or optimize stages)",
-            1,
-            usize::MAX,
-        ),
-        Deploy => (
-            &[Train, Optimize],
-            "a model (a train or optimize stage)",
-            1,
-            1,
-        ),
-    }
-}
-
 /// Checks edges and orders the stages. `broken` holds ids of stages whose own definition
 /// failed (already reported): references to them are not reported again.
 pub(crate) fn order(
@@ -44,7 +23,8 @@ pub(crate) fn order(
     };
     let mut ok = true;
     for (s, inputs, requires) in &stages {
-        let (allowed, what, min, max) = wants(s.kind);
+        let rule = crate::stage::kind(s.kind).inputs;
+        let (allowed, what, min, max) = (rule.kinds, rule.what, rule.min, rule.max);
         if inputs.len() < min || inputs.len() > max {
             let msg = if min == 0 {
                 format!("stage `{}` ({}) takes no `input`", s.id, s.kind.as_str())

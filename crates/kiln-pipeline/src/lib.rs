@@ -25,46 +25,32 @@
 //! assert!(errs[0].to_string().contains("doc.toml:12:1: unknown key `epoch`; did you mean `epochs`?"));
 //! ```
 
+mod cache;
 mod card;
-mod exec;
 mod file;
+pub mod gc;
 mod graph;
+mod key;
+mod progress;
+mod run;
+mod runs;
 mod schema;
+mod stage;
+mod summary;
 
-pub use exec::{RunOptions, RunReport, StageRecord, Table, run};
-pub use file::{Diagnostic, Pipeline, StageConfig, StageDef, parse};
+pub use cache::Holder;
+pub use file::{Diagnostic, Pipeline, StageConfig, StageDef, parse, valid_name};
+pub use key::{StageKey, build_id, build_identity};
+pub use kiln_core::artifact::run::{StageKind, StageRecord, StageStatus};
+pub use run::{RunOptions, RunReport, run};
 pub use schema::json_schema;
+pub use stage::StageError;
+pub use summary::Table;
+
+/// The compiler that built this kiln (`rustc --version`).
+pub const RUSTC_VERSION: &str = env!("KILN_RUSTC_VERSION");
 
 use std::path::Path;
-
-/// The five stage kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageKind {
-    /// Load, clean, split, write a dataset.
-    Preprocess,
-    /// Train a model on a dataset.
-    Train,
-    /// Compress a trained model.
-    Optimize,
-    /// Score models and check gates.
-    Evaluate,
-    /// Export ONNX and check parity.
-    Deploy,
-}
-
-impl StageKind {
-    /// The spelling used in `uses = "…"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StageKind::Preprocess => "preprocess",
-            StageKind::Train => "train",
-            StageKind::Optimize => "optimize",
-            StageKind::Evaluate => "evaluate",
-            StageKind::Deploy => "deploy",
-        }
-    }
-}
 
 /// Errors of loading or running a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +72,48 @@ pub enum PipelineError {
     /// An artifact could not be read or written.
     #[error(transparent)]
     Core(#[from] kiln_core::CoreError),
+    /// A stage failed; its error keeps its type.
+    #[error("stage `{id}` failed: {source}")]
+    Stage {
+        /// The stage.
+        id: String,
+        /// Why.
+        source: StageError,
+    },
+    /// A stage did not run: an input failed or a required verdict did not pass.
+    #[error("stage `{id}` did not run: {why}")]
+    Blocked {
+        /// The stage.
+        id: String,
+        /// Why.
+        why: String,
+    },
+    /// An evaluate stage's gates failed (the stage itself ran).
+    #[error("gate failed in `{id}`: {reason}")]
+    Gate {
+        /// The evaluate stage.
+        id: String,
+        /// Which gates, with their values.
+        reason: String,
+    },
+    /// Another run held a cache entry's lock past `--lock-timeout`.
+    #[error("waited {:.0} s for {holder} (lock {}); try again when it is done, or raise --lock-timeout", waited.as_secs_f64(), lock.display())]
+    LockTimeout {
+        /// The lock file.
+        lock: std::path::PathBuf,
+        /// Who holds it.
+        holder: String,
+        /// How long this run waited.
+        waited: std::time::Duration,
+    },
+}
+
+/// An [`std::io::Error`] about `path` as a [`PipelineError`].
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
+    move |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads and validates a pipeline file, applying `--set` overrides.

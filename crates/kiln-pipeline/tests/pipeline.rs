@@ -12,7 +12,7 @@ fn pipelines() -> PathBuf {
 fn statuses(r: &kiln_pipeline::RunReport) -> Vec<(String, String)> {
     r.stages
         .iter()
-        .map(|s| (s.id.clone(), s.status.clone()))
+        .map(|s| (s.id.clone(), s.status.to_string()))
         .collect()
 }
 
@@ -75,7 +75,9 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     // Compression candidates: every one scored and sized, the smallest within budget
     // chosen (int8: a quarter of the weight bytes), exact sparsity, a narrower network.
     let cands = json(&r.run_dir.join("compress/candidates.json"));
-    let cands = cands.as_array().unwrap();
+    assert_eq!(cands["kind"], "kiln.candidates");
+    assert_eq!(cands["format_version"], 1);
+    let cands = cands["candidates"].as_array().unwrap();
     let names: Vec<&str> = cands.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
@@ -118,7 +120,7 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         );
     }
     let lat = json(&r.run_dir.join("compress/latency.timings.json"));
-    let lat = lat.as_array().unwrap();
+    let lat = lat["latency"].as_array().unwrap();
     assert_eq!(lat.len(), 6);
     assert!(lat.iter().all(
         |l| l["batch1_ms"].as_f64().unwrap() > 0.0 && l["batch1024_ms"].as_f64().unwrap() > 0.0
@@ -185,37 +187,41 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     }
     assert!(r.run_dir.join("ship/model.onnx").is_file());
     assert!(r.run_dir.join("ship/model.int8.onnx").is_file());
-    let manifest = json(&r.run_dir.join("run.json"));
-    assert_eq!(manifest["ok"], true);
+    let manifest: kiln_core::artifact::run::RunManifest =
+        kiln_core::artifact::load(&r.run_dir).unwrap();
+    assert_eq!(manifest.status, kiln_core::artifact::run::RunStatus::Ok);
     assert!(
-        manifest["versions"]["rustc"]
-            .as_str()
-            .unwrap()
-            .starts_with("rustc 1."),
-        "{}",
-        manifest["versions"]
+        manifest.versions["rustc"].starts_with("rustc 1."),
+        "{:?}",
+        manifest.versions
     );
-    assert_eq!(manifest["versions"]["polars"], "0.55.2");
+    assert_eq!(manifest.versions["polars"], "0.55.2");
+    assert_eq!(manifest.build, kiln_pipeline::build_id());
+    assert_eq!(manifest.pid, std::process::id());
+    // the ONNX Runtime library the stages loaded, named with its build
+    let ort = manifest.onnxruntime.clone().unwrap_or_default();
+    assert!(
+        ort.contains("libonnxruntime") && ort.contains("1.31.1"),
+        "{ort}"
+    );
     if pipelines().join("../.git").exists() {
         assert!(
-            manifest["git_commit"]
-                .as_str()
-                .is_some_and(|c| c.len() >= 40),
-            "{}",
-            manifest["git_commit"]
+            manifest.git_commit.as_ref().is_some_and(|c| c.len() >= 40),
+            "{:?}",
+            manifest.git_commit
         );
     }
-    assert!(
-        manifest["input_files"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .any(|k| k.ends_with("digits.csv"))
+    // source files by their path relative to the pipeline file, with their content hash
+    assert_eq!(
+        manifest.input_files["../fixtures/digits.csv"],
+        kiln_core::hash_file(&pipelines().join("../fixtures/digits.csv")).unwrap()
     );
     assert_eq!(
-        manifest["resolved"]["train"]["seed"], 7,
+        manifest.resolved["train"]["seed"], 7,
         "the top-level seed reaches the stages"
     );
+    // the first run had no earlier one to compare with
+    assert!(manifest.stages.iter().all(|s| s.rerun_because.is_empty()));
     assert_eq!(
         std::fs::read_link(r.run_dir.parent().unwrap().join("latest")).unwrap(),
         PathBuf::from(r.run_dir.file_name().unwrap())
@@ -246,6 +252,26 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
     let st = statuses(&third);
     assert_eq!(st[0], ("data".to_string(), "cached".to_string()));
     assert!(st[1..].iter().all(|(_, s)| s == "executed"), "{st:?}");
+    // and each says why, against the run before
+    let why = |id: &str| {
+        third
+            .stages
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap()
+            .rerun_because
+            .clone()
+    };
+    assert_eq!(why("train"), ["config `epochs` changed"]);
+    assert_eq!(why("compress"), ["the output of `train` changed"]);
+    assert_eq!(
+        why("eval"),
+        [
+            "config `gates.accuracy` changed",
+            "the output of `compress` changed",
+            "the output of `train` changed"
+        ]
+    );
 
     // A config change that leaves train's output byte-identical (early stopping ended
     // before the last epochs anyway) reruns train only: the cache keys on input content.
@@ -336,11 +362,15 @@ fn digits_end_to_end_with_parity_then_cache_then_rerun_from_train() {
         },
     )
     .unwrap();
+    let f = lonely.failure.unwrap();
     assert!(
-        lonely
-            .failure
-            .unwrap()
-            .contains("--only train needs `data`, which has no cached output")
+        matches!(&f, kiln_pipeline::PipelineError::Blocked { id, .. } if id == "data"),
+        "{f:?}"
+    );
+    assert!(
+        f.to_string()
+            .contains("--only train needs `data`, which has no cached output"),
+        "{f}"
     );
 
     // --force reruns everything and produces the same bytes.
@@ -551,7 +581,17 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
     .unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(!r.ok);
-    let f = r.failure.clone().unwrap();
+    // the deploy stage's own error, with its type
+    let f = r.failure.unwrap();
+    let kiln_pipeline::PipelineError::Stage { id, source } = &f else {
+        panic!("{f:?}")
+    };
+    assert_eq!(id, "ship");
+    assert!(
+        matches!(source, kiln_pipeline::StageError::Deploy(_)),
+        "{source:?}"
+    );
+    let f = f.to_string();
     assert!(
         f.contains("`drop`") && f.contains("include_preprocessing = false"),
         "{f}"
@@ -570,10 +610,15 @@ fn failed_gate_blocks_deploy_and_fails_the_run() {
     let p = load(&pipelines().join("digits-mlp.toml"), &set).unwrap();
     let r = run(&p, &opts).unwrap();
     assert!(!r.ok);
-    let f = r.failure.clone().unwrap();
+    let f = r.failure.unwrap();
+    assert!(
+        matches!(&f, kiln_pipeline::PipelineError::Gate { id, .. } if id == "eval"),
+        "{f:?}"
+    );
+    let f = f.to_string();
     assert!(f.contains("accuracy") && f.contains(">= 0.9999"), "{f}");
     let ship = r.stages.iter().find(|s| s.id == "ship").unwrap();
-    assert_eq!(ship.status, "blocked");
+    assert_eq!(ship.status, kiln_pipeline::StageStatus::Blocked);
     assert!(!r.run_dir.join("ship").exists(), "nothing deployed");
     assert_eq!(json(&r.run_dir.join("eval/verdict.json"))["blessed"], false);
 }
@@ -612,7 +657,7 @@ fn iris_with_a_string_target_runs() {
     let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
     // the sweep trained 4 trials and kept one
     let sweep = json(&r.run_dir.join("train/sweep.json"));
-    let sweep = sweep.as_array().unwrap();
+    let sweep = sweep["trials"].as_array().unwrap();
     assert_eq!(sweep.len(), 4);
     assert_eq!(sweep.iter().filter(|t| t["chosen"] == true).count(), 1);
     let acc = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
@@ -1216,7 +1261,7 @@ fn mnist_mlp_default_pipeline_runs_as_shipped() {
         acc("compress")
     );
     let cands = json(&r.run_dir.join("compress/candidates.json"));
-    let chosen: Vec<&str> = cands
+    let chosen: Vec<&str> = cands["candidates"]
         .as_array()
         .unwrap()
         .iter()

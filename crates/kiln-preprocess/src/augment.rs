@@ -110,18 +110,7 @@ impl Augment {
     }
 }
 
-/// Rows added to the train split (profile.json `augmentation`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct AugmentCounts {
-    /// Train rows before augmentation.
-    pub before: usize,
-    /// Rows added by oversampling.
-    pub oversampled: usize,
-    /// Augmented copies added.
-    pub copies: usize,
-    /// Train rows after augmentation.
-    pub after: usize,
-}
+pub use kiln_core::artifact::profile::AugmentCounts;
 
 /// The augmentation plan: which train rows each added row comes from.
 pub(crate) struct Plan {

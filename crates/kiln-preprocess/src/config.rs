@@ -267,6 +267,34 @@ fn default_true() -> bool {
 }
 
 impl Source {
+    /// The format's name as written in `format = "…"`.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Source::Csv { .. } => "csv",
+            Source::Parquet { .. } => "parquet",
+            Source::Arrow { .. } => "arrow",
+            Source::Idx { .. } => "idx",
+        }
+    }
+
+    /// The paths the source names, with their keys (`path`, `train`, `test`).
+    pub fn named_paths(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let (path, train, test) = match self {
+            Source::Csv {
+                path, train, test, ..
+            }
+            | Source::Parquet { path, train, test }
+            | Source::Arrow { path, train, test } => {
+                (path.as_deref(), train.as_deref(), test.as_deref())
+            }
+            Source::Idx { train, test } => (None, Some(train.as_path()), test.as_deref()),
+        };
+        [("path", path), ("train", train), ("test", test)]
+            .into_iter()
+            .filter_map(|(k, p)| Some((k, p?)))
+            .collect()
+    }
+
     /// Every file path the source names (to resolve or hash them).
     pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
         match self {

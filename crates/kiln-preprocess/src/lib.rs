@@ -42,7 +42,6 @@ pub use split::stratified_split;
 use error::PolarsContext;
 use kiln_core::{Dataset, Schema, Task};
 use polars::prelude::*;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -62,65 +61,7 @@ pub struct Output {
     pub splits: [Dataset; 3],
 }
 
-/// profile.json: what a user checks before trusting the data.
-#[derive(Debug, Clone, Serialize)]
-pub struct Profile {
-    /// Rows per split.
-    pub rows: SplitCounts,
-    /// Number of feature columns.
-    pub n_features: usize,
-    /// Rows per class label in the train split.
-    pub train_class_counts: Vec<(String, usize)>,
-    /// Per raw feature column: min, max, mean over the raw train split.
-    pub columns: Vec<ColumnProfile>,
-    /// Rows removed before the split, by reason.
-    pub dropped_rows: DroppedRows,
-    /// Train rows before and after augmentation (the class counts above are before).
-    pub augmentation: AugmentCounts,
-}
-
-/// Row counts of the three splits.
-#[derive(Debug, Clone, Serialize)]
-pub struct SplitCounts {
-    /// Training rows.
-    pub train: usize,
-    /// Validation rows.
-    pub valid: usize,
-    /// Test rows.
-    pub test: usize,
-}
-
-/// Summary of one raw feature column on the train split.
-#[derive(Debug, Clone, Serialize)]
-pub struct ColumnProfile {
-    /// Column name.
-    pub name: String,
-    /// The column's type as read (polars' name for it, e.g. `i64`, `f64`, `str`).
-    pub dtype: String,
-    /// Share of missing cells, in [0, 1].
-    pub null_share: f64,
-    /// Distinct non-missing values.
-    pub distinct: usize,
-    /// Smallest value.
-    pub min: f64,
-    /// Largest value.
-    pub max: f64,
-    /// Mean value.
-    pub mean: f64,
-    /// Missing cells.
-    pub missing: usize,
-}
-
-/// Rows the stage removed before the split (profile.json `dropped_rows`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DroppedRows {
-    /// Rows whose target cell is empty.
-    pub null_target: usize,
-    /// Rows a `drop_nulls` step removed.
-    pub null_features: usize,
-    /// Rows a `dedupe` step removed.
-    pub duplicates: usize,
-}
+pub use kiln_core::artifact::profile::{ColumnProfile, DroppedRows, Profile, SplitCounts};
 
 /// A loaded source (one file, or the files a glob matched, stacked in name order): its
 /// frame, the files for messages and, per frame row, which file and which row of it
@@ -794,7 +735,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         dropped_rows: dropped.clone(),
         augmentation: augmented.clone(),
     };
-    kiln_core::write_json(&out_dir.join("profile.json"), &profile)?;
+    kiln_core::artifact::save(out_dir, &profile)?;
     kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
     tracing::info!(
         train = train.n_rows(),
@@ -984,27 +925,21 @@ fn expand(p: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every file a source reads (globs expanded, IDX prefixes completed), for the pipeline's
-/// content hash; a path that cannot be resolved is left as written (reading it will fail
-/// with a clear error).
-pub fn source_files(source: &Source) -> Vec<PathBuf> {
+/// Every file a source reads (globs expanded, IDX prefixes completed), for the stage's
+/// cache key; a path that names no file is the error reading it would give.
+pub fn source_files(source: &Source) -> Result<Vec<PathBuf>> {
     let mut s = source.clone();
     let is_idx = matches!(s, Source::Idx { .. });
     let mut out = Vec::new();
     for p in s.paths_mut() {
         if is_idx {
-            match idx::idx_pair(p) {
-                Ok((a, b)) => out.extend([a, b]),
-                Err(_) => out.push(p.clone()),
-            }
+            let (a, b) = idx::idx_pair(p)?;
+            out.extend([a, b]);
         } else {
-            match expand(p) {
-                Ok(files) => out.extend(files),
-                Err(_) => out.push(p.clone()),
-            }
+            out.extend(expand(p)?);
         }
     }
-    out
+    Ok(out)
 }
 
 fn column_names(df: &DataFrame) -> Vec<String> {

@@ -90,6 +90,7 @@ fn a_glob_reads_its_files_as_one_table() {
     }
     let files: Vec<String> =
         kiln_preprocess::source_files(&csv_source(&dir.path().join("part-*.csv")))
+            .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();

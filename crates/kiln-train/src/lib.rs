@@ -92,57 +92,7 @@ pub enum TrainError {
 /// Result alias for this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-/// One line of history.json.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's batches.
-    pub train_loss: f64,
-    /// The history's metric over the epoch's training batches (with dropout active).
-    pub train_metric: f64,
-    /// Validation loss: cross-entropy (classification) or MSE in target units
-    /// (regression).
-    pub valid_loss: f64,
-    /// The history's metric on the validation split.
-    pub valid_metric: f64,
-}
-
-/// history.json.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct History {
-    /// What `train_metric` / `valid_metric` hold: `accuracy` (classification) or `r2`
-    /// (regression).
-    pub metric: String,
-    /// One record per epoch run.
-    pub epochs: Vec<EpochRecord>,
-    /// Epoch whose weights were kept.
-    pub best_epoch: usize,
-    /// True when early stopping ended training before `epochs`.
-    pub stopped_early: bool,
-}
-
-impl History {
-    /// history.csv: one row per epoch, `epoch,train_loss,train_<metric>,valid_loss,
-    /// valid_<metric>,best` (shortest round-trip decimals, so the values equal
-    /// history.json's).
-    pub fn to_csv(&self) -> String {
-        let m = &self.metric;
-        let mut s = format!("epoch,train_loss,train_{m},valid_loss,valid_{m},best\n");
-        for e in &self.epochs {
-            s += &format!(
-                "{},{},{},{},{},{}\n",
-                e.epoch,
-                e.train_loss,
-                e.train_metric,
-                e.valid_loss,
-                e.valid_metric,
-                u8::from(e.epoch == self.best_epoch)
-            );
-        }
-        s
-    }
-}
+pub use kiln_core::artifact::history::{EpochRecord, History};
 
 /// What a training run produced.
 #[derive(Debug, Clone)]
@@ -606,6 +556,13 @@ fn train_on<D: Device<f32> + net::Backend>(
             valid_loss,
             "epoch done"
         );
+        progress.epoch(&kiln_core::artifact::progress::EpochPoint {
+            epoch,
+            of: config.epochs,
+            train_loss: rec.train_loss,
+            valid_loss: rec.valid_loss,
+            valid_metric: rec.valid_metric,
+        });
         history.push(rec);
         let metric_loss = config
             .early_stopping
@@ -670,7 +627,7 @@ fn train_on<D: Device<f32> + net::Backend>(
     };
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     model.save(out_dir)?;
-    kiln_core::write_json(&out_dir.join("history.json"), &history)?;
+    kiln_core::artifact::save(out_dir, &history)?;
     kiln_core::atomic_write(&out_dir.join("history.csv"), history.to_csv().as_bytes())?;
     if ckpt_dir.exists() {
         std::fs::remove_dir_all(&ckpt_dir).map_err(|e| kiln_core::CoreError::io(&ckpt_dir, e))?;

@@ -60,30 +60,7 @@ impl Default for Sweep {
 /// Most trials a sweep may have.
 pub const MAX_TRIALS: usize = 256;
 
-/// One trial's settings and result (sweep.json).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trial {
-    /// Index, also the folder `trials/<trial>`.
-    pub trial: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Batch size.
-    pub batch_size: usize,
-    /// Hidden widths.
-    pub hidden: Vec<usize>,
-    /// Dropout.
-    pub dropout: f32,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Validation metric of its kept epoch (accuracy, or R² for regression).
-    pub best_valid_metric: f64,
-    /// Its kept epoch.
-    pub best_epoch: usize,
-    /// Epochs it ran.
-    pub epochs_run: usize,
-    /// Whether it was chosen.
-    pub chosen: bool,
-}
+pub use kiln_core::artifact::sweep::{SweepResults, Trial};
 
 impl Sweep {
     /// The trial configs, in order: the grid's cartesian product (lr varies slowest), or a
@@ -197,11 +174,8 @@ fn finished(dir: &Path, c: &Config) -> Option<Output> {
         return None;
     }
     let model = kiln_core::NativeModel::load(dir).ok()?;
-    let history: crate::History = kiln_core::read_json(&dir.join("history.json")).ok()?;
-    let best = history
-        .epochs
-        .get(history.best_epoch.checked_sub(1)?)?
-        .valid_metric;
+    let history: crate::History = kiln_core::artifact::load(dir).ok()?;
+    let best = history.best()?.valid_metric;
     tracing::info!(dir = %dir.display(), "trial already complete");
     Some(Output {
         model,
@@ -278,7 +252,7 @@ pub(crate) fn run_sweep(
             std::fs::read(from.join(f)).map_err(|e| kiln_core::CoreError::io(from.join(f), e))?;
         kiln_core::atomic_write(&out_dir.join(f), &bytes)?;
     }
-    kiln_core::write_json(&out_dir.join("sweep.json"), &trials)?;
-    tracing::info!(best, metric = trials[best].best_valid_metric, "sweep done");
+    kiln_core::artifact::save(out_dir, &SweepResults { trials })?;
+    tracing::info!(best, "sweep done");
     Ok(outputs.swap_remove(best))
 }

@@ -1,4 +1,4 @@
-//! Artifacts on disk: atomic writes (temp file + rename), JSON helpers and content hashes.
+//! Files on disk: atomic writes (temp file + rename), JSON helpers and content hashes.
 
 use crate::error::{CoreError, Result};
 use serde::{Serialize, de::DeserializeOwned};
@@ -80,6 +80,25 @@ pub fn hash_file(path: &Path) -> Result<String> {
 /// thread per core). Hidden files (names starting with `.`) and measurements
 /// (`*.timings.json`, which differ from run to run) are skipped.
 pub fn hash_dir(dir: &Path) -> Result<String> {
+    hash_dir_with(dir, false)
+}
+
+/// [`hash_dir`], also fsyncing every file it hashes (hidden ones and timings too), so
+/// the folder's content is on disk before a marker that vouches for it.
+pub fn hash_dir_synced(dir: &Path) -> Result<String> {
+    hash_dir_with(dir, true)
+}
+
+fn hash_dir_with(dir: &Path, sync: bool) -> Result<String> {
+    if sync {
+        let mut all = Vec::new();
+        collect_all(dir, &mut all)?;
+        for f in all {
+            std::fs::File::open(&f)
+                .and_then(|h| h.sync_all())
+                .map_err(|e| CoreError::io(&f, e))?;
+        }
+    }
     let mut files = Vec::new();
     collect_files(dir, dir, &mut files)?;
     files.sort();
@@ -128,6 +147,19 @@ pub fn hash_dir(dir: &Path) -> Result<String> {
         hasher.update(h.as_bytes());
     }
     Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Every file under `dir`, hidden ones too.
+fn collect_all(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| CoreError::io(dir, e))? {
+        let path = entry.map_err(|e| CoreError::io(dir, e))?.path();
+        if path.is_dir() {
+            collect_all(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {

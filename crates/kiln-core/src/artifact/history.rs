@@ -1,0 +1,65 @@
+//! history.json (and history.csv): one record per training epoch and the epoch kept.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of history.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// The history's metric over the epoch's training batches (with dropout active).
+    pub train_metric: f64,
+    /// Validation loss: cross-entropy (classification) or MSE in target units
+    /// (regression).
+    pub valid_loss: f64,
+    /// The history's metric on the validation split.
+    pub valid_metric: f64,
+}
+
+/// history.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// What `train_metric` / `valid_metric` hold: `accuracy` (classification) or `r2`
+    /// (regression).
+    pub metric: String,
+    /// One record per epoch run.
+    pub epochs: Vec<EpochRecord>,
+    /// Epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// True when early stopping ended training before `epochs`.
+    pub stopped_early: bool,
+}
+
+impl super::Artifact for History {
+    const KIND: &'static str = "kiln.history";
+    const FILE: &'static str = "history.json";
+}
+
+impl History {
+    /// The record of the kept epoch, if it was run.
+    pub fn best(&self) -> Option<&EpochRecord> {
+        self.epochs.iter().find(|e| e.epoch == self.best_epoch)
+    }
+
+    /// history.csv: one row per epoch, `epoch,train_loss,train_<metric>,valid_loss,
+    /// valid_<metric>,best` (shortest round-trip decimals, so the values equal
+    /// history.json's).
+    pub fn to_csv(&self) -> String {
+        let m = &self.metric;
+        let mut s = format!("epoch,train_loss,train_{m},valid_loss,valid_{m},best\n");
+        for e in &self.epochs {
+            s += &format!(
+                "{},{},{},{},{},{}\n",
+                e.epoch,
+                e.train_loss,
+                e.train_metric,
+                e.valid_loss,
+                e.valid_metric,
+                u8::from(e.epoch == self.best_epoch)
+            );
+        }
+        s
+    }
+}
