@@ -205,6 +205,7 @@ fn main() -> ExitCode {
                 only,
                 from,
                 lock_timeout,
+                build: kiln_pipeline::BuildSources::built(),
             };
             let started = std::time::Instant::now();
             match kiln_pipeline::run(&pipeline, &opts) {

@@ -150,67 +150,119 @@ fn diff_json(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut V
     }
 }
 
-/// The build identity of the code that runs stages of `kind`: a hash of the compiler
-/// version, Cargo.lock, and the sources of kiln-core, of the crates the kind uses and of
-/// its module in kiln-pipeline (computed by build.rs). Changing kiln-train reruns train
-/// and optimize stages (fine-tuning) but no preprocess stage.
-pub fn build_identity(kind: StageKind) -> String {
-    const CORE: &str = env!("KILN_SRC_CORE");
-    const STAGE_GLUE: &str = env!("KILN_SRC_PIPELINE_STAGE_MOD");
-    let parts: &[&str] = match kind {
-        StageKind::Preprocess => &[
-            env!("KILN_SRC_PREPROCESS"),
-            env!("KILN_SRC_STAGE_PREPROCESS"),
-        ],
-        StageKind::Train => &[env!("KILN_SRC_TRAIN"), env!("KILN_SRC_STAGE_TRAIN")],
-        StageKind::Optimize => &[
-            env!("KILN_SRC_OPTIMIZE"),
-            env!("KILN_SRC_TRAIN"),
-            env!("KILN_SRC_DEPLOY"),
-            env!("KILN_SRC_STAGE_OPTIMIZE"),
-        ],
-        StageKind::Evaluate => &[
-            env!("KILN_SRC_EVALUATE"),
-            env!("KILN_SRC_DEPLOY"),
-            env!("KILN_SRC_STAGE_EVALUATE"),
-        ],
-        StageKind::Deploy => &[env!("KILN_SRC_DEPLOY"), env!("KILN_SRC_STAGE_DEPLOY")],
-    };
-    let mut h = blake3::Hasher::new();
-    for p in [
-        env!("KILN_RUSTC_VERSION"),
-        env!("KILN_SRC_LOCK"),
-        CORE,
-        STAGE_GLUE,
-    ]
-    .iter()
-    .chain(parts)
-    {
-        h.update(p.as_bytes());
-        h.update(&[0]);
-    }
-    h.finalize().to_hex()[..16].to_string()
+/// Hashes of the sources a build identity is made of (computed by build.rs; see
+/// [`BuildSources::BUILT`]). A tool that pins or simulates builds can pass its own in
+/// `RunOptions::build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSources {
+    /// `rustc --version`.
+    pub rustc: String,
+    /// Cargo.lock.
+    pub lock: String,
+    /// kiln-core.
+    pub core: String,
+    /// kiln-preprocess.
+    pub preprocess: String,
+    /// kiln-train.
+    pub train: String,
+    /// kiln-optimize.
+    pub optimize: String,
+    /// kiln-evaluate.
+    pub evaluate: String,
+    /// kiln-deploy.
+    pub deploy: String,
+    /// kiln-pipeline's glue shared by every stage (`src/stage/mod.rs`).
+    pub glue: String,
+    /// kiln-pipeline's module of each stage kind (`src/stage/<kind>.rs`), in
+    /// [`StageKind::ALL`] order.
+    pub modules: [String; 5],
 }
 
-/// The build identity of the whole of this kiln (`kiln --version`, run.json): every
-/// library crate's sources, Cargo.lock and the compiler.
-pub fn build_id() -> String {
-    let mut h = blake3::Hasher::new();
-    for p in [
-        env!("KILN_RUSTC_VERSION"),
-        env!("KILN_SRC_LOCK"),
-        env!("KILN_SRC_CORE"),
-        env!("KILN_SRC_PREPROCESS"),
-        env!("KILN_SRC_TRAIN"),
-        env!("KILN_SRC_OPTIMIZE"),
-        env!("KILN_SRC_EVALUATE"),
-        env!("KILN_SRC_DEPLOY"),
-        env!("KILN_SRC_PIPELINE"),
-    ] {
-        h.update(p.as_bytes());
-        h.update(&[0]);
+impl BuildSources {
+    /// The sources this kiln was built from.
+    pub fn built() -> BuildSources {
+        BuildSources {
+            rustc: env!("KILN_RUSTC_VERSION").into(),
+            lock: env!("KILN_SRC_LOCK").into(),
+            core: env!("KILN_SRC_CORE").into(),
+            preprocess: env!("KILN_SRC_PREPROCESS").into(),
+            train: env!("KILN_SRC_TRAIN").into(),
+            optimize: env!("KILN_SRC_OPTIMIZE").into(),
+            evaluate: env!("KILN_SRC_EVALUATE").into(),
+            deploy: env!("KILN_SRC_DEPLOY").into(),
+            glue: env!("KILN_SRC_PIPELINE_STAGE_MOD").into(),
+            modules: [
+                env!("KILN_SRC_STAGE_PREPROCESS").into(),
+                env!("KILN_SRC_STAGE_TRAIN").into(),
+                env!("KILN_SRC_STAGE_OPTIMIZE").into(),
+                env!("KILN_SRC_STAGE_EVALUATE").into(),
+                env!("KILN_SRC_STAGE_DEPLOY").into(),
+            ],
+        }
     }
-    h.finalize().to_hex()[..16].to_string()
+
+    /// The build identity of the code that runs stages of `kind`: a hash of the
+    /// compiler, Cargo.lock, kiln-core, the crates the kind uses, and its module in
+    /// kiln-pipeline (with their shared glue). A change to kiln-train reruns train and
+    /// optimize stages (optimize fine-tunes with it) and nothing else.
+    pub fn identity(&self, kind: StageKind) -> String {
+        let crates: Vec<&String> = match kind {
+            StageKind::Preprocess => vec![&self.preprocess],
+            StageKind::Train => vec![&self.train],
+            StageKind::Optimize => vec![&self.optimize, &self.train, &self.deploy],
+            StageKind::Evaluate => vec![&self.evaluate, &self.deploy],
+            StageKind::Deploy => vec![&self.deploy],
+        };
+        let module = StageKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .map_or("", |i| self.modules[i].as_str());
+        let mut h = blake3::Hasher::new();
+        for p in [&self.rustc, &self.lock, &self.core, &self.glue]
+            .into_iter()
+            .chain(crates)
+            .map(String::as_str)
+            .chain([module])
+        {
+            h.update(p.as_bytes());
+            h.update(&[0]);
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
+
+    /// The identity of the whole build (`kiln --version`, run.json): every part.
+    pub fn id(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for p in [
+            &self.rustc,
+            &self.lock,
+            &self.core,
+            &self.preprocess,
+            &self.train,
+            &self.optimize,
+            &self.evaluate,
+            &self.deploy,
+            &self.glue,
+        ]
+        .into_iter()
+        .chain(&self.modules)
+        {
+            h.update(p.as_bytes());
+            h.update(&[0]);
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
+}
+
+/// The build identity of the code that runs stages of `kind` in this kiln
+/// ([`BuildSources::identity`] of [`BuildSources::built`]).
+pub fn build_identity(kind: StageKind) -> String {
+    BuildSources::built().identity(kind)
+}
+
+/// The identity of this kiln's build (`kiln --version`, run.json).
+pub fn build_id() -> String {
+    BuildSources::built().id()
 }
 
 #[cfg(test)]

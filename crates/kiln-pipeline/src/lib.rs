@@ -40,7 +40,7 @@ mod summary;
 
 pub use cache::Holder;
 pub use file::{Diagnostic, Pipeline, StageConfig, StageDef, parse, valid_name};
-pub use key::{StageKey, build_id, build_identity};
+pub use key::{BuildSources, StageKey, build_id, build_identity};
 pub use kiln_core::artifact::run::{StageKind, StageRecord, StageStatus};
 pub use run::{RunOptions, RunReport, run};
 pub use schema::json_schema;

@@ -5,7 +5,7 @@
 
 use crate::cache::{Cache, Holder, KEY_FILE, kill_point, now};
 use crate::file::{Pipeline, StageDef};
-use crate::key::{StageKey, build_id, build_identity};
+use crate::key::{BuildSources, StageKey};
 use crate::progress::FileProgress;
 use crate::runs::RunFolder;
 use crate::stage::{self, Datasets, RunCx, StageError};
@@ -36,6 +36,9 @@ pub struct RunOptions<'a> {
     /// How long to wait for another run building the same cache entry (None: as long as
     /// it takes); past it the run fails with [`PipelineError::LockTimeout`].
     pub lock_timeout: Option<Duration>,
+    /// The sources whose hashes make each stage kind's build identity (this kiln's own
+    /// by default; tests pass changed ones to act as another build).
+    pub build: BuildSources,
 }
 
 impl RunOptions<'_> {
@@ -48,6 +51,7 @@ impl RunOptions<'_> {
             only: None,
             from: None,
             lock_timeout: None,
+            build: BuildSources::built(),
         }
     }
 }
@@ -137,7 +141,7 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
         seconds: 0.0,
         pid: std::process::id(),
         kiln_version: KILN_VERSION.to_string(),
-        build: build_id(),
+        build: opts.build.id(),
         versions: [
             ("kiln", KILN_VERSION),
             ("polars", "0.55.2"),
@@ -364,7 +368,7 @@ impl StageStep<'_> {
             &def.config,
             read_hashes,
             files,
-            build_identity(def.kind),
+            self.opts.build.identity(def.kind),
         );
         let hash = key.hash();
         m.stages[i].hash = hash.clone();

@@ -339,6 +339,19 @@ fn fingerprint(config: &Config, train: &Dataset, valid: &Dataset) -> String {
     kiln_core::hash_bytes(text.as_bytes())
 }
 
+/// The newest complete checkpoint in `out_dir`: `checkpoint/`, or `checkpoint.tmp/` when a
+/// kill came after the old checkpoint was deleted and before the new one was renamed
+/// (`state.json` is written last, so a folder that has it is complete).
+fn newest_checkpoint(
+    out_dir: &Path,
+    fp: &str,
+) -> Option<(CheckpointState, TensorStore, TensorStore)> {
+    ["checkpoint", "checkpoint.tmp"]
+        .iter()
+        .filter_map(|d| load_checkpoint(&out_dir.join(d), fp))
+        .max_by_key(|(s, ..)| s.epoch)
+}
+
 fn load_checkpoint(dir: &Path, fp: &str) -> Option<(CheckpointState, TensorStore, TensorStore)> {
     let state: CheckpointState = kiln_core::read_json(&dir.join("state.json")).ok()?;
     if state.fingerprint != fp {
@@ -350,7 +363,8 @@ fn load_checkpoint(dir: &Path, fp: &str) -> Option<(CheckpointState, TensorStore
     Some((state, params, best))
 }
 
-/// Writes the checkpoint folder atomically: into `checkpoint.tmp`, then renamed.
+/// Writes the checkpoint folder atomically: into `checkpoint.tmp` (state.json last), then
+/// renamed over `checkpoint` ([`newest_checkpoint`] finds either after a kill).
 fn save_checkpoint(
     out_dir: &Path,
     state: &CheckpointState,
@@ -421,7 +435,7 @@ fn train_on<D: Device<f32> + net::Backend>(
     let fp = fingerprint(config, train, valid);
     let ckpt_dir = out_dir.join("checkpoint");
     let checkpoint = if config.resume {
-        load_checkpoint(&ckpt_dir, &fp)
+        newest_checkpoint(out_dir, &fp)
     } else {
         None
     };
@@ -629,8 +643,10 @@ fn train_on<D: Device<f32> + net::Backend>(
     model.save(out_dir)?;
     kiln_core::artifact::save(out_dir, &history)?;
     kiln_core::atomic_write(&out_dir.join("history.csv"), history.to_csv().as_bytes())?;
-    if ckpt_dir.exists() {
-        std::fs::remove_dir_all(&ckpt_dir).map_err(|e| kiln_core::CoreError::io(&ckpt_dir, e))?;
+    for d in [ckpt_dir.clone(), out_dir.join("checkpoint.tmp")] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(|e| kiln_core::CoreError::io(&d, e))?;
+        }
     }
     Ok(Output {
         model,

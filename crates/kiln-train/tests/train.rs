@@ -248,6 +248,26 @@ fn resume_after_a_halt_equals_an_uninterrupted_run() {
     let out = run(&no_resume, &tr, &va, 10, &fresh, &NoProgress).unwrap();
     assert_eq!(out.resumed_from_epoch, None);
     assert_eq!(bytes(&fresh), bytes(&dir.path().join("full")));
+
+    // A kill after the old checkpoint was deleted and before the new one was renamed
+    // leaves only checkpoint.tmp (complete: its state.json is written last): the rerun
+    // resumes from it instead of starting over.
+    let window = dir.path().join("window");
+    kiln_train::run_until(&cfg, &tr, &va, 10, &window, &NoProgress, Some(4)).unwrap_err();
+    std::fs::rename(window.join("checkpoint"), window.join("checkpoint.tmp")).unwrap();
+    let out = run(&cfg, &tr, &va, 10, &window, &NoProgress).unwrap();
+    assert_eq!(out.resumed_from_epoch, Some(4));
+    assert_eq!(bytes(&window), bytes(&dir.path().join("full")));
+    assert!(!window.join("checkpoint.tmp").exists() && !window.join("checkpoint").exists());
+    // a half-written checkpoint.tmp (no state.json yet) beside a complete checkpoint:
+    // the complete one is used
+    let half = dir.path().join("half");
+    kiln_train::run_until(&cfg, &tr, &va, 10, &half, &NoProgress, Some(2)).unwrap_err();
+    std::fs::create_dir_all(half.join("checkpoint.tmp")).unwrap();
+    std::fs::write(half.join("checkpoint.tmp/params.safetensors"), b"partial").unwrap();
+    let out = run(&cfg, &tr, &va, 10, &half, &NoProgress).unwrap();
+    assert_eq!(out.resumed_from_epoch, Some(2));
+    assert_eq!(bytes(&half), bytes(&dir.path().join("full")));
 }
 
 /// `model.norm = "layer"`: the network trains with a layer norm after each hidden layer
