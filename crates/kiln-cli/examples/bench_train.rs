@@ -40,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let config = Config {
         model: ModelConfig {
-            kind: "mlp".into(),
+            kind: kiln_train::ModelKind::Mlp,
             hidden: vec![128, 64],
             activation: kiln_core::Activation::Relu,
             dropout: 0.0,
@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         epochs: 1,
         batch_size: 64,
         early_stopping: None,
-        device: "cpu".into(),
+        device: kiln_train::Device::Cpu,
         checkpoint_every: 0,
         resume: false,
         sweep: None,

@@ -80,9 +80,9 @@ pub fn one_rounding_step(
     let d = spec.input_dim;
     let mut inputs: Vec<Vec<u8>> = Vec::with_capacity(spec.layers.len());
     let mut h = x[row * d..(row + 1) * d].to_vec();
-    for i in 0..spec.layers.len() {
-        let q = quantize_u8(&h, quant[i].0, quant[i].1);
-        h = layer(spec, weights, i, &q, quant[i])?;
+    for (i, &qp) in quant.iter().enumerate() {
+        let q = quantize_u8(&h, qp.0, qp.1);
+        h = layer(spec, weights, i, &q, qp)?;
         inputs.push(q);
     }
     for &l in &layers {

@@ -33,8 +33,8 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
     /// `cpu` (default) or `cuda` (needs the `cuda` cargo feature).
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: Device,
     /// Write a checkpoint every N epochs (0 = never; default 1).
     #[serde(default = "default_every")]
     pub checkpoint_every: usize,
@@ -50,20 +50,46 @@ pub struct Config {
     pub sweep: Option<crate::Sweep>,
 }
 
+/// Where training runs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// The CPU (dfdx's CPU device, two half-batch pools).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through dfdx's CUDA device (kiln built with the `cuda` feature).
+    Cuda,
+}
+
+impl Default for Config {
+    /// An MLP with one hidden layer of 64 units, Adam at 1e-3, 10 epochs of batches of 64,
+    /// on the CPU.
+    fn default() -> Self {
+        Config {
+            model: ModelConfig::default(),
+            loss: Loss::Auto,
+            huber_delta: default_huber_delta(),
+            optimizer: OptimizerConfig::default(),
+            schedule: Schedule::default(),
+            epochs: default_epochs(),
+            batch_size: default_batch(),
+            early_stopping: None,
+            device: Device::Cpu,
+            checkpoint_every: default_every(),
+            resume: true,
+            seed: 0,
+            sweep: None,
+        }
+    }
+}
+
 impl Config {
     /// Values out of range, as (key path, message) pairs; empty when the config is usable.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
-        if self.model.kind != "mlp" {
-            bad(
-                "model.kind",
-                format!(
-                    "model kind `{}` is not supported; use \"mlp\"",
-                    self.model.kind
-                ),
-            );
-        }
         if self.model.hidden.contains(&0) {
             bad(
                 "model.hidden",
@@ -108,7 +134,7 @@ impl Config {
                 "nesterov applies to kind = \"sgd\" with momentum > 0".into(),
             );
         }
-        if self.optimizer.clip_grad_norm.is_some() && self.device == "cuda" {
+        if self.optimizer.clip_grad_norm.is_some() && self.device == Device::Cuda {
             bad(
                 "optimizer.clip_grad_norm",
                 "gradient clipping runs on the cpu device only for now".into(),
@@ -160,27 +186,12 @@ impl Config {
             bad("batch_size", "batch_size must be at least 1".into());
         }
         if let Some(es) = &self.early_stopping {
-            if !["auto", "accuracy", "r2", "loss"].contains(&es.metric.as_str()) {
-                bad(
-                    "early_stopping.metric",
-                    format!(
-                        "metric `{}` is unknown; use \"auto\", \"accuracy\", \"r2\" or \"loss\"",
-                        es.metric
-                    ),
-                );
-            }
             if es.patience == 0 {
                 bad(
                     "early_stopping.patience",
                     "patience must be at least 1".into(),
                 );
             }
-        }
-        if self.device != "cpu" && self.device != "cuda" {
-            bad(
-                "device",
-                format!("unknown device `{}`; use \"cpu\" or \"cuda\"", self.device),
-            );
         }
         if let Some(sw) = &self.sweep {
             p.extend(sw.problems(self));
@@ -204,17 +215,14 @@ fn default_epochs() -> usize {
 fn default_batch() -> usize {
     64
 }
-fn default_device() -> String {
-    "cpu".into()
-}
 
 /// The network shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Only `mlp` so far.
-    #[serde(default = "default_kind")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: ModelKind,
     /// Hidden layer widths, input to output (e.g. `[128, 64]`).
     pub hidden: Vec<usize>,
     /// Activation between layers (default `relu`).
@@ -230,8 +238,28 @@ pub struct ModelConfig {
     pub norm: Option<Norm>,
 }
 
-fn default_kind() -> String {
-    "mlp".into()
+/// The kinds of network a train stage builds.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Dense layers (`hidden` widths).
+    #[default]
+    Mlp,
+}
+
+impl Default for ModelConfig {
+    /// One hidden layer of 64 ReLU units, no dropout, no norm.
+    fn default() -> Self {
+        ModelConfig {
+            kind: ModelKind::Mlp,
+            hidden: vec![64],
+            activation: Activation::Relu,
+            dropout: 0.0,
+            norm: None,
+        }
+    }
 }
 fn default_activation() -> Activation {
     Activation::Relu
@@ -413,15 +441,29 @@ pub struct EarlyStopping {
     pub patience: usize,
     /// `auto` (default: `accuracy` for classification, `r2` for regression), `accuracy`,
     /// `r2` (higher is better) or `loss` (lower is better).
-    #[serde(default = "default_metric")]
-    pub metric: String,
+    #[serde(default)]
+    pub metric: StopMetric,
     /// Smallest change that counts as an improvement (default 0).
     #[serde(default)]
     pub min_delta: f64,
 }
 
-fn default_metric() -> String {
-    "auto".into()
+/// What early stopping (and the choice of the kept epoch) watches on the validation
+/// split.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// `accuracy` for classification, `r2` for regression.
+    #[default]
+    Auto,
+    /// Validation accuracy (higher is better; classification).
+    Accuracy,
+    /// Validation R² (higher is better; regression).
+    R2,
+    /// Validation loss (lower is better).
+    Loss,
 }
 
 #[cfg(test)]

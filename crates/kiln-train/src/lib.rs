@@ -17,19 +17,12 @@
 //! }
 //! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels, values: vec![] };
 //! let config = Config {
-//!     model: ModelConfig { kind: "mlp".into(), hidden: vec![8], activation: kiln_core::Activation::Relu, dropout: 0.0, norm: None },
-//!     loss: Default::default(),
-//!     huber_delta: 1.0,
-//!     schedule: Default::default(),
+//!     model: ModelConfig { hidden: vec![8], ..Default::default() },
 //!     optimizer: kiln_train::OptimizerConfig { lr: 0.05, ..Default::default() },
 //!     epochs: 20,
 //!     batch_size: 16,
-//!     early_stopping: None,
-//!     device: "cpu".into(),
-//!     checkpoint_every: 1,
-//!     resume: true,
 //!     seed: 1,
-//!     sweep: None,
+//!     ..Default::default()
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-train-doc");
 //! let out = run(&config, &data, &data, 2, &out_dir, &NoProgress).unwrap();
@@ -47,8 +40,8 @@ pub use finetune::{Finetune, finetune};
 pub use sweep::{MAX_TRIALS, Sweep, Trial};
 
 pub use config::{
-    Config, EarlyStopping, Loss, ModelConfig, OptimizerConfig, OptimizerKind, Schedule,
-    ScheduleKind,
+    Config, Device, EarlyStopping, Loss, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind,
+    Schedule, ScheduleKind, StopMetric,
 };
 
 use dfdx::prelude::*;
@@ -159,19 +152,18 @@ pub fn run_until(
         outputs,
     )
     .with_norm(config.model.norm);
-    match config.device.as_str() {
+    match config.device {
         // (dfdx's buffer cache stays off: its pop races when two threads share the device)
-        "cpu" => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),
+        Device::Cpu => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),
         #[cfg(feature = "cuda")]
-        "cuda" => {
+        Device::Cuda => {
             let dev = Cuda::try_seed_from_u64(config.seed).map_err(|e| TrainError::Device(format!("cuda: {e:?}")))?;
             train_on(dev, spec, config, train, valid, out_dir, progress, halt_after)
         }
         #[cfg(not(feature = "cuda"))]
-        "cuda" => Err(TrainError::Config(
+        Device::Cuda => Err(TrainError::Config(
             "device = \"cuda\" needs kiln built with the `cuda` feature (cargo build --release -p kiln-cli --features kiln-train/cuda); kiln never falls back to the cpu silently".into(),
         )),
-        other => Err(TrainError::Config(format!("unknown device `{other}`; use \"cpu\" or \"cuda\""))),
     }
 }
 
@@ -190,13 +182,13 @@ fn check(
         return bad("train and valid splits disagree on the task (labels vs values)".into());
     }
     let loss = config.loss.resolve(task);
-    let metric = config.early_stopping.as_ref().map(|e| e.metric.as_str());
+    let metric = config.early_stopping.as_ref().map(|e| e.metric);
     match task {
         Task::Regression => {
             if loss == Loss::CrossEntropy {
                 return bad("loss: cross_entropy needs a class target, and this dataset has a regression target; use \"mse\" or \"huber\"".into());
             }
-            if metric == Some("accuracy") {
+            if metric == Some(StopMetric::Accuracy) {
                 return bad("early_stopping.metric: accuracy needs a class target; use \"r2\" or \"loss\" for regression".into());
             }
             if train.values.len() < 2 {
@@ -216,7 +208,7 @@ fn check(
             if matches!(loss, Loss::Mse | Loss::Huber) {
                 return bad(format!("loss: {loss:?} needs a regression target, and this dataset has class labels; use \"cross_entropy\"").to_lowercase());
             }
-            if metric == Some("r2") {
+            if metric == Some(StopMetric::R2) {
                 return bad("early_stopping.metric: r2 needs a regression target; use \"accuracy\" or \"loss\"".into());
             }
         }
@@ -391,7 +383,7 @@ fn save_checkpoint(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train_on<D: Device<f32> + net::Backend>(
+fn train_on<D: dfdx::prelude::Device<f32> + net::Backend>(
     dev: D,
     spec: ModelSpec,
     config: &Config,
@@ -581,7 +573,7 @@ fn train_on<D: Device<f32> + net::Backend>(
         let metric_loss = config
             .early_stopping
             .as_ref()
-            .is_some_and(|e| e.metric == "loss");
+            .is_some_and(|e| e.metric == StopMetric::Loss);
         let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = match &best {
             None => true,
@@ -659,7 +651,7 @@ fn train_on<D: Device<f32> + net::Backend>(
 
 /// The mean loss of a batch: `out` are the network's outputs, `y` the one-hot classes
 /// (cross-entropy), 0/1 (binary cross-entropy) or standardized targets (MSE, Huber).
-pub(crate) fn batch_loss<D: Device<f32>, T: Tape<f32, D>>(
+pub(crate) fn batch_loss<D: dfdx::prelude::Device<f32>, T: Tape<f32, D>>(
     kind: Loss,
     out: Tensor<(usize, usize), f32, D, T>,
     y: Tensor<(usize, usize), f32, D>,

@@ -45,7 +45,7 @@ fn digits() -> (Dataset, Dataset) {
 fn config(epochs: usize, seed: u64) -> Config {
     Config {
         model: ModelConfig {
-            kind: "mlp".into(),
+            kind: kiln_train::ModelKind::Mlp,
             hidden: vec![32],
             activation: kiln_core::Activation::Relu,
             dropout: 0.1,
@@ -61,7 +61,7 @@ fn config(epochs: usize, seed: u64) -> Config {
         epochs,
         batch_size: 32,
         early_stopping: None,
-        device: "cpu".into(),
+        device: kiln_train::Device::Cpu,
         checkpoint_every: 1,
         resume: true,
         sweep: None,
@@ -149,7 +149,7 @@ fn early_stopping_keeps_the_best_epoch() {
     let mut cfg = config(40, 3);
     cfg.early_stopping = Some(EarlyStopping {
         patience: 2,
-        metric: "accuracy".into(),
+        metric: kiln_train::StopMetric::Accuracy,
         min_delta: 0.0,
     });
     let out = run(&cfg, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
@@ -172,7 +172,7 @@ fn bad_configs_are_explained() {
     let (tr, va) = digits();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(1, 1);
-    cfg.device = "cuda".into();
+    cfg.device = kiln_train::Device::Cuda;
     let e = run(&cfg, &tr, &va, 10, dir.path(), &NoProgress)
         .unwrap_err()
         .to_string();
@@ -429,7 +429,7 @@ fn losses_and_metrics_must_fit_the_task() {
     let acc = Config {
         early_stopping: Some(EarlyStopping {
             patience: 2,
-            metric: "accuracy".into(),
+            metric: kiln_train::StopMetric::Accuracy,
             min_delta: 0.0,
         }),
         ..config(1, 1)
