@@ -3,7 +3,7 @@
 //! forward pass. The stage writes `model.onnx` (the `fp32` variant), `model.<variant>.onnx`,
 //! `parity.json` and `schema.json` — the ONNX files only after every variant passed — and
 //! the pipeline adds `model_card.md` ([`card`]). With `include_preprocessing` the fitted
-//! preprocessing is baked into the graph ([`bake`]).
+//! preprocessing is baked into the graph ([`bake()`]).
 //!
 //! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` or from where
 //! `cargo xtask setup` installs it (see [`runtime::library_path`]).
