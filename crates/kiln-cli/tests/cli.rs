@@ -434,7 +434,7 @@ fn predict_feeds_raw_values_to_a_model_with_baked_preprocessing() {
     // and the baked graph really is different: it starts with Sub / Div
     let m = kiln_deploy::decode(&std::fs::read(baked.join("model.onnx")).unwrap()).unwrap();
     assert!(kiln_deploy::is_baked(&m));
-    assert_eq!(m.graph.unwrap().node[0].op_type, "Sub");
+    assert_eq!(m.graph.unwrap().node[0].op_type(), "Sub");
 }
 
 /// A model whose schema imputes and encodes text: `kiln predict` takes rows with `NA` and

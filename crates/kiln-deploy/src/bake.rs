@@ -6,7 +6,7 @@
 //! not name get the neutral constant (divide by 1, subtract 0), which leaves every float,
 //! NaN and infinities included, unchanged — so the graph computes exactly what `apply` does.
 
-use crate::onnx::{ModelProto, StringStringEntryProto, node, tensor_f32};
+use crate::onnx::{ModelProto, node, string_entry, tensor_f32};
 use crate::{DeployError, Result};
 use kiln_core::{Schema, Transform};
 
@@ -156,10 +156,9 @@ pub fn bake(model: &mut ModelProto, schema: &Schema) -> Result<()> {
         nodes.append(&mut g.node);
         g.node = nodes;
     }
-    model.metadata_props.push(StringStringEntryProto {
-        key: PREPROCESSING_KEY.into(),
-        value: BAKED.into(),
-    });
+    model
+        .metadata_props
+        .push(string_entry(PREPROCESSING_KEY, BAKED));
     Ok(())
 }
 
@@ -168,7 +167,7 @@ pub fn is_baked(model: &ModelProto) -> bool {
     model
         .metadata_props
         .iter()
-        .any(|p| p.key == PREPROCESSING_KEY && p.value == BAKED)
+        .any(|p| p.key() == PREPROCESSING_KEY && p.value() == BAKED)
 }
 
 /// Raw rows that the schema's transforms turn (up to rounding) into `features`: each
@@ -231,14 +230,14 @@ mod tests {
         bake(&mut m, &schema()).unwrap();
         assert!(is_baked(&m));
         let g = m.graph.as_ref().unwrap();
-        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type()).collect();
         assert_eq!(ops, ["Div", "Sub", "Div", "MatMul", "Add", "Softmax"]);
         assert_eq!(g.node[0].input, ["features", "preprocess.0.div"]);
         assert_eq!(g.node[3].input[0], "preprocess.2.out");
         let c = |name: &str| {
             g.initializer
                 .iter()
-                .find(|t| t.name == name)
+                .find(|t| t.name() == name)
                 .unwrap()
                 .f32_values()
                 .unwrap()
@@ -246,7 +245,7 @@ mod tests {
         assert_eq!(c("preprocess.0.div"), [4.0, 4.0, 1.0]);
         assert_eq!(c("preprocess.1.sub"), [0.0, 1.0, -2.0]);
         assert_eq!(c("preprocess.2.div"), [1.0, 3.0, 0.5]);
-        assert_eq!(g.input[0].name, "features");
+        assert_eq!(g.input[0].name(), "features");
         assert!(bake(&mut m, &schema()).is_err(), "baking twice is refused");
     }
 

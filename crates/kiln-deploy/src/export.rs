@@ -6,9 +6,8 @@
 //! classification, `probabilities` (Softmax over the last axis).
 
 use crate::onnx::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-    attr_float, attr_int, batch_value_info, dtype, node, tensor_f16, tensor_f32, tensor_i8,
-    tensor_u8,
+    GraphProto, ModelProto, NodeProto, TensorProto, attr_float, attr_int, batch_value_info, dtype,
+    node, opset, string_entry, tensor_f16, tensor_f32, tensor_i8, tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -343,16 +342,13 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         ("pipeline_hash", meta.pipeline_hash.clone()),
     ]
     .into_iter()
-    .map(|(key, value)| StringStringEntryProto {
-        key: key.into(),
-        value,
-    })
+    .map(|(key, value)| string_entry(key, value))
     .collect();
     Ok(ModelProto {
-        ir_version: ir_version(meta.opset),
-        producer_name: "kiln".into(),
-        producer_version: meta.kiln_version.clone(),
-        doc_string: format!(
+        ir_version: Some(ir_version(meta.opset)),
+        producer_name: Some("kiln".into()),
+        producer_version: Some(meta.kiln_version.clone()),
+        doc_string: Some(format!(
             "{} model exported by kiln{}",
             match &spec.quantization {
                 None => "fp32".to_string(),
@@ -364,19 +360,16 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             } else {
                 format!(" from pipeline stage {}", meta.pipeline_hash)
             }
-        ),
+        )),
         graph: Some(GraphProto {
             node: g.nodes,
-            name: "kiln".into(),
+            name: Some("kiln".into()),
             initializer: g.inits,
             input: vec![batch_value_info("features", spec.input_dim)],
             output: outputs,
             ..Default::default()
         }),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: meta.opset,
-        }],
+        opset_import: vec![opset(meta.opset)],
         metadata_props,
         ..Default::default()
     })
@@ -418,7 +411,7 @@ mod tests {
     fn ops(m: &ModelProto) -> Vec<String> {
         m.graph
             .as_ref()
-            .map(|g| g.node.iter().map(|n| n.op_type.clone()).collect())
+            .map(|g| g.node.iter().map(|n| n.op_type().to_string()).collect())
             .unwrap_or_default()
     }
 
@@ -436,15 +429,16 @@ mod tests {
             ops(&m),
             ["MatMul", "Add", "Tanh", "MatMul", "Add", "Softmax"]
         );
-        assert_eq!((m.ir_version, m.opset_import[0].version), (8, 17));
-        assert_eq!(m.opset_import[0].domain, "");
+        assert_eq!((m.ir_version(), m.opset_import[0].version()), (8, 17));
+        assert_eq!(m.opset_import[0].domain(), "");
+        assert_eq!(m.producer_name(), "kiln");
         let g = m.graph.as_ref().unwrap();
         assert_eq!(g.node[4].output, ["logits"]);
-        assert_eq!(g.node[5].attribute[0].i, -1);
+        assert_eq!(g.node[5].attribute[0].i, Some(-1));
         let props: Vec<(&str, &str)> = m
             .metadata_props
             .iter()
-            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .map(|p| (p.key(), p.value()))
             .collect();
         assert_eq!(
             props,
@@ -458,7 +452,7 @@ mod tests {
         let w1 = g
             .initializer
             .iter()
-            .find(|t| t.name == "layers.1.weight")
+            .find(|t| t.name() == "layers.1.weight")
             .unwrap();
         assert_eq!(w1.dims, vec![2, 2]);
         assert_eq!(w1.f32_values().unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
@@ -510,12 +504,12 @@ mod tests {
         let w0 = g
             .initializer
             .iter()
-            .find(|t| t.name == "layers.0.weight")
+            .find(|t| t.name() == "layers.0.weight")
             .unwrap();
-        assert_eq!(w0.data_type, dtype::INT8);
-        assert_eq!(w0.raw_data, vec![127u8; 6]);
-        let cast = g.node.iter().find(|n| n.op_type == "Cast").unwrap();
-        assert_eq!(cast.attribute[0].i, i64::from(dtype::FLOAT));
+        assert_eq!(w0.data_type(), dtype::INT8);
+        assert_eq!(w0.raw_data(), [127u8; 6]);
+        let cast = g.node.iter().find(|n| n.op_type() == "Cast").unwrap();
+        assert_eq!(cast.attribute[0].i, Some(i64::from(dtype::FLOAT)));
     }
 
     #[test]
@@ -524,7 +518,7 @@ mod tests {
         let m = build(&spec, &w, &ExportMeta::default()).unwrap();
         let g = m.graph.unwrap();
         assert_eq!(g.output.len(), 1);
-        assert_eq!(g.output[0].name, "prediction");
+        assert_eq!(g.output[0].name(), "prediction");
 
         let (spec, w) = tiny(Task::Classification);
         let e = build(

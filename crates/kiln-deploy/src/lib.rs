@@ -1,9 +1,10 @@
-//! kiln-deploy: exports models to ONNX (hand-written prost messages), runs them in ONNX
-//! Runtime through `ort`, and gates the deployment on parity with kiln-core's reference
-//! forward pass. The stage writes `model.onnx` (the `fp32` variant), `model.<variant>.onnx`,
-//! `parity.json` and `schema.json` — the ONNX files only after every variant passed — and
-//! the pipeline adds `model_card.md` ([`card`]). With `include_preprocessing` the fitted
-//! preprocessing is baked into the graph ([`bake`]).
+//! kiln-deploy: exports models to ONNX (prost messages generated at build time from the
+//! official onnx.proto, see [`onnx`]), runs them in ONNX Runtime through `ort`, and gates
+//! the deployment on parity with kiln-core's reference forward pass. The stage writes
+//! `model.onnx` (the `fp32` variant), `model.<variant>.onnx`, `parity.json` and
+//! `schema.json` — the ONNX files only after every variant passed — and the pipeline adds
+//! `model_card.md` ([`card`]). With `include_preprocessing` the fitted preprocessing is
+//! baked into the graph ([`bake()`]).
 //!
 //! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` or from where
 //! `cargo xtask setup` installs it (see [`runtime::library_path`]).

@@ -1,242 +1,77 @@
-//! The ONNX protobuf messages kiln writes, as hand-written `prost` structs (field numbers
-//! from onnx.proto), plus small builders for nodes, attributes, initializers and value infos.
+//! The ONNX protobuf messages, generated at build time from the official schema, plus small
+//! builders for nodes, attributes, initializers, value infos and metadata entries.
 //!
-//! Hand-written because generated bindings need `protoc` at build time; these few messages
-//! build in seconds and encode exactly what the official schema expects. Only the fields
-//! kiln writes or reads are declared: a decoder skips the others. Repeated scalar fields
-//! that onnx.proto (proto2) declares unpacked are marked `packed = "false"` so the bytes
-//! match what the reference implementation writes.
+//! `build.rs` compiles the vendored `proto/onnx.proto` (copied unchanged from the `onnx`
+//! release the tests check against; see `proto/README.md`) with `protox`, a protobuf
+//! compiler in pure Rust, and generates the `prost` messages with `prost-build`: no `protoc`
+//! binary is needed, and field numbers, types and packing come from the official schema
+//! instead of being transcribed by hand. Every message and enum of the schema is re-exported
+//! here under its protobuf name (`ModelProto`, `GraphProto`, `NodeProto`, `TensorProto`,
+//! `tensor_proto::DataType`, …); nested messages keep prost's modules
+//! (`type_proto::Tensor`, `tensor_shape_proto::Dimension`), with the aliases
+//! [`TypeProtoTensor`], [`Dimension`] and [`DimensionValue`].
+//!
+//! onnx.proto is proto2, so optional scalar fields are `Option<T>` (`None` is not written)
+//! and each has a getter returning the field's default when unset (`node.op_type()`,
+//! `tensor.data_type()`); enum fields also get a typed getter and setter
+//! (`attribute.r#type()`, `attribute.set_type(…)`). Repeated scalars the schema declares
+//! unpacked (`TensorProto.dims`, `AttributeProto.ints`) stay unpacked, as the reference
+//! implementation writes them.
 
-/// `TensorProto.DataType` values kiln uses.
+/// The code `prost-build` generated from `proto/onnx.proto` (see `build.rs`). Its docs are
+/// the schema's comments, copied as they are: not every message or field has one, and their
+/// formatting is not clippy's or rustdoc's (onnx.proto is vendored unchanged, so lints on
+/// it are allowed here instead of fixed).
+#[allow(missing_docs, clippy::all, rustdoc::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
+
+pub use generated::*;
+
+/// `TypeProto.Tensor`: element type and shape (alias of [`type_proto::Tensor`]).
+pub use generated::type_proto::Tensor as TypeProtoTensor;
+
+/// `TensorShapeProto.Dimension`: a fixed size or a named symbolic one (alias of
+/// [`tensor_shape_proto::Dimension`]).
+pub use generated::tensor_shape_proto::Dimension;
+
+/// The `value` oneof of `TensorShapeProto.Dimension` (alias of
+/// [`tensor_shape_proto::dimension::Value`]).
+pub use generated::tensor_shape_proto::dimension::Value as DimensionValue;
+
+/// `TensorProto.DataType` values kiln uses, as the `i32` stored in `data_type`,
+/// `elem_type` and `Cast`'s `to` attribute.
 pub mod dtype {
+    use super::tensor_proto::DataType;
+
     /// `float` (f32).
-    pub const FLOAT: i32 = 1;
+    pub const FLOAT: i32 = DataType::Float as i32;
     /// `uint8`.
-    pub const UINT8: i32 = 2;
+    pub const UINT8: i32 = DataType::Uint8 as i32;
     /// `int8`.
-    pub const INT8: i32 = 3;
+    pub const INT8: i32 = DataType::Int8 as i32;
     /// `int32`.
-    pub const INT32: i32 = 6;
+    pub const INT32: i32 = DataType::Int32 as i32;
     /// `int64`.
-    pub const INT64: i32 = 7;
+    pub const INT64: i32 = DataType::Int64 as i32;
     /// `float16`.
-    pub const FLOAT16: i32 = 10;
+    pub const FLOAT16: i32 = DataType::Float16 as i32;
 }
 
-/// `AttributeProto.AttributeType` values kiln uses.
+/// `AttributeProto.AttributeType` values kiln uses, as the `i32` stored in `type`.
 pub mod attr_type {
+    use super::attribute_proto::AttributeType;
+
     /// A single float (`f`).
-    pub const FLOAT: i32 = 1;
+    pub const FLOAT: i32 = AttributeType::Float as i32;
     /// A single int64 (`i`).
-    pub const INT: i32 = 2;
+    pub const INT: i32 = AttributeType::Int as i32;
     /// A list of int64 (`ints`).
-    pub const INTS: i32 = 7;
+    pub const INTS: i32 = AttributeType::Ints as i32;
 }
 
-/// `ModelProto`: the top-level ONNX file.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ModelProto {
-    /// IR version of the file format (8 for opset 17).
-    #[prost(int64, tag = "1")]
-    pub ir_version: i64,
-    /// Tool that wrote the model (`kiln`).
-    #[prost(string, tag = "2")]
-    pub producer_name: String,
-    /// Version of that tool.
-    #[prost(string, tag = "3")]
-    pub producer_version: String,
-    /// Reverse-DNS model namespace (unused by kiln).
-    #[prost(string, tag = "4")]
-    pub domain: String,
-    /// Model version (unused by kiln).
-    #[prost(int64, tag = "5")]
-    pub model_version: i64,
-    /// Human-readable description.
-    #[prost(string, tag = "6")]
-    pub doc_string: String,
-    /// The computation graph.
-    #[prost(message, optional, tag = "7")]
-    pub graph: Option<GraphProto>,
-    /// Operator sets the graph uses.
-    #[prost(message, repeated, tag = "8")]
-    pub opset_import: Vec<OperatorSetIdProto>,
-    /// Free-form key/value metadata (class labels, feature names, versions, hashes).
-    #[prost(message, repeated, tag = "14")]
-    pub metadata_props: Vec<StringStringEntryProto>,
-}
-
-/// `OperatorSetIdProto`: one imported operator set.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct OperatorSetIdProto {
-    /// Domain; empty for the default ONNX domain.
-    #[prost(string, tag = "1")]
-    pub domain: String,
-    /// Opset version.
-    #[prost(int64, tag = "2")]
-    pub version: i64,
-}
-
-/// `StringStringEntryProto`: one metadata entry.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StringStringEntryProto {
-    /// Key.
-    #[prost(string, tag = "1")]
-    pub key: String,
-    /// Value.
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-/// `GraphProto`: nodes, initializers, inputs and outputs.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct GraphProto {
-    /// Nodes in topological order.
-    #[prost(message, repeated, tag = "1")]
-    pub node: Vec<NodeProto>,
-    /// Graph name.
-    #[prost(string, tag = "2")]
-    pub name: String,
-    /// Constant tensors (weights).
-    #[prost(message, repeated, tag = "5")]
-    pub initializer: Vec<TensorProto>,
-    /// Human-readable description.
-    #[prost(string, tag = "10")]
-    pub doc_string: String,
-    /// Graph inputs.
-    #[prost(message, repeated, tag = "11")]
-    pub input: Vec<ValueInfoProto>,
-    /// Graph outputs.
-    #[prost(message, repeated, tag = "12")]
-    pub output: Vec<ValueInfoProto>,
-}
-
-/// `NodeProto`: one operator application.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct NodeProto {
-    /// Names of the input values.
-    #[prost(string, repeated, tag = "1")]
-    pub input: Vec<String>,
-    /// Names of the output values.
-    #[prost(string, repeated, tag = "2")]
-    pub output: Vec<String>,
-    /// Node name (unique in the graph).
-    #[prost(string, tag = "3")]
-    pub name: String,
-    /// Operator, e.g. `MatMul`.
-    #[prost(string, tag = "4")]
-    pub op_type: String,
-    /// Operator attributes.
-    #[prost(message, repeated, tag = "5")]
-    pub attribute: Vec<AttributeProto>,
-    /// Human-readable description.
-    #[prost(string, tag = "6")]
-    pub doc_string: String,
-    /// Operator domain; empty for the default ONNX domain.
-    #[prost(string, tag = "7")]
-    pub domain: String,
-}
-
-/// `AttributeProto`: a named operator attribute (kiln uses float, int and ints).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AttributeProto {
-    /// Attribute name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Value when `type` is FLOAT.
-    #[prost(float, tag = "2")]
-    pub f: f32,
-    /// Value when `type` is INT.
-    #[prost(int64, tag = "3")]
-    pub i: i64,
-    /// Value when `type` is INTS.
-    #[prost(int64, repeated, packed = "false", tag = "8")]
-    pub ints: Vec<i64>,
-    /// Which of the value fields is set (`attr_type`).
-    #[prost(int32, tag = "20")]
-    pub r#type: i32,
-}
-
-/// `TensorProto`: a constant tensor; kiln stores values little-endian in `raw_data`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorProto {
-    /// Dimensions.
-    #[prost(int64, repeated, packed = "false", tag = "1")]
-    pub dims: Vec<i64>,
-    /// Element type (`dtype`).
-    #[prost(int32, tag = "2")]
-    pub data_type: i32,
-    /// Float values when not in `raw_data` (kiln never writes them).
-    #[prost(float, repeated, tag = "4")]
-    pub float_data: Vec<f32>,
-    /// int32 / int8 / uint8 values when not in `raw_data` (kiln never writes them).
-    #[prost(int32, repeated, tag = "5")]
-    pub int32_data: Vec<i32>,
-    /// Tensor (initializer) name.
-    #[prost(string, tag = "8")]
-    pub name: String,
-    /// Values as little-endian bytes, row-major.
-    #[prost(bytes = "vec", tag = "9")]
-    pub raw_data: Vec<u8>,
-}
-
-/// `ValueInfoProto`: name and type of a graph input or output.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueInfoProto {
-    /// Value name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Its type.
-    #[prost(message, optional, tag = "2")]
-    pub r#type: Option<TypeProto>,
-}
-
-/// `TypeProto` (only the `tensor_type` member of its `value` oneof).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProto {
-    /// A dense tensor type.
-    #[prost(message, optional, tag = "1")]
-    pub tensor_type: Option<TypeProtoTensor>,
-}
-
-/// `TypeProto.Tensor`: element type and shape.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProtoTensor {
-    /// Element type (`dtype`).
-    #[prost(int32, tag = "1")]
-    pub elem_type: i32,
-    /// Shape, possibly with symbolic dimensions.
-    #[prost(message, optional, tag = "2")]
-    pub shape: Option<TensorShapeProto>,
-}
-
-/// `TensorShapeProto`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {
-    /// Dimensions, outermost first.
-    #[prost(message, repeated, tag = "1")]
-    pub dim: Vec<Dimension>,
-}
-
-/// `TensorShapeProto.Dimension`: a fixed size or a named symbolic one.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Dimension {
-    /// The dimension.
-    #[prost(oneof = "DimensionValue", tags = "1, 2")]
-    pub value: Option<DimensionValue>,
-}
-
-/// The `value` oneof of `TensorShapeProto.Dimension`.
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum DimensionValue {
-    /// A fixed size.
-    #[prost(int64, tag = "1")]
-    DimValue(i64),
-    /// A symbolic size, e.g. `batch`.
-    #[prost(string, tag = "2")]
-    DimParam(String),
-}
-
-/// A node in the default (ONNX) domain.
+/// A node in the default (ONNX) domain (`domain` unset).
 pub fn node(
     op: &str,
     name: &str,
@@ -247,8 +82,8 @@ pub fn node(
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
-        name: name.to_string(),
-        op_type: op.to_string(),
+        name: Some(name.to_string()),
+        op_type: Some(op.to_string()),
         attribute,
         ..Default::default()
     }
@@ -257,9 +92,9 @@ pub fn node(
 /// An int64 attribute.
 pub fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
-        name: name.to_string(),
-        i,
-        r#type: attr_type::INT,
+        name: Some(name.to_string()),
+        i: Some(i),
+        r#type: Some(attr_type::INT),
         ..Default::default()
     }
 }
@@ -267,9 +102,9 @@ pub fn attr_int(name: &str, i: i64) -> AttributeProto {
 /// A float attribute.
 pub fn attr_float(name: &str, f: f32) -> AttributeProto {
     AttributeProto {
-        name: name.to_string(),
-        f,
-        r#type: attr_type::FLOAT,
+        name: Some(name.to_string()),
+        f: Some(f),
+        r#type: Some(attr_type::FLOAT),
         ..Default::default()
     }
 }
@@ -277,75 +112,80 @@ pub fn attr_float(name: &str, f: f32) -> AttributeProto {
 /// An int64-list attribute.
 pub fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
     AttributeProto {
-        name: name.to_string(),
+        name: Some(name.to_string()),
         ints: ints.to_vec(),
-        r#type: attr_type::INTS,
+        r#type: Some(attr_type::INTS),
         ..Default::default()
     }
 }
 
-fn dims(d: &[usize]) -> Vec<i64> {
-    d.iter().map(|&v| v as i64).collect()
+/// A `metadata_props` entry.
+pub fn string_entry(key: &str, value: impl Into<String>) -> StringStringEntryProto {
+    StringStringEntryProto {
+        key: Some(key.to_string()),
+        value: Some(value.into()),
+    }
+}
+
+/// An import of the default (ONNX) operator set at `version` (`domain` unset, which the
+/// schema reads as the empty string).
+pub fn opset(version: i64) -> OperatorSetIdProto {
+    OperatorSetIdProto {
+        domain: None,
+        version: Some(version),
+    }
+}
+
+/// A tensor of `data_type` with its values already little-endian in `raw_data`.
+fn tensor_raw(name: &str, shape: &[usize], data_type: i32, raw_data: Vec<u8>) -> TensorProto {
+    TensorProto {
+        dims: shape.iter().map(|&v| v as i64).collect(),
+        data_type: Some(data_type),
+        name: Some(name.to_string()),
+        raw_data: Some(raw_data),
+        ..Default::default()
+    }
 }
 
 /// An f32 initializer (values in `raw_data`, little-endian).
 pub fn tensor_f32(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
-    TensorProto {
-        dims: dims(shape),
-        data_type: dtype::FLOAT,
-        name: name.to_string(),
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_raw(name, shape, dtype::FLOAT, raw)
 }
 
 /// An i8 initializer (values in `raw_data`, two's complement).
 pub fn tensor_i8(name: &str, shape: &[usize], data: &[i8]) -> TensorProto {
-    TensorProto {
-        dims: dims(shape),
-        data_type: dtype::INT8,
-        name: name.to_string(),
-        raw_data: data.iter().map(|&v| v as u8).collect(),
-        ..Default::default()
-    }
+    let raw = data.iter().map(|&v| v as u8).collect();
+    tensor_raw(name, shape, dtype::INT8, raw)
 }
 
 /// A float16 initializer from f32 values (rounded to nearest even; values already
 /// representable in f16 are kept exactly).
 pub fn tensor_f16(name: &str, shape: &[usize], data: &[f32]) -> TensorProto {
-    TensorProto {
-        dims: dims(shape),
-        data_type: dtype::FLOAT16,
-        name: name.to_string(),
-        raw_data: data
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
-            .collect(),
-        ..Default::default()
-    }
+    let raw = data
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    tensor_raw(name, shape, dtype::FLOAT16, raw)
 }
 
 /// A u8 initializer (values in `raw_data`).
 pub fn tensor_u8(name: &str, shape: &[usize], data: &[u8]) -> TensorProto {
-    TensorProto {
-        dims: dims(shape),
-        data_type: dtype::UINT8,
-        name: name.to_string(),
-        raw_data: data.to_vec(),
-        ..Default::default()
-    }
+    tensor_raw(name, shape, dtype::UINT8, data.to_vec())
 }
 
 impl TensorProto {
-    /// The values of an f32 tensor (from `raw_data`, or `float_data` when that is empty).
+    /// The values of an f32 tensor (from `raw_data`, or `float_data` when that is unset or
+    /// empty).
     pub fn f32_values(&self) -> Option<Vec<f32>> {
-        if self.data_type != dtype::FLOAT {
+        if self.data_type() != dtype::FLOAT {
             return None;
         }
-        if self.raw_data.is_empty() {
+        let raw = self.raw_data();
+        if raw.is_empty() {
             return Some(self.float_data.clone());
         }
-        let chunks = self.raw_data.chunks_exact(4);
+        let chunks = raw.chunks_exact(4);
         if !chunks.remainder().is_empty() {
             return None;
         }
@@ -358,31 +198,33 @@ impl TensorProto {
 
     /// Replaces the values of an f32 tensor (written to `raw_data`).
     pub fn set_f32_values(&mut self, values: &[f32]) {
-        self.data_type = dtype::FLOAT;
+        self.data_type = Some(dtype::FLOAT);
         self.float_data.clear();
-        self.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.raw_data = Some(values.iter().flat_map(|v| v.to_le_bytes()).collect());
     }
 }
 
 /// A float tensor value info of shape `[batch, width]`, `batch` symbolic.
 pub fn batch_value_info(name: &str, width: usize) -> ValueInfoProto {
+    let dim = |value| Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
     ValueInfoProto {
-        name: name.to_string(),
+        name: Some(name.to_string()),
         r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: dtype::FLOAT,
+            value: Some(type_proto::Value::TensorType(TypeProtoTensor {
+                elem_type: Some(dtype::FLOAT),
                 shape: Some(TensorShapeProto {
                     dim: vec![
-                        Dimension {
-                            value: Some(DimensionValue::DimParam("batch".into())),
-                        },
-                        Dimension {
-                            value: Some(DimensionValue::DimValue(width as i64)),
-                        },
+                        dim(DimensionValue::DimParam("batch".into())),
+                        dim(DimensionValue::DimValue(width as i64)),
                     ],
                 }),
-            }),
+            })),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -392,22 +234,32 @@ mod tests {
     use prost::Message;
 
     #[test]
+    fn constants_match_the_schema_numbers() {
+        // The numbers onnx.proto assigns (and `onnx.TensorProto.FLOAT` etc. in Python).
+        assert_eq!(
+            [
+                dtype::FLOAT,
+                dtype::UINT8,
+                dtype::INT8,
+                dtype::INT32,
+                dtype::INT64
+            ],
+            [1, 2, 3, 6, 7]
+        );
+        assert_eq!(dtype::FLOAT16, 10);
+        assert_eq!(
+            [attr_type::FLOAT, attr_type::INT, attr_type::INTS],
+            [1, 2, 7]
+        );
+    }
+
+    #[test]
     fn field_numbers_match_onnx_proto_on_the_wire() {
-        // OperatorSetIdProto { domain = "" (omitted), version = 17 }: field 2, varint -> 0x10 0x11.
-        let op = OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        };
-        assert_eq!(op.encode_to_vec(), vec![0x10, 17]);
-        // TensorProto dims [2, 3] unpacked (field 1, varint: 0x08 each), data_type 1
+        // OperatorSetIdProto { domain unset, version = 17 }: field 2, varint -> 0x10 0x11.
+        assert_eq!(opset(17).encode_to_vec(), vec![0x10, 17]);
+        // TensorProto dims [2, 3] unpacked (field 1, varint: 0x08 each), data_type 3
         // (field 2: 0x10), name "w" (field 8, length-delimited: 0x42), raw_data (field 9: 0x4a).
-        let t = TensorProto {
-            dims: vec![2, 3],
-            data_type: dtype::INT8,
-            name: "w".into(),
-            raw_data: vec![0xff],
-            ..Default::default()
-        };
+        let t = tensor_i8("w", &[2, 3], &[-1]);
         assert_eq!(
             t.encode_to_vec(),
             vec![0x08, 2, 0x08, 3, 0x10, 3, 0x42, 1, b'w', 0x4a, 1, 0xff]
@@ -419,27 +271,52 @@ mod tests {
         assert_eq!(&bytes[..6], &[0x0a, 4, b'a', b'x', b'i', b's']);
         assert_eq!(bytes[6], 0x18);
         assert_eq!(&bytes[bytes.len() - 3..], &[0xa0, 0x01, 2]);
+        // proto2: a set zero is written, ints unpacked; the bytes of
+        // `onnx.helper.make_attribute("a", 0)` and `make_attribute("p", [1, 0])`.
+        assert_eq!(
+            attr_int("a", 0).encode_to_vec(),
+            vec![0x0a, 1, b'a', 0x18, 0, 0xa0, 0x01, 2]
+        );
+        assert_eq!(
+            attr_ints("p", &[1, 0]).encode_to_vec(),
+            vec![0x0a, 1, b'p', 0x40, 1, 0x40, 0, 0xa0, 0x01, 7]
+        );
         // Dimension dim_param "batch": field 2 (0x12); dim_value 5: field 1 (0x08).
         let d = Dimension {
             value: Some(DimensionValue::DimParam("batch".into())),
+            ..Default::default()
         };
         assert_eq!(d.encode_to_vec()[..2], [0x12, 5]);
         let d = Dimension {
             value: Some(DimensionValue::DimValue(5)),
+            ..Default::default()
         };
         assert_eq!(d.encode_to_vec(), vec![0x08, 5]);
+        // A set empty string is written (field 2, length 0), as `onnx.helper.set_model_props`
+        // writes `pipeline_hash = ""`.
+        assert_eq!(
+            string_entry("k", "").encode_to_vec(),
+            vec![0x0a, 1, b'k', 0x12, 0]
+        );
         // ModelProto: ir_version field 1, metadata_props field 14 (0x72).
         let m = ModelProto {
-            ir_version: 8,
-            metadata_props: vec![StringStringEntryProto {
-                key: "k".into(),
-                value: "v".into(),
-            }],
+            ir_version: Some(8),
+            metadata_props: vec![string_entry("k", "v")],
             ..Default::default()
         };
         assert_eq!(
             m.encode_to_vec(),
             vec![0x08, 8, 0x72, 6, 0x0a, 1, b'k', 0x12, 1, b'v']
+        );
+        // ValueInfoProto: name (0x0a), type (0x12) -> TypeProto.tensor_type (0x0a) ->
+        // elem_type 1 (0x08 1), shape (0x12) -> two dim (0x0a) entries. The same bytes as
+        // `onnx.helper.make_tensor_value_info("x", 1, ["batch", 4]).SerializeToString()`.
+        assert_eq!(
+            batch_value_info("x", 4).encode_to_vec(),
+            vec![
+                0x0a, 1, b'x', 0x12, 19, 0x0a, 17, 0x08, 1, 0x12, 13, 0x0a, 7, 0x12, 5, b'b', b'a',
+                b't', b'c', b'h', 0x0a, 2, 0x08, 4
+            ]
         );
     }
 
@@ -447,18 +324,27 @@ mod tests {
     fn tensors_round_trip_through_raw_data() {
         let t = tensor_f32("b", &[3], &[1.5, -2.0, 0.25]);
         let back = TensorProto::decode(t.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, t);
         assert_eq!(back.dims, vec![3]);
         assert_eq!(back.f32_values().unwrap(), vec![1.5, -2.0, 0.25]);
         let mut back = back;
         back.set_f32_values(&[7.0]);
-        assert_eq!(back.raw_data, 7.0f32.to_le_bytes().to_vec());
+        assert_eq!(back.raw_data(), 7.0f32.to_le_bytes());
         let q = tensor_i8("w", &[1, 3], &[-128, 0, 127]);
-        assert_eq!(q.raw_data, vec![0x80, 0x00, 0x7f]);
+        assert_eq!(q.raw_data(), [0x80, 0x00, 0x7f]);
+        assert_eq!(q.data_type(), tensor_proto::DataType::Int8 as i32);
         assert_eq!(q.f32_values(), None);
+        // float_data is read when raw_data is absent
+        let f = TensorProto {
+            data_type: Some(dtype::FLOAT),
+            float_data: vec![2.0, 3.0],
+            ..Default::default()
+        };
+        assert_eq!(f.f32_values().unwrap(), vec![2.0, 3.0]);
         let ints = attr_ints("perm", &[1, 0]);
         let back = AttributeProto::decode(ints.encode_to_vec().as_slice()).unwrap();
         assert_eq!(back.ints, vec![1, 0]);
-        assert_eq!(back.r#type, attr_type::INTS);
-        assert_eq!(attr_float("alpha", 0.5).f, 0.5);
+        assert_eq!(back.r#type(), attribute_proto::AttributeType::Ints);
+        assert_eq!(attr_float("alpha", 0.5).f, Some(0.5));
     }
 }

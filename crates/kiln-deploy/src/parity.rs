@@ -35,6 +35,7 @@ pub fn compare(
 /// [`compare`], where a row beyond the tolerance still passes when `one_step(row,
 /// fits)` finds a one-step move of an int8 activation after which the reference's
 /// outputs for that row satisfy `fits` (within the tolerance of the ONNX row).
+#[allow(clippy::type_complexity)] // one callback taking another, spelled out once
 pub fn compare_with(
     native: &Predictions,
     onnx: &Predictions,

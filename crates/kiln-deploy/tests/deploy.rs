@@ -225,7 +225,7 @@ fn perturb(bytes: &[u8]) -> Vec<u8> {
     let w = g
         .initializer
         .iter_mut()
-        .find(|t| t.name == "layers.0.weight")
+        .find(|t| t.name() == "layers.0.weight")
         .unwrap();
     let mut v = w.f32_values().unwrap();
     v[0] += 0.5;
@@ -286,11 +286,14 @@ fn writer_matches_a_forward_pass_worked_by_hand() {
     );
 
     let model = decode(&bytes).unwrap();
-    let g = model.graph.unwrap();
-    assert_eq!((model.ir_version, model.opset_import[0].version), (8, 17));
-    assert_eq!(g.input[0].name, "features");
+    let g = model.graph.as_ref().unwrap();
     assert_eq!(
-        g.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+        (model.ir_version(), model.opset_import[0].version()),
+        (8, 17)
+    );
+    assert_eq!(g.input[0].name(), "features");
+    assert_eq!(
+        g.output.iter().map(|o| o.name()).collect::<Vec<_>>(),
         ["logits", "probabilities"]
     );
 
@@ -334,7 +337,7 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
         .unwrap()
         .graph
         .unwrap();
-    let count = |op: &str| g.node.iter().filter(|n| n.op_type == op).count();
+    let count = |op: &str| g.node.iter().filter(|n| n.op_type() == op).count();
     assert_eq!(
         (
             count("MatMulInteger"),
@@ -351,17 +354,17 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     let f16_inits = gh
         .initializer
         .iter()
-        .filter(|t| t.data_type == dtype::FLOAT16)
-        .map(|t| t.raw_data.len())
+        .filter(|t| t.data_type() == dtype::FLOAT16)
+        .map(|t| t.raw_data().len())
         .sum::<usize>();
     assert_eq!(f16_inits, 2 * (20 * 16 + 16 * 8 + 8 * 5));
-    assert_eq!(gh.node.iter().filter(|n| n.op_type == "Cast").count(), 3);
+    assert_eq!(gh.node.iter().filter(|n| n.op_type() == "Cast").count(), 3);
     // The static file quantizes with constants: QuantizeLinear, no DynamicQuantizeLinear.
     let gs = decode(&export(&st.spec, &st.weights, &meta(5)).unwrap())
         .unwrap()
         .graph
         .unwrap();
-    let count_s = |op: &str| gs.node.iter().filter(|n| n.op_type == op).count();
+    let count_s = |op: &str| gs.node.iter().filter(|n| n.op_type() == op).count();
     assert_eq!(
         (
             count_s("MatMulInteger"),
@@ -383,8 +386,8 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     let int8_inits: Vec<&str> = g
         .initializer
         .iter()
-        .filter(|t| t.data_type == dtype::INT8)
-        .map(|t| t.name.as_str())
+        .filter(|t| t.data_type() == dtype::INT8)
+        .map(|t| t.name())
         .collect();
     assert_eq!(
         int8_inits,
@@ -393,7 +396,7 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
     let w0 = g
         .initializer
         .iter()
-        .find(|t| t.name == "layers.0.weight")
+        .find(|t| t.name() == "layers.0.weight")
         .unwrap();
     let want: Vec<u8> = q
         .weights
@@ -403,8 +406,8 @@ fn fp32_and_int8_match_the_reference_within_1e5() {
         .map(|v| *v as u8)
         .collect();
     assert_eq!(
-        (w0.dims.as_slice(), &w0.raw_data),
-        (&[20i64, 16][..], &want)
+        (w0.dims.as_slice(), w0.raw_data()),
+        (&[20i64, 16][..], want.as_slice())
     );
 }
 
@@ -520,7 +523,7 @@ fn layer_norm_is_exported_as_layer_normalization() {
         let norms = graph
             .node
             .iter()
-            .filter(|n| n.op_type == "LayerNormalization")
+            .filter(|n| n.op_type() == "LayerNormalization")
             .count();
         assert_eq!(norms, 2);
     }

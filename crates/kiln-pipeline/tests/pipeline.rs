@@ -729,7 +729,7 @@ fn iris_with_baked_preprocessing_takes_raw_rows() {
     assert!(kiln_deploy::is_baked(&model));
     let ops: Vec<&str> = model.graph.as_ref().unwrap().node[..3]
         .iter()
-        .map(|n| n.op_type.as_str())
+        .map(|n| n.op_type())
         .collect();
     assert_eq!(ops, ["Sub", "Div", "MatMul"]);
     assert!(
