@@ -2,7 +2,6 @@
 //! rows (the fitted preprocessing applied as by `kiln predict`), /healthz, /readyz and
 //! Prometheus /metrics, over a bounded pool of ONNX Runtime sessions.
 
-use crate::predict::{self, FeatureError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -11,7 +10,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kiln_core::{FeatureError, Rows};
 use kiln_core::{Predictions, Predictor, Schema, Task, TextColumn};
+use kiln_deploy::Bundle;
 use kiln_deploy::OrtModel;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ pub fn serve(opts: Options) -> Result<(), String> {
             "--sessions, --max-batch, --max-body and --timeout-ms must be at least 1".into(),
         );
     }
-    let bundle = predict::open(&opts.model)?;
+    let bundle = Bundle::open(&opts.model).map_err(|e| e.to_string())?;
     if bundle.baked {
         tracing::info!(
             "{}: the preprocessing is in the graph; raw values go in as they are",
@@ -56,16 +57,7 @@ pub fn serve(opts: Options) -> Result<(), String> {
     let mut models = Vec::with_capacity(opts.sessions);
     for _ in 0..opts.sessions {
         // one intra-op thread per session: concurrency comes from the pool
-        let m = OrtModel::from_file(&bundle.onnx, 1).map_err(|e| e.to_string())?;
-        if m.n_features() != bundle.schema.n_features() {
-            return Err(format!(
-                "{} takes {} features but its schema.json lists {}",
-                bundle.onnx.display(),
-                m.n_features(),
-                bundle.schema.n_features()
-            ));
-        }
-        models.push(m);
+        models.push(bundle.session(1).map_err(|e| e.to_string())?);
     }
     let app = Arc::new(App {
         text: bundle.schema.text_columns(),
@@ -273,7 +265,12 @@ async fn predict_json(
         return Ok(json!({ "predictions": [] }));
     }
     let cells = text_cells(&app.schema, &app.text, &value)?;
-    let features = predict::features(&app.schema, &raw, cells).map_err(|e| match e {
+    let rows = Rows {
+        n_rows: n,
+        values: raw,
+        text: cells,
+    };
+    let features = app.schema.features(&rows).map_err(|e| match e {
         FeatureError::Schema(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
         FeatureError::NotFinite { row, column } => ApiError::invalid(format!(
             "row {row} column `{column}` is not a finite number after preprocessing"
@@ -530,8 +527,15 @@ fn output(schema: &Schema, p: &Predictions) -> Vec<Value> {
     match schema.task {
         Task::Classification => {
             let k = p.n_outputs.max(1);
-            predict::labels(schema, p)
+            p.argmax()
                 .into_iter()
+                .map(|c| {
+                    schema
+                        .class_labels
+                        .get(c as usize)
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .enumerate()
                 .map(|(i, label)| {
                     let probs: Map<String, Value> = schema
@@ -771,12 +775,23 @@ mod tests {
         let (raw, n) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 3).unwrap();
         assert_eq!(n, 3);
         let cells = text_cells(&s, &s.text_columns(), &v).unwrap();
-        let x = predict::features(&s, &raw, cells).unwrap();
+        let x = s
+            .features(&Rows {
+                n_rows: 3,
+                values: raw,
+                text: cells,
+            })
+            .unwrap();
         assert_eq!(x, [1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 0.0]);
         let i: Value = serde_json::from_str(r#"{"instances": [[1, "u"]]}"#).unwrap();
         let (raw, _) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &i, 3).unwrap();
-        let x =
-            predict::features(&s, &raw, text_cells(&s, &s.text_columns(), &i).unwrap()).unwrap();
+        let x = s
+            .features(&Rows {
+                n_rows: 1,
+                values: raw,
+                text: text_cells(&s, &s.text_columns(), &i).unwrap(),
+            })
+            .unwrap();
         assert_eq!(x, [1.0, 1.0, 0.0]);
         let bad: Value = serde_json::from_str(r#"{"instances": [[1, [2]]]}"#).unwrap();
         let m = parse_rows(&s, (&s.text_columns(), &fills(&s)), &bad, 3)

@@ -40,7 +40,7 @@ pub use model::{
 };
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};
-pub use schema::{Schema, Task, Transform, min_max_range};
+pub use schema::{FeatureError, Rows, Schema, Task, Transform, min_max_range};
 pub use tensors::{TensorData, TensorStore};
 
 /// The candidate closest to `name` by edit distance, when it is close enough to be a typo

@@ -548,6 +548,52 @@ impl Schema {
         }
         Ok(out)
     }
+
+    /// Model features of raw `rows`: the fitted transforms applied, every feature checked
+    /// to be finite (a row that still holds NaN or infinity after preprocessing is an
+    /// error naming it and the feature).
+    pub fn features(&self, rows: &Rows) -> std::result::Result<Vec<f32>, FeatureError> {
+        let features = self
+            .apply_with_text(&rows.values, rows.text.clone())
+            .map_err(|e| FeatureError::Schema(e.to_string()))?;
+        let w = self.n_features().max(1);
+        if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+            return Err(FeatureError::NotFinite {
+                row: i / w,
+                column: self.feature_names.get(i % w).cloned().unwrap_or_default(),
+            });
+        }
+        Ok(features)
+    }
+}
+
+/// Raw rows in a schema's `input_columns` order, as `kiln predict`, `kiln serve` and a
+/// library caller hand them to a model: numbers row-major (a missing value or a text
+/// column's place as NaN), and the cells of the text columns by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    /// Number of rows.
+    pub n_rows: usize,
+    /// `n_rows * input_columns.len()` values, row after row.
+    pub values: Vec<f32>,
+    /// The cells of the schema's text columns.
+    pub text: Vec<(String, TextColumn)>,
+}
+
+/// Why raw rows could not become model features.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FeatureError {
+    /// The schema cannot be applied (a corrupt schema.json, a wrong row width).
+    #[error("{0}")]
+    Schema(String),
+    /// A feature is NaN or infinite after preprocessing.
+    #[error("row {row} column `{column}` is not a finite number after preprocessing")]
+    NotFinite {
+        /// The row, counted from 0.
+        row: usize,
+        /// The feature's name.
+        column: String,
+    },
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@
 //! ```
 
 pub mod bake;
+pub mod bundle;
 pub mod card;
 pub mod export;
 pub mod onnx;
@@ -60,6 +61,7 @@ pub mod parity;
 pub mod runtime;
 
 pub use bake::{bake, is_baked};
+pub use bundle::Bundle;
 pub use card::{ColumnRange, ModelCard, VariantMetrics};
 pub use export::{ExportMeta, build, decode, export, output_name};
 pub use kiln_core::artifact::parity::Parity;
@@ -87,6 +89,12 @@ pub enum DeployError {
     /// variant disagrees with fp32); no ONNX file was written.
     #[error("parity check failed, nothing was deployed: {0}")]
     Parity(String),
+    /// A deployed bundle cannot be opened or used as it is.
+    #[error("{0}")]
+    Bundle(String),
+    /// Raw rows cannot become the model's features.
+    #[error(transparent)]
+    Features(#[from] kiln_core::FeatureError),
     /// Predicting, reading or writing artifacts failed.
     #[error(transparent)]
     Core(#[from] kiln_core::CoreError),
@@ -486,6 +494,22 @@ pub fn run_with_exporter(
     }
     kiln_core::write_json(&out_dir.join("schema.json"), schema)?;
     kiln_core::artifact::save(out_dir, &parity)?;
+    kiln_core::artifact::save(
+        out_dir,
+        &kiln_core::artifact::bundle::BundleManifest {
+            kiln_version: kiln_core::KILN_VERSION.to_string(),
+            stage_hash: pipeline_hash.to_string(),
+            models: outputs
+                .iter()
+                .map(|o| kiln_core::artifact::bundle::BundleModel {
+                    variant: o.name.clone(),
+                    file: o.file.clone(),
+                    bytes: o.bytes as u64,
+                })
+                .collect(),
+            preprocessing_baked: config.include_preprocessing,
+        },
+    )?;
     Ok(Output {
         variants: outputs,
         parity,

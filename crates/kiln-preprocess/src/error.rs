@@ -6,8 +6,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong while loading and preparing a dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    /// A source file could not be opened or read.
-    #[error("{}: {source}; check the `source` paths in the pipeline file", path.display())]
+    /// A file could not be opened or read.
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

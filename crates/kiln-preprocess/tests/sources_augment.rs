@@ -436,7 +436,7 @@ fn each_bad_input_is_named_and_nothing_is_written() {
         (
             dir.path().join("absent.csv"),
             "y",
-            &["absent.csv", "check the `source` paths"],
+            &["absent.csv", "No such file or directory"],
         ),
         (
             write("empty.csv", ""),

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct BundleManifest {
     /// The kiln version that wrote it.
     pub kiln_version: String,
-    /// The pipeline and the deploy stage's cache key.
-    pub pipeline: String,
-    /// See `pipeline`.
+    /// The deploy stage's cache key (also in the ONNX metadata).
     pub stage_hash: String,
     /// The ONNX files, `model.onnx` (fp32) first, each with its variant name.
     pub models: Vec<BundleModel>,

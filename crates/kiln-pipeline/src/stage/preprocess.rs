@@ -16,6 +16,16 @@ pub(crate) const KIND: Kind = Kind {
     },
 };
 
+/// A file the stage cannot read is one of its sources: say where to fix it.
+fn source_error(e: kiln_preprocess::PreprocessError) -> StageError {
+    match e {
+        kiln_preprocess::PreprocessError::Io { path, source } => {
+            StageError::Source { path, source }
+        }
+        other => other.into(),
+    }
+}
+
 /// Most rows of the data profile table in the summary; profile.json has every column.
 const PROFILE_ROWS: usize = 12;
 
@@ -23,12 +33,12 @@ impl Stage for kiln_preprocess::Config {
     fn reads(&self, _: &StageDef, _: &Pipeline) -> Result<Reads, StageError> {
         Ok(Reads {
             stages: Vec::new(),
-            files: kiln_preprocess::source_files(&self.source)?,
+            files: kiln_preprocess::source_files(&self.source).map_err(source_error)?,
         })
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
-        let o = kiln_preprocess::run(self, cx.out)?;
+        let o = kiln_preprocess::run(self, cx.out).map_err(source_error)?;
         cx.keep_dataset(o.schema, o.splits);
         Ok(Ran::default())
     }
