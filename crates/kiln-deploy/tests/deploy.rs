@@ -671,6 +671,7 @@ fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
         "model.int8.onnx",
         "parity.json",
         "schema.json",
+        "bundle.json",
     ] {
         assert_eq!(
             std::fs::read(dirs[0].path().join(f)).unwrap(),
@@ -847,4 +848,99 @@ fn kiln_python(imports: &str) -> String {
         "KILN_PYTHON={python} cannot run `{imports}`; run `cargo xtask setup` to rebuild its venv"
     );
     python
+}
+
+/// The bundle as a library opens it: raw rows in, ONNX Runtime's predictions out, equal
+/// to the reference forward pass; bundle.json names its files and format. A bundle from
+/// before bundle.json existed still loads, one of a newer format is refused with how to
+/// re-export it, and a path that is no bundle says what --model takes.
+#[test]
+fn bundles_open_predict_and_say_which_format_they_are() {
+    let (m, x) = random(5, 12, &[10], 3, 60);
+    let (schema, test) = schema_and_test(&m, x.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let variants = [Variant {
+        name: "fp32".into(),
+        model: m.clone(),
+    }];
+    kiln_deploy::run(
+        &Config::default(),
+        &variants,
+        &schema,
+        &test,
+        "h1",
+        dir.path(),
+    )
+    .unwrap();
+    let manifest: kiln_core::artifact::bundle::BundleManifest =
+        kiln_core::artifact::load(dir.path()).unwrap();
+    assert_eq!(manifest.stage_hash, "h1");
+    assert_eq!(manifest.models.len(), 1);
+    assert_eq!(manifest.models[0].file, "model.onnx");
+    assert_eq!(
+        manifest.models[0].bytes,
+        std::fs::metadata(dir.path().join("model.onnx"))
+            .unwrap()
+            .len()
+    );
+    let mut bundle = kiln_deploy::Bundle::open(dir.path()).unwrap();
+    assert!(bundle.manifest.is_some() && !bundle.baked);
+    // the schema here has no transforms: raw rows are the features
+    let rows = kiln_core::Rows {
+        n_rows: 60,
+        values: x.clone(),
+        text: vec![],
+    };
+    let got = bundle.predict(&rows).unwrap();
+    let want = m.clone().predict(&x, 60).unwrap();
+    for (a, b) in got.probabilities.iter().zip(&want.probabilities) {
+        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+    }
+    assert_eq!(bundle.labels(&got)[0], format!("c{}", want.argmax()[0]));
+    // a NaN cell is an error naming the row and feature
+    let mut bad = rows.clone();
+    bad.values[12 * 7 + 3] = f32::NAN;
+    let e = bundle.predict(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("row 7 column `f3` is not a finite number"),
+        "{e}"
+    );
+
+    // written before bundle.json existed: loads
+    std::fs::remove_file(dir.path().join("bundle.json")).unwrap();
+    let old = kiln_deploy::Bundle::open(dir.path()).unwrap();
+    assert!(old.manifest.is_none());
+    // a newer format: refused, saying how to re-export
+    std::fs::write(
+        dir.path().join("bundle.json"),
+        r#"{"kind": "kiln.bundle", "format_version": 9, "kiln_version": "9.0.0", "stage_hash": "x", "models": [], "preprocessing_baked": false}"#,
+    )
+    .unwrap();
+    let e = kiln_deploy::Bundle::open(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("is format 9 of `kiln.bundle`, written by a newer kiln"),
+        "{e}"
+    );
+    assert!(
+        e.contains("re-export the bundle with this kiln: `kiln run"),
+        "{e}"
+    );
+    // not a bundle, or nothing at all
+    let empty = tempfile::tempdir().unwrap();
+    let e = kiln_deploy::Bundle::open(empty.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("holds no schema.json, so it is not a kiln bundle"),
+        "{e}"
+    );
+    let e = kiln_deploy::Bundle::open(&empty.path().join("nope"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nope: No such file") && e.contains("--model takes a deploy folder"),
+        "{e}"
+    );
 }
