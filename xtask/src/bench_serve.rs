@@ -38,7 +38,7 @@ impl Drop for Server {
     }
 }
 
-/// Resident memory of a process in MiB, from /proc/<pid>/status (VmRSS).
+/// Resident memory of a process in MiB, from `/proc/<pid>/status` (VmRSS).
 fn rss_mib(pid: u32) -> f64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

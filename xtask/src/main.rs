@@ -26,7 +26,8 @@ commands:
   pipeline [NAME|FILE] [args...]
                              setup, build `kiln` in release and run `kiln run FILE [args...]`;
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
-  ci [--no-test]             what CI runs: format check, tests (unless --no-test), feature checks
+  ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
+                             errors), tests (unless --no-test), feature checks
   bench [preprocess|train|optimize|e2e|serve|all] [--peers] [--pairs N] [--seconds N] [--clients N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers

@@ -117,9 +117,10 @@ fn pipeline_names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `cargo xtask ci [--no-test]`: format check, setup + workspace tests (`--no-test`
-/// leaves them to a separate `cargo xtask test`, as .ci/run does), then the `ci-check`
-/// feature check of kiln-train when that feature exists.
+/// `cargo xtask ci [--no-test]`: format check, clippy and rustdoc with warnings as
+/// errors, setup + workspace tests (`--no-test` leaves them to a separate `cargo xtask
+/// test`, as .ci/run does), then the `ci-check` feature check of kiln-train when that
+/// feature exists.
 pub fn ci(args: &[String]) -> Result {
     let run_tests = match args {
         [] => true,
@@ -144,6 +145,40 @@ pub fn ci(args: &[String]) -> Result {
              (`rustup component add rustfmt` adds it)"
         );
     }
+
+    // lints and docs as errors (clippy and rustdoc come with rustup's default profile)
+    if !cmd::probe(cmd::cargo().args(["clippy", "--version"])) {
+        eprintln!("xtask: clippy is missing; trying `rustup component add clippy`");
+        let _ = cmd::probe(Command::new("rustup").args(["component", "add", "clippy"]));
+    }
+    if cmd::probe(cmd::cargo().args(["clippy", "--version"])) {
+        cmd::run(
+            cmd::cargo().current_dir(&root).args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            NO_CARGO,
+        )
+        .inspect_err(|_| {
+            eprintln!("xtask: clippy found problems; fix them (or run `cargo clippy --fix`)")
+        })?;
+    } else {
+        return Err(Failure::msg(
+            "clippy is not installed; `rustup component add clippy` adds it (CI runs it with -D warnings)",
+        ));
+    }
+    cmd::run(
+        cmd::cargo()
+            .current_dir(&root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--workspace", "--no-deps"]),
+        NO_CARGO,
+    )
+    .inspect_err(|_| eprintln!("xtask: rustdoc found problems in the doc comments"))?;
 
     let tools = setup::setup()?;
     if run_tests {

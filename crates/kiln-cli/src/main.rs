@@ -93,12 +93,12 @@ enum Command {
     Schema,
     /// Show what a run did: stages, cache hits, timings, metrics.
     Inspect {
-        /// A run folder (runs/<name>/<run-id> or runs/<name>/latest).
+        /// A run folder (runs/PIPELINE/RUN-ID or runs/PIPELINE/latest).
         run: PathBuf,
     },
     /// Predict raw rows with a deployed model (its fitted preprocessing is applied).
     Predict {
-        /// A deploy folder (runs/<name>/latest/<deploy stage>) or an .onnx file with
+        /// A deploy folder (runs/PIPELINE/latest/DEPLOY-STAGE) or an .onnx file with
         /// schema.json beside it (e.g. model.int8.onnx).
         #[arg(long)]
         model: PathBuf,
@@ -187,9 +187,7 @@ fn main() -> ExitCode {
             };
             let lock_timeout = match lock_timeout {
                 None => None,
-                Some(s) if s.is_finite() && s >= 0.0 && s < 1e9 => {
-                    Some(std::time::Duration::from_secs_f64(s))
-                }
+                Some(s) if (0.0..1e9).contains(&s) => Some(std::time::Duration::from_secs_f64(s)),
                 Some(s) => {
                     return fail(
                         2,

@@ -73,7 +73,7 @@ pub fn gc(runs_dir: &Path, opts: &GcOptions) -> Result<Vec<Removed>, PipelineErr
         candidates.push((age, Removed { path, bytes, why }));
     }
     // oldest first
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut removed = Vec::new();
     for (age, r) in candidates {
         let old_enough = age >= opts.older_than;

@@ -151,7 +151,7 @@ fn diff_json(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut V
 }
 
 /// Hashes of the sources a build identity is made of (computed by build.rs; see
-/// [`BuildSources::BUILT`]). A tool that pins or simulates builds can pass its own in
+/// [`BuildSources::built`]). A tool that pins or simulates builds can pass its own in
 /// `RunOptions::build`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildSources {

@@ -185,13 +185,13 @@ impl Config {
         if self.batch_size == 0 {
             bad("batch_size", "batch_size must be at least 1".into());
         }
-        if let Some(es) = &self.early_stopping {
-            if es.patience == 0 {
-                bad(
-                    "early_stopping.patience",
-                    "patience must be at least 1".into(),
-                );
-            }
+        if let Some(es) = &self.early_stopping
+            && es.patience == 0
+        {
+            bad(
+                "early_stopping.patience",
+                "patience must be at least 1".into(),
+            );
         }
         if let Some(sw) = &self.sweep {
             p.extend(sw.problems(self));

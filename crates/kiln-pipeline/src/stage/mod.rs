@@ -129,8 +129,8 @@ pub enum StageError {
         /// Why.
         source: std::io::Error,
     },
-    /// The stage opened an upstream artifact it did not declare in [`Stage::reads`]: a
-    /// bug in kiln (the cache key would not cover it).
+    /// The stage opened an upstream artifact it did not declare in its reads: a bug in
+    /// kiln (the cache key would not cover it).
     #[error(
         "stage `{stage}` reads `{read}` without declaring it; this is a bug in kiln, please report it"
     )]
