@@ -753,6 +753,15 @@ mod tests {
         let v: Value = serde_json::from_str(r#"{"rows": [{"a": null, "b": 2}]}"#).unwrap();
         let (raw, n) = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 2).unwrap();
         assert!(raw[0].is_nan() && raw[1] == 2.0 && n == 1, "{raw:?}");
+        // the model's features: the null filled with the fitted value 3
+        let x = s
+            .features(&Rows {
+                n_rows: 1,
+                values: raw,
+                text: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(x, [3.0, 2.0]);
         let v: Value = serde_json::from_str(r#"{"instances": [[1, null]]}"#).unwrap();
         let m = parse_rows(&s, (&s.text_columns(), &fills(&s)), &v, 2)
             .unwrap_err()
@@ -897,5 +906,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("_count{route=\"/v1/predict\"} 2\n"), "{t}");
+        // the sum of the two latencies in seconds: 0.003 + 10
+        let sum: f64 = t
+            .split("kiln_serve_request_duration_seconds_sum{route=\"/v1/predict\"} ")
+            .nth(1)
+            .and_then(|r| r.lines().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{t}"));
+        assert!((sum - 10.003).abs() < 1e-12, "{sum}");
     }
 }

@@ -316,6 +316,34 @@ fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
         .arg("--output")
         .arg(&pq));
     assert!(std::fs::read(&pq).unwrap().starts_with(b"PAR1"));
+    // read back: the same columns, in the same order, with the same values as preds.csv
+    let names = ["prediction", "p_setosa", "p_versicolor", "p_virginica"].map(String::from);
+    let back = kiln_preprocess::table::read_rows_with_text(&pq, &names, &names[..1]).unwrap();
+    assert_eq!(back.columns, names);
+    assert_eq!(back.n_rows, 150);
+    let labels = &back.text[0].1;
+    for (i, r) in rows.iter().enumerate() {
+        let cells: Vec<&str> = r.split(',').collect();
+        assert_eq!(labels.get(i), Some(cells[0]), "row {i}");
+        for (j, cell) in cells.iter().enumerate().skip(1) {
+            assert_eq!(
+                back.values[i * 4 + j],
+                cell.parse::<f32>().unwrap(),
+                "row {i} column {j}: {r}"
+            );
+        }
+    }
+    // Several ONNX Runtime calls (--batch 7: 21 of 7 rows and one of 3) write the same
+    // bytes as one call of 150 rows.
+    let batched = dir.path().join("batched.csv");
+    ok(kiln()
+        .args(["predict", "--batch", "7", "--model"])
+        .arg(&ship)
+        .arg("--input")
+        .arg(&iris)
+        .arg("--output")
+        .arg(&batched));
+    assert_eq!(std::fs::read_to_string(&batched).unwrap(), text);
 
     // Bad input: a missing column (with the nearest name), a cell that is not a number,
     // values outside the training range (a warning, not an error).
@@ -501,7 +529,98 @@ input = "train"
     );
     let text = std::fs::read_to_string(&preds).unwrap();
     assert_eq!(text.lines().count(), 4, "{text}");
-    assert!(text.starts_with("prediction,p_no,p_yes"), "{text}");
+    assert!(text.starts_with("prediction,p_no,p_yes\n"), "{text}");
+    // Every row against kiln's reference forward pass of the trained model on the
+    // features schema.json makes of the raw cells (a missing number is NaN, a missing
+    // text cell is none): the same label, probabilities within the parity tolerance.
+    let schema: kiln_core::Schema = kiln_core::read_json(&ship.join("schema.json")).unwrap();
+    let source = std::fs::read_to_string(&rows).unwrap();
+    let header: Vec<&str> = source.lines().next().unwrap().split(',').collect();
+    let cells: Vec<Vec<&str>> = source
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let cell = |r: &Vec<&str>, c: &str| r[header.iter().position(|h| *h == c).unwrap()].to_string();
+    let text_columns = schema.text_columns();
+    assert_eq!(text_columns, ["color", "review"]);
+    let raw: Vec<f32> = cells
+        .iter()
+        .flat_map(|r| {
+            schema.input_columns.iter().map(|c| {
+                if text_columns.contains(c) {
+                    0.0
+                } else {
+                    cell(r, c).parse::<f32>().unwrap_or(f32::NAN)
+                }
+            })
+        })
+        .collect();
+    let text_cells = text_columns
+        .iter()
+        .map(|c| {
+            let values: Vec<String> = cells.iter().map(|r| cell(r, c)).collect();
+            let col = kiln_core::TextColumn::from_cells(
+                values.iter().map(|v| (!v.is_empty()).then_some(v.as_str())),
+            );
+            (c.clone(), col)
+        })
+        .collect();
+    let features = schema.apply_with_text(&raw, text_cells).unwrap();
+    assert!(features.iter().all(|v| v.is_finite()), "{features:?}");
+    let mut model = kiln_core::NativeModel::load(&runs.join("messy/latest/train")).unwrap();
+    let want = kiln_core::Predictor::predict(&mut model, &features, 3).unwrap();
+    for (i, r) in text.lines().skip(1).enumerate() {
+        let got: Vec<&str> = r.split(',').collect();
+        assert_eq!(
+            got[0],
+            schema.class_labels[want.argmax()[i] as usize],
+            "row {i}: {r}"
+        );
+        for (a, b) in got[1..].iter().zip(&want.probabilities[i * 2..i * 2 + 2]) {
+            let a: f32 = a.parse().unwrap();
+            assert!((a - b).abs() <= 1e-5, "row {i}: {r} vs {b}");
+        }
+    }
+    // The same rows with the schema's fill values written in by hand: the same bytes out.
+    let fills: Vec<(String, f32)> = schema
+        .transforms
+        .iter()
+        .find_map(|t| match t {
+            kiln_core::Transform::Impute {
+                columns, values, ..
+            } => Some(
+                columns
+                    .iter()
+                    .cloned()
+                    .zip(values.iter().copied())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(fills.len(), 2, "{fills:?}");
+    let (age, income) = (fills[0].1, fills[1].1);
+    assert_eq!(
+        (fills[0].0.as_str(), fills[1].0.as_str()),
+        ("age", "income")
+    );
+    let filled = write(
+        dir.path(),
+        "filled.csv",
+        &format!(
+            "age,income,score,const,notes,color,review\n{age},12000,1.5,7,,red,Great value!\n40,{income},0.2,7,,purple,\n33,50000,0.9,7,,,late delivery\n"
+        ),
+    );
+    let by_hand = dir.path().join("by_hand.csv");
+    ok(kiln()
+        .args(["predict", "--model"])
+        .arg(&ship)
+        .arg("--input")
+        .arg(&filled)
+        .arg("--output")
+        .arg(&by_hand));
+    assert_eq!(std::fs::read_to_string(&by_hand).unwrap(), text);
     // `score` is not imputed: its missing cell is named
     let bad = write(
         dir.path(),

@@ -625,7 +625,11 @@ mod tests {
             s.apply(&[4.0, 9.0, 1.0, 1.0]).unwrap(),
             vec![2.0, 2.0, 0.5, 0.0]
         );
-        assert!(s.apply(&[1.0, 2.0, 3.0]).is_err());
+        let e = s.apply(&[1.0, 2.0, 3.0]).unwrap_err().to_string();
+        assert!(
+            e.contains("raw rows hold 3 values, not a multiple of the 2 input columns"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -764,6 +768,10 @@ mod tests {
                 columns: vec!["color".into()],
             },
         );
-        assert!(bad.apply_with_text(&raw, cols).is_err());
+        let e = bad.apply_with_text(&raw, cols).unwrap_err().to_string();
+        assert!(
+            e.contains("log1p computes with column `color`, which holds text"),
+            "{e}"
+        );
     }
 }

@@ -246,7 +246,8 @@ mod tests {
         assert_eq!(c("preprocess.1.sub"), [0.0, 1.0, -2.0]);
         assert_eq!(c("preprocess.2.div"), [1.0, 3.0, 0.5]);
         assert_eq!(g.input[0].name(), "features");
-        assert!(bake(&mut m, &schema()).is_err(), "baking twice is refused");
+        let e = bake(&mut m, &schema()).unwrap_err().to_string();
+        assert!(e.contains("the model is baked already"), "{e}");
     }
 
     #[test]

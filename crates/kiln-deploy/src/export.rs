@@ -551,7 +551,14 @@ mod tests {
             scheme: "static".into(),
             per_channel: true,
         });
-        assert!(build(&q, &w, &ExportMeta::default()).is_err());
-        assert!(decode(b"\xff\xff\xff").is_err());
+        let e = build(&q, &w, &ExportMeta::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("quantization int4/static cannot be exported; kiln exports int8/dynamic, int8/static and fp16"),
+            "{e}"
+        );
+        let e = decode(b"\xff\xff\xff").unwrap_err().to_string();
+        assert!(e.contains("not a valid ONNX model"), "{e}");
     }
 }

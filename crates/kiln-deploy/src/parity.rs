@@ -364,7 +364,19 @@ mod tests {
         assert_eq!(bad, [5, 6]);
         assert!(r.worst_rows[2..].iter().all(|w| w.diff == 0.0));
 
-        assert!(check_parity(&mut model.clone(), &mut onnx, &x, 7, 0, 1e-5).is_err());
-        assert!(check_parity(&mut model.clone(), &mut onnx, &[], 0, 1, 1e-5).is_err());
+        let e = check_parity(&mut model.clone(), &mut onnx, &x, 7, 0, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the parity batch size is 0; set parity_batch to 1 or more"),
+            "{e}"
+        );
+        let e = check_parity(&mut model.clone(), &mut onnx, &[], 0, 1, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot compare 0 feature values as 0 rows; pass a non-empty split"),
+            "{e}"
+        );
     }
 }

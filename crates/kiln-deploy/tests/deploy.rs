@@ -664,6 +664,18 @@ fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
     assert_eq!(from_file.metadata("pipeline_hash").as_deref(), Some("abc"));
     let p = from_file.predict(test.row(0), 1).unwrap();
     assert_eq!(p.n_outputs, 10);
+    // ... and predict what kiln's int8 forward pass predicts
+    let want = q.clone().predict(test.row(0), 1).unwrap();
+    assert_eq!(p.probabilities.len(), 10);
+    for (a, b) in p.probabilities.iter().zip(&want.probabilities) {
+        assert!(
+            (a - b).abs() <= 1e-5,
+            "{:?} vs {:?}",
+            p.probabilities,
+            want.probabilities
+        );
+    }
+    assert_eq!(p.argmax(), want.argmax());
 
     // Same inputs, same bytes: every file of the two runs is identical.
     for f in [

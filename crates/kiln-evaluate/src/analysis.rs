@@ -234,9 +234,31 @@ mod tests {
         assert_eq!(imp[0].feature, "signal");
         // shuffling a balanced ±1 column leaves about half the rows right
         assert!(imp[0].drop > 0.3 && imp[0].drop < 0.7, "{}", imp[0].drop);
+        // exactly: the model is right on a row whose shuffled signal keeps the row's own
+        // sign, so the drop is the share of rows whose sign changed; the shuffle of
+        // feature 0 is ChaCha8 seeded 1 on stream 0
+        let mut order: Vec<usize> = (0..200).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        rng.set_stream(0);
+        order.shuffle(&mut rng);
+        let kept = order.iter().enumerate().filter(|(r, s)| *r % 2 == *s % 2);
+        let want = 1.0 - kept.count() as f64 / 200.0;
+        assert_eq!(imp[0].drop, want);
+        // measured: 116 of the 200 rows change sign
+        assert!((imp[0].drop - 0.58).abs() < 1e-12, "{}", imp[0].drop);
         assert_eq!((imp[1].feature.as_str(), imp[1].drop), ("noise", 0.0));
         // seeded: the same numbers again
         assert_eq!(permutation_importance(&mut m, &data, &cfg, 1).unwrap(), imp);
+        // `rows` takes the first rows only: rows = 50 is the call on those 50 rows, and
+        // not the call on all 200
+        let capped = Importance { top: 2, rows: 50 };
+        let first50 = subset(&data, &(0..50).collect::<Vec<_>>());
+        let got = permutation_importance(&mut m, &data, &capped, 1).unwrap();
+        assert_eq!(
+            got,
+            permutation_importance(&mut m, &first50, &cfg, 1).unwrap()
+        );
+        assert_ne!(got[0].drop, imp[0].drop, "{got:?}");
     }
 
     #[test]
@@ -256,16 +278,24 @@ mod tests {
         };
         let s = slice_rows(&data, Some(&schema), "noise").unwrap();
         assert_eq!(s.len(), 7);
-        // stored values 0..6 are raw values 0, 0.5, ..., 3 (x / 0.5 was applied)
-        assert_eq!(s[1].0, 0.5);
-        assert_eq!(s.iter().map(|g| g.1.len()).sum::<usize>(), 200);
+        // stored values 0..6 are raw values 0, 0.5, ..., 3 (x / 0.5 was applied), and
+        // slice k holds exactly the rows i with i % 7 == k, in row order
+        for (k, (value, rows)) in s.iter().enumerate() {
+            assert_eq!(*value, k as f64 * 0.5);
+            let want: Vec<usize> = (0..200).filter(|i| i % 7 == k).collect();
+            assert_eq!(rows, &want, "slice {k}");
+        }
         assert!(
             slice_rows(&data, None, "nois")
                 .unwrap_err()
                 .contains("did you mean `noise`")
         );
-        let sub = subset(&data, &s[0].1);
-        assert_eq!(sub.n_rows(), s[0].1.len());
+        // subset: the rows asked for, in that order, features and labels together
+        let sub = subset(&data, &[5, 0, 199]);
+        assert_eq!(sub.features, vec![-1.0, 5.0, 1.0, 0.0, -1.0, 3.0]);
+        assert_eq!(sub.labels, vec![0, 1, 0]);
+        assert!(sub.values.is_empty());
+        assert_eq!(sub.feature_names, data.feature_names);
         // min_max then log1p undone: stored k -> e^k - 1 -> (e^k - 1) * 2 + 1
         let mut schema = schema;
         schema.transforms = vec![

@@ -878,7 +878,23 @@ mod tests {
             ..Config::default()
         })
         .unwrap();
-        assert!(out.gates[0].value > 0.0, "bad's log-loss is higher");
+        // good: p(true) = sigmoid(2|x|) -> mean ln(1 + e^-z) over z = 4, 2, 2, 6 = 0.0686204;
+        // bad: sigmoid(2x - 5) -> z = 9, 7, -3, 1, mean 0.8407210: a rise of 0.7721006
+        let g = &out.gates[0];
+        assert_eq!(
+            (g.variant.as_str(), g.metric.as_str()),
+            ("bad", "log_loss drop vs good")
+        );
+        assert!((g.value - 0.772_100_568).abs() < 1e-6, "{}", g.value);
+        assert!(g.passed);
+        assert!(out.verdict.blessed);
+        let out = two_variants(&Config {
+            max_drop: Some(limits("log_loss", 0.77)),
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(!out.gates[0].passed);
+        assert!(!out.verdict.blessed);
         // an unknown reference or metric is a clear error
         let e = two_variants(&Config {
             max_drop: Some(MaxDrop {

@@ -299,7 +299,8 @@ impl Draw for Reliability<'_> {
 }
 
 /// The ten equal-width confidence bins of a reliability diagram: (mean confidence,
-/// accuracy, rows) for each bin that holds rows.
+/// accuracy, rows) for each bin that holds rows. The bins are [`crate::metrics::ece`]'s:
+/// `(lo, hi]` (a confidence of exactly 0.5 is in (0.4, 0.5]), the first `[0, 0.1]`.
 pub fn reliability_bins(truth: &[u32], probs: &[f32], k: usize) -> Vec<(f64, f64, usize)> {
     let mut acc = [(0.0f64, 0usize, 0usize); 10];
     for (row, &t) in probs.chunks_exact(k.max(1)).zip(truth) {
@@ -307,7 +308,7 @@ pub fn reliability_bins(truth: &[u32], probs: &[f32], k: usize) -> Vec<(f64, f64
             .iter()
             .enumerate()
             .fold((0, f32::MIN), |b, (j, &p)| if p > b.1 { (j, p) } else { b });
-        let bin = ((conf as f64 * 10.0) as usize).min(9);
+        let bin = ((conf as f64 * 10.0).ceil() as usize).clamp(1, 10) - 1;
         acc[bin].0 += f64::from(conf);
         acc[bin].1 += usize::from(best == t as usize);
         acc[bin].2 += 1;
@@ -442,8 +443,20 @@ mod tests {
             roc,
             vec![(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
         );
-        assert_eq!(pr[1], (0.5, 1.0));
-        assert_eq!(pr[3], (1.0, 2.0 / 3.0));
+        assert_eq!(
+            pr,
+            vec![
+                (0.0, 1.0),
+                (0.5, 1.0),
+                (0.5, 0.5),
+                (1.0, 2.0 / 3.0),
+                (1.0, 0.5)
+            ]
+        );
+        // tied scores are one threshold: 0.9 (pos) and 0.9 (neg) enter together
+        let (roc, pr) = BinaryCurves::points(&[true, false, true], &[0.9, 0.9, 0.1]);
+        assert_eq!(roc, vec![(0.0, 0.0), (1.0, 0.5), (1.0, 1.0)]);
+        assert_eq!(pr, vec![(0.0, 1.0), (0.5, 0.5), (1.0, 2.0 / 3.0)]);
     }
 
     #[test]
@@ -454,5 +467,24 @@ mod tests {
         assert_eq!(bins.len(), 2);
         assert!((bins[0].0 - 0.6).abs() < 1e-6 && bins[0].1 == 1.0 && bins[0].2 == 1);
         assert!((bins[1].0 - 0.93).abs() < 1e-6 && bins[1].1 == 0.5 && bins[1].2 == 2);
+    }
+
+    /// The diagram's bins are ECE's `(lo, hi]`: a confidence of exactly 0.5 is in
+    /// (0.4, 0.5], apart from 0.55 in (0.5, 0.6]; 1.0 is in (0.9, 1]; and the ECE
+    /// recomputed from the bins is metrics::ece.
+    #[test]
+    fn reliability_bins_are_the_bins_of_ece() {
+        let probs = [0.5, 0.5, 0.45, 0.55, 1.0, 0.0];
+        let truth = [0, 0, 0];
+        let bins = reliability_bins(&truth, &probs, 2);
+        assert_eq!(bins.len(), 3, "{bins:?}");
+        assert_eq!(bins[0], (0.5, 1.0, 1));
+        assert!((bins[1].0 - 0.55).abs() < 1e-6 && bins[1].1 == 0.0 && bins[1].2 == 1);
+        assert_eq!(bins[2], (1.0, 1.0, 1));
+        let ece: f64 = bins
+            .iter()
+            .map(|&(c, a, n)| n as f64 / 3.0 * (a - c).abs())
+            .sum();
+        assert!((ece - crate::metrics::ece(&truth, &probs, 2)).abs() < 1e-12);
     }
 }

@@ -309,7 +309,8 @@ mod tests {
                 m.weights.f32("layers.0.bias").unwrap()
             );
         }
-        assert!(magnitude(&m, 1.0, Scope::Global).is_err());
+        let e = magnitude(&m, 1.0, Scope::Global).unwrap_err().to_string();
+        assert!(e.contains("sparsity 1 must be in [0, 1)"), "{e}");
     }
 
     #[test]

@@ -97,9 +97,11 @@ pub fn quantize_with(
     Ok(NativeModel::new(spec, weights)?)
 }
 
-/// fp16 weights: every weight and bias rounded to half precision (nearest even), kept as
-/// its f32 value so kiln's forward pass computes exactly what ONNX Runtime does with the
-/// float16 initializers cast to float. Halves the ONNX size; the arithmetic stays fp32.
+/// fp16 weights: every layer's weight matrix rounded to half precision (nearest even),
+/// kept as its f32 value so kiln's forward pass computes exactly what ONNX Runtime does
+/// with the float16 initializers cast to float. Biases and norm parameters are not
+/// rounded: they stay f32 (float initializers in the graph). Roughly halves the ONNX
+/// size; the arithmetic stays fp32.
 pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
     if model.spec.quantization.is_some() {
         return Err(OptimizeError::Config(
@@ -220,7 +222,12 @@ mod tests {
         // int8 data is a quarter of fp32's weights plus the scales
         let q = quantize(&m, Scheme::Dynamic, true, None).unwrap();
         assert_eq!(q.weights.data_bytes(), 12 + 8 + 4 * (4 + 2) + 4 * (4 + 2));
-        assert!(quantize(&q, Scheme::Dynamic, true, None).is_err());
+        let e = quantize(&q, Scheme::Dynamic, true, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the input model is already quantized"), "{e}");
+        let e = fp16(&q).unwrap_err().to_string();
+        assert!(e.contains("the input model is already quantized"), "{e}");
     }
 
     /// A model with layer norm: int8 (dynamic and static) and fp16 keep gamma and beta as
@@ -286,15 +293,43 @@ mod tests {
     #[test]
     fn static_calibration_records_each_layers_input_range() {
         let m = model();
-        let d = data(20);
+        let mut d = data(20);
+        // rows 10.. are 3 times larger: a calibration that reads past its 10 rows sees
+        // another range
+        for v in &mut d.features[30..] {
+            *v *= 3.0;
+        }
         let q = quantize(&m, Scheme::Static, true, Some((&d, 10))).unwrap();
         // layer 0 sees the raw features of the first 10 rows: min -1, max 1
         let (lo, hi) = (-1.0f32, 1.0f32);
         let s0 = q.weights.f32("layers.0.input_scale").unwrap()[0];
         let z0 = q.weights.f32("layers.0.input_zero_point").unwrap()[0];
         assert_eq!(s0, (hi - lo) / 255.0);
+        assert_eq!(s0, 2.0 / 255.0);
         assert_eq!(z0, (1.0f32 / s0).round_ties_even());
-        // layer 1 sees ReLU outputs: min 0, so the zero point is 0
+        // layer 1 sees ReLU outputs of the first 10 rows: min 0 (zero point 0), max the
+        // largest hidden activation, worked out here from the fp32 weights
+        let (w0, b0) = (
+            m.weights.f32("layers.0.weight").unwrap(),
+            m.weights.f32("layers.0.bias").unwrap(),
+        );
+        let mut h_max = 0.0f32;
+        for r in 0..10 {
+            for j in 0..4 {
+                let mut a = b0[j];
+                for k in 0..3 {
+                    a += d.features[r * 3 + k] * w0[k * 4 + j];
+                }
+                h_max = h_max.max(a.max(0.0));
+            }
+        }
+        assert!(h_max > 0.0);
+        let s1 = q.weights.f32("layers.1.input_scale").unwrap()[0];
+        assert!(
+            (s1 - h_max / 255.0).abs() <= 1e-6 * s1,
+            "{s1} vs {}",
+            h_max / 255.0
+        );
         assert_eq!(q.weights.f32("layers.1.input_zero_point").unwrap()[0], 0.0);
         // on the calibration rows static and dynamic ranges agree for layer 0, so the
         // outputs are close to fp32
@@ -305,6 +340,12 @@ mod tests {
         for (x, y) in a.logits.iter().zip(&b.logits) {
             assert!((x - y).abs() < 0.05, "{x} vs {y}");
         }
-        assert!(quantize(&m, Scheme::Static, true, None).is_err());
+        let e = quantize(&m, Scheme::Static, true, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("static quantization needs calibration rows (the training split)"),
+            "{e}"
+        );
     }
 }

@@ -371,8 +371,18 @@ mod tests {
             shift: 1,
             ..Default::default()
         };
-        assert!(a.layout(784, None).is_err());
+        let e = a.layout(784, None).unwrap_err().to_string();
+        assert!(
+            e.contains("shift and rotate need the image layout; add `image = [height, width]` (height × width = 784"),
+            "{e}"
+        );
         assert_eq!(a.layout(784, Some([28, 28])).unwrap(), Some([28, 28]));
-        assert!(a.layout(64, Some([28, 28])).is_err());
+        let e = a.layout(64, Some([28, 28])).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "augment.image = [28, 28] is 784 pixels but the rows have 64 raw feature columns"
+            ),
+            "{e}"
+        );
     }
 }

@@ -78,6 +78,24 @@ mod tests {
             stratified_split(&labels, 2, 0.1, 0.2, true, 43).unwrap()[1],
             va
         );
-        assert!(stratified_split(&labels, 2, 0.6, 0.5, true, 1).is_err());
+        let e = stratified_split(&labels, 2, 0.6, 0.5, true, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("split fractions valid + test = 1.1 leave no training rows"),
+            "{e}"
+        );
+        // a sum of exactly 1 leaves no training rows either
+        let e = stratified_split(&labels, 2, 0.5, 0.5, true, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("split fractions valid + test = 1 leave no training rows"),
+            "{e}"
+        );
+        let e = stratified_split(&labels, 2, 1.0, 0.0, true, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("split.valid = 1 must be in [0, 1)"), "{e}");
     }
 }

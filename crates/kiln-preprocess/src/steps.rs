@@ -762,7 +762,16 @@ mod tests {
         let drop = vec![Step::Drop {
             columns: names(&["age"]),
         }];
-        assert!(fit(&drop, &[f32::NAN, 1.0], &f, &nulls, &[], &Text::default()).is_ok());
+        let (transforms, kept, data) =
+            fit(&drop, &[f32::NAN, 1.0], &f, &nulls, &[], &Text::default()).unwrap();
+        assert_eq!(kept, ["b"]);
+        assert_eq!(data, [1.0]);
+        assert_eq!(
+            transforms,
+            [Transform::Drop {
+                columns: names(&["age"])
+            }]
+        );
         let typo = vec![Step::Log1p {
             columns: Columns::Named(names(&["agee"])),
         }];

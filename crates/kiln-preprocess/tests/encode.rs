@@ -188,9 +188,10 @@ fn constant_impute_and_the_categorical_group() {
         }
     );
     let names = &s.feature_names;
-    // byte order: upper case before lower case
+    // byte order: upper case before lower case; the fill `none` is a category of the
+    // columns that had a missing cell, and only of those
     assert_eq!(
-        names[..7],
+        names[..],
         [
             "color=blue",
             "color=green",
@@ -198,11 +199,29 @@ fn constant_impute_and_the_categorical_group() {
             "size=L",
             "size=M",
             "size=S",
-            "size=none"
+            "size=none",
+            "review=Late delivery!! late-fee",
+            "review=great value",
+            "review=none",
+            "review=ok",
+            "x"
         ]
     );
-    assert!(names.contains(&"review=none".to_string()), "{names:?}");
-    assert_eq!(names.last().map(String::as_str), Some("x"));
+    // every train row in file order: row 3's missing size and row 4's missing review are
+    // the `none` features
+    let train = Dataset::read_ipc(&dir.path().join("out/train.arrow"), "y").unwrap();
+    #[rustfmt::skip]
+    let want = vec![
+        0., 0., 1.,  0., 0., 1., 0.,  1., 0., 0., 0.,  1.,
+        1., 0., 0.,  0., 1., 0., 0.,  0., 1., 0., 0.,  2.,
+        0., 0., 1.,  0., 0., 0., 1.,  0., 0., 0., 1.,  3.,
+        0., 1., 0.,  1., 0., 0., 0.,  0., 0., 1., 0.,  4.,
+        0., 0., 1.,  0., 1., 0., 0.,  0., 0., 0., 1.,  5.,
+        1., 0., 0.,  0., 0., 1., 0.,  0., 1., 0., 0.,  6.,
+    ];
+    assert_eq!(train.features, want);
+    assert_eq!(train.row(2)[6], 1.0, "row 3: size=none");
+    assert_eq!(train.row(3)[9], 1.0, "row 4: review=none");
 }
 
 /// The categories come from the train source only: other test rows (new categories,

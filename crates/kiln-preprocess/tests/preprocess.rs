@@ -93,6 +93,63 @@ fn a_float_target_is_regression_and_keeps_its_values() {
         .collect();
     let train_mean = train_x.iter().sum::<f32>() / train_x.len() as f32;
     assert!((mean[0] - train_mean).abs() < 1e-3);
+    // each standardized train column has mean 0 and population variance 1 (ddof 0)
+    for j in 0..2 {
+        let col: Vec<f64> = (0..train.n_rows())
+            .map(|r| f64::from(train.row(r)[j]))
+            .collect();
+        let n = col.len() as f64;
+        let m = col.iter().sum::<f64>() / n;
+        let var = col.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n;
+        assert!(m.abs() < 1e-5, "column {j}: mean {m}");
+        assert!((var - 1.0).abs() < 1e-4, "column {j}: variance {var}");
+    }
+}
+
+/// The fitted statistics worked out by hand: every row in train, x = 0..40 has mean 19.5
+/// and population std sqrt((40² - 1) / 12) = 11.5434 (ddof 0); a constant column gets
+/// std 1 (its values become 0, not NaN).
+#[test]
+fn standardize_fits_the_population_std_and_1_for_a_constant_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::from("x,k,y\n");
+    for i in 0..40 {
+        s += &format!("{i},5,{}\n", i % 2);
+    }
+    let csv = dir.path().join("d.csv");
+    std::fs::write(&csv, s).unwrap();
+    // the file as train and as test source: every row in train
+    let mut c = config(&csv, "y", None);
+    c.source = Source::Csv {
+        path: None,
+        train: Some(csv.clone()),
+        test: Some(csv.clone()),
+        delimiter: ',',
+        has_header: true,
+        null_values: vec![],
+    };
+    c.split = Split {
+        valid: 0.0,
+        test: None,
+        stratify: false,
+    };
+    let out = run(&c, &dir.path().join("out")).unwrap();
+    assert_eq!(out.rows, [40, 0, 40]);
+    let kiln_core::Transform::Standardize { columns, mean, std } = &out.schema.transforms[0] else {
+        panic!("{:?}", out.schema.transforms)
+    };
+    assert_eq!(columns, &["x", "k"]);
+    let want_std = (1599.0f64 / 12.0).sqrt();
+    assert!((want_std - 11.543_396).abs() < 1e-6);
+    assert!((f64::from(mean[0]) - 19.5).abs() < 1e-5, "{mean:?}");
+    assert!((f64::from(std[0]) - want_std).abs() < 1e-5, "{std:?}");
+    assert_eq!((mean[1], std[1]), (5.0, 1.0));
+    let train = &out.splits[0];
+    for r in 0..40 {
+        let want = (r as f64 - 19.5) / want_std;
+        assert!((f64::from(train.row(r)[0]) - want).abs() < 1e-5, "row {r}");
+        assert_eq!(train.row(r)[1], 0.0, "row {r}");
+    }
 }
 
 #[test]

@@ -171,7 +171,7 @@ fn parquet_and_arrow_take_separate_train_and_test_files() {
     c.split.valid = 0.25;
     let out = run(&c, &dir.path().join("pq")).unwrap();
     assert_eq!(out.rows, [30, 10, 10]);
-    let (schema, [_, _, test]) = read_artifact(&dir.path().join("pq")).unwrap();
+    let (schema, [train, _, test]) = read_artifact(&dir.path().join("pq")).unwrap();
     // the test rows are the test file's, standardized with the train statistics
     let kiln_core::Transform::Standardize { mean, std, .. } = &schema.transforms[0] else {
         panic!("{:?}", schema.transforms)
@@ -179,6 +179,40 @@ fn parquet_and_arrow_take_separate_train_and_test_files() {
     let want: Vec<f32> = (100..110).map(|i| (i as f32 - mean[0]) / std[0]).collect();
     assert_eq!(test.features, want);
     assert_eq!(test.labels, (0..10).map(|i| i % 2).collect::<Vec<u32>>());
+    // ... and those statistics are the train split's own: its standardized column has
+    // mean 0 and population variance 1
+    let n = train.features.len() as f64;
+    let m = train.features.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = train
+        .features
+        .iter()
+        .map(|&v| (f64::from(v) - m).powi(2))
+        .sum::<f64>()
+        / n;
+    assert_eq!(n, 30.0);
+    assert!(m.abs() < 1e-5, "{m}");
+    assert!((var - 1.0).abs() < 1e-4, "{var}");
+    // With every train-file row in train, the statistics are those of 0..40 worked out
+    // by hand: mean 19.5, population std sqrt((40² - 1) / 12) = sqrt(1599 / 12).
+    let mut all = c.clone();
+    all.split.valid = 0.0;
+    let out = run(&all, &dir.path().join("pq-all")).unwrap();
+    assert_eq!(out.rows, [40, 0, 10]);
+    let kiln_core::Transform::Standardize { mean, std, .. } = &out.schema.transforms[0] else {
+        panic!("{:?}", out.schema.transforms)
+    };
+    let want_std = (1599.0f64 / 12.0).sqrt();
+    assert!((want_std - 11.543_396).abs() < 1e-6);
+    assert!((f64::from(mean[0]) - 19.5).abs() < 1e-5, "{mean:?}");
+    assert!((f64::from(std[0]) - want_std).abs() < 1e-5, "{std:?}");
+    let test = &out.splits[2];
+    for (i, &v) in test.features.iter().enumerate() {
+        let want = (100.0 + i as f64 - 19.5) / want_std;
+        assert!(
+            (f64::from(v) - want).abs() < 1e-5,
+            "test row {i}: {v} vs {want}"
+        );
+    }
 
     // Arrow IPC the same way, from the same tables.
     let ipc = |src: &Path, dst: &Path| {
@@ -461,7 +495,11 @@ fn each_bad_input_is_named_and_nothing_is_written() {
         (
             write("ragged.csv", &format!("{good}3,1,9\n")),
             "y",
-            &["ragged.csv"],
+            // polars (pinned) names no row; its phrase says what is wrong
+            &[
+                "ragged.csv: could not parse as csv",
+                "found more fields than defined",
+            ],
         ),
     ];
     for (path, target, want) in cases {
@@ -555,13 +593,20 @@ fn idx_pixels_go_straight_to_rows_and_give_the_image_layout() {
         .collect();
     assert_eq!(test.features, want);
     assert_eq!(test.labels, (0..10).map(|i| i % 2).collect::<Vec<u32>>());
+    // copy k is row k shifted by one (dy, dx) in [-1, 1]², and keeps row k's label; the
+    // copies are not all shifted the same way
+    let mut shifts = std::collections::BTreeSet::new();
     for (k, copy) in train.features[40 * 16..].chunks(16).enumerate() {
         let src = &train.features[k * 16..(k + 1) * 16];
-        assert!(
-            (-1..=1).any(|dy| (-1..=1).any(|dx| shift_image(src, 4, 4, dy, dx) == copy)),
-            "copy {k}"
-        );
+        let found: Vec<(i64, i64)> = (-1..=1)
+            .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+            .filter(|&(dy, dx)| shift_image(src, 4, 4, dy, dx) == copy)
+            .collect();
+        assert_eq!(found.len(), 1, "copy {k}: {found:?}");
+        shifts.insert(found[0]);
+        assert_eq!(train.labels[40 + k], train.labels[k], "copy {k}");
     }
+    assert!(shifts.len() >= 2, "{shifts:?}");
     let profile: serde_json::Value =
         serde_json::from_slice(&bytes(&dir.path().join("out/profile.json"))).unwrap();
     assert_eq!(profile["columns"][0]["dtype"], "u8");

@@ -317,6 +317,34 @@ fn parquet_and_arrow_sources_with_nulls() {
     .into_iter()
     .enumerate()
     {
+        // the file as train and as test source: every row in train, and the fill is the
+        // median of the five present values [1, 3, 10, 2, 4] = 3 (the null not counted),
+        // in row 1 only
+        let mut c = config(&pq, impute());
+        c.source = match &source {
+            Source::Parquet { path, .. } => Source::Parquet {
+                path: None,
+                train: path.clone(),
+                test: path.clone(),
+            },
+            Source::Arrow { path, .. } => Source::Arrow {
+                path: None,
+                train: path.clone(),
+                test: path.clone(),
+            },
+            s => panic!("{s:?}"),
+        };
+        let out = run(&c, &dir.path().join(format!("all{k}"))).unwrap();
+        assert_eq!(out.rows, [6, 0, 6]);
+        let Transform::Impute { values, .. } = &out.schema.transforms[0] else {
+            panic!("{:?}", out.schema.transforms)
+        };
+        assert_eq!(values[0], 3.0);
+        let train =
+            Dataset::read_ipc(&dir.path().join(format!("all{k}/train.arrow")), "y").unwrap();
+        assert_eq!(train.features, vec![1.0, 3.0, 3.0, 10.0, 2.0, 4.0]);
+        assert_eq!(train.labels, vec![0, 1, 0, 1, 0, 1]);
+        // half the rows held out for test: 3 and 3
         let mut c = config(&pq, impute());
         c.source = source;
         c.split = Split {
@@ -326,18 +354,6 @@ fn parquet_and_arrow_sources_with_nulls() {
         };
         let out = run(&c, &dir.path().join(format!("out{k}"))).unwrap();
         assert_eq!(out.rows, [3, 0, 3]);
-        let Transform::Impute { values, .. } = &out.schema.transforms[0] else {
-            panic!("{:?}", out.schema.transforms)
-        };
-        // the median of the train rows' present values, the null not counted: whether the
-        // null row is in train (its fill is the median of the other two, which keeps the
-        // median) or not, the stored train column's median is the fill value
-        let train =
-            Dataset::read_ipc(&dir.path().join(format!("out{k}/train.arrow")), "y").unwrap();
-        let mut v = train.features.clone();
-        v.sort_by(f32::total_cmp);
-        assert_eq!(v[1], values[0], "{v:?}");
-        assert!(train.features.iter().all(|x| x.is_finite()));
         // without the impute step the null is named with file and row
         let mut c = config(&pq, vec![]);
         c.source = if k == 0 {

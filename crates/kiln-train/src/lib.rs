@@ -37,7 +37,7 @@ mod net;
 mod sweep;
 
 pub use finetune::{Finetune, finetune};
-pub use sweep::{MAX_TRIALS, Sweep, Trial};
+pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
     Config, Device, EarlyStopping, Loss, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind,

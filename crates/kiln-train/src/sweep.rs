@@ -32,15 +32,24 @@ pub struct Sweep {
     pub weight_decay: Vec<f64>,
     /// `grid` (default: every combination) or `random` (`trials` combinations drawn
     /// without replacement, seeded).
-    #[serde(default = "default_strategy")]
-    pub strategy: String,
+    #[serde(default)]
+    pub strategy: Strategy,
     /// `random`: how many trials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trials: Option<usize>,
 }
 
-fn default_strategy() -> String {
-    "grid".into()
+/// How a sweep picks its trials.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Every combination.
+    #[default]
+    Grid,
+    /// `trials` combinations drawn without replacement, seeded.
+    Random,
 }
 
 impl Default for Sweep {
@@ -51,7 +60,7 @@ impl Default for Sweep {
             hidden: Vec::new(),
             dropout: Vec::new(),
             weight_decay: Vec::new(),
-            strategy: default_strategy(),
+            strategy: Strategy::Grid,
             trials: None,
         }
     }
@@ -88,7 +97,7 @@ impl Sweep {
                 }
             }
         }
-        if self.strategy == "random" {
+        if self.strategy == Strategy::Random {
             let mut rng = ChaCha8Rng::seed_from_u64(base.seed ^ 0x005e_4ee9);
             all.shuffle(&mut rng);
             all.truncate(self.trials.unwrap_or(all.len()));
@@ -100,21 +109,12 @@ impl Sweep {
     pub fn problems(&self, base: &Config) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let mut bad = |k: &str, m: String| p.push((format!("sweep.{k}"), m));
-        if self.strategy != "grid" && self.strategy != "random" {
-            bad(
-                "strategy",
-                format!(
-                    "unknown strategy `{}`; use \"grid\" or \"random\"",
-                    self.strategy
-                ),
-            );
-        }
-        match (self.strategy.as_str(), self.trials) {
-            ("random", None | Some(0)) => bad(
+        match (self.strategy, self.trials) {
+            (Strategy::Random, None | Some(0)) => bad(
                 "trials",
                 "strategy = \"random\" needs `trials` (at least 1)".into(),
             ),
-            ("grid", Some(_)) => bad(
+            (Strategy::Grid, Some(_)) => bad(
                 "trials",
                 "`trials` applies to strategy = \"random\"; a grid runs every combination".into(),
             ),
@@ -153,7 +153,7 @@ impl Sweep {
                 ),
             );
         }
-        if n == 1 && self.strategy == "grid" {
+        if n == 1 && self.strategy == Strategy::Grid {
             bad(
                 "lr",
                 "the sweep has one combination; give at least one list with two values".into(),

@@ -363,6 +363,7 @@ fn curve() -> (Dataset, Dataset) {
 fn regression_learns_a_nonlinear_signal_in_target_units() {
     let (tr, va) = curve();
     let dir = tempfile::tempdir().unwrap();
+    let mut maes = Vec::new();
     for loss in [Loss::Mse, Loss::Huber, Loss::Auto] {
         let c = Config {
             loss,
@@ -400,10 +401,16 @@ fn regression_learns_a_nonlinear_signal_in_target_units() {
             mae < 3.0,
             "{loss:?}: mean abs error {mae} on a target near 300"
         );
+        maes.push(mae);
     }
-    // a constant predictor (the train mean) scores R² <= 0 on the same rows
+    // a constant predictor (the train mean) is far worse on the same rows: its mean
+    // absolute error (25.8) is more than 30 times each model's (measured: 0.39 to 0.41,
+    // ratios 63 to 67)
     let mean = tr.values.iter().sum::<f32>() / tr.n_rows() as f32;
-    assert!(va.r2(&vec![mean; va.n_rows()]) <= 0.0);
+    let constant_mae = va.values.iter().map(|t| (t - mean).abs()).sum::<f32>() / va.n_rows() as f32;
+    for mae in maes {
+        assert!(constant_mae > 30.0 * mae, "{constant_mae} vs {mae}");
+    }
 }
 
 #[test]
@@ -506,8 +513,9 @@ fn sweep_trains_every_trial_and_keeps_the_best() {
         ..Default::default()
     });
     let out = run(&c, &tr, &va, 10, dir.path(), &NoProgress).unwrap();
-    let trials: Vec<kiln_train::Trial> =
-        serde_json::from_slice(&std::fs::read(dir.path().join("sweep.json")).unwrap()).unwrap();
+    let trials = kiln_core::artifact::load::<kiln_train::SweepResults>(dir.path())
+        .unwrap()
+        .trials;
     let combos: Vec<(f64, Vec<usize>)> = trials.iter().map(|t| (t.lr, t.hidden.clone())).collect();
     assert_eq!(
         combos,
@@ -545,14 +553,15 @@ fn sweep_trains_every_trial_and_keeps_the_best() {
     r.sweep = Some(kiln_train::Sweep {
         lr: vec![1e-3, 3e-3, 1e-2],
         batch_size: vec![16, 64],
-        strategy: "random".into(),
+        strategy: kiln_train::Strategy::Random,
         trials: Some(2),
         ..Default::default()
     });
     let draw = |d: &Path| -> Vec<(f64, usize)> {
         run(&r, &tr, &va, 10, d, &NoProgress).unwrap();
-        let t: Vec<kiln_train::Trial> =
-            serde_json::from_slice(&std::fs::read(d.join("sweep.json")).unwrap()).unwrap();
+        let t = kiln_core::artifact::load::<kiln_train::SweepResults>(d)
+            .unwrap()
+            .trials;
         t.iter().map(|t| (t.lr, t.batch_size)).collect()
     };
     let (a, b) = (draw(&dir.path().join("r1")), draw(&dir.path().join("r2")));
@@ -563,7 +572,7 @@ fn sweep_trains_every_trial_and_keeps_the_best() {
     let mut bad = config(2, 5);
     bad.sweep = Some(kiln_train::Sweep {
         lr: vec![1e-3, -1.0],
-        strategy: "random".into(),
+        strategy: kiln_train::Strategy::Random,
         ..Default::default()
     });
     let keys: Vec<String> = bad.problems().into_iter().map(|(k, _)| k).collect();
