@@ -20,17 +20,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let train = Dataset::read_ipc(&run.join("data/train.arrow"), "label")?;
     let test = Dataset::read_ipc(&run.join("data/test.arrow"), "label")?;
     let cfg = Config::default();
-    let cand = |s: Option<f64>, q: Option<&str>| CandidateConfig {
+    use kiln_optimize::QuantizeMode::{Dynamic, Static};
+    let cand = |s: Option<f64>, q: Option<kiln_optimize::QuantizeMode>| CandidateConfig {
         structured: s,
-        quantize: q.map(String::from),
+        quantize: q,
         ..Default::default()
     };
     let mut variants = vec![("fp32".to_string(), fp32.clone())];
     for c in [
-        cand(None, Some("dynamic")),
-        cand(None, Some("static")),
+        cand(None, Some(Dynamic)),
+        cand(None, Some(Static)),
         cand(Some(0.5), None),
-        cand(Some(0.5), Some("dynamic")),
+        cand(Some(0.5), Some(Dynamic)),
     ] {
         // latency does not depend on fine-tuning, so none here
         let m = kiln_optimize::build(&c, &fp32, &cfg, &train, &test)?;

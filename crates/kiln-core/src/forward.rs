@@ -370,7 +370,7 @@ pub fn forward(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) -> 
     let dynamic = spec
         .quantization
         .as_ref()
-        .is_some_and(|q| q.scheme == "dynamic");
+        .is_some_and(|q| q.scheme == crate::model::Scheme::Dynamic);
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .min(n / PARALLEL_ROWS);
@@ -440,9 +440,9 @@ pub fn forward_traced(
         h = match &spec.quantization {
             // fp16 weights are stored as the f32 values of their f16 rounding: the
             // arithmetic is fp32 (ONNX Runtime casts them to float once, at load)
-            Some(q) if q.dtype != "fp16" => {
+            Some(q) if q.dtype != crate::model::WeightType::Fp16 => {
                 let (w, s, z) = int8_weights(weights, i, l)?;
-                let (xq, xs, xz) = if q.scheme == "static" {
+                let (xq, xs, xz) = if q.scheme == crate::model::Scheme::Static {
                     let (xs, xz) = static_params(weights, i)?;
                     (quantize_u8(&h, xs, xz), xs, xz)
                 } else {

@@ -80,25 +80,75 @@ pub struct LayerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quantization {
-    /// Weight type: `"int8"`, or `"fp16"` (weights rounded to half precision, stored as
-    /// their f32 values, exported as float16 initializers; `scheme` is then `"weights"`).
-    pub dtype: String,
-    /// `"dynamic"`: activations are quantized to uint8 at run time, per tensor, as ONNX
-    /// `DynamicQuantizeLinear` does; `"static"`: with a scale and zero point per layer
-    /// fixed by calibration (`layers.<i>.input_scale`, `layers.<i>.input_zero_point`), as
-    /// ONNX `QuantizeLinear` does.
-    pub scheme: String,
+    /// Weight type: `int8`, or `fp16` (weights rounded to half precision, stored as their
+    /// f32 values, exported as float16 initializers; `scheme` is then `weights`).
+    pub dtype: WeightType,
+    /// How activations are quantized.
+    pub scheme: Scheme,
     /// One scale per output channel (true) or one per tensor (false).
     pub per_channel: bool,
+}
+
+/// The type a quantized model's weights are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightType {
+    /// Signed 8-bit integers with scales (and zero points when asymmetric).
+    Int8,
+    /// Half-precision floats (arithmetic stays fp32).
+    Fp16,
+}
+
+/// How a quantized model's activations are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// To uint8 at run time, per tensor, from each batch's own range, as ONNX
+    /// `DynamicQuantizeLinear` does.
+    Dynamic,
+    /// With a scale and zero point per layer fixed by calibration
+    /// (`layers.<i>.input_scale`, `layers.<i>.input_zero_point`), as ONNX
+    /// `QuantizeLinear` does.
+    Static,
+    /// Not at all: only the weights are stored at lower precision (fp16).
+    Weights,
+}
+
+impl std::fmt::Display for WeightType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightType::Int8 => "int8",
+            WeightType::Fp16 => "fp16",
+        })
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheme::Dynamic => "dynamic",
+            Scheme::Static => "static",
+            Scheme::Weights => "weights",
+        })
+    }
+}
+
+/// How a model was pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PruningKind {
+    /// Weights set to zero, shapes kept.
+    Magnitude,
+    /// Hidden units removed, layers narrower.
+    Structured,
 }
 
 /// How a model was pruned, when it was (informational: the weights say the rest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pruning {
-    /// `"magnitude"` (weights set to zero, shapes kept) or `"structured"` (hidden units
-    /// removed, layers narrower).
-    pub kind: String,
+    /// Magnitude or structured.
+    pub kind: PruningKind,
     /// Magnitude: the fraction of weights that are zero; structured: the fraction of
     /// hidden units removed.
     pub amount: f64,

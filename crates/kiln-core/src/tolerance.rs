@@ -30,7 +30,7 @@ fn rounding_layers(spec: &ModelSpec) -> Vec<usize> {
     let int8 = spec
         .quantization
         .as_ref()
-        .is_some_and(|q| q.dtype != "fp16");
+        .is_some_and(|q| q.dtype != crate::model::WeightType::Fp16);
     if !int8 {
         return Vec::new();
     }
@@ -146,8 +146,8 @@ mod tests {
     fn model() -> (ModelSpec, TensorStore) {
         let mut spec = ModelSpec::mlp(2, &[2], Activation::Tanh, Task::Regression, 1);
         spec.quantization = Some(Quantization {
-            dtype: "int8".into(),
-            scheme: "dynamic".into(),
+            dtype: crate::model::WeightType::Int8,
+            scheme: crate::model::Scheme::Dynamic,
             per_channel: false,
         });
         let mut w = TensorStore::default();

@@ -118,16 +118,20 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
             meta.opset
         )));
     }
+    use kiln_core::{Scheme, WeightType};
     let fp16 = spec
         .quantization
         .as_ref()
-        .is_some_and(|q| q.dtype == "fp16");
+        .is_some_and(|q| q.dtype == WeightType::Fp16);
     if let Some(q) = &spec.quantization
-        && !fp16
-        && (q.dtype != "int8" || !matches!(q.scheme.as_str(), "dynamic" | "static"))
+        && !matches!(
+            (q.dtype, q.scheme),
+            (WeightType::Int8, Scheme::Dynamic | Scheme::Static)
+                | (WeightType::Fp16, Scheme::Weights)
+        )
     {
         return Err(DeployError::Export(format!(
-            "quantization {}/{} cannot be exported; kiln exports int8/dynamic, int8/static and fp16",
+            "quantization {}/{} cannot be exported; kiln exports int8/dynamic, int8/static and fp16/weights",
             q.dtype, q.scheme
         )));
     }
@@ -194,7 +198,7 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                     format!("{p}.acc_f32"),
                     format!("{p}.combined_scale"),
                 );
-                if q.scheme == "static" {
+                if q.scheme == kiln_core::Scheme::Static {
                     // QuantizeLinear with the calibrated scale and zero point (scalars).
                     let (x_scale, zp) = kiln_core::forward::static_params(weights, i)?;
                     g.inits.push(tensor_f32(&xs, &[], &[x_scale]));
@@ -468,8 +472,8 @@ mod tests {
     fn int8_graph_quantizes_every_layer() {
         let (mut spec, w) = tiny(Task::Classification);
         spec.quantization = Some(Quantization {
-            dtype: "int8".into(),
-            scheme: "dynamic".into(),
+            dtype: kiln_core::WeightType::Int8,
+            scheme: kiln_core::Scheme::Dynamic,
             per_channel: false,
         });
         let mut q = TensorStore::default();
@@ -547,15 +551,15 @@ mod tests {
         assert!(e.to_string().contains("`layers.1.bias` holds 1"), "{e}");
         let mut q = spec.clone();
         q.quantization = Some(Quantization {
-            dtype: "int4".into(),
-            scheme: "static".into(),
+            dtype: kiln_core::WeightType::Fp16,
+            scheme: kiln_core::Scheme::Static,
             per_channel: true,
         });
         let e = build(&q, &w, &ExportMeta::default())
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("quantization int4/static cannot be exported; kiln exports int8/dynamic, int8/static and fp16"),
+            e.contains("quantization fp16/static cannot be exported; kiln exports int8/dynamic, int8/static and fp16/weights"),
             "{e}"
         );
         let e = decode(b"\xff\xff\xff").unwrap_err().to_string();

@@ -111,8 +111,8 @@ fn int8(m: &NativeModel) -> NativeModel {
     }
     let spec = ModelSpec {
         quantization: Some(Quantization {
-            dtype: "int8".into(),
-            scheme: "dynamic".into(),
+            dtype: kiln_core::WeightType::Int8,
+            scheme: kiln_core::Scheme::Dynamic,
             per_channel: true,
         }),
         ..m.spec.clone()
@@ -149,7 +149,7 @@ fn int8_static(m: &NativeModel, x: &[f32], rows: usize) -> NativeModel {
         );
     }
     let mut spec = q.spec.clone();
-    spec.quantization.as_mut().unwrap().scheme = "static".into();
+    spec.quantization.as_mut().unwrap().scheme = kiln_core::Scheme::Static;
     NativeModel::new(spec, w).unwrap()
 }
 
@@ -186,8 +186,8 @@ fn fp16(m: &NativeModel) -> NativeModel {
     }
     let spec = ModelSpec {
         quantization: Some(Quantization {
-            dtype: "fp16".into(),
-            scheme: "weights".into(),
+            dtype: kiln_core::WeightType::Fp16,
+            scheme: kiln_core::Scheme::Weights,
             per_channel: false,
         }),
         ..m.spec.clone()

@@ -27,9 +27,9 @@
 pub mod prune;
 pub mod quantize;
 
-use kiln_core::{Dataset, EVAL_BATCH, NativeModel, Predictor};
-use prune::Scope;
-use quantize::Scheme;
+use kiln_core::{Dataset, EVAL_BATCH, NativeModel, Predictor, WeightType};
+pub use prune::Scope;
+pub use quantize::Scheme;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -147,11 +147,11 @@ impl Default for FinetuneConfig {
 pub struct QuantizeConfig {
     /// Weight type: `int8`.
     #[serde(default = "default_dtype")]
-    pub dtype: String,
+    pub dtype: WeightType,
     /// `dynamic` (activations quantized per batch at run time) or `static` (ranges
     /// calibrated on training rows).
     #[serde(default = "default_scheme")]
-    pub scheme: String,
+    pub scheme: Scheme,
     /// One scale per output channel (default true).
     #[serde(default = "default_true")]
     pub per_channel: bool,
@@ -175,7 +175,7 @@ pub struct CandidateConfig {
     /// Magnitude pruning ranks weights per `layer` (default) or over the whole network
     /// (`global`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub scope: Option<Scope>,
     /// Structured pruning: the fraction of each hidden layer's units removed, in [0, 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub structured: Option<f64>,
@@ -188,7 +188,7 @@ pub struct CandidateConfig {
     /// `dynamic` or `static` (int8 weights; activations quantized per batch or with
     /// calibrated ranges), or `fp16` (half-precision weights, fp32 arithmetic).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quantize: Option<String>,
+    pub quantize: Option<QuantizeMode>,
     /// One weight scale per output channel (default true) or one per tensor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_channel: Option<bool>,
@@ -196,6 +196,18 @@ pub struct CandidateConfig {
     /// scale, the full int8 range over [min, max]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symmetric: Option<bool>,
+}
+
+/// How a candidate quantizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantizeMode {
+    /// int8 weights, activations quantized per batch at run time.
+    Dynamic,
+    /// int8 weights, activation ranges calibrated on training rows.
+    Static,
+    /// Half-precision weights, fp32 arithmetic.
+    Fp16,
 }
 
 impl CandidateConfig {
@@ -211,15 +223,15 @@ impl CandidateConfig {
         }
         if let Some(s) = self.prune {
             parts.push(format!("sparse-{}", pct(s)));
-            if self.scope.as_deref() == Some("global") {
+            if self.scope == Some(Scope::Global) {
                 parts.push("global".into());
             }
         }
         if let Some(q) = &self.quantize {
-            parts.push(match q.as_str() {
-                "static" => "int8-static".into(),
-                "fp16" => "fp16".into(),
-                _ => "int8".into(),
+            parts.push(match q {
+                QuantizeMode::Static => "int8-static".into(),
+                QuantizeMode::Fp16 => "fp16".into(),
+                QuantizeMode::Dynamic => "int8".into(),
             });
             if self.per_channel == Some(false) {
                 parts.push("per-tensor".into());
@@ -248,15 +260,6 @@ impl CandidateConfig {
         };
         frac(self.prune, "prune", p);
         frac(self.structured, "structured", p);
-        if let Some(s) = &self.scope
-            && s != "layer"
-            && s != "global"
-        {
-            p.push((
-                format!("{key}.scope"),
-                format!("unknown scope `{s}`; use \"layer\" or \"global\""),
-            ));
-        }
         if self.scope.is_some() && self.prune.is_none() {
             p.push((
                 format!("{key}.scope"),
@@ -265,16 +268,6 @@ impl CandidateConfig {
         }
         if self.steps == Some(0) {
             p.push((format!("{key}.steps"), "steps must be at least 1".into()));
-        }
-        if let Some(q) = &self.quantize
-            && !matches!(q.as_str(), "dynamic" | "static" | "fp16")
-        {
-            p.push((
-                format!("{key}.quantize"),
-                format!(
-                    "unknown quantization `{q}`; use \"dynamic\" or \"static\" (int8) or \"fp16\""
-                ),
-            ));
         }
         if self.prune.is_none() && self.structured.is_none() && self.quantize.is_none() {
             p.push((
@@ -303,7 +296,10 @@ impl Config {
         let mut all = Vec::new();
         if let Some(q) = &self.quantize {
             all.push(CandidateConfig {
-                quantize: Some(q.scheme.clone()),
+                quantize: Some(match q.scheme {
+                    Scheme::Static => QuantizeMode::Static,
+                    _ => QuantizeMode::Dynamic,
+                }),
                 per_channel: Some(q.per_channel),
                 symmetric: Some(q.symmetric),
                 ..Default::default()
@@ -325,13 +321,13 @@ impl Config {
             ));
         }
         if let Some(q) = &self.quantize {
-            if q.dtype != "int8" {
+            if q.dtype != kiln_core::WeightType::Int8 {
                 p.push((
                     "quantize.dtype".into(),
                     format!("dtype `{}` is not supported; use \"int8\"", q.dtype),
                 ));
             }
-            if q.scheme != "dynamic" && q.scheme != "static" {
+            if q.scheme == Scheme::Weights {
                 p.push((
                     "quantize.scheme".into(),
                     format!(
@@ -376,11 +372,11 @@ impl Config {
     }
 }
 
-fn default_dtype() -> String {
-    "int8".into()
+fn default_dtype() -> WeightType {
+    WeightType::Int8
 }
-fn default_scheme() -> String {
-    "dynamic".into()
+fn default_scheme() -> Scheme {
+    Scheme::Dynamic
 }
 fn default_true() -> bool {
     true
@@ -468,11 +464,7 @@ pub fn build(
         }
     }
     if let Some(s) = c.prune {
-        let scope = if c.scope.as_deref() == Some("global") {
-            Scope::Global
-        } else {
-            Scope::Layer
-        };
+        let scope = c.scope.unwrap_or_default();
         let pruning = m.spec.pruning.clone();
         for t in 1..=steps {
             let (p, masks) = prune::magnitude(&m, s * t as f64 / steps as f64, scope)?;
@@ -489,11 +481,11 @@ pub fn build(
             m.spec.pruning = pruning;
         }
     }
-    if c.quantize.as_deref() == Some("fp16") {
+    if c.quantize == Some(QuantizeMode::Fp16) {
         return quantize::fp16(&m);
     }
     if let Some(q) = &c.quantize {
-        let scheme = if q == "static" {
+        let scheme = if *q == QuantizeMode::Static {
             Scheme::Static
         } else {
             Scheme::Dynamic
@@ -539,10 +531,10 @@ fn latency(bytes: &[u8], valid: &Dataset) -> Result<(f64, f64)> {
 /// Why a compressed model can be slower than fp32 in ONNX Runtime.
 fn slower_reason(c: &NativeModel) -> String {
     match (&c.spec.quantization, &c.spec.pruning) {
-        (None, Some(p)) if p.kind == "magnitude" => {
+        (None, Some(p)) if p.kind == kiln_core::PruningKind::Magnitude => {
             "zeros are stored and multiplied like any weight: ONNX Runtime has no sparse MatMul kernel; use structured pruning for speed".into()
         }
-        (Some(q), _) if q.scheme == "static" => {
+        (Some(q), _) if q.scheme == kiln_core::Scheme::Static => {
             "QuantizeLinear + MatMulInteger + rescaling costs more than an fp32 GEMM of this size".into()
         }
         (Some(_), _) => {
@@ -800,7 +792,7 @@ mod tests {
         for kv in s.split(',') {
             let (k, v) = kv.split_once('=').unwrap();
             match k {
-                "q" => c.quantize = Some(v.into()),
+                "q" => c.quantize = Some(serde_json::from_value(serde_json::json!(v)).unwrap()),
                 "p" => c.prune = Some(v.parse().unwrap()),
                 "s" => c.structured = Some(v.parse().unwrap()),
                 _ => unreachable!(),

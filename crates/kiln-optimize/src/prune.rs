@@ -6,9 +6,21 @@ use kiln_core::{ModelSpec, NativeModel, Pruning, TensorStore};
 use crate::{OptimizeError, Result};
 
 /// Where magnitude pruning ranks weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// Each layer loses the same fraction of its weights.
+    /// Each layer loses the same fraction of its weights (the default).
+    #[default]
     Layer,
     /// One ranking over every weight of the network.
     Global,
@@ -80,7 +92,7 @@ pub fn magnitude(
     apply_masks(&model.spec, &mut store, &masks)?;
     let spec = ModelSpec {
         pruning: Some(Pruning {
-            kind: "magnitude".into(),
+            kind: kiln_core::PruningKind::Magnitude,
             amount: sparsity,
         }),
         ..model.spec.clone()
@@ -205,7 +217,7 @@ pub fn remove_units(
         spec.layers[i].out_dim = cols.len();
     }
     spec.pruning = Some(Pruning {
-        kind: "structured".into(),
+        kind: kiln_core::PruningKind::Structured,
         amount: fraction,
     });
     Ok(NativeModel::new(spec, store)?)

@@ -10,14 +10,7 @@ use kiln_core::{Dataset, LayerSpec, ModelSpec, NativeModel, Quantization, Tensor
 
 use crate::{OptimizeError, Result};
 
-/// Activation quantization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// `DynamicQuantizeLinear`: each batch's own range.
-    Dynamic,
-    /// `QuantizeLinear` with a scale and zero point per layer from calibration.
-    Static,
-}
+pub use kiln_core::Scheme;
 
 /// Quantizes `model`'s weights: every `layers.<i>.weight` becomes i8 with a
 /// `layers.<i>.weight_scale`; biases and norm parameters stay f32. [`Scheme::Static`] also records each
@@ -84,12 +77,8 @@ pub fn quantize_with(
     }
     let spec = ModelSpec {
         quantization: Some(Quantization {
-            dtype: "int8".into(),
-            scheme: match scheme {
-                Scheme::Dynamic => "dynamic",
-                Scheme::Static => "static",
-            }
-            .into(),
+            dtype: kiln_core::WeightType::Int8,
+            scheme,
             per_channel,
         }),
         ..model.spec.clone()
@@ -125,8 +114,8 @@ pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
     }
     let spec = ModelSpec {
         quantization: Some(Quantization {
-            dtype: "fp16".into(),
-            scheme: "weights".into(),
+            dtype: kiln_core::WeightType::Fp16,
+            scheme: kiln_core::Scheme::Weights,
             per_channel: false,
         }),
         ..model.spec.clone()
@@ -287,7 +276,10 @@ mod tests {
             );
             assert_eq!(half::f16::from_f32(*b).to_f32(), *b);
         }
-        assert_eq!(h.spec.quantization.as_ref().unwrap().dtype, "fp16");
+        assert_eq!(
+            h.spec.quantization.as_ref().unwrap().dtype,
+            kiln_core::WeightType::Fp16
+        );
     }
 
     #[test]
