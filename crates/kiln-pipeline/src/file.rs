@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 pub struct Diagnostic {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line (0 when the problem comes from `--set`).
+    /// 1-based line (0 when the problem is in a `--set` argument, which the message names).
     pub line: usize,
     /// 1-based column.
     pub col: usize,
@@ -27,7 +27,8 @@ pub struct Diagnostic {
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.line == 0 {
-            return write!(f, "{} (from --set): {}", self.file.display(), self.message);
+            // the message names the --set argument it is about
+            return write!(f, "{}: {}", self.file.display(), self.message);
         }
         writeln!(
             f,
@@ -95,6 +96,8 @@ impl StageConfig {
 
 /// The span of the value at a dotted key path (`optimizer.lr`, `steps.0.by`), if written.
 fn span_of(table: &DeTable, path: &str) -> Option<Range<usize>> {
+    // `candidates[0].structured` walks like `candidates.0.structured`
+    let path = path.replace('[', ".").replace(']', "");
     let mut parts = path.split('.');
     let first = table.get(parts.next()?)?;
     let mut cur = first;
@@ -152,8 +155,14 @@ struct Header {
     description: Option<String>,
 }
 
-/// The span given to values that come from `--set` (they have no place in the file).
-pub(crate) const SET_SPAN: Range<usize> = usize::MAX..usize::MAX;
+/// Spans at or past this offset stand for the `--set` arguments (they have no place in
+/// the file): `SET_BASE + k` is the k-th one.
+pub(crate) const SET_BASE: usize = usize::MAX / 2;
+
+/// The span standing for the k-th `--set` argument.
+fn set_span(k: usize) -> Range<usize> {
+    SET_BASE + k..SET_BASE + k + 1
+}
 
 const HEADER_KEYS: &[&str] = &["version", "name", "seed", "description", "stages"];
 
@@ -161,20 +170,33 @@ pub(crate) struct Ctx<'a> {
     pub file: &'a Path,
     pub text: &'a str,
     pub diags: Vec<Diagnostic>,
+    /// The `--set` arguments, for errors located in one of them.
+    pub set: &'a [String],
 }
 
 impl Ctx<'_> {
     pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col, line_text) = if span.start == SET_SPAN.start {
-            (0, 0, String::new())
-        } else {
-            locate(self.text, span.start)
-        };
+        let message = message.into();
+        if span.start >= SET_BASE {
+            let arg = self
+                .set
+                .get(span.start - SET_BASE)
+                .map_or(String::new(), |a| format!(" `{a}`"));
+            self.diags.push(Diagnostic {
+                file: self.file.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("--set{arg}: {message}"),
+                line_text: String::new(),
+            });
+            return;
+        }
+        let (line, col, line_text) = locate(self.text, span.start);
         self.diags.push(Diagnostic {
             file: self.file.to_path_buf(),
             line,
             col,
-            message: message.into(),
+            message,
             line_text,
         });
     }
@@ -293,45 +315,100 @@ fn take_string_list(ctx: &mut Ctx, table: &mut DeTable, key: &str) -> Vec<(Strin
     }
 }
 
-/// Applies `--set a.b.c=value` overrides to the parsed document.
+/// Applies `--set a.b.c=value` overrides to the parsed document; everything a `--set`
+/// puts there carries that argument's span, so an error in it names the argument.
 fn apply_set<'a>(ctx: &mut Ctx, root: &mut DeTable<'a>, set: &'a [String]) {
-    for s in set {
-        let Some((path, raw)) = s.split_once('=') else {
-            ctx.error(
-                0..0,
-                format!("--set `{s}` must look like stages.train.epochs=2"),
-            );
+    for (k, s) in set.iter().enumerate() {
+        let span = set_span(k);
+        let Some((path, raw)) = s.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
+            ctx.error(span, "must look like stages.train.epochs=2");
             continue;
         };
         let value = match DeValue::parse(raw.trim()) {
-            Ok(v) => v.into_inner(),
+            Ok(v) => respan(v.into_inner(), &span),
             Err(_) => DeValue::String(std::borrow::Cow::Borrowed(raw.trim())),
         };
         let keys: Vec<&str> = path.trim().split('.').collect();
-        if let Err(m) = set_path(root, &keys, value) {
-            ctx.error(SET_SPAN, format!("--set `{path}`: {m}"));
+        if let Err(m) = set_path(root, &keys, value, &span) {
+            ctx.error(span, m);
         }
     }
 }
 
-fn set_path<'a>(table: &mut DeTable<'a>, keys: &[&str], value: DeValue<'a>) -> Result<(), String> {
+/// `v` with every span inside it (keys and values) set to `span`.
+fn respan<'a>(v: DeValue<'a>, span: &Range<usize>) -> DeValue<'a> {
+    match v {
+        DeValue::Array(items) => DeValue::Array(
+            items
+                .into_iter()
+                .map(|i| Spanned::new(span.clone(), respan(i.into_inner(), span)))
+                .collect(),
+        ),
+        DeValue::Table(t) => DeValue::Table(
+            t.into_iter()
+                .map(|(k, v)| {
+                    (
+                        Spanned::new(span.clone(), k.into_inner()),
+                        Spanned::new(span.clone(), respan(v.into_inner(), span)),
+                    )
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn set_path<'a>(
+    table: &mut DeTable<'a>,
+    keys: &[&str],
+    value: DeValue<'a>,
+    span: &Range<usize>,
+) -> Result<(), String> {
     let key = keys[0].to_string();
     if keys.len() == 1 {
         table.insert(
-            Spanned::new(0..0, std::borrow::Cow::Owned(key)),
-            Spanned::new(0..0, value),
+            Spanned::new(span.clone(), std::borrow::Cow::Owned(key)),
+            Spanned::new(span.clone(), value),
         );
         return Ok(());
     }
     if !table.contains_key(keys[0]) {
         table.insert(
-            Spanned::new(0..0, std::borrow::Cow::Owned(key.clone())),
-            Spanned::new(0..0, DeValue::Table(DeTable::new())),
+            Spanned::new(span.clone(), std::borrow::Cow::Owned(key.clone())),
+            Spanned::new(span.clone(), DeValue::Table(DeTable::new())),
         );
     }
     match table.get_mut(keys[0]).map(|v| v.get_mut()) {
-        Some(DeValue::Table(t)) => set_path(t, &keys[1..], value),
+        Some(DeValue::Table(t)) => set_path(t, &keys[1..], value, span),
         _ => Err(format!("`{key}` is not a table")),
+    }
+}
+
+/// Reports every float of the document that is not finite (`nan`, `inf`, or a number
+/// too large for f64): kiln's settings are finite numbers, and NaN would otherwise pass
+/// every range check.
+fn check_finite(ctx: &mut Ctx, v: &Spanned<DeValue>) {
+    match v.get_ref() {
+        DeValue::Float(f) => {
+            let text = f.as_str();
+            if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+                ctx.error(
+                    v.span(),
+                    format!("`{text}` is not a finite number; every number here must be finite"),
+                );
+            }
+        }
+        DeValue::Array(items) => {
+            for i in items {
+                check_finite(ctx, i);
+            }
+        }
+        DeValue::Table(t) => {
+            for (_, x) in t.iter() {
+                check_finite(ctx, x);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -364,6 +441,7 @@ pub fn parse<'a>(
         file,
         text,
         diags: Vec::new(),
+        set,
     };
     let (doc, errors) = DeTable::parse_recoverable(text);
     for e in errors {
@@ -375,6 +453,13 @@ pub fn parse<'a>(
     let root_span = doc.span();
     let mut root = doc.into_inner();
     apply_set(&mut ctx, &mut root, set);
+    for (_, v) in root.iter() {
+        check_finite(&mut ctx, v);
+    }
+    if !ctx.diags.is_empty() {
+        ctx.diags.sort_by_key(|d| (d.line == 0, d.line, d.col));
+        return Err(ctx.diags);
+    }
     let stages_val = root.remove("stages");
     let header: Option<Header> = deserialize(&mut ctx, root, root_span.clone(), HEADER_KEYS);
     let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -534,6 +619,7 @@ pub fn parse<'a>(
         ),
     }
     let ordered = crate::graph::order(&mut ctx, stages, &broken);
+    ctx.diags.sort_by_key(|d| (d.line == 0, d.line, d.col));
     match header {
         Some(h) if ctx.diags.is_empty() => Ok(Pipeline {
             file: file.to_path_buf(),
