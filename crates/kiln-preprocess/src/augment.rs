@@ -38,6 +38,11 @@ pub struct Augment {
     pub oversample: bool,
 }
 
+/// The longest image side kiln reads (an IDX dimension, `augment.image`).
+pub const MAX_SIDE: usize = 1 << 16;
+/// The most augmented copies per train row.
+pub const MAX_COPIES: usize = 100;
+
 impl Augment {
     /// True when the block changes nothing (the default).
     pub fn is_off(&self) -> bool {
@@ -77,10 +82,33 @@ impl Augment {
                 ),
             ));
         }
-        if let Some([h, w]) = self.image
-            && (h == 0 || w == 0)
-        {
-            p.push((k("image"), format!("image = [{h}, {w}] has no pixels")));
+        if let Some([h, w]) = self.image {
+            if h == 0 || w == 0 {
+                p.push((k("image"), format!("image = [{h}, {w}] has no pixels")));
+            } else if h > MAX_SIDE || w > MAX_SIDE {
+                p.push((
+                    k("image"),
+                    format!("image = [{h}, {w}]: a side is longer than kiln reads ({MAX_SIDE})"),
+                ));
+            }
+        }
+        if self.copies > MAX_COPIES {
+            p.push((
+                k("copies"),
+                format!(
+                    "copies = {} is more than kiln adds per row ({MAX_COPIES})",
+                    self.copies
+                ),
+            ));
+        }
+        if self.shift > MAX_SIDE {
+            p.push((
+                k("shift"),
+                format!(
+                    "shift = {} is more than an image side can be ({MAX_SIDE})",
+                    self.shift
+                ),
+            ));
         }
         p
     }
@@ -100,10 +128,11 @@ impl Augment {
                 "augment: shift and rotate need the image layout; add `image = [height, width]` (height × width = {width}, the number of raw feature columns)"
             )));
         };
-        if h * w != width {
+        let pixels = h.checked_mul(w);
+        if pixels != Some(width) {
             return Err(PreprocessError::Invalid(format!(
                 "augment.image = [{h}, {w}] is {} pixels but the rows have {width} raw feature columns; give the layout of the raw columns",
-                h * w
+                pixels.map_or_else(|| "more".to_string(), |p| p.to_string())
             )));
         }
         Ok(Some([h, w]))

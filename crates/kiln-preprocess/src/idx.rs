@@ -13,32 +13,60 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file of unsigned bytes; `.gz` files are decompressed.
+/// The most values an IDX file may hold (4 GiB of bytes); the most values per row
+/// (every dimension after the first, multiplied: 16M).
+pub const MAX_VALUES: usize = 1 << 32;
+/// See [`MAX_VALUES`].
+pub const MAX_ROW: usize = 1 << 24;
+
+/// Reads an IDX file of unsigned bytes; `.gz` files are decompressed, never past what
+/// the header announces (a small file claiming a huge array is refused before anything
+/// that size is allocated).
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).map_err(|source| PreprocessError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    let bad = |message: String| PreprocessError::Idx {
+        path: path.to_path_buf(),
+        message,
+    };
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
+        let corrupt = |e: std::io::Error| {
+            bad(format!(
+                "gzip data is corrupt ({e}); download the file again"
+            ))
+        };
+        let mut gz = flate2::read::GzDecoder::new(&raw[..]);
+        // the header (at most 4 + 4 × 4 bytes), then exactly what it announces, plus one
+        // byte to notice a longer file
+        let mut head = Vec::new();
+        (&mut gz).take(4).read_to_end(&mut head).map_err(corrupt)?;
+        let rank = head.get(3).map_or(0, |&r| usize::from(r));
+        (&mut gz)
+            .take(4 * rank.min(4) as u64)
+            .read_to_end(&mut head)
+            .map_err(corrupt)?;
+        let announced = header(&head).map_err(bad)?.1;
+        let mut out = head;
+        out.try_reserve_exact(announced).map_err(|e| {
+            bad(format!(
+                "the header announces {announced} values, more than this machine can hold ({e})"
+            ))
+        })?;
+        gz.take(announced as u64 + 1)
             .read_to_end(&mut out)
-            .map_err(|e| PreprocessError::Idx {
-                path: path.to_path_buf(),
-                message: format!("gzip data is corrupt ({e}); download the file again"),
-            })?;
+            .map_err(corrupt)?;
         out
     } else {
         raw
     };
-    parse_idx(&bytes).map_err(|message| PreprocessError::Idx {
-        path: path.to_path_buf(),
-        message,
-    })
+    parse_idx(&bytes).map_err(bad)
 }
 
-/// Parses IDX bytes (already decompressed).
-pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
+/// The dimensions an IDX header announces and the number of values they make, checked:
+/// no overflow, at most [`MAX_VALUES`] values and [`MAX_ROW`] per row.
+fn header(bytes: &[u8]) -> std::result::Result<(Vec<usize>, usize), String> {
     if bytes.len() < 4 {
         return Err(format!(
             "file holds {} bytes, too short for an IDX header",
@@ -67,13 +95,34 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     if bytes.len() < header {
         return Err("IDX header is truncated".into());
     }
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| {
-            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap_or([0; 4])) as usize
-        })
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    let payload = &bytes[header..];
+    let row = dims[1..]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&r| r <= MAX_ROW);
+    let Some(row) = row else {
+        return Err(format!(
+            "header announces rows of {:?} values, more than kiln reads ({MAX_ROW} per row); the file is corrupt or not MNIST-like",
+            &dims[1..]
+        ));
+    };
+    let n = dims[0].checked_mul(row).filter(|&n| n <= MAX_VALUES);
+    let Some(n) = n else {
+        return Err(format!(
+            "header announces {:?}: more than the {MAX_VALUES} values kiln reads from one file",
+            dims
+        ));
+    };
+    Ok((dims, n))
+}
+
+/// Parses IDX bytes (already decompressed).
+pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
+    let (dims, n) = header(bytes)?;
+    let payload = &bytes[4 + 4 * dims.len()..];
     if payload.len() != n {
         return Err(format!(
             "header announces {} values ({:?}) but the file holds {}; the file is truncated or corrupt",
@@ -154,6 +203,49 @@ mod tests {
                 .unwrap_err()
                 .contains("header announces 7840 values")
         );
+    }
+
+    /// Sizes from the header are checked before anything is allocated: dimensions whose
+    /// product overflows (or wraps to 0 with an empty payload), rows wider than kiln
+    /// reads, and a small gzip file announcing gigabytes.
+    #[test]
+    fn huge_or_overflowing_headers_are_refused_before_allocating() {
+        let big = 1u32 << 31;
+        for dims in [
+            &[4, big, big][..],
+            &[0, big, big],
+            &[1, 1 << 25],
+            &[u32::MAX, 65536],
+        ] {
+            let e = parse_idx(&header([0, 0, 8, dims.len() as u8], dims)).unwrap_err();
+            assert!(e.contains("header announces"), "{dims:?}: {e}");
+            assert!(e.contains("kiln reads"), "{dims:?}: {e}");
+        }
+        // 2^31 values claimed by a few bytes of gzip: refused without reading them
+        let dir = std::env::temp_dir().join(format!("kiln-idx-bomb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bomb = dir.join("bomb.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &header([0, 0, 8, 3], &[1 << 20, 1 << 10, 1 << 10]))
+            .unwrap();
+        std::io::Write::write_all(&mut gz, &vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        let e = read_idx(&bomb).unwrap_err().to_string();
+        assert!(
+            e.contains("bomb.gz") && e.contains("header announces"),
+            "{e}"
+        );
+        // a small header claiming within bounds but a short payload: named as truncated
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &header([0, 0, 8, 2], &[1000, 1000])).unwrap();
+        std::io::Write::write_all(&mut gz, &[7u8; 10]).unwrap();
+        std::fs::write(&bomb, gz.finish().unwrap()).unwrap();
+        let e = read_idx(&bomb).unwrap_err().to_string();
+        assert!(
+            e.contains("announces 1000000 values") && e.contains("holds 10"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub struct Config {
     /// Maximum number of passes over the training split (default 10).
     #[serde(default = "default_epochs")]
     pub epochs: usize,
-    /// Rows per gradient step (default 64).
+    /// Rows per gradient step (default 64; a batch larger than the train split is the
+    /// whole split).
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// Stop when the validation metric has not improved for `patience` epochs.
@@ -85,11 +86,51 @@ impl Default for Config {
     }
 }
 
+/// The widest hidden layer kiln builds.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// The most parameters (weights, biases, norm parameters) a network may have: training
+/// keeps about six copies of them (weights, gradients, two Adam moments, the best
+/// epoch's, host copies), so 100M parameters need about 2.4 GB.
+pub const MAX_PARAMS: usize = 100_000_000;
+/// The most epochs a train stage runs.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
 impl Config {
+    /// The number of parameters of the configured network for `inputs` features and
+    /// `outputs` outputs (saturating, so an absurd width cannot overflow).
+    pub fn parameters(&self, inputs: usize, outputs: usize) -> usize {
+        let mut total = 0usize;
+        let mut prev = inputs;
+        let norm = usize::from(self.model.norm.is_some()) * 2;
+        for &h in self.model.hidden.iter().chain([&outputs]) {
+            let layer = prev
+                .saturating_mul(h)
+                .saturating_add(h.saturating_mul(1 + norm));
+            total = total.saturating_add(layer);
+            prev = h;
+        }
+        total
+    }
+
     /// Values out of range, as (key path, message) pairs; empty when the config is usable.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
+        if let Some(w) = self.model.hidden.iter().find(|&&w| w > MAX_WIDTH) {
+            bad(
+                "model.hidden",
+                format!("a hidden layer of {w} units is wider than kiln builds ({MAX_WIDTH})"),
+            );
+        }
+        if self.epochs > MAX_EPOCHS {
+            bad(
+                "epochs",
+                format!(
+                    "{} epochs is more than kiln runs ({MAX_EPOCHS})",
+                    self.epochs
+                ),
+            );
+        }
         if self.model.hidden.contains(&0) {
             bad(
                 "model.hidden",
