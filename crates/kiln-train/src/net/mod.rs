@@ -1,0 +1,304 @@
+//! A multi-layer perceptron sized at run time: dfdx tensors with dynamic shapes
+//! (`Tensor<(usize, usize), f32, D>`), generic over the device (CPU, or CUDA with the
+//! `cuda` feature), with dfdx's optimizer kernels applied to each parameter.
+//!
+//! This file holds the network itself (its layers, construction and forward / backward
+//! pass over a batch); the rest lives beside it, one concern a file:
+//! - [`backend`]: what kiln needs of a device, and the CPU's two half-batch step;
+//! - [`input_grad`]: the CPU's input-layer product whose backward computes dW only;
+//! - [`dropout`](mod@dropout): dropout masks drawn from the epoch's random stream;
+//! - [`optim`]: optimizer steps (dfdx's Adam / SGD kernels, gradient clipping);
+//! - [`cpu_adam`]: kiln's CPU Adam (dfdx's arithmetic bit for bit, on host copies);
+//! - [`state`]: parameters and optimizer state in and out of tensor stores.
+
+mod backend;
+mod cpu_adam;
+mod dropout;
+mod input_grad;
+mod optim;
+mod state;
+
+pub(crate) use backend::{Backend, on_half_pool};
+pub(crate) use dropout::MaskStream;
+
+use crate::config::Loss;
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use kiln_core::{Activation, ModelSpec};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A run-time sized matrix on device `D`.
+pub(crate) type Matrix<D> = Tensor<(usize, usize), f32, D>;
+
+/// A run-time sized matrix carrying a gradient tape.
+pub(crate) type Traced<D> = Tensor<(usize, usize), f32, D, OwnedTape<f32, D>>;
+
+/// One batch on the host, row-major: `x` (rows × inputs), `y` (rows × outputs) and a
+/// dropout mask (rows × width, 0 or 1/(1-p)) per hidden layer, or none without dropout.
+/// With no masks given and a `mask_stream`, the pass draws its own masks from it (see
+/// [`MaskStream`]).
+pub(crate) struct Batch<'a> {
+    pub x: &'a [f32],
+    pub y: &'a [f32],
+    pub rows: usize,
+    pub masks: Vec<&'a [f32]>,
+    pub mask_stream: Option<MaskStream>,
+}
+
+impl<'a> Batch<'a> {
+    /// The first `at` rows and the rest.
+    fn split(&self, at: usize) -> (Batch<'a>, Batch<'a>) {
+        let cut = |v: &'a [f32]| {
+            let w = v.len() / self.rows.max(1);
+            v.split_at(at * w)
+        };
+        let ((xa, xb), (ya, yb)) = (cut(self.x), cut(self.y));
+        let (ma, mb): (Vec<_>, Vec<_>) = self.masks.iter().map(|m| cut(m)).unzip();
+        (
+            Batch {
+                x: xa,
+                y: ya,
+                rows: at,
+                masks: ma,
+                mask_stream: self.mask_stream.clone(),
+            },
+            Batch {
+                x: xb,
+                y: yb,
+                rows: self.rows - at,
+                masks: mb,
+                mask_stream: self.mask_stream.clone().map(|m| MaskStream {
+                    first_row: m.first_row + at,
+                    ..m
+                }),
+            },
+        )
+    }
+}
+
+/// What one forward and backward pass over a batch gives: the gradients of the batch's
+/// mean loss (`grads`, plus `more` when the batch ran in two halves: the second half's
+/// share, added to `grads` by [`Mlp::update_with`] or [`Step::merge`]), that loss, and
+/// the network's outputs (rows × outputs).
+pub(crate) struct Step<D: Device<f32>> {
+    pub grads: Gradients<f32, D>,
+    pub more: Option<Gradients<f32, D>>,
+    pub loss: f32,
+    pub outputs: Vec<f32>,
+}
+
+impl<D: Backend> Step<D> {
+    /// The gradients of the whole batch: `more` added into `grads`.
+    #[cfg(test)]
+    pub fn merge(mut self, net: &Mlp<D>) -> Result<Gradients<f32, D>, D::Err> {
+        if let Some(more) = self.more.take() {
+            D::merge_grads(net, &mut self.grads, more)?;
+        }
+        Ok(self.grads)
+    }
+}
+
+/// How the loss of a batch is taken: its kind and the Huber delta.
+#[derive(Clone, Copy)]
+pub(crate) struct LossFn {
+    pub kind: Loss,
+    pub huber_delta: f32,
+}
+
+/// A run-time sized vector on device `D`.
+pub(crate) type Vector<D> = Tensor<(usize,), f32, D>;
+
+/// One dense layer's parameters and optimizer state.
+pub(crate) struct Layer<D: Device<f32>> {
+    pub w: Matrix<D>,
+    pub b: Vector<D>,
+    /// Layer norm's gamma and beta, when the layer has a norm.
+    pub norm: Option<(Vector<D>, Vector<D>)>,
+    /// Optimizer moments (first, second) of each parameter, in [`Layer::NAMES`] order.
+    state: Vec<[<D as Storage<f32>>::Vec; 2]>,
+    /// Host copies of the parameters for kiln's CPU Adam (see `cpu_adam::adam_param`),
+    /// empty until its first step. Whatever replaces a parameter tensor clears them
+    /// ([`Mlp::set_weights`], [`Mlp::apply_masks`]).
+    mirror: Vec<Option<Vec<f32>>>,
+}
+
+impl<D: Device<f32>> Layer<D> {
+    /// Parameter names in checkpoints and model files (`layers.<i>.<name>`): the weight,
+    /// then the vectors of [`Layer::vectors`].
+    const NAMES: [&'static str; 4] = ["weight", "bias", "norm_weight", "norm_bias"];
+
+    /// The bias, then the norm's gamma and beta when there is a norm.
+    fn vectors(&self) -> Vec<&Vector<D>> {
+        let mut v = vec![&self.b];
+        if let Some((g, b)) = &self.norm {
+            v.extend([g, b]);
+        }
+        v
+    }
+
+    fn vectors_mut(&mut self) -> Vec<&mut Vector<D>> {
+        let mut v = vec![&mut self.b];
+        if let Some((g, b)) = &mut self.norm {
+            v.extend([g, b]);
+        }
+        v
+    }
+}
+
+/// The network: layers plus the activation and dropout of the hidden layers.
+pub(crate) struct Mlp<D: Device<f32>> {
+    pub layers: Vec<Layer<D>>,
+    pub spec: ModelSpec,
+    pub dropout: f32,
+    step: i32,
+}
+
+impl<D: Device<f32>> Mlp<D> {
+    /// Builds the network of `spec` with PyTorch's default initialisation
+    /// (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for weights and biases, norms at gamma 1 and
+    /// beta 0), drawn from a ChaCha8 stream seeded with `seed`, so weights do not depend on
+    /// the device.
+    pub fn new(dev: &D, spec: ModelSpec, dropout: f32, seed: u64) -> Result<Self, D::Err> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut layers = Vec::new();
+        for l in &spec.layers {
+            let bound = 1.0 / (l.in_dim as f32).sqrt();
+            let w: Vec<f32> = (0..l.in_dim * l.out_dim)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect();
+            let b: Vec<f32> = (0..l.out_dim)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect();
+            let norm = l.norm.map(|_| {
+                (
+                    dev.tensor_from_vec(vec![1.0; l.out_dim], (l.out_dim,)),
+                    dev.tensor_from_vec(vec![0.0; l.out_dim], (l.out_dim,)),
+                )
+            });
+            let mut sizes = vec![l.in_dim * l.out_dim, l.out_dim];
+            if norm.is_some() {
+                sizes.extend([l.out_dim, l.out_dim]);
+            }
+            let state = sizes
+                .into_iter()
+                .map(|n| {
+                    let alloc = || Storage::<f32>::try_alloc_len(dev, n);
+                    Ok([alloc()?, alloc()?])
+                })
+                .collect::<Result<_, D::Err>>()?;
+            layers.push(Layer {
+                w: dev.tensor_from_vec(w, (l.in_dim, l.out_dim)),
+                b: dev.tensor_from_vec(b, (l.out_dim,)),
+                norm,
+                state,
+                mirror: Vec::new(),
+            });
+        }
+        Ok(Mlp {
+            layers,
+            spec,
+            dropout,
+            step: 0,
+        })
+    }
+
+    /// Forward pass with a gradient tape (for the parameters only; the input gets no
+    /// gradient). `masks` are the hidden layers' dropout masks (see [`Mlp::draw_masks`]);
+    /// empty means no dropout.
+    pub fn forward_train(&self, x: Matrix<D>, masks: &[&[f32]]) -> Traced<D>
+    where
+        D: Backend,
+    {
+        let Some((first, rest)) = self.layers.split_first() else {
+            return x.traced(Gradients::leaky());
+        };
+        let mut h = self.finish_layer(0, D::input_matmul(x, &first.w), masks);
+        for (i, l) in rest.iter().enumerate() {
+            h = self.finish_layer(i + 1, h.matmul(l.w.clone()), masks);
+        }
+        h
+    }
+
+    /// Layer `i` after its product `z = h · w`: bias, activation, dropout mask.
+    fn finish_layer(&self, i: usize, z: Traced<D>, masks: &[&[f32]]) -> Traced<D> {
+        let (l, s) = (&self.layers[i], &self.spec.layers[i]);
+        let rows = z.shape().0;
+        let shape = (rows, s.out_dim);
+        let mut z = z + l
+            .b
+            .clone()
+            .broadcast_like::<(usize, usize), Axis<0>>(&shape);
+        if let Some((gamma, beta)) = &l.norm {
+            z = z.normalize::<Axis<1>>(kiln_core::LAYER_NORM_EPS)
+                * gamma
+                    .clone()
+                    .broadcast_like::<(usize, usize), Axis<0>>(&shape)
+                + beta
+                    .clone()
+                    .broadcast_like::<(usize, usize), Axis<0>>(&shape);
+        }
+        let a = match s.activation {
+            Activation::Relu => z.relu(),
+            Activation::Tanh => z.tanh(),
+            Activation::Sigmoid => z.sigmoid(),
+            Activation::LeakyRelu => z.prelu(kiln_core::LEAKY_RELU_ALPHA),
+            Activation::Gelu => z.accurate_gelu(),
+            Activation::Identity => z,
+        };
+        match masks.get(i) {
+            Some(m) => {
+                let dev = a.device().clone();
+                a * dev.tensor_from_vec(m.to_vec(), (rows, s.out_dim))
+            }
+            None => a,
+        }
+    }
+
+    /// Forward and backward of `batch`: the gradients of `scale` × its mean loss, the
+    /// mean loss itself and the outputs.
+    pub fn pass(&self, dev: &D, batch: &Batch, loss: LossFn, scale: f32) -> Result<Step<D>, D::Err>
+    where
+        D: Backend,
+    {
+        let w = batch.x.len() / batch.rows.max(1);
+        let k = batch.y.len() / batch.rows.max(1);
+        let x = dev.try_tensor_from_vec(batch.x.to_vec(), (batch.rows, w))?;
+        let y = dev.try_tensor_from_vec(batch.y.to_vec(), (batch.rows, k))?;
+        let drawn = match (batch.masks.is_empty(), &batch.mask_stream) {
+            (true, Some(stream)) => self.draw_masks_at(stream, batch.rows),
+            _ => Vec::new(),
+        };
+        let masks: Vec<&[f32]> = if drawn.is_empty() {
+            batch.masks.clone()
+        } else {
+            drawn.iter().map(Vec::as_slice).collect()
+        };
+        let out = self.forward_train(x, &masks);
+        let outputs = out.retaped::<NoneTape>().as_vec();
+        let l = crate::batch_loss(loss.kind, out, y, loss.huber_delta);
+        let value = l.retaped::<NoneTape>().as_vec()[0];
+        let grads = (l * scale).backward();
+        Ok(Step {
+            grads,
+            more: None,
+            loss: value,
+            outputs,
+        })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step(&self) -> i32 {
+        self.step
+    }
+
+    /// Multiplies each layer's weights by its mask (1 keeps, 0 prunes), where one is given.
+    pub fn apply_masks(&mut self, masks: &[Option<Matrix<D>>]) {
+        for (l, m) in self.layers.iter_mut().zip(masks) {
+            if let Some(m) = m {
+                l.mirror.clear();
+                l.w = l.w.clone() * m.clone();
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The training loop: epochs of shuffled mini-batches through the network, validation
+//! after each, the best epoch's weights kept, early stopping, checkpoints (and resuming
+//! from one), and the model artifact written at the end.
+
+use crate::checkpoint::{CheckpointState, fingerprint, newest_checkpoint, save_checkpoint};
+use crate::head::{fold_target_scale, target_scale, widen_binary_logit};
+use crate::net::{self, Backend, Mlp};
+use crate::{
+    Config, EpochRecord, History, Loss, Output, Result, StopMetric, TrainError, argmax, dev_err,
+    evaluate,
+};
+use kiln_core::{Dataset, ModelSpec, NativeModel, Progress, Task, TensorStore};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+
+/// Trains the network of `spec` on device `dev` (see [`crate::run_until`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
+    dev: D,
+    spec: ModelSpec,
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    out_dir: &Path,
+    progress: &dyn Progress,
+    halt_after: Option<usize>,
+) -> Result<Output> {
+    let w = train.n_features();
+    let regression = spec.task == Task::Regression;
+    let loss_kind = config.loss.resolve(spec.task);
+    let binary = loss_kind == Loss::BinaryCrossEntropy;
+    // The network trained: one logit for binary cross-entropy, else the saved shape.
+    let mut net_spec = spec.clone();
+    if binary && let Some(last) = net_spec.layers.last_mut() {
+        last.out_dim = 1;
+    }
+    let k = net_spec.output_dim();
+    let scale = target_scale(&train.values);
+    let metric_name = if regression { "r2" } else { "accuracy" };
+    let store = |net: &Mlp<D>| {
+        let mut s = net.to_store();
+        if regression {
+            fold_target_scale(&spec, &mut s, scale);
+        }
+        if binary {
+            widen_binary_logit(&spec, &mut s);
+        }
+        s
+    };
+    let mut net = Mlp::new(&dev, net_spec, config.model.dropout, config.seed).map_err(dev_err)?;
+    let bs = config.batch_size;
+    let n_batches = train.n_rows().div_ceil(bs);
+    let mut history = Vec::new();
+    let mut best: Option<(f64, f64, usize, TensorStore)> = None; // (acc, loss, epoch, weights)
+    let mut since_best = 0usize;
+    let mut stopped_early = false;
+    let mut first_epoch = 1;
+    let mut resumed_from_epoch = None;
+    let fp = fingerprint(config, train, valid);
+    let ckpt_dir = out_dir.join("checkpoint");
+    let checkpoint = if config.resume {
+        newest_checkpoint(out_dir, &fp)
+    } else {
+        None
+    };
+    if let Some((state, params, best_w)) = checkpoint
+        && net.import_state(&dev, &params, state.step).is_some()
+    {
+        tracing::info!(epoch = state.epoch, "resuming from checkpoint");
+        first_epoch = state.epoch + 1;
+        resumed_from_epoch = Some(state.epoch);
+        since_best = state.since_best;
+        history = state.history;
+        best = Some((state.best.1, state.best.2, state.best.0, best_w));
+    }
+    let started = std::time::Instant::now();
+    let mut xb = Vec::with_capacity(bs * w);
+    let mut yb = Vec::with_capacity(bs * k);
+    let mut epochs_run = 0usize;
+    for epoch in first_epoch..=config.epochs {
+        let _span = tracing::info_span!("epoch", epoch).entered();
+        // One seeded stream per epoch (shuffle, then dropout masks): a resumed run draws
+        // exactly what an uninterrupted one would.
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_5eed_5eed_5eed);
+        rng.set_stream(epoch as u64);
+        let mut order: Vec<usize> = (0..train.n_rows()).collect();
+        order.shuffle(&mut rng);
+        progress.start(
+            &format!("epoch {epoch}/{}", config.epochs),
+            n_batches as u64,
+        );
+        // correct predictions (classification) or squared error of the standardized
+        // target (regression)
+        let (mut loss_sum, mut correct, mut sse) = (0.0f64, 0usize, 0.0f64);
+        for chunk in order.chunks(bs) {
+            xb.clear();
+            yb.clear();
+            for &r in chunk {
+                xb.extend_from_slice(train.row(r));
+                if regression {
+                    yb.push((train.values[r] - scale.0) / scale.1);
+                } else if binary {
+                    yb.push(train.labels[r] as f32);
+                } else {
+                    let mut onehot = vec![0.0f32; k];
+                    onehot[train.labels[r] as usize] = 1.0;
+                    yb.extend(onehot);
+                }
+            }
+            // the batch's dropout masks are drawn in the pass (each half of the batch its
+            // own rows, at once), from here in the epoch's stream, which then moves past them
+            let batch = net::Batch {
+                x: &xb,
+                y: &yb,
+                rows: chunk.len(),
+                masks: Vec::new(),
+                mask_stream: Some(net::MaskStream {
+                    rng: rng.clone(),
+                    rows: chunk.len(),
+                    first_row: 0,
+                }),
+            };
+            rng.set_word_pos(rng.get_word_pos() + net.mask_values(chunk.len()));
+            let lossfn = net::LossFn {
+                kind: loss_kind,
+                huber_delta: config.huber_delta as f32,
+            };
+            let net::Step {
+                mut grads,
+                more,
+                loss: lv,
+                outputs: out,
+            } = dev.batch_step(&net, &batch, lossfn).map_err(dev_err)?;
+            if regression {
+                sse += out
+                    .iter()
+                    .zip(&yb)
+                    .map(|(p, t)| ((p - t) as f64).powi(2))
+                    .sum::<f64>();
+            } else {
+                for (row, &r) in out.chunks_exact(k).zip(chunk) {
+                    let class = if binary {
+                        usize::from(row[0] > 0.0)
+                    } else {
+                        argmax(row)
+                    };
+                    if class == train.labels[r] as usize {
+                        correct += 1;
+                    }
+                }
+            }
+            if !lv.is_finite() {
+                return Err(TrainError::Diverged { epoch, loss: lv });
+            }
+            loss_sum += lv as f64 * chunk.len() as f64;
+            let lr = config.schedule.lr_at(
+                config.optimizer.lr,
+                net.step() as usize,
+                n_batches,
+                config.epochs,
+            );
+            net.update_with(&mut grads, more, &config.optimizer, lr)
+                .map_err(dev_err)?;
+            progress.advance(1);
+        }
+        epochs_run += 1;
+        let weights = store(&net);
+        let (valid_loss, valid_metric) = {
+            let _span = tracing::info_span!("validate", rows = valid.n_rows()).entered();
+            evaluate(&spec, &weights, valid)?
+        };
+        let n_train = train.n_rows() as f64;
+        let rec = EpochRecord {
+            epoch,
+            train_loss: loss_sum / n_train,
+            // the standardized target has variance 1, so R² = 1 - MSE
+            train_metric: if regression {
+                1.0 - sse / n_train
+            } else {
+                correct as f64 / n_train
+            },
+            valid_loss,
+            valid_metric,
+        };
+        progress.message(&format!(
+            "loss {:.4} valid {} {:.4}",
+            rec.train_loss, metric_name, rec.valid_metric
+        ));
+        progress.finish();
+        tracing::info!(
+            epoch,
+            train_loss = rec.train_loss,
+            valid_metric,
+            valid_loss,
+            "epoch done"
+        );
+        progress.epoch(&kiln_core::artifact::progress::EpochPoint {
+            epoch,
+            of: config.epochs,
+            train_loss: rec.train_loss,
+            valid_loss: rec.valid_loss,
+            valid_metric: rec.valid_metric,
+        });
+        history.push(rec);
+        let metric_loss = config
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.metric == StopMetric::Loss);
+        let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
+        let improved = match &best {
+            None => true,
+            Some((m, loss, _, _)) => {
+                if metric_loss {
+                    valid_loss < loss - min_delta
+                } else {
+                    valid_metric > m + min_delta
+                }
+            }
+        };
+        if improved {
+            best = Some((valid_metric, valid_loss, epoch, weights));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if let Some(es) = &config.early_stopping
+                && since_best >= es.patience
+            {
+                stopped_early = epoch < config.epochs;
+                tracing::info!(epoch, "early stopping");
+                break;
+            }
+        }
+        let every = config.checkpoint_every;
+        if every > 0
+            && epoch % every == 0
+            && epoch < config.epochs
+            && let (Some(params), Some((acc, loss, be, bw))) = (net.export_state(&dev), &best)
+        {
+            let state = CheckpointState {
+                fingerprint: fp.clone(),
+                epoch,
+                step: net.step(),
+                since_best,
+                best: (*be, *acc, *loss),
+                history: history.clone(),
+            };
+            let _span = tracing::info_span!("checkpoint").entered();
+            save_checkpoint(out_dir, &state, &params, bw)?;
+        }
+        if halt_after == Some(epoch) {
+            return Err(TrainError::Halted { epoch });
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let samples = epochs_run * train.n_rows();
+    let Some((best_acc, _, best_epoch, weights)) = best else {
+        return Err(TrainError::Config("no epoch was run".into()));
+    };
+    let model = NativeModel::new(spec, weights)?;
+    let history = History {
+        metric: metric_name.to_string(),
+        epochs: history,
+        best_epoch,
+        stopped_early,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
+    model.save(out_dir)?;
+    kiln_core::artifact::save(out_dir, &history)?;
+    kiln_core::atomic_write(&out_dir.join("history.csv"), history.to_csv().as_bytes())?;
+    for d in [ckpt_dir.clone(), out_dir.join("checkpoint.tmp")] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(|e| kiln_core::CoreError::io(&d, e))?;
+        }
+    }
+    Ok(Output {
+        model,
+        history,
+        best_valid_metric: best_acc,
+        samples_per_sec: samples as f64 / elapsed.max(1e-9),
+        resumed_from_epoch,
+    })
+}
