@@ -28,6 +28,7 @@
 
 mod augment;
 mod config;
+mod csv_shape;
 mod error;
 mod frame;
 pub mod idx;

@@ -148,6 +148,7 @@ pub(crate) fn read_csv(
             "csv delimiter `{delimiter}` must be a single ASCII character"
         )));
     }
+    crate::csv_shape::check(path, delimiter as u8, has_header)?;
     let nulls = (!null_values.is_empty())
         .then(|| NullValues::AllColumns(null_values.iter().map(|s| s.as_str().into()).collect()));
     let overwrite = (!text.is_empty()).then(|| {

@@ -50,7 +50,8 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         s
     };
     let mut net = Mlp::new(&dev, net_spec, config.model.dropout, config.seed).map_err(dev_err)?;
-    let bs = config.batch_size;
+    // a batch larger than the train split is the whole split
+    let bs = config.batch_size.min(train.n_rows()).max(1);
     let n_batches = train.n_rows().div_ceil(bs);
     let mut history = Vec::new();
     let mut best: Option<(f64, f64, usize, TensorStore)> = None; // (acc, loss, epoch, weights)
