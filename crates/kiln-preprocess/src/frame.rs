@@ -156,20 +156,29 @@ impl Frame {
         }
     }
 
-    /// Drops the rows whose target is null; returns how many.
+    /// Drops the rows without a target: empty, or NaN or infinite in a number column
+    /// (never a class, never a value); returns how many.
     pub(crate) fn drop_null_target(&mut self, target: &str) -> Result<usize> {
         let c = self
             .df
             .column(target)
             .ctx(|| format!("target `{target}`"))?;
-        if c.null_count() == 0 {
+        let mut missing: Vec<bool> = c.is_null().iter().map(|n| n == Some(true)).collect();
+        if c.dtype().is_float() {
+            let f = c
+                .cast(&DataType::Float64)
+                .ctx(|| format!("target `{target}` as numbers"))?;
+            for (m, v) in missing.iter_mut().zip(f.f64().ctx(|| target.to_string())?.iter()) {
+                *m |= v.is_some_and(|x| !x.is_finite());
+            }
+        }
+        if !missing.contains(&true) {
             return Ok(0);
         }
-        let mask = c.is_null();
-        let keep: Vec<usize> = mask
+        let keep: Vec<usize> = missing
             .iter()
             .enumerate()
-            .filter(|(_, n)| *n != Some(true))
+            .filter(|(_, m)| !**m)
             .map(|(i, _)| i)
             .collect();
         if keep.is_empty() {

@@ -187,8 +187,6 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         sites_in.push((t, r.as_slice()));
     }
     let nulls = null_sites(&sites_in, &features);
-    let test_df = test_src.as_ref().map(|t| &t.df);
-    let main_df = &main.df;
 
     // Target -> class indices (labels sorted numerically when they are numbers), or
     // regression values.
@@ -196,13 +194,13 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         (Some(_), _) => Some(Task::Classification),
         (None, t) => t,
     };
-    let main_target = encode_target(main_df, target, task)?;
+    let main_target = encode_target(&main, target, task)?;
     let task = main_target.task();
     let (class_labels, labels, values) = match main_target {
         Target::Classes { labels: l, names } => (names, l, Vec::new()),
         Target::Values(v) => (Vec::new(), vec![0u32; v.len()], v),
     };
-    let mut test_labels = match (test_df, task) {
+    let mut test_labels = match (&test_src, task) {
         (Some(t), Task::Classification) => Some(map_labels(t, target, &class_labels)?),
         _ => None,
     };
@@ -225,7 +223,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         }
         None => (class_labels, labels),
     };
-    let test_target = match test_df {
+    let test_target = match &test_src {
         Some(t) => Some(match test_labels {
             Some(labels) => Target::Classes {
                 labels,

@@ -2,6 +2,7 @@
 //! the rest) or regression values, with rows whose target is missing counted.
 
 use crate::error::{PolarsContext, PreprocessError, Result};
+use crate::frame::Frame;
 use crate::load::*;
 use kiln_core::Task;
 use polars::prelude::*;
@@ -28,8 +29,8 @@ impl Target {
 
 /// Encodes the target column: a float column (or `task = "regression"`) gives values,
 /// anything else class indices.
-pub(crate) fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) -> Result<Target> {
-    let col = df.column(target).ctx(|| format!("target `{target}`"))?;
+pub(crate) fn encode_target(frame: &Frame, target: &str, task: Option<Task>) -> Result<Target> {
+    let col = frame.df.column(target).ctx(|| format!("target `{target}`"))?;
     if col.null_count() > 0 {
         return Err(PreprocessError::Invalid(format!(
             "target column `{target}` has {} empty cells; drop those rows before training",
@@ -64,7 +65,45 @@ pub(crate) fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) ->
         }
         return Ok(Target::Values(values));
     }
-    let as_text: Vec<String> = if is_numeric(&dt) {
+    let (classes, labels) = classes_of(col, target, &|i| frame.site(i))?;
+    if classes.len() < 2 {
+        return Err(PreprocessError::Invalid(format!(
+            "target `{target}` has a single class ({}); a classifier needs at least two",
+            classes.first().cloned().unwrap_or_default()
+        )));
+    }
+    Ok(Target::Classes {
+        labels,
+        names: classes,
+    })
+}
+
+/// The classes of a target column (sorted: numerically when every class is an integer)
+/// and each row's class index. Numbers must be integers: a class task on the target
+/// 0.7 is an error naming it (set `task = "regression"`), never 0.
+fn classes_of(
+    col: &Column,
+    target: &str,
+    site: &dyn Fn(usize) -> String,
+) -> Result<(Vec<String>, Vec<u32>)> {
+    let dt = col.dtype().clone();
+    let as_text: Vec<String> = if dt.is_float() {
+        let v = col
+            .cast(&DataType::Float64)
+            .ctx(|| format!("target `{target}` as numbers"))?;
+        let v = v.f64().ctx(|| target.to_string())?;
+        let mut out = Vec::with_capacity(v.len());
+        for (i, x) in v.into_no_null_iter().enumerate() {
+            if x.fract() != 0.0 || x.abs() > 9.0e15 {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: target `{target}` is {x}, which is not a class: a classification target takes text or whole numbers; set `task = \"regression\"` to predict the number",
+                    site(i)
+                )));
+            }
+            out.push((x as i64).to_string());
+        }
+        out
+    } else if is_numeric(&dt) {
         let v = col
             .cast(&DataType::Int64)
             .ctx(|| format!("target `{target}` as integers"))?;
@@ -91,12 +130,6 @@ pub(crate) fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) ->
         _ => a.cmp(b),
     });
     classes.dedup();
-    if classes.len() < 2 {
-        return Err(PreprocessError::Invalid(format!(
-            "target `{target}` has a single class ({}); a classifier needs at least two",
-            classes.first().cloned().unwrap_or_default()
-        )));
-    }
     let index: std::collections::HashMap<&str, u32> = classes
         .iter()
         .enumerate()
@@ -106,37 +139,14 @@ pub(crate) fn encode_target(df: &DataFrame, target: &str, task: Option<Task>) ->
         .iter()
         .map(|s| index.get(s.as_str()).copied().unwrap_or(0))
         .collect();
-    Ok(Target::Classes {
-        labels,
-        names: classes,
-    })
+    Ok((classes, labels))
 }
 
-pub(crate) fn map_labels(df: &DataFrame, target: &str, classes: &[String]) -> Result<Vec<u32>> {
-    let encoded = match encode_target(df, target, Some(Task::Classification)) {
-        Ok(Target::Classes { labels, names }) => Ok((names, labels)),
-        Ok(Target::Values(_)) => Err(PreprocessError::Invalid(format!(
-            "target `{target}` of the test source is not a class column"
-        ))),
-        Err(e) => Err(e),
-    };
-    let (test_classes, test_labels) = encoded.or_else(|e| match e {
-        // A test set may hold a single class.
-        PreprocessError::Invalid(m) if m.contains("single class") => {
-            let col = df.column(target).ctx(|| target.to_string())?;
-            let v = col.cast(&DataType::String).ctx(|| target.to_string())?;
-            let first = v
-                .str()
-                .ctx(|| target.to_string())?
-                .iter()
-                .next()
-                .flatten()
-                .unwrap_or("")
-                .to_string();
-            Ok((vec![first], vec![0; df.height()]))
-        }
-        other => Err(other),
-    })?;
+/// The test source's labels as indices into the train source's `classes` (a test set
+/// may hold a single class; one the train set never shows is an error).
+pub(crate) fn map_labels(frame: &Frame, target: &str, classes: &[String]) -> Result<Vec<u32>> {
+    let col = frame.df.column(target).ctx(|| format!("target `{target}`"))?;
+    let (test_classes, test_labels) = classes_of(col, target, &|i| frame.site(i))?;
     test_labels
         .iter()
         .map(|&l| {
