@@ -196,6 +196,13 @@ impl Config {
     /// Gates that cannot be checked, as (key path, message) pairs.
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = Vec::new();
+        if self.top_k == 0 {
+            p.push((
+                "top_k".into(),
+                "top_k = 0 counts no prediction as right; use 1 or more (5 is the default)"
+                    .into(),
+            ));
+        }
         if let Some(d) = &self.max_drop {
             if d.limits.is_empty() {
                 p.push((

@@ -228,6 +228,40 @@ fn locate(text: &str, offset: usize) -> (usize, usize, String) {
 /// Rewrites serde's messages into kiln's voice, adding "did you mean" for unknown keys.
 fn polish(message: &str, valid: &[&str]) -> String {
     let msg = message.trim().trim_end_matches('.').to_string();
+    // serde's words for whole numbers
+    for (int, words) in [
+        ("usize", "a whole number of at least 0"),
+        ("u64", "a whole number of at least 0"),
+        ("u32", "a whole number of at least 0"),
+        ("i64", "a whole number"),
+    ] {
+        if let Some(rest) = msg
+            .strip_prefix("invalid type: floating point `")
+            .and_then(|r| r.strip_suffix(&format!("`, expected {int}")))
+        {
+            return format!("{rest} is not a whole number; this key takes {words}");
+        }
+        if let Some(rest) = msg
+            .strip_prefix("invalid value: integer `")
+            .and_then(|r| r.strip_suffix(&format!("`, expected {int}")))
+        {
+            return format!("{rest} is out of range; this key takes {words}");
+        }
+        if let Some(found) = msg
+            .strip_prefix("invalid type: ")
+            .and_then(|r| r.strip_suffix(&format!(", expected {int}")))
+        {
+            return format!("found {found}; this key takes {words}");
+        }
+    }
+    for (ty, words) in [("f64", "a number"), ("f32", "a number"), ("a boolean", "true or false")] {
+        if let Some(found) = msg
+            .strip_prefix("invalid type: ")
+            .and_then(|r| r.strip_suffix(&format!(", expected {ty}")))
+        {
+            return format!("found {found}; this key takes {words}");
+        }
+    }
     if let Some(rest) = msg.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or("");
         let mut expected: Vec<String> = rest

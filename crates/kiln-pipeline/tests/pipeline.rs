@@ -1109,7 +1109,7 @@ fn invalid_files_give_located_errors() {
 #[test]
 fn invalid_corpus_matches_snapshots() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("fixtures/pipelines/invalid");
+    let dir = root.join("fixtures/bad/pipelines");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -1120,7 +1120,7 @@ fn invalid_corpus_matches_snapshots() {
     let mut mismatches = Vec::new();
     for name in &names {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
-        let shown = PathBuf::from("fixtures/pipelines/invalid").join(name);
+        let shown = PathBuf::from("fixtures/bad/pipelines").join(name);
         let diags = match parse(&shown, &text, &[]) {
             Ok(_) => panic!("{name} parsed without error"),
             Err(d) => d,
