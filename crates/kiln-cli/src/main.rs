@@ -108,9 +108,9 @@ enum Command {
         /// Where to write predictions: .csv or .parquet.
         #[arg(long)]
         output: PathBuf,
-        /// Rows per ONNX Runtime call.
-        #[arg(long, default_value_t = 1024)]
-        batch: usize,
+        /// Rows per ONNX Runtime call (1 to 1048576).
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+        batch: u32,
     },
     /// Serve a deployed model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics.
     Serve {
@@ -243,7 +243,7 @@ fn main() -> ExitCode {
                 model,
                 input,
                 output,
-                batch,
+                batch: batch as usize,
             };
             match predict::predict(&req, &progress::Bars::default()) {
                 Ok(s) => {

@@ -199,8 +199,7 @@ impl Config {
         if self.top_k == 0 {
             p.push((
                 "top_k".into(),
-                "top_k = 0 counts no prediction as right; use 1 or more (5 is the default)"
-                    .into(),
+                "top_k = 0 counts no prediction as right; use 1 or more (5 is the default)".into(),
             ));
         }
         if let Some(d) = &self.max_drop {
@@ -240,10 +239,14 @@ impl Config {
                 .keys()
                 .filter(|m| !METRICS.contains(&m.as_str()))
                 .map(|m| {
+                    let names: Vec<String> = METRICS.iter().map(|s| s.to_string()).collect();
+                    let hint = kiln_core::nearest(m, &names)
+                        .map(|n| format!("did you mean `{n}`? "))
+                        .unwrap_or_default();
                     (
                         format!("gates.{m}"),
                         format!(
-                            "gate on unknown metric `{m}`; gates can use {}",
+                            "gate on unknown metric `{m}`; {hint}gates can use {}",
                             METRICS.join(", ")
                         ),
                     )

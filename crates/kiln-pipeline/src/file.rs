@@ -254,7 +254,11 @@ fn polish(message: &str, valid: &[&str]) -> String {
             return format!("found {found}; this key takes {words}");
         }
     }
-    for (ty, words) in [("f64", "a number"), ("f32", "a number"), ("a boolean", "true or false")] {
+    for (ty, words) in [
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("a boolean", "true or false"),
+    ] {
         if let Some(found) = msg
             .strip_prefix("invalid type: ")
             .and_then(|r| r.strip_suffix(&format!(", expected {ty}")))

@@ -21,10 +21,12 @@ pub(crate) fn check(path: &Path, delimiter: u8, has_header: bool) -> Result<()> 
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buf).map_err(|source| PreprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|source| PreprocessError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -255,15 +257,27 @@ mod tests {
     #[test]
     fn ragged_rows_and_duplicate_names_are_named() {
         let e = check_text("a,b,c,d,e\n1,2,3,4,5\n1,2,3\n").unwrap_err();
-        assert!(e.contains("line 3 has 3 field(s) but the header has 5"), "{e}");
+        assert!(
+            e.contains("line 3 has 3 field(s) but the header has 5"),
+            "{e}"
+        );
         let e = check_text("a,b\n1,2\n1,2,3\n").unwrap_err();
-        assert!(e.contains("line 3 has 3 field(s) but the header has 2"), "{e}");
+        assert!(
+            e.contains("line 3 has 3 field(s) but the header has 2"),
+            "{e}"
+        );
         // the line of a row after a quoted line break counts it
         let e = check_text("a,b\n\"x\ny\",1\n1\n").unwrap_err();
         assert!(e.contains("line 4 has 1 field(s)"), "{e}");
         let e = check_text("a,\"b\",c,b\n1,2,3,4\n").unwrap_err();
-        assert!(e.contains("columns 2 and 4 of the header are both named `b`"), "{e}");
+        assert!(
+            e.contains("columns 2 and 4 of the header are both named `b`"),
+            "{e}"
+        );
         let e = check_text("a,b\n\"open,1\n").unwrap_err();
-        assert!(e.contains("line 2 opens a quoted field that is never closed"), "{e}");
+        assert!(
+            e.contains("line 2 opens a quoted field that is never closed"),
+            "{e}"
+        );
     }
 }

@@ -18,6 +18,22 @@ pub(crate) struct Frame {
     pub(crate) dense: Option<Dense>,
 }
 
+/// The file and row (1-based, header excluded) of each row of a frame.
+pub(crate) struct Sites {
+    files: Vec<String>,
+    rows: Vec<(u32, usize)>,
+}
+
+impl Sites {
+    /// `file: row N` of row `i`.
+    pub(crate) fn site(&self, i: usize) -> String {
+        match self.rows.get(i) {
+            Some(&(f, r)) => format!("{}: row {r}", self.files[f as usize]),
+            None => format!("row {}", i + 1),
+        }
+    }
+}
+
 /// Feature columns held row-major beside the frame: IDX pixels, which as a 784-column
 /// DataFrame would cost more to build and to read back than the pixels themselves.
 pub(crate) struct Dense {
@@ -120,8 +136,15 @@ impl Frame {
 
     /// Where frame row `i` comes from: `file: row N`.
     pub(crate) fn site(&self, i: usize) -> String {
-        let (f, r) = self.rows[i];
-        format!("{}: row {r}", self.files[f as usize])
+        self.sites().site(i)
+    }
+
+    /// Where every row comes from (kept after the frame is gone, for messages).
+    pub(crate) fn sites(&self) -> Sites {
+        Sites {
+            files: self.files.clone(),
+            rows: self.rows.clone(),
+        }
     }
 
     /// Keeps the frame rows at `keep` (ascending).
@@ -168,7 +191,10 @@ impl Frame {
             let f = c
                 .cast(&DataType::Float64)
                 .ctx(|| format!("target `{target}` as numbers"))?;
-            for (m, v) in missing.iter_mut().zip(f.f64().ctx(|| target.to_string())?.iter()) {
+            for (m, v) in missing
+                .iter_mut()
+                .zip(f.f64().ctx(|| target.to_string())?.iter())
+            {
                 *m |= v.is_some_and(|x| !x.is_finite());
             }
         }

@@ -83,8 +83,18 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let target = config.target.as_str();
     let names = main.columns();
     if !names.iter().any(|n| n == target) {
+        // one column whose name holds another delimiter: the file is split wrongly
+        let delimiter = match (&config.source, names.as_slice()) {
+            (Source::Csv { .. }, [only]) => [';', '\t', '|', ',']
+                .into_iter()
+                .find(|d| only.contains(*d))
+                .map(|d| format!("; the header looks separated by {d:?}: set `delimiter = {d:?}` in the source"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         return Err(PreprocessError::Invalid(format!(
-            "target column `{target}` not found{}; columns are: {}",
+            "{}: target column `{target}` not found{}; columns are: {}{delimiter}",
+            main.name(),
             kiln_core::nearest(target, &names)
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default(),
@@ -235,7 +245,10 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     };
     let dtypes: Vec<String> = features.iter().map(|f| main.dtype(f)).collect();
     let has_test = test_src.is_some();
-    // the frames are not needed any more: their features and targets are extracted
+    // where each row came from, for messages; the frames themselves are not needed any
+    // more: their features and targets are extracted
+    let main_sites = main.sites();
+    let test_sites = test_src.as_ref().map(Frame::sites);
     drop((main, test_src));
 
     // Split the main source (regression: one stratum).
@@ -311,15 +324,17 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         class_labels: class_labels.clone(),
         transforms,
     };
-    let make = |x: Vec<f32>, t: Target, split: &str| -> Result<Dataset> {
+    // `site(i)`: where row i of the split came from (`file: row N`)
+    let make = |x: Vec<f32>, t: Target, site: &dyn Fn(usize) -> String| -> Result<Dataset> {
         let (labels, values) = match t {
             Target::Classes { labels, .. } => (labels, Vec::new()),
             Target::Values(v) => (Vec::new(), v),
         };
-        let fw = feature_names.len();
+        let fw = feature_names.len().max(1);
         if let Some(i) = x.iter().position(|v| !v.is_finite()) {
             return Err(PreprocessError::Invalid(format!(
-                "the {split} split's feature `{}` is {} in one of its rows after the steps; check the steps (log1p of values at or below -1, a missing value that no impute fills)",
+                "{}: feature `{}` is {} after the steps; fill it (an `impute` step for missing cells), drop the row, or check the steps (log1p of values at or below -1; a number too large for f32)",
+                site(i / fw),
                 feature_names[i % fw],
                 x[i]
             )));
@@ -335,7 +350,7 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     };
     // the train features are what fitting left (Schema::apply's very operations); the
     // other splits go through Schema::apply
-    let mut train = make(train_x, pick(&tr), "train")?;
+    let mut train = make(train_x, pick(&tr), &|i| main_sites.site(tr[i] as usize))?;
     if config.augment.oversample && task == Task::Regression {
         return Err(PreprocessError::Invalid(
             "augment.oversample balances classes, but the target is a regression target; remove `oversample`".into(),
@@ -356,13 +371,16 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
     let valid = make(
         schema.apply_with_text(&valid_raw, valid_cells)?,
         pick(&va),
-        "valid",
+        &|i| main_sites.site(va[i] as usize),
     )?;
     drop(valid_raw);
     let test = make(
         schema.apply_with_text(&test_raw, test_cells)?,
         test_target,
-        "test",
+        &|i| match &test_sites {
+            Some(t) => t.site(i),
+            None => main_sites.site(te[i] as usize),
+        },
     )?;
     drop(test_raw);
     drop(apply_span);

@@ -30,7 +30,10 @@ impl Target {
 /// Encodes the target column: a float column (or `task = "regression"`) gives values,
 /// anything else class indices.
 pub(crate) fn encode_target(frame: &Frame, target: &str, task: Option<Task>) -> Result<Target> {
-    let col = frame.df.column(target).ctx(|| format!("target `{target}`"))?;
+    let col = frame
+        .df
+        .column(target)
+        .ctx(|| format!("target `{target}`"))?;
     if col.null_count() > 0 {
         return Err(PreprocessError::Invalid(format!(
             "target column `{target}` has {} empty cells; drop those rows before training",
@@ -68,7 +71,8 @@ pub(crate) fn encode_target(frame: &Frame, target: &str, task: Option<Task>) -> 
     let (classes, labels) = classes_of(col, target, &|i| frame.site(i))?;
     if classes.len() < 2 {
         return Err(PreprocessError::Invalid(format!(
-            "target `{target}` has a single class ({}); a classifier needs at least two",
+            "{}: target `{target}` has a single class ({}); a classifier needs at least two",
+            frame.name(),
             classes.first().cloned().unwrap_or_default()
         )));
     }
@@ -145,7 +149,10 @@ fn classes_of(
 /// The test source's labels as indices into the train source's `classes` (a test set
 /// may hold a single class; one the train set never shows is an error).
 pub(crate) fn map_labels(frame: &Frame, target: &str, classes: &[String]) -> Result<Vec<u32>> {
-    let col = frame.df.column(target).ctx(|| format!("target `{target}`"))?;
+    let col = frame
+        .df
+        .column(target)
+        .ctx(|| format!("target `{target}`"))?;
     let (test_classes, test_labels) = classes_of(col, target, &|i| frame.site(i))?;
     test_labels
         .iter()

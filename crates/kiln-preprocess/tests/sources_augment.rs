@@ -496,9 +496,7 @@ fn each_bad_input_is_named_and_nothing_is_written() {
             write("ragged.csv", &format!("{good}3,1,9\n")),
             "y",
             // polars (pinned) names no row; its phrase says what is wrong
-            &[
-                "ragged.csv: line 32 has 3 field(s) but the header has 2",
-            ],
+            &["ragged.csv: line 32 has 3 field(s) but the header has 2"],
         ),
     ];
     for (path, target, want) in cases {

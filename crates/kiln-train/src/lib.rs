@@ -43,8 +43,8 @@ pub use finetune::{Finetune, finetune};
 pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
-    Config, Device, EarlyStopping, Loss, MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig,
-    ModelKind, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
+    Config, Device, EarlyStopping, Loss, MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind,
+    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
 };
 
 use dfdx::prelude::*;
@@ -177,7 +177,11 @@ fn check(
         return Err(TrainError::Config(format!("{key}: {msg}")));
     }
     let bad = |m: String| Err(TrainError::Config(m));
-    let outputs = if task == Task::Regression { 1 } else { n_classes };
+    let outputs = if task == Task::Regression {
+        1
+    } else {
+        n_classes
+    };
     let params = config.parameters(train.n_features(), outputs);
     if params > MAX_PARAMS {
         return bad(format!(
