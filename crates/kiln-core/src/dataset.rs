@@ -181,6 +181,20 @@ impl Dataset {
     /// Float32 feature columns and a target column named `target`: UInt32 class indices,
     /// or Float32 / Float64 regression values).
     pub fn read_ipc(path: &Path, target: &str) -> Result<Dataset> {
+        // arrow-rs is not hardened against every corrupt file: a panic inside it becomes
+        // an error naming the file
+        std::panic::catch_unwind(|| Self::read_ipc_unguarded(path, target)).unwrap_or_else(|p| {
+            Err(CoreError::Arrow {
+                path: path.to_path_buf(),
+                message: format!(
+                    "the Arrow IPC file is corrupt (reading it failed: {}); write it again",
+                    crate::panic_message(&p)
+                ),
+            })
+        })
+    }
+
+    fn read_ipc_unguarded(path: &Path, target: &str) -> Result<Dataset> {
         let arrow_err = |m: String| CoreError::Arrow {
             path: path.to_path_buf(),
             message: m,

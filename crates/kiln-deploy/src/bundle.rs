@@ -100,9 +100,9 @@ impl Bundle {
                 onnx.display()
             ))
         })?;
-        let baked = crate::decode(&bytes)
-            .map(|m| crate::is_baked(&m))
-            .map_err(|e| bad(format!("{}: {e}", onnx.display())))?;
+        let model = crate::decode(&bytes).map_err(|e| bad(format!("{}: {e}", onnx.display())))?;
+        crate::check::check_model(&model).map_err(|e| bad(format!("{}: {e}", onnx.display())))?;
+        let baked = crate::is_baked(&model);
         if baked {
             // the graph applies them to the raw values itself
             schema.transforms.clear();

@@ -54,6 +54,7 @@
 
 pub mod bake;
 pub mod bundle;
+pub mod check;
 pub mod card;
 pub mod export;
 pub mod onnx;

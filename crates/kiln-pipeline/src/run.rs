@@ -441,7 +441,7 @@ impl StageStep<'_> {
                 datasets,
             };
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.run(&mut cx)))
-                .unwrap_or_else(|p| Err(StageError::Panic(panic_text(&p))))
+                .unwrap_or_else(|p| Err(StageError::Panic(kiln_core::panic_message(&p))))
         };
         m.stages[i].seconds = started.elapsed().as_secs_f64();
         kill_point("after-stage");
@@ -514,14 +514,6 @@ impl StageStep<'_> {
             source: e,
         })
     }
-}
-
-/// A panic's message.
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
 }
 
 /// `git rev-parse HEAD` of the repository holding the pipeline file (with `-dirty` when

@@ -157,7 +157,7 @@ pub(crate) fn read_csv(
                 .map(|c| Field::new((*c).into(), DataType::String)),
         ))
     });
-    let df = CsvReadOptions::default()
+    let reader = CsvReadOptions::default()
         .with_has_header(has_header)
         .with_schema_overwrite(overwrite)
         .with_infer_schema_length(Some(10_000))
@@ -167,8 +167,8 @@ pub(crate) fn read_csv(
                 .with_null_values(nulls),
         )
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
-        .ctx(|| format!("{}", path.display()))?
-        .finish()
+        .ctx(|| format!("{}", path.display()))?;
+    let df = table::guarded(path, "csv", || reader.finish())?
         .ctx(|| format!("{}: could not parse as csv", path.display()))?;
     if df.height() == 0 {
         return Err(PreprocessError::Invalid(format!(

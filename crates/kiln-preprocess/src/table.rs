@@ -79,16 +79,28 @@ fn nonempty(df: DataFrame, path: &Path) -> Result<DataFrame> {
 
 /// Reads a whole Parquet file (at least one row).
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
-    let df = ParquetReader::new(open(path)?)
-        .finish()
+    let file = open(path)?;
+    let df = guarded(path, "parquet", || ParquetReader::new(file).finish())?
         .ctx(|| format!("{}: could not read as parquet", path.display()))?;
     nonempty(df, path)
 }
 
+/// Runs a polars reader of `path`; a panic inside polars (not every corrupt file is
+/// caught by its checks) becomes an error naming the file.
+pub(crate) fn guarded<T>(path: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        invalid(format!(
+            "{}: the file is not valid {what} (reading it failed: {})",
+            path.display(),
+            kiln_core::panic_message(&p)
+        ))
+    })
+}
+
 /// Reads a whole Arrow IPC file (at least one row).
 pub fn read_ipc(path: &Path) -> Result<DataFrame> {
-    let df = IpcReader::new(open(path)?)
-        .finish()
+    let file = open(path)?;
+    let df = guarded(path, "Arrow IPC", || IpcReader::new(file).finish())?
         .ctx(|| format!("{}: could not read as Arrow IPC", path.display()))?;
     nonempty(df, path)
 }
