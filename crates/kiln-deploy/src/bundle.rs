@@ -100,7 +100,13 @@ impl Bundle {
                 onnx.display()
             ))
         })?;
-        let model = crate::decode(&bytes).map_err(|e| bad(format!("{}: {e}", onnx.display())))?;
+        let model =
+            <crate::onnx::ModelProto as prost::Message>::decode(&bytes[..]).map_err(|e| {
+                bad(format!(
+                    "{}: not an ONNX model ({e}); the file is damaged: export it again with kiln",
+                    onnx.display()
+                ))
+            })?;
         crate::check::check_model(&model).map_err(|e| bad(format!("{}: {e}", onnx.display())))?;
         let baked = crate::is_baked(&model);
         if baked {

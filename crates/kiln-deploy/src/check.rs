@@ -11,7 +11,9 @@ use std::collections::HashSet;
 pub const MAX_ELEMENTS: u64 = 1 << 31;
 
 fn bad(m: String) -> DeployError {
-    DeployError::Bundle(format!("the ONNX model is damaged: {m}; export it again with kiln"))
+    DeployError::Bundle(format!(
+        "the ONNX model is damaged: {m}; export it again with kiln"
+    ))
 }
 
 /// Bytes per element of the tensor types kiln writes.
@@ -32,7 +34,9 @@ fn tensor(t: &TensorProto) -> Result<()> {
     let elements = t
         .dims
         .iter()
-        .try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)))
+        .try_fold(1u64, |a, &d| {
+            u64::try_from(d).ok().and_then(|d| a.checked_mul(d))
+        })
         .filter(|&n| n <= MAX_ELEMENTS)
         .ok_or_else(|| bad(format!("initializer `{name}` has dimensions {:?}", t.dims)))?;
     let size = element_size(t.data_type())

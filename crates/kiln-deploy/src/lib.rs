@@ -54,8 +54,8 @@
 
 pub mod bake;
 pub mod bundle;
-pub mod check;
 pub mod card;
+pub mod check;
 pub mod export;
 pub mod onnx;
 pub mod parity;

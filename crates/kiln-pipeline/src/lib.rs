@@ -118,9 +118,19 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + 
 
 /// Reads and validates a pipeline file, applying `--set` overrides.
 pub fn load(path: &Path, set: &[String]) -> Result<Pipeline, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..at];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
+        io(path)(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "line {line}, column {column}: byte 0x{:02x} is not UTF-8 text; save the file as UTF-8",
+                e.as_bytes()[at]
+            ),
+        ))
     })?;
     let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     parse(&abs, &text, set).map_err(PipelineError::Invalid)
@@ -134,5 +144,25 @@ pub(crate) fn an(word: &str) -> String {
         format!("an {word}")
     } else {
         format!("a {word}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_its_line_column_and_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, b"version = 1\nname = \"caf\xe9\"\n").unwrap();
+        let e = load(&path, &[]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: line 2, column 12: byte 0xe9 is not UTF-8 text; save the file as UTF-8",
+                path.display()
+            )
+        );
     }
 }

@@ -1071,7 +1071,9 @@ fn invalid_files_give_located_errors() {
 
     let e = errors(&GOOD.replace("batch_size = 8", "batch_size = \"eight\""));
     assert!(
-        e[0].contains(":10:14: found string \"eight\"; this key takes a whole number of at least 0"),
+        e[0].contains(
+            ":10:14: found string \"eight\"; this key takes a whole number of at least 0"
+        ),
         "{}",
         e[0]
     );

@@ -48,12 +48,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
             .read_to_end(&mut head)
             .map_err(corrupt)?;
         let announced = header(&head).map_err(bad)?.1;
+        // grown as data arrives, never reserved from the header: a small file announcing
+        // a huge array costs only what it really holds
         let mut out = head;
-        out.try_reserve_exact(announced).map_err(|e| {
-            bad(format!(
-                "the header announces {announced} values, more than this machine can hold ({e})"
-            ))
-        })?;
         gz.take(announced as u64 + 1)
             .read_to_end(&mut out)
             .map_err(corrupt)?;
