@@ -104,6 +104,12 @@ pub struct QuantizeConfig {
     pub symmetric: bool,
 }
 
+/// The most pruning steps a candidate may take.
+pub const MAX_PRUNE_STEPS: usize = 100;
+
+/// The most fine-tuning epochs after each pruning step.
+pub const MAX_FINETUNE_EPOCHS: usize = 10_000;
+
 /// One candidate: pruning (magnitude or structured, optional), then quantization
 /// (optional).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
@@ -210,8 +216,21 @@ impl CandidateConfig {
                 "scope applies to magnitude pruning; add `prune = <sparsity>`".into(),
             ));
         }
-        if self.steps == Some(0) {
-            p.push((format!("{key}.steps"), "steps must be at least 1".into()));
+        if let Some(n) = self.steps
+            && !(1..=MAX_PRUNE_STEPS).contains(&n)
+        {
+            p.push((
+                format!("{key}.steps"),
+                format!("{n} steps: give between 1 and {MAX_PRUNE_STEPS}"),
+            ));
+        }
+        if let Some(n) = self.finetune_epochs
+            && n > MAX_FINETUNE_EPOCHS
+        {
+            p.push((
+                format!("{key}.finetune_epochs"),
+                format!("{n} epochs after each step: at most {MAX_FINETUNE_EPOCHS}"),
+            ));
         }
         if self.prune.is_none() && self.structured.is_none() && self.quantize.is_none() {
             p.push((
@@ -367,6 +386,37 @@ pub(crate) mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn pruning_steps_and_finetune_epochs_are_bounded() {
+        let c = |steps, finetune_epochs| Config {
+            candidates: vec![CandidateConfig {
+                prune: Some(0.5),
+                steps: Some(steps),
+                finetune_epochs: Some(finetune_epochs),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(c(MAX_PRUNE_STEPS, MAX_FINETUNE_EPOCHS).problems().is_empty());
+        assert_eq!(
+            c(0, 1).problems(),
+            [("candidates[0].steps".to_string(), "0 steps: give between 1 and 100".to_string())]
+        );
+        assert_eq!(
+            c(usize::MAX, MAX_FINETUNE_EPOCHS + 1).problems(),
+            [
+                (
+                    "candidates[0].steps".to_string(),
+                    format!("{} steps: give between 1 and 100", usize::MAX)
+                ),
+                (
+                    "candidates[0].finetune_epochs".to_string(),
+                    "10001 epochs after each step: at most 10000".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]
