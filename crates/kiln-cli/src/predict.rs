@@ -32,10 +32,12 @@ pub struct Summary {
     pub score: Option<(String, f64)>,
 }
 
-/// The same file, also through a link or another spelling of its path.
+/// The same file, also through a symbolic or hard link or another spelling of its path
+/// (same device and inode).
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
         _ => false,
     }
 }

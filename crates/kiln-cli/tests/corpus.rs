@@ -219,7 +219,8 @@ struct PredictCase {
     /// folder, or `none` (a folder that does not exist), `empty` (an empty folder).
     #[serde(default = "ship")]
     model: String,
-    /// `--output` in the scratch folder; `{input}` is the input itself.
+    /// `--output` in the scratch folder; `{input}` is the input itself, `{symlink}` and
+    /// `{hardlink}` a link to it.
     #[serde(default = "preds_csv")]
     output: String,
     /// More arguments.
@@ -271,10 +272,19 @@ fn predict_inputs() {
             "empty" => tmp.path().join("empty"),
             m => run.join(m),
         };
-        let output = if c.output == "{input}" {
-            input.clone()
-        } else {
-            scratch.join(&c.output)
+        let output = match c.output.as_str() {
+            "{input}" => input.clone(),
+            "{symlink}" => {
+                let link = scratch.join("link.csv");
+                std::os::unix::fs::symlink(&input, &link).unwrap();
+                link
+            }
+            "{hardlink}" => {
+                let link = scratch.join("link.csv");
+                std::fs::hard_link(&input, &link).unwrap();
+                link
+            }
+            o => scratch.join(o),
         };
         let out = run_bounded(
             kiln()
