@@ -399,10 +399,17 @@ pub(crate) mod tests {
             }],
             ..Default::default()
         };
-        assert!(c(MAX_PRUNE_STEPS, MAX_FINETUNE_EPOCHS).problems().is_empty());
+        assert!(
+            c(MAX_PRUNE_STEPS, MAX_FINETUNE_EPOCHS)
+                .problems()
+                .is_empty()
+        );
         assert_eq!(
             c(0, 1).problems(),
-            [("candidates[0].steps".to_string(), "0 steps: give between 1 and 100".to_string())]
+            [(
+                "candidates[0].steps".to_string(),
+                "0 steps: give between 1 and 100".to_string()
+            )]
         );
         assert_eq!(
             c(usize::MAX, MAX_FINETUNE_EPOCHS + 1).problems(),

@@ -88,7 +88,12 @@ pub(crate) fn model_card(cx: &RunCx<'_>, origins: &[(String, String)]) -> ModelC
         if let Ok(h) = cx.artifact::<History>(&train.id) {
             card.training.push((
                 "Epochs run / best epoch".into(),
-                format!("{} / {}", h.epochs.len(), h.best_epoch),
+                format!(
+                    "{} / {} ({})",
+                    h.epochs.len(),
+                    h.best_epoch,
+                    h.kept_by.describe(&h.metric)
+                ),
             ));
         }
     }

@@ -474,6 +474,22 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+impl Config {
+    /// What chooses the kept epoch: `early_stopping.metric` (`auto` also without early
+    /// stopping: the task's metric, ties broken by the validation loss).
+    pub fn kept_by(&self) -> kiln_core::artifact::history::KeptBy {
+        use kiln_core::artifact::history::KeptBy;
+        match self
+            .early_stopping
+            .as_ref()
+            .map_or(StopMetric::Auto, |e| e.metric)
+        {
+            StopMetric::Loss => KeptBy::Loss,
+            StopMetric::Auto | StopMetric::Accuracy | StopMetric::R2 => KeptBy::Metric,
+        }
+    }
+}
+
 /// Early stopping on a validation metric.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -481,7 +497,8 @@ pub struct EarlyStopping {
     /// Epochs without improvement before stopping.
     pub patience: usize,
     /// `auto` (default: `accuracy` for classification, `r2` for regression), `accuracy`,
-    /// `r2` (higher is better) or `loss` (lower is better).
+    /// `r2` (higher is better; of equal values the lower validation loss wins) or `loss`
+    /// (lower is better). It also chooses the epoch whose weights are kept.
     #[serde(default)]
     pub metric: StopMetric,
     /// Smallest change that counts as an improvement (default 0).
@@ -496,10 +513,12 @@ pub struct EarlyStopping {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum StopMetric {
-    /// `accuracy` for classification, `r2` for regression.
+    /// `accuracy` for classification, `r2` for regression (ties broken by the loss).
     #[default]
     Auto,
-    /// Validation accuracy (higher is better; classification).
+    /// Validation accuracy (higher is better; classification); of epochs with the same
+    /// accuracy, the lower validation loss wins — on a small validation split accuracy
+    /// saturates within a few epochs, and the first epoch to reach it is under-trained.
     Accuracy,
     /// Validation R² (higher is better; regression).
     R2,

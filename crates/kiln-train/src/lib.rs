@@ -84,7 +84,7 @@ pub enum TrainError {
 /// Result alias for this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-pub use kiln_core::artifact::history::{EpochRecord, History};
+pub use kiln_core::artifact::history::{EpochRecord, History, KeptBy};
 
 /// What a training run produced.
 #[derive(Debug, Clone)]

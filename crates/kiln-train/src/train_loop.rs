@@ -6,7 +6,7 @@ use crate::checkpoint::{CheckpointState, fingerprint, newest_checkpoint, save_ch
 use crate::head::{fold_target_scale, target_scale, widen_binary_logit};
 use crate::net::{self, Backend, Mlp};
 use crate::{
-    Config, EpochRecord, History, Loss, Output, Result, StopMetric, TrainError, argmax, dev_err,
+    Config, EpochRecord, History, KeptBy, Loss, Output, Result, TrainError, argmax, dev_err,
     evaluate,
 };
 use kiln_core::{Dataset, ModelSpec, NativeModel, Progress, Task, TensorStore};
@@ -39,6 +39,8 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
     let k = net_spec.output_dim();
     let scale = target_scale(&train.values);
     let metric_name = if regression { "r2" } else { "accuracy" };
+    let kept_by = config.kept_by();
+    let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
     let store = |net: &Mlp<D>| {
         let mut s = net.to_store();
         if regression {
@@ -205,20 +207,14 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
             valid_metric: rec.valid_metric,
         });
         history.push(rec);
-        let metric_loss = config
-            .early_stopping
-            .as_ref()
-            .is_some_and(|e| e.metric == StopMetric::Loss);
-        let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
         let improved = match &best {
             None => true,
-            Some((m, loss, _, _)) => {
-                if metric_loss {
-                    valid_loss < loss - min_delta
-                } else {
-                    valid_metric > m + min_delta
+            Some((m, loss, _, _)) => match kept_by {
+                KeptBy::Loss => valid_loss < loss - min_delta,
+                KeptBy::Metric => {
+                    valid_metric > m + min_delta || (valid_metric >= *m && valid_loss < *loss)
                 }
-            }
+            },
         };
         if improved {
             best = Some((valid_metric, valid_loss, epoch, weights));
@@ -264,6 +260,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         metric: metric_name.to_string(),
         epochs: history,
         best_epoch,
+        kept_by,
         stopped_early,
     };
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;

@@ -28,8 +28,38 @@ pub struct History {
     pub epochs: Vec<EpochRecord>,
     /// Epoch whose weights were kept.
     pub best_epoch: usize,
+    /// What chose `best_epoch` (histories written before this field: `metric`).
+    #[serde(default = "KeptBy::older")]
+    pub kept_by: KeptBy,
     /// True when early stopping ended training before `epochs`.
     pub stopped_early: bool,
+}
+
+/// What chose the kept epoch among those run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptBy {
+    /// The lowest validation loss (ties: the earlier epoch).
+    Loss,
+    /// The highest validation metric (accuracy or R²); of epochs with the same metric,
+    /// the one with the lower validation loss — on a small validation split accuracy
+    /// saturates within a few epochs, and the first epoch to reach it is under-trained
+    /// while the loss keeps telling epochs apart.
+    Metric,
+}
+
+impl KeptBy {
+    fn older() -> KeptBy {
+        KeptBy::Metric
+    }
+
+    /// In words, for summaries: `lowest validation loss`, `highest validation accuracy`.
+    pub fn describe(self, metric: &str) -> String {
+        match self {
+            KeptBy::Loss => "lowest validation loss".into(),
+            KeptBy::Metric => format!("highest validation {metric}, ties by loss"),
+        }
+    }
 }
 
 impl super::Artifact for History {

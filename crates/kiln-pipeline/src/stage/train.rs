@@ -78,13 +78,17 @@ impl Stage for kiln_train::Config {
                 header: vec![
                     "epochs run".into(),
                     "best epoch".into(),
+                    "kept by".into(),
                     "train loss".into(),
+                    "valid loss".into(),
                     format!("valid {}", h.metric),
                 ],
                 rows: vec![vec![
                     h.epochs.len().to_string(),
                     h.best_epoch.to_string(),
+                    h.kept_by.describe(&h.metric),
                     fmt_metric(best.map(|e| e.train_loss)),
+                    fmt_metric(best.map(|e| e.valid_loss)),
                     fmt_metric(best.map(|e| e.valid_metric)),
                 ]],
             });
