@@ -476,7 +476,9 @@ mod tests {
             values: vec![],
         };
         let bytes = d.to_ipc_bytes().unwrap();
-        let reader = FileReader::try_new(std::io::Cursor::new(bytes.clone()), None).unwrap();
+        let reader =
+            arrow_ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes.clone()), None)
+                .unwrap();
         let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
         assert_eq!(batches.len(), 2);
         let last = &batches[1];

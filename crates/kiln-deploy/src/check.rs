@@ -50,7 +50,7 @@ fn tensor(t: &TensorProto) -> Result<()> {
             _ => t.int32_data.len() as u64,
         }
     };
-    let exact = t.raw_data().is_empty() || t.raw_data().len() as u64 % size == 0;
+    let exact = t.raw_data().is_empty() || (t.raw_data().len() as u64).is_multiple_of(size);
     if held != elements || !exact {
         return Err(bad(format!(
             "initializer `{name}` holds {held} values for dimensions {:?} ({elements} values)",

@@ -34,6 +34,15 @@ pub struct Config {
     /// `native` (kiln's reference forward pass only).
     #[serde(default)]
     pub runtime: Runtime,
+    /// Fit baselines on the training split and score them beside the model: the majority
+    /// class and logistic regression (classification), the mean and ridge regression
+    /// (regression). Default true; never gated.
+    #[serde(default = "default_true")]
+    pub baselines: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What runs the variants an evaluate stage scores.
@@ -166,6 +175,7 @@ impl Default for Config {
             importance: None,
             slice_by: None,
             runtime: Runtime::Onnxruntime,
+            baselines: true,
         }
     }
 }

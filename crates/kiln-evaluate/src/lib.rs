@@ -22,6 +22,7 @@
 //! ```
 
 pub mod analysis;
+pub mod baseline;
 mod config;
 mod gates;
 pub mod metrics;
@@ -64,8 +65,10 @@ pub struct Extras<'a> {
     pub valid: Option<&'a Dataset>,
     /// The dataset schema, to name slices by raw values.
     pub schema: Option<&'a kiln_core::Schema>,
-    /// Seed of the importance shuffles.
+    /// Seed of the importance shuffles (and of the baselines' subsample).
     pub seed: u64,
+    /// The training split, to fit the baselines on (none without it).
+    pub train: Option<&'a Dataset>,
 }
 
 pub use kiln_core::artifact::metrics::Metrics;
@@ -83,6 +86,11 @@ pub struct Output {
     /// Permutation importance of the first variant's features, largest drop first
     /// (empty unless `importance` is set and a validation split was given).
     pub importance: Vec<analysis::FeatureImportance>,
+    /// The baselines' scores on the same rows (empty when off or without a training
+    /// split).
+    pub baselines: Vec<VariantMetrics>,
+    /// Seconds spent fitting and scoring the baselines.
+    pub baseline_seconds: f64,
 }
 
 /// Scores every variant on `data` (batches of [`EVAL_BATCH`](kiln_core::EVAL_BATCH)
@@ -151,6 +159,26 @@ pub fn run_report(
         score::log_scored(&v, regression);
         results.push(v);
     }
+    let started = std::time::Instant::now();
+    let mut baselines = Vec::new();
+    if let (true, Some(train)) = (config.baselines, extras.train) {
+        for mut b in baseline::fit(train, class_labels.len(), extras.seed) {
+            let (v, _) = score::variant(
+                b.name(),
+                &mut b,
+                None,
+                data,
+                &[],
+                class_labels,
+                config.top_k,
+            )?;
+            baselines.push(v);
+        }
+    }
+    let baseline_seconds = started.elapsed().as_secs_f64();
+    if !baselines.is_empty() {
+        tracing::info!(seconds = baseline_seconds, "baselines fitted and scored");
+    }
     let checked = gates::check(config, &results)?;
     let importance = match (&config.importance, extras.valid, variants.first_mut()) {
         (Some(cfg), Some(valid), Some((name, model))) => {
@@ -163,6 +191,10 @@ pub fn run_report(
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     let metrics = Metrics {
         variants: results
+            .iter()
+            .map(|v| (v.name.clone(), v.scalars.clone()))
+            .collect(),
+        baselines: baselines
             .iter()
             .map(|v| (v.name.clone(), v.scalars.clone()))
             .collect(),
@@ -180,6 +212,7 @@ pub fn run_report(
     };
     let text = report::Report {
         results: &results,
+        baselines: &baselines,
         gates: &checked,
         verdict: &verdict,
         labels: class_labels,
@@ -196,5 +229,7 @@ pub fn run_report(
         gates: checked,
         verdict,
         importance,
+        baselines,
+        baseline_seconds,
     })
 }

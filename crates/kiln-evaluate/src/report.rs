@@ -121,6 +121,8 @@ impl<'a> Figures<'a> {
 pub(crate) struct Report<'a> {
     /// Metrics per variant, in input order.
     pub(crate) results: &'a [VariantMetrics],
+    /// The baselines' scores on the same rows.
+    pub(crate) baselines: &'a [VariantMetrics],
     /// Every gate checked.
     pub(crate) gates: &'a [GateResult],
     /// The verdict.
@@ -144,6 +146,7 @@ impl Report<'_> {
     pub(crate) fn render(&self) -> String {
         let (results, regression, slices) = (self.results, self.regression, self.slices);
         let mut text = summary(results, self.gates, self.verdict, self.labels);
+        text += &baselines(results, self.baselines);
         if let Some((first, top, importance)) = self.importance {
             text += &format!(
                 "\n## Permutation feature importance ({first}, validation split)\n\nThe fall of the main metric ({}) when one feature's values are shuffled across rows.\n\n| feature | drop |\n|---|---|\n",
@@ -178,6 +181,63 @@ impl Report<'_> {
         }
         text
     }
+}
+
+/// The baselines beside the first variant, and what the model gains over the best one.
+fn baselines(results: &[VariantMetrics], baselines: &[VariantMetrics]) -> String {
+    let Some(model) = results.first() else {
+        return String::new();
+    };
+    if baselines.is_empty() {
+        return String::new();
+    }
+    let regression = model.scalars.contains_key("mse");
+    let cols: &[(&str, &str)] = if regression {
+        &[("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²")]
+    } else {
+        &[
+            ("accuracy", "accuracy"),
+            ("macro_f1", "macro F1"),
+            ("log_loss", "log loss"),
+        ]
+    };
+    let mut s = String::from(
+        "\n## Baselines (fitted on the training split, scored on the same test rows)\n\n| model |",
+    );
+    for (_, title) in cols {
+        s += &format!(" {title} |");
+    }
+    s += &format!("\n|---|{}\n", "---|".repeat(cols.len()));
+    for v in std::iter::once(model).chain(baselines) {
+        s += &format!("| {} |", v.name);
+        for (key, _) in cols {
+            match v.scalars.get(*key) {
+                Some(x) => s += &format!(" {x:.4} |"),
+                None => s += " — |",
+            }
+        }
+        s += "\n";
+    }
+    let main = if regression { "r2" } else { "accuracy" };
+    let best = baselines
+        .iter()
+        .filter_map(|b| Some((b.name.as_str(), *b.scalars.get(main)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some((name, b)), Some(m)) = (best, model.scalars.get(main)) {
+        let gain = m - b;
+        s += &if gain > 0.0 {
+            format!(
+                "\n{} is {gain:+.4} {main} over the best baseline ({name}).\n",
+                model.name
+            )
+        } else {
+            format!(
+                "\n**{} does not beat the {name} baseline** ({gain:+.4} {main}): a simpler model does as well on these features.\n",
+                model.name
+            )
+        };
+    }
+    s
 }
 
 /// The variants' main metrics, the verdict with its gates and the confusion matrices.

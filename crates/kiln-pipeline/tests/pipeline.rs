@@ -758,6 +758,18 @@ fn iris_with_a_string_target_runs() {
     assert_eq!(test.n_rows(), 30);
     assert_eq!(reported, right as f64 / 30.0);
     assert!(right >= 27, "{right}/30");
+    // the baselines: 10 test rows of each class (the majority baseline's ties go to the
+    // first class), and logistic regression on the standardized features
+    let b = &json(&r.run_dir.join("eval/metrics.json"))["baselines"];
+    assert_eq!(
+        b["majority"]["accuracy"].as_f64().unwrap(),
+        10.0 / 30.0,
+        "{b}"
+    );
+    assert!(
+        b["logistic"]["accuracy"].as_f64().unwrap() >= 27.0 / 30.0,
+        "{b}"
+    );
     // The bundle's model card: real figures and every section.
     let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
     // the sweep trained 4 trials and kept one
@@ -945,6 +957,26 @@ fn regression_reaches_r2_and_exports_predictions() {
         constant.mae > CONSTANT_MAE_RATIO * mae,
         "{} vs {mae}",
         constant.mae
+    );
+    // the `mean` baseline of metrics.json is that constant predictor; ridge is fitted on
+    // the same features and beaten by the network on this nonlinear target
+    let b = &json(&r.run_dir.join("eval/metrics.json"))["baselines"];
+    assert!(
+        (b["mean"]["rmse"].as_f64().unwrap() - constant.rmse).abs() < 1e-6,
+        "{b}"
+    );
+    let ridge = b["ridge"]["r2"].as_f64().unwrap();
+    assert!(
+        ridge > 0.5 && ridge < r2 - 0.1,
+        "ridge R² {ridge}, model {r2}"
+    );
+    let report = std::fs::read_to_string(r.run_dir.join("eval/report.md")).unwrap();
+    assert!(
+        report.contains(&format!(
+            "train is {:+.4} r2 over the best baseline (ridge)",
+            r2 - ridge
+        )),
+        "{report}"
     );
 
     // The exports predict y itself (the target scaling is folded into the output layer):

@@ -109,22 +109,23 @@ impl Scan {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.problem.is_none() {
             // fast path: a whole line without quotes, past the first record
-            if !self.in_quotes && !self.after_quote && self.want.is_some() && self.record_bytes == 0
+            if !self.in_quotes
+                && !self.after_quote
+                && self.want.is_some()
+                && self.record_bytes == 0
+                && let Some(end) = memchr::memchr(b'\n', bytes)
+                && memchr::memchr(b'"', &bytes[..end]).is_none()
             {
-                if let Some(end) = memchr::memchr(b'\n', bytes) {
-                    let line = &bytes[..end];
-                    if memchr::memchr(b'"', line).is_none() {
-                        let body = line.strip_suffix(b"\r").unwrap_or(line);
-                        if !body.is_empty() {
-                            let got = memchr::memchr_iter(self.delimiter, body).count() + 1;
-                            self.check_fields(got, self.line);
-                        }
-                        self.line += 1;
-                        self.record_line = self.line;
-                        bytes = &bytes[end + 1..];
-                        continue;
-                    }
+                let line = &bytes[..end];
+                let body = line.strip_suffix(b"\r").unwrap_or(line);
+                if !body.is_empty() {
+                    let got = memchr::memchr_iter(self.delimiter, body).count() + 1;
+                    self.check_fields(got, self.line);
                 }
+                self.line += 1;
+                self.record_line = self.line;
+                bytes = &bytes[end + 1..];
+                continue;
             }
             let b = bytes[0];
             bytes = &bytes[1..];

@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 pub struct Metrics {
     /// Variant (the stage it came from) -> metric name -> value.
     pub variants: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Baseline (`majority`, `logistic`, `mean`, `ridge`) -> metric name -> value, fitted
+    /// on the training split and scored on the same test rows (none when switched off).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub baselines: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 impl super::Artifact for Metrics {
@@ -23,7 +27,10 @@ impl Metrics {
 
     /// True when the variants were scored as regressors (they have `mse`).
     pub fn is_regression(&self) -> bool {
-        self.variants.values().any(|m| m.contains_key("mse"))
+        self.variants
+            .values()
+            .chain(self.baselines.values())
+            .any(|m| m.contains_key("mse"))
     }
 
     /// The metrics a summary shows, (key, title): accuracy and macro F1 for classifiers,

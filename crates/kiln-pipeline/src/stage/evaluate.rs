@@ -57,7 +57,7 @@ impl Stage for kiln_evaluate::Config {
             .map(|s| s.id.clone())
             .unwrap_or_default();
         let data = cx.dataset(&pre)?;
-        let (schema, [_, valid, test]) = &*data;
+        let (schema, [train, valid, test]) = &*data;
         let mut models: Vec<(String, NativeModel)> = def
             .inputs
             .iter()
@@ -112,6 +112,7 @@ impl Stage for kiln_evaluate::Config {
             valid: Some(valid),
             schema: Some(schema),
             seed: p.seed,
+            train: Some(train),
         };
         kiln_evaluate::run_report(
             self,
@@ -132,11 +133,17 @@ impl Stage for kiln_evaluate::Config {
         let cols = m.main();
         let mut header = vec!["variant".to_string()];
         header.extend(cols.iter().map(|(_, t)| t.to_string()));
+        let baselines = m
+            .baselines
+            .iter()
+            .map(|(n, v)| (format!("{n} (baseline)"), v));
         let rows = m
             .variants
             .iter()
+            .map(|(n, v)| (n.clone(), v))
+            .chain(baselines)
             .map(|(name, vals)| {
-                let mut row = vec![name.clone()];
+                let mut row = vec![name];
                 row.extend(cols.iter().map(|(k, _)| fmt_metric(vals.get(*k).copied())));
                 row
             })
