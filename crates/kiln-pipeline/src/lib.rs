@@ -30,6 +30,7 @@ mod card;
 mod file;
 pub mod gc;
 mod graph;
+pub mod init;
 mod key;
 mod progress;
 mod run;

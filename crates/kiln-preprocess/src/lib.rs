@@ -36,6 +36,7 @@ mod load;
 mod profile;
 mod split;
 mod steps;
+pub mod suggest;
 pub mod table;
 mod target;
 

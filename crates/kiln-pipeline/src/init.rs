@@ -1,0 +1,210 @@
+//! `kiln init`: a commented pipeline file for a table kiln has never seen — the
+//! preprocessing [`kiln_preprocess::suggest`] proposes, a network and training settings
+//! sized to the data, evaluate (with baselines) and deploy stages — that runs as written.
+
+use kiln_core::Task;
+use kiln_preprocess::suggest::{ColumnKind, Suggestion, suggest};
+use kiln_preprocess::{Source, Step};
+use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
+
+/// Training settings sized to the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizing {
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Dropout after each hidden layer.
+    pub dropout: f32,
+    /// Epochs at most.
+    pub epochs: usize,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Epochs without a better validation score before stopping.
+    pub patience: usize,
+}
+
+/// Settings for `rows` training rows: small tables get a small network, small batches
+/// and many epochs (enough optimizer steps to converge: at least about 3,000), large
+/// ones a wider network, larger batches and fewer epochs.
+pub fn sizing(rows: usize) -> Sizing {
+    let (hidden, dropout, batch_size) = match rows {
+        0..1_000 => (vec![64], 0.1, 32),
+        1_000..10_000 => (vec![128, 64], 0.1, 64),
+        10_000..100_000 => (vec![256, 128], 0.1, 128),
+        _ => (vec![256, 128], 0.0, 256),
+    };
+    let steps_per_epoch = rows.div_ceil(batch_size).max(1);
+    let epochs = (3_000usize.div_ceil(steps_per_epoch)).clamp(20, 300);
+    Sizing {
+        hidden,
+        dropout,
+        epochs,
+        batch_size,
+        patience: (epochs / 10).clamp(5, 20),
+    }
+}
+
+/// `to` relative to the folder `from` (both made absolute), for the `path` of the source.
+fn relative(to: &Path, from: &Path) -> PathBuf {
+    let (Ok(to), Ok(from)) = (std::path::absolute(to), std::path::absolute(from)) else {
+        return to.to_path_buf();
+    };
+    let (a, b): (Vec<Component>, Vec<Component>) = (to.components().collect(), from.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return to;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &a[common..] {
+        out.push(c);
+    }
+    out
+}
+
+/// A TOML string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// One step as an inline table, as serde writes it (`{ op = "drop", columns = [...] }`).
+fn step(s: &Step) -> String {
+    toml::Value::try_from(s).map_or_else(|e| format!("# {e}"), |v| v.to_string())
+}
+
+/// The text of a pipeline file for `data` and `target`, to be written at `output`
+/// (paths in it are relative to that file's folder), and what was seen.
+pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result<(String, Suggestion)> {
+    let s = suggest(data, target)?;
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let rel = relative(data, dir);
+    let stem = data
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("table")
+        .to_string();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect();
+    let classification = s.task == Task::Classification;
+    let train_rows = s.n_rows.saturating_sub(s.target_missing) * 6 / 10;
+    let z = sizing(train_rows);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# Written by `kiln init {} --target {target}` from {} rows.",
+        data.display(),
+        s.n_rows
+    );
+    let _ = writeln!(
+        t,
+        "# Run it with `kiln run {}`; every choice below is a default to revise.",
+        output.display()
+    );
+    let _ = writeln!(
+        t,
+        "# Completion in editors: `kiln schema > kiln.schema.json`, then `#:schema kiln.schema.json` as the first line."
+    );
+    let _ = writeln!(t, "version = 1\nname = {}\nseed = 1\n", quote(&name));
+    let _ = writeln!(t, "[stages.data]\nuses = \"preprocess\"");
+    let path = rel.display().to_string();
+    let source = match &s.source {
+        Source::Csv { .. } => format!(
+            "{{ format = \"csv\", path = {}, null_values = [\"NA\", \"\"] }}",
+            quote(&path)
+        ),
+        Source::Parquet { .. } => format!("{{ format = \"parquet\", path = {} }}", quote(&path)),
+        _ => format!("{{ format = \"arrow\", path = {} }}", quote(&path)),
+    };
+    let _ = writeln!(t, "source = {source}");
+    let _ = writeln!(t, "target = {}", quote(target));
+    let task = if classification { "classification" } else { "regression" };
+    let why = if classification {
+        format!("{} classes", s.n_classes)
+    } else {
+        "a number with many values".to_string()
+    };
+    let _ = writeln!(t, "task = \"{task}\"   # the target holds {why}");
+    if s.target_missing > 0 {
+        let _ = writeln!(
+            t,
+            "# {} rows have no target: they are dropped and counted in profile.json",
+            s.target_missing
+        );
+    }
+    let _ = writeln!(t, "# Columns as read:");
+    for c in &s.columns {
+        let kind = match c.kind {
+            ColumnKind::Number => "number",
+            ColumnKind::Category => "category",
+            ColumnKind::FreeText => "free text",
+        };
+        let fate = match c.dropped {
+            Some(r) => format!("dropped: {}", r.describe()),
+            None => "kept".into(),
+        };
+        let _ = writeln!(
+            t,
+            "#   {:<24} {kind:<9} {:>6} distinct {:>6} empty   {fate}",
+            c.name, c.distinct, c.missing
+        );
+    }
+    let _ = writeln!(t, "steps = [");
+    for st in s.steps() {
+        let _ = writeln!(t, "  {},", step(&st));
+    }
+    let _ = writeln!(t, "]");
+    let _ = writeln!(
+        t,
+        "split = {{ valid = 0.2, test = 0.2{} }}\n",
+        if classification { ", stratify = true" } else { "" }
+    );
+    let _ = writeln!(t, "[stages.train]\nuses = \"train\"\ninput = \"data\"");
+    let _ = writeln!(
+        t,
+        "# sized for about {train_rows} training rows and {} features",
+        s.n_features()
+    );
+    let hidden = z
+        .hidden
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(
+        t,
+        "model = {{ hidden = [{hidden}], dropout = {} }}",
+        z.dropout
+    );
+    let _ = writeln!(
+        t,
+        "optimizer = {{ kind = \"adamw\", lr = 1e-3, weight_decay = 1e-4 }}"
+    );
+    let _ = writeln!(t, "epochs = {}\nbatch_size = {}", z.epochs, z.batch_size);
+    let _ = writeln!(
+        t,
+        "early_stopping = {{ patience = {} }}   # the best epoch's weights are kept\n",
+        z.patience
+    );
+    let _ = writeln!(t, "[stages.eval]\nuses = \"evaluate\"\ninputs = [\"train\"]");
+    let _ = writeln!(
+        t,
+        "# baselines (majority class / mean and a linear model) are scored beside the model;"
+    );
+    let _ = writeln!(
+        t,
+        "# add gates to block deploy below a bar, e.g. gates = {{ {} = \">= 0.9\" }}\n",
+        if classification { "accuracy" } else { "r2" }
+    );
+    let _ = writeln!(
+        t,
+        "[stages.ship]\nuses = \"deploy\"\ninput = \"train\"\nrequires = [\"eval\"]"
+    );
+    Ok((t, s))
+}

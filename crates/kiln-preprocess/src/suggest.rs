@@ -1,0 +1,350 @@
+//! What kiln proposes for a table it has never seen (`kiln init`): the task from the
+//! target, and per column whether to keep it and how to encode it — or why to drop it —
+//! from one read of the table, turned into preprocessing steps.
+
+use crate::config::{Columns, ImputeStrategy, Source, Step};
+use crate::error::{PolarsContext, PreprocessError, Result};
+use crate::load::{column_names, is_numeric};
+use kiln_core::Task;
+use polars::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// A text column with at most this many categories is one-hot encoded whole…
+pub const ONE_HOT_ALL: usize = 16;
+
+/// …one with more keeps its most frequent this many (the rest encode as all zeros).
+pub const ONE_HOT_TOP: usize = 32;
+
+/// A numeric target with at most this many distinct whole values is a class target.
+pub const MAX_NUMERIC_CLASSES: usize = 30;
+
+/// The most classes `kiln init` writes a classifier for.
+pub const MAX_CLASSES: usize = 1_000;
+
+/// Features a free-text column is hashed into.
+pub const TEXT_FEATURES: usize = 64;
+
+/// What a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Numbers (or true / false).
+    Number,
+    /// A few repeated text values.
+    Category,
+    /// Sentences: long cells of several words, mostly distinct.
+    FreeText,
+}
+
+/// Why a column is left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Every cell is empty.
+    AllMissing,
+    /// One value in every non-empty cell.
+    Constant,
+    /// A different value in (nearly) every row, like a row ID: nothing to learn from,
+    /// and a model would memorise it.
+    IdLike,
+}
+
+impl DropReason {
+    /// In words, for the file's comments.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DropReason::AllMissing => "every cell is empty",
+            DropReason::Constant => "one value in every row",
+            DropReason::IdLike => "a different value in nearly every row, like an ID",
+        }
+    }
+}
+
+/// One column of the table, as seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnPlan {
+    /// Its name.
+    pub name: String,
+    /// What it holds.
+    pub kind: ColumnKind,
+    /// Empty cells.
+    pub missing: usize,
+    /// Distinct non-empty values.
+    pub distinct: usize,
+    /// Why it is dropped; None when it is kept.
+    pub dropped: Option<DropReason>,
+}
+
+/// What kiln proposes for a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Suggestion {
+    /// The table's source, as a pipeline file writes it.
+    pub source: Source,
+    /// Rows read.
+    pub n_rows: usize,
+    /// The target column.
+    pub target: String,
+    /// Classification or regression.
+    pub task: Task,
+    /// Classes of a class target (0 for regression).
+    pub n_classes: usize,
+    /// Rows whose target is empty (dropped and counted by the run).
+    pub target_missing: usize,
+    /// Every other column, in table order.
+    pub columns: Vec<ColumnPlan>,
+}
+
+fn invalid(m: String) -> PreprocessError {
+    PreprocessError::Invalid(m)
+}
+
+/// Reads the table at `path` (`.csv` with `NA` and empty cells as nulls, `.parquet`,
+/// `.arrow`) and proposes how to learn `target` from it. A table kiln cannot learn from
+/// (no rows, no other usable column, a constant target, more than [`MAX_CLASSES`]
+/// classes) is an error that says why.
+pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
+    let df = crate::table::read_table(path)?;
+    let shown = path.display();
+    let names = column_names(&df);
+    if !names.iter().any(|n| n == target) {
+        let hint = kiln_core::nearest(target, &names)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        return Err(invalid(format!(
+            "{shown}: no column `{target}`{hint}; the columns are {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let n = df.height();
+    let (task, n_classes, target_missing) = target_task(&df, target, n, &shown.to_string())?;
+    let columns = names
+        .iter()
+        .filter(|c| *c != target)
+        .map(|c| column_plan(&df, c, n))
+        .collect::<Result<Vec<_>>>()?;
+    if !columns.iter().any(|c| c.dropped.is_none()) {
+        let why = columns
+            .iter()
+            .map(|c| format!("`{}`: {}", c.name, c.dropped.map_or("", DropReason::describe)))
+            .collect::<Vec<_>>();
+        return Err(invalid(format!(
+            "{shown}: no column besides the target `{target}` can be learned from{}",
+            if why.is_empty() {
+                " (the table has no other column)".to_string()
+            } else {
+                format!(" ({})", why.join("; "))
+            }
+        )));
+    }
+    let source = match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "parquet" => Source::Parquet {
+            path: Some(path.to_path_buf()),
+            train: None,
+            test: None,
+        },
+        "csv" => Source::Csv {
+            path: Some(path.to_path_buf()),
+            train: None,
+            test: None,
+            delimiter: ',',
+            has_header: true,
+            null_values: vec!["NA".into(), String::new()],
+        },
+        _ => Source::Arrow {
+            path: Some(PathBuf::from(path)),
+            train: None,
+            test: None,
+        },
+    };
+    Ok(Suggestion {
+        source,
+        n_rows: n,
+        target: target.to_string(),
+        task,
+        n_classes,
+        target_missing,
+        columns,
+    })
+}
+
+/// The task of the target column, its class count, and its empty cells.
+fn target_task(df: &DataFrame, target: &str, n: usize, shown: &str) -> Result<(Task, usize, usize)> {
+    let col = df.column(target).ctx(|| target.to_string())?;
+    let missing = col.null_count();
+    let distinct = col
+        .drop_nulls()
+        .n_unique()
+        .ctx(|| format!("target `{target}`"))?;
+    if distinct < 2 {
+        return Err(invalid(format!(
+            "{shown}: the target `{target}` has {} in every row{}; there is nothing to predict",
+            if distinct == 0 { "no value" } else { "the same value" },
+            if missing > 0 {
+                format!(" ({missing} empty)")
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let dt = col.dtype().clone();
+    let task = if !is_numeric(&dt) || matches!(dt, DataType::Boolean) {
+        Task::Classification
+    } else {
+        let v = col
+            .drop_nulls()
+            .cast(&DataType::Float64)
+            .ctx(|| format!("target `{target}` as numbers"))?;
+        let whole = v
+            .f64()
+            .ctx(|| target.to_string())?
+            .into_no_null_iter()
+            .all(|x| x.fract() == 0.0);
+        if whole && distinct <= MAX_NUMERIC_CLASSES {
+            Task::Classification
+        } else {
+            Task::Regression
+        }
+    };
+    if task == Task::Classification && (distinct > MAX_CLASSES || distinct * 2 > n) {
+        return Err(invalid(format!(
+            "{shown}: the target `{target}` has {distinct} distinct values in {n} rows, too many classes to learn (kiln init writes classifiers of up to {MAX_CLASSES} classes, each with at least two rows on average); group the values, or predict a number with `task = \"regression\"`"
+        )));
+    }
+    let n_classes = if task == Task::Classification { distinct } else { 0 };
+    Ok((task, n_classes, missing))
+}
+
+/// How one column is kept or why it is dropped.
+fn column_plan(df: &DataFrame, name: &str, n: usize) -> Result<ColumnPlan> {
+    let col = df.column(name).ctx(|| name.to_string())?;
+    let missing = col.null_count();
+    let present = n - missing;
+    let distinct = if present == 0 {
+        0
+    } else {
+        col.drop_nulls().n_unique().ctx(|| name.to_string())?
+    };
+    let numeric = is_numeric(col.dtype());
+    let kind = if numeric {
+        ColumnKind::Number
+    } else if free_text(col)? {
+        ColumnKind::FreeText
+    } else {
+        ColumnKind::Category
+    };
+    let integral = numeric && !col.dtype().is_float() && !matches!(col.dtype(), DataType::Boolean);
+    let id_name = {
+        let l = name.to_ascii_lowercase();
+        l == "id" || l.ends_with("_id") || l.ends_with(" id") || l.starts_with("id_") || l.ends_with("id") && l.len() <= 4
+    };
+    // nearly every row its own value: an ID (text or whole numbers), never a measurement
+    let unique = present >= 20 && distinct * 100 >= present * 95;
+    let dropped = if present == 0 {
+        Some(DropReason::AllMissing)
+    } else if distinct <= 1 {
+        Some(DropReason::Constant)
+    } else if unique && (kind == ColumnKind::Category || (integral && id_name)) {
+        Some(DropReason::IdLike)
+    } else {
+        None
+    };
+    Ok(ColumnPlan {
+        name: name.to_string(),
+        kind,
+        missing,
+        distinct,
+        dropped,
+    })
+}
+
+/// A text column of sentences: cells of three or more words on average, and mostly
+/// distinct (so not a category).
+fn free_text(col: &Column) -> Result<bool> {
+    let s = col.cast(&DataType::String).ctx(|| col.name().to_string())?;
+    let s = s.str().ctx(|| col.name().to_string())?;
+    let (mut words, mut cells) = (0usize, 0usize);
+    for cell in s.iter().flatten().take(10_000) {
+        words += cell.split_whitespace().count();
+        cells += 1;
+    }
+    Ok(cells > 0 && words >= 3 * cells)
+}
+
+impl Suggestion {
+    /// The kept columns of one kind.
+    pub fn kept(&self, kind: ColumnKind) -> Vec<&ColumnPlan> {
+        self.columns
+            .iter()
+            .filter(|c| c.dropped.is_none() && c.kind == kind)
+            .collect()
+    }
+
+    /// The steps that make the kept columns features: drop the others, fill empty cells
+    /// (median for numbers, the most frequent value for categories), standardize the
+    /// numbers, one-hot encode the categories (their most frequent [`ONE_HOT_TOP`] when
+    /// they have more than [`ONE_HOT_ALL`]), hash free text into [`TEXT_FEATURES`].
+    pub fn steps(&self) -> Vec<Step> {
+        let names = |v: Vec<&ColumnPlan>| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        let mut steps = Vec::new();
+        let dropped = names(self.columns.iter().filter(|c| c.dropped.is_some()).collect());
+        if !dropped.is_empty() {
+            steps.push(Step::Drop { columns: dropped });
+        }
+        let numbers = self.kept(ColumnKind::Number);
+        let gaps = names(numbers.iter().copied().filter(|c| c.missing > 0).collect());
+        if !gaps.is_empty() {
+            steps.push(Step::Impute {
+                strategy: ImputeStrategy::Median,
+                value: None,
+                columns: Columns::Named(gaps),
+            });
+        }
+        if !numbers.is_empty() {
+            steps.push(Step::Standardize {
+                columns: Columns::Group("numeric".into()),
+            });
+        }
+        let categories = self.kept(ColumnKind::Category);
+        let gaps = names(categories.iter().copied().filter(|c| c.missing > 0).collect());
+        if !gaps.is_empty() {
+            steps.push(Step::Impute {
+                strategy: ImputeStrategy::MostFrequent,
+                value: None,
+                columns: Columns::Named(gaps),
+            });
+        }
+        let (few, many): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
+            categories.iter().partition(|c| c.distinct <= ONE_HOT_ALL);
+        if !few.is_empty() {
+            steps.push(Step::OneHot {
+                columns: Columns::Named(names(few)),
+                max_categories: None,
+            });
+        }
+        if !many.is_empty() {
+            steps.push(Step::OneHot {
+                columns: Columns::Named(names(many)),
+                max_categories: Some(ONE_HOT_TOP),
+            });
+        }
+        let text = self.kept(ColumnKind::FreeText);
+        if !text.is_empty() {
+            steps.push(Step::HashText {
+                columns: names(text),
+                n_features: TEXT_FEATURES,
+            });
+        }
+        steps
+    }
+
+    /// Features the steps make (numbers, one-hot columns, hashed text).
+    pub fn n_features(&self) -> usize {
+        let mut n = self.kept(ColumnKind::Number).len();
+        for c in self.kept(ColumnKind::Category) {
+            n += c.distinct.min(ONE_HOT_TOP);
+        }
+        n + self.kept(ColumnKind::FreeText).len() * TEXT_FEATURES
+    }
+}
