@@ -13,7 +13,7 @@ use crate::bench::Figure;
 use crate::bench_serve::{load, percentile, rss_mib};
 
 /// Rows in each large request of the flood (the digits row repeated).
-pub(crate) const LARGE_ROWS: usize = 50_000;
+pub(crate) const LARGE_ROWS: usize = 300_000;
 /// Idle connections held open during the flood (reopened when the server cuts them).
 const IDLE: usize = 200;
 /// Slowloris connections during the flood: a header byte every second.

@@ -342,7 +342,7 @@ pub(crate) fn bench_serve(
         &kiln,
         &ship,
         tools,
-        &["--max-batch", "100000", "--max-body", "67108864"],
+        &["--max-batch", "400000", "--max-body", "67108864"],
     )?;
     let mut reliability =
         crate::bench_reliability::flood(&addr, &body, &large, o.flood_seconds as f64);
