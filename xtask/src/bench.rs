@@ -35,6 +35,10 @@ struct Options {
     seconds: u64,
     /// `serve`: concurrent keep-alive clients.
     clients: usize,
+    /// `serve`: seconds of the flood (reliability).
+    flood_seconds: u64,
+    /// `serve`: seconds of the keep-alive soak whose RSS is sampled (reliability).
+    soak_seconds: u64,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -45,6 +49,8 @@ fn parse(args: &[String]) -> Result<Options> {
         write_docs: false,
         seconds: 30,
         clients: 8,
+        flood_seconds: 15,
+        soak_seconds: 60,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,21 +72,27 @@ fn parse(args: &[String]) -> Result<Options> {
                     .filter(|&n: &usize| n >= 1)
                     .ok_or_else(|| Failure::Usage("--pairs needs a number >= 1".into()))?;
             }
-            "--seconds" | "--clients" => {
+            "--seconds" | "--clients" | "--flood-seconds" | "--soak-seconds" => {
                 let n = it
                     .next()
                     .and_then(|v| v.parse::<u64>().ok())
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| Failure::Usage(format!("{a} needs a number >= 1")))?;
-                if a == "--seconds" {
-                    o.seconds = n;
-                } else {
-                    o.clients = n as usize;
+                    .filter(|&n| n >= 1 && (a != "--flood-seconds" || n >= 5))
+                    .ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "{a} needs a number >= {}",
+                            if a == "--flood-seconds" { 5 } else { 1 }
+                        ))
+                    })?;
+                match a.as_str() {
+                    "--seconds" => o.seconds = n,
+                    "--clients" => o.clients = n as usize,
+                    "--flood-seconds" => o.flood_seconds = n,
+                    _ => o.soak_seconds = n,
                 }
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --write-docs"
+                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
                 )));
             }
         }
@@ -184,6 +196,7 @@ pub fn bench(args: &[String]) -> Result {
         .map_err(|e| Failure::msg(format!("{}: {e}", out_dir.display())))?;
     let mut docs = Vec::new();
     for &b in &o.benches {
+        let mut sections = Vec::new();
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
@@ -195,14 +208,22 @@ pub fn bench(args: &[String]) -> Result {
                 f.extend(bench_preprocess(&root, &tools, &python, o.pairs)?);
                 f
             }
-            "serve" => crate::bench_serve::bench_serve(&root, &tools, &venv, &o_serve(&o))?,
+            "serve" => {
+                let (serve, reliability) =
+                    crate::bench_serve::bench_serve(&root, &tools, &venv, &o_serve(&o))?;
+                sections.push(("serve-reliability", reliability));
+                serve
+            }
             _ => bench_e2e(&root, &tools, &python, have_torch, o.pairs)?,
         };
-        let table = table(&figures);
-        println!("\n{b}:\n{table}");
-        fs::write(out_dir.join(format!("{b}.json")), json(b, &figures))
-            .map_err(|e| Failure::msg(format!("writing results: {e}")))?;
-        docs.push((b, table));
+        sections.insert(0, (b, figures));
+        for (name, figures) in sections {
+            let table = table(&figures);
+            println!("\n{name}:\n{table}");
+            fs::write(out_dir.join(format!("{name}.json")), json(name, &figures))
+                .map_err(|e| Failure::msg(format!("writing results: {e}")))?;
+            docs.push((name, table));
+        }
     }
     if o.write_docs {
         write_docs(&root.join("docs/benchmarks.md"), &docs, args)?;
@@ -215,6 +236,8 @@ fn o_serve(o: &Options) -> crate::bench_serve::ServeOptions {
         seconds: o.seconds,
         clients: o.clients,
         pairs: o.pairs,
+        flood_seconds: o.flood_seconds,
+        soak_seconds: o.soak_seconds,
     }
 }
 

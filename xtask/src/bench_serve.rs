@@ -1,7 +1,8 @@
 //! `cargo xtask bench serve`: `kiln serve` under load (N keep-alive clients over raw HTTP,
-//! std threads; req/s, p50 / p99 latency, errors, server RSS) and `kiln predict` against
-//! Python onnxruntime (bench/peers/predict_ort.py) on the same deployed digits model and
-//! rows, at batch 1 and 1024.
+//! std threads; req/s, p50 / p99 latency, errors, server RSS), its reliability figures
+//! (bench_reliability.rs: latency under a flood, RSS over a 60 s soak) and `kiln predict`
+//! against Python onnxruntime (bench/peers/predict_ort.py) on the same deployed digits
+//! model and rows, at batch 1 and 1024.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,6 +24,44 @@ pub(crate) struct ServeOptions {
     pub clients: usize,
     /// A B pairs of the predict comparison.
     pub pairs: usize,
+    /// Seconds of the flood (reliability).
+    pub flood_seconds: u64,
+    /// Seconds of the keep-alive soak whose RSS is sampled (reliability).
+    pub soak_seconds: u64,
+}
+
+/// `kiln serve --model ship --addr 127.0.0.1:0 EXTRA`, once it has printed its address.
+fn start(
+    kiln: &Path,
+    ship: &Path,
+    tools: &setup::Tools,
+    extra: &[&str],
+) -> Result<(Server, String)> {
+    let mut serve = Command::new(kiln);
+    serve
+        .arg("serve")
+        .arg("--model")
+        .arg(ship)
+        .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    tools.apply(&mut serve);
+    let mut child = serve
+        .spawn()
+        .map_err(|e| cmd::spawn_error(&serve, &e, "build kiln first"))?;
+    let stdout = child.stdout.take();
+    let server = Server(child);
+    let mut first = String::new();
+    if let Some(out) = stdout {
+        let _ = BufReader::new(out).read_line(&mut first);
+    }
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .ok_or_else(|| Failure::msg(format!("kiln serve did not start: {first:?}")))?
+        .to_string();
+    Ok((server, addr))
 }
 
 /// How many times the digits rows are repeated in the predict input (1,797 × 10 rows).
@@ -39,7 +78,7 @@ impl Drop for Server {
 }
 
 /// Resident memory of a process in MiB, from `/proc/<pid>/status` (VmRSS).
-fn rss_mib(pid: u32) -> f64 {
+pub(crate) fn rss_mib(pid: u32) -> f64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -52,11 +91,11 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// What one load phase measured.
-struct Load {
+pub(crate) struct Load {
     /// Latency of every successful request, in ms.
-    latencies: Vec<f64>,
-    errors: usize,
-    seconds: f64,
+    pub(crate) latencies: Vec<f64>,
+    pub(crate) errors: usize,
+    pub(crate) seconds: f64,
 }
 
 /// One keep-alive connection's request / response, returning the status.
@@ -96,7 +135,7 @@ fn exchange(
 }
 
 /// `clients` threads, each on its own keep-alive connection, POST `body` until `secs` end.
-fn load(addr: &str, body: &str, clients: usize, secs: f64) -> Load {
+pub(crate) fn load(addr: &str, body: &str, clients: usize, secs: f64) -> Load {
     let request = format!(
         "POST /v1/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -163,7 +202,7 @@ fn load(addr: &str, body: &str, clients: usize, secs: f64) -> Load {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -192,13 +231,14 @@ fn peer_python(venv: &Path, tools: &setup::Tools) -> Option<PathBuf> {
     tools.python.clone().filter(|p| has_ort(p))
 }
 
-/// `cargo xtask bench serve`.
+/// `cargo xtask bench serve`: the load and predict figures, and the reliability ones
+/// (flood latency, RSS over the soak).
 pub(crate) fn bench_serve(
     root: &Path,
     tools: &setup::Tools,
     venv: &Path,
     o: &ServeOptions,
-) -> Result<Vec<Figure>> {
+) -> Result<(Vec<Figure>, Vec<Figure>)> {
     let kiln = paths::target_dir().join("release/kiln");
     let dir = paths::target_dir().join("bench/serve");
     fs::create_dir_all(&dir).map_err(|e| Failure::msg(format!("{}: {e}", dir.display())))?;
@@ -235,29 +275,7 @@ pub(crate) fn bench_serve(
         .collect();
     let body = format!("{{\"instances\": [[{}]]}}", row.join(","));
 
-    let mut serve = Command::new(&kiln);
-    serve
-        .arg("serve")
-        .arg("--model")
-        .arg(&ship)
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    tools.apply(&mut serve);
-    let mut child = serve
-        .spawn()
-        .map_err(|e| cmd::spawn_error(&serve, &e, "build kiln first"))?;
-    let stdout = child.stdout.take();
-    let server = Server(child);
-    let mut first = String::new();
-    if let Some(out) = stdout {
-        let _ = BufReader::new(out).read_line(&mut first);
-    }
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .ok_or_else(|| Failure::msg(format!("kiln serve did not start: {first:?}")))?
-        .to_string();
+    let (server, addr) = start(&kiln, &ship, tools, &[])?;
     let pid = server.0.id();
     let idle = rss_mib(pid);
     eprintln!(
@@ -313,6 +331,33 @@ pub(crate) fn bench_serve(
         ),
         figure("serve RSS after the run".into(), "MiB", false, rss_end),
     ];
+
+    // Reliability: a fresh server for the flood (large bodies allowed), another for the
+    // keep-alive soak, so that neither inherits the other's memory.
+    let large = format!(
+        "{{\"instances\": [{}]}}",
+        vec![format!("[{}]", row.join(",")); crate::bench_reliability::LARGE_ROWS].join(",")
+    );
+    let (server, addr) = start(
+        &kiln,
+        &ship,
+        tools,
+        &["--max-batch", "400000", "--max-body", "67108864"],
+    )?;
+    let mut reliability =
+        crate::bench_reliability::flood(&addr, &body, &large, o.flood_seconds as f64);
+    drop(server);
+    let (server, addr) = start(&kiln, &ship, tools, &[])?;
+    // the same warm-up as above, then the soak
+    load(&addr, &body, o.clients, 2.0);
+    reliability.extend(crate::bench_reliability::soak(
+        &addr,
+        server.0.id(),
+        &body,
+        o.clients,
+        o.soak_seconds,
+    ));
+    drop(server);
 
     // kiln predict vs Python onnxruntime on the same rows: the digits file repeated.
     let input = dir.join(format!("digits-x{REPEAT}.csv"));
@@ -381,5 +426,5 @@ pub(crate) fn bench_serve(
         }
         figures.push(f);
     }
-    Ok(figures)
+    Ok((figures, reliability))
 }

@@ -113,6 +113,8 @@ enum Command {
         batch: u32,
     },
     /// Serve a deployed model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics.
+    ///
+    /// Every limit has a flag; the defaults suit a service behind a load balancer.
     Serve {
         /// A deploy folder or an .onnx file with schema.json beside it (as for `predict`).
         #[arg(long)]
@@ -121,18 +123,42 @@ enum Command {
         /// which).
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
-        /// ONNX Runtime sessions: requests run at once (more wait for a free one).
-        #[arg(long, default_value_t = 2)]
-        sessions: usize,
-        /// Most rows in one request (more: 413).
-        #[arg(long, default_value_t = 1024)]
-        max_batch: usize,
-        /// Largest request body in bytes (more: 413).
-        #[arg(long, default_value_t = 4 * 1024 * 1024)]
-        max_body: usize,
+        /// ONNX Runtime sessions: requests run at once (more wait for a free one); 1 to
+        /// 256.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(serve::SESSIONS))]
+        sessions: u64,
+        /// Most rows in one request (more: 413); at most 10,000,000.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(serve::MAX_BATCH))]
+        max_batch: u64,
+        /// Largest request body in bytes (more: 413); at most 1 GiB.
+        #[arg(long, default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(serve::MAX_BODY))]
+        max_body: u64,
         /// Per-request limit on waiting for a session plus inference (503 / 504 past it).
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(serve::TIMEOUT_MS))]
         timeout_ms: u64,
+        /// Most time for a request's head (request line and headers), counted from the
+        /// connection's opening or its previous response; past it the connection is
+        /// closed (slow clients, slowloris).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(serve::TIMEOUT_MS))]
+        header_timeout_ms: u64,
+        /// Most time for a request's whole body to arrive; past it: 408 and the connection
+        /// closed.
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(serve::TIMEOUT_MS))]
+        body_timeout_ms: u64,
+        /// Most time a connection may wait on its client without progress while no
+        /// request is handled (a silent or idle keep-alive connection, a stalled head, a
+        /// response the client does not read); past it the connection is closed.
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(serve::TIMEOUT_MS))]
+        idle_timeout_ms: u64,
+        /// Most connections open at once (lowered to fit the open-file limit). Beyond it,
+        /// up to 32 more are answered at once — /healthz and /readyz as usual, anything
+        /// else 503 — and closed; past those, closed unanswered.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(serve::MAX_CONNECTIONS))]
+        max_connections: u64,
+        /// After SIGTERM / Ctrl-C: most time to finish the requests in flight; connections
+        /// still open then are closed and the process exits (0: at once).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(serve::SHUTDOWN_MS))]
+        shutdown_timeout_ms: u64,
     },
 }
 
@@ -279,6 +305,11 @@ fn main() -> ExitCode {
             max_batch,
             max_body,
             timeout_ms,
+            header_timeout_ms,
+            body_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
+            shutdown_timeout_ms,
         } => {
             let opts = serve::Options {
                 model,
@@ -287,6 +318,11 @@ fn main() -> ExitCode {
                 max_batch,
                 max_body,
                 timeout_ms,
+                header_timeout_ms,
+                body_timeout_ms,
+                idle_timeout_ms,
+                max_connections,
+                shutdown_timeout_ms,
             };
             match serve::serve(opts) {
                 Ok(()) => ExitCode::SUCCESS,

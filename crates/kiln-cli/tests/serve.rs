@@ -1,5 +1,7 @@
-//! Tests of `kiln serve` as a client meets it: the real binary on a free port, raw HTTP
-//! over std::net, answers checked against `kiln predict`, errors, /metrics and SIGTERM.
+//! Tests of `kiln serve` as a client meets it: the real binary on a free loopback port, raw
+//! HTTP over std::net, answers checked against `kiln predict`, errors, /metrics, SIGTERM,
+//! and its limits (slow and idle clients, a connection flood, a stuck client at shutdown)
+//! with short timeouts so that each test ends in seconds.
 
 mod common;
 
@@ -44,7 +46,21 @@ impl Drop for Server {
 }
 
 fn start(extra: &[&str]) -> Server {
-    let mut child = kiln()
+    spawn(kiln(), extra)
+}
+
+/// `kiln serve` under an open-file limit of `fds` (`ulimit -n` in a shell that then
+/// execs kiln, so the pid is kiln's).
+fn start_with_fd_limit(fds: u32, extra: &[&str]) -> Server {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_kiln"));
+    spawn(sh, extra)
+}
+
+fn spawn(mut command: Command, extra: &[&str]) -> Server {
+    let mut child = command
         .arg("serve")
         .arg("--model")
         .arg(ship())
@@ -70,17 +86,23 @@ fn start(extra: &[&str]) -> Server {
 }
 
 /// One HTTP/1.1 request (Connection: close); returns the status and the body.
+/// Bounded in time: a server that stops answering fails the test rather than hanging it.
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
     req.extend_from_slice(body);
-    s.write_all(&req).unwrap();
+    s.write_all(&req)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
+    s.read_to_end(&mut resp)
+        .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"));
     let text = String::from_utf8_lossy(&resp).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -156,7 +178,7 @@ fn check(pred: &Value, want: &(String, [f64; 3]), what: &str) {
 #[test]
 fn concurrent_requests_match_kiln_predict() {
     let (rows, expected) = iris_and_kiln_predict();
-    let server = start(&["--sessions", "3"]);
+    let server = start(&["--sessions", "3", "--max-batch", "20000"]);
     let addr = server.addr.as_str();
     let (rows, expected) = (&rows, &expected);
     std::thread::scope(|s| {
@@ -199,6 +221,21 @@ fn concurrent_requests_match_kiln_predict() {
     for (i, p) in v["predictions"].as_array().unwrap().iter().enumerate() {
         check(p, &expected[i], &format!("row {i}"));
     }
+    // 100 times the rows in one request (~300 kB: parsed on the blocking pool)
+    let many: Vec<Value> = (0..100)
+        .flat_map(|_| rows.iter().map(|r| json!(r)))
+        .collect();
+    let (status, v) = post(addr, &json!({ "instances": many }).to_string());
+    assert_eq!(status, 200);
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 100 * rows.len());
+    for (i, p) in preds.iter().enumerate() {
+        check(
+            p,
+            &expected[i % rows.len()],
+            &format!("row {i} of the large request"),
+        );
+    }
     let (status, body) = http(addr, "GET", "/readyz", b"");
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -206,11 +243,35 @@ fn concurrent_requests_match_kiln_predict() {
     assert_eq!(v["available"], json!(3), "every session back in the pool");
 }
 
-fn metric(text: &str, name: &str) -> u64 {
+/// The value of the sample `name{labels}` in a Prometheus / OpenMetrics text (labels in
+/// any order; 0 when absent, as for a counter never incremented).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0)
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, mut got) = match series.split_once('{') {
+                Some((n, rest)) => (
+                    n,
+                    rest.strip_suffix('}')?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect::<Vec<_>>(),
+                ),
+                None => (series, Vec::new()),
+            };
+            got.sort();
+            (n == name && got == want).then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let v = sample(text, name, labels);
+    assert!(v >= 0.0 && v.fract() == 0.0, "{name}: {v}");
+    v as u64
 }
 
 #[test]
@@ -279,9 +340,11 @@ fn bad_requests_get_json_4xx_and_are_counted() {
     let (status, text) = http(addr, "GET", "/metrics", b"");
     assert_eq!(status, 200);
     let req = |route: &str, code: u16| {
+        let code = code.to_string();
         metric(
             &text,
-            &format!("kiln_serve_requests_total{{route=\"{route}\",status=\"{code}\"}}"),
+            "kiln_serve_requests_total",
+            &[("route", route), ("status", &code)],
         )
     };
     assert_eq!(req("/v1/predict", 200), 1, "{text}");
@@ -291,37 +354,53 @@ fn bad_requests_get_json_4xx_and_are_counted() {
     assert_eq!(req("/v1/predict", 405), 1, "{text}");
     assert_eq!(req("/healthz", 200), 9, "{text}");
     assert_eq!(req("unmatched", 404), 1, "{text}");
-    let err = |kind: &str| {
-        metric(
-            &text,
-            &format!("kiln_serve_errors_total{{kind=\"{kind}\"}}"),
-        )
-    };
+    let err = |kind: &str| metric(&text, "kiln_serve_errors_total", &[("kind", kind)]);
     assert_eq!(err("malformed_json"), 1, "{text}");
     assert_eq!(err("invalid_input"), 6, "{text}");
     assert_eq!(err("too_large"), 2, "{text}");
     assert_eq!(
-        metric(&text, "kiln_serve_rows_predicted_total"),
+        metric(&text, "kiln_serve_rows_predicted_total", &[]),
         1,
         "{text}"
     );
     // 1 good + 9 bad + the GET (405) above
+    let predict = [("route", "/v1/predict")];
     assert_eq!(
-        metric(
-            &text,
-            "kiln_serve_request_duration_seconds_count{route=\"/v1/predict\"}"
-        ),
+        metric(&text, "kiln_serve_request_duration_seconds_count", &predict),
         11,
         "{text}"
     );
     assert_eq!(
         metric(
             &text,
-            "kiln_serve_request_duration_seconds_bucket{route=\"/v1/predict\",le=\"+Inf\"}"
+            "kiln_serve_request_duration_seconds_bucket",
+            &[("route", "/v1/predict"), ("le", "+Inf")]
         ),
         11,
         "{text}"
     );
+    // cumulative buckets: none above +Inf, none decreasing
+    let buckets: Vec<u64> = ["0.001", "0.01", "0.1", "1.0", "5.0", "+Inf"]
+        .iter()
+        .map(|le| {
+            metric(
+                &text,
+                "kiln_serve_request_duration_seconds_bucket",
+                &[("route", "/v1/predict"), ("le", le)],
+            )
+        })
+        .collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(metric(&text, "kiln_serve_sessions", &[]), 2, "{text}");
+    assert_eq!(
+        metric(&text, "kiln_serve_sessions_available", &[]),
+        2,
+        "{text}"
+    );
+    // this /metrics request's own connection (and perhaps the previous one's, closing)
+    let open = metric(&text, "kiln_serve_connections_open", &[]);
+    assert!((1..=2).contains(&open), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
 
 #[test]
@@ -347,4 +426,349 @@ fn sigterm_and_ctrl_c_stop_the_server_with_status_0() {
         };
         assert!(status.success(), "kill {sig}: {status:?}");
     }
+}
+
+/// How a client's connection ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    /// The server closed it (EOF or reset) after this long, having sent these bytes.
+    Closed(Duration, String),
+    /// Still open when the client gave up.
+    Open,
+}
+
+/// Sends `head` at once, then `drip` one byte every `every` (cycling), until the server
+/// closes the connection or `give_up` passes.
+fn drip(addr: &str, head: &[u8], drip: &[u8], every: Duration, give_up: Duration) -> End {
+    let mut s =
+        TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(every)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let closed = |got: &[u8]| End::Closed(started.elapsed(), String::from_utf8_lossy(got).into());
+    if s.write_all(head).is_err() {
+        return closed(&got);
+    }
+    let mut k = 0;
+    while started.elapsed() < give_up {
+        if !drip.is_empty() {
+            if s.write_all(&drip[k % drip.len()..][..1]).is_err() {
+                // what the server said before it closed
+                let mut rest = Vec::new();
+                let _ = s.read_to_end(&mut rest);
+                got.extend_from_slice(&rest);
+                return closed(&got);
+            }
+            k += 1;
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => return closed(&got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return closed(&got),
+        }
+    }
+    End::Open
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_at_their_timeouts() {
+    let server = start(&[
+        "--header-timeout-ms",
+        "4000",
+        "--idle-timeout-ms",
+        "1000",
+        "--body-timeout-ms",
+        "1000",
+    ]);
+    let addr = server.addr.as_str();
+    let tick = Duration::from_millis(200);
+    let give_up = Duration::from_secs(15);
+    let (slowloris, silent, keep_alive, slow_body) = std::thread::scope(|s| {
+        // a head that never ends, a byte every 200 ms: under the idle timeout each time,
+        // so only the header timeout (4 s) cuts it
+        let slowloris = s.spawn(|| {
+            drip(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nX-Slow: ",
+                b"a",
+                tick,
+                give_up,
+            )
+        });
+        // connects and says nothing: the idle timeout (1 s)
+        let silent = s.spawn(|| drip(addr, b"", b"", tick, give_up));
+        // one request on a keep-alive connection, then silence: the idle timeout again
+        let keep_alive = s.spawn(|| {
+            let head = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+            drip(addr, head.as_bytes(), b"", tick, give_up)
+        });
+        // a body of 100 bytes, one every 200 ms: the body timeout (1 s), answered 408
+        let slow_body = s.spawn(|| {
+            let head = format!(
+                "POST /v1/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            );
+            drip(addr, head.as_bytes(), b" ", tick, give_up)
+        });
+        (
+            slowloris.join().unwrap(),
+            silent.join().unwrap(),
+            keep_alive.join().unwrap(),
+            slow_body.join().unwrap(),
+        )
+    });
+    // Each one is cut by its own limit: not before it, and well before the next one
+    // (timers, so only a heavily loaded machine adds to the times).
+    let End::Closed(t, got) = slowloris else {
+        panic!("slowloris still connected after {give_up:?}")
+    };
+    assert!((3.8..9.0).contains(&secs(t)), "slowloris cut after {t:?}");
+    assert_eq!(got, "", "no answer to an incomplete head");
+    let End::Closed(t, got) = silent else {
+        panic!("silent connection still open")
+    };
+    assert!(
+        (0.9..3.5).contains(&secs(t)),
+        "silent connection cut after {t:?}"
+    );
+    assert_eq!(got, "");
+    let End::Closed(t, got) = keep_alive else {
+        panic!("idle keep-alive connection still open")
+    };
+    assert!(
+        (0.9..3.5).contains(&secs(t)),
+        "idle keep-alive cut after {t:?}"
+    );
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    let End::Closed(t, got) = slow_body else {
+        panic!("slow body still connected")
+    };
+    assert!((0.9..3.5).contains(&secs(t)), "slow body cut after {t:?}");
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(
+        got.contains("did not arrive within 1000 ms (--body-timeout-ms)"),
+        "{got:?}"
+    );
+
+    // the server is fine, and says what it cut
+    assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+    let (_, text) = http(addr, "GET", "/metrics", b"");
+    let closed = |kind: &str| {
+        metric(
+            &text,
+            "kiln_serve_connections_closed_total",
+            &[("kind", kind)],
+        )
+    };
+    assert_eq!(closed("header_timeout"), 1, "{text}");
+    assert_eq!(closed("idle_timeout"), 2, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "kiln_serve_errors_total",
+            &[("kind", "body_timeout")]
+        ),
+        1,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_connection_flood_is_capped_and_the_probes_still_answer() {
+    // As in the report: 256 descriptors, 300 idle connections. kiln fits its cap to the
+    // limit (256 - 64 kept - 32 over-limit answers = 160), refuses the rest, and keeps
+    // answering /healthz and /readyz on connections beyond the cap.
+    let server = start_with_fd_limit(256, &["--idle-timeout-ms", "3000"]);
+    let addr = server.addr.as_str();
+    let started = Instant::now();
+    let sock = addr.parse().unwrap();
+    let flood: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect_timeout(&sock, Duration::from_secs(10)).unwrap())
+        .collect();
+    // past the over-limit head timeout (1 s) of the refused ones, within the idle timeout
+    // (3 s) of the accepted ones
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..5 {
+        let (status, body) = http(addr, "GET", "/healthz", b"");
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = http(addr, "GET", "/readyz", b"");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"ready\""), "{body}");
+    }
+    // answered while the flood held the cap (its idle timeout is 3 s), not after it left
+    let probed = started.elapsed();
+    assert!(
+        probed < Duration::from_millis(2900),
+        "the probes were answered only {probed:?} after the flood began"
+    );
+    let (status, v) = post(addr, r#"{"instances": [[5.1, 3.5, 1.4, 0.2]]}"#);
+    assert_eq!(status, 503, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("160 connections open, its limit (--max-connections)"),
+        "{msg}"
+    );
+    // The accepted 160 are cut by the idle timeout, the rest were closed already, none
+    // answered; then the server has room again.
+    let (mut answered, mut open) = (0, 0);
+    for mut s in flood {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(_) => answered += 1,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                open += 1
+            }
+            Err(_) => {} // reset
+        }
+    }
+    assert_eq!(
+        (answered, open),
+        (0, 0),
+        "flood connections answered / still open"
+    );
+    let (status, v) = post(addr, r#"{"instances": [[5.1, 3.5, 1.4, 0.2]]}"#);
+    assert_eq!(status, 200, "{v}");
+    let (_, text) = http(addr, "GET", "/metrics", b"");
+    assert_eq!(
+        metric(
+            &text,
+            "kiln_serve_connections_closed_total",
+            &[("kind", "idle_timeout")]
+        ),
+        160,
+        "{text}"
+    );
+    // beyond the cap: 140 of the flood, the 10 probes and the 503 above
+    assert_eq!(
+        metric(&text, "kiln_serve_connections_over_limit_total", &[]),
+        151,
+        "{text}"
+    );
+    // the probes beyond the cap are counted like any other
+    let probes = |route: &str| {
+        metric(
+            &text,
+            "kiln_serve_requests_total",
+            &[("route", route), ("status", "200")],
+        )
+    };
+    assert_eq!((probes("/healthz"), probes("/readyz")), (5, 5), "{text}");
+}
+
+#[test]
+fn sigterm_with_a_stuck_client_exits_within_the_deadline() {
+    let mut server = start(&[
+        "--shutdown-timeout-ms",
+        "1000",
+        "--body-timeout-ms",
+        "60000",
+        "--idle-timeout-ms",
+        "60000",
+    ]);
+    let addr = server.addr.clone();
+    // a request whose body stops after 10 of its 1000 bytes
+    let mut stuck = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"rows\": ["
+    );
+    stuck.write_all(head.as_bytes()).unwrap();
+    // an idle keep-alive connection too: closed at once by the shutdown
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id().to_string();
+    let sent = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM with --shutdown-timeout-ms 1000"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    // it waited for the stuck request up to the deadline, not longer
+    assert!(
+        (0.9..5.0).contains(&secs(took)),
+        "exited {took:?} after SIGTERM"
+    );
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(
+        matches!(idle.read(&mut buf), Ok(0) | Err(_)),
+        "idle connection closed"
+    );
+    assert!(TcpStream::connect(&addr).is_err(), "no longer listening");
+}
+
+#[test]
+fn out_of_range_limits_are_usage_errors() {
+    for (flag, value, phrase) in [
+        (
+            "--sessions",
+            "99999999999999",
+            "99999999999999 is not in 1..=256",
+        ),
+        ("--sessions", "0", "0 is not in 1..=256"),
+        ("--max-connections", "0", "0 is not in 1..=1000000"),
+        ("--idle-timeout-ms", "0", "0 is not in 1..=3600000"),
+        (
+            "--max-body",
+            "2000000000",
+            "2000000000 is not in 1..=1073741824",
+        ),
+    ] {
+        let out = kiln()
+            .args(["serve", "--model", "nowhere", flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(phrase),
+            "{flag} {value}: {err}"
+        );
+    }
+    let help = kiln().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--header-timeout-ms",
+        "--body-timeout-ms",
+        "--idle-timeout-ms",
+        "--max-connections",
+        "--shutdown-timeout-ms",
+        "--sessions",
+    ] {
+        assert!(help.contains(flag), "{flag} not in\n{help}");
+    }
+    assert!(help.contains("[default: 512]"), "{help}");
 }
