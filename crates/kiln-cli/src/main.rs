@@ -8,6 +8,16 @@ mod predict;
 mod progress;
 mod serve;
 
+/// The unit-test build counts heap (serve's request-body property test bounds it); the
+/// binary uses the system allocator as it is.
+#[cfg(test)]
+#[global_allocator]
+static HEAP: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
+
+/// One measured call at a time in the unit tests.
+#[cfg(test)]
+static HEAP_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use clap::{Parser, Subcommand};
 use comfy_table::{Table as Grid, presets::UTF8_FULL_CONDENSED};
 use std::path::PathBuf;

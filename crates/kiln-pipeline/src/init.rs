@@ -49,7 +49,8 @@ fn relative(to: &Path, from: &Path) -> PathBuf {
     let (Ok(to), Ok(from)) = (std::path::absolute(to), std::path::absolute(from)) else {
         return to.to_path_buf();
     };
-    let (a, b): (Vec<Component>, Vec<Component>) = (to.components().collect(), from.components().collect());
+    let (a, b): (Vec<Component>, Vec<Component>) =
+        (to.components().collect(), from.components().collect());
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     if common == 0 {
         return to;
@@ -76,7 +77,11 @@ fn step(s: &Step) -> String {
 
 /// The text of a pipeline file for `data` and `target`, to be written at `output`
 /// (paths in it are relative to that file's folder), and what was seen.
-pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result<(String, Suggestion)> {
+pub fn init(
+    data: &Path,
+    target: &str,
+    output: &Path,
+) -> kiln_preprocess::Result<(String, Suggestion)> {
     let s = suggest(data, target)?;
     let dir = output
         .parent()
@@ -90,7 +95,13 @@ pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result
         .to_string();
     let name: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let classification = s.task == Task::Classification;
     let train_rows = s.n_rows.saturating_sub(s.target_missing) * 6 / 10;
@@ -124,7 +135,11 @@ pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result
     };
     let _ = writeln!(t, "source = {source}");
     let _ = writeln!(t, "target = {}", quote(target));
-    let task = if classification { "classification" } else { "regression" };
+    let task = if classification {
+        "classification"
+    } else {
+        "regression"
+    };
     let why = if classification {
         format!("{} classes", s.n_classes)
     } else {
@@ -163,7 +178,11 @@ pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result
     let _ = writeln!(
         t,
         "split = {{ valid = 0.2, test = 0.2{} }}\n",
-        if classification { ", stratify = true" } else { "" }
+        if classification {
+            ", stratify = true"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(t, "[stages.train]\nuses = \"train\"\ninput = \"data\"");
     let _ = writeln!(
@@ -192,7 +211,10 @@ pub fn init(data: &Path, target: &str, output: &Path) -> kiln_preprocess::Result
         "early_stopping = {{ patience = {} }}   # the best epoch's weights are kept\n",
         z.patience
     );
-    let _ = writeln!(t, "[stages.eval]\nuses = \"evaluate\"\ninputs = [\"train\"]");
+    let _ = writeln!(
+        t,
+        "[stages.eval]\nuses = \"evaluate\"\ninputs = [\"train\"]"
+    );
     let _ = writeln!(
         t,
         "# baselines (majority class / mean and a linear model) are scored beside the model;"

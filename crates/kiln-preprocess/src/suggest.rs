@@ -127,7 +127,13 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
     if !columns.iter().any(|c| c.dropped.is_none()) {
         let why = columns
             .iter()
-            .map(|c| format!("`{}`: {}", c.name, c.dropped.map_or("", DropReason::describe)))
+            .map(|c| {
+                format!(
+                    "`{}`: {}",
+                    c.name,
+                    c.dropped.map_or("", DropReason::describe)
+                )
+            })
             .collect::<Vec<_>>();
         return Err(invalid(format!(
             "{shown}: no column besides the target `{target}` can be learned from{}",
@@ -170,7 +176,12 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
 }
 
 /// The task of the target column, its class count, and its empty cells.
-fn target_task(df: &DataFrame, target: &str, n: usize, shown: &str) -> Result<(Task, usize, usize)> {
+fn target_task(
+    df: &DataFrame,
+    target: &str,
+    n: usize,
+    shown: &str,
+) -> Result<(Task, usize, usize)> {
     let col = df.column(target).ctx(|| target.to_string())?;
     let missing = col.null_count();
     let distinct = col
@@ -180,7 +191,11 @@ fn target_task(df: &DataFrame, target: &str, n: usize, shown: &str) -> Result<(T
     if distinct < 2 {
         return Err(invalid(format!(
             "{shown}: the target `{target}` has {} in every row{}; there is nothing to predict",
-            if distinct == 0 { "no value" } else { "the same value" },
+            if distinct == 0 {
+                "no value"
+            } else {
+                "the same value"
+            },
             if missing > 0 {
                 format!(" ({missing} empty)")
             } else {
@@ -212,7 +227,11 @@ fn target_task(df: &DataFrame, target: &str, n: usize, shown: &str) -> Result<(T
             "{shown}: the target `{target}` has {distinct} distinct values in {n} rows, too many classes to learn (kiln init writes classifiers of up to {MAX_CLASSES} classes, each with at least two rows on average); group the values, or predict a number with `task = \"regression\"`"
         )));
     }
-    let n_classes = if task == Task::Classification { distinct } else { 0 };
+    let n_classes = if task == Task::Classification {
+        distinct
+    } else {
+        0
+    };
     Ok((task, n_classes, missing))
 }
 
@@ -237,7 +256,11 @@ fn column_plan(df: &DataFrame, name: &str, n: usize) -> Result<ColumnPlan> {
     let integral = numeric && !col.dtype().is_float() && !matches!(col.dtype(), DataType::Boolean);
     let id_name = {
         let l = name.to_ascii_lowercase();
-        l == "id" || l.ends_with("_id") || l.ends_with(" id") || l.starts_with("id_") || l.ends_with("id") && l.len() <= 4
+        l == "id"
+            || l.ends_with("_id")
+            || l.ends_with(" id")
+            || l.starts_with("id_")
+            || l.ends_with("id") && l.len() <= 4
     };
     // nearly every row its own value: an ID (text or whole numbers), never a measurement
     let unique = present >= 20 && distinct * 100 >= present * 95;
@@ -288,7 +311,12 @@ impl Suggestion {
     pub fn steps(&self) -> Vec<Step> {
         let names = |v: Vec<&ColumnPlan>| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
         let mut steps = Vec::new();
-        let dropped = names(self.columns.iter().filter(|c| c.dropped.is_some()).collect());
+        let dropped = names(
+            self.columns
+                .iter()
+                .filter(|c| c.dropped.is_some())
+                .collect(),
+        );
         if !dropped.is_empty() {
             steps.push(Step::Drop { columns: dropped });
         }
@@ -307,7 +335,13 @@ impl Suggestion {
             });
         }
         let categories = self.kept(ColumnKind::Category);
-        let gaps = names(categories.iter().copied().filter(|c| c.missing > 0).collect());
+        let gaps = names(
+            categories
+                .iter()
+                .copied()
+                .filter(|c| c.missing > 0)
+                .collect(),
+        );
         if !gaps.is_empty() {
             steps.push(Step::Impute {
                 strategy: ImputeStrategy::MostFrequent,

@@ -536,3 +536,128 @@ mod tests {
         );
     }
 }
+
+/// Property test: request bodies mutated from valid ones never panic [`Shape::prepare`],
+/// and its heap stays within 64 MiB + 64 bytes per body byte (the global allocator of
+/// kiln's unit-test build counts it; see main.rs).
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// Valid bodies: rows and instances, numbers, nulls, text.
+    const BODIES: [&str; 4] = [
+        r#"{"rows": [{"a": 1.5, "b": "u"}, {"a": null, "b": "v"}, {"a": -2, "b": null}]}"#,
+        r#"{"instances": [[1, "v"], [2.5e3, "u"], [null, "w"]]}"#,
+        r#"{"rows": [{"b": "u", "a": 0}]}"#,
+        r#"{"instances": []}"#,
+    ];
+
+    /// Tokens that break JSON or stand for values nobody bounded.
+    const TOKENS: [&str; 20] = [
+        "1e400",
+        "-1e400",
+        "NaN",
+        "Infinity",
+        "null",
+        "true",
+        "\"\"",
+        "[]",
+        "{}",
+        "[[",
+        "{\"rows\":",
+        "9223372036854775807",
+        "-0",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        ",",
+        ":",
+        "]",
+        "}",
+        "\"💥\"",
+    ];
+
+    fn shape() -> Shape {
+        let mut s = Schema {
+            version: 1,
+            input_columns: vec!["a".into(), "b".into()],
+            feature_names: vec!["a".into(), "b=u".into(), "b=v".into()],
+            target: "y".into(),
+            task: Task::Classification,
+            class_labels: vec!["x".into(), "z".into()],
+            transforms: vec![],
+        };
+        s.transforms = vec![
+            kiln_core::Transform::Impute {
+                columns: vec!["a".into()],
+                strategy: "median".into(),
+                values: vec![3.0],
+            },
+            kiln_core::Transform::OneHot {
+                columns: vec!["b".into()],
+                categories: vec![vec!["u".into(), "v".into()]],
+            },
+        ];
+        Shape::new(s, 1000)
+    }
+
+    /// `body` with the edits applied: a token replaced, bytes cut, a stretch repeated.
+    fn mutate(body: &str, edits: &[(Index, u8, Index)]) -> Vec<u8> {
+        let mut b = body.as_bytes().to_vec();
+        for (at, kind, pick) in edits {
+            if b.is_empty() {
+                break;
+            }
+            let k = at.index(b.len());
+            match kind % 4 {
+                0 => {
+                    let t = TOKENS[pick.index(TOKENS.len())];
+                    let end = (k + 1 + pick.index(4)).min(b.len());
+                    b.splice(k..end, t.bytes());
+                }
+                1 => b.truncate(k),
+                2 => {
+                    let end = (k + 1 + pick.index(40)).min(b.len());
+                    let chunk = b[k..end].to_vec();
+                    for _ in 0..pick.index(64) {
+                        b.splice(end..end, chunk.iter().copied());
+                    }
+                }
+                _ => b[k] ^= 1 << pick.index(8),
+            }
+        }
+        b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6b69_6c6e),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn mutated_bodies_are_answered_never_panic(
+            which in 0usize..4,
+            edits in prop::collection::vec((any::<Index>(), any::<u8>(), any::<Index>()), 1..5),
+        ) {
+            let body = mutate(BODIES[which], &edits);
+            let s = shape();
+            let _serial = crate::HEAP_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+            let before = crate::HEAP.current_usage();
+            crate::HEAP.reset_peak_usage();
+            let r = s.prepare(&body);
+            let grew = crate::HEAP.peak_usage().saturating_sub(before);
+            prop_assert!(grew <= (64 << 20) + 64 * body.len(), "{grew} bytes for {} bytes", body.len());
+            match r {
+                Ok(b) => prop_assert_eq!(b.features.len(), b.rows * 3),
+                Err(e) => {
+                    prop_assert!(e.status.is_client_error(), "{:?} {}", e.status, e.message);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+}
