@@ -91,6 +91,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Write a commented pipeline file for a table kiln has never seen.
+    ///
+    /// The task comes from the target; each column is kept and encoded, or dropped with
+    /// the reason; the network is sized to the rows; evaluate and deploy stages follow.
+    /// It runs as written; every choice is a default to revise.
+    Init {
+        /// The table: .csv (NA and empty cells are missing), .parquet or .arrow.
+        data: PathBuf,
+        /// The column to predict.
+        #[arg(long)]
+        target: String,
+        /// Where to write the pipeline file (default: <table name>.toml in the current
+        /// folder).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Check a pipeline file without running it.
     Validate {
         /// The pipeline file.
@@ -170,6 +189,57 @@ enum Command {
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(serve::SHUTDOWN_MS))]
         shutdown_timeout_ms: u64,
     },
+}
+
+/// `kiln init`: writes the pipeline file and says what it chose.
+fn init(data: &std::path::Path, target: &str, output: Option<PathBuf>, force: bool) -> ExitCode {
+    let output = output.unwrap_or_else(|| {
+        let stem = data.file_stem().and_then(|s| s.to_str()).unwrap_or("table");
+        PathBuf::from(format!("{stem}.toml"))
+    });
+    if output.exists() && !force {
+        return fail(
+            2,
+            &format!(
+                "{} exists; give another --output, or --force to replace it",
+                output.display()
+            ),
+        );
+    }
+    let (text, s) = match kiln_pipeline::init::init(data, target, &output) {
+        Ok(x) => x,
+        Err(e) => return fail(1, &e.to_string()),
+    };
+    if let Err(e) = kiln_core::atomic_write(&output, text.as_bytes()) {
+        return fail(1, &e.to_string());
+    }
+    let dropped: Vec<String> = s
+        .columns
+        .iter()
+        .filter_map(|c| c.dropped.map(|r| format!("{} ({})", c.name, r.describe())))
+        .collect();
+    println!(
+        "{}: {} of `{target}` ({}) from {} rows; {} feature column(s) kept{}",
+        output.display(),
+        match s.task {
+            kiln_core::Task::Classification => "classification",
+            kiln_core::Task::Regression => "regression",
+        },
+        if s.n_classes > 0 {
+            format!("{} classes", s.n_classes)
+        } else {
+            "a number".into()
+        },
+        s.n_rows,
+        s.columns.iter().filter(|c| c.dropped.is_none()).count(),
+        if dropped.is_empty() {
+            String::new()
+        } else {
+            format!(", dropped: {}", dropped.join(", "))
+        }
+    );
+    println!("run it: kiln run {}", output.display());
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -263,6 +333,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Inspect { run } => inspect(&run),
+        Command::Init {
+            data,
+            target,
+            output,
+            force,
+        } => init(&data, &target, output, force),
         Command::Gc {
             runs_dir,
             older_than_days,

@@ -438,3 +438,85 @@ fn http_requests() {
     let _ = child.wait();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// One `kiln init` case.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InitCase {
+    name: String,
+    /// The table under fixtures/bad/init/.
+    file: String,
+    /// `--target` (default `y`).
+    #[serde(default = "default_target")]
+    target: String,
+    exit: i32,
+    /// What stdout (exit 0) or stderr must hold.
+    out: Vec<String>,
+    /// What the written pipeline file must hold (exit 0).
+    #[serde(default)]
+    file_has: Vec<String>,
+}
+
+/// `kiln init` on degenerate tables: a clear refusal naming the file, or a pipeline
+/// file that validates and a summary naming what was dropped and why.
+#[test]
+fn init_tables() {
+    let all: Vec<InitCase> = cases("init");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for c in &all {
+        let output = tmp.path().join(format!("{}.toml", c.name));
+        let out = run_bounded(
+            kiln()
+                .arg("init")
+                .arg(bad().join("init").join(&c.file))
+                .args(["--target", &c.target, "--output"])
+                .arg(&output),
+            &c.name,
+        );
+        assert_clean(&c.name, &out);
+        let said = String::from_utf8_lossy(if c.exit == 0 {
+            &out.stdout
+        } else {
+            &out.stderr
+        });
+        let missing: Vec<&String> = c
+            .out
+            .iter()
+            .filter(|w| !said.contains(w.as_str()))
+            .collect();
+        if out.status.code() != Some(c.exit) || !missing.is_empty() {
+            failures.push(format!(
+                "{}: exit {:?} (want {}), output lacks {missing:?}:\n{said}{}",
+                c.name,
+                out.status.code(),
+                c.exit,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            continue;
+        }
+        if c.exit == 0 {
+            let text = std::fs::read_to_string(&output).unwrap();
+            for w in &c.file_has {
+                if !text.contains(w.as_str()) {
+                    failures.push(format!("{}: the file lacks {w}:\n{text}", c.name));
+                }
+            }
+            let v = run_bounded(kiln().arg("validate").arg(&output), &c.name);
+            if !v.status.success() {
+                failures.push(format!(
+                    "{}: the written file does not validate:\n{}",
+                    c.name,
+                    String::from_utf8_lossy(&v.stderr)
+                ));
+            }
+        } else if output.exists() {
+            failures.push(format!(
+                "{}: a refused table still wrote {}",
+                c.name,
+                output.display()
+            ));
+        }
+    }
+    report(failures);
+}

@@ -47,12 +47,20 @@ pub use tensors::{TensorData, TensorStore};
 /// The candidate closest to `name` by edit distance, when it is close enough to be a typo
 /// (used for "did you mean" hints everywhere).
 pub fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    // a difference of case only counts less than any other edit (`Y` → `y`, not `x`)
+    let folded = name.to_lowercase();
     candidates
         .iter()
-        .map(|c| (levenshtein(name, c), c))
-        .filter(|(d, c)| *d > 0 && *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c.as_str())
+        .map(|c| {
+            (
+                levenshtein(name, c),
+                levenshtein(&folded, &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, _, c)| *d > 0 && *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, f, _)| (*f, *d))
+        .map(|(_, _, c)| c.as_str())
 }
 
 /// The message of a caught panic (`catch_unwind`'s payload).
@@ -99,6 +107,8 @@ mod tests {
         assert_eq!(super::nearest("epoch", &keys), Some("epochs"));
         assert_eq!(super::nearest("batch_sise", &keys), Some("batch_size"));
         assert_eq!(super::nearest("optimizer", &keys), None);
+        let cols = ["x".to_string(), "y".to_string()];
+        assert_eq!(super::nearest("Y", &cols), Some("y"));
         assert_eq!(super::levenshtein("kitten", "sitting"), 3);
     }
 }

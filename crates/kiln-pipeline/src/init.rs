@@ -52,7 +52,8 @@ fn relative(to: &Path, from: &Path) -> PathBuf {
     let (a, b): (Vec<Component>, Vec<Component>) =
         (to.components().collect(), from.components().collect());
     let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    if common == 0 {
+    // sharing only the root: the absolute path reads better than ../../..
+    if common <= 1 {
         return to;
     }
     let mut out = PathBuf::new();
@@ -70,9 +71,24 @@ fn quote(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// One step as an inline table, as serde writes it (`{ op = "drop", columns = [...] }`).
+/// One step as an inline table, as serde writes it, `op` first
+/// (`{ op = "drop", columns = [...] }`).
 fn step(s: &Step) -> String {
-    toml::Value::try_from(s).map_or_else(|e| format!("# {e}"), |v| v.to_string())
+    match toml::Value::try_from(s) {
+        Ok(toml::Value::Table(t)) => {
+            let op = t.get("op").map(|v| format!("op = {v}"));
+            let rest = t
+                .iter()
+                .filter(|(k, _)| *k != "op")
+                .map(|(k, v)| format!("{k} = {v}"));
+            format!(
+                "{{ {} }}",
+                op.into_iter().chain(rest).collect::<Vec<_>>().join(", ")
+            )
+        }
+        Ok(v) => v.to_string(),
+        Err(e) => format!("# {e}"),
+    }
 }
 
 /// The text of a pipeline file for `data` and `target`, to be written at `output`
@@ -126,9 +142,14 @@ pub fn init(
     let _ = writeln!(t, "[stages.data]\nuses = \"preprocess\"");
     let path = rel.display().to_string();
     let source = match &s.source {
-        Source::Csv { .. } => format!(
+        Source::Csv { delimiter: ',', .. } => format!(
             "{{ format = \"csv\", path = {}, null_values = [\"NA\", \"\"] }}",
             quote(&path)
+        ),
+        Source::Csv { delimiter, .. } => format!(
+            "{{ format = \"csv\", path = {}, delimiter = {}, null_values = [\"NA\", \"\"] }}",
+            quote(&path),
+            quote(&delimiter.to_string())
         ),
         Source::Parquet { .. } => format!("{{ format = \"parquet\", path = {} }}", quote(&path)),
         _ => format!("{{ format = \"arrow\", path = {} }}", quote(&path)),

@@ -101,7 +101,22 @@ fn invalid(m: String) -> PreprocessError {
 /// (no rows, no other usable column, a constant target, more than [`MAX_CLASSES`]
 /// classes) is an error that says why.
 pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
-    let df = crate::table::read_table(path)?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let delimiter = if ext == "csv" {
+        sniff_delimiter(path)
+    } else {
+        ','
+    };
+    let nulls = ["NA".to_string(), String::new()];
+    let df = if ext == "csv" {
+        crate::load::read_csv(path, delimiter, true, &nulls, &[])?
+    } else {
+        crate::table::read_table(path)?
+    };
     let shown = path.display();
     let names = column_names(&df);
     if !names.iter().any(|n| n == target) {
@@ -144,7 +159,7 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
             }
         )));
     }
-    let source = match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+    let source = match ext.as_str() {
         "parquet" => Source::Parquet {
             path: Some(path.to_path_buf()),
             train: None,
@@ -154,9 +169,9 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
             path: Some(path.to_path_buf()),
             train: None,
             test: None,
-            delimiter: ',',
+            delimiter,
             has_header: true,
-            null_values: vec!["NA".into(), String::new()],
+            null_values: nulls.to_vec(),
         },
         _ => Source::Arrow {
             path: Some(PathBuf::from(path)),
@@ -175,6 +190,23 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
     })
 }
 
+/// The field delimiter of a CSV file: of `,` `;` tab and `|`, the one its first line
+/// holds most of (`,` when it holds none).
+fn sniff_delimiter(path: &Path) -> char {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(64 << 10).read_to_end(&mut head);
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    [',', ';', '\t', '|']
+        .into_iter()
+        .map(|d| (line.iter().filter(|&&b| b == d as u8).count(), d))
+        .filter(|&(n, _)| n > 0)
+        .max_by_key(|&(n, d)| (n, d == ','))
+        .map_or(',', |(_, d)| d)
+}
+
 /// The task of the target column, its class count, and its empty cells.
 fn target_task(
     df: &DataFrame,
@@ -190,13 +222,13 @@ fn target_task(
         .ctx(|| format!("target `{target}`"))?;
     if distinct < 2 {
         return Err(invalid(format!(
-            "{shown}: the target `{target}` has {} in every row{}; there is nothing to predict",
+            "{shown}: the target `{target}` {} in every row{}; there is nothing to predict",
             if distinct == 0 {
-                "no value"
+                "is empty"
             } else {
-                "the same value"
+                "has the same value"
             },
-            if missing > 0 {
+            if missing > 0 && distinct > 0 {
                 format!(" ({missing} empty)")
             } else {
                 String::new()
@@ -282,17 +314,23 @@ fn column_plan(df: &DataFrame, name: &str, n: usize) -> Result<ColumnPlan> {
     })
 }
 
-/// A text column of sentences: cells of three or more words on average, and mostly
-/// distinct (so not a category).
+/// A text column of phrases or sentences: two or more words per cell on average, and
+/// more than half the cells distinct (so not a category with multi-word names).
 fn free_text(col: &Column) -> Result<bool> {
     let s = col.cast(&DataType::String).ctx(|| col.name().to_string())?;
     let s = s.str().ctx(|| col.name().to_string())?;
     let (mut words, mut cells) = (0usize, 0usize);
+    let mut seen = std::collections::HashSet::new();
     for cell in s.iter().flatten().take(10_000) {
-        words += cell.split_whitespace().count();
+        // words as hash_text counts them: runs of letters and digits
+        words += cell
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .count();
         cells += 1;
+        seen.insert(cell);
     }
-    Ok(cells > 0 && words >= 3 * cells)
+    Ok(cells > 0 && words >= 2 * cells && seen.len() * 2 > cells)
 }
 
 impl Suggestion {
