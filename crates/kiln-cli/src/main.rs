@@ -102,7 +102,7 @@ enum Command {
         /// The column to predict.
         #[arg(long)]
         target: String,
-        /// Where to write the pipeline file (default: <table name>.toml in the current
+        /// Where to write the pipeline file (default: the table's name with .toml, in the current
         /// folder).
         #[arg(long)]
         output: Option<PathBuf>,
