@@ -109,6 +109,18 @@ pub enum Transform {
         /// Per column, the categories in index order.
         categories: Vec<Vec<String>>,
     },
+    /// Piecewise-linear encoding (Gorishniy et al. 2022, "On Embeddings for Numerical
+    /// Features in Tabular Deep Learning"): a numeric column with fitted bin edges
+    /// `e_0 < … < e_T` becomes `T` features named `column#0` …, feature `t` being
+    /// `(x - e_t) / (e_{t+1} - e_t)` clamped to [0, 1] — 1 for the bins below x, x's place
+    /// within its own bin, 0 above. A network then bends each feature at the train
+    /// split's quantiles instead of learning where to.
+    PiecewiseLinear {
+        /// Numeric columns the transform applies to.
+        columns: Vec<String>,
+        /// Per column, its strictly increasing bin edges (at least two).
+        edges: Vec<Vec<f32>>,
+    },
     /// Hashed bag of words: each text column becomes `n_features` features named
     /// `column#0` … : the cell is lowercased and split on every non-alphanumeric
     /// character, and each token adds 1 to feature `fnv1a_64(token) % n_features`. A
@@ -119,6 +131,48 @@ pub enum Transform {
         /// Features per column.
         n_features: usize,
     },
+}
+
+/// Replaces the numeric columns at `idx` (named `columns`) of row-major `data` by their
+/// piecewise-linear encodings with bin `edges` (see [`Transform::PiecewiseLinear`]).
+fn piecewise_linear(
+    names: &mut Vec<String>,
+    data: &mut Vec<f32>,
+    columns: &[String],
+    idx: &[usize],
+    edges: &[Vec<f32>],
+) {
+    let width = names.len();
+    // per old column: which encoded column it is, if any
+    let which: Vec<Option<usize>> = (0..width)
+        .map(|j| idx.iter().position(|&c| c == j))
+        .collect();
+    let mut new_names = Vec::new();
+    for (j, n) in names.iter().enumerate() {
+        match which[j] {
+            Some(k) => {
+                new_names.extend((0..edges[k].len() - 1).map(|t| format!("{}#{t}", columns[k])))
+            }
+            None => new_names.push(n.clone()),
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() / width.max(1) * new_names.len());
+    for row in data.chunks_exact(width) {
+        for (j, &x) in row.iter().enumerate() {
+            match which[j] {
+                Some(k) => out.extend(edges[k].windows(2).map(|e| {
+                    if x.is_nan() {
+                        f32::NAN
+                    } else {
+                        ((x - e[0]) / (e[1] - e[0])).clamp(0.0, 1.0)
+                    }
+                })),
+                None => out.push(x),
+            }
+        }
+    }
+    *names = new_names;
+    *data = out;
 }
 
 impl Transform {
@@ -137,6 +191,7 @@ impl Transform {
             Transform::OneHot { .. } => "one_hot",
             Transform::Ordinal { .. } => "ordinal",
             Transform::HashText { .. } => "hash_text",
+            Transform::PiecewiseLinear { .. } => "piecewise_linear",
         }
     }
 
@@ -166,7 +221,8 @@ impl Transform {
             | Transform::ImputeCategorical { columns, .. }
             | Transform::OneHot { columns, .. }
             | Transform::Ordinal { columns, .. }
-            | Transform::HashText { columns, .. } => columns,
+            | Transform::HashText { columns, .. }
+            | Transform::PiecewiseLinear { columns, .. } => columns,
         }
     }
 
@@ -259,6 +315,19 @@ impl Transform {
                 });
             }
             Transform::Log1p { .. } => each(data, &|_, x| x.ln_1p()),
+            Transform::PiecewiseLinear { columns, edges } => {
+                if edges.len() != idx.len()
+                    || edges
+                        .iter()
+                        .any(|e| e.len() < 2 || e.windows(2).any(|w| !(w[0] < w[1])))
+                {
+                    return Err(CoreError::Invalid(
+                        "piecewise_linear: each column needs two or more increasing edges; the schema is corrupt"
+                            .into(),
+                    ));
+                }
+                piecewise_linear(names, data, columns, &idx, edges);
+            }
             Transform::MinMax { min, max, .. } => {
                 per_col(min, "minima")?;
                 per_col(max, "maxima")?;
@@ -630,6 +699,47 @@ mod tests {
             e.contains("raw rows hold 3 values, not a multiple of the 2 input columns"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn piecewise_linear_worked_by_hand() {
+        let t = Transform::PiecewiseLinear {
+            columns: vec!["b".into()],
+            edges: vec![vec![0.0, 2.0, 4.0, 8.0]],
+        };
+        let mut names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        // b = -1 (below every bin), 3 (half through the second bin), 6 (half through the
+        // third), 100 (above); NaN stays NaN in every feature
+        let mut data = vec![
+            1.0, -1.0, 7.0, //
+            2.0, 3.0, 8.0, //
+            3.0, 6.0, 9.0, //
+            4.0, 100.0, 10.0, //
+            5.0, f32::NAN, 11.0,
+        ];
+        t.apply_to(&mut names, &mut data).unwrap();
+        assert_eq!(names, ["a", "b#0", "b#1", "b#2", "c"]);
+        assert_eq!(
+            data[..20],
+            [
+                1.0, 0.0, 0.0, 0.0, 7.0, //
+                2.0, 1.0, 0.5, 0.0, 8.0, //
+                3.0, 1.0, 1.0, 0.5, 9.0, //
+                4.0, 1.0, 1.0, 1.0, 10.0,
+            ]
+        );
+        assert!(data[21..24].iter().all(|x| x.is_nan()));
+        assert_eq!((data[20], data[24]), (5.0, 11.0));
+        for bad in [vec![vec![1.0]], vec![vec![2.0, 1.0]], vec![]] {
+            let t = Transform::PiecewiseLinear {
+                columns: vec!["a".into()],
+                edges: bad,
+            };
+            let e = t
+                .apply_to(&mut vec!["a".to_string()], &mut vec![1.0])
+                .unwrap_err();
+            assert!(e.to_string().contains("the schema is corrupt"), "{e}");
+        }
     }
 
     #[test]

@@ -100,6 +100,11 @@ fn transform_text(t: &Transform) -> String {
             "ordinal: the index of the category among the train-split categories (unseen: -1) on {}",
             columns_text(columns)
         ),
+        Transform::PiecewiseLinear { columns, edges } => format!(
+            "piecewise_linear: one feature per bin between train-split quantiles ({} in all) on {}",
+            edges.iter().map(|e| e.len() - 1).sum::<usize>(),
+            columns_text(columns)
+        ),
         Transform::HashText {
             columns,
             n_features,

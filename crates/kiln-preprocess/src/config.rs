@@ -180,6 +180,10 @@ fn step_problems(step: &Step) -> Vec<(String, String)> {
             ".n_features".into(),
             format!("n_features = {n_features} must be between 1 and 1048576"),
         )),
+        Step::PiecewiseLinear { bins, .. } if !(2..=256).contains(bins) => p.push((
+            ".bins".into(),
+            format!("bins = {bins} must be between 2 and 256"),
+        )),
         Step::HashText { columns, .. } if columns.is_empty() => {
             p.push((".columns".into(), "list at least one text column".into()))
         }
@@ -327,6 +331,10 @@ pub enum Columns {
     Group(String),
 }
 
+fn default_bins() -> usize {
+    8
+}
+
 fn categorical_columns() -> Columns {
     Columns::Group("categorical".into())
 }
@@ -437,6 +445,18 @@ pub enum Step {
         /// Text columns (default: all categorical columns).
         #[serde(default = "categorical_columns")]
         columns: Columns,
+    },
+    /// Piecewise-linear encoding of numeric columns: each becomes one feature per bin
+    /// between the train split's quantiles (`column#0` …): 1 below x's bin, x's place in
+    /// its bin, 0 above (Gorishniy et al. 2022). Tied quantiles merge, so a column of few
+    /// values gets fewer bins; a constant column is an error (drop it).
+    PiecewiseLinear {
+        /// Columns (default: all numeric features).
+        #[serde(default)]
+        columns: Columns,
+        /// Bins per column (default 8; 2 to 256), at equally spaced quantiles.
+        #[serde(default = "default_bins")]
+        bins: usize,
     },
     /// Hashed bag of words: lowercase tokens split on non-alphanumeric characters, each
     /// counted in feature `fnv1a_64(token) % n_features` (`column#k`).

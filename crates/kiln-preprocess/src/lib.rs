@@ -68,13 +68,55 @@ pub struct Output {
     /// The train, valid and test splits as written (what [`read_artifact`] reads back),
     /// for a caller that goes on in the same process.
     pub splits: [Dataset; 3],
+    /// The data profile (profile.json).
+    pub profile: Profile,
+}
+
+impl Output {
+    /// Writes the dataset artifact into `out_dir`: `train.arrow`, `valid.arrow`,
+    /// `test.arrow` (Arrow IPC), `schema.json` and `profile.json`.
+    pub fn write(&self, out_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
+            path: out_dir.to_path_buf(),
+            source,
+        })?;
+        let [train, valid, test] = &self.splits;
+        // train on a second thread, valid and test on this one
+        let _span = tracing::info_span!("write").entered();
+        std::thread::scope(|s| -> Result<()> {
+            let t = s.spawn(|| train.write_ipc(&out_dir.join("train.arrow")));
+            valid.write_ipc(&out_dir.join("valid.arrow"))?;
+            test.write_ipc(&out_dir.join("test.arrow"))?;
+            t.join().map_err(|_| {
+                PreprocessError::Invalid("internal: the thread writing train.arrow panicked".into())
+            })??;
+            Ok(())
+        })?;
+        kiln_core::artifact::save(out_dir, &self.profile)?;
+        kiln_core::write_json(&out_dir.join("schema.json"), &self.schema)?;
+        tracing::info!(
+            train = train.n_rows(),
+            valid = valid.n_rows(),
+            test = test.n_rows(),
+            "split written"
+        );
+        Ok(())
+    }
 }
 
 pub use kiln_core::artifact::profile::{ColumnProfile, DroppedRows, Profile, SplitCounts};
 
-/// Runs the stage: load, split, fit on train, transform, write the artifact into `out_dir`.
-/// Nothing is written when any check fails.
+/// Runs the stage: [`prepare`], then [`Output::write`] into `out_dir`. Nothing is written
+/// when any check fails.
 pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
+    let out = prepare(config)?;
+    out.write(out_dir)?;
+    Ok(out)
+}
+
+/// Load, split, fit on train and transform, in memory: the splits, schema and profile of
+/// the dataset artifact, written by nothing until [`Output::write`].
+pub fn prepare(config: &Config) -> Result<Output> {
     let _span = tracing::info_span!("preprocess").entered();
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(PreprocessError::Invalid(format!("{key}: {msg}")));
@@ -393,22 +435,6 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         )));
     }
 
-    std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
-        path: out_dir.to_path_buf(),
-        source,
-    })?;
-    // train on a second thread, valid and test on this one
-    let write_span = tracing::info_span!("write").entered();
-    std::thread::scope(|s| -> Result<()> {
-        let t = s.spawn(|| train.write_ipc(&out_dir.join("train.arrow")));
-        valid.write_ipc(&out_dir.join("valid.arrow"))?;
-        test.write_ipc(&out_dir.join("test.arrow"))?;
-        t.join().map_err(|_| {
-            PreprocessError::Invalid("internal: the thread writing train.arrow panicked".into())
-        })??;
-        Ok(())
-    })?;
-    drop(write_span);
     let mut counts = vec![0usize; class_labels.len()];
     for &l in train.labels.iter().take(augmented.before) {
         counts[l as usize] += 1;
@@ -425,20 +451,13 @@ pub fn run(config: &Config, out_dir: &Path) -> Result<Output> {
         dropped_rows: dropped.clone(),
         augmentation: augmented.clone(),
     };
-    kiln_core::artifact::save(out_dir, &profile)?;
-    kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
-    tracing::info!(
-        train = train.n_rows(),
-        valid = valid.n_rows(),
-        test = test.n_rows(),
-        "split written"
-    );
     Ok(Output {
         schema,
         rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
         dropped,
         augmented,
         splits: [train, valid, test],
+        profile,
     })
 }
 

@@ -29,6 +29,7 @@ pub(crate) fn op(step: &Step) -> &'static str {
         Step::OneHot { .. } => "one_hot",
         Step::Ordinal { .. } => "ordinal",
         Step::HashText { .. } => "hash_text",
+        Step::PiecewiseLinear { .. } => "piecewise_linear",
     }
 }
 
@@ -251,6 +252,25 @@ pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
+/// Bin edges of `bins` equal-frequency bins of `present`: its quantiles at 0, 1/bins, …,
+/// 1 (linear interpolation, as numpy), rounded to f32, ties merged — strictly
+/// increasing, fewer than `bins + 1` when values repeat.
+pub(crate) fn bin_edges(present: &[f32], bins: usize) -> Vec<f32> {
+    let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
+    v.sort_by(f64::total_cmp);
+    let mut edges: Vec<f32> = Vec::new();
+    if v.is_empty() {
+        return edges;
+    }
+    for k in 0..=bins {
+        let e = quantile(&v, k as f64 / bins as f64) as f32;
+        if edges.last().is_none_or(|&last| e > last) {
+            edges.push(e);
+        }
+    }
+    edges
+}
+
 /// The fill value of `strategy` from the present (non-NaN) values.
 pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present: &[f32]) -> f32 {
     let sorted = || {
@@ -443,7 +463,8 @@ pub(crate) fn fit(
             | Step::Standardize { columns }
             | Step::Clip { columns, .. }
             | Step::Log1p { columns }
-            | Step::MinMax { columns } => {
+            | Step::MinMax { columns }
+            | Step::PiecewiseLinear { columns, .. } => {
                 let cols = resolve(i, step, columns, &names, &text)?;
                 for c in &cols {
                     if let Some(site) = nullable.get(c) {
@@ -615,6 +636,25 @@ fn fit_one(
                 max: hi,
             }
         }
+        Step::PiecewiseLinear { bins, .. } => {
+            let mut edges = Vec::new();
+            for (k, p) in present().into_iter().enumerate() {
+                let e = bin_edges(&p, *bins);
+                if e.len() < 2 {
+                    return Err(invalid(format!(
+                        "steps[{i}] (piecewise_linear): column `{}` holds {} in the train split, nothing to bin; drop it with {{ op = \"drop\", columns = [\"{}\"] }}",
+                        cols[k],
+                        if p.is_empty() { "no value".to_string() } else { format!("one value ({})", p[0]) },
+                        cols[k]
+                    )));
+                }
+                edges.push(e);
+            }
+            Transform::PiecewiseLinear {
+                columns: cols,
+                edges,
+            }
+        }
         Step::Drop { .. }
         | Step::Select { .. }
         | Step::DropNulls { .. }
@@ -633,6 +673,18 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn bin_edges_are_merged_quantiles() {
+        // 0..=8: quantiles at 0, 1/4, … are 0, 2, 4, 6, 8
+        let v: Vec<f32> = (0..=8).map(|i| i as f32).collect();
+        assert_eq!(bin_edges(&v, 4), [0.0, 2.0, 4.0, 6.0, 8.0]);
+        // half the values 0: the first three quantiles tie at 0
+        let v = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0];
+        assert_eq!(bin_edges(&v, 4), [0.0, 0.5, 2.25, 4.0]);
+        assert_eq!(bin_edges(&[5.0, 5.0], 8), [5.0]);
+        assert!(bin_edges(&[], 8).is_empty());
     }
 
     #[test]

@@ -193,3 +193,30 @@ fn task_override_and_clear_errors() {
         "nothing written"
     );
 }
+
+/// `prepare` works in memory and writes nothing; `Output::write` then writes exactly what
+/// `run` writes.
+#[test]
+fn prepare_writes_nothing_and_write_gives_runs_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("iris.csv");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/iris.csv"),
+        &csv,
+    )
+    .unwrap();
+    let cfg = config(&csv, "species", None);
+    let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    let out = kiln_preprocess::prepare(&cfg).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), before.len());
+    assert_eq!(out.rows.iter().sum::<usize>(), 150);
+    out.write(&dir.path().join("written")).unwrap();
+    run(&cfg, &dir.path().join("run")).unwrap();
+    for f in ["train.arrow", "valid.arrow", "test.arrow", "schema.json", "profile.json"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("written").join(f)).unwrap(),
+            std::fs::read(dir.path().join("run").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

@@ -524,7 +524,7 @@ fn each_bad_input_is_named_and_nothing_is_written() {
     );
     c.split.test = None;
     let e = err(&c);
-    assert!(e.contains("test split's feature `x` is -inf"), "{e}");
+    assert!(e.contains("t.csv: row 1: feature `x` is -inf"), "{e}");
 }
 
 /// Writes an uncompressed IDX pair at `prefix`: `n` images of 4 × 4 (pixel p of image i

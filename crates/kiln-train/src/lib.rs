@@ -101,6 +101,36 @@ pub struct Output {
     pub resumed_from_epoch: Option<usize>,
 }
 
+impl Output {
+    /// Writes the model artifact into `dir`: spec.json, weights.safetensors,
+    /// history.json and history.csv.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| kiln_core::CoreError::io(dir, e))?;
+        self.model.save(dir)?;
+        kiln_core::artifact::save(dir, &self.history)?;
+        kiln_core::atomic_write(&dir.join("history.csv"), self.history.to_csv().as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Trains on `train`, selects on `valid`, in memory: no checkpoint, nothing written
+/// ([`Output::save`] writes the artifact). A sweep keeps every trial on disk, so it
+/// needs [`run`].
+pub fn fit(
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    n_classes: usize,
+    progress: &dyn Progress,
+) -> Result<Output> {
+    if config.sweep.is_some() {
+        return Err(TrainError::Config(
+            "sweep: a sweep keeps every trial's model in a folder; use kiln_train::run".into(),
+        ));
+    }
+    train_until(config, train, valid, n_classes, None, progress, None)
+}
+
 /// Trains on `train`, selects on `valid`, writes the model artifact into `out_dir`.
 /// With `resume` (the default) a checkpoint left in `out_dir/checkpoint` by an interrupted
 /// run of the same config and data is continued, ending with the same bytes.
@@ -133,6 +163,19 @@ pub fn run_until(
         }
         return sweep::run_sweep(sw, config, train, valid, n_classes, out_dir, progress);
     }
+    train_until(config, train, valid, n_classes, Some(out_dir), progress, halt_after)
+}
+
+/// One network (no sweep), checkpointed into and saved to `out_dir` when given.
+fn train_until(
+    config: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    n_classes: usize,
+    out_dir: Option<&Path>,
+    progress: &dyn Progress,
+    halt_after: Option<usize>,
+) -> Result<Output> {
     let task = if train.is_regression() {
         Task::Regression
     } else {

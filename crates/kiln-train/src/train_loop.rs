@@ -15,7 +15,9 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 
-/// Trains the network of `spec` on device `dev` (see [`crate::run_until`]).
+/// Trains the network of `spec` on device `dev` (see [`crate::run_until`]). With a folder,
+/// checkpoints go into it (and a run of the same config and data resumes from them) and
+/// the model artifact is written at the end; without one, nothing touches the disk.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
     dev: D,
@@ -23,7 +25,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
     config: &Config,
     train: &Dataset,
     valid: &Dataset,
-    out_dir: &Path,
+    out_dir: Option<&Path>,
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
@@ -62,11 +64,9 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
     let mut first_epoch = 1;
     let mut resumed_from_epoch = None;
     let fp = fingerprint(config, train, valid);
-    let ckpt_dir = out_dir.join("checkpoint");
-    let checkpoint = if config.resume {
-        newest_checkpoint(out_dir, &fp)
-    } else {
-        None
+    let checkpoint = match out_dir {
+        Some(dir) if config.resume => newest_checkpoint(dir, &fp),
+        _ => None,
     };
     if let Some((state, params, best_w)) = checkpoint
         && net.import_state(&dev, &params, state.step).is_some()
@@ -230,7 +230,8 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
             }
         }
         let every = config.checkpoint_every;
-        if every > 0
+        if let Some(out_dir) = out_dir
+            && every > 0
             && epoch % every == 0
             && epoch < config.epochs
             && let (Some(params), Some((acc, loss, be, bw))) = (net.export_state(&dev), &best)
@@ -263,20 +264,20 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         kept_by,
         stopped_early,
     };
-    std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
-    model.save(out_dir)?;
-    kiln_core::artifact::save(out_dir, &history)?;
-    kiln_core::atomic_write(&out_dir.join("history.csv"), history.to_csv().as_bytes())?;
-    for d in [ckpt_dir.clone(), out_dir.join("checkpoint.tmp")] {
-        if d.exists() {
-            std::fs::remove_dir_all(&d).map_err(|e| kiln_core::CoreError::io(&d, e))?;
-        }
-    }
-    Ok(Output {
+    let out = Output {
         model,
         history,
         best_valid_metric: best_acc,
         samples_per_sec: samples as f64 / elapsed.max(1e-9),
         resumed_from_epoch,
-    })
+    };
+    if let Some(out_dir) = out_dir {
+        out.save(out_dir)?;
+        for d in [out_dir.join("checkpoint"), out_dir.join("checkpoint.tmp")] {
+            if d.exists() {
+                std::fs::remove_dir_all(&d).map_err(|e| kiln_core::CoreError::io(&d, e))?;
+            }
+        }
+    }
+    Ok(out)
 }

@@ -674,3 +674,31 @@ fn a_small_validation_split_keeps_a_well_trained_epoch() {
         "loss {loss_acc}, old {old_acc}"
     );
 }
+
+/// The library trains in memory (`fit`: no checkpoint, no file) exactly as `run` does on
+/// disk, and `Output::save` writes the same artifact bytes.
+#[test]
+fn fit_trains_in_memory_like_run_and_save_writes_the_same_artifact() {
+    let (tr, va) = digits();
+    let cfg = config(3, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = run(&cfg, &tr, &va, 10, &dir.path().join("run"), &NoProgress).unwrap();
+    let in_memory = kiln_train::fit(&cfg, &tr, &va, 10, &NoProgress).unwrap();
+    assert_eq!(in_memory.history, on_disk.history);
+    assert!(!dir.path().join("fit").exists());
+    in_memory.save(&dir.path().join("fit")).unwrap();
+    for f in ["weights.safetensors", "spec.json", "history.json", "history.csv"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("run").join(f)).unwrap(),
+            std::fs::read(dir.path().join("fit").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let mut sweep = cfg.clone();
+    sweep.sweep = Some(kiln_train::Sweep {
+        lr: vec![1e-3, 1e-2],
+        ..Default::default()
+    });
+    let e = kiln_train::fit(&sweep, &tr, &va, 10, &NoProgress).unwrap_err();
+    assert!(e.to_string().contains("use kiln_train::run"), "{e}");
+}
