@@ -319,7 +319,7 @@ impl Transform {
                 if edges.len() != idx.len()
                     || edges
                         .iter()
-                        .any(|e| e.len() < 2 || e.windows(2).any(|w| !(w[0] < w[1])))
+                        .any(|e| e.len() < 2 || !e.windows(2).all(|w| w[0] < w[1]))
                 {
                     return Err(CoreError::Invalid(
                         "piecewise_linear: each column needs two or more increasing edges; the schema is corrupt"
@@ -711,11 +711,21 @@ mod tests {
         // b = -1 (below every bin), 3 (half through the second bin), 6 (half through the
         // third), 100 (above); NaN stays NaN in every feature
         let mut data = vec![
-            1.0, -1.0, 7.0, //
-            2.0, 3.0, 8.0, //
-            3.0, 6.0, 9.0, //
-            4.0, 100.0, 10.0, //
-            5.0, f32::NAN, 11.0,
+            1.0,
+            -1.0,
+            7.0, //
+            2.0,
+            3.0,
+            8.0, //
+            3.0,
+            6.0,
+            9.0, //
+            4.0,
+            100.0,
+            10.0, //
+            5.0,
+            f32::NAN,
+            11.0,
         ];
         t.apply_to(&mut names, &mut data).unwrap();
         assert_eq!(names, ["a", "b#0", "b#1", "b#2", "c"]);

@@ -644,7 +644,11 @@ fn fit_one(
                     return Err(invalid(format!(
                         "steps[{i}] (piecewise_linear): column `{}` holds {} in the train split, nothing to bin; drop it with {{ op = \"drop\", columns = [\"{}\"] }}",
                         cols[k],
-                        if p.is_empty() { "no value".to_string() } else { format!("one value ({})", p[0]) },
+                        if p.is_empty() {
+                            "no value".to_string()
+                        } else {
+                            format!("one value ({})", p[0])
+                        },
                         cols[k]
                     )));
                 }

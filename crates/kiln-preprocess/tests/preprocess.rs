@@ -212,7 +212,13 @@ fn prepare_writes_nothing_and_write_gives_runs_bytes() {
     assert_eq!(out.rows.iter().sum::<usize>(), 150);
     out.write(&dir.path().join("written")).unwrap();
     run(&cfg, &dir.path().join("run")).unwrap();
-    for f in ["train.arrow", "valid.arrow", "test.arrow", "schema.json", "profile.json"] {
+    for f in [
+        "train.arrow",
+        "valid.arrow",
+        "test.arrow",
+        "schema.json",
+        "profile.json",
+    ] {
         assert_eq!(
             std::fs::read(dir.path().join("written").join(f)).unwrap(),
             std::fs::read(dir.path().join("run").join(f)).unwrap(),

@@ -163,7 +163,15 @@ pub fn run_until(
         }
         return sweep::run_sweep(sw, config, train, valid, n_classes, out_dir, progress);
     }
-    train_until(config, train, valid, n_classes, Some(out_dir), progress, halt_after)
+    train_until(
+        config,
+        train,
+        valid,
+        n_classes,
+        Some(out_dir),
+        progress,
+        halt_after,
+    )
 }
 
 /// One network (no sweep), checkpointed into and saved to `out_dir` when given.

@@ -687,7 +687,12 @@ fn fit_trains_in_memory_like_run_and_save_writes_the_same_artifact() {
     assert_eq!(in_memory.history, on_disk.history);
     assert!(!dir.path().join("fit").exists());
     in_memory.save(&dir.path().join("fit")).unwrap();
-    for f in ["weights.safetensors", "spec.json", "history.json", "history.csv"] {
+    for f in [
+        "weights.safetensors",
+        "spec.json",
+        "history.json",
+        "history.csv",
+    ] {
         assert_eq!(
             std::fs::read(dir.path().join("run").join(f)).unwrap(),
             std::fs::read(dir.path().join("fit").join(f)).unwrap(),
