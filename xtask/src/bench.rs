@@ -1,6 +1,10 @@
 //! `cargo xtask bench`: kiln against its peers on the same machine in the same run, A B A B
 //! after a warm-up, medians and ratios printed, results under target/bench/, and
 //! docs/benchmarks.md sections rewritten with `--write-docs`.
+//!
+//! One file, over 600 lines: one function per figure family (preprocess, train, optimize,
+//! e2e, serve), each a short A B A B loop over the same `Figure` type; `bench_tabular.rs`
+//! is separate because it measures accuracy, not time.
 
 use std::fmt::Write as _;
 use std::fs;

@@ -661,6 +661,7 @@ fn init_writes_pipelines_that_run_as_written() {
     for step in [
         r#"{ op = "drop", columns = ["const", "notes"] }"#,
         r#"{ op = "impute", columns = ["age", "income"], strategy = "median" }"#,
+        r#"{ op = "piecewise_linear", bins = 16, columns = "numeric" }"#,
         r#"{ op = "one_hot", columns = ["color"] }"#,
         r#"{ op = "hash_text", columns = ["review"], n_features = 64 }"#,
         "# 2 rows have no target",
@@ -704,6 +705,9 @@ fn init_writes_pipelines_that_run_as_written() {
         m["variants"]["train"]["r2"].as_f64().unwrap(),
         m["baselines"]["ridge"]["r2"].as_f64().unwrap(),
     );
-    // Friedman #1 is nonlinear: ridge explains about 0.73 of it, the network over 0.9
-    assert!(r2 > 0.9 && r2 > ridge + 0.1, "model {r2}, ridge {ridge}");
+    // Friedman #1 is nonlinear: on the piecewise-linear features `kiln init` writes,
+    // ridge fits the additive part (0.87; 0.73 on standardized numbers) but not the
+    // sin(π·x1·x2) interaction, which the network learns (0.93)
+    assert!(r2 > 0.9 && r2 > ridge + 0.04, "model {r2}, ridge {ridge}");
+    assert!(ridge > 0.8, "ridge {ridge}");
 }

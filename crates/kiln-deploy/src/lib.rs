@@ -69,7 +69,7 @@ pub use kiln_core::artifact::parity::Parity;
 pub use parity::{ParityReport, WorstRow, check_model_parity, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
-use kiln_core::{Dataset, NativeModel, Schema};
+use kiln_core::{Dataset, NativeModel, Schema, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -438,13 +438,22 @@ pub fn run_with_exporter(
     let mut outputs = Vec::new();
     for (v, bytes, report, classes) in &checked {
         if !report.passed {
+            let by = match v.model.spec.task {
+                Task::Classification => format!(
+                    "{:.3e} in probabilities ({:.3e} in logits)",
+                    report.max_abs_prob, report.max_abs_logit
+                ),
+                Task::Regression => format!(
+                    "{:.3e} relative to max(|prediction|, the predictions' std, 1) ({:.3e} absolute)",
+                    report.worst_rows.first().map_or(0.0, |r| r.diff),
+                    report.max_abs_logit
+                ),
+            };
             failures.push(format!(
-                "{}: ONNX Runtime differs from the reference by up to {:.3e} in probabilities ({:.3e} in logits), tolerance {:.1e}; worst rows: {}",
+                "{}: ONNX Runtime differs from the reference by up to {by}, tolerance {:.1e}; worst rows: {}",
                 v.name,
-                report.max_abs_prob,
-                report.max_abs_logit,
                 report.tolerance,
-                report.worst_rows_text()
+                report.worst_rows_text(v.model.spec.task)
             ));
         }
         let agreement = match (&fp32_classes, v.name.as_str()) {

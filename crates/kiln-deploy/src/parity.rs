@@ -49,6 +49,11 @@ pub fn compare_with(
         && native.logits.len() == onnx.logits.len()
         && native.probabilities.len() == onnx.probabilities.len();
     let has_probs = !native.probabilities.is_empty();
+    let scales = if has_probs {
+        Vec::new()
+    } else {
+        regression_scales(native)
+    };
     let (na, oa) = (native.argmax(), onnx.argmax());
     let mut rows: Vec<WorstRow> = (0..native.n_rows.min(onnx.n_rows))
         .map(|i| {
@@ -70,11 +75,7 @@ pub fn compare_with(
                 }
             } else {
                 match (native.logits.get(span.clone()), onnx.logits.get(span)) {
-                    (Some(a), Some(b)) => a
-                        .iter()
-                        .zip(b)
-                        .map(|(x, y)| abs_diff(*x, *y) / x.abs().max(1.0))
-                        .fold(0.0, f32::max),
+                    (Some(a), Some(b)) => relative_diff(a, b, &scales),
                     _ => f32::MAX,
                 }
             };
@@ -92,7 +93,7 @@ pub fn compare_with(
     if same_shape {
         for r in rows.iter().filter(|r| r.diff > tolerance) {
             let span = r.row * k..(r.row + 1) * k;
-            let fits = |logits: &[f32]| row_diff(logits, onnx, span.clone()) <= tolerance;
+            let fits = |logits: &[f32]| row_diff(logits, onnx, span.clone(), &scales) <= tolerance;
             if one_step(r.row, &fits) {
                 rounding_rows.push(r.row);
             }
@@ -134,17 +135,49 @@ pub fn compare_with(
     }
 }
 
+/// Per output of a regressor, the scale its differences are measured against besides the
+/// prediction itself: `max(1, population std of the reference's predictions)`. A
+/// prediction near 0 of a target in the thousands is a difference of large sums, so
+/// float rounding is relative to the target's spread, not to that one value.
+fn regression_scales(native: &Predictions) -> Vec<f32> {
+    let k = native.n_outputs.max(1);
+    let n = native.logits.len() / k;
+    (0..k)
+        .map(|j| {
+            let col = || native.logits.iter().skip(j).step_by(k).map(|&v| v as f64);
+            let mean = col().sum::<f64>() / n.max(1) as f64;
+            let var = col().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
+            let std = var.sqrt() as f32;
+            if std.is_finite() { std.max(1.0) } else { 1.0 }
+        })
+        .collect()
+}
+
+/// A regressor row's largest difference, each output's relative to `max(|reference|,
+/// its scale)` ([`regression_scales`]).
+fn relative_diff(reference: &[f32], onnx: &[f32], scales: &[f32]) -> f32 {
+    reference
+        .iter()
+        .zip(onnx)
+        .enumerate()
+        .map(|(j, (x, y))| {
+            let scale = scales.get(j).copied().unwrap_or(1.0);
+            abs_diff(*x, *y) / x.abs().max(scale)
+        })
+        .fold(0.0, f32::max)
+}
+
 /// The gated difference between `reference` (one row's logits) and the ONNX side's row
 /// at `span`: the largest probability difference (softmax of the logits against ONNX
-/// Runtime's probabilities) for classifiers, the largest prediction difference relative
-/// to `max(1, |reference|)` for regressors.
-fn row_diff(reference: &[f32], onnx: &Predictions, span: std::ops::Range<usize>) -> f32 {
+/// Runtime's probabilities) for classifiers, [`relative_diff`] for regressors.
+fn row_diff(
+    reference: &[f32],
+    onnx: &Predictions,
+    span: std::ops::Range<usize>,
+    scales: &[f32],
+) -> f32 {
     if onnx.probabilities.is_empty() {
-        reference
-            .iter()
-            .zip(&onnx.logits[span])
-            .map(|(x, y)| abs_diff(*x, *y) / x.abs().max(1.0))
-            .fold(0.0, f32::max)
+        relative_diff(reference, &onnx.logits[span], scales)
     } else {
         let p = kiln_core::forward::softmax_rows(reference, reference.len());
         max_abs(&p, &onnx.probabilities[span])
@@ -265,7 +298,7 @@ mod tests {
         assert!((r.worst_rows[1].diff - 0.1).abs() < 1e-6);
         assert_eq!(r.worst_rows[2].diff, 0.0);
         assert!(
-            r.worst_rows_text()
+            r.worst_rows_text(kiln_core::Task::Classification)
                 .starts_with("row 2 (|dp| 8.000e-1, class 0 vs 1)")
         );
 
@@ -307,6 +340,28 @@ mod tests {
         let near = preds(vec![1000.001], vec![], 1);
         assert!(compare(&big, &near, 1, 1e-5).passed);
         assert!(!compare(&big, &preds(vec![1000.1], vec![], 1), 1, 1e-5).passed);
+        // a prediction near 0 of a target spread over thousands is held to that spread
+        // (the population std of the reference's predictions, about 3266): 4e-3 off is
+        // about 1e-6 of it and passes, 0.08 off (2.4e-5) does not
+        let spread = preds(vec![4000.0, -4000.0, 0.25], vec![], 1);
+        let std = regression_scales(&spread)[0];
+        let mean = (4000.0f64 - 4000.0 + 0.25) / 3.0;
+        let var = [4000.0f64, -4000.0, 0.25]
+            .iter()
+            .map(|v| (v - mean).powi(2))
+            .sum::<f64>()
+            / 3.0;
+        assert_eq!(std, var.sqrt() as f32);
+        let close = preds(vec![4000.0, -4000.0, 0.254], vec![], 1);
+        let r = compare(&spread, &close, 3, 1e-5);
+        assert!(r.passed, "{r:?}");
+        assert!((r.worst_rows[0].diff - 0.004 / std).abs() < 1e-9);
+        assert!(
+            r.worst_rows_text(kiln_core::Task::Regression)
+                .starts_with("row 2 (relative 1.2")
+        );
+        let off = preds(vec![4000.0, -4000.0, 0.33], vec![], 1);
+        assert!(!compare(&spread, &off, 3, 1e-5).passed);
     }
 
     /// Adds `offset` to every logit of rows at or after `from` (a stand-in for ONNX).

@@ -1,7 +1,7 @@
 //! Baselines fitted on the training split beside every evaluated model, so a report shows
 //! at once whether the network earns its keep: the majority class (the mean for a
 //! regressor) and a linear model on the same features — L2-regularized multinomial
-//! logistic regression or ridge regression, from linfa, with scikit-learn's default
+//! logistic regression (linfa-logistic) or ridge regression (closed form, linfa-linalg), with scikit-learn's default
 //! strength (C = 1, alpha = 1).
 
 use kiln_core::{Dataset, Predictions, Predictor, Result as CoreResult};
@@ -172,27 +172,24 @@ fn logistic(train: &Dataset, k: usize, seed: u64) -> Result<Fitted, String> {
     Ok(Fitted::Linear { w, b })
 }
 
-/// Ridge regression, alpha 1 on the summed squared error (scikit-learn's `Ridge()`).
+/// Ridge regression, alpha 1 on the summed squared error (scikit-learn's `Ridge()`):
+/// features and target centred, then the normal equations `(XᵀX + I) w = Xᵀy` solved by
+/// linfa-linalg's Cholesky decomposition (symmetric positive definite for alpha > 0).
+/// Exact in one pass, where coordinate descent took 15 s on 96 correlated
+/// piecewise-linear features of 32k rows.
 fn ridge(train: &Dataset, seed: u64) -> Result<Fitted, String> {
+    use linfa_linalg::cholesky::SolveC;
     let r = rows(train, 1, seed);
     let mut x = matrix(train, &r);
-    let y: Array1<f64> = r.iter().map(|&i| f64::from(train.values[i])).collect();
-    // linfa centres the target but not the features (its intercept is the target's
-    // mean): centre them here, as scikit-learn does, and fold the means into the bias
+    let mut y: Array1<f64> = r.iter().map(|&i| f64::from(train.values[i])).collect();
     let means = x.mean_axis(ndarray::Axis(0)).ok_or("no training rows")?;
+    let y_mean = y.mean().ok_or("no training rows")?;
     x -= &means;
-    // linfa's objective is 1/(2n)·|y − Xw|² + penalty/2·|w|²: penalty = alpha / n
-    let fitted = linfa_elasticnet::ElasticNet::ridge()
-        .penalty(1.0 / r.len().max(1) as f64)
-        .fit(&linfa::Dataset::new(x, y))
-        .map_err(|e| e.to_string())?;
-    let w = fitted.hyperplane();
-    let b = fitted.intercept() - means.dot(w);
-    let w = w
-        .view()
-        .into_shape_with_order((train.n_features(), 1))
-        .map_err(|e| e.to_string())?
-        .to_owned();
+    y -= y_mean;
+    let mut a = x.t().dot(&x) + Array2::<f64>::eye(train.n_features());
+    let xty = x.t().dot(&y).insert_axis(ndarray::Axis(1));
+    let w = a.solvec(&xty).map_err(|e| e.to_string())?;
+    let b = y_mean - means.dot(&w.column(0));
     Ok(Fitted::Linear {
         w,
         b: Array1::from_elem(1, b),
@@ -308,7 +305,8 @@ mod tests {
                 2.901_082_569_708_895_3,
                 2.008_497_248_761_209,
             ],
-            1e-3,
+            // the closed form is exact: only the f32 features and output remain
+            1e-6,
         );
     }
 

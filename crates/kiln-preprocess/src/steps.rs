@@ -2,6 +2,9 @@
 //! statistics come from the train rows as the earlier steps left them, and each fitted
 //! `Transform` is applied with kiln-core's own `Transform::apply_to`, so that
 //! `Schema::apply` on raw rows reproduces the training features bit for bit.
+//!
+//! One file, over 600 lines: one `fit` arm per step, each next to the statistics it
+//! needs; the steps share the column lookup and the "as the earlier steps left them" rows.
 
 use crate::config::{Columns, ImputeStrategy, ImputeValue, Step};
 use crate::error::{PreprocessError, Result};

@@ -48,7 +48,7 @@ pub use config::{
 };
 
 use dfdx::prelude::*;
-use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Progress, Task, TensorStore};
+use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Progress, Schema, Task, TensorStore};
 use std::path::Path;
 use train_loop::train_on;
 
@@ -99,14 +99,20 @@ pub struct Output {
     pub samples_per_sec: f64,
     /// Set when training continued from a checkpoint written after this epoch.
     pub resumed_from_epoch: Option<usize>,
+    /// The fitted preprocessing the model expects its inputs through, when trained with
+    /// [`fit_with_schema`]: raw rows in, predictions out ([`Output::predict_raw`]).
+    pub schema: Option<Schema>,
 }
 
 impl Output {
     /// Writes the model artifact into `dir`: spec.json, weights.safetensors,
-    /// history.json and history.csv.
+    /// history.json and history.csv, and schema.json when the model carries one.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| kiln_core::CoreError::io(dir, e))?;
         self.model.save(dir)?;
+        if let Some(schema) = &self.schema {
+            kiln_core::write_json(&dir.join("schema.json"), schema)?;
+        }
         kiln_core::artifact::save(dir, &self.history)?;
         kiln_core::atomic_write(&dir.join("history.csv"), self.history.to_csv().as_bytes())?;
         Ok(())
@@ -129,6 +135,50 @@ pub fn fit(
         ));
     }
     train_until(config, train, valid, n_classes, None, progress, None)
+}
+
+/// [`fit`] on splits prepared with `schema` (what `kiln_preprocess::prepare` returns):
+/// the class count comes from the schema and the model keeps it, so [`Output::save`]
+/// writes a folder that predicts raw rows alone, and [`Output::predict_raw`] does so in
+/// memory.
+pub fn fit_with_schema(
+    config: &Config,
+    schema: &Schema,
+    train: &Dataset,
+    valid: &Dataset,
+    progress: &dyn Progress,
+) -> Result<Output> {
+    for (split, d) in [("train", train), ("valid", valid)] {
+        if d.feature_names != schema.feature_names {
+            return Err(TrainError::Config(format!(
+                "the {split} split's {} features are not the schema's {}; pass the splits prepared with this schema",
+                d.feature_names.len(),
+                schema.n_features()
+            )));
+        }
+    }
+    let mut out = fit(config, train, valid, schema.n_classes(), progress)?;
+    out.schema = Some(schema.clone());
+    Ok(out)
+}
+
+impl Output {
+    /// Predicts raw `rows` (the schema's input columns, as `kiln predict` reads them)
+    /// through the schema's fitted preprocessing and the model's reference forward pass,
+    /// like `kiln_deploy::Bundle::predict` does through ONNX Runtime; an error when the
+    /// model was trained without a schema or a row is not finite after preprocessing.
+    pub fn predict_raw(&self, rows: &kiln_core::Rows) -> Result<kiln_core::Predictions> {
+        let Some(schema) = &self.schema else {
+            return Err(TrainError::Config(
+                "this model carries no schema; train it with kiln_train::fit_with_schema".into(),
+            ));
+        };
+        let features = schema
+            .features(rows)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut model = self.model.clone();
+        Ok(model.predict(&features, rows.n_rows)?)
+    }
 }
 
 /// Trains on `train`, selects on `valid`, writes the model artifact into `out_dir`.

@@ -183,6 +183,7 @@ fn finished(dir: &Path, c: &Config) -> Option<Output> {
         best_valid_metric: best,
         samples_per_sec: 0.0,
         resumed_from_epoch: None,
+        schema: None,
     })
 }
 

@@ -270,6 +270,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         best_valid_metric: best_acc,
         samples_per_sec: samples as f64 / elapsed.max(1e-9),
         resumed_from_epoch,
+        schema: None,
     };
     if let Some(out_dir) = out_dir {
         out.save(out_dir)?;

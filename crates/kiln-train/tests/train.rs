@@ -707,3 +707,64 @@ fn fit_trains_in_memory_like_run_and_save_writes_the_same_artifact() {
     let e = kiln_train::fit(&sweep, &tr, &va, 10, &NoProgress).unwrap_err();
     assert!(e.to_string().contains("use kiln_train::run"), "{e}");
 }
+
+/// A model fitted with its schema predicts raw rows through the fitted preprocessing
+/// (here raw = 2·x + 1 undone by a standardize step) exactly as the model predicts the
+/// prepared features, saves schema.json beside its weights, and refuses splits that were
+/// not prepared with that schema.
+#[test]
+fn a_model_fitted_with_its_schema_predicts_raw_rows() {
+    use kiln_core::{Rows, Schema, Task, Transform};
+    let (tr, va) = digits();
+    let names = tr.feature_names.clone();
+    let n = names.len();
+    let schema = Schema {
+        version: 1,
+        input_columns: names.clone(),
+        feature_names: names.clone(),
+        target: tr.target.clone(),
+        task: Task::Classification,
+        class_labels: (0..10).map(|c| c.to_string()).collect(),
+        transforms: vec![Transform::Standardize {
+            columns: names.clone(),
+            mean: vec![1.0; n],
+            std: vec![2.0; n],
+        }],
+    };
+    let cfg = config(2, 5);
+    let out = kiln_train::fit_with_schema(&cfg, &schema, &tr, &va, &NoProgress).unwrap();
+    let rows = Rows {
+        n_rows: va.n_rows(),
+        values: va.features.iter().map(|x| 2.0 * x + 1.0).collect(),
+        text: Vec::new(),
+    };
+    let raw = out.predict_raw(&rows).unwrap();
+    let direct = out
+        .model
+        .clone()
+        .predict(&va.features, va.n_rows())
+        .unwrap();
+    assert_eq!(raw.probabilities, direct.probabilities);
+    assert!(accuracy(&out.model, &va) > 0.8);
+
+    let dir = tempfile::tempdir().unwrap();
+    out.save(dir.path()).unwrap();
+    let saved: Schema = kiln_core::read_json(&dir.path().join("schema.json")).unwrap();
+    assert_eq!(saved, schema);
+
+    let no_schema = kiln_train::fit(&cfg, &tr, &va, 10, &NoProgress).unwrap();
+    let e = no_schema.predict_raw(&rows).unwrap_err().to_string();
+    assert!(e.contains("carries no schema"), "{e}");
+    let mut other = schema.clone();
+    other.feature_names.pop();
+    let e = kiln_train::fit_with_schema(&cfg, &other, &tr, &va, &NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "the train split's {n} features are not the schema's {}; pass the splits prepared with this schema",
+            n - 1
+        )
+    );
+}

@@ -78,14 +78,15 @@ pub struct ParityReport {
 
 impl ParityReport {
     /// A one-line description of the worst rows, for error messages.
-    pub fn worst_rows_text(&self) -> String {
+    pub fn worst_rows_text(&self, task: crate::Task) -> String {
         self.worst_rows
             .iter()
-            .map(|r| {
-                format!(
+            .map(|r| match task {
+                crate::Task::Classification => format!(
                     "row {} (|dp| {:.3e}, class {} vs {})",
                     r.row, r.diff, r.native_class, r.onnx_class
-                )
+                ),
+                crate::Task::Regression => format!("row {} (relative {:.3e})", r.row, r.diff),
             })
             .collect::<Vec<_>>()
             .join(", ")
