@@ -39,13 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..train.clone()
     };
     let config = Config {
-        model: ModelConfig {
+        model: Some(ModelConfig {
             kind: kiln_train::ModelKind::Mlp,
             hidden: vec![128, 64],
             activation: kiln_core::Activation::Relu,
             dropout: 0.0,
             norm: None,
-        },
+        }),
         loss: Default::default(),
         huber_delta: 1.0,
         optimizer: OptimizerConfig {

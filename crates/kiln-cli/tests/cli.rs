@@ -676,6 +676,45 @@ fn init_writes_pipelines_that_run_as_written() {
         "{m}"
     );
     assert!(m["baselines"]["logistic"]["accuracy"].is_number(), "{m}");
+
+    // The same file without `steps` and `model` runs the same defaults: identical
+    // fitted schema, identical weights (the network sized to the training rows).
+    let mut auto = String::new();
+    let mut in_steps = false;
+    for line in text.lines() {
+        if line.starts_with("steps = [") {
+            in_steps = true;
+        }
+        if !in_steps && !line.starts_with("model = ") {
+            auto.push_str(&line.replace("name = \"messy\"", "name = \"messy-auto\""));
+            auto.push('\n');
+        }
+        if in_steps && line == "]" {
+            in_steps = false;
+        }
+    }
+    assert!(
+        !auto.contains("steps =") && !auto.contains("model ="),
+        "{auto}"
+    );
+    let auto_file = dir.path().join("messy-auto.toml");
+    std::fs::write(&auto_file, &auto).unwrap();
+    ok(kiln()
+        .arg("run")
+        .arg(&auto_file)
+        .arg("--runs-dir")
+        .arg(&runs));
+    for f in [
+        "data/schema.json",
+        "train/weights.safetensors",
+        "train/spec.json",
+    ] {
+        assert_eq!(
+            std::fs::read(runs.join("messy/latest").join(f)).unwrap(),
+            std::fs::read(runs.join("messy-auto/latest").join(f)).unwrap(),
+            "{f}"
+        );
+    }
     // a second init onto the same file is refused without --force
     let again = kiln()
         .arg("init")

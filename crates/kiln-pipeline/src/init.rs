@@ -8,42 +8,6 @@ use kiln_preprocess::{Source, Step};
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
-/// Training settings sized to the data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sizing {
-    /// Hidden layer widths.
-    pub hidden: Vec<usize>,
-    /// Dropout after each hidden layer.
-    pub dropout: f32,
-    /// Epochs at most.
-    pub epochs: usize,
-    /// Rows per step.
-    pub batch_size: usize,
-    /// Epochs without a better validation score before stopping.
-    pub patience: usize,
-}
-
-/// Settings for `rows` training rows: small tables get a small network, small batches
-/// and many epochs (enough optimizer steps to converge: at least about 3,000), large
-/// ones a wider network, larger batches and fewer epochs.
-pub fn sizing(rows: usize) -> Sizing {
-    let (hidden, dropout, batch_size) = match rows {
-        0..1_000 => (vec![64], 0.1, 32),
-        1_000..10_000 => (vec![128, 64], 0.1, 64),
-        10_000..100_000 => (vec![256, 128], 0.1, 128),
-        _ => (vec![256, 128], 0.0, 256),
-    };
-    let steps_per_epoch = rows.div_ceil(batch_size).max(1);
-    let epochs = (3_000usize.div_ceil(steps_per_epoch)).clamp(20, 300);
-    Sizing {
-        hidden,
-        dropout,
-        epochs,
-        batch_size,
-        patience: (epochs / 10).clamp(5, 20),
-    }
-}
-
 /// `to` relative to the folder `from` (both made absolute), for the `path` of the source.
 fn relative(to: &Path, from: &Path) -> PathBuf {
     let (Ok(to), Ok(from)) = (std::path::absolute(to), std::path::absolute(from)) else {
@@ -121,7 +85,7 @@ pub fn init(
         .collect();
     let classification = s.task == Task::Classification;
     let train_rows = s.n_rows.saturating_sub(s.target_missing) * 6 / 10;
-    let z = sizing(train_rows);
+    let z = kiln_train::Sizing::for_rows(train_rows);
     let mut t = String::new();
     let _ = writeln!(
         t,

@@ -28,9 +28,13 @@ pub struct Config {
     /// error naming its row, instead of making the column text).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub column_types: BTreeMap<String, ColumnType>,
-    /// Steps applied in order; statistics are fitted on the train split only.
-    #[serde(default)]
-    pub steps: Vec<Step>,
+    /// Steps applied in order; statistics are fitted on the train split only. Left out,
+    /// a table source gets the steps `kiln init` would write for it (drop empty, constant
+    /// and ID-like columns, impute gaps, piecewise-linear numbers, one-hot categories,
+    /// hashed free text: [`crate::suggest::steps_for`]); an IDX source gets none.
+    /// `steps = []` means none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
     /// How to split into train / valid / test.
     #[serde(default)]
     pub split: Split,
@@ -70,7 +74,7 @@ impl Config {
                 "positive_class makes a binary classification task; it cannot go with task = \"regression\"".to_string(),
             ));
         }
-        for (i, step) in self.steps.iter().enumerate() {
+        for (i, step) in self.steps.iter().flatten().enumerate() {
             p.extend(
                 step_problems(step)
                     .into_iter()

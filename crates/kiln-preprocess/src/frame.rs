@@ -278,6 +278,20 @@ impl Frame {
                 for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
                     out[i * w + j] = v.unwrap_or(f32::NAN);
                 }
+                // a finite number beyond f32's range would become ±inf and then, binned or
+                // clipped by a step, pass unnoticed
+                if let Some(i) = (0..n).find(|&i| out[i * w + j].is_infinite()) {
+                    let shown = c
+                        .get(i)
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|_| "it".into());
+                    if !matches!(shown.as_str(), "inf" | "-inf") {
+                        return Err(PreprocessError::Invalid(format!(
+                            "{}: column `{name}` holds {shown}, beyond the range of a 32-bit float (±3.4e38) that kiln computes in; rescale the column (e.g. to thousands) or drop it",
+                            self.site(i)
+                        )));
+                    }
+                }
                 continue;
             }
             let as_text = c.cast(&DataType::String).ctx(|| name.clone())?;

@@ -15,7 +15,7 @@
 //!     task: None,
 //!     positive_class: None,
 //!     column_types: Default::default(),
-//!     steps: vec![Step::Standardize { columns: Default::default() }],
+//!     steps: Some(vec![Step::Standardize { columns: Default::default() }]),
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
 //!     augment: Default::default(),
 //!     seed: 7,
@@ -161,8 +161,20 @@ pub fn prepare(config: &Config) -> Result<Output> {
             "the data has no feature columns besides the target".into(),
         ));
     }
+    let plan = &match (&config.steps, &config.source) {
+        (Some(written), _) => written.clone(),
+        (None, Source::Idx { .. }) => Vec::new(),
+        (None, _) => {
+            let suggested = suggest::default_steps(&main.df, target, &config.column_types)?;
+            tracing::info!(
+                steps = ?suggested,
+                "no `steps` given: the steps `kiln init` would write"
+            );
+            suggested
+        }
+    };
     let w = features.len();
-    let removed = steps::removed_columns(&config.steps, &features);
+    let removed = steps::removed_columns(plan, &features);
     let mut dropped = DroppedRows {
         null_target: main.drop_null_target(target)?,
         ..Default::default()
@@ -197,15 +209,14 @@ pub fn prepare(config: &Config) -> Result<Output> {
                          raw: &mut Vec<f32>,
                          cells: &mut Vec<(String, kiln_core::TextColumn)>|
      -> Result<()> {
-        if !config
-            .steps
+        if !plan
             .iter()
             .any(|s| matches!(s, Step::DropNulls { .. } | Step::Dedupe {}))
         {
             return Ok(());
         }
         let y = f.text(target)?;
-        let (keep, [nulls, dups]) = steps::row_steps(&config.steps, raw, &features, &y, &text)?;
+        let (keep, [nulls, dups]) = steps::row_steps(plan, raw, &features, &y, &text)?;
         dropped.null_features += nulls;
         dropped.duplicates += dups;
         if keep.len() < y.len() {
@@ -345,14 +356,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
             let _span = tracing::info_span!("profile").entered();
             profile_columns(&train_raw, &features, &dtypes, &train_cells)
         });
-        let fitted = steps::fit(
-            &config.steps,
-            &train_raw,
-            &features,
-            &nulls,
-            &train_cells,
-            &text,
-        );
+        let fitted = steps::fit(plan, &train_raw, &features, &nulls, &train_cells, &text);
         (fitted, profile.join())
     });
     let (transforms, feature_names, train_x) = fitted?;

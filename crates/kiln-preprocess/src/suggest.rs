@@ -350,74 +350,9 @@ impl Suggestion {
             .collect()
     }
 
-    /// The steps that make the kept columns features: drop the others, fill empty cells
-    /// (median for numbers, the most frequent value for categories), encode the numbers
-    /// piecewise-linearly in [`PLE_BINS`] quantile bins, one-hot encode the categories (their most frequent [`ONE_HOT_TOP`] when
-    /// they have more than [`ONE_HOT_ALL`]), hash free text into [`TEXT_FEATURES`].
+    /// The steps that make the kept columns features ([`steps_for`]).
     pub fn steps(&self) -> Vec<Step> {
-        let names = |v: Vec<&ColumnPlan>| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-        let mut steps = Vec::new();
-        let dropped = names(
-            self.columns
-                .iter()
-                .filter(|c| c.dropped.is_some())
-                .collect(),
-        );
-        if !dropped.is_empty() {
-            steps.push(Step::Drop { columns: dropped });
-        }
-        let numbers = self.kept(ColumnKind::Number);
-        let gaps = names(numbers.iter().copied().filter(|c| c.missing > 0).collect());
-        if !gaps.is_empty() {
-            steps.push(Step::Impute {
-                strategy: ImputeStrategy::Median,
-                value: None,
-                columns: Columns::Named(gaps),
-            });
-        }
-        if !numbers.is_empty() {
-            steps.push(Step::PiecewiseLinear {
-                columns: Columns::Group("numeric".into()),
-                bins: PLE_BINS,
-            });
-        }
-        let categories = self.kept(ColumnKind::Category);
-        let gaps = names(
-            categories
-                .iter()
-                .copied()
-                .filter(|c| c.missing > 0)
-                .collect(),
-        );
-        if !gaps.is_empty() {
-            steps.push(Step::Impute {
-                strategy: ImputeStrategy::MostFrequent,
-                value: None,
-                columns: Columns::Named(gaps),
-            });
-        }
-        let (few, many): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
-            categories.iter().partition(|c| c.distinct <= ONE_HOT_ALL);
-        if !few.is_empty() {
-            steps.push(Step::OneHot {
-                columns: Columns::Named(names(few)),
-                max_categories: None,
-            });
-        }
-        if !many.is_empty() {
-            steps.push(Step::OneHot {
-                columns: Columns::Named(names(many)),
-                max_categories: Some(ONE_HOT_TOP),
-            });
-        }
-        let text = self.kept(ColumnKind::FreeText);
-        if !text.is_empty() {
-            steps.push(Step::HashText {
-                columns: names(text),
-                n_features: TEXT_FEATURES,
-            });
-        }
-        steps
+        steps_for(&self.columns)
     }
 
     /// Features the steps make (the numbers' bins, one-hot columns, hashed text).
@@ -432,4 +367,109 @@ impl Suggestion {
         }
         n + self.kept(ColumnKind::FreeText).len() * TEXT_FEATURES
     }
+}
+
+/// The steps that make the kept columns of a table features (what `kiln init` writes, and
+/// what a preprocess stage without `steps` runs): drop the others, fill empty cells
+/// (median for numbers, the most frequent value for categories), encode the numbers
+/// piecewise-linearly in [`PLE_BINS`] quantile bins, one-hot encode the categories
+/// (their most frequent [`ONE_HOT_TOP`] when they have more than [`ONE_HOT_ALL`]), hash
+/// free text into [`TEXT_FEATURES`].
+pub fn steps_for(columns: &[ColumnPlan]) -> Vec<Step> {
+    let kept = |kind: ColumnKind| -> Vec<&ColumnPlan> {
+        columns
+            .iter()
+            .filter(|c| c.dropped.is_none() && c.kind == kind)
+            .collect()
+    };
+    let names = |v: Vec<&ColumnPlan>| v.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    let mut steps = Vec::new();
+    let dropped = names(columns.iter().filter(|c| c.dropped.is_some()).collect());
+    if !dropped.is_empty() {
+        steps.push(Step::Drop { columns: dropped });
+    }
+    let numbers = kept(ColumnKind::Number);
+    let gaps = names(numbers.iter().copied().filter(|c| c.missing > 0).collect());
+    if !gaps.is_empty() {
+        steps.push(Step::Impute {
+            strategy: ImputeStrategy::Median,
+            value: None,
+            columns: Columns::Named(gaps),
+        });
+    }
+    if !numbers.is_empty() {
+        steps.push(Step::PiecewiseLinear {
+            columns: Columns::Group("numeric".into()),
+            bins: PLE_BINS,
+        });
+    }
+    let categories = kept(ColumnKind::Category);
+    let gaps = names(
+        categories
+            .iter()
+            .copied()
+            .filter(|c| c.missing > 0)
+            .collect(),
+    );
+    if !gaps.is_empty() {
+        steps.push(Step::Impute {
+            strategy: ImputeStrategy::MostFrequent,
+            value: None,
+            columns: Columns::Named(gaps),
+        });
+    }
+    let (few, many): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
+        categories.iter().partition(|c| c.distinct <= ONE_HOT_ALL);
+    if !few.is_empty() {
+        steps.push(Step::OneHot {
+            columns: Columns::Named(names(few)),
+            max_categories: None,
+        });
+    }
+    if !many.is_empty() {
+        steps.push(Step::OneHot {
+            columns: Columns::Named(names(many)),
+            max_categories: Some(ONE_HOT_TOP),
+        });
+    }
+    let text = kept(ColumnKind::FreeText);
+    if !text.is_empty() {
+        steps.push(Step::HashText {
+            columns: names(text),
+            n_features: TEXT_FEATURES,
+        });
+    }
+    steps
+}
+
+/// [`steps_for`] the columns of `df` besides `target`, for a preprocess stage that leaves
+/// `steps` out; a column named in `column_types` is taken as that type, as the stage does.
+pub(crate) fn default_steps(
+    df: &DataFrame,
+    target: &str,
+    column_types: &std::collections::BTreeMap<String, crate::ColumnType>,
+) -> Result<Vec<Step>> {
+    let n = df.height();
+    let columns = column_names(df)
+        .iter()
+        .filter(|c| *c != target)
+        .map(|c| {
+            let mut plan = column_plan(df, c, n)?;
+            match column_types.get(c) {
+                // declared a number: kept (a text cell is then an error naming its row)
+                Some(crate::ColumnType::Number) => {
+                    plan.kind = ColumnKind::Number;
+                    if plan.dropped == Some(DropReason::IdLike) {
+                        plan.dropped = None;
+                    }
+                }
+                Some(crate::ColumnType::Text) if plan.kind == ColumnKind::Number => {
+                    plan.kind = ColumnKind::Category
+                }
+                _ => {}
+            }
+            Ok(plan)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(steps_for(&columns))
 }

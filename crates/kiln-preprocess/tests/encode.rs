@@ -22,7 +22,7 @@ fn config(train: &Path, test: &Path, steps: Vec<Step>) -> Config {
         task: None,
         positive_class: None,
         column_types: Default::default(),
-        steps,
+        steps: Some(steps),
         // every train-source row is in train, in file order
         split: Split {
             valid: 0.0,

@@ -20,9 +20,9 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
         task,
         positive_class: None,
         column_types: Default::default(),
-        steps: vec![Step::Standardize {
+        steps: Some(vec![Step::Standardize {
             columns: Default::default(),
-        }],
+        }]),
         split: Split {
             valid: 0.2,
             test: Some(0.2),

@@ -26,7 +26,7 @@ fn config(source: Source, steps: Vec<Step>) -> Config {
         task: None,
         positive_class: None,
         column_types: Default::default(),
-        steps,
+        steps: Some(steps),
         split: Split {
             valid: 0.2,
             test: Some(0.2),
@@ -378,7 +378,7 @@ fn noisy_copies_and_augmentation_errors() {
     };
     c.target = "p3".into();
     c.task = Some(kiln_core::Task::Regression);
-    c.steps.insert(
+    c.steps.get_or_insert_default().insert(
         0,
         Step::Drop {
             columns: vec!["y".into()],

@@ -20,7 +20,7 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
         task: None,
         positive_class: None,
         column_types: Default::default(),
-        steps,
+        steps: Some(steps),
         // the file is both train and test source: every row is in train, so the fitted
         // values are the file's
         split: Split {

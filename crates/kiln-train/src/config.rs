@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The network.
-    pub model: ModelConfig,
+    /// The network; left out, it is sized to the training rows as `kiln init` sizes it
+    /// ([`Sizing`]: hidden widths and dropout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelConfig>,
     /// Loss function (default `auto`: `cross_entropy` for classification, `mse` for
     /// regression).
     #[serde(default)]
@@ -69,7 +71,7 @@ impl Default for Config {
     /// on the CPU.
     fn default() -> Self {
         Config {
-            model: ModelConfig::default(),
+            model: Some(ModelConfig::default()),
             loss: Loss::Auto,
             huber_delta: default_huber_delta(),
             optimizer: OptimizerConfig::default(),
@@ -96,13 +98,29 @@ pub const MAX_PARAMS: usize = 100_000_000;
 pub const MAX_EPOCHS: usize = 1_000_000;
 
 impl Config {
-    /// The number of parameters of the configured network for `inputs` features and
-    /// `outputs` outputs (saturating, so an absurd width cannot overflow).
-    pub fn parameters(&self, inputs: usize, outputs: usize) -> usize {
+    /// The network trained on `train_rows` rows: `model` as written, or [`Sizing`]'s.
+    pub fn model_for(&self, train_rows: usize) -> ModelConfig {
+        self.model
+            .clone()
+            .unwrap_or_else(|| Sizing::for_rows(train_rows).model())
+    }
+
+    /// This config with `model` filled in for `train_rows` training rows.
+    pub fn resolved(&self, train_rows: usize) -> Config {
+        Config {
+            model: Some(self.model_for(train_rows)),
+            ..self.clone()
+        }
+    }
+
+    /// The number of parameters of the network for `train_rows` rows of `inputs` features
+    /// and `outputs` outputs (saturating, so an absurd width cannot overflow).
+    pub fn parameters(&self, train_rows: usize, inputs: usize, outputs: usize) -> usize {
+        let model = self.model_for(train_rows);
         let mut total = 0usize;
         let mut prev = inputs;
-        let norm = usize::from(self.model.norm.is_some()) * 2;
-        for &h in self.model.hidden.iter().chain([&outputs]) {
+        let norm = usize::from(model.norm.is_some()) * 2;
+        for &h in model.hidden.iter().chain([&outputs]) {
             let layer = prev
                 .saturating_mul(h)
                 .saturating_add(h.saturating_mul(1 + norm));
@@ -116,7 +134,9 @@ impl Config {
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
-        if let Some(w) = self.model.hidden.iter().find(|&&w| w > MAX_WIDTH) {
+        let unsized_model = ModelConfig::default();
+        let model = self.model.as_ref().unwrap_or(&unsized_model);
+        if let Some(w) = model.hidden.iter().find(|&&w| w > MAX_WIDTH) {
             bad(
                 "model.hidden",
                 format!("a hidden layer of {w} units is wider than kiln builds ({MAX_WIDTH})"),
@@ -131,16 +151,16 @@ impl Config {
                 ),
             );
         }
-        if self.model.hidden.contains(&0) {
+        if model.hidden.contains(&0) {
             bad(
                 "model.hidden",
                 "a hidden layer has width 0; widths must be at least 1".into(),
             );
         }
-        if !(0.0..1.0).contains(&self.model.dropout) {
+        if !(0.0..1.0).contains(&model.dropout) {
             bad(
                 "model.dropout",
-                format!("dropout {} must be in [0, 1)", self.model.dropout),
+                format!("dropout {} must be in [0, 1)", model.dropout),
             );
         }
         if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
@@ -563,5 +583,53 @@ mod tests {
         close(cos.lr_at(0.1, 10, 10, 4), 0.1); // start of the cosine
         close(cos.lr_at(0.1, 25, 10, 4), 0.05); // halfway through its 30 steps
         close(cos.lr_at(0.1, 40, 10, 4), 0.0);
+    }
+}
+
+/// Training settings sized to the data: what `kiln init` writes, and the network a train
+/// stage without `model` builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sizing {
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Dropout after each hidden layer.
+    pub dropout: f32,
+    /// Epochs at most.
+    pub epochs: usize,
+    /// Rows per step.
+    pub batch_size: usize,
+    /// Epochs without a better validation score before stopping.
+    pub patience: usize,
+}
+
+impl Sizing {
+    /// Settings for `rows` training rows: small tables get a small network, small
+    /// batches and many epochs (enough optimizer steps to converge: at least about
+    /// 3,000), large ones a wider network, larger batches and fewer epochs.
+    pub fn for_rows(rows: usize) -> Sizing {
+        let (hidden, dropout, batch_size) = match rows {
+            0..1_000 => (vec![64], 0.1, 32),
+            1_000..10_000 => (vec![128, 64], 0.1, 64),
+            10_000..100_000 => (vec![256, 128], 0.1, 128),
+            _ => (vec![256, 128], 0.0, 256),
+        };
+        let steps_per_epoch = rows.div_ceil(batch_size).max(1);
+        let epochs = (3_000usize.div_ceil(steps_per_epoch)).clamp(20, 300);
+        Sizing {
+            hidden,
+            dropout,
+            epochs,
+            batch_size,
+            patience: (epochs / 10).clamp(5, 20),
+        }
+    }
+
+    /// The network: these hidden widths and dropout, ReLU, no norm.
+    pub fn model(&self) -> ModelConfig {
+        ModelConfig {
+            hidden: self.hidden.clone(),
+            dropout: self.dropout,
+            ..ModelConfig::default()
+        }
     }
 }

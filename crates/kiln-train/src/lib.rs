@@ -17,7 +17,7 @@
 //! }
 //! let data = Dataset { feature_names: vec!["x0".into(), "x1".into()], target: "y".into(), features, labels, values: vec![] };
 //! let config = Config {
-//!     model: ModelConfig { hidden: vec![8], ..Default::default() },
+//!     model: Some(ModelConfig { hidden: vec![8], ..Default::default() }),
 //!     optimizer: kiln_train::OptimizerConfig { lr: 0.05, ..Default::default() },
 //!     epochs: 20,
 //!     batch_size: 16,
@@ -44,7 +44,7 @@ pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
     Config, Device, EarlyStopping, Loss, MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind,
-    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
+    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, Sizing, StopMetric,
 };
 
 use dfdx::prelude::*;
@@ -134,7 +134,30 @@ pub fn fit(
             "sweep: a sweep keeps every trial's model in a folder; use kiln_train::run".into(),
         ));
     }
-    train_until(config, train, valid, n_classes, None, progress, None)
+    train_until(
+        &resolve(config, train),
+        train,
+        valid,
+        n_classes,
+        None,
+        progress,
+        None,
+    )
+}
+
+/// `config` with its network sized to `train` when the file left `model` out (logged, so
+/// the run shows what was built).
+fn resolve(config: &Config, train: &Dataset) -> Config {
+    if config.model.is_none() {
+        let m = config.model_for(train.n_rows());
+        tracing::info!(
+            hidden = ?m.hidden,
+            dropout = m.dropout,
+            train_rows = train.n_rows(),
+            "no `model` given: sized to the training rows"
+        );
+    }
+    config.resolved(train.n_rows())
 }
 
 /// [`fit`] on splits prepared with `schema` (what `kiln_preprocess::prepare` returns):
@@ -207,6 +230,7 @@ pub fn run_until(
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
+    let config = &resolve(config, train);
     if let Some(sw) = &config.sweep {
         if let Some((key, msg)) = config.problems().into_iter().next() {
             return Err(TrainError::Config(format!("{key}: {msg}")));
@@ -244,14 +268,15 @@ fn train_until(
         Task::Classification => n_classes,
         Task::Regression => 1,
     };
+    let model = config.model_for(train.n_rows());
     let spec = ModelSpec::mlp(
         train.n_features(),
-        &config.model.hidden,
-        config.model.activation,
+        &model.hidden,
+        model.activation,
         task,
         outputs,
     )
-    .with_norm(config.model.norm);
+    .with_norm(model.norm);
     match config.device {
         // (dfdx's buffer cache stays off: its pop races when two threads share the device)
         Device::Cpu => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),
@@ -283,7 +308,7 @@ fn check(
     } else {
         n_classes
     };
-    let params = config.parameters(train.n_features(), outputs);
+    let params = config.parameters(train.n_rows(), train.n_features(), outputs);
     if params > MAX_PARAMS {
         return bad(format!(
             "model.hidden: the network has {params} parameters for {} input features; kiln trains at most {MAX_PARAMS} (narrow the hidden layers)",

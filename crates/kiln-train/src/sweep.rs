@@ -3,7 +3,7 @@
 //! `trials/<k>/`, picks the best by the validation metric (ties: the earlier trial),
 //! writes sweep.json and passes the best model on as the stage's own.
 
-use crate::{Config, Output, Result, TrainError};
+use crate::{Config, ModelConfig, Output, Result, TrainError};
 use kiln_core::{Dataset, Progress};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -73,23 +73,28 @@ pub use kiln_core::artifact::sweep::{SweepResults, Trial};
 
 impl Sweep {
     /// The trial configs, in order: the grid's cartesian product (lr varies slowest), or a
-    /// seeded sample of it for `random`.
-    pub fn configs(&self, base: &Config) -> Vec<Config> {
+    /// seeded sample of it for `random`; `base`'s network sized to `train_rows` when it
+    /// has no `model`.
+    pub fn configs(&self, base: &Config, train_rows: usize) -> Vec<Config> {
+        let base_model = base.model_for(train_rows);
         fn or<T: Clone>(v: &[T], d: T) -> Vec<T> {
             if v.is_empty() { vec![d] } else { v.to_vec() }
         }
         let mut all = Vec::new();
         for lr in or(&self.lr, base.optimizer.lr) {
             for bs in or(&self.batch_size, base.batch_size) {
-                for h in or(&self.hidden, base.model.hidden.clone()) {
-                    for d in or(&self.dropout, base.model.dropout) {
+                for h in or(&self.hidden, base_model.hidden.clone()) {
+                    for d in or(&self.dropout, base_model.dropout) {
                         for wd in or(&self.weight_decay, base.optimizer.weight_decay) {
                             let mut c = base.clone();
                             c.sweep = None;
                             c.optimizer.lr = lr;
                             c.batch_size = bs;
-                            c.model.hidden = h.clone();
-                            c.model.dropout = d;
+                            c.model = Some(ModelConfig {
+                                hidden: h.clone(),
+                                dropout: d,
+                                ..base_model.clone()
+                            });
                             c.optimizer.weight_decay = wd;
                             all.push(c);
                         }
@@ -197,7 +202,7 @@ pub(crate) fn run_sweep(
     out_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<Output> {
-    let configs = sweep.configs(config);
+    let configs = sweep.configs(config, train.n_rows());
     let mut trials = Vec::new();
     let mut outputs = Vec::new();
     for (k, c) in configs.iter().enumerate() {
@@ -206,7 +211,7 @@ pub(crate) fn run_sweep(
             trial = k,
             lr = c.optimizer.lr,
             batch_size = c.batch_size,
-            hidden = ?c.model.hidden,
+            hidden = ?c.model_for(train.n_rows()).hidden,
             "sweep trial"
         );
         let dir = out_dir.join(format!("trials/{k}"));
@@ -223,8 +228,8 @@ pub(crate) fn run_sweep(
             trial: k,
             lr: c.optimizer.lr,
             batch_size: c.batch_size,
-            hidden: c.model.hidden.clone(),
-            dropout: c.model.dropout,
+            hidden: c.model_for(train.n_rows()).hidden,
+            dropout: c.model_for(train.n_rows()).dropout,
             weight_decay: c.optimizer.weight_decay,
             best_valid_metric: o.best_valid_metric,
             best_epoch: o.history.best_epoch,

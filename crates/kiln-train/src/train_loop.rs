@@ -53,7 +53,8 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         }
         s
     };
-    let mut net = Mlp::new(&dev, net_spec, config.model.dropout, config.seed).map_err(dev_err)?;
+    let dropout = config.model_for(train.n_rows()).dropout;
+    let mut net = Mlp::new(&dev, net_spec, dropout, config.seed).map_err(dev_err)?;
     // a batch larger than the train split is the whole split
     let bs = config.batch_size.min(train.n_rows()).max(1);
     let n_batches = train.n_rows().div_ceil(bs);

@@ -44,13 +44,13 @@ fn digits() -> (Dataset, Dataset) {
 
 fn config(epochs: usize, seed: u64) -> Config {
     Config {
-        model: ModelConfig {
+        model: Some(ModelConfig {
             kind: kiln_train::ModelKind::Mlp,
             hidden: vec![32],
             activation: kiln_core::Activation::Relu,
             dropout: 0.1,
             norm: None,
-        },
+        }),
         loss: Default::default(),
         huber_delta: 1.0,
         schedule: Default::default(),
@@ -125,7 +125,7 @@ fn weights_are_bit_identical_at_one_and_two_threads() {
     let (tr, va) = digits();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(6, 5);
-    cfg.model.dropout = 0.2;
+    cfg.model.as_mut().unwrap().dropout = 0.2;
     let train_with = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -279,8 +279,9 @@ fn layer_norm_trains_saves_and_resumes() {
     let (tr, va) = digits();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(5, 9);
-    cfg.model.hidden = vec![32, 16];
-    cfg.model.norm = Some(kiln_core::Norm::Layer);
+    let m = cfg.model.as_mut().unwrap();
+    m.hidden = vec![32, 16];
+    m.norm = Some(kiln_core::Norm::Layer);
     let full = run(&cfg, &tr, &va, 10, &dir.path().join("full"), &NoProgress).unwrap();
     assert!(full.best_valid_metric >= 0.95, "{}", full.best_valid_metric);
     let mut m = NativeModel::load(&dir.path().join("full")).unwrap();
@@ -367,11 +368,11 @@ fn regression_learns_a_nonlinear_signal_in_target_units() {
     for loss in [Loss::Mse, Loss::Huber, Loss::Auto] {
         let c = Config {
             loss,
-            model: ModelConfig {
+            model: Some(ModelConfig {
                 hidden: vec![32, 32],
                 dropout: 0.0,
-                ..config(1, 1).model
-            },
+                ..config(1, 1).model.unwrap()
+            }),
             ..config(150, 1)
         };
         let out_dir = dir.path().join(format!("{loss:?}"));
@@ -457,7 +458,7 @@ fn activations_and_optimizer_options_train_and_history_csv_matches() {
     ];
     for (i, (act, clip, nesterov)) in cases.into_iter().enumerate() {
         let mut c = config(8, 3);
-        c.model.activation = act;
+        c.model.as_mut().unwrap().activation = act;
         c.optimizer.clip_grad_norm = clip;
         if nesterov {
             c.optimizer = OptimizerConfig {
