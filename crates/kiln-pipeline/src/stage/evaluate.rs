@@ -38,13 +38,7 @@ fn trainers<'p>(p: &'p Pipeline, inputs: &[String]) -> Vec<&'p StageDef> {
 
 impl Stage for kiln_evaluate::Config {
     fn reads(&self, def: &StageDef, p: &Pipeline) -> Result<Reads, StageError> {
-        let mut r = Reads::default();
-        for id in &def.inputs {
-            r.add(id);
-        }
-        if let Some(pre) = upstream(p, &def.inputs[0], StageKind::Preprocess) {
-            r.add(&pre.id);
-        }
+        let mut r = Reads::inputs_and_data(def, p);
         for t in trainers(p, &def.inputs) {
             r.add(&t.id);
         }

@@ -80,6 +80,19 @@ impl Reads {
             self.stages.push(id.to_string());
         }
     }
+
+    /// A model-consuming stage's inputs and the preprocess stage upstream of its first
+    /// input, whose splits it scores.
+    fn inputs_and_data(def: &StageDef, p: &Pipeline) -> Reads {
+        let mut r = Reads::default();
+        for id in &def.inputs {
+            r.add(id);
+        }
+        if let Some(pre) = upstream(p, &def.inputs[0], StageKind::Preprocess) {
+            r.add(&pre.id);
+        }
+        r
+    }
 }
 
 /// What one kind of stage does.

@@ -18,14 +18,7 @@ pub(crate) const KIND: Kind = Kind {
 
 impl Stage for kiln_optimize::Config {
     fn reads(&self, def: &StageDef, p: &Pipeline) -> Result<Reads, StageError> {
-        let mut r = Reads::default();
-        for id in &def.inputs {
-            r.add(id);
-        }
-        if let Some(pre) = upstream(p, &def.inputs[0], StageKind::Preprocess) {
-            r.add(&pre.id);
-        }
-        Ok(r)
+        Ok(Reads::inputs_and_data(def, p))
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
