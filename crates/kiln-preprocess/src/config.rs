@@ -453,7 +453,8 @@ pub enum Step {
     /// Piecewise-linear encoding of numeric columns: each becomes one feature per bin
     /// between the train split's quantiles (`column#0` …): 1 below x's bin, x's place in
     /// its bin, 0 above (Gorishniy et al. 2022). Tied quantiles merge, so a column of few
-    /// values gets fewer bins; a constant column is an error (drop it).
+    /// values gets fewer bins; a column of one train value `v` gets the single bin
+    /// `[v, v + max(|v|, 1)]` (0 on every train row).
     PiecewiseLinear {
         /// Columns (default: all numeric features).
         #[serde(default)]

@@ -280,16 +280,15 @@ impl Frame {
                 }
                 // a finite number beyond f32's range would become ±inf and then, binned or
                 // clipped by a step, pass unnoticed
-                if let Some(i) = (0..n).find(|&i| out[i * w + j].is_infinite()) {
-                    let shown = c
-                        .get(i)
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|_| "it".into());
-                    if !matches!(shown.as_str(), "inf" | "-inf") {
-                        return Err(PreprocessError::Invalid(format!(
-                            "{}: column `{name}` holds {shown}, beyond the range of a 32-bit float (±3.4e38) that kiln computes in; rescale the column (e.g. to thousands) or drop it",
-                            self.site(i)
-                        )));
+                if out.iter().skip(j).step_by(w).any(|v| v.is_infinite()) {
+                    let wide = c.cast(&DataType::Float64).ctx(|| name.clone())?;
+                    let wide = wide.f64().ctx(|| name.clone())?;
+                    if let Some((i, v)) = wide
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, v)| v.filter(|v| beyond_f32(*v)).map(|v| (i, v)))
+                    {
+                        return Err(beyond_f32_error(&self.site(i), name, &format!("{v:e}")));
                     }
                 }
                 continue;
@@ -301,6 +300,11 @@ impl Frame {
                 for (i, v) in strs.iter().enumerate() {
                     let Some(v) = v else { continue };
                     match v.trim().parse::<f32>() {
+                        Ok(x)
+                            if x.is_infinite() && v.trim().parse::<f64>().is_ok_and(beyond_f32) =>
+                        {
+                            return Err(beyond_f32_error(&self.site(i), name, v.trim()));
+                        }
                         Ok(x) => out[i * w + j] = x,
                         Err(_) => {
                             bad = Some((i, v.to_string()));
@@ -390,4 +394,16 @@ pub(crate) fn gather(raw: &[f32], w: usize, idx: &[u32]) -> Vec<f32> {
         out.extend_from_slice(&raw[i as usize * w..(i as usize + 1) * w]);
     }
     out
+}
+
+/// A finite number that becomes ±inf as an f32.
+fn beyond_f32(v: f64) -> bool {
+    v.is_finite() && (v as f32).is_infinite()
+}
+
+/// The error for a number beyond f32's range at `site` of column `name`.
+fn beyond_f32_error(site: &str, name: &str, shown: &str) -> PreprocessError {
+    PreprocessError::Invalid(format!(
+        "{site}: column `{name}` holds {shown}, beyond the range of a 32-bit float (±3.4e38) that kiln computes in; rescale the column (e.g. to thousands) or drop it"
+    ))
 }

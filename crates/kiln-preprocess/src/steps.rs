@@ -642,18 +642,19 @@ fn fit_one(
         Step::PiecewiseLinear { bins, .. } => {
             let mut edges = Vec::new();
             for (k, p) in present().into_iter().enumerate() {
-                let e = bin_edges(&p, *bins);
-                if e.len() < 2 {
-                    return Err(invalid(format!(
-                        "steps[{i}] (piecewise_linear): column `{}` holds {} in the train split, nothing to bin; drop it with {{ op = \"drop\", columns = [\"{}\"] }}",
-                        cols[k],
-                        if p.is_empty() {
-                            "no value".to_string()
-                        } else {
-                            format!("one value ({})", p[0])
-                        },
-                        cols[k]
-                    )));
+                let mut e = bin_edges(&p, *bins);
+                match e.as_slice() {
+                    [] => {
+                        return Err(invalid(format!(
+                            "steps[{i}] (piecewise_linear): column `{}` holds no value in the train split, nothing to bin; drop it with {{ op = \"drop\", columns = [\"{}\"] }}",
+                            cols[k], cols[k]
+                        )));
+                    }
+                    // one value in the train split (a rare flag whose other values all
+                    // fell into valid / test): one bin above it, so the feature is 0 on
+                    // every train row and other values still encode in order
+                    &[v] => e.push(v + v.abs().max(1.0)),
+                    _ => {}
                 }
                 edges.push(e);
             }
@@ -721,6 +722,46 @@ mod tests {
         assert_eq!(quantile(&v, 0.25), 2.5);
         assert_eq!(quantile(&[1.0, 2.0, 4.0], 0.75), 3.0);
         assert_eq!(quantile(&[7.0], 0.9), 7.0);
+    }
+
+    /// A column of one train value (a flag whose other values fell outside the train
+    /// split) gets one bin above that value instead of stopping the run; an empty one
+    /// is still an error.
+    #[test]
+    fn piecewise_linear_of_one_train_value_is_one_bin() {
+        let f = names(&["flag", "x"]);
+        // flag = -3 on every train row; x = 0, 1, 2, 3
+        let train = vec![-3.0, 0.0, -3.0, 1.0, -3.0, 2.0, -3.0, 3.0];
+        let steps = vec![Step::PiecewiseLinear {
+            columns: Columns::default(),
+            bins: 2,
+        }];
+        let (t, out_names, fitted) =
+            fit(&steps, &train, &f, &BTreeMap::new(), &[], &Text::default()).unwrap();
+        assert_eq!(
+            t[0],
+            Transform::PiecewiseLinear {
+                columns: f.clone(),
+                edges: vec![vec![-3.0, 0.0], vec![0.0, 1.5, 3.0]],
+            }
+        );
+        assert_eq!(out_names, names(&["flag#0", "x#0", "x#1"]));
+        assert_eq!(fitted[..3], [0.0, 0.0, 0.0]);
+        let nan = f32::NAN;
+        let e = fit(
+            &steps,
+            &[nan, 0.0, nan, 1.0],
+            &f,
+            &BTreeMap::new(),
+            &[],
+            &Text::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("column `flag` holds no value in the train split"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -148,23 +148,9 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
         .map(|c| column_plan(&df, c, n))
         .collect::<Result<Vec<_>>>()?;
     if !columns.iter().any(|c| c.dropped.is_none()) {
-        let why = columns
-            .iter()
-            .map(|c| {
-                format!(
-                    "`{}`: {}",
-                    c.name,
-                    c.dropped.map_or("", DropReason::describe)
-                )
-            })
-            .collect::<Vec<_>>();
         return Err(invalid(format!(
             "{shown}: no column besides the target `{target}` can be learned from{}",
-            if why.is_empty() {
-                " (the table has no other column)".to_string()
-            } else {
-                format!(" ({})", why.join("; "))
-            }
+            why_unusable(&columns)
         )));
     }
     let source = match ext.as_str() {
@@ -196,6 +182,25 @@ pub fn suggest(path: &Path, target: &str) -> Result<Suggestion> {
         target_missing,
         columns,
     })
+}
+
+/// Why each of `columns` is dropped, for the error when none is kept.
+fn why_unusable(columns: &[ColumnPlan]) -> String {
+    let why = columns
+        .iter()
+        .map(|c| {
+            format!(
+                "`{}`: {}",
+                c.name,
+                c.dropped.map_or("", DropReason::describe)
+            )
+        })
+        .collect::<Vec<_>>();
+    if why.is_empty() {
+        " (the table has no other column)".to_string()
+    } else {
+        format!(" ({})", why.join("; "))
+    }
 }
 
 /// The field delimiter of a CSV file: of `,` `;` tab and `|`, the one its first line
@@ -471,5 +476,11 @@ pub(crate) fn default_steps(
             Ok(plan)
         })
         .collect::<Result<Vec<_>>>()?;
+    if !columns.iter().any(|c| c.dropped.is_none()) {
+        return Err(invalid(format!(
+            "no `steps` given, and the default steps keep no column besides the target `{target}`{}; write the steps (`steps = []` keeps every column as it is)",
+            why_unusable(&columns)
+        )));
+    }
     Ok(steps_for(&columns))
 }

@@ -29,7 +29,8 @@ pub struct WorstRow {
     pub row: usize,
     /// Largest absolute probability difference in that row (for regression models,
     /// which have no probabilities: the prediction difference relative to
-    /// `max(1, |native prediction|)`).
+    /// `max(1, |native prediction|, the std of the native predictions)`; `f32::MAX` for a
+    /// non-finite native prediction).
     pub diff: f32,
     /// Largest absolute logit difference in that row.
     pub max_abs_logit: f32,
@@ -60,8 +61,9 @@ pub struct ParityReport {
     /// Fraction of rows whose argmax agrees.
     pub argmax_agreement: f64,
     /// The tolerance on `max_abs_prob` (for regression: on the largest prediction
-    /// difference relative to `max(1, |native prediction|)`, so a target in the thousands
-    /// is held to fp32's relative precision, not to an absolute 1e-5).
+    /// difference relative to `max(1, |native prediction|, the std of the native
+    /// predictions)`, so a target in the thousands is held to fp32's relative precision
+    /// at its own scale, not to an absolute 1e-5).
     pub tolerance: f32,
     /// `max_abs_prob <= tolerance` (the relative prediction difference for regression)
     /// and both sides produced the same number of rows and outputs.
