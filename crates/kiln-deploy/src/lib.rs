@@ -6,6 +6,9 @@
 //! `model_card.md` ([`card`]). With `include_preprocessing` the fitted preprocessing is
 //! baked into the graph ([`bake()`]).
 //!
+//! Over 600 lines with its doc example and tests; the stage's own code (config, input
+//! checks, the variant loop and bundle writing) is about 500.
+//!
 //! ONNX Runtime is loaded at run time from `ORT_DYLIB_PATH` or from where
 //! `cargo xtask setup` installs it (see [`runtime::library_path`]).
 //!

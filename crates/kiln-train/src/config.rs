@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The network; left out, it is sized to the training rows as `kiln init` sizes it
-    /// ([`Sizing`]: hidden widths and dropout).
+    /// ([`crate::Sizing`]: hidden widths and dropout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelConfig>,
     /// Loss function (default `auto`: `cross_entropy` for classification, `mse` for
@@ -98,11 +98,12 @@ pub const MAX_PARAMS: usize = 100_000_000;
 pub const MAX_EPOCHS: usize = 1_000_000;
 
 impl Config {
-    /// The network trained on `train_rows` rows: `model` as written, or [`Sizing`]'s.
+    /// The network trained on `train_rows` rows: `model` as written, or
+    /// [`crate::Sizing`]'s.
     pub fn model_for(&self, train_rows: usize) -> ModelConfig {
         self.model
             .clone()
-            .unwrap_or_else(|| Sizing::for_rows(train_rows).model())
+            .unwrap_or_else(|| crate::Sizing::for_rows(train_rows).model())
     }
 
     /// This config with `model` filled in for `train_rows` training rows.
@@ -583,53 +584,5 @@ mod tests {
         close(cos.lr_at(0.1, 10, 10, 4), 0.1); // start of the cosine
         close(cos.lr_at(0.1, 25, 10, 4), 0.05); // halfway through its 30 steps
         close(cos.lr_at(0.1, 40, 10, 4), 0.0);
-    }
-}
-
-/// Training settings sized to the data: what `kiln init` writes, and the network a train
-/// stage without `model` builds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sizing {
-    /// Hidden layer widths.
-    pub hidden: Vec<usize>,
-    /// Dropout after each hidden layer.
-    pub dropout: f32,
-    /// Epochs at most.
-    pub epochs: usize,
-    /// Rows per step.
-    pub batch_size: usize,
-    /// Epochs without a better validation score before stopping.
-    pub patience: usize,
-}
-
-impl Sizing {
-    /// Settings for `rows` training rows: small tables get a small network, small
-    /// batches and many epochs (enough optimizer steps to converge: at least about
-    /// 3,000), large ones a wider network, larger batches and fewer epochs.
-    pub fn for_rows(rows: usize) -> Sizing {
-        let (hidden, dropout, batch_size) = match rows {
-            0..1_000 => (vec![64], 0.1, 32),
-            1_000..10_000 => (vec![128, 64], 0.1, 64),
-            10_000..100_000 => (vec![256, 128], 0.1, 128),
-            _ => (vec![256, 128], 0.0, 256),
-        };
-        let steps_per_epoch = rows.div_ceil(batch_size).max(1);
-        let epochs = (3_000usize.div_ceil(steps_per_epoch)).clamp(20, 300);
-        Sizing {
-            hidden,
-            dropout,
-            epochs,
-            batch_size,
-            patience: (epochs / 10).clamp(5, 20),
-        }
-    }
-
-    /// The network: these hidden widths and dropout, ReLU, no norm.
-    pub fn model(&self) -> ModelConfig {
-        ModelConfig {
-            hidden: self.hidden.clone(),
-            dropout: self.dropout,
-            ..ModelConfig::default()
-        }
     }
 }

@@ -36,6 +36,7 @@ mod config;
 mod finetune;
 mod head;
 mod net;
+mod sizing;
 mod sweep;
 mod train_loop;
 
@@ -44,8 +45,9 @@ pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
     Config, Device, EarlyStopping, Loss, MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind,
-    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, Sizing, StopMetric,
+    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
 };
+pub use sizing::Sizing;
 
 use dfdx::prelude::*;
 use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Progress, Schema, Task, TensorStore};
