@@ -683,6 +683,13 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The message of fitting `steps` on `train` (no nulls, no text), which must fail.
+    fn fit_error(steps: &[Step], train: &[f32], f: &[String]) -> String {
+        fit(steps, train, f, &BTreeMap::new(), &[], &Text::default())
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn bin_edges_are_merged_quantiles() {
         // 0..=8: quantiles at 0, 1/4, … are 0, 2, 4, 6, 8
@@ -748,16 +755,7 @@ mod tests {
         assert_eq!(out_names, names(&["flag#0", "x#0", "x#1"]));
         assert_eq!(fitted[..3], [0.0, 0.0, 0.0]);
         let nan = f32::NAN;
-        let e = fit(
-            &steps,
-            &[nan, 0.0, nan, 1.0],
-            &f,
-            &BTreeMap::new(),
-            &[],
-            &Text::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fit_error(&steps, &[nan, 0.0, nan, 1.0], &f);
         assert!(
             e.contains("column `flag` holds no value in the train split"),
             "{e}"
@@ -875,30 +873,12 @@ mod tests {
         let typo = vec![Step::Log1p {
             columns: Columns::Named(names(&["agee"])),
         }];
-        let e = fit(
-            &typo,
-            &[1.0, 1.0],
-            &f,
-            &BTreeMap::new(),
-            &[],
-            &Text::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fit_error(&typo, &[1.0, 1.0], &f);
         assert!(e.contains("did you mean `age`?"), "{e}");
         let log = vec![Step::Log1p {
             columns: Columns::default(),
         }];
-        let e = fit(
-            &log,
-            &[1.0, -2.0],
-            &f,
-            &BTreeMap::new(),
-            &[],
-            &Text::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let e = fit_error(&log, &[1.0, -2.0], &f);
         assert!(e.contains("`b` holds -2"), "{e}");
         let all_null = vec![Step::Impute {
             strategy: ImputeStrategy::Mean,
