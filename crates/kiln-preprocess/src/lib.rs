@@ -167,7 +167,11 @@ pub fn prepare(config: &Config) -> Result<Output> {
         (None, _) => {
             let suggested = suggest::default_steps(&main.df, target, &config.column_types)?;
             tracing::info!(
-                steps = ?suggested,
+                steps = %suggested
+                    .iter()
+                    .map(|s| serde_json::to_string(s).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 "no `steps` given: the steps `kiln init` would write"
             );
             suggested

@@ -154,7 +154,7 @@ fn resolve(config: &Config, train: &Dataset) -> Config {
         let m = config.model_for(train.n_rows());
         tracing::info!(
             hidden = ?m.hidden,
-            dropout = m.dropout,
+            dropout = %m.dropout,
             train_rows = train.n_rows(),
             "no `model` given: sized to the training rows"
         );
