@@ -7,6 +7,7 @@ mod bench;
 mod bench_prep;
 mod bench_reliability;
 mod bench_serve;
+mod bench_stages;
 mod bench_tabular;
 mod cmd;
 mod paths;

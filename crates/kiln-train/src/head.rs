@@ -23,18 +23,11 @@ pub(crate) fn target_scale(values: &[f32]) -> (f32, f32) {
 /// `[0, s]` of the saved spec: their softmax is `[1 - sigmoid(s), sigmoid(s)]`, the
 /// same probabilities, so evaluation, int8 and ONNX export treat it as any classifier.
 pub(crate) fn widen_binary_logit(spec: &ModelSpec, store: &mut TensorStore) {
-    let last = spec.layers.len() - 1;
-    let l = &spec.layers[last];
-    let (wk, bk) = (
-        format!("layers.{last}.weight"),
-        format!("layers.{last}.bias"),
-    );
-    if let (Ok(w), Ok(b)) = (store.f32(&wk), store.f32(&bk)) {
-        let w: Vec<f32> = w.iter().flat_map(|&v| [0.0, v]).collect();
+    rewrite_output_layer(spec, store, |in_dim, _, w, b| {
+        let w = w.iter().flat_map(|&v| [0.0, v]).collect();
         let b = vec![0.0, b.first().copied().unwrap_or(0.0)];
-        store.insert_f32(&wk, vec![l.in_dim, 2], w);
-        store.insert_f32(&bk, vec![2], b);
-    }
+        ((vec![in_dim, 2], w), (vec![2], b))
+    });
 }
 
 /// Rewrites the output layer `z` into `z * std + mean`: weights times `std`, bias times
@@ -44,17 +37,35 @@ pub(crate) fn fold_target_scale(
     store: &mut TensorStore,
     (mean, std): (f32, f32),
 ) {
-    let last = spec.layers.len() - 1;
+    rewrite_output_layer(spec, store, |in_dim, out_dim, w, b| {
+        let w = w.iter().map(|v| v * std).collect();
+        let b = b.iter().map(|v| v * std + mean).collect();
+        ((vec![in_dim, out_dim], w), (vec![out_dim], b))
+    });
+}
+
+/// A (shape, values) pair of the store.
+type Shaped = (Vec<usize>, Vec<f32>);
+
+/// Replaces the output layer's weight and bias with what `f(in_dim, out_dim, weight,
+/// bias)` returns (each as shape and values); a store without them is left as it is.
+fn rewrite_output_layer(
+    spec: &ModelSpec,
+    store: &mut TensorStore,
+    f: impl FnOnce(usize, usize, &[f32], &[f32]) -> (Shaped, Shaped),
+) {
+    let Some(last) = spec.layers.len().checked_sub(1) else {
+        return;
+    };
     let l = &spec.layers[last];
     let (wk, bk) = (
         format!("layers.{last}.weight"),
         format!("layers.{last}.bias"),
     );
     if let (Ok(w), Ok(b)) = (store.f32(&wk), store.f32(&bk)) {
-        let w: Vec<f32> = w.iter().map(|v| v * std).collect();
-        let b: Vec<f32> = b.iter().map(|v| v * std + mean).collect();
-        store.insert_f32(&wk, vec![l.in_dim, l.out_dim], w);
-        store.insert_f32(&bk, vec![l.out_dim], b);
+        let ((ws, w), (bs, b)) = f(l.in_dim, l.out_dim, w, b);
+        store.insert_f32(&wk, ws, w);
+        store.insert_f32(&bk, bs, b);
     }
 }
 
