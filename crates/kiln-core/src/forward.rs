@@ -1,4 +1,4 @@
-//! The reference forward pass in plain Rust: fp32 dense layers, softmax, and kiln's int8
+//! The reference forward pass in plain Rust: embedding lookups, fp32 dense layers, softmax, and kiln's int8
 //! simulation of ONNX `DynamicQuantizeLinear` (or `QuantizeLinear`) + `MatMulInteger`, written to reproduce what
 //! ONNX Runtime computes. Parity checks always compare ONNX Runtime against this code.
 //!
@@ -410,6 +410,49 @@ fn forward_rows(spec: &ModelSpec, weights: &TensorStore, x: &[f32], n: usize) ->
     forward_traced(spec, weights, x, n, &mut |_, _| {})
 }
 
+/// The first dense layer's input for `n` rows of features `x`: the features that are
+/// not embedded, in their order, then per embedding of `spec` the table row its code
+/// looks up (see [`crate::EmbeddingSpec`]). `x` itself when the spec has no embeddings.
+pub fn embed_input(
+    spec: &ModelSpec,
+    weights: &TensorStore,
+    x: &[f32],
+    n: usize,
+) -> Result<Vec<f32>> {
+    if spec.embeddings.is_empty() {
+        return Ok(x.to_vec());
+    }
+    let d = spec.input_dim;
+    let tables = spec
+        .embeddings
+        .iter()
+        .enumerate()
+        .map(|(j, e)| {
+            let key = ModelSpec::embedding_key(j);
+            let t = weights.f32(&key)?;
+            if t.len() != e.rows * e.dim {
+                return Err(CoreError::Invalid(format!(
+                    "{key} holds {} values, the spec needs {} x {}",
+                    t.len(),
+                    e.rows,
+                    e.dim
+                )));
+            }
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let kept: Vec<usize> = (0..d).filter(|&i| !spec.is_embedded(i)).collect();
+    let mut out = Vec::with_capacity(n * spec.first_input_dim());
+    for row in x.chunks_exact(d).take(n) {
+        out.extend(kept.iter().map(|&i| row[i]));
+        for (e, t) in spec.embeddings.iter().zip(&tables) {
+            let r = e.row(row[e.feature]);
+            out.extend_from_slice(&t[r * e.dim..(r + 1) * e.dim]);
+        }
+    }
+    Ok(out)
+}
+
 /// What the forward pass saw at one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSeen {
@@ -429,7 +472,7 @@ pub fn forward_traced(
     n: usize,
     seen: &mut dyn FnMut(usize, LayerSeen),
 ) -> Result<Vec<f32>> {
-    let mut h = x.to_vec();
+    let mut h = embed_input(spec, weights, x, n)?;
     for (i, l) in spec.layers.iter().enumerate() {
         let b = weights.f32(&format!("layers.{i}.bias"))?;
         if b.len() != l.out_dim {
@@ -539,6 +582,88 @@ mod tests {
             Activation::Relu,
         );
         assert_eq!(y, vec![2.1, 0.0]);
+    }
+
+    /// Embedded codes look up their table rows (code + 1; row 0 for -1, fractions, NaN,
+    /// infinities and codes past the table), after the other features in their order,
+    /// and the first layer reads that vector: a forward pass worked by hand.
+    #[test]
+    fn embeddings_look_up_rows_after_the_plain_features() {
+        use crate::model::EmbeddingSpec;
+        // features: [a, code, b]; the code column has 2 categories: table rows 0..3
+        let e = EmbeddingSpec {
+            feature: 1,
+            rows: 3,
+            dim: 2,
+        };
+        let spec = ModelSpec::mlp(3, &[], Activation::Identity, Task::Regression, 1)
+            .with_embeddings(vec![e.clone()]);
+        assert_eq!((spec.first_input_dim(), spec.layers[0].in_dim), (4, 4));
+        spec.validate().unwrap();
+        let mut w = TensorStore::default();
+        w.insert_f32(
+            "embeddings.0.weight",
+            vec![3, 2],
+            vec![0.5, -0.5, 10.0, 20.0, 30.0, 40.0],
+        );
+        w.insert_f32("layers.0.weight", vec![4, 1], vec![1.0, 2.0, 0.1, 0.01]);
+        w.insert_f32("layers.0.bias", vec![1], vec![0.0]);
+        let codes = [0.0, 1.0, -1.0, 0.5, f32::NAN, f32::INFINITY, 2.0, -2.0, 1e9];
+        let rows: Vec<usize> = codes.iter().map(|&c| e.row(c)).collect();
+        assert_eq!(rows, [1, 2, 0, 0, 0, 0, 0, 0, 0]);
+        let x: Vec<f32> = codes.iter().flat_map(|&c| [1.0, c, 3.0]).collect();
+        let first = embed_input(&spec, &w, &x, codes.len()).unwrap();
+        assert_eq!(&first[..8], &[1.0, 3.0, 10.0, 20.0, 1.0, 3.0, 30.0, 40.0]);
+        let y = forward(&spec, &w, &x, codes.len()).unwrap();
+        // a + 2 b + 0.1 e0 + 0.01 e1
+        let want = |e0: f32, e1: f32| 1.0 + 6.0 + 0.1 * e0 + 0.01 * e1;
+        assert_eq!(y[0], want(10.0, 20.0));
+        assert_eq!(y[1], want(30.0, 40.0));
+        for (i, v) in y.iter().enumerate().skip(2) {
+            assert_eq!(*v, want(0.5, -0.5), "code {} takes row 0", codes[i]);
+        }
+        // a table of the wrong size is an error naming it
+        w.insert_f32("embeddings.0.weight", vec![2, 2], vec![0.0; 4]);
+        let err = forward(&spec, &w, &x, codes.len()).unwrap_err().to_string();
+        assert!(
+            err.contains("embeddings.0.weight holds 4 values, the spec needs 3 x 2"),
+            "{err}"
+        );
+    }
+
+    /// A spec whose embeddings do not fit its features is refused.
+    #[test]
+    fn embeddings_that_do_not_fit_are_refused() {
+        use crate::model::EmbeddingSpec;
+        let e = |feature, rows, dim| EmbeddingSpec { feature, rows, dim };
+        let base = ModelSpec::mlp(2, &[3], Activation::Relu, Task::Classification, 2);
+        for (embeddings, want) in [
+            (vec![e(2, 3, 2)], "embedding 0 reads feature 2 of 2"),
+            (vec![e(0, 0, 2)], "a table of at least 1 x 1"),
+            (vec![e(0, 3, 2), e(0, 4, 2)], "feature 0 is embedded twice"),
+        ] {
+            let err = base
+                .clone()
+                .with_embeddings(embeddings)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        // layer 0 not widened to the embeddings: the widths do not chain
+        let mut s = base.clone();
+        s.embeddings = vec![e(0, 3, 4)];
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("layer 0 takes 2 inputs but receives 5"),
+            "{err}"
+        );
+        // fastai's rule, clamped to 2..=16
+        let dims: Vec<usize> = [2, 10, 52, 1000, 100_000]
+            .iter()
+            .map(|&r| EmbeddingSpec::default_dim(r))
+            .collect();
+        assert_eq!(dims, [2, 6, 15, 16, 16]);
     }
 
     /// A batch large enough to be split over the cores gives, row for row, the bits that

@@ -36,8 +36,8 @@ pub use dataset::Dataset;
 pub use encode::TextColumn;
 pub use error::{CoreError, Result};
 pub use model::{
-    Activation, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm, Pruning, PruningKind,
-    Quantization, Scheme, WeightType,
+    Activation, EmbeddingSpec, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm,
+    Pruning, PruningKind, Quantization, Scheme, WeightType,
 };
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};

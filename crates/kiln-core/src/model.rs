@@ -2,6 +2,7 @@
 
 use crate::error::{CoreError, Result};
 use crate::schema::Task;
+use crate::tensors::TensorStore;
 use serde::{Deserialize, Serialize};
 
 /// Element-wise activation after a dense layer.
@@ -74,6 +75,49 @@ pub struct LayerSpec {
     /// spec.json files written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm: Option<Norm>,
+}
+
+/// A learned embedding of one categorical column: the feature at index `feature` holds
+/// the column's ordinal code (its category's index, -1 for a category unseen in training
+/// or missing, as the `ordinal` transform writes it), and the network looks up row
+/// `code + 1` of a `[rows, dim]` table (`embeddings.<j>.weight`, float even in a
+/// quantized model) instead of reading the code as a number. Any other value — a
+/// fraction, NaN, out of range — takes row 0, the unseen-category row (see
+/// [`EmbeddingSpec::row`]).
+///
+/// The first dense layer's input is the features that are not embedded, in their order,
+/// followed by each embedding's `dim` values in the order of `ModelSpec::embeddings`
+/// (see [`crate::forward::embed_input`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingSpec {
+    /// Index of the feature holding the ordinal code.
+    pub feature: usize,
+    /// Table rows: one per category seen in training, plus row 0 for any other value.
+    pub rows: usize,
+    /// Values per row.
+    pub dim: usize,
+}
+
+impl EmbeddingSpec {
+    /// The table row a feature value looks up: `code + 1` when that is a whole number in
+    /// `1..rows`, else 0 (computed in f32 as the ONNX graph computes it: `Add`, `Floor`,
+    /// comparisons, `Where`).
+    pub fn row(&self, code: f32) -> usize {
+        let r = code + 1.0;
+        if r.floor() == r && r >= 0.0 && r < self.rows as f32 {
+            r as usize
+        } else {
+            0
+        }
+    }
+
+    /// The default width of a table of `rows` rows: fastai's rule
+    /// `round(1.6 · rows^0.56)`, at most 16 (a table wider than that rarely helps a
+    /// tabular MLP and costs parameters), at least 2.
+    pub fn default_dim(rows: usize) -> usize {
+        ((1.6 * (rows as f64).powf(0.56)).round() as usize).clamp(2, 16)
+    }
 }
 
 /// How a model's weights are quantized, when they are.
@@ -166,6 +210,10 @@ pub struct ModelSpec {
     pub task: Task,
     /// Number of input features.
     pub input_dim: usize,
+    /// Learned embeddings of categorical features, looked up before the first dense
+    /// layer (absent in spec.json files written before they existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<EmbeddingSpec>,
     /// Dense layers, input to output.
     pub layers: Vec<LayerSpec>,
     /// Set when the weights are quantized.
@@ -207,6 +255,7 @@ impl ModelSpec {
             version: 1,
             task,
             input_dim,
+            embeddings: Vec::new(),
             layers,
             quantization: None,
             pruning: None,
@@ -222,6 +271,44 @@ impl ModelSpec {
         self
     }
 
+    /// The same network with `embeddings` looked up before the first layer, whose input
+    /// width becomes [`ModelSpec::first_input_dim`].
+    pub fn with_embeddings(mut self, embeddings: Vec<EmbeddingSpec>) -> Self {
+        self.embeddings = embeddings;
+        let width = self.first_input_dim();
+        if let Some(first) = self.layers.first_mut() {
+            first.in_dim = width;
+        }
+        self
+    }
+
+    /// Width of the first dense layer's input: the features that are not embedded plus
+    /// every embedding's width.
+    pub fn first_input_dim(&self) -> usize {
+        self.input_dim - self.embeddings.len().min(self.input_dim)
+            + self.embeddings.iter().map(|e| e.dim).sum::<usize>()
+    }
+
+    /// The key of embedding `j`'s table in a tensor store.
+    pub fn embedding_key(j: usize) -> String {
+        format!("embeddings.{j}.weight")
+    }
+
+    /// Copies every embedding table from `from` into `to`: they stay f32 in every
+    /// compressed form (a lookup has no product to quantize).
+    pub fn copy_embeddings(&self, from: &TensorStore, to: &mut TensorStore) -> Result<()> {
+        for (j, e) in self.embeddings.iter().enumerate() {
+            let key = Self::embedding_key(j);
+            to.insert_f32(&key, vec![e.rows, e.dim], from.f32(&key)?.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Whether feature `i` is an embedded code.
+    pub fn is_embedded(&self, i: usize) -> bool {
+        self.embeddings.iter().any(|e| e.feature == i)
+    }
+
     /// True when some layer has a norm.
     pub fn has_norm(&self) -> bool {
         self.layers.iter().any(|l| l.norm.is_some())
@@ -235,17 +322,36 @@ impl ModelSpec {
             .unwrap_or(self.input_dim)
     }
 
-    /// Number of weights, biases and norm parameters.
+    /// Number of weights, biases, norm parameters and embedding values.
     pub fn n_params(&self) -> usize {
         self.layers
             .iter()
             .map(|l| l.in_dim * l.out_dim + l.out_dim * if l.norm.is_some() { 3 } else { 1 })
-            .sum()
+            .sum::<usize>()
+            + self
+                .embeddings
+                .iter()
+                .map(|e| e.rows * e.dim)
+                .sum::<usize>()
     }
 
-    /// Checks that layer widths chain.
+    /// Checks that layer widths chain and that every embedding names its own feature.
     pub fn validate(&self) -> Result<()> {
-        let mut prev = self.input_dim;
+        for (j, e) in self.embeddings.iter().enumerate() {
+            if e.feature >= self.input_dim || e.rows == 0 || e.dim == 0 {
+                return Err(CoreError::Invalid(format!(
+                    "embedding {j} reads feature {} of {} with a {} x {} table; it needs a feature index below {} and a table of at least 1 x 1",
+                    e.feature, self.input_dim, e.rows, e.dim, self.input_dim
+                )));
+            }
+            if self.embeddings[..j].iter().any(|o| o.feature == e.feature) {
+                return Err(CoreError::Invalid(format!(
+                    "feature {} is embedded twice (embeddings {j} and an earlier one)",
+                    e.feature
+                )));
+            }
+        }
+        let mut prev = self.first_input_dim();
         for (i, l) in self.layers.iter().enumerate() {
             if l.in_dim != prev || l.out_dim == 0 {
                 return Err(CoreError::Invalid(format!(

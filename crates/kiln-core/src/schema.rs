@@ -526,6 +526,25 @@ impl Schema {
         self.feature_names.len()
     }
 
+    /// The features that hold an `ordinal` transform's codes (a column it encodes that is
+    /// still a feature under its own name), in feature order.
+    pub fn ordinal_features(&self) -> Vec<String> {
+        let ordinal: Vec<&String> = self
+            .transforms
+            .iter()
+            .filter_map(|t| match t {
+                Transform::Ordinal { columns, .. } => Some(columns),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.feature_names
+            .iter()
+            .filter(|f| ordinal.contains(f))
+            .cloned()
+            .collect()
+    }
+
     /// Number of classes (0 for regression).
     pub fn n_classes(&self) -> usize {
         self.class_labels.len()

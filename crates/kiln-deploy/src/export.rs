@@ -1,5 +1,6 @@
 //! The ONNX exporter: turns a ModelSpec + TensorStore into an ONNX model whose arithmetic
-//! follows kiln-core's reference forward pass step for step — fp32
+//! follows kiln-core's reference forward pass step for step — embedding lookups (`Gather`,
+//! `Concat`) in front of the first layer, then fp32
 //! `MatMul -> Add -> [LayerNormalization] -> activation`, or for int8 `DynamicQuantizeLinear` (static:
 //! `QuantizeLinear` with calibrated constants) `-> MatMulInteger ->
 //! Cast -> Mul(x_scale * w_scale) -> Add -> activation` — ending in `logits` and, for
@@ -7,7 +8,7 @@
 
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, TensorProto, attr_float, attr_int, batch_value_info, dtype,
-    node, opset, string_entry, tensor_f16, tensor_f32, tensor_i8, tensor_u8,
+    node, opset, string_entry, tensor_f16, tensor_f32, tensor_i8, tensor_i64, tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -77,6 +78,115 @@ fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
+/// The lookups of `spec`'s embeddings in front of the first layer, as
+/// `kiln_core::forward::embed_input` computes them: the features that are not embedded
+/// (`Gather` along axis 1), then per embedding its code column plus one, set to 0 where it
+/// is not a whole number in `[1, rows)` (`Floor`, `Equal`, `GreaterOrEqual`, `Less`,
+/// `And`, `Where`; NaN fails every comparison), cast to int64 and looked up in the table
+/// (`Gather` along axis 0), all joined by one `Concat`. Returns the name of the first
+/// layer's input.
+fn embeddings(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<String> {
+    let kept: Vec<i64> = (0..spec.input_dim)
+        .filter(|&i| !spec.is_embedded(i))
+        .map(|i| i as i64)
+        .collect();
+    let mut parts = Vec::new();
+    if !kept.is_empty() {
+        g.inits
+            .push(tensor_i64("embed.kept_features", &[kept.len()], &kept));
+        g.nodes.push(node(
+            "Gather",
+            "embed.gather_kept",
+            &["features", "embed.kept_features"],
+            &["embed.kept"],
+            vec![attr_int("axis", 1)],
+        ));
+        parts.push("embed.kept".to_string());
+    }
+    g.inits.push(tensor_f32("embed.one", &[], &[1.0]));
+    g.inits.push(tensor_f32("embed.zero", &[], &[0.0]));
+    for (j, e) in spec.embeddings.iter().enumerate() {
+        let p = format!("embeddings.{j}");
+        let t_name = ModelSpec::embedding_key(j);
+        let t = weights.f32(&t_name)?;
+        check_len(&t_name, t.len(), e.rows * e.dim)?;
+        g.inits.push(tensor_f32(&t_name, &[e.rows, e.dim], t));
+        let n = |s: &str| format!("{p}.{s}");
+        g.inits
+            .push(tensor_i64(&n("feature"), &[], &[e.feature as i64]));
+        g.inits.push(tensor_f32(&n("rows"), &[], &[e.rows as f32]));
+        g.nodes.push(node(
+            "Gather",
+            &n("gather_code"),
+            &["features", &n("feature")],
+            &[&n("code")],
+            vec![attr_int("axis", 1)],
+        ));
+        g.op("Add", &n("add_one"), &[&n("code"), "embed.one"], &[&n("r")]);
+        g.op("Floor", &n("floor"), &[&n("r")], &[&n("r_floor")]);
+        g.op(
+            "Equal",
+            &n("whole"),
+            &[&n("r_floor"), &n("r")],
+            &[&n("is_whole")],
+        );
+        g.op(
+            "GreaterOrEqual",
+            &n("above"),
+            &[&n("r"), "embed.zero"],
+            &[&n("is_above")],
+        );
+        g.op(
+            "Less",
+            &n("below"),
+            &[&n("r"), &n("rows")],
+            &[&n("is_below")],
+        );
+        g.op(
+            "And",
+            &n("and_range"),
+            &[&n("is_above"), &n("is_below")],
+            &[&n("in_range")],
+        );
+        g.op(
+            "And",
+            &n("and_whole"),
+            &[&n("in_range"), &n("is_whole")],
+            &[&n("valid")],
+        );
+        g.op(
+            "Where",
+            &n("where"),
+            &[&n("valid"), &n("r"), "embed.zero"],
+            &[&n("row_f32")],
+        );
+        g.nodes.push(node(
+            "Cast",
+            &n("cast"),
+            &[&n("row_f32")],
+            &[&n("row")],
+            vec![attr_int("to", i64::from(dtype::INT64))],
+        ));
+        g.nodes.push(node(
+            "Gather",
+            &n("lookup"),
+            &[&t_name, &n("row")],
+            &[&n("out")],
+            vec![attr_int("axis", 0)],
+        ));
+        parts.push(n("out"));
+    }
+    let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.nodes.push(node(
+        "Concat",
+        "embed.concat",
+        &inputs,
+        &["embed.first_input"],
+        vec![attr_int("axis", 1)],
+    ));
+    Ok("embed.first_input".to_string())
+}
+
 /// Builds the ONNX model for `spec` with `weights` and returns its encoded bytes.
 ///
 /// Input `features`: float `[batch, input_dim]`. Outputs `logits`: float `[batch, k]` and,
@@ -138,6 +248,9 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
 
     let mut g = Graph::default();
     let mut h = "features".to_string();
+    if !spec.embeddings.is_empty() {
+        h = embeddings(&mut g, spec, weights)?;
+    }
     let last = spec.layers.len() - 1;
     for (i, l) in spec.layers.iter().enumerate() {
         let p = format!("layers.{i}");

@@ -36,7 +36,7 @@ pub use latency::LATENCY_FILE;
 pub use prune::Scope;
 pub use quantize::Scheme;
 
-use kiln_core::{Dataset, EVAL_BATCH, NativeModel, Predictor};
+use kiln_core::{Dataset, EVAL_BATCH, ModelSpec, NativeModel, Predictor};
 use std::path::Path;
 
 /// Errors of the optimization stage.
@@ -143,7 +143,14 @@ pub fn run(
                 let b = m.weights.f32(&format!("layers.{i}.bias"));
                 nz_w + b.map_or(0, |v| v.iter().filter(|x| **x != 0.0).count())
             })
-            .sum()
+            .sum::<usize>()
+            + (0..m.spec.embeddings.len())
+                .map(|j| {
+                    m.weights
+                        .f32(&ModelSpec::embedding_key(j))
+                        .map_or(0, |v| v.iter().filter(|x| **x != 0.0).count())
+                })
+                .sum::<usize>()
     };
     let mut candidates = vec![Candidate {
         name: "fp32".into(),

@@ -216,6 +216,7 @@ pub fn remove_units(
         spec.layers[i].in_dim = rows.len();
         spec.layers[i].out_dim = cols.len();
     }
+    model.spec.copy_embeddings(&model.weights, &mut store)?;
     spec.pruning = Some(Pruning {
         kind: kiln_core::PruningKind::Structured,
         amount: fraction,

@@ -60,6 +60,7 @@ pub fn quantize_with(
         weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
         copy_norm(&model.weights, &mut weights, i, l)?;
     }
+    model.spec.copy_embeddings(&model.weights, &mut weights)?;
     if scheme == Scheme::Static {
         let Some((data, rows)) = calibration else {
             return Err(OptimizeError::Config(
@@ -112,6 +113,7 @@ pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
         weights.insert_f32(&format!("layers.{i}.bias"), vec![l.out_dim], b.to_vec());
         copy_norm(&model.weights, &mut weights, i, l)?;
     }
+    model.spec.copy_embeddings(&model.weights, &mut weights)?;
     let spec = ModelSpec {
         quantization: Some(Quantization {
             dtype: kiln_core::WeightType::Fp16,
@@ -132,7 +134,12 @@ pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec
             "static quantization needs at least one calibration row".into(),
         ));
     }
-    let mut h = data.features[..n * data.n_features()].to_vec();
+    let mut h = kiln_core::forward::embed_input(
+        &model.spec,
+        &model.weights,
+        &data.features[..n * data.n_features()],
+        n,
+    )?;
     let mut out = Vec::new();
     for (i, l) in model.spec.layers.iter().enumerate() {
         let (lo, hi) = h

@@ -90,6 +90,12 @@ impl Default for Config {
 
 /// The widest hidden layer kiln builds.
 pub const MAX_WIDTH: usize = 1 << 16;
+
+/// The widest embedding row kiln builds.
+pub const MAX_EMBEDDING_DIM: usize = 256;
+
+/// The most rows an embedding table may have (categories seen in training, plus one).
+pub const MAX_EMBEDDING_ROWS: usize = 1_000_000;
 /// The most parameters (weights, biases, norm parameters) a network may have: training
 /// keeps about six copies of them (weights, gradients, two Adam moments, the best
 /// epoch's, host copies), so 100M parameters need about 2.4 GB.
@@ -112,6 +118,19 @@ impl Config {
             model: Some(self.model_for(train_rows)),
             ..self.clone()
         }
+    }
+
+    /// This config [`resolved`](Config::resolved) for `train_rows` rows of a dataset
+    /// prepared with `schema`, with `model.embeddings.columns` filled in where it was
+    /// left out: every ordinal-encoded feature of the schema.
+    pub fn for_schema(&self, schema: &kiln_core::Schema, train_rows: usize) -> Config {
+        let mut c = self.resolved(train_rows);
+        if let Some(e) = c.model.as_mut().and_then(|m| m.embeddings.as_mut())
+            && e.columns.is_none()
+        {
+            e.columns = Some(schema.ordinal_features());
+        }
+        c
     }
 
     /// The number of parameters of the network for `train_rows` rows of `inputs` features
@@ -137,6 +156,14 @@ impl Config {
         let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
         let unsized_model = ModelConfig::default();
         let model = self.model.as_ref().unwrap_or(&unsized_model);
+        if let Some(d) = model.embeddings.as_ref().and_then(|e| e.dim)
+            && !(1..=MAX_EMBEDDING_DIM).contains(&d)
+        {
+            bad(
+                "model.embeddings.dim",
+                format!("{d} values per row; use 1 to {MAX_EMBEDDING_DIM}"),
+            );
+        }
         if let Some(w) = model.hidden.iter().find(|&&w| w > MAX_WIDTH) {
             bad(
                 "model.hidden",
@@ -298,6 +325,28 @@ pub struct ModelConfig {
     /// `LayerNorm`); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm: Option<Norm>,
+    /// Learned embeddings of categorical columns: each column an `ordinal` step encodes
+    /// gets its own table (one row per train category plus one for unseen or missing
+    /// values), looked up before the first layer and trained with the network; exported
+    /// to ONNX as `Gather`. `{}` embeds every ordinal-encoded column. None by default
+    /// (ordinal codes are then numbers); a train stage without `model` embeds every
+    /// ordinal-encoded column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<EmbeddingConfig>,
+}
+
+/// Which columns get learned embeddings, and how wide.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Columns to embed, each encoded by an `ordinal` step (default: every
+    /// ordinal-encoded column of the dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// Values per table row, 1 to 256 (default per column: `round(1.6 · rows^0.56)`,
+    /// fastai's rule, clamped to 2..=16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
 }
 
 /// The kinds of network a train stage builds.
@@ -320,6 +369,7 @@ impl Default for ModelConfig {
             activation: Activation::Relu,
             dropout: 0.0,
             norm: None,
+            embeddings: None,
         }
     }
 }

@@ -33,6 +33,7 @@
 
 mod checkpoint;
 mod config;
+mod embed;
 mod finetune;
 mod head;
 mod net;
@@ -44,8 +45,9 @@ pub use finetune::{Finetune, finetune};
 pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
-    Config, Device, EarlyStopping, Loss, MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind,
-    OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
+    Config, Device, EarlyStopping, EmbeddingConfig, Loss, MAX_EMBEDDING_DIM, MAX_EMBEDDING_ROWS,
+    MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind,
+    Schedule, ScheduleKind, StopMetric,
 };
 pub use sizing::Sizing;
 
@@ -182,6 +184,7 @@ pub fn fit_with_schema(
             )));
         }
     }
+    let config = &config.for_schema(schema, train.n_rows());
     let mut out = fit(config, train, valid, schema.n_classes(), progress)?;
     out.schema = Some(schema.clone());
     Ok(out)
@@ -278,7 +281,8 @@ fn train_until(
         task,
         outputs,
     )
-    .with_norm(model.norm);
+    .with_norm(model.norm)
+    .with_embeddings(embed::embedding_specs(&model, train)?);
     match config.device {
         // (dfdx's buffer cache stays off: its pop races when two threads share the device)
         Device::Cpu => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),

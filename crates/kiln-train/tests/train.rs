@@ -50,6 +50,7 @@ fn config(epochs: usize, seed: u64) -> Config {
             activation: kiln_core::Activation::Relu,
             dropout: 0.1,
             norm: None,
+            embeddings: None,
         }),
         loss: Default::default(),
         huber_delta: 1.0,
@@ -768,4 +769,111 @@ fn a_model_fitted_with_its_schema_predicts_raw_rows() {
             n - 1
         )
     );
+}
+
+/// A table whose label is a random function of a 40-value category (codes 0..40 as the
+/// `ordinal` step writes them, -1 for a few missing cells) plus a noise column.
+fn categories() -> (Dataset, Dataset) {
+    let label = |c: u32| (c.wrapping_mul(2_654_435_761) >> 7) % 2;
+    let mk = |from: u32, n: u32| {
+        let codes: Vec<f32> = (from..from + n)
+            .map(|i| if i % 97 == 0 { -1.0 } else { (i % 40) as f32 })
+            .collect();
+        Dataset {
+            feature_names: vec!["noise".into(), "city".into()],
+            target: "y".into(),
+            features: codes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &c)| [((i * 7919) % 101) as f32 / 101.0, c])
+                .collect(),
+            labels: codes
+                .iter()
+                .map(|&c| if c < 0.0 { 0 } else { label(c as u32) })
+                .collect(),
+            values: vec![],
+        }
+    };
+    (mk(0, 1600), mk(1600, 400))
+}
+
+/// `model.embeddings`: the category's table learns a label that depends on the category
+/// alone; the saved model carries the table and predicts what training measured; the
+/// weights are the same bytes at one and two threads, and a run halted after epoch 2
+/// resumes to the same bytes (the table's Adam moments are in the checkpoint).
+#[test]
+fn embeddings_learn_a_category_and_resume_bit_identically() {
+    let (tr, va) = categories();
+    let cfg = Config {
+        model: Some(ModelConfig {
+            hidden: vec![16],
+            dropout: 0.0,
+            embeddings: Some(kiln_train::EmbeddingConfig {
+                columns: Some(vec!["city".into()]),
+                dim: Some(4),
+            }),
+            ..config(1, 1).model.unwrap()
+        }),
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            ..Default::default()
+        },
+        ..config(8, 5)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let full = run(&cfg, &tr, &va, 2, &dir.path().join("full"), &NoProgress).unwrap();
+    assert!(
+        full.best_valid_metric >= 0.97,
+        "valid accuracy {}",
+        full.best_valid_metric
+    );
+    let m = NativeModel::load(&dir.path().join("full")).unwrap();
+    assert_eq!(m.spec.embeddings.len(), 1);
+    assert_eq!(
+        (
+            m.spec.embeddings[0].feature,
+            m.spec.embeddings[0].rows,
+            m.spec.embeddings[0].dim
+        ),
+        (1, 41, 4)
+    );
+    assert_eq!(m.weights.f32("embeddings.0.weight").unwrap().len(), 41 * 4);
+    assert!((accuracy(&m, &va) - full.best_valid_metric).abs() < 1e-9);
+    // without the table, the code is one number: the same network learns far less
+    let plain = Config {
+        model: Some(ModelConfig {
+            embeddings: None,
+            ..cfg.model.clone().unwrap()
+        }),
+        ..cfg.clone()
+    };
+    let p = run(&plain, &tr, &va, 2, &dir.path().join("plain"), &NoProgress).unwrap();
+    assert!(
+        p.best_valid_metric < full.best_valid_metric - 0.1,
+        "ordinal numbers {} vs embedding {}",
+        p.best_valid_metric,
+        full.best_valid_metric
+    );
+
+    let bytes = |d: &Path| std::fs::read(d.join("weights.safetensors")).unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| run(&cfg, &tr, &va, 2, &dir.path().join("one"), &NoProgress))
+        .unwrap();
+    assert_eq!(one.history, full.history);
+    assert_eq!(
+        bytes(&dir.path().join("one")),
+        bytes(&dir.path().join("full"))
+    );
+    let cut = dir.path().join("cut");
+    let halted = kiln_train::run_until(&cfg, &tr, &va, 2, &cut, &NoProgress, Some(2)).unwrap_err();
+    assert!(
+        matches!(halted, kiln_train::TrainError::Halted { epoch: 2 }),
+        "{halted}"
+    );
+    let resumed = run(&cfg, &tr, &va, 2, &cut, &NoProgress).unwrap();
+    assert_eq!(resumed.resumed_from_epoch, Some(2));
+    assert_eq!(bytes(&cut), bytes(&dir.path().join("full")));
 }

@@ -28,7 +28,15 @@ impl Stage for kiln_train::Config {
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
         let data = cx.dataset(&cx.def.inputs[0])?;
         let (schema, [train, valid, _]) = &*data;
-        let o = kiln_train::run(self, train, valid, schema.n_classes(), cx.out, cx.progress)?;
+        let config = self.for_schema(schema, train.n_rows());
+        let o = kiln_train::run(
+            &config,
+            train,
+            valid,
+            schema.n_classes(),
+            cx.out,
+            cx.progress,
+        )?;
         kiln_core::write_json(&cx.out.join("schema.json"), schema)?;
         Ok(Ran {
             resumed_from_epoch: o.resumed_from_epoch,

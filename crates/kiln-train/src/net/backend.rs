@@ -110,6 +110,9 @@ impl Backend for Cpu {
         grads: &mut Gradients<f32, Cpu>,
         mut more: Gradients<f32, Cpu>,
     ) -> Result<(), CpuError> {
+        for t in &net.embeddings {
+            add_grad(grads, &mut more, &t.w)?;
+        }
         for l in &net.layers {
             add_grad(grads, &mut more, &l.w)?;
             for v in l.vectors() {

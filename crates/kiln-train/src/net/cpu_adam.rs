@@ -18,6 +18,16 @@ pub(super) fn adam_step(
     t: i32,
 ) -> Result<(), CpuError> {
     let k = AdamConsts::new(cfg, t);
+    for e in &mut net.embeddings {
+        adam_param(
+            &k,
+            &mut e.w,
+            &mut e.state,
+            grads,
+            more.as_deref_mut(),
+            &mut e.mirror,
+        )?;
+    }
     for l in &mut net.layers {
         l.mirror.resize_with(l.state.len(), || None);
         let (sw, rest) = l.state.split_at_mut(1);

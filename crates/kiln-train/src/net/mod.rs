@@ -146,8 +146,19 @@ impl<D: Device<f32>> Layer<D> {
     }
 }
 
-/// The network: layers plus the activation and dropout of the hidden layers.
+/// One embedding table (`[rows, dim]`, see [`kiln_core::EmbeddingSpec`]) and its
+/// optimizer state.
+pub(crate) struct Table<D: Device<f32>> {
+    pub w: Matrix<D>,
+    /// Optimizer moments (first, second).
+    state: [<D as Storage<f32>>::Vec; 2],
+    /// Host copy of the table for kiln's CPU Adam (as [`Layer::mirror`]).
+    mirror: Option<Vec<f32>>,
+}
+
+/// The network: embedding tables, layers, and the dropout of the hidden layers.
 pub(crate) struct Mlp<D: Device<f32>> {
+    pub embeddings: Vec<Table<D>>,
     pub layers: Vec<Layer<D>>,
     pub spec: ModelSpec,
     pub dropout: f32,
@@ -158,7 +169,8 @@ impl<D: Device<f32>> Mlp<D> {
     /// Builds the network of `spec` with PyTorch's default initialisation
     /// (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for weights and biases, norms at gamma 1 and
     /// beta 0), drawn from a ChaCha8 stream seeded with `seed`, so weights do not depend on
-    /// the device.
+    /// the device. Embedding tables come after the layers in that stream, with values of
+    /// unit variance (`U(-√3, √3)`, as PyTorch's `Embedding` draws `N(0, 1)`).
     pub fn new(dev: &D, spec: ModelSpec, dropout: f32, seed: u64) -> Result<Self, D::Err> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers = Vec::new();
@@ -195,7 +207,23 @@ impl<D: Device<f32>> Mlp<D> {
                 mirror: Vec::new(),
             });
         }
+        let bound = 3f32.sqrt();
+        let embeddings = spec
+            .embeddings
+            .iter()
+            .map(|e| {
+                let n = e.rows * e.dim;
+                let t: Vec<f32> = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
+                let alloc = || Storage::<f32>::try_alloc_len(dev, n);
+                Ok(Table {
+                    w: dev.tensor_from_vec(t, (e.rows, e.dim)),
+                    state: [alloc()?, alloc()?],
+                    mirror: None,
+                })
+            })
+            .collect::<Result<_, D::Err>>()?;
         Ok(Mlp {
+            embeddings,
             layers,
             spec,
             dropout,
@@ -213,9 +241,43 @@ impl<D: Device<f32>> Mlp<D> {
         let Some((first, rest)) = self.layers.split_first() else {
             return x.traced(Gradients::leaky());
         };
-        let mut h = self.finish_layer(0, D::input_matmul(x, &first.w), masks);
+        let z = if self.embeddings.is_empty() {
+            D::input_matmul(x, &first.w)
+        } else {
+            self.embed(x).matmul(first.w.clone())
+        };
+        let mut h = self.finish_layer(0, z, masks);
         for (i, l) in rest.iter().enumerate() {
             h = self.finish_layer(i + 1, h.matmul(l.w.clone()), masks);
+        }
+        h
+    }
+
+    /// The first layer's input on a tape: the features that are not embedded, then each
+    /// embedding's rows looked up by the codes (dfdx's `gather`, whose backward adds each
+    /// row's gradient into the table), as `kiln_core::forward::embed_input` computes it.
+    fn embed(&self, x: Matrix<D>) -> Traced<D> {
+        let dev = x.device().clone();
+        let (rows, d) = *x.shape();
+        let host = x.as_vec();
+        let kept: Vec<usize> = (0..d).filter(|&i| !self.spec.is_embedded(i)).collect();
+        let plain: Vec<f32> = host
+            .chunks_exact(d.max(1))
+            .flat_map(|r| kept.iter().map(|&i| r[i]))
+            .collect();
+        let mut h = dev
+            .tensor_from_vec(plain, (rows, kept.len()))
+            .traced(Gradients::leaky());
+        for (e, t) in self.spec.embeddings.iter().zip(&self.embeddings) {
+            let idx: Vec<usize> = host
+                .chunks_exact(d.max(1))
+                .map(|r| e.row(r[e.feature]))
+                .collect();
+            let looked: Traced<D> =
+                t.w.clone()
+                    .traced(Gradients::leaky())
+                    .gather(dev.tensor_from_vec(idx, (rows,)));
+            h = (h, looked).concat_along(Axis::<1>);
         }
         h
     }

@@ -101,6 +101,10 @@ impl<D: Device<f32>> Mlp<D> {
         if let Some(m) = more.take() {
             D::merge_grads(self, grads, m)?;
         }
+        for e in &mut self.embeddings {
+            e.mirror = None;
+            rule.apply(step, &mut e.w, &mut e.state, grads)?;
+        }
         for l in &mut self.layers {
             // dfdx's kernels change the tensors in place: host copies would go stale
             l.mirror.clear();
@@ -127,6 +131,9 @@ impl<D: Device<f32>> Mlp<D> {
     {
         let sum_sq = |v: Vec<f32>| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
         let mut sq = 0.0f64;
+        for e in &self.embeddings {
+            sq += sum_sq(grads.get(&e.w).as_vec());
+        }
         for l in &self.layers {
             sq += sum_sq(grads.get(&l.w).as_vec());
             for v in l.vectors() {
@@ -138,6 +145,9 @@ impl<D: Device<f32>> Mlp<D> {
             return Ok(());
         }
         let c = max_norm / norm;
+        for e in &self.embeddings {
+            scale_grad(grads, &e.w, c)?;
+        }
         for l in &self.layers {
             scale_grad(grads, &l.w, c)?;
             for v in l.vectors() {

@@ -4,7 +4,7 @@
 
 use super::{Backend, Layer, Mlp, Vector};
 use dfdx::prelude::*;
-use kiln_core::TensorStore;
+use kiln_core::{ModelSpec, TensorStore};
 
 impl<D: Device<f32>> Mlp<D> {
     /// Parameters and optimizer moments, for a checkpoint (None where the device cannot
@@ -14,6 +14,16 @@ impl<D: Device<f32>> Mlp<D> {
         D: Backend,
     {
         let mut s = self.to_store();
+        for (j, e) in self.embeddings.iter().enumerate() {
+            for (suffix, buf) in [("m", &e.state[0]), ("v", &e.state[1])] {
+                let host = dev.download(buf)?;
+                s.insert_f32(
+                    &format!("opt.embeddings.{j}.weight.{suffix}"),
+                    vec![host.len()],
+                    host,
+                );
+            }
+        }
         for (i, l) in self.layers.iter().enumerate() {
             for (name, [m, v]) in Layer::<D>::NAMES.iter().zip(&l.state) {
                 for (suffix, buf) in [("m", m), ("v", v)] {
@@ -35,6 +45,17 @@ impl<D: Device<f32>> Mlp<D> {
         D: Backend,
     {
         self.set_weights(dev, s)?;
+        for (j, e) in self.embeddings.iter_mut().enumerate() {
+            let n = e.w.shape().0 * e.w.shape().1;
+            let [m, v] = &mut e.state;
+            for (suffix, buf) in [("m", m), ("v", v)] {
+                let host = s.f32(&format!("opt.embeddings.{j}.weight.{suffix}")).ok()?;
+                if host.len() != n {
+                    return None;
+                }
+                *buf = dev.upload(host)?;
+            }
+        }
         for (i, l) in self.layers.iter_mut().enumerate() {
             let sizes: Vec<usize> = std::iter::once(l.w.shape().0 * l.w.shape().1)
                 .chain(l.vectors().iter().map(|v| v.shape().0))
@@ -60,6 +81,19 @@ impl<D: Device<f32>> Mlp<D> {
             let v = s.f32(&key).ok()?;
             (v.len() == n).then(|| dev.tensor_from_vec(v.to_vec(), (n,)))
         };
+        for (j, (t, e)) in self
+            .embeddings
+            .iter_mut()
+            .zip(&self.spec.embeddings)
+            .enumerate()
+        {
+            let w = s.f32(&ModelSpec::embedding_key(j)).ok()?;
+            if w.len() != e.rows * e.dim {
+                return None;
+            }
+            t.mirror = None;
+            t.w = dev.tensor_from_vec(w.to_vec(), (e.rows, e.dim));
+        }
         for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
             let w = s.f32(&format!("layers.{i}.weight")).ok()?;
             if w.len() != spec.in_dim * spec.out_dim {
@@ -78,10 +112,22 @@ impl<D: Device<f32>> Mlp<D> {
         Some(())
     }
 
-    /// Copies the parameters out into a kiln TensorStore (`layers.<i>.weight|bias`, and
-    /// `norm_weight|norm_bias` for a layer with a norm).
+    /// Copies the parameters out into a kiln TensorStore (`embeddings.<j>.weight`,
+    /// `layers.<i>.weight|bias`, and `norm_weight|norm_bias` for a layer with a norm).
     pub fn to_store(&self) -> TensorStore {
         let mut s = TensorStore::default();
+        for (j, (t, e)) in self
+            .embeddings
+            .iter()
+            .zip(&self.spec.embeddings)
+            .enumerate()
+        {
+            s.insert_f32(
+                &ModelSpec::embedding_key(j),
+                vec![e.rows, e.dim],
+                t.w.as_vec(),
+            );
+        }
         for (i, (l, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
             s.insert_f32(
                 &format!("layers.{i}.weight"),
