@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             activation: kiln_core::Activation::Relu,
             dropout: 0.0,
             norm: None,
-            embeddings: None,
+            embeddings: Default::default(),
         }),
         loss: Default::default(),
         huber_delta: 1.0,

@@ -750,3 +750,122 @@ fn init_writes_pipelines_that_run_as_written() {
     assert!(r2 > 0.9 && r2 > ridge + 0.04, "model {r2}, ridge {ridge}");
     assert!(ridge > 0.8, "ridge {ridge}");
 }
+
+/// `kiln init` on a table with a 30-value category: the category is `ordinal` encoded,
+/// the file says the train stage embeds it, and the run as written learns a label that
+/// depends on the category alone (a one-row-per-city table in spec.json and ONNX `Gather`
+/// nodes in the deployed file); `kiln predict` gives an unseen city and a missing cell the
+/// same row (the table's row 0), and a file without `steps` and `model` trains the same
+/// bytes.
+#[test]
+fn init_embeds_a_many_valued_category_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let label = |k: usize| {
+        if (k * 2_654_435_761usize >> 5) % 2 == 0 {
+            "no"
+        } else {
+            "yes"
+        }
+    };
+    let mut csv = String::from("size,city,label\n");
+    for i in 0..600 {
+        let k = (i * 7) % 30;
+        csv += &format!("{},c{k},{}\n", (i % 13) as f32 / 13.0, label(k));
+    }
+    let data = write(dir.path(), "cities.csv", &csv);
+    let file = dir.path().join("cities.toml");
+    ok(kiln()
+        .arg("init")
+        .arg(&data)
+        .args(["--target", "label", "--output"])
+        .arg(&file));
+    let text = std::fs::read_to_string(&file).unwrap();
+    for want in [
+        r#"{ op = "ordinal", columns = ["city"] }"#,
+        "# learned embeddings (model.embeddings: every `ordinal` column by default) of `city` (30 values)",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    ok(kiln().arg("run").arg(&file).arg("--runs-dir").arg(&runs));
+    let run = runs.join("cities/latest");
+    let m = eval_metrics(&run);
+    assert!(
+        m["variants"]["train"]["accuracy"].as_f64().unwrap() >= 0.95,
+        "{m}"
+    );
+    let spec: kiln_core::ModelSpec =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train/spec.json")).unwrap())
+            .unwrap();
+    let schema: kiln_core::Schema =
+        serde_json::from_str(&std::fs::read_to_string(run.join("data/schema.json")).unwrap())
+            .unwrap();
+    let city = schema
+        .feature_names
+        .iter()
+        .position(|f| f == "city")
+        .unwrap();
+    assert_eq!(
+        spec.embeddings,
+        [kiln_core::EmbeddingSpec {
+            feature: city,
+            rows: 31,
+            dim: kiln_core::EmbeddingSpec::default_dim(31)
+        }]
+    );
+    let onnx = std::fs::read(run.join("ship/model.onnx")).unwrap();
+    let g = kiln_deploy::decode(&onnx).unwrap().graph.unwrap();
+    assert_eq!(g.node.iter().filter(|n| n.op_type() == "Gather").count(), 3);
+
+    let rows = write(
+        dir.path(),
+        "rows.csv",
+        "size,city\n0.5,c3\n0.5,Atlantis\n0.5,\n0.5,c4\n",
+    );
+    let preds = dir.path().join("preds.csv");
+    ok(kiln()
+        .args(["predict", "--model"])
+        .arg(run.join("ship"))
+        .arg("--input")
+        .arg(&rows)
+        .arg("--output")
+        .arg(&preds));
+    let out = std::fs::read_to_string(&preds).unwrap();
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(
+        lines[1], lines[2],
+        "an unseen city and a missing one share row 0:\n{out}"
+    );
+    assert!(
+        lines[0].starts_with(label(3)) && lines[3].starts_with(label(4)),
+        "{out}"
+    );
+
+    // without `steps` and `model`: the same defaults, the same weights
+    let auto: String = text
+        .lines()
+        .filter(|l| !l.starts_with("model = "))
+        .scan(false, |in_steps, l| {
+            let skip = *in_steps || l.starts_with("steps = [");
+            *in_steps = (*in_steps || l.starts_with("steps = [")) && l != "]";
+            Some((!skip).then(|| l.replace("name = \"cities\"", "name = \"cities-auto\"")))
+        })
+        .flatten()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !auto.contains("steps =") && !auto.contains("model ="),
+        "{auto}"
+    );
+    let auto_file = write(dir.path(), "cities-auto.toml", &auto);
+    ok(kiln()
+        .arg("run")
+        .arg(&auto_file)
+        .arg("--runs-dir")
+        .arg(&runs));
+    assert_eq!(
+        std::fs::read(run.join("train/weights.safetensors")).unwrap(),
+        std::fs::read(runs.join("cities-auto/latest/train/weights.safetensors")).unwrap()
+    );
+}

@@ -141,10 +141,7 @@ fn codes_that_are_no_numbers_take_the_unseen_row_in_onnx_runtime() {
     let bytes = export(&m.spec, &m.weights, &ExportMeta::default()).unwrap();
     let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
     let odd = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 3e38, -0.0, 4.0];
-    let x: Vec<f32> = odd
-        .iter()
-        .flat_map(|&c| [0.2, c, 0.4, -1.0, 0.6])
-        .collect();
+    let x: Vec<f32> = odd.iter().flat_map(|&c| [0.2, c, 0.4, -1.0, 0.6]).collect();
     let want = m.clone().predict(&x, odd.len()).unwrap();
     let got = ort.predict(&x, odd.len()).unwrap();
     for (a, b) in want.probabilities.iter().zip(&got.probabilities) {
@@ -152,11 +149,7 @@ fn codes_that_are_no_numbers_take_the_unseen_row_in_onnx_runtime() {
     }
     // NaN, the infinities and 3e38 take one row (row 0): the same logits
     for r in 1..4 {
-        assert_eq!(
-            &want.logits[r * 3..r * 3 + 3],
-            &want.logits[..3],
-            "row {r}"
-        );
+        assert_eq!(&want.logits[r * 3..r * 3 + 3], &want.logits[..3], "row {r}");
     }
     // -0.0 is code 0 (row 1) and 4.0 city's last category (row 5): not row 0
     assert_ne!(&want.logits[12..15], &want.logits[..3]);
@@ -211,7 +204,9 @@ for f in spec["files"]:
         .args(["-c", script])
         .arg(&spec_path)
         .output()
-        .unwrap_or_else(|e| panic!("KILN_PYTHON={python} does not run: {e}; run `cargo xtask setup`"));
+        .unwrap_or_else(|e| {
+            panic!("KILN_PYTHON={python} does not run: {e}; run `cargo xtask setup`")
+        });
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -181,6 +181,18 @@ pub fn init(
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let embedded = s.embedded();
+    if !embedded.is_empty() {
+        let _ = writeln!(
+            t,
+            "# learned embeddings (model.embeddings: every `ordinal` column by default) of {}",
+            embedded
+                .iter()
+                .map(|c| format!("`{}` ({} values)", c.name, c.distinct))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(
         t,
         "model = {{ hidden = [{hidden}], dropout = {} }}",

@@ -125,10 +125,10 @@ impl Config {
     /// left out: every ordinal-encoded feature of the schema.
     pub fn for_schema(&self, schema: &kiln_core::Schema, train_rows: usize) -> Config {
         let mut c = self.resolved(train_rows);
-        if let Some(e) = c.model.as_mut().and_then(|m| m.embeddings.as_mut())
-            && e.columns.is_none()
+        if let Some(m) = c.model.as_mut()
+            && m.embeddings.columns.is_none()
         {
-            e.columns = Some(schema.ordinal_features());
+            m.embeddings.columns = Some(schema.ordinal_features());
         }
         c
     }
@@ -156,7 +156,7 @@ impl Config {
         let mut bad = |k: &str, m: String| p.push((k.to_string(), m));
         let unsized_model = ModelConfig::default();
         let model = self.model.as_ref().unwrap_or(&unsized_model);
-        if let Some(d) = model.embeddings.as_ref().and_then(|e| e.dim)
+        if let Some(d) = model.embeddings.dim
             && !(1..=MAX_EMBEDDING_DIM).contains(&d)
         {
             bad(
@@ -328,11 +328,10 @@ pub struct ModelConfig {
     /// Learned embeddings of categorical columns: each column an `ordinal` step encodes
     /// gets its own table (one row per train category plus one for unseen or missing
     /// values), looked up before the first layer and trained with the network; exported
-    /// to ONNX as `Gather`. `{}` embeds every ordinal-encoded column. None by default
-    /// (ordinal codes are then numbers); a train stage without `model` embeds every
-    /// ordinal-encoded column.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embeddings: Option<EmbeddingConfig>,
+    /// to ONNX as `Gather`. By default every ordinal-encoded column is embedded;
+    /// `embeddings = { columns = [] }` feeds the codes to the network as numbers.
+    #[serde(default, skip_serializing_if = "EmbeddingConfig::is_default")]
+    pub embeddings: EmbeddingConfig,
 }
 
 /// Which columns get learned embeddings, and how wide.
@@ -347,6 +346,14 @@ pub struct EmbeddingConfig {
     /// fastai's rule, clamped to 2..=16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim: Option<usize>,
+}
+
+impl EmbeddingConfig {
+    /// Whether this is the default (every ordinal-encoded column, widths by the rule),
+    /// which a config file need not write.
+    pub fn is_default(&self) -> bool {
+        *self == EmbeddingConfig::default()
+    }
 }
 
 /// The kinds of network a train stage builds.
@@ -369,7 +376,7 @@ impl Default for ModelConfig {
             activation: Activation::Relu,
             dropout: 0.0,
             norm: None,
-            embeddings: None,
+            embeddings: EmbeddingConfig::default(),
         }
     }
 }

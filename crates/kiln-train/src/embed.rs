@@ -12,9 +12,7 @@ use kiln_core::{Dataset, EmbeddingSpec};
 /// left out here (a dataset trained without its schema has no ordinal columns to find;
 /// see [`crate::Config::for_schema`]).
 pub(crate) fn embedding_specs(model: &ModelConfig, train: &Dataset) -> Result<Vec<EmbeddingSpec>> {
-    let Some(cfg) = &model.embeddings else {
-        return Ok(Vec::new());
-    };
+    let cfg = &model.embeddings;
     let Some(columns) = &cfg.columns else {
         return Ok(Vec::new());
     };
@@ -188,10 +186,10 @@ mod tests {
 
     fn model(columns: &[&str], dim: Option<usize>) -> ModelConfig {
         ModelConfig {
-            embeddings: Some(EmbeddingConfig {
+            embeddings: EmbeddingConfig {
                 columns: Some(columns.iter().map(|c| c.to_string()).collect()),
                 dim,
-            }),
+            },
             ..ModelConfig::default()
         }
     }

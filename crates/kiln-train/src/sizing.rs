@@ -42,12 +42,11 @@ impl Sizing {
     }
 
     /// The network: these hidden widths and dropout, ReLU, no norm, an embedding of every
-    /// ordinal-encoded column.
+    /// ordinal-encoded column (the default).
     pub fn model(&self) -> ModelConfig {
         ModelConfig {
             hidden: self.hidden.clone(),
             dropout: self.dropout,
-            embeddings: Some(crate::EmbeddingConfig::default()),
             ..ModelConfig::default()
         }
     }

@@ -50,7 +50,7 @@ fn config(epochs: usize, seed: u64) -> Config {
             activation: kiln_core::Activation::Relu,
             dropout: 0.1,
             norm: None,
-            embeddings: None,
+            embeddings: Default::default(),
         }),
         loss: Default::default(),
         huber_delta: 1.0,
@@ -808,10 +808,10 @@ fn embeddings_learn_a_category_and_resume_bit_identically() {
         model: Some(ModelConfig {
             hidden: vec![16],
             dropout: 0.0,
-            embeddings: Some(kiln_train::EmbeddingConfig {
+            embeddings: kiln_train::EmbeddingConfig {
                 columns: Some(vec!["city".into()]),
                 dim: Some(4),
-            }),
+            },
             ..config(1, 1).model.unwrap()
         }),
         optimizer: OptimizerConfig {
@@ -842,7 +842,10 @@ fn embeddings_learn_a_category_and_resume_bit_identically() {
     // without the table, the code is one number: the same network learns far less
     let plain = Config {
         model: Some(ModelConfig {
-            embeddings: None,
+            embeddings: kiln_train::EmbeddingConfig {
+                columns: Some(vec![]),
+                dim: None,
+            },
             ..cfg.model.clone().unwrap()
         }),
         ..cfg.clone()
