@@ -762,7 +762,7 @@ fn init_embeds_a_many_valued_category_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     let label = |k: usize| {
-        if (k * 2_654_435_761usize >> 5) % 2 == 0 {
+        if ((k * 2_654_435_761usize) >> 5).is_multiple_of(2) {
             "no"
         } else {
             "yes"
