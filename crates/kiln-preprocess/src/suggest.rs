@@ -17,6 +17,11 @@ use std::path::{Path, PathBuf};
 /// points), and every category keeps its own row instead of the rare ones sharing zeros.
 pub const ONE_HOT_ALL: usize = 16;
 
+/// …up to this many: a text column of more categories is hashed like free text
+/// ([`TEXT_FEATURES`] buckets), where a table of one row per category would mostly learn
+/// rows seen a handful of times.
+pub const EMBED_MAX: usize = 10_000;
+
 /// A numeric target with at most this many distinct whole values is a class target.
 pub const MAX_NUMERIC_CLASSES: usize = 30;
 
@@ -371,21 +376,21 @@ impl Suggestion {
             .map(|c| c.distinct.saturating_sub(1).clamp(1, PLE_BINS))
             .sum();
         for c in self.kept(ColumnKind::Category) {
-            n += if c.distinct <= ONE_HOT_ALL {
-                c.distinct
-            } else {
-                1
+            n += match c.distinct {
+                ..=ONE_HOT_ALL => c.distinct,
+                ..=EMBED_MAX => 1,
+                _ => TEXT_FEATURES,
             };
         }
         n + self.kept(ColumnKind::FreeText).len() * TEXT_FEATURES
     }
 
-    /// The categories `ordinal` encodes (more than [`ONE_HOT_ALL`] values), which the
-    /// train stage embeds.
+    /// The categories `ordinal` encodes (more than [`ONE_HOT_ALL`] values, at most
+    /// [`EMBED_MAX`]), which the train stage embeds.
     pub fn embedded(&self) -> Vec<&ColumnPlan> {
         self.kept(ColumnKind::Category)
             .into_iter()
-            .filter(|c| c.distinct > ONE_HOT_ALL)
+            .filter(|c| (ONE_HOT_ALL + 1..=EMBED_MAX).contains(&c.distinct))
             .collect()
     }
 }
@@ -394,8 +399,9 @@ impl Suggestion {
 /// what a preprocess stage without `steps` runs): drop the others, fill empty cells
 /// (median for numbers, the most frequent value for categories), encode the numbers
 /// piecewise-linearly in [`PLE_BINS`] quantile bins, one-hot encode the categories of at
-/// most [`ONE_HOT_ALL`] values and `ordinal` encode the others (for the train stage's
-/// embeddings), hash free text into [`TEXT_FEATURES`].
+/// most [`ONE_HOT_ALL`] values and `ordinal` encode the others up to [`EMBED_MAX`] values
+/// (for the train stage's embeddings), hash free text and categories of more values into
+/// [`TEXT_FEATURES`].
 pub fn steps_for(columns: &[ColumnPlan]) -> Vec<Step> {
     let kept = |kind: ColumnKind| -> Vec<&ColumnPlan> {
         columns
@@ -439,8 +445,10 @@ pub fn steps_for(columns: &[ColumnPlan]) -> Vec<Step> {
             columns: Columns::Named(gaps),
         });
     }
-    let (few, many): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
+    let (few, rest): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
         categories.iter().partition(|c| c.distinct <= ONE_HOT_ALL);
+    let (many, huge): (Vec<&ColumnPlan>, Vec<&ColumnPlan>) =
+        rest.into_iter().partition(|c| c.distinct <= EMBED_MAX);
     if !few.is_empty() {
         steps.push(Step::OneHot {
             columns: Columns::Named(names(few)),
@@ -452,7 +460,8 @@ pub fn steps_for(columns: &[ColumnPlan]) -> Vec<Step> {
             columns: Columns::Named(names(many)),
         });
     }
-    let text = kept(ColumnKind::FreeText);
+    let mut text = kept(ColumnKind::FreeText);
+    text.extend(huge);
     if !text.is_empty() {
         steps.push(Step::HashText {
             columns: names(text),
@@ -498,4 +507,51 @@ pub(crate) fn default_steps(
         )));
     }
     Ok(steps_for(&columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Categories are encoded by their number of values: one-hot up to 16, ordinal (for
+    /// the train stage's embeddings) up to 10,000, hashed beyond; free text is hashed.
+    #[test]
+    fn categories_are_encoded_by_their_number_of_values() {
+        let plan = |name: &str, kind, distinct| ColumnPlan {
+            name: name.into(),
+            kind,
+            missing: 0,
+            distinct,
+            dropped: None,
+        };
+        let columns = [
+            plan("x", ColumnKind::Number, 100),
+            plan("few", ColumnKind::Category, ONE_HOT_ALL),
+            plan("many", ColumnKind::Category, ONE_HOT_ALL + 1),
+            plan("lots", ColumnKind::Category, EMBED_MAX),
+            plan("huge", ColumnKind::Category, EMBED_MAX + 1),
+            plan("notes", ColumnKind::FreeText, 500),
+        ];
+        let named = |v: &[&str]| Columns::Named(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            steps_for(&columns),
+            [
+                Step::PiecewiseLinear {
+                    columns: Columns::Group("numeric".into()),
+                    bins: PLE_BINS
+                },
+                Step::OneHot {
+                    columns: named(&["few"]),
+                    max_categories: None
+                },
+                Step::Ordinal {
+                    columns: named(&["many", "lots"])
+                },
+                Step::HashText {
+                    columns: vec!["notes".into(), "huge".into()],
+                    n_features: TEXT_FEATURES
+                },
+            ]
+        );
+    }
 }
