@@ -453,6 +453,22 @@ pub fn embed_input(
     Ok(out)
 }
 
+/// The first dense layer's input for `n` rows of features `x`: the convolutional steps'
+/// output for a model that reads an image ([`crate::conv::conv_features`]), else
+/// [`embed_input`].
+pub fn dense_input(
+    spec: &ModelSpec,
+    weights: &TensorStore,
+    x: &[f32],
+    n: usize,
+) -> Result<Vec<f32>> {
+    if spec.image.is_some() {
+        crate::conv::conv_features(spec, weights, x, n)
+    } else {
+        embed_input(spec, weights, x, n)
+    }
+}
+
 /// What the forward pass saw at one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSeen {
@@ -472,7 +488,7 @@ pub fn forward_traced(
     n: usize,
     seen: &mut dyn FnMut(usize, LayerSeen),
 ) -> Result<Vec<f32>> {
-    let mut h = embed_input(spec, weights, x, n)?;
+    let mut h = dense_input(spec, weights, x, n)?;
     for (i, l) in spec.layers.iter().enumerate() {
         let b = weights.f32(&format!("layers.{i}.bias"))?;
         if b.len() != l.out_dim {

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod artifact;
+pub mod conv;
 pub mod dataset;
 pub mod encode;
 pub mod error;
@@ -36,8 +37,8 @@ pub use dataset::Dataset;
 pub use encode::TextColumn;
 pub use error::{CoreError, Result};
 pub use model::{
-    Activation, EmbeddingSpec, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm,
-    Pruning, PruningKind, Quantization, Scheme, WeightType,
+    Activation, ConvStep, EmbeddingSpec, ImageShape, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec,
+    ModelSpec, Norm, Pruning, PruningKind, Quantization, Scheme, WeightType,
 };
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};

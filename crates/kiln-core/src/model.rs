@@ -120,6 +120,180 @@ impl EmbeddingSpec {
     }
 }
 
+/// The shape of an image input: the features are its values channel by channel, row by
+/// row (`[channels, height, width]`, as ONNX's NCHW without the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageShape {
+    /// Channels (1 for grayscale, 3 for colour).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// Values in one image.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Whether the image holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for ImageShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} x {} x {}", self.channels, self.height, self.width)
+    }
+}
+
+/// One step of a convolutional feature extractor on a `[channels, height, width]` image,
+/// before the dense layers (which read its output flattened channel by channel, row by
+/// row, as ONNX `Flatten` does). Sizes shrink as ONNX computes them (floor mode):
+/// `out = (in + 2 padding - kernel) / stride + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConvStep {
+    /// `channels` filters of `kernel` x `kernel` over every input channel, with zero
+    /// padding, plus a bias, then the activation. Weights `conv.<i>.weight`
+    /// (`[in_channels · kernel · kernel, channels]`, rows ordered channel, kernel row,
+    /// kernel column) and `conv.<i>.bias` (`[channels]`).
+    Conv2d {
+        /// Output channels.
+        channels: usize,
+        /// Side of the square kernel.
+        kernel: usize,
+        /// Step between windows (default 1).
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zeros added on every side (default 0).
+        #[serde(default)]
+        padding: usize,
+        /// Activation after the bias (default `relu`).
+        #[serde(default = "relu")]
+        activation: Activation,
+    },
+    /// The largest value of each `kernel` x `kernel` window, per channel.
+    MaxPool {
+        /// Side of the square window.
+        kernel: usize,
+        /// Step between windows (default: the kernel, so windows do not overlap).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of each `kernel` x `kernel` window, per channel.
+    AvgPool {
+        /// Side of the square window.
+        kernel: usize,
+        /// Step between windows (default: the kernel).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of each whole channel: `[channels, 1, 1]`.
+    GlobalAvgPool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn relu() -> Activation {
+    Activation::Relu
+}
+
+/// A convolutional step's window on its input: kernel rows and columns, stride, padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Window rows.
+    pub kh: usize,
+    /// Window columns.
+    pub kw: usize,
+    /// Step between windows, both ways.
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub padding: usize,
+}
+
+impl ConvStep {
+    /// The step's name as written in a pipeline file (`op`).
+    pub fn op(&self) -> &'static str {
+        match self {
+            ConvStep::Conv2d { .. } => "conv2d",
+            ConvStep::MaxPool { .. } => "max_pool",
+            ConvStep::AvgPool { .. } => "avg_pool",
+            ConvStep::GlobalAvgPool => "global_avg_pool",
+        }
+    }
+
+    /// The step's window on an input of `shape` (the global pool's is the whole image).
+    pub fn window(&self, shape: ImageShape) -> Window {
+        let square = |k, stride, padding| Window {
+            kh: k,
+            kw: k,
+            stride,
+            padding,
+        };
+        match *self {
+            ConvStep::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => square(kernel, stride, padding),
+            ConvStep::MaxPool { kernel, stride } | ConvStep::AvgPool { kernel, stride } => {
+                square(kernel, stride.unwrap_or(kernel), 0)
+            }
+            ConvStep::GlobalAvgPool => Window {
+                kh: shape.height,
+                kw: shape.width,
+                stride: 1,
+                padding: 0,
+            },
+        }
+    }
+
+    /// The output shape on an input of `shape`, or why the step does not fit it.
+    pub fn output(&self, shape: ImageShape) -> std::result::Result<ImageShape, String> {
+        let w = self.window(shape);
+        if w.kh == 0 || w.kw == 0 || w.stride == 0 {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        if !matches!(self, ConvStep::GlobalAvgPool) && (w.kh > 64 || w.padding >= w.kh) {
+            return Err(format!(
+                "a {} x {} kernel with padding {}: kiln takes kernels up to 64 and padding below the kernel",
+                w.kh, w.kw, w.padding
+            ));
+        }
+        let (h, wd) = (shape.height + 2 * w.padding, shape.width + 2 * w.padding);
+        if h < w.kh || wd < w.kw {
+            return Err(format!(
+                "its {} x {} window is larger than its {} x {} input{}; remove a pooling or strided step before it, or pad",
+                w.kh,
+                w.kw,
+                shape.height,
+                shape.width,
+                if w.padding > 0 { " (padded)" } else { "" }
+            ));
+        }
+        let channels = match *self {
+            ConvStep::Conv2d { channels, .. } => channels,
+            _ => shape.channels,
+        };
+        if channels == 0 {
+            return Err("a convolution needs at least 1 output channel".into());
+        }
+        Ok(ImageShape {
+            channels,
+            height: (h - w.kh) / w.stride + 1,
+            width: (wd - w.kw) / w.stride + 1,
+        })
+    }
+}
+
 /// How a model's weights are quantized, when they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +388,12 @@ pub struct ModelSpec {
     /// layer (absent in spec.json files written before they existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<EmbeddingSpec>,
+    /// The shape of an image input, for a model with convolutional steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageShape>,
+    /// Convolution and pooling steps on the image, before the dense layers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv: Vec<ConvStep>,
     /// Dense layers, input to output.
     pub layers: Vec<LayerSpec>,
     /// Set when the weights are quantized.
@@ -256,6 +436,8 @@ impl ModelSpec {
             task,
             input_dim,
             embeddings: Vec::new(),
+            image: None,
+            conv: Vec::new(),
             layers,
             quantization: None,
             pruning: None,
@@ -282,11 +464,64 @@ impl ModelSpec {
         self
     }
 
-    /// Width of the first dense layer's input: the features that are not embedded plus
-    /// every embedding's width.
+    /// The same network reading `image` through the convolutional `steps` first; the
+    /// first dense layer's input width becomes their output's size (left as it was when
+    /// the steps do not fit the image: [`ModelSpec::validate`] says why).
+    pub fn with_conv(mut self, image: ImageShape, steps: Vec<ConvStep>) -> Self {
+        self.image = Some(image);
+        self.conv = steps;
+        if let Ok(shapes) = self.conv_shapes()
+            && let (Some(last), Some(first)) = (shapes.last(), self.layers.first_mut())
+        {
+            first.in_dim = last.len();
+        }
+        self
+    }
+
+    /// The image's shape after each convolutional step (empty without an image), or the
+    /// first step that does not fit, by index, and why.
+    pub fn conv_shapes(&self) -> std::result::Result<Vec<ImageShape>, (usize, String)> {
+        let Some(mut shape) = self.image else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(self.conv.len());
+        for (i, step) in self.conv.iter().enumerate() {
+            shape = step.output(shape).map_err(|m| (i, m))?;
+            out.push(shape);
+        }
+        Ok(out)
+    }
+
+    /// Width of the first dense layer's input: the convolutional steps' output size, or
+    /// the features that are not embedded plus every embedding's width.
     pub fn first_input_dim(&self) -> usize {
+        if self.image.is_some() {
+            return match self.conv_shapes() {
+                Ok(s) => s.last().map_or(self.input_dim, ImageShape::len),
+                Err(_) => self.input_dim,
+            };
+        }
         self.input_dim - self.embeddings.len().min(self.input_dim)
             + self.embeddings.iter().map(|e| e.dim).sum::<usize>()
+    }
+
+    /// Copies every convolution's weight and bias from `from` into `to` (they stay f32 in
+    /// every compressed form).
+    pub fn copy_conv(&self, from: &TensorStore, to: &mut TensorStore) -> Result<()> {
+        for (i, step) in self.conv.iter().enumerate() {
+            if matches!(step, ConvStep::Conv2d { .. }) {
+                for name in ["weight", "bias"] {
+                    let key = format!("conv.{i}.{name}");
+                    let t = from.f32(&key)?;
+                    let shape = from
+                        .tensors
+                        .get(&key)
+                        .map_or_else(|| vec![t.len()], |t| t.shape.clone());
+                    to.insert_f32(&key, shape, t.to_vec());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The key of embedding `j`'s table in a tensor store.
@@ -322,7 +557,8 @@ impl ModelSpec {
             .unwrap_or(self.input_dim)
     }
 
-    /// Number of weights, biases, norm parameters and embedding values.
+    /// Number of weights, biases, norm parameters, embedding values and convolution
+    /// weights.
     pub fn n_params(&self) -> usize {
         self.layers
             .iter()
@@ -333,10 +569,57 @@ impl ModelSpec {
                 .iter()
                 .map(|e| e.rows * e.dim)
                 .sum::<usize>()
+            + self.conv_params()
     }
 
-    /// Checks that layer widths chain and that every embedding names its own feature.
+    /// Number of convolution weights and biases.
+    pub fn conv_params(&self) -> usize {
+        let Some(image) = self.image else {
+            return 0;
+        };
+        let mut channels = image.channels;
+        let mut n = 0;
+        for step in &self.conv {
+            if let ConvStep::Conv2d {
+                channels: out,
+                kernel,
+                ..
+            } = *step
+            {
+                n += channels * kernel * kernel * out + out;
+                channels = out;
+            }
+        }
+        n
+    }
+
+    /// Checks that layer widths chain, that every embedding names its own feature and
+    /// that the convolutional steps fit the image.
     pub fn validate(&self) -> Result<()> {
+        if let Some(image) = self.image {
+            if image.len() != self.input_dim || image.is_empty() {
+                return Err(CoreError::Invalid(format!(
+                    "the image is {image} = {} values, the model takes {} features",
+                    image.len(),
+                    self.input_dim
+                )));
+            }
+            if !self.embeddings.is_empty() {
+                return Err(CoreError::Invalid(
+                    "a model reads an image or embeds categories, not both".into(),
+                ));
+            }
+            if let Err((i, m)) = self.conv_shapes() {
+                return Err(CoreError::Invalid(format!(
+                    "conv[{i}] ({}): {m}",
+                    self.conv[i].op()
+                )));
+            }
+        } else if !self.conv.is_empty() {
+            return Err(CoreError::Invalid(
+                "convolutional steps need the image's shape (`image`)".into(),
+            ));
+        }
         for (j, e) in self.embeddings.iter().enumerate() {
             if e.feature >= self.input_dim || e.rows == 0 || e.dim == 0 {
                 return Err(CoreError::Invalid(format!(

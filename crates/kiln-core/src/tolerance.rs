@@ -12,7 +12,7 @@
 
 use crate::error::Result;
 use crate::forward::{
-    LayerSeen, dense_u8_i8, embed_input, forward_traced, int8_weights, kernel_activation,
+    LayerSeen, dense_input, dense_u8_i8, forward_traced, int8_weights, kernel_activation,
     norm_and_activate, quantize_u8,
 };
 use crate::model::{Activation, ModelSpec};
@@ -79,7 +79,7 @@ pub fn one_rounding_step(
     // the row's quantized input to every layer, with the batch's ranges
     let d = spec.input_dim;
     let mut inputs: Vec<Vec<u8>> = Vec::with_capacity(spec.layers.len());
-    let mut h = embed_input(spec, weights, &x[row * d..(row + 1) * d], 1)?;
+    let mut h = dense_input(spec, weights, &x[row * d..(row + 1) * d], 1)?;
     for (i, &qp) in quant.iter().enumerate() {
         let q = quantize_u8(&h, qp.0, qp.1);
         h = layer(spec, weights, i, &q, qp)?;

@@ -8,7 +8,7 @@
 
 use crate::onnx::{
     GraphProto, ModelProto, NodeProto, TensorProto, attr_float, attr_int, batch_value_info, dtype,
-    node, opset, string_entry, tensor_f16, tensor_f32, tensor_i8, tensor_i64, tensor_u8,
+    node, opset, string_entry, tensor_f16, tensor_f32, tensor_i8, tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{Activation, ModelSpec, Task, TensorStore};
@@ -57,18 +57,18 @@ fn ir_version(opset: i64) -> i64 {
 
 /// Nodes and initializers collected while walking the layers.
 #[derive(Default)]
-struct Graph {
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
+pub(crate) struct Graph {
+    pub nodes: Vec<NodeProto>,
+    pub inits: Vec<TensorProto>,
 }
 
 impl Graph {
-    fn op(&mut self, op: &str, name: &str, inputs: &[&str], outputs: &[&str]) {
+    pub(crate) fn op(&mut self, op: &str, name: &str, inputs: &[&str], outputs: &[&str]) {
         self.nodes.push(node(op, name, inputs, outputs, vec![]));
     }
 }
 
-fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
+pub(crate) fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())
     } else {
@@ -78,113 +78,43 @@ fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
-/// The lookups of `spec`'s embeddings in front of the first layer, as
-/// `kiln_core::forward::embed_input` computes them: the features that are not embedded
-/// (`Gather` along axis 1), then per embedding its code column plus one, set to 0 where it
-/// is not a whole number in `[1, rows)` (`Floor`, `Equal`, `GreaterOrEqual`, `Less`,
-/// `And`, `Where`; NaN fails every comparison), cast to int64 and looked up in the table
-/// (`Gather` along axis 0), all joined by one `Concat`. Returns the name of the first
-/// layer's input.
-fn embeddings(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<String> {
-    let kept: Vec<i64> = (0..spec.input_dim)
-        .filter(|&i| !spec.is_embedded(i))
-        .map(|i| i as i64)
-        .collect();
-    let mut parts = Vec::new();
-    if !kept.is_empty() {
-        g.inits
-            .push(tensor_i64("embed.kept_features", &[kept.len()], &kept));
-        g.nodes.push(node(
-            "Gather",
-            "embed.gather_kept",
-            &["features", "embed.kept_features"],
-            &["embed.kept"],
-            vec![attr_int("axis", 1)],
-        ));
-        parts.push("embed.kept".to_string());
+/// The activation `act` of `pre` written to `out` (nodes named after `p`), as kiln-core
+/// applies it; nothing for the identity (the caller then writes `out` itself).
+pub(crate) fn activation(g: &mut Graph, act: Activation, pre: &str, out: &str, p: &str) {
+    match act {
+        Activation::Gelu => {
+            // 0.5 * x * (1 + Erf(x / sqrt 2)) in kiln-core's order (the Gelu op needs
+            // opset 20)
+            let c = |n: &str| format!("{p}.gelu_{n}");
+            g.inits
+                .push(tensor_f32(&c("sqrt2"), &[], &[std::f32::consts::SQRT_2]));
+            g.inits.push(tensor_f32(&c("one"), &[], &[1.0]));
+            g.inits.push(tensor_f32(&c("half"), &[], &[0.5]));
+            g.op("Div", &c("div"), &[pre, &c("sqrt2")], &[&c("scaled")]);
+            g.op("Erf", &c("erf"), &[&c("scaled")], &[&c("erf_out")]);
+            g.op(
+                "Add",
+                &c("add"),
+                &[&c("erf_out"), &c("one")],
+                &[&c("one_plus")],
+            );
+            g.op("Mul", &c("mul_half"), &[&c("half"), pre], &[&c("half_x")]);
+            g.op("Mul", &c("mul"), &[&c("half_x"), &c("one_plus")], &[out]);
+        }
+        Activation::LeakyRelu => {
+            g.nodes.push(node(
+                "LeakyRelu",
+                &format!("{p}.activation"),
+                &[pre],
+                &[out],
+                vec![attr_float("alpha", kiln_core::LEAKY_RELU_ALPHA)],
+            ));
+        }
+        Activation::Relu => g.op("Relu", &format!("{p}.activation"), &[pre], &[out]),
+        Activation::Tanh => g.op("Tanh", &format!("{p}.activation"), &[pre], &[out]),
+        Activation::Sigmoid => g.op("Sigmoid", &format!("{p}.activation"), &[pre], &[out]),
+        Activation::Identity => {}
     }
-    g.inits.push(tensor_f32("embed.one", &[], &[1.0]));
-    g.inits.push(tensor_f32("embed.zero", &[], &[0.0]));
-    for (j, e) in spec.embeddings.iter().enumerate() {
-        let p = format!("embeddings.{j}");
-        let t_name = ModelSpec::embedding_key(j);
-        let t = weights.f32(&t_name)?;
-        check_len(&t_name, t.len(), e.rows * e.dim)?;
-        g.inits.push(tensor_f32(&t_name, &[e.rows, e.dim], t));
-        let n = |s: &str| format!("{p}.{s}");
-        g.inits
-            .push(tensor_i64(&n("feature"), &[], &[e.feature as i64]));
-        g.inits.push(tensor_f32(&n("rows"), &[], &[e.rows as f32]));
-        g.nodes.push(node(
-            "Gather",
-            &n("gather_code"),
-            &["features", &n("feature")],
-            &[&n("code")],
-            vec![attr_int("axis", 1)],
-        ));
-        g.op("Add", &n("add_one"), &[&n("code"), "embed.one"], &[&n("r")]);
-        g.op("Floor", &n("floor"), &[&n("r")], &[&n("r_floor")]);
-        g.op(
-            "Equal",
-            &n("whole"),
-            &[&n("r_floor"), &n("r")],
-            &[&n("is_whole")],
-        );
-        g.op(
-            "GreaterOrEqual",
-            &n("above"),
-            &[&n("r"), "embed.zero"],
-            &[&n("is_above")],
-        );
-        g.op(
-            "Less",
-            &n("below"),
-            &[&n("r"), &n("rows")],
-            &[&n("is_below")],
-        );
-        g.op(
-            "And",
-            &n("and_range"),
-            &[&n("is_above"), &n("is_below")],
-            &[&n("in_range")],
-        );
-        g.op(
-            "And",
-            &n("and_whole"),
-            &[&n("in_range"), &n("is_whole")],
-            &[&n("valid")],
-        );
-        g.op(
-            "Where",
-            &n("where"),
-            &[&n("valid"), &n("r"), "embed.zero"],
-            &[&n("row_f32")],
-        );
-        g.nodes.push(node(
-            "Cast",
-            &n("cast"),
-            &[&n("row_f32")],
-            &[&n("row")],
-            vec![attr_int("to", i64::from(dtype::INT64))],
-        ));
-        g.nodes.push(node(
-            "Gather",
-            &n("lookup"),
-            &[&t_name, &n("row")],
-            &[&n("out")],
-            vec![attr_int("axis", 0)],
-        ));
-        parts.push(n("out"));
-    }
-    let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    g.nodes.push(node(
-        "Concat",
-        "embed.concat",
-        &inputs,
-        &["embed.first_input"],
-        vec![attr_int("axis", 1)],
-    ));
-    Ok("embed.first_input".to_string())
 }
 
 /// Builds the ONNX model for `spec` with `weights` and returns its encoded bytes.
@@ -248,8 +178,10 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
 
     let mut g = Graph::default();
     let mut h = "features".to_string();
-    if !spec.embeddings.is_empty() {
-        h = embeddings(&mut g, spec, weights)?;
+    if spec.image.is_some() {
+        h = crate::front::conv(&mut g, spec, weights)?;
+    } else if !spec.embeddings.is_empty() {
+        h = crate::front::embeddings(&mut g, spec, weights)?;
     }
     let last = spec.layers.len() - 1;
     for (i, l) in spec.layers.iter().enumerate() {
@@ -363,14 +295,7 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         } else {
             format!("{p}.out")
         };
-        let act = match l.activation {
-            Activation::Relu => Some("Relu"),
-            Activation::Tanh => Some("Tanh"),
-            Activation::Sigmoid => Some("Sigmoid"),
-            Activation::LeakyRelu => Some("LeakyRelu"),
-            Activation::Gelu => Some("Gelu"),
-            Activation::Identity => None,
-        };
+        let act = (l.activation != Activation::Identity).then_some(l.activation);
         // Add(b), then the norm and the activation, each writing `out` when it is last
         let norm = l.norm.is_some();
         let add_out = if act.is_none() && !norm {
@@ -404,38 +329,7 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         } else {
             add_out
         };
-        match act {
-            Some("Gelu") => {
-                // 0.5 * x * (1 + Erf(x / sqrt 2)) in kiln-core's order (the Gelu op needs
-                // opset 20)
-                let c = |n: &str| format!("{p}.gelu_{n}");
-                g.inits
-                    .push(tensor_f32(&c("sqrt2"), &[], &[std::f32::consts::SQRT_2]));
-                g.inits.push(tensor_f32(&c("one"), &[], &[1.0]));
-                g.inits.push(tensor_f32(&c("half"), &[], &[0.5]));
-                g.op("Div", &c("div"), &[&pre, &c("sqrt2")], &[&c("scaled")]);
-                g.op("Erf", &c("erf"), &[&c("scaled")], &[&c("erf_out")]);
-                g.op(
-                    "Add",
-                    &c("add"),
-                    &[&c("erf_out"), &c("one")],
-                    &[&c("one_plus")],
-                );
-                g.op("Mul", &c("mul_half"), &[&c("half"), &pre], &[&c("half_x")]);
-                g.op("Mul", &c("mul"), &[&c("half_x"), &c("one_plus")], &[&out]);
-            }
-            Some("LeakyRelu") => {
-                g.nodes.push(node(
-                    "LeakyRelu",
-                    &format!("{p}.activation"),
-                    &[&pre],
-                    &[&out],
-                    vec![attr_float("alpha", kiln_core::LEAKY_RELU_ALPHA)],
-                ));
-            }
-            Some(act) => g.op(act, &format!("{p}.activation"), &[&pre], &[&out]),
-            None => {}
-        }
+        activation(&mut g, l.activation, &pre, &out, &p);
         h = out;
     }
     let mut outputs = vec![batch_value_info(output_name(spec.task), k)];

@@ -60,6 +60,7 @@ pub mod bundle;
 pub mod card;
 pub mod check;
 pub mod export;
+mod front;
 pub mod onnx;
 pub mod parity;
 pub mod runtime;

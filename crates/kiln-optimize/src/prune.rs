@@ -217,6 +217,7 @@ pub fn remove_units(
         spec.layers[i].out_dim = cols.len();
     }
     model.spec.copy_embeddings(&model.weights, &mut store)?;
+    model.spec.copy_conv(&model.weights, &mut store)?;
     spec.pruning = Some(Pruning {
         kind: kiln_core::PruningKind::Structured,
         amount: fraction,

@@ -61,6 +61,7 @@ pub fn quantize_with(
         copy_norm(&model.weights, &mut weights, i, l)?;
     }
     model.spec.copy_embeddings(&model.weights, &mut weights)?;
+    model.spec.copy_conv(&model.weights, &mut weights)?;
     if scheme == Scheme::Static {
         let Some((data, rows)) = calibration else {
             return Err(OptimizeError::Config(
@@ -114,6 +115,7 @@ pub fn fp16(model: &NativeModel) -> Result<NativeModel> {
         copy_norm(&model.weights, &mut weights, i, l)?;
     }
     model.spec.copy_embeddings(&model.weights, &mut weights)?;
+    model.spec.copy_conv(&model.weights, &mut weights)?;
     let spec = ModelSpec {
         quantization: Some(Quantization {
             dtype: kiln_core::WeightType::Fp16,
@@ -134,7 +136,7 @@ pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec
             "static quantization needs at least one calibration row".into(),
         ));
     }
-    let mut h = kiln_core::forward::embed_input(
+    let mut h = kiln_core::forward::dense_input(
         &model.spec,
         &model.weights,
         &data.features[..n * data.n_features()],

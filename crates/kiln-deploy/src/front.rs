@@ -1,0 +1,222 @@
+//! What the exporter writes in front of the first dense layer: the lookups of learned
+//! embeddings, or the convolutional steps of an image model (`Reshape` to NCHW, `Conv` +
+//! activation, `MaxPool`, `AveragePool`, `GlobalAveragePool`, then `Flatten`), each as
+//! kiln-core's reference computes it.
+
+use crate::export::{Graph, activation, check_len};
+use crate::onnx::{attr_int, attr_ints, dtype, node, tensor_f32, tensor_i64};
+use crate::{DeployError, Result};
+use kiln_core::{ConvStep, ModelSpec, TensorStore};
+
+/// The convolutional steps of `spec` on the input `features`, as
+/// `kiln_core::conv::conv_features` computes them; returns the name of the first dense
+/// layer's input (`[batch, channels · height · width]`, flattened as kiln flattens).
+pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<String> {
+    let Some(image) = spec.image else {
+        return Ok("features".into());
+    };
+    let shapes = spec
+        .conv_shapes()
+        .map_err(|(i, m)| DeployError::Export(format!("conv[{i}] ({}): {m}", spec.conv[i].op())))?;
+    let dims = [
+        -1,
+        image.channels as i64,
+        image.height as i64,
+        image.width as i64,
+    ];
+    g.inits.push(tensor_i64("conv.input_shape", &[4], &dims));
+    g.op(
+        "Reshape",
+        "conv.reshape",
+        &["features", "conv.input_shape"],
+        &["conv.input"],
+    );
+    let mut h = "conv.input".to_string();
+    let mut shape = image;
+    for (i, (step, out_shape)) in spec.conv.iter().zip(shapes).enumerate() {
+        let p = format!("conv.{i}");
+        let win = step.window(shape);
+        let out = format!("{p}.out");
+        let kernel = attr_ints("kernel_shape", &[win.kh as i64, win.kw as i64]);
+        let strides = attr_ints("strides", &[win.stride as i64, win.stride as i64]);
+        match *step {
+            ConvStep::Conv2d {
+                activation: act, ..
+            } => {
+                let k2 = shape.channels * win.kh * win.kw;
+                let o = out_shape.channels;
+                let (w_name, b_name) = (format!("{p}.weight"), format!("{p}.bias"));
+                let w = weights.f32(&w_name)?;
+                check_len(&w_name, w.len(), k2 * o)?;
+                let b = weights.f32(&b_name)?;
+                check_len(&b_name, b.len(), o)?;
+                // kiln's [k2, out] as ONNX's [out, in, kh, kw]
+                let mut onnx_w = vec![0.0f32; w.len()];
+                for r in 0..k2 {
+                    for c in 0..o {
+                        onnx_w[c * k2 + r] = w[r * o + c];
+                    }
+                }
+                g.inits.push(tensor_f32(
+                    &w_name,
+                    &[o, shape.channels, win.kh, win.kw],
+                    &onnx_w,
+                ));
+                g.inits.push(tensor_f32(&b_name, &[o], b));
+                let pad = win.padding as i64;
+                let pre = if act == kiln_core::Activation::Identity {
+                    out.clone()
+                } else {
+                    format!("{p}.pre_activation")
+                };
+                g.nodes.push(node(
+                    "Conv",
+                    &format!("{p}.conv"),
+                    &[&h, &w_name, &b_name],
+                    &[&pre],
+                    vec![kernel, strides, attr_ints("pads", &[pad, pad, pad, pad])],
+                ));
+                activation(g, act, &pre, &out, &p);
+            }
+            ConvStep::MaxPool { .. } => g.nodes.push(node(
+                "MaxPool",
+                &format!("{p}.max_pool"),
+                &[&h],
+                &[&out],
+                vec![kernel, strides],
+            )),
+            ConvStep::AvgPool { .. } => g.nodes.push(node(
+                "AveragePool",
+                &format!("{p}.avg_pool"),
+                &[&h],
+                &[&out],
+                vec![kernel, strides],
+            )),
+            ConvStep::GlobalAvgPool => g.op(
+                "GlobalAveragePool",
+                &format!("{p}.global_avg_pool"),
+                &[&h],
+                &[&out],
+            ),
+        }
+        h = out;
+        shape = out_shape;
+    }
+    g.nodes.push(node(
+        "Flatten",
+        "conv.flatten",
+        &[&h],
+        &["conv.flat"],
+        vec![attr_int("axis", 1)],
+    ));
+    Ok("conv.flat".into())
+}
+
+/// The lookups of `spec`'s embeddings in front of the first layer, as
+/// `kiln_core::forward::embed_input` computes them: the features that are not embedded
+/// (`Gather` along axis 1), then per embedding its code column plus one, set to 0 where it
+/// is not a whole number in `[1, rows)` (`Floor`, `Equal`, `GreaterOrEqual`, `Less`,
+/// `And`, `Where`; NaN fails every comparison), cast to int64 and looked up in the table
+/// (`Gather` along axis 0), all joined by one `Concat`. Returns the name of the first
+/// layer's input.
+pub(crate) fn embeddings(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<String> {
+    let kept: Vec<i64> = (0..spec.input_dim)
+        .filter(|&i| !spec.is_embedded(i))
+        .map(|i| i as i64)
+        .collect();
+    let mut parts = Vec::new();
+    if !kept.is_empty() {
+        g.inits
+            .push(tensor_i64("embed.kept_features", &[kept.len()], &kept));
+        g.nodes.push(node(
+            "Gather",
+            "embed.gather_kept",
+            &["features", "embed.kept_features"],
+            &["embed.kept"],
+            vec![attr_int("axis", 1)],
+        ));
+        parts.push("embed.kept".to_string());
+    }
+    g.inits.push(tensor_f32("embed.one", &[], &[1.0]));
+    g.inits.push(tensor_f32("embed.zero", &[], &[0.0]));
+    for (j, e) in spec.embeddings.iter().enumerate() {
+        let p = format!("embeddings.{j}");
+        let t_name = ModelSpec::embedding_key(j);
+        let t = weights.f32(&t_name)?;
+        check_len(&t_name, t.len(), e.rows * e.dim)?;
+        g.inits.push(tensor_f32(&t_name, &[e.rows, e.dim], t));
+        let n = |s: &str| format!("{p}.{s}");
+        g.inits
+            .push(tensor_i64(&n("feature"), &[], &[e.feature as i64]));
+        g.inits.push(tensor_f32(&n("rows"), &[], &[e.rows as f32]));
+        g.nodes.push(node(
+            "Gather",
+            &n("gather_code"),
+            &["features", &n("feature")],
+            &[&n("code")],
+            vec![attr_int("axis", 1)],
+        ));
+        g.op("Add", &n("add_one"), &[&n("code"), "embed.one"], &[&n("r")]);
+        g.op("Floor", &n("floor"), &[&n("r")], &[&n("r_floor")]);
+        g.op(
+            "Equal",
+            &n("whole"),
+            &[&n("r_floor"), &n("r")],
+            &[&n("is_whole")],
+        );
+        g.op(
+            "GreaterOrEqual",
+            &n("above"),
+            &[&n("r"), "embed.zero"],
+            &[&n("is_above")],
+        );
+        g.op(
+            "Less",
+            &n("below"),
+            &[&n("r"), &n("rows")],
+            &[&n("is_below")],
+        );
+        g.op(
+            "And",
+            &n("and_range"),
+            &[&n("is_above"), &n("is_below")],
+            &[&n("in_range")],
+        );
+        g.op(
+            "And",
+            &n("and_whole"),
+            &[&n("in_range"), &n("is_whole")],
+            &[&n("valid")],
+        );
+        g.op(
+            "Where",
+            &n("where"),
+            &[&n("valid"), &n("r"), "embed.zero"],
+            &[&n("row_f32")],
+        );
+        g.nodes.push(node(
+            "Cast",
+            &n("cast"),
+            &[&n("row_f32")],
+            &[&n("row")],
+            vec![attr_int("to", i64::from(dtype::INT64))],
+        ));
+        g.nodes.push(node(
+            "Gather",
+            &n("lookup"),
+            &[&t_name, &n("row")],
+            &[&n("out")],
+            vec![attr_int("axis", 0)],
+        ));
+        parts.push(n("out"));
+    }
+    let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.nodes.push(node(
+        "Concat",
+        "embed.concat",
+        &inputs,
+        &["embed.first_input"],
+        vec![attr_int("axis", 1)],
+    ));
+    Ok("embed.first_input".to_string())
+}
