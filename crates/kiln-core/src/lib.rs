@@ -38,7 +38,7 @@ pub use encode::TextColumn;
 pub use error::{CoreError, Result};
 pub use model::{
     Activation, ConvStep, EmbeddingSpec, ImageShape, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec,
-    ModelSpec, Norm, Pruning, PruningKind, Quantization, Scheme, WeightType,
+    ModelSpec, Norm, Pruning, PruningKind, Quantization, Scheme, WeightType, Window,
 };
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};

@@ -113,7 +113,7 @@ impl Backend for Cpu {
         for t in &net.embeddings {
             add_grad(grads, &mut more, &t.w)?;
         }
-        for l in &net.layers {
+        for l in net.all_layers() {
             add_grad(grads, &mut more, &l.w)?;
             for v in l.vectors() {
                 add_grad(grads, &mut more, v)?;

@@ -28,7 +28,7 @@ pub(super) fn adam_step(
             &mut e.mirror,
         )?;
     }
-    for l in &mut net.layers {
+    for l in net.all_layers_mut() {
         l.mirror.resize_with(l.state.len(), || None);
         let (sw, rest) = l.state.split_at_mut(1);
         let (mw, mrest) = l.mirror.split_at_mut(1);

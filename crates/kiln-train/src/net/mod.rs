@@ -5,6 +5,8 @@
 //! This file holds the network itself (its layers, construction and forward / backward
 //! pass over a batch); the rest lives beside it, one concern a file:
 //! - [`backend`]: what kiln needs of a device, and the CPU's two half-batch step;
+//! - [`conv`]: the convolutional steps of an image model, from dfdx's gather, matmul,
+//!   reshape and max / mean;
 //! - [`input_grad`]: the CPU's input-layer product whose backward computes dW only;
 //! - [`dropout`](mod@dropout): dropout masks drawn from the epoch's random stream;
 //! - [`optim`]: optimizer steps (dfdx's Adam / SGD kernels, gradient clipping);
@@ -12,6 +14,7 @@
 //! - [`state`]: parameters and optimizer state in and out of tensor stores.
 
 mod backend;
+mod conv;
 mod cpu_adam;
 mod dropout;
 mod input_grad;
@@ -24,7 +27,7 @@ pub(crate) use dropout::MaskStream;
 use crate::config::Loss;
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
-use kiln_core::{Activation, ModelSpec};
+use kiln_core::{Activation, ConvStep, ModelSpec};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -106,6 +109,18 @@ pub(crate) struct LossFn {
     pub huber_delta: f32,
 }
 
+/// `z` through the activation, as kiln-core applies it.
+fn activate<D: Device<f32>>(z: Traced<D>, act: Activation) -> Traced<D> {
+    match act {
+        Activation::Relu => z.relu(),
+        Activation::Tanh => z.tanh(),
+        Activation::Sigmoid => z.sigmoid(),
+        Activation::LeakyRelu => z.prelu(kiln_core::LEAKY_RELU_ALPHA),
+        Activation::Gelu => z.accurate_gelu(),
+        Activation::Identity => z,
+    }
+}
+
 /// A run-time sized vector on device `D`.
 pub(crate) type Vector<D> = Tensor<(usize,), f32, D>;
 
@@ -124,6 +139,47 @@ pub(crate) struct Layer<D: Device<f32>> {
 }
 
 impl<D: Device<f32>> Layer<D> {
+    /// A layer of `in_dim` x `out_dim` weights and `out_dim` biases drawn from
+    /// `U(-1/sqrt(in_dim), 1/sqrt(in_dim))` (PyTorch's default for `Linear` and `Conv2d`,
+    /// whose fan-in is `in · k · k`), with a norm at gamma 1 and beta 0 when `norm`.
+    fn new(
+        dev: &D,
+        rng: &mut ChaCha8Rng,
+        in_dim: usize,
+        out_dim: usize,
+        norm: bool,
+    ) -> Result<Self, D::Err> {
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let w: Vec<f32> = (0..in_dim * out_dim)
+            .map(|_| rng.gen_range(-bound..bound))
+            .collect();
+        let b: Vec<f32> = (0..out_dim).map(|_| rng.gen_range(-bound..bound)).collect();
+        let norm = norm.then(|| {
+            (
+                dev.tensor_from_vec(vec![1.0; out_dim], (out_dim,)),
+                dev.tensor_from_vec(vec![0.0; out_dim], (out_dim,)),
+            )
+        });
+        let mut sizes = vec![in_dim * out_dim, out_dim];
+        if norm.is_some() {
+            sizes.extend([out_dim, out_dim]);
+        }
+        let state = sizes
+            .into_iter()
+            .map(|n| {
+                let alloc = || Storage::<f32>::try_alloc_len(dev, n);
+                Ok([alloc()?, alloc()?])
+            })
+            .collect::<Result<_, D::Err>>()?;
+        Ok(Layer {
+            w: dev.tensor_from_vec(w, (in_dim, out_dim)),
+            b: dev.tensor_from_vec(b, (out_dim,)),
+            norm,
+            state,
+            mirror: Vec::new(),
+        })
+    }
+
     /// Parameter names in checkpoints and model files (`layers.<i>.<name>`): the weight,
     /// then the vectors of [`Layer::vectors`].
     const NAMES: [&'static str; 4] = ["weight", "bias", "norm_weight", "norm_bias"];
@@ -156,9 +212,13 @@ pub(crate) struct Table<D: Device<f32>> {
     mirror: Option<Vec<f32>>,
 }
 
-/// The network: embedding tables, layers, and the dropout of the hidden layers.
+/// The network: embedding tables, convolutions, layers, and the dropout of the hidden
+/// layers.
 pub(crate) struct Mlp<D: Device<f32>> {
     pub embeddings: Vec<Table<D>>,
+    /// Per convolutional step, its weight (`[in · k · k, out]`) and bias as a
+    /// [`Layer`]; None for a pooling step.
+    pub convs: Vec<Option<Layer<D>>>,
     pub layers: Vec<Layer<D>>,
     pub spec: ModelSpec,
     pub dropout: f32,
@@ -173,40 +233,11 @@ impl<D: Device<f32>> Mlp<D> {
     /// unit variance (`U(-√3, √3)`, as PyTorch's `Embedding` draws `N(0, 1)`).
     pub fn new(dev: &D, spec: ModelSpec, dropout: f32, seed: u64) -> Result<Self, D::Err> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut layers = Vec::new();
-        for l in &spec.layers {
-            let bound = 1.0 / (l.in_dim as f32).sqrt();
-            let w: Vec<f32> = (0..l.in_dim * l.out_dim)
-                .map(|_| rng.gen_range(-bound..bound))
-                .collect();
-            let b: Vec<f32> = (0..l.out_dim)
-                .map(|_| rng.gen_range(-bound..bound))
-                .collect();
-            let norm = l.norm.map(|_| {
-                (
-                    dev.tensor_from_vec(vec![1.0; l.out_dim], (l.out_dim,)),
-                    dev.tensor_from_vec(vec![0.0; l.out_dim], (l.out_dim,)),
-                )
-            });
-            let mut sizes = vec![l.in_dim * l.out_dim, l.out_dim];
-            if norm.is_some() {
-                sizes.extend([l.out_dim, l.out_dim]);
-            }
-            let state = sizes
-                .into_iter()
-                .map(|n| {
-                    let alloc = || Storage::<f32>::try_alloc_len(dev, n);
-                    Ok([alloc()?, alloc()?])
-                })
-                .collect::<Result<_, D::Err>>()?;
-            layers.push(Layer {
-                w: dev.tensor_from_vec(w, (l.in_dim, l.out_dim)),
-                b: dev.tensor_from_vec(b, (l.out_dim,)),
-                norm,
-                state,
-                mirror: Vec::new(),
-            });
-        }
+        let layers = spec
+            .layers
+            .iter()
+            .map(|l| Layer::new(dev, &mut rng, l.in_dim, l.out_dim, l.norm.is_some()))
+            .collect::<Result<Vec<_>, D::Err>>()?;
         let bound = 3f32.sqrt();
         let embeddings = spec
             .embeddings
@@ -222,13 +253,46 @@ impl<D: Device<f32>> Mlp<D> {
                 })
             })
             .collect::<Result<_, D::Err>>()?;
+        // after the layers and tables in the stream: models without convolutions keep
+        // their weights
+        let mut convs = Vec::with_capacity(spec.conv.len());
+        let mut channels = spec.image.map_or(0, |i| i.channels);
+        for step in &spec.conv {
+            convs.push(match *step {
+                ConvStep::Conv2d {
+                    channels: out,
+                    kernel,
+                    ..
+                } => {
+                    let k2 = channels * kernel * kernel;
+                    channels = out;
+                    Some(Layer::new(dev, &mut rng, k2, out, false)?)
+                }
+                _ => None,
+            });
+        }
         Ok(Mlp {
             embeddings,
+            convs,
             layers,
             spec,
             dropout,
             step: 0,
         })
+    }
+
+    /// Every parameter set with a weight and a bias: the convolutions', then the dense
+    /// layers'.
+    pub(crate) fn all_layers(&self) -> impl Iterator<Item = &Layer<D>> {
+        self.convs.iter().flatten().chain(&self.layers)
+    }
+
+    /// [`Mlp::all_layers`], mutable.
+    pub(crate) fn all_layers_mut(&mut self) -> impl Iterator<Item = &mut Layer<D>> {
+        self.convs
+            .iter_mut()
+            .flatten()
+            .chain(self.layers.iter_mut())
     }
 
     /// Forward pass with a gradient tape (for the parameters only; the input gets no
@@ -241,7 +305,9 @@ impl<D: Device<f32>> Mlp<D> {
         let Some((first, rest)) = self.layers.split_first() else {
             return x.traced(Gradients::leaky());
         };
-        let z = if self.embeddings.is_empty() {
+        let z = if self.spec.image.is_some() {
+            self.conv_stack(x).matmul(first.w.clone())
+        } else if self.embeddings.is_empty() {
             D::input_matmul(x, &first.w)
         } else {
             self.embed(x).matmul(first.w.clone())
@@ -300,14 +366,7 @@ impl<D: Device<f32>> Mlp<D> {
                     .clone()
                     .broadcast_like::<(usize, usize), Axis<0>>(&shape);
         }
-        let a = match s.activation {
-            Activation::Relu => z.relu(),
-            Activation::Tanh => z.tanh(),
-            Activation::Sigmoid => z.sigmoid(),
-            Activation::LeakyRelu => z.prelu(kiln_core::LEAKY_RELU_ALPHA),
-            Activation::Gelu => z.accurate_gelu(),
-            Activation::Identity => z,
-        };
+        let a = activate(z, s.activation);
         match masks.get(i) {
             Some(m) => {
                 let dev = a.device().clone();

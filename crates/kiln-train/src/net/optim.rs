@@ -105,7 +105,7 @@ impl<D: Device<f32>> Mlp<D> {
             e.mirror = None;
             rule.apply(step, &mut e.w, &mut e.state, grads)?;
         }
-        for l in &mut self.layers {
+        for l in self.all_layers_mut() {
             // dfdx's kernels change the tensors in place: host copies would go stale
             l.mirror.clear();
             let mut state = std::mem::take(&mut l.state);
@@ -134,7 +134,7 @@ impl<D: Device<f32>> Mlp<D> {
         for e in &self.embeddings {
             sq += sum_sq(grads.get(&e.w).as_vec());
         }
-        for l in &self.layers {
+        for l in self.all_layers() {
             sq += sum_sq(grads.get(&l.w).as_vec());
             for v in l.vectors() {
                 sq += sum_sq(grads.get(v).as_vec());
@@ -148,7 +148,7 @@ impl<D: Device<f32>> Mlp<D> {
         for e in &self.embeddings {
             scale_grad(grads, &e.w, c)?;
         }
-        for l in &self.layers {
+        for l in self.all_layers() {
             scale_grad(grads, &l.w, c)?;
             for v in l.vectors() {
                 scale_grad(grads, v, c)?;

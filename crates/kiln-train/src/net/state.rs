@@ -24,12 +24,12 @@ impl<D: Device<f32>> Mlp<D> {
                 );
             }
         }
-        for (i, l) in self.layers.iter().enumerate() {
+        for (key, l) in self.named_layers() {
             for (name, [m, v]) in Layer::<D>::NAMES.iter().zip(&l.state) {
                 for (suffix, buf) in [("m", m), ("v", v)] {
                     let host = dev.download(buf)?;
                     s.insert_f32(
-                        &format!("opt.layers.{i}.{name}.{suffix}"),
+                        &format!("opt.{key}.{name}.{suffix}"),
                         vec![host.len()],
                         host,
                     );
@@ -56,13 +56,14 @@ impl<D: Device<f32>> Mlp<D> {
                 *buf = dev.upload(host)?;
             }
         }
-        for (i, l) in self.layers.iter_mut().enumerate() {
+        let keys: Vec<String> = self.named_layers().into_iter().map(|(k, _)| k).collect();
+        for (key, l) in keys.iter().zip(self.all_layers_mut()) {
             let sizes: Vec<usize> = std::iter::once(l.w.shape().0 * l.w.shape().1)
                 .chain(l.vectors().iter().map(|v| v.shape().0))
                 .collect();
             for ((name, [m, v]), n) in Layer::<D>::NAMES.iter().zip(&mut l.state).zip(sizes) {
                 for (suffix, buf) in [("m", m), ("v", v)] {
-                    let host = s.f32(&format!("opt.layers.{i}.{name}.{suffix}")).ok()?;
+                    let host = s.f32(&format!("opt.{key}.{name}.{suffix}")).ok()?;
                     if host.len() != n {
                         return None;
                     }
@@ -94,26 +95,45 @@ impl<D: Device<f32>> Mlp<D> {
             t.mirror = None;
             t.w = dev.tensor_from_vec(w.to_vec(), (e.rows, e.dim));
         }
-        for (i, (l, spec)) in self.layers.iter_mut().zip(&self.spec.layers).enumerate() {
-            let w = s.f32(&format!("layers.{i}.weight")).ok()?;
-            if w.len() != spec.in_dim * spec.out_dim {
+        let keys: Vec<String> = self.named_layers().into_iter().map(|(k, _)| k).collect();
+        for (key, l) in keys.iter().zip(self.all_layers_mut()) {
+            let (rows, cols) = *l.w.shape();
+            let w = s.f32(&format!("{key}.weight")).ok()?;
+            if w.len() != rows * cols {
                 return None;
             }
             l.mirror.clear();
-            l.w = dev.tensor_from_vec(w.to_vec(), (spec.in_dim, spec.out_dim));
-            l.b = vector(format!("layers.{i}.bias"), spec.out_dim)?;
+            l.w = dev.tensor_from_vec(w.to_vec(), (rows, cols));
+            l.b = vector(format!("{key}.bias"), cols)?;
             if l.norm.is_some() {
                 l.norm = Some((
-                    vector(format!("layers.{i}.norm_weight"), spec.out_dim)?,
-                    vector(format!("layers.{i}.norm_bias"), spec.out_dim)?,
+                    vector(format!("{key}.norm_weight"), cols)?,
+                    vector(format!("{key}.norm_bias"), cols)?,
                 ));
             }
         }
         Some(())
     }
 
+    /// Every weight-and-bias parameter set with its key prefix in tensor stores:
+    /// `conv.<i>` for convolution `i`, `layers.<i>` for dense layer `i`.
+    fn named_layers(&self) -> Vec<(String, &Layer<D>)> {
+        let convs = self
+            .convs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|l| (format!("conv.{i}"), l)));
+        let dense = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("layers.{i}"), l));
+        convs.chain(dense).collect()
+    }
+
     /// Copies the parameters out into a kiln TensorStore (`embeddings.<j>.weight`,
-    /// `layers.<i>.weight|bias`, and `norm_weight|norm_bias` for a layer with a norm).
+    /// `conv.<i>.weight|bias`, `layers.<i>.weight|bias`, and `norm_weight|norm_bias` for a
+    /// layer with a norm).
     pub fn to_store(&self) -> TensorStore {
         let mut s = TensorStore::default();
         for (j, (t, e)) in self
@@ -128,18 +148,11 @@ impl<D: Device<f32>> Mlp<D> {
                 t.w.as_vec(),
             );
         }
-        for (i, (l, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
-            s.insert_f32(
-                &format!("layers.{i}.weight"),
-                vec![spec.in_dim, spec.out_dim],
-                l.w.as_vec(),
-            );
+        for (key, l) in self.named_layers() {
+            let (rows, cols) = *l.w.shape();
+            s.insert_f32(&format!("{key}.weight"), vec![rows, cols], l.w.as_vec());
             for (name, v) in Layer::<D>::NAMES[1..].iter().zip(l.vectors()) {
-                s.insert_f32(
-                    &format!("layers.{i}.{name}"),
-                    vec![spec.out_dim],
-                    v.as_vec(),
-                );
+                s.insert_f32(&format!("{key}.{name}"), vec![cols], v.as_vec());
             }
         }
         s

@@ -1,0 +1,257 @@
+//! The convolutional steps of an image model on a tape, from dfdx's stable ops only, so
+//! they run on every device: each step gathers its windows out of the flattened
+//! activations (`gather`, whose backward adds each gradient back where the value came
+//! from, overlapping windows included), then a convolution multiplies them by its weight
+//! (`matmul`) and a pooling step reduces them (`max` / `mean`). Between steps the
+//! activations are `[images · positions, channels]` (channels last, one row per output
+//! position); the input is the dataset's `[images, channels · height · width]`, and the
+//! output goes back to that order, as kiln-core and ONNX flatten it. A window reaching
+//! into the padding reads a zero appended after the values.
+
+use super::{Matrix, Mlp, Traced, activate};
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use kiln_core::{ConvStep, ImageShape, Window};
+
+/// Where the values of a batch of images lie in a flat buffer.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// The dataset's rows: image, channel, row, column.
+    Chw,
+    /// Between steps: image, row, column, channel.
+    Hwc,
+}
+
+impl Layout {
+    /// The flat index of `(image, channel, y, x)` in images of `s`.
+    fn at(self, s: ImageShape, img: usize, c: usize, y: usize, x: usize) -> usize {
+        match self {
+            Layout::Chw => ((img * s.channels + c) * s.height + y) * s.width + x,
+            Layout::Hwc => ((img * s.height + y) * s.width + x) * s.channels + c,
+        }
+    }
+}
+
+/// For every output position of a windowed step, the flat index of each value of its
+/// window, in the order (image, out row, out column, channel, kernel row, kernel column),
+/// or the zero after the values (`n · s.len()`) where the window reaches into the
+/// padding. Read as rows of `channels · kh · kw` it is a convolution's im2col (columns
+/// ordered as kiln-core's weight rows); read as rows of `kh · kw`, one pooling window per
+/// position and channel.
+fn window_index(
+    n: usize,
+    s: ImageShape,
+    out: ImageShape,
+    win: Window,
+    layout: Layout,
+) -> Vec<usize> {
+    let zero = n * s.len();
+    let kk = win.kh * win.kw;
+    let mut idx = Vec::with_capacity(n * out.height * out.width * s.channels * kk);
+    for img in 0..n {
+        for oy in 0..out.height {
+            for ox in 0..out.width {
+                for c in 0..s.channels {
+                    for ky in 0..win.kh {
+                        for kx in 0..win.kw {
+                            let y = (oy * win.stride + ky).checked_sub(win.padding);
+                            let x = (ox * win.stride + kx).checked_sub(win.padding);
+                            idx.push(match (y, x) {
+                                (Some(y), Some(x)) if y < s.height && x < s.width => {
+                                    layout.at(s, img, c, y, x)
+                                }
+                                _ => zero,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    idx
+}
+
+impl<D: Device<f32>> Mlp<D> {
+    /// The convolutional steps on `x` (`[images, channels · height · width]`) with a
+    /// tape: the first dense layer's input, `[images, channels · height · width]` of the
+    /// last step's output.
+    pub(super) fn conv_stack(&self, x: Matrix<D>) -> Traced<D> {
+        let dev = x.device().clone();
+        let n = x.shape().0;
+        let mut h: Traced<D> = x.traced(Gradients::leaky());
+        let Some(mut shape) = self.spec.image else {
+            return h;
+        };
+        let mut layout = Layout::Chw;
+        for (step, param) in self.spec.conv.iter().zip(&self.convs) {
+            let Ok(out) = step.output(shape) else {
+                // ModelSpec::validate refused the spec before any network was built
+                return h;
+            };
+            if matches!(step, ConvStep::Conv2d { .. }) && param.is_none() {
+                // a convolution always has its parameters (Mlp::new)
+                return h;
+            }
+            let win = step.window(shape);
+            let total = n * shape.len();
+            let flat = (
+                h.reshape_like(&(total, 1usize)),
+                dev.zeros_like(&(1usize, 1usize)),
+            )
+                .concat_along(Axis::<0>);
+            let positions = n * out.height * out.width;
+            h = match (*step, param) {
+                (ConvStep::Conv2d { activation, .. }, Some(p)) => {
+                    let k2 = shape.channels * win.kh * win.kw;
+                    let idx = window_index(n, shape, out, win, layout);
+                    let cols = flat
+                        .gather(dev.tensor_from_vec(idx, (positions * k2,)))
+                        .reshape_like(&(positions, k2));
+                    let z = cols.matmul(p.w.clone())
+                        + p.b
+                            .clone()
+                            .broadcast_like::<(usize, usize), Axis<0>>(&(positions, out.channels));
+                    activate(z, activation)
+                }
+                _ => {
+                    let kk = win.kh * win.kw;
+                    let idx = window_index(n, shape, out, win, layout);
+                    let windows = flat
+                        .gather(dev.tensor_from_vec(idx, (positions * shape.channels * kk,)))
+                        .reshape_like(&(positions * shape.channels, kk));
+                    let pooled: Tensor<(usize,), f32, D, _> = match step {
+                        ConvStep::MaxPool { .. } => windows.max::<(usize,), Axis<1>>(),
+                        _ => windows.mean::<(usize,), Axis<1>>(),
+                    };
+                    pooled.reshape_like(&(positions, shape.channels))
+                }
+            };
+            layout = Layout::Hwc;
+            shape = out;
+        }
+        // back to the dataset's order, as kiln-core and ONNX `Flatten` read it
+        let total = n * shape.len();
+        let mut idx = Vec::with_capacity(total);
+        for img in 0..n {
+            for c in 0..shape.channels {
+                for y in 0..shape.height {
+                    for x in 0..shape.width {
+                        idx.push(layout.at(shape, img, c, y, x));
+                    }
+                }
+            }
+        }
+        h.reshape_like(&(total, 1usize))
+            .gather(dev.tensor_from_vec(idx, (total,)))
+            .reshape_like(&(n, shape.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Batch, LossFn};
+    use super::*;
+    use crate::config::Loss;
+    use kiln_core::{Activation, ModelSpec, Task};
+
+    /// A 2 x 6 x 6 image through every kind of step: a padded convolution, an
+    /// overlapping average pool (stride 1), a max pool, an unpadded convolution and the
+    /// global average pool.
+    fn spec() -> ModelSpec {
+        let conv = |channels, kernel, padding| ConvStep::Conv2d {
+            channels,
+            kernel,
+            stride: 1,
+            padding,
+            activation: Activation::Tanh,
+        };
+        let image = ImageShape {
+            channels: 2,
+            height: 6,
+            width: 6,
+        };
+        ModelSpec::mlp(72, &[3], Activation::Tanh, Task::Regression, 1).with_conv(
+            image,
+            vec![
+                conv(3, 3, 1),
+                ConvStep::AvgPool {
+                    kernel: 2,
+                    stride: Some(1),
+                },
+                ConvStep::MaxPool {
+                    kernel: 2,
+                    stride: None,
+                },
+                conv(4, 2, 0),
+                ConvStep::GlobalAvgPool,
+            ],
+        )
+    }
+
+    /// The training pass computes kiln-core's reference forward pass, and its convolution
+    /// gradients are the loss's central differences through that reference.
+    #[test]
+    fn conv_steps_match_the_reference_and_its_gradients() {
+        let spec = spec();
+        spec.validate().unwrap();
+        assert_eq!(spec.layers[0].in_dim, 4);
+        let dev = Cpu::seed_from_u64(0);
+        let net = Mlp::new(&dev, spec, 0.0, 9).unwrap();
+        let rows = 3;
+        let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.61).sin()).collect();
+        let y = vec![0.3, -0.2, 0.5];
+        let batch = Batch {
+            x: &x,
+            y: &y,
+            rows,
+            masks: vec![],
+            mask_stream: None,
+        };
+        let loss = LossFn {
+            kind: Loss::Mse,
+            huber_delta: 1.0,
+        };
+        let step = net.pass(&dev, &batch, loss, 1.0).unwrap();
+        let store = net.to_store();
+        let reference = kiln_core::forward(&net.spec, &store, &x, rows).unwrap();
+        for (a, b) in step.outputs.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5, "{:?} vs {reference:?}", step.outputs);
+        }
+        let mse = |s: &kiln_core::TensorStore| -> f64 {
+            let out = kiln_core::forward(&net.spec, s, &x, rows).unwrap();
+            out.iter()
+                .zip(&y)
+                .map(|(o, t)| f64::from(o - t).powi(2))
+                .sum::<f64>()
+                / rows as f64
+        };
+        let mut checked = 0;
+        for (i, c) in net.convs.iter().enumerate() {
+            let Some(layer) = c else { continue };
+            for (name, grad) in [
+                ("weight", step.grads.get(&layer.w).as_vec()),
+                ("bias", step.grads.get(&layer.b).as_vec()),
+            ] {
+                let key = format!("conv.{i}.{name}");
+                let base = store.f32(&key).unwrap().to_vec();
+                for k in (0..grad.len()).step_by(5) {
+                    let moved = |d: f32| {
+                        let mut s = store.clone();
+                        let mut v = base.clone();
+                        v[k] += d;
+                        s.insert_f32(&key, vec![v.len()], v);
+                        mse(&s)
+                    };
+                    let fd = (moved(1e-2) - moved(-1e-2)) / 2e-2;
+                    assert!(
+                        (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                        "{key}[{k}]: gradient {}, central difference {fd}",
+                        grad[k]
+                    );
+                    checked += usize::from(fd.abs() > 1e-4);
+                }
+            }
+        }
+        assert!(checked >= 6, "{checked} gradients checked");
+    }
+}
