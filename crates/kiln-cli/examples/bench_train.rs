@@ -46,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             dropout: 0.0,
             norm: None,
             embeddings: Default::default(),
+            image: None,
+            conv: Vec::new(),
         }),
         loss: Default::default(),
         huber_delta: 1.0,

@@ -139,6 +139,18 @@ impl Config {
         let model = self.model_for(train_rows);
         let mut total = 0usize;
         let mut prev = inputs;
+        if let Some(image) = model.image_shape() {
+            let spec = kiln_core::ModelSpec::mlp(
+                inputs,
+                &[],
+                kiln_core::Activation::Identity,
+                kiln_core::Task::Regression,
+                1,
+            )
+            .with_conv(image, model.conv.clone());
+            total = spec.conv_params();
+            prev = spec.first_input_dim();
+        }
         let norm = usize::from(model.norm.is_some()) * 2;
         for &h in model.hidden.iter().chain([&outputs]) {
             let layer = prev
@@ -163,6 +175,50 @@ impl Config {
                 "model.embeddings.dim",
                 format!("{d} values per row; use 1 to {MAX_EMBEDDING_DIM}"),
             );
+        }
+        match model.image_shape() {
+            None if !model.conv.is_empty() => bad(
+                "model.image",
+                "`conv` steps need the image's shape: image = [channels, height, width]".into(),
+            ),
+            Some(image) => {
+                if image.is_empty() || image.len() > MAX_WIDTH * 64 {
+                    bad(
+                        "model.image",
+                        format!(
+                            "{image} = {} values; give each side at least 1, at most {} values in all",
+                            image.len(),
+                            MAX_WIDTH * 64
+                        ),
+                    );
+                } else {
+                    let mut shape = image;
+                    for (i, step) in model.conv.iter().enumerate() {
+                        match step.output(shape) {
+                            Ok(s) if s.len() <= MAX_WIDTH * 64 => shape = s,
+                            Ok(s) => {
+                                bad(
+                                    &format!("model.conv[{i}]"),
+                                    format!(
+                                        "its output is {s} = {} values; at most {} (pool or stride earlier)",
+                                        s.len(),
+                                        MAX_WIDTH * 64
+                                    ),
+                                );
+                                break;
+                            }
+                            Err(m) => {
+                                bad(
+                                    &format!("model.conv[{i}]"),
+                                    format!("{} on a {shape} input: {m}", step.op()),
+                                );
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            None => {}
         }
         if let Some(w) = model.hidden.iter().find(|&&w| w > MAX_WIDTH) {
             bad(
@@ -332,6 +388,28 @@ pub struct ModelConfig {
     /// `embeddings = { columns = [] }` feeds the codes to the network as numbers.
     #[serde(default, skip_serializing_if = "EmbeddingConfig::is_default")]
     pub embeddings: EmbeddingConfig,
+    /// The features as an image, `[channels, height, width]` (values channel by channel,
+    /// row by row), for `conv` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<[usize; 3]>,
+    /// Convolution and pooling steps on the image before the dense layers, in order:
+    /// `{ op = "conv2d", channels = 32, kernel = 3, stride = 1, padding = 1, activation =
+    /// "relu" }`, `{ op = "max_pool", kernel = 2 }`, `{ op = "avg_pool", kernel = 2,
+    /// stride = 2 }`, `{ op = "global_avg_pool" }`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv: Vec<kiln_core::ConvStep>,
+}
+
+impl ModelConfig {
+    /// The image shape `image` gives.
+    pub fn image_shape(&self) -> Option<kiln_core::ImageShape> {
+        self.image
+            .map(|[channels, height, width]| kiln_core::ImageShape {
+                channels,
+                height,
+                width,
+            })
+    }
 }
 
 /// Which columns get learned embeddings, and how wide.
@@ -377,6 +455,8 @@ impl Default for ModelConfig {
             dropout: 0.0,
             norm: None,
             embeddings: EmbeddingConfig::default(),
+            image: None,
+            conv: Vec::new(),
         }
     }
 }

@@ -281,8 +281,22 @@ fn train_until(
         task,
         outputs,
     )
-    .with_norm(model.norm)
-    .with_embeddings(embed::embedding_specs(&model, train)?);
+    .with_norm(model.norm);
+    let spec = match model.image_shape() {
+        Some(image) => {
+            if image.len() != train.n_features() {
+                return Err(TrainError::Config(format!(
+                    "model.image: {image} = {} values per image, but the dataset has {} features; give the shape its preprocess stage makes",
+                    image.len(),
+                    train.n_features()
+                )));
+            }
+            spec.with_conv(image, model.conv.clone())
+        }
+        None => spec.with_embeddings(embed::embedding_specs(&model, train)?),
+    };
+    spec.validate()
+        .map_err(|e| TrainError::Config(format!("model: {e}")))?;
     match config.device {
         // (dfdx's buffer cache stays off: its pop races when two threads share the device)
         Device::Cpu => net::on_half_pool(|| train_on(Cpu::seed_from_u64(config.seed), spec, config, train, valid, out_dir, progress, halt_after)),

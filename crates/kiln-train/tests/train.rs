@@ -51,6 +51,8 @@ fn config(epochs: usize, seed: u64) -> Config {
             dropout: 0.1,
             norm: None,
             embeddings: Default::default(),
+            image: None,
+            conv: Vec::new(),
         }),
         loss: Default::default(),
         huber_delta: 1.0,

@@ -1,0 +1,264 @@
+//! Image models through compression and ONNX Runtime: the convolutions stay f32 through
+//! int8 (dynamic and static), fp16 and both prunings of the dense layers, ONNX Runtime's
+//! `Conv` / `MaxPool` / `AveragePool` / `GlobalAveragePool` reproduce kiln's reference
+//! within the deploy gate's 1e-5, and the official checker and Python onnxruntime accept
+//! the files.
+
+use kiln_core::{
+    Activation, ConvStep, Dataset, ImageShape, ModelSpec, NativeModel, Predictor, Task, TensorStore,
+};
+use kiln_deploy::{ExportMeta, OrtModel, check_model_parity, export};
+use kiln_optimize::prune::{Scope, magnitude, remove_units, units_to_keep};
+use kiln_optimize::quantize::{Scheme, fp16, quantize};
+
+/// xorshift64 values in [-1, 1).
+fn rng(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// A 2 x 8 x 8 image: a padded ReLU convolution, a max pool, a strided GELU convolution,
+/// an overlapping average pool, a leaky-ReLU 1 x 1 convolution and the global average
+/// pool, then 5 ReLU units and 3 classes; weights seeded.
+fn model() -> NativeModel {
+    let conv = |channels, kernel, stride, padding, activation| ConvStep::Conv2d {
+        channels,
+        kernel,
+        stride,
+        padding,
+        activation,
+    };
+    let image = ImageShape {
+        channels: 2,
+        height: 8,
+        width: 8,
+    };
+    let spec = ModelSpec::mlp(128, &[5], Activation::Relu, Task::Classification, 3).with_conv(
+        image,
+        vec![
+            conv(4, 3, 1, 1, Activation::Relu),
+            ConvStep::MaxPool {
+                kernel: 2,
+                stride: None,
+            },
+            conv(6, 3, 2, 1, Activation::Gelu),
+            ConvStep::AvgPool {
+                kernel: 2,
+                stride: Some(1),
+            },
+            conv(5, 1, 1, 0, Activation::LeakyRelu),
+            ConvStep::GlobalAvgPool,
+        ],
+    );
+    spec.validate().unwrap();
+    let mut next = rng(0x5851_f42d_4c95_7f2d);
+    let mut w = TensorStore::default();
+    let mut channels = image.channels;
+    for (i, step) in spec.conv.iter().enumerate() {
+        if let ConvStep::Conv2d {
+            channels: out,
+            kernel,
+            ..
+        } = *step
+        {
+            let k2 = channels * kernel * kernel;
+            let s = 2.0 / (k2 as f32).sqrt();
+            w.insert_f32(
+                &format!("conv.{i}.weight"),
+                vec![k2, out],
+                (0..k2 * out).map(|_| next() * s).collect(),
+            );
+            w.insert_f32(
+                &format!("conv.{i}.bias"),
+                vec![out],
+                (0..out).map(|_| next() * 0.1).collect(),
+            );
+            channels = out;
+        }
+    }
+    for (i, l) in spec.layers.iter().enumerate() {
+        let s = 2.0 / (l.in_dim as f32).sqrt();
+        w.insert_f32(
+            &format!("layers.{i}.weight"),
+            vec![l.in_dim, l.out_dim],
+            (0..l.in_dim * l.out_dim).map(|_| next() * s).collect(),
+        );
+        w.insert_f32(
+            &format!("layers.{i}.bias"),
+            vec![l.out_dim],
+            (0..l.out_dim).map(|_| next() * 0.1).collect(),
+        );
+    }
+    NativeModel::new(spec, w).unwrap()
+}
+
+fn images(n: usize) -> Vec<f32> {
+    let mut next = rng(11);
+    (0..n * 128).map(|_| (next() + 1.0) / 2.0).collect()
+}
+
+/// Every compressed form keeps the convolutions as they were, and ONNX Runtime agrees
+/// with kiln's reference on every one within 1e-5.
+#[test]
+fn every_compressed_image_model_passes_parity() {
+    let m = model();
+    let n = 96;
+    let x = images(n);
+    let data = Dataset {
+        feature_names: (0..128).map(|i| format!("pixel_{i}")).collect(),
+        target: "y".into(),
+        features: x.clone(),
+        labels: vec![0; n],
+        values: vec![],
+    };
+    let (pruned, _) = magnitude(&m, 0.5, Scope::Global).unwrap();
+    let narrow = remove_units(&m, &units_to_keep(&m, &[3]).unwrap(), 0.4).unwrap();
+    let forms = [
+        ("fp32", m.clone()),
+        ("int8", quantize(&m, Scheme::Dynamic, true, None).unwrap()),
+        (
+            "static",
+            quantize(&m, Scheme::Static, true, Some((&data, 30))).unwrap(),
+        ),
+        ("fp16", fp16(&m).unwrap()),
+        ("magnitude", pruned),
+        ("structured", narrow),
+    ];
+    for (name, form) in &forms {
+        assert_eq!(
+            (form.spec.image, &form.spec.conv),
+            (m.spec.image, &m.spec.conv),
+            "{name}"
+        );
+        for key in ["conv.0.weight", "conv.2.bias", "conv.4.weight"] {
+            assert_eq!(
+                form.weights.f32(key).unwrap(),
+                m.weights.f32(key).unwrap(),
+                "{name}"
+            );
+        }
+        let bytes = export(&form.spec, &form.weights, &ExportMeta::default()).unwrap();
+        let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+        let (r, _) = check_model_parity(form, &mut ort, (&x, &x), n, 32, 1e-5).unwrap();
+        assert!(r.passed && r.max_abs_prob <= 1e-5, "{name}: {r:?}");
+    }
+    // the model is not degenerate: its outputs vary across images
+    let p = m.clone().predict(&x, n).unwrap();
+    let first: Vec<f32> = p.logits.iter().step_by(3).copied().collect();
+    let (lo, hi) = first
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    assert!(hi - lo > 0.01, "{first:?}");
+}
+
+/// A conv2d, worked by hand through ONNX Runtime: a 1 x 3 x 3 image, one 2 x 2 filter,
+/// no padding, then the global average pool and an identity dense layer.
+#[test]
+fn a_convolution_worked_by_hand() {
+    let image = ImageShape {
+        channels: 1,
+        height: 3,
+        width: 3,
+    };
+    let spec = ModelSpec::mlp(9, &[], Activation::Identity, Task::Regression, 1).with_conv(
+        image,
+        vec![
+            ConvStep::Conv2d {
+                channels: 1,
+                kernel: 2,
+                stride: 1,
+                padding: 0,
+                activation: Activation::Identity,
+            },
+            ConvStep::GlobalAvgPool,
+        ],
+    );
+    let mut w = TensorStore::default();
+    // filter [[1, 2], [3, 4]] (rows: kernel row, kernel column), bias 0.5
+    w.insert_f32("conv.0.weight", vec![4, 1], vec![1.0, 2.0, 3.0, 4.0]);
+    w.insert_f32("conv.0.bias", vec![1], vec![0.5]);
+    w.insert_f32("layers.0.weight", vec![1, 1], vec![1.0]);
+    w.insert_f32("layers.0.bias", vec![1], vec![0.0]);
+    let m = NativeModel::new(spec, w).unwrap();
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    // windows [1 2 4 5] [2 3 5 6] [4 5 7 8] [5 6 8 9]: 37, 47, 67, 77 (+ 0.5), mean 57.5
+    let want = 57.5;
+    assert_eq!(m.clone().predict(&x, 1).unwrap().logits, [want]);
+    let bytes = export(&m.spec, &m.weights, &ExportMeta::default()).unwrap();
+    let got = OrtModel::from_bytes(&bytes, 1)
+        .unwrap()
+        .predict(&x, 1)
+        .unwrap();
+    assert_eq!(got.logits, [want]);
+}
+
+/// The official checker (full_check) and Python onnxruntime 1.31 accept the fp32 and
+/// int8 image files and compute kiln's probabilities.
+#[test]
+fn official_checker_and_python_onnxruntime_accept_image_models() {
+    let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| {
+        panic!("KILN_PYTHON is unset: this test needs a python with onnx and onnxruntime; run the suite with `cargo xtask test`, which installs them")
+    });
+    let m = model();
+    let n = 20;
+    let x = images(n);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, form) in [
+        ("fp32", m.clone()),
+        ("int8", quantize(&m, Scheme::Dynamic, true, None).unwrap()),
+    ] {
+        let path = dir.path().join(format!("{name}.onnx"));
+        let bytes = export(&form.spec, &form.weights, &ExportMeta::default()).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let p = form.clone().predict(&x, n).unwrap();
+        files.push(serde_json::json!({"path": path, "probabilities": p.probabilities}));
+    }
+    let spec = serde_json::json!({"x": x, "rows": n, "files": files});
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = r#"
+import json, sys
+import numpy as np, onnx, onnxruntime as ort
+spec = json.load(open(sys.argv[1]))
+x = np.array(spec["x"], dtype=np.float32).reshape(spec["rows"], 128)
+for f in spec["files"]:
+    onnx.checker.check_model(f["path"], full_check=True)
+    model = onnx.load(f["path"])
+    ops = [n.op_type for n in model.graph.node]
+    for op, k in [("Conv", 3), ("MaxPool", 1), ("AveragePool", 1), ("GlobalAveragePool", 1), ("Flatten", 1), ("Reshape", 1)]:
+        assert ops.count(op) == k, (op, ops)
+    w = {t.name: list(t.dims) for t in model.graph.initializer if t.name.startswith("conv.") and t.name.endswith(".weight")}
+    assert w == {"conv.0.weight": [4, 2, 3, 3], "conv.2.weight": [6, 4, 3, 3], "conv.4.weight": [5, 6, 1, 1]}, w
+    s = ort.InferenceSession(f["path"], providers=["CPUExecutionProvider"])
+    (probs,) = s.run(["probabilities"], {"features": x})
+    want = np.array(f["probabilities"], dtype=np.float32).reshape(probs.shape)
+    diff = float(np.abs(probs - want).max())
+    assert diff <= 1e-5, (f["path"], diff)
+    print(f["path"], "ok", diff)
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&spec_path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("KILN_PYTHON={python} does not run: {e}; run `cargo xtask setup`")
+        });
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
+        2
+    );
+}
