@@ -12,6 +12,41 @@ use super::{Matrix, Mlp, Traced, activate};
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use kiln_core::{ConvStep, ImageShape, Window};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// An index tensor on the device.
+type Index<D> = Tensor<(usize,), usize, D>;
+
+/// The gather indices of each convolutional step (and of the last reordering) for each
+/// batch size seen: they depend only on the step and the number of images, and building
+/// them on the host for every batch cost about as much as the gathers themselves. A
+/// training run sees two or three batch sizes (the halves of a full batch and of the
+/// last one), so the cache stays small; cloning a cached tensor shares its buffer.
+pub(crate) struct WindowCache<D: Device<f32>>(Mutex<HashMap<(usize, usize), Index<D>>>);
+
+impl<D: Device<f32>> Default for WindowCache<D> {
+    fn default() -> Self {
+        WindowCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<D: Device<f32>> WindowCache<D> {
+    /// The index of `key` (step, images), built by `make` on a miss.
+    fn get(&self, dev: &D, key: (usize, usize), make: impl FnOnce() -> Vec<usize>) -> Index<D> {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(key)
+            .or_insert_with(|| {
+                let v = make();
+                let len = v.len();
+                dev.tensor_from_vec(v, (len,))
+            })
+            .clone()
+    }
+}
 
 /// Where the values of a batch of images lie in a flat buffer.
 #[derive(Clone, Copy)]
@@ -83,7 +118,7 @@ impl<D: Device<f32>> Mlp<D> {
             return h;
         };
         let mut layout = Layout::Chw;
-        for (step, param) in self.spec.conv.iter().zip(&self.convs) {
+        for (i, (step, param)) in self.spec.conv.iter().zip(&self.convs).enumerate() {
             let Ok(out) = step.output(shape) else {
                 // ModelSpec::validate refused the spec before any network was built
                 return h;
@@ -103,10 +138,10 @@ impl<D: Device<f32>> Mlp<D> {
             h = match (*step, param) {
                 (ConvStep::Conv2d { activation, .. }, Some(p)) => {
                     let k2 = shape.channels * win.kh * win.kw;
-                    let idx = window_index(n, shape, out, win, layout);
-                    let cols = flat
-                        .gather(dev.tensor_from_vec(idx, (positions * k2,)))
-                        .reshape_like(&(positions, k2));
+                    let idx = self
+                        .windows
+                        .get(&dev, (i, n), || window_index(n, shape, out, win, layout));
+                    let cols = flat.gather(idx).reshape_like(&(positions, k2));
                     let z = cols.matmul(p.w.clone())
                         + p.b
                             .clone()
@@ -115,9 +150,11 @@ impl<D: Device<f32>> Mlp<D> {
                 }
                 _ => {
                     let kk = win.kh * win.kw;
-                    let idx = window_index(n, shape, out, win, layout);
+                    let idx = self
+                        .windows
+                        .get(&dev, (i, n), || window_index(n, shape, out, win, layout));
                     let windows = flat
-                        .gather(dev.tensor_from_vec(idx, (positions * shape.channels * kk,)))
+                        .gather(idx)
                         .reshape_like(&(positions * shape.channels, kk));
                     let pooled: Tensor<(usize,), f32, D, _> = match step {
                         ConvStep::MaxPool { .. } => windows.max::<(usize,), Axis<1>>(),
@@ -131,18 +168,21 @@ impl<D: Device<f32>> Mlp<D> {
         }
         // back to the dataset's order, as kiln-core and ONNX `Flatten` read it
         let total = n * shape.len();
-        let mut idx = Vec::with_capacity(total);
-        for img in 0..n {
-            for c in 0..shape.channels {
-                for y in 0..shape.height {
-                    for x in 0..shape.width {
-                        idx.push(layout.at(shape, img, c, y, x));
+        let idx = self.windows.get(&dev, (self.spec.conv.len(), n), || {
+            let mut idx = Vec::with_capacity(total);
+            for img in 0..n {
+                for c in 0..shape.channels {
+                    for y in 0..shape.height {
+                        for x in 0..shape.width {
+                            idx.push(layout.at(shape, img, c, y, x));
+                        }
                     }
                 }
             }
-        }
+            idx
+        });
         h.reshape_like(&(total, 1usize))
-            .gather(dev.tensor_from_vec(idx, (total,)))
+            .gather(idx)
             .reshape_like(&(n, shape.len()))
     }
 }

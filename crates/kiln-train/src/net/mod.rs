@@ -223,6 +223,9 @@ pub(crate) struct Mlp<D: Device<f32>> {
     pub spec: ModelSpec,
     pub dropout: f32,
     step: i32,
+    /// The gather indices of the convolutional steps per batch size (see
+    /// [`conv::WindowCache`]).
+    windows: conv::WindowCache<D>,
 }
 
 impl<D: Device<f32>> Mlp<D> {
@@ -278,6 +281,7 @@ impl<D: Device<f32>> Mlp<D> {
             spec,
             dropout,
             step: 0,
+            windows: conv::WindowCache::default(),
         })
     }
 
