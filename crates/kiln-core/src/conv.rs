@@ -1,14 +1,190 @@
-//! The reference forward pass of convolutional steps on `[channels, height, width]`
-//! images — conv2d (zero padding, stride), max and average pooling, global average
-//! pooling — computing what ONNX `Conv`, `MaxPool`, `AveragePool` and `GlobalAveragePool`
+//! Convolutional steps on `[channels, height, width]` images — conv2d (zero padding,
+//! stride), max and average pooling, global average pooling: their description in a
+//! spec (`ConvStep`, `ImageShape`), how each shrinks its input, and the reference forward
+//! pass computing what ONNX `Conv`, `MaxPool`, `AveragePool` and `GlobalAveragePool`
 //! compute (NCHW, floor mode). A convolution is an im2col of each image followed by
 //! [`crate::forward::dense_f32`], so it shares the dense layers' vectorised loop and
 //! summation order.
 
 use crate::error::{CoreError, Result};
 use crate::forward::dense_f32;
-use crate::model::{ConvStep, ImageShape, ModelSpec, Window};
+use crate::model::{Activation, ModelSpec};
 use crate::tensors::TensorStore;
+use serde::{Deserialize, Serialize};
+
+/// The shape of an image input: the features are its values channel by channel, row by
+/// row (`[channels, height, width]`, as ONNX's NCHW without the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageShape {
+    /// Channels (1 for grayscale, 3 for colour).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// Values in one image.
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Whether the image holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for ImageShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} x {} x {}", self.channels, self.height, self.width)
+    }
+}
+
+/// One step of a convolutional feature extractor on a `[channels, height, width]` image,
+/// before the dense layers (which read its output flattened channel by channel, row by
+/// row, as ONNX `Flatten` does). Sizes shrink as ONNX computes them (floor mode):
+/// `out = (in + 2 padding - kernel) / stride + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConvStep {
+    /// `channels` filters of `kernel` x `kernel` over every input channel, with zero
+    /// padding, plus a bias, then the activation. Weights `conv.<i>.weight`
+    /// (`[in_channels · kernel · kernel, channels]`, rows ordered channel, kernel row,
+    /// kernel column) and `conv.<i>.bias` (`[channels]`).
+    Conv2d {
+        /// Output channels.
+        channels: usize,
+        /// Side of the square kernel.
+        kernel: usize,
+        /// Step between windows (default 1).
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zeros added on every side (default 0).
+        #[serde(default)]
+        padding: usize,
+        /// Activation after the bias (default `relu`).
+        #[serde(default = "relu")]
+        activation: Activation,
+    },
+    /// The largest value of each `kernel` x `kernel` window, per channel.
+    MaxPool {
+        /// Side of the square window.
+        kernel: usize,
+        /// Step between windows (default: the kernel, so windows do not overlap).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of each `kernel` x `kernel` window, per channel.
+    AvgPool {
+        /// Side of the square window.
+        kernel: usize,
+        /// Step between windows (default: the kernel).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// The mean of each whole channel: `[channels, 1, 1]`.
+    GlobalAvgPool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn relu() -> Activation {
+    Activation::Relu
+}
+
+/// A convolutional step's window on its input: kernel rows and columns, stride, padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Window rows.
+    pub kh: usize,
+    /// Window columns.
+    pub kw: usize,
+    /// Step between windows, both ways.
+    pub stride: usize,
+    /// Zeros added on every side.
+    pub padding: usize,
+}
+
+impl ConvStep {
+    /// The step's name as written in a pipeline file (`op`).
+    pub fn op(&self) -> &'static str {
+        match self {
+            ConvStep::Conv2d { .. } => "conv2d",
+            ConvStep::MaxPool { .. } => "max_pool",
+            ConvStep::AvgPool { .. } => "avg_pool",
+            ConvStep::GlobalAvgPool => "global_avg_pool",
+        }
+    }
+
+    /// The step's window on an input of `shape` (the global pool's is the whole image).
+    pub fn window(&self, shape: ImageShape) -> Window {
+        let square = |k, stride, padding| Window {
+            kh: k,
+            kw: k,
+            stride,
+            padding,
+        };
+        match *self {
+            ConvStep::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => square(kernel, stride, padding),
+            ConvStep::MaxPool { kernel, stride } | ConvStep::AvgPool { kernel, stride } => {
+                square(kernel, stride.unwrap_or(kernel), 0)
+            }
+            ConvStep::GlobalAvgPool => Window {
+                kh: shape.height,
+                kw: shape.width,
+                stride: 1,
+                padding: 0,
+            },
+        }
+    }
+
+    /// The output shape on an input of `shape`, or why the step does not fit it.
+    pub fn output(&self, shape: ImageShape) -> std::result::Result<ImageShape, String> {
+        let w = self.window(shape);
+        if w.kh == 0 || w.kw == 0 || w.stride == 0 {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        if !matches!(self, ConvStep::GlobalAvgPool) && (w.kh > 64 || w.padding >= w.kh) {
+            return Err(format!(
+                "a {} x {} kernel with padding {}: kiln takes kernels up to 64 and padding below the kernel",
+                w.kh, w.kw, w.padding
+            ));
+        }
+        let (h, wd) = (shape.height + 2 * w.padding, shape.width + 2 * w.padding);
+        if h < w.kh || wd < w.kw {
+            return Err(format!(
+                "its {} x {} window is larger than its {} x {} input{}; remove a pooling or strided step before it, or pad",
+                w.kh,
+                w.kw,
+                shape.height,
+                shape.width,
+                if w.padding > 0 { " (padded)" } else { "" }
+            ));
+        }
+        let channels = match *self {
+            ConvStep::Conv2d { channels, .. } => channels,
+            _ => shape.channels,
+        };
+        if channels == 0 {
+            return Err("a convolution needs at least 1 output channel".into());
+        }
+        Ok(ImageShape {
+            channels,
+            height: (h - w.kh) / w.stride + 1,
+            width: (wd - w.kw) / w.stride + 1,
+        })
+    }
+}
 
 /// The dense layers' input for `n` images `x` (the features, `[channels, height, width]`
 /// each): the output of the spec's convolutional steps, flattened channel by channel.

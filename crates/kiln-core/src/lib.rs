@@ -33,12 +33,13 @@ pub use forward::forward;
 pub use artifact::{
     Artifact, atomic_write, hash_bytes, hash_dir, hash_file, read_json, write_json,
 };
+pub use conv::{ConvStep, ImageShape, Window};
 pub use dataset::Dataset;
 pub use encode::TextColumn;
 pub use error::{CoreError, Result};
 pub use model::{
-    Activation, ConvStep, EmbeddingSpec, ImageShape, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec,
-    ModelSpec, Norm, Pruning, PruningKind, Quantization, Scheme, WeightType, Window,
+    Activation, EmbeddingSpec, LAYER_NORM_EPS, LEAKY_RELU_ALPHA, LayerSpec, ModelSpec, Norm,
+    Pruning, PruningKind, Quantization, Scheme, WeightType,
 };
 pub use predictor::{NativeModel, Predictions, Predictor};
 pub use progress::{NoProgress, Progress};

@@ -36,6 +36,7 @@ mod config;
 mod embed;
 mod finetune;
 mod head;
+mod model_config;
 mod net;
 mod sizing;
 mod sweep;
@@ -45,10 +46,10 @@ pub use finetune::{Finetune, finetune};
 pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{
-    Config, Device, EarlyStopping, EmbeddingConfig, Loss, MAX_EMBEDDING_DIM, MAX_EMBEDDING_ROWS,
-    MAX_EPOCHS, MAX_PARAMS, MAX_WIDTH, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind,
-    Schedule, ScheduleKind, StopMetric,
+    Config, Device, EarlyStopping, Loss, MAX_EMBEDDING_DIM, MAX_EMBEDDING_ROWS, MAX_EPOCHS,
+    MAX_PARAMS, MAX_WIDTH, OptimizerConfig, OptimizerKind, Schedule, ScheduleKind, StopMetric,
 };
+pub use model_config::{EmbeddingConfig, ModelConfig, ModelKind};
 pub use sizing::Sizing;
 
 use dfdx::prelude::*;
