@@ -69,6 +69,9 @@ pub struct Extras<'a> {
     pub seed: u64,
     /// The training split, to fit the baselines on (none without it).
     pub train: Option<&'a Dataset>,
+    /// The features' image shape, for a model that reads images: the report then shows
+    /// misclassified test images.
+    pub image: Option<kiln_core::ImageShape>,
 }
 
 pub use kiln_core::artifact::metrics::Metrics;
@@ -155,7 +158,7 @@ pub fn run_report(
             class_labels,
             config.top_k,
         )?;
-        figures.variant(&v, &p, data, class_labels);
+        figures.variant(&v, &p, data, class_labels, extras.image);
         score::log_scored(&v, regression);
         results.push(v);
     }

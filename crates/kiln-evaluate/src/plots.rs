@@ -1,7 +1,7 @@
 //! The report's plots, drawn with plotters into SVG and PNG files (PNG text uses the
 //! bundled DejaVu Sans Mono, so no system fonts are needed): training curves, confusion
-//! matrix heatmap, reliability diagram, ROC and precision-recall curves (binary tasks)
-//! and predicted-vs-actual (regression).
+//! matrix heatmap, reliability diagram, ROC and precision-recall curves (binary tasks),
+//! predicted-vs-actual (regression) and misclassified test images (image models).
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -170,6 +170,83 @@ impl Draw for Curves {
             ym,
             &[("train", BLUE, tm), ("valid", RED, vm)],
         )
+    }
+}
+
+/// Images per side of the misclassified grid.
+pub const GRID: usize = 4;
+
+/// The first `limit` test rows whose predicted class is not the true one, as (row, true
+/// class, predicted class).
+pub fn misclassified(truth: &[u32], predicted: &[u32], limit: usize) -> Vec<(usize, u32, u32)> {
+    truth
+        .iter()
+        .zip(predicted)
+        .enumerate()
+        .filter(|(_, (t, p))| t != p)
+        .map(|(i, (&t, &p))| (i, t, p))
+        .take(limit)
+        .collect()
+}
+
+/// Misclassified test images in a [`GRID`] x [`GRID`] grid, each captioned "true →
+/// predicted"; each image's values stretched from its own minimum (black) to maximum
+/// (white), one channel as grey, three as red, green and blue.
+pub struct Misclassified<'a> {
+    /// Variant name.
+    pub name: &'a str,
+    /// The shape of every image.
+    pub image: kiln_core::ImageShape,
+    /// (the image's features, its true label, the predicted label).
+    pub cells: Vec<(&'a [f32], &'a str, &'a str)>,
+}
+
+impl Draw for Misclassified<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> PlotResult {
+        let root = root
+            .titled(
+                &format!(
+                    "{}: misclassified test images (true → predicted)",
+                    self.name
+                ),
+                (FONT, 18),
+            )
+            .map_err(err)?;
+        let s = self.image;
+        let plane = s.height * s.width;
+        for (area, (px, truth, predicted)) in
+            root.split_evenly((GRID, GRID)).iter().zip(&self.cells)
+        {
+            let cell = area
+                .titled(&format!("{truth} → {predicted}"), (FONT, 14))
+                .map_err(err)?;
+            let (w, h) = cell.dim_in_pixel();
+            let side = (w.min(h) as usize / s.height.max(s.width)).max(1) as i32;
+            // centred in its cell
+            let left = (w as i32 - side * s.width as i32).max(0) / 2;
+            let (lo, hi) = range(px.iter().map(|&v| f64::from(v)));
+            let shade = |v: f32| {
+                (((f64::from(v) - lo) / (hi - lo).max(1e-12)) * 255.0).clamp(0.0, 255.0) as u8
+            };
+            for y in 0..s.height {
+                for x in 0..s.width {
+                    let at = |c: usize| shade(px[c * plane + y * s.width + x]);
+                    let colour = if s.channels >= 3 {
+                        RGBColor(at(0), at(1), at(2))
+                    } else {
+                        let g = at(0);
+                        RGBColor(g, g, g)
+                    };
+                    let (x0, y0) = (left + x as i32 * side, y as i32 * side);
+                    cell.draw(&Rectangle::new(
+                        [(x0, y0), (x0 + side, y0 + side)],
+                        colour.filled(),
+                    ))
+                    .map_err(err)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -433,6 +510,22 @@ impl Draw for Scatter<'_> {
 
 #[cfg(test)]
 mod tests {
+    /// The grid shows the first misclassified rows, in row order, up to its limit.
+    #[test]
+    fn misclassified_rows_are_the_first_wrong_ones() {
+        let truth = [0, 1, 2, 1, 0, 2, 2];
+        let predicted = [0, 2, 2, 0, 0, 1, 2];
+        assert_eq!(
+            super::misclassified(&truth, &predicted, 16),
+            [(1, 1, 2), (3, 1, 0), (5, 2, 1)]
+        );
+        assert_eq!(
+            super::misclassified(&truth, &predicted, 2),
+            [(1, 1, 2), (3, 1, 0)]
+        );
+        assert!(super::misclassified(&truth, &truth, 16).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -62,8 +62,32 @@ impl<'a> Figures<'a> {
         p: &Predictions,
         data: &Dataset,
         class_labels: &[String],
+        image: Option<kiln_core::ImageShape>,
     ) {
         let name = v.name.as_str();
+        if let Some(image) = image
+            && !data.is_regression()
+        {
+            let d = data.n_features();
+            let label = |c: u32| class_labels.get(c as usize).map_or("?", String::as_str);
+            let cells = plots::misclassified(&data.labels, &p.argmax(), plots::GRID * plots::GRID)
+                .into_iter()
+                .map(|(row, truth, predicted)| {
+                    (
+                        &data.features[row * d..(row + 1) * d],
+                        label(truth),
+                        label(predicted),
+                    )
+                })
+                .collect::<Vec<_>>();
+            if !cells.is_empty() && image.len() == d {
+                let grid = plots::Misclassified { name, image, cells };
+                self.plot(
+                    format!("Misclassified test images: {name} (true → predicted)"),
+                    &Named(&grid, format!("misclassified-{name}")),
+                );
+            }
+        }
         if data.is_regression() {
             let points = data
                 .values

@@ -1601,4 +1601,16 @@ requires = ["eval"]
     for (name, v) in parity["variants"].as_object().unwrap() {
         assert_eq!(v["passed"], true, "{name}: {v}");
     }
+    // the report shows misclassified test images of an image model
+    let report = std::fs::read_to_string(r.run_dir.join("eval/report.md")).unwrap();
+    assert!(
+        report.contains("Misclassified test images: train (true → predicted)"),
+        "{report}"
+    );
+    let png = std::fs::read(r.run_dir.join("eval/misclassified-train.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
 }

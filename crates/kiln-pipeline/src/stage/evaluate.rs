@@ -57,6 +57,7 @@ impl Stage for kiln_evaluate::Config {
             .iter()
             .map(|id| cx.model(id).map(|m| (id.clone(), m)))
             .collect::<Result<_, _>>()?;
+        let image = models.first().and_then(|(_, m)| m.spec.image);
         // What deploy would ship: the same exporter's bytes, run by ONNX Runtime.
         let mut onnx: Vec<kiln_deploy::OrtModel> = Vec::new();
         if self.runtime == Runtime::Onnxruntime {
@@ -102,6 +103,7 @@ impl Stage for kiln_evaluate::Config {
         };
         let extras = kiln_evaluate::Extras {
             curves: &curves,
+            image,
             reference,
             valid: Some(valid),
             schema: Some(schema),
