@@ -376,10 +376,12 @@ impl Suggestion {
             .map(|c| c.distinct.saturating_sub(1).clamp(1, PLE_BINS))
             .sum();
         for c in self.kept(ColumnKind::Category) {
-            n += match c.distinct {
-                ..=ONE_HOT_ALL => c.distinct,
-                ..=EMBED_MAX => 1,
-                _ => TEXT_FEATURES,
+            n += if c.distinct <= ONE_HOT_ALL {
+                c.distinct
+            } else if c.distinct <= EMBED_MAX {
+                1
+            } else {
+                TEXT_FEATURES
             };
         }
         n + self.kept(ColumnKind::FreeText).len() * TEXT_FEATURES
