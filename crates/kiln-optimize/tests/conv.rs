@@ -4,23 +4,16 @@
 //! within the deploy gate's 1e-5, and the official checker and Python onnxruntime accept
 //! the files.
 
+mod common;
+
+use common::{dense_weights, python_check, rng};
+
 use kiln_core::{
     Activation, ConvStep, Dataset, ImageShape, ModelSpec, NativeModel, Predictor, Task, TensorStore,
 };
 use kiln_deploy::{ExportMeta, OrtModel, check_model_parity, export};
 use kiln_optimize::prune::{Scope, magnitude, remove_units, units_to_keep};
 use kiln_optimize::quantize::{Scheme, fp16, quantize};
-
-/// xorshift64 values in [-1, 1).
-fn rng(seed: u64) -> impl FnMut() -> f32 {
-    let mut state = seed;
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
 
 /// A 2 x 8 x 8 image: a padded ReLU convolution, a max pool, a strided GELU convolution,
 /// an overlapping average pool, a leaky-ReLU 1 x 1 convolution and the global average
@@ -81,19 +74,7 @@ fn model() -> NativeModel {
             channels = out;
         }
     }
-    for (i, l) in spec.layers.iter().enumerate() {
-        let s = 2.0 / (l.in_dim as f32).sqrt();
-        w.insert_f32(
-            &format!("layers.{i}.weight"),
-            vec![l.in_dim, l.out_dim],
-            (0..l.in_dim * l.out_dim).map(|_| next() * s).collect(),
-        );
-        w.insert_f32(
-            &format!("layers.{i}.bias"),
-            vec![l.out_dim],
-            (0..l.out_dim).map(|_| next() * 0.1).collect(),
-        );
-    }
+    dense_weights(&spec, &mut next, &mut w);
     NativeModel::new(spec, w).unwrap()
 }
 
@@ -203,9 +184,6 @@ fn a_convolution_worked_by_hand() {
 /// int8 image files and compute kiln's probabilities.
 #[test]
 fn official_checker_and_python_onnxruntime_accept_image_models() {
-    let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| {
-        panic!("KILN_PYTHON is unset: this test needs a python with onnx and onnxruntime; run the suite with `cargo xtask test`, which installs them")
-    });
     let m = model();
     let n = 20;
     let x = images(n);
@@ -222,8 +200,6 @@ fn official_checker_and_python_onnxruntime_accept_image_models() {
         files.push(serde_json::json!({"path": path, "probabilities": p.probabilities}));
     }
     let spec = serde_json::json!({"x": x, "rows": n, "files": files});
-    let spec_path = dir.path().join("spec.json");
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
     let script = r#"
 import json, sys
 import numpy as np, onnx, onnxruntime as ort
@@ -244,21 +220,6 @@ for f in spec["files"]:
     assert diff <= 1e-5, (f["path"], diff)
     print(f["path"], "ok", diff)
 "#;
-    let out = std::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(&spec_path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("KILN_PYTHON={python} does not run: {e}; run `cargo xtask setup`")
-        });
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).matches(" ok ").count(),
-        2
-    );
+    let out = python_check(script, &spec, dir.path());
+    assert_eq!(out.matches(" ok ").count(), 2, "{out}");
 }

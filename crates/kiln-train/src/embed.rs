@@ -79,8 +79,8 @@ fn preview(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Loss;
-    use crate::net::{Backend, Batch, LossFn, Mlp};
+    use crate::net::gradcheck::GradCheck;
+    use crate::net::{Backend, Mlp};
     use crate::{EmbeddingConfig, ModelConfig};
     use dfdx::prelude::*;
     use kiln_core::{Activation, ModelSpec, Task};
@@ -108,51 +108,18 @@ mod tests {
             })
             .collect();
         let y: Vec<f32> = (0..rows).map(|r| r as f32 * 0.1).collect();
-        let batch = Batch {
-            x: &x,
-            y: &y,
-            rows,
-            masks: vec![],
-            mask_stream: None,
-        };
-        let loss = LossFn {
-            kind: Loss::Mse,
-            huber_delta: 1.0,
-        };
-        let step = net.pass(&dev, &batch, loss, 1.0).unwrap();
-        let store = net.to_store();
-        let reference = kiln_core::forward(&net.spec, &store, &x, rows).unwrap();
-        for (a, b) in step.outputs.iter().zip(&reference) {
-            assert!((a - b).abs() < 1e-6, "{:?} vs {reference:?}", step.outputs);
-        }
-        let mse = |s: &kiln_core::TensorStore| -> f64 {
-            let out = kiln_core::forward(&net.spec, s, &x, rows).unwrap();
-            out.iter()
-                .zip(&y)
-                .map(|(o, t)| f64::from(o - t).powi(2))
-                .sum::<f64>()
-                / rows as f64
-        };
+        let check = GradCheck::new(&dev, &net, &x, &y, 1e-6);
         let halves = dev
-            .batch_step(&net, &batch, loss)
+            .batch_step(&net, &GradCheck::batch(&x, &y), GradCheck::loss())
             .unwrap()
             .merge(&net)
             .unwrap();
         let mut nonzero = 0;
         for (j, (t, e)) in net.embeddings.iter().zip(&net.spec.embeddings).enumerate() {
-            let g = step.grads.get(&t.w).as_vec();
+            let g = check.step.grads.get(&t.w).as_vec();
             let key = ModelSpec::embedding_key(j);
-            let base = store.f32(&key).unwrap().to_vec();
             for (k, gk) in g.iter().enumerate() {
-                let eps = 1e-2;
-                let moved = |d: f32| {
-                    let mut s = store.clone();
-                    let mut v = base.clone();
-                    v[k] += d;
-                    s.insert_f32(&key, vec![e.rows, e.dim], v);
-                    mse(&s)
-                };
-                let fd = (moved(eps) - moved(-eps)) / (2.0 * f64::from(eps));
+                let fd = check.central_difference(&key, k);
                 assert!(
                     (f64::from(*gk) - fd).abs() < 1e-3 * (1.0 + fd.abs()),
                     "table {j} value {k}: gradient {gk}, central difference {fd}"

@@ -189,9 +189,8 @@ impl<D: Device<f32>> Mlp<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Batch, LossFn};
+    use super::super::gradcheck::GradCheck;
     use super::*;
-    use crate::config::Loss;
     use kiln_core::{Activation, ModelSpec, Task};
 
     /// A 2 x 6 x 6 image through every kind of step: a padded convolution, an
@@ -240,49 +239,17 @@ mod tests {
         let rows = 3;
         let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.61).sin()).collect();
         let y = vec![0.3, -0.2, 0.5];
-        let batch = Batch {
-            x: &x,
-            y: &y,
-            rows,
-            masks: vec![],
-            mask_stream: None,
-        };
-        let loss = LossFn {
-            kind: Loss::Mse,
-            huber_delta: 1.0,
-        };
-        let step = net.pass(&dev, &batch, loss, 1.0).unwrap();
-        let store = net.to_store();
-        let reference = kiln_core::forward(&net.spec, &store, &x, rows).unwrap();
-        for (a, b) in step.outputs.iter().zip(&reference) {
-            assert!((a - b).abs() < 1e-5, "{:?} vs {reference:?}", step.outputs);
-        }
-        let mse = |s: &kiln_core::TensorStore| -> f64 {
-            let out = kiln_core::forward(&net.spec, s, &x, rows).unwrap();
-            out.iter()
-                .zip(&y)
-                .map(|(o, t)| f64::from(o - t).powi(2))
-                .sum::<f64>()
-                / rows as f64
-        };
+        let check = GradCheck::new(&dev, &net, &x, &y, 1e-5);
         let mut checked = 0;
         for (i, c) in net.convs.iter().enumerate() {
             let Some(layer) = c else { continue };
             for (name, grad) in [
-                ("weight", step.grads.get(&layer.w).as_vec()),
-                ("bias", step.grads.get(&layer.b).as_vec()),
+                ("weight", check.step.grads.get(&layer.w).as_vec()),
+                ("bias", check.step.grads.get(&layer.b).as_vec()),
             ] {
                 let key = format!("conv.{i}.{name}");
-                let base = store.f32(&key).unwrap().to_vec();
                 for k in (0..grad.len()).step_by(5) {
-                    let moved = |d: f32| {
-                        let mut s = store.clone();
-                        let mut v = base.clone();
-                        v[k] += d;
-                        s.insert_f32(&key, vec![v.len()], v);
-                        mse(&s)
-                    };
-                    let fd = (moved(1e-2) - moved(-1e-2)) / 2e-2;
+                    let fd = check.central_difference(&key, k);
                     assert!(
                         (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
                         "{key}[{k}]: gradient {}, central difference {fd}",

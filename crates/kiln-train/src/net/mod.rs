@@ -17,6 +17,8 @@ mod backend;
 mod conv;
 mod cpu_adam;
 mod dropout;
+#[cfg(test)]
+pub(crate) mod gradcheck;
 mod input_grad;
 mod optim;
 mod state;

@@ -1,0 +1,59 @@
+//! Shared by kiln-optimize's integration tests: seeded weights, and the official checker
+//! and Python onnxruntime run over exported files.
+
+use kiln_core::{ModelSpec, TensorStore};
+use std::path::Path;
+
+/// xorshift64 values in [-1, 1).
+pub fn rng(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Seeded weights (scaled by 2 / sqrt(fan-in)) and small biases for every dense layer
+/// of `spec`, into `w`.
+pub fn dense_weights(spec: &ModelSpec, next: &mut impl FnMut() -> f32, w: &mut TensorStore) {
+    for (i, l) in spec.layers.iter().enumerate() {
+        let s = 2.0 / (l.in_dim as f32).sqrt();
+        w.insert_f32(
+            &format!("layers.{i}.weight"),
+            vec![l.in_dim, l.out_dim],
+            (0..l.in_dim * l.out_dim).map(|_| next() * s).collect(),
+        );
+        w.insert_f32(
+            &format!("layers.{i}.bias"),
+            vec![l.out_dim],
+            (0..l.out_dim).map(|_| next() * 0.1).collect(),
+        );
+    }
+}
+
+/// Runs `script` (Python, reading the JSON `spec` from the path in `sys.argv[1]`) with
+/// `KILN_PYTHON`, which `cargo xtask test` provides with onnx and onnxruntime; fails the
+/// test with the script's output when it fails. Returns its standard output.
+pub fn python_check(script: &str, spec: &serde_json::Value, dir: &Path) -> String {
+    let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| {
+        panic!("KILN_PYTHON is unset: this test needs a python with onnx and onnxruntime; run the suite with `cargo xtask test`, which installs them")
+    });
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&spec_path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("KILN_PYTHON={python} does not run: {e}; run `cargo xtask setup`")
+        });
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
