@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dense_weights, python_check, rng};
+use common::{dense_weights, fp32_and_int8_files, python_check, rng};
 
 use kiln_core::{
     Activation, ConvStep, Dataset, ImageShape, ModelSpec, NativeModel, Predictor, Task, TensorStore,
@@ -188,17 +188,7 @@ fn official_checker_and_python_onnxruntime_accept_image_models() {
     let n = 20;
     let x = images(n);
     let dir = tempfile::tempdir().unwrap();
-    let mut files = Vec::new();
-    for (name, form) in [
-        ("fp32", m.clone()),
-        ("int8", quantize(&m, Scheme::Dynamic, true, None).unwrap()),
-    ] {
-        let path = dir.path().join(format!("{name}.onnx"));
-        let bytes = export(&form.spec, &form.weights, &ExportMeta::default()).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        let p = form.clone().predict(&x, n).unwrap();
-        files.push(serde_json::json!({"path": path, "probabilities": p.probabilities}));
-    }
+    let files = fp32_and_int8_files(&m, &x, n, dir.path());
     let spec = serde_json::json!({"x": x, "rows": n, "files": files});
     let script = r#"
 import json, sys

@@ -1,7 +1,8 @@
 //! Shared by kiln-optimize's integration tests: seeded weights, and the official checker
 //! and Python onnxruntime run over exported files.
 
-use kiln_core::{ModelSpec, TensorStore};
+use kiln_core::{ModelSpec, NativeModel, Predictor, TensorStore};
+use kiln_optimize::quantize::{Scheme, quantize};
 use std::path::Path;
 
 /// xorshift64 values in [-1, 1).
@@ -56,4 +57,31 @@ pub fn python_check(script: &str, spec: &serde_json::Value, dir: &Path) -> Strin
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `m` and its int8 (dynamic, per channel) form exported into `dir` as fp32.onnx and
+/// int8.onnx, with kiln's probabilities on the `n` rows `x`: the `files` of the Python
+/// checks' spec.
+pub fn fp32_and_int8_files(
+    m: &NativeModel,
+    x: &[f32],
+    n: usize,
+    dir: &Path,
+) -> Vec<serde_json::Value> {
+    let mut files = Vec::new();
+    for (name, form) in [
+        ("fp32", m.clone()),
+        ("int8", quantize(m, Scheme::Dynamic, true, None).unwrap()),
+    ] {
+        let path = dir.join(format!("{name}.onnx"));
+        let meta = kiln_deploy::ExportMeta::default();
+        std::fs::write(
+            &path,
+            kiln_deploy::export(&form.spec, &form.weights, &meta).unwrap(),
+        )
+        .unwrap();
+        let p = form.clone().predict(x, n).unwrap();
+        files.push(serde_json::json!({"path": path, "probabilities": p.probabilities}));
+    }
+    files
 }
