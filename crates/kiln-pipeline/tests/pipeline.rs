@@ -1614,3 +1614,66 @@ requires = ["eval"]
         png.len()
     );
 }
+
+/// An image folder (fixtures/images/digits: PNG files in one folder per class, grey,
+/// RGB and double-size ones) through a CNN to deploy: the classes are the folder names,
+/// the images become 64 pixel features, and the deployed ONNX model passes parity.
+#[test]
+fn an_image_folder_trains_a_cnn_and_deploys() {
+    let runs = tempfile::tempdir().unwrap();
+    let text = r#"version = 1
+name = "image-folder"
+seed = 2
+[stages.data]
+uses = "preprocess"
+source = { format = "images", path = "../fixtures/images/digits", image = [8, 8] }
+target = "label"
+steps = [{ op = "scale", by = 240.0 }]
+split = { valid = 0.2, test = 0.2, stratify = true }
+[stages.train]
+uses = "train"
+input = "data"
+model = { hidden = [32], image = [1, 8, 8], conv = [
+  { op = "conv2d", channels = 8, kernel = 3, padding = 1 },
+  { op = "max_pool", kernel = 2 },
+] }
+optimizer = { kind = "adam", lr = 3e-3 }
+epochs = 60
+batch_size = 16
+[stages.eval]
+uses = "evaluate"
+inputs = ["train"]
+[stages.ship]
+uses = "deploy"
+input = "train"
+requires = ["eval"]
+"#;
+    let p = parse(&pipelines().join("image-folder.toml"), text, &[]).unwrap();
+    let r = run(&p, &RunOptions::new(runs.path())).unwrap();
+    assert!(r.ok, "{:?}", r.failure);
+    let schema = json(&r.run_dir.join("data/schema.json"));
+    let labels: Vec<&str> = schema["class_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    assert_eq!(schema["feature_names"].as_array().unwrap().len(), 64);
+    let profile = json(&r.run_dir.join("data/profile.json"));
+    let rows = &profile["rows"];
+    assert_eq!(
+        rows["train"].as_u64().unwrap()
+            + rows["valid"].as_u64().unwrap()
+            + rows["test"].as_u64().unwrap(),
+        150,
+        "{profile}"
+    );
+    let acc = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    // 90 training images; the majority class is 10 %
+    assert!(acc >= 0.6, "{acc}");
+    let parity = json(&r.run_dir.join("ship/parity.json"));
+    assert!(parity["variants"]["fp32"]["max_abs_prob"].as_f64().unwrap() <= 1e-5);
+}

@@ -265,6 +265,32 @@ pub enum Source {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         test: Option<PathBuf>,
     },
+    /// Image files, one sub-folder per class (`path/<class>/<image>`; `path`, or `train`
+    /// and `test` folders laid out alike), read as the target `label` (the folder's
+    /// name) and pixel features `pixel_0` … (0–255, channel by channel, row by row).
+    /// PNG, JPEG, GIF and BMP; each image converted to `channels` and resized to
+    /// `image`. A corrupt file, one declaring an image over 16384 x 16384 pixels (refused
+    /// before decoding) or an empty class folder is an error naming it.
+    Images {
+        /// The one folder to split.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathBuf>,
+        /// Training folder (with `test`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        train: Option<PathBuf>,
+        /// Test folder (with `train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<PathBuf>,
+        /// `[height, width]` every image is resized to (bilinear), each side 1 to 4096.
+        image: [usize; 2],
+        /// 1 (grey, the default) or 3 (red, green, blue).
+        #[serde(default = "one_channel")]
+        channels: usize,
+    },
+}
+
+fn one_channel() -> usize {
+    1
 }
 
 fn default_delimiter() -> char {
@@ -282,6 +308,7 @@ impl Source {
             Source::Parquet { .. } => "parquet",
             Source::Arrow { .. } => "arrow",
             Source::Idx { .. } => "idx",
+            Source::Images { .. } => "images",
         }
     }
 
@@ -292,9 +319,10 @@ impl Source {
                 path, train, test, ..
             }
             | Source::Parquet { path, train, test }
-            | Source::Arrow { path, train, test } => {
-                (path.as_deref(), train.as_deref(), test.as_deref())
-            }
+            | Source::Arrow { path, train, test }
+            | Source::Images {
+                path, train, test, ..
+            } => (path.as_deref(), train.as_deref(), test.as_deref()),
             Source::Idx { train, test } => (None, Some(train.as_path()), test.as_deref()),
         };
         [("path", path), ("train", train), ("test", test)]
@@ -310,7 +338,10 @@ impl Source {
                 path, train, test, ..
             }
             | Source::Parquet { path, train, test }
-            | Source::Arrow { path, train, test } => [path, train, test]
+            | Source::Arrow { path, train, test }
+            | Source::Images {
+                path, train, test, ..
+            } => [path, train, test]
                 .into_iter()
                 .filter_map(|p| p.as_mut())
                 .collect(),

@@ -32,6 +32,7 @@ mod csv_shape;
 mod error;
 mod frame;
 pub mod idx;
+pub mod images;
 mod load;
 mod profile;
 mod split;
@@ -163,7 +164,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
     }
     let plan = &match (&config.steps, &config.source) {
         (Some(written), _) => written.clone(),
-        (None, Source::Idx { .. }) => Vec::new(),
+        (None, Source::Idx { .. } | Source::Images { .. }) => Vec::new(),
         (None, _) => {
             let suggested = suggest::default_steps(&main.df, target, &config.column_types)?;
             tracing::info!(

@@ -55,6 +55,26 @@ pub(crate) fn load(config: &Config) -> Result<Loaded> {
         }
         Source::Parquet { path, train, test } => tabular(path, train, test, &table::read_parquet),
         Source::Arrow { path, train, test } => tabular(path, train, test, &table::read_ipc),
+        Source::Images {
+            path,
+            train,
+            test,
+            image,
+            channels,
+        } => {
+            let read = |d: &Path| crate::images::read_images_frame(d, *image, *channels);
+            let (main, test) = match (path, train, test) {
+                (Some(p), None, None) => (read(p)?, None),
+                (None, Some(tr), Some(te)) => (read(tr)?, Some(read(te)?)),
+                _ => {
+                    return Err(PreprocessError::Invalid(
+                        "an images source takes `path` (one folder to split) or `train` and `test` folders".into(),
+                    ));
+                }
+            };
+            // augmentation shifts and turns one plane of [height, width]
+            Ok((main, test, (*channels == 1).then_some(*image)))
+        }
         Source::Idx { train, test } => {
             let (df, layout) = read_idx_frame(train)?;
             let test = test
@@ -106,6 +126,14 @@ pub fn source_files(source: &Source) -> Result<Vec<PathBuf>> {
     let mut s = source.clone();
     let is_idx = matches!(s, Source::Idx { .. });
     let mut out = Vec::new();
+    if let Source::Images { .. } = s {
+        for p in s.paths_mut() {
+            for (_, files) in crate::images::class_files(p)? {
+                out.extend(files);
+            }
+        }
+        return Ok(out);
+    }
     for p in s.paths_mut() {
         if is_idx {
             let (a, b) = idx::idx_pair(p)?;
