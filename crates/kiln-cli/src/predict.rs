@@ -1,7 +1,8 @@
-//! `kiln predict`: raw rows from a CSV / Parquet / Arrow file through a deployed bundle
-//! (`kiln_deploy::Bundle`: the fitted preprocessing of its schema.json applied, batched
-//! ONNX Runtime inference) with a progress bar; predicted label (or value) and class
-//! probabilities written to CSV or Parquet.
+//! `kiln predict`: raw rows from a CSV / Parquet / Arrow file — or, for a model trained
+//! on images, image files (one file, a folder of them, or a folder of class folders) —
+//! through a deployed bundle (`kiln_deploy::Bundle`: the fitted preprocessing of its
+//! schema.json applied, batched ONNX Runtime inference) with a progress bar; predicted
+//! label (or value) and class probabilities written to CSV or Parquet.
 
 use kiln_core::{Predictor, Progress, Rows, Task};
 use kiln_deploy::Bundle;
@@ -55,13 +56,8 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     }
     let bundle = Bundle::open(&req.model).map_err(|e| e.to_string())?;
     let schema = &bundle.schema;
-    let raw = table::read_rows_with_text(&req.input, &schema.input_columns, &schema.text_columns())
-        .map_err(|e| format!("--input: {e}"))?;
-    let rows = Rows {
-        n_rows: raw.n_rows,
-        values: raw.values,
-        text: raw.text,
-    };
+    let input = read_input(&req.input, schema)?;
+    let rows = input.rows;
     let features = bundle.features(&rows).map_err(|e| match e {
         kiln_deploy::DeployError::Features(kiln_core::FeatureError::NotFinite { row, column }) => {
             format!(
@@ -94,7 +90,10 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     progress.finish();
 
     let mut columns = Vec::new();
-    let target = read_target(&req.input, &schema.target, &raw.columns);
+    if let Some(files) = input.files {
+        columns.push(("file".to_string(), OutColumn::Text(files)));
+    }
+    let target = input.target;
     let score;
     match schema.task {
         Task::Classification => {
@@ -134,13 +133,111 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     table::write_table(&req.output, columns).map_err(|e| format!("--output: {e}"))?;
     Ok(Summary {
         rows: n,
-        extra: raw
+        extra: input
             .extra
             .into_iter()
             .filter(|c| *c != schema.target)
             .collect(),
         out_of_range,
         score,
+    })
+}
+
+/// What `--input` held: the raw rows, the columns the model does not use, the image
+/// files (for image input) and the target as text when the input has it.
+struct Input {
+    rows: Rows,
+    extra: Vec<String>,
+    files: Option<Vec<String>>,
+    target: Option<Vec<String>>,
+}
+
+/// Image file names `--input` takes for a model trained on images.
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "gif", "bmp"];
+
+/// Reads `--input`: a table, or image files (a file with an image extension, or a
+/// folder) for a model whose schema records an image shape.
+fn read_input(path: &Path, schema: &kiln_core::Schema) -> Result<Input, String> {
+    let is_image = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+    if !path.is_dir() && !is_image {
+        let raw = table::read_rows_with_text(path, &schema.input_columns, &schema.text_columns())
+            .map_err(|e| format!("--input: {e}"))?;
+        let target = read_target(path, &schema.target, &raw.columns);
+        return Ok(Input {
+            rows: Rows {
+                n_rows: raw.n_rows,
+                values: raw.values,
+                text: raw.text,
+            },
+            extra: raw.extra,
+            files: None,
+            target,
+        });
+    }
+    let Some(image) = schema.image else {
+        return Err(format!(
+            "--input {}: image files, but the model was not trained on images; give it a table (CSV, Parquet or Arrow) of its input columns",
+            path.display()
+        ));
+    };
+    // a folder of class folders (scored against their names), a folder of images, or one
+    let (files, target): (Vec<std::path::PathBuf>, Option<Vec<String>>) = if path.is_dir() {
+        let has_classes = std::fs::read_dir(path)
+            .map_err(|e| format!("--input {}: {e}", path.display()))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().is_dir());
+        if has_classes {
+            let classes =
+                kiln_preprocess::images::class_files(path).map_err(|e| format!("--input: {e}"))?;
+            let mut files = Vec::new();
+            let mut target = Vec::new();
+            for (class, paths) in classes {
+                target.extend(std::iter::repeat_n(class, paths.len()));
+                files.extend(paths);
+            }
+            (files, Some(target))
+        } else {
+            let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("--input {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| !n.starts_with('.'))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(format!(
+                    "--input {}: the folder holds no image files",
+                    path.display()
+                ));
+            }
+            (files, None)
+        }
+    } else {
+        (vec![path.to_path_buf()], None)
+    };
+    let mut values = Vec::with_capacity(files.len() * image.len());
+    for f in &files {
+        values.extend(
+            kiln_preprocess::images::read_image(f, [image.height, image.width], image.channels)
+                .map_err(|e| format!("--input: {e}"))?,
+        );
+    }
+    Ok(Input {
+        rows: Rows {
+            n_rows: files.len(),
+            values,
+            text: Vec::new(),
+        },
+        extra: Vec::new(),
+        files: Some(files.iter().map(|f| f.display().to_string()).collect()),
+        target,
     })
 }
 

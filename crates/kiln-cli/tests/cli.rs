@@ -869,3 +869,129 @@ fn init_embeds_a_many_valued_category_end_to_end() {
         std::fs::read(runs.join("cities-auto/latest/train/weights.safetensors")).unwrap()
     );
 }
+
+/// `kiln predict` on image files for a CNN trained on an image folder: a folder of class
+/// folders (scored against the folder names), one file, and a folder of images give one
+/// row per file with its path, predicted as kiln's reference forward pass predicts the
+/// same decoded pixels; a model trained on a table refuses image files.
+#[test]
+fn predict_takes_image_files_for_an_image_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let images = root().join("fixtures/images/digits");
+    let pipe = write(
+        dir.path(),
+        "images.toml",
+        &format!(
+            r#"version = 1
+name = "images"
+seed = 4
+[stages.data]
+uses = "preprocess"
+source = {{ format = "images", path = "{}", image = [8, 8] }}
+target = "label"
+steps = [{{ op = "scale", by = 240.0 }}]
+split = {{ valid = 0.2, test = 0.2, stratify = true }}
+[stages.train]
+uses = "train"
+input = "data"
+model = {{ hidden = [16], image = [1, 8, 8], conv = [{{ op = "conv2d", channels = 4, kernel = 3, padding = 1 }}, {{ op = "max_pool", kernel = 2 }}] }}
+epochs = 30
+batch_size = 16
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#,
+            images.display()
+        ),
+    );
+    ok(kiln().arg("run").arg(&pipe).arg("--runs-dir").arg(&runs));
+    let ship = runs.join("images/latest/ship");
+    let schema: kiln_core::Schema =
+        serde_json::from_str(&std::fs::read_to_string(ship.join("schema.json")).unwrap()).unwrap();
+    assert_eq!(
+        schema.image,
+        Some(kiln_core::ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8
+        })
+    );
+    let mut model = kiln_core::NativeModel::load(&runs.join("images/latest/train")).unwrap();
+    let predict = |input: &Path, out: &str| {
+        let preds = dir.path().join(out);
+        let o = ok(kiln()
+            .args(["predict", "--model"])
+            .arg(&ship)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(&preds));
+        (
+            std::fs::read_to_string(&preds).unwrap(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    // the folder of class folders: every file, scored
+    let (text, said) = predict(&images, "all.csv");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("file,prediction,p_0"), "{}", lines[0]);
+    assert_eq!(lines.len(), 151);
+    assert!(
+        said.contains("150 rows predicted") && said.contains("accuracy"),
+        "{said}"
+    );
+    // each row as the reference predicts the same decoded pixels
+    for line in lines.iter().skip(1).step_by(13) {
+        let file = line.split(',').next().unwrap();
+        let px = kiln_preprocess::images::read_image(Path::new(file), [8, 8], 1).unwrap();
+        let rows = kiln_core::Rows {
+            n_rows: 1,
+            values: px,
+            text: vec![],
+        };
+        let features = schema.features(&rows).unwrap();
+        let want = kiln_core::Predictor::predict(&mut model, &features, 1).unwrap();
+        let label = &schema.class_labels[want.argmax()[0] as usize];
+        assert_eq!(line.split(',').nth(1).unwrap(), label, "{line}");
+    }
+    // one file, and a folder of loose images
+    let one = images
+        .join("3")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (text, _) = predict(&one, "one.csv");
+    assert_eq!(text.lines().count(), 2);
+    let loose = dir.path().join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::copy(&one, loose.join("a.png")).unwrap();
+    std::fs::copy(&one, loose.join("b.png")).unwrap();
+    let (text, _) = predict(&loose, "loose.csv");
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[0].split_once(',').unwrap().1,
+        rows[1].split_once(',').unwrap().1
+    );
+    // a model trained on a table refuses image files
+    let iris = deployed_iris(&runs);
+    let out = kiln()
+        .args(["predict", "--model"])
+        .arg(&iris)
+        .arg("--input")
+        .arg(&one)
+        .arg("--output")
+        .arg(dir.path().join("x.csv"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the model was not trained on images"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -516,6 +516,11 @@ pub struct Schema {
     pub task: Task,
     /// Class labels (as text) in index order; empty for regression.
     pub class_labels: Vec<String>,
+    /// The features' shape as an image (`[channels, height, width]`) when the source
+    /// read images (an image folder, IDX files): what `kiln predict` decodes image files
+    /// into (absent in schema.json files written before it existed, and for tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::conv::ImageShape>,
     /// Fitted transforms, applied in order to raw rows.
     pub transforms: Vec<Transform>,
 }
@@ -700,6 +705,7 @@ mod tests {
             feature_names: vec!["a".into(), "b".into()],
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["0".into(), "1".into()],
             transforms: vec![
                 Transform::Scale {
@@ -784,6 +790,7 @@ mod tests {
             feature_names: vec!["c".into(), "a".into()],
             target: "y".into(),
             task: Task::Regression,
+            image: None,
             class_labels: vec![],
             transforms: vec![
                 Transform::Impute {
@@ -859,6 +866,7 @@ mod tests {
             .to_vec(),
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["a".into(), "b".into()],
             transforms: vec![
                 Transform::ImputeCategorical {

@@ -204,6 +204,7 @@ mod tests {
             feature_names: vec!["a".into(), "b".into(), "c".into()],
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["0".into(), "1".into()],
             transforms: vec![
                 Transform::Scale {

@@ -36,6 +36,7 @@
 //!     feature_names: vec!["a".into(), "b".into()],
 //!     target: "y".into(),
 //!     task: Task::Classification,
+//!     image: None,
 //!     class_labels: vec!["no".into(), "yes".into()],
 //!     transforms: vec![],
 //! };
@@ -627,6 +628,7 @@ mod tests {
             feature_names: vec!["a".into(), "b".into()],
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["0".into(), "1".into()],
             transforms: vec![],
         };

@@ -204,6 +204,7 @@ fn schema_and_test(m: &NativeModel, x: Vec<f32>) -> (Schema, Dataset) {
         feature_names: names.clone(),
         target: "y".into(),
         task: Task::Classification,
+        image: None,
         class_labels: (0..k).map(|i| format!("c{i}")).collect(),
         transforms: vec![],
     };

@@ -270,6 +270,7 @@ mod tests {
             feature_names: data.feature_names.clone(),
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["0".into(), "1".into()],
             transforms: vec![Transform::Scale {
                 columns: vec!["noise".into()],

@@ -21,7 +21,7 @@ pub const MAX_RESIZE: usize = 4_096;
 
 /// The class folders of `dir` and their files, both sorted by name (hidden entries,
 /// starting with `.`, left out).
-pub(crate) fn class_files(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+pub fn class_files(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PreprocessError::Io { path, source }
@@ -69,11 +69,7 @@ pub(crate) fn class_files(dir: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
 
 /// One image file's values: decoded under the limits, converted to `channels` (1 grey,
 /// 3 RGB), resized to `[height, width]` (bilinear), channel by channel, row by row.
-pub(crate) fn read_image(
-    path: &Path,
-    [height, width]: [usize; 2],
-    channels: usize,
-) -> Result<Vec<f32>> {
+pub fn read_image(path: &Path, [height, width]: [usize; 2], channels: usize) -> Result<Vec<f32>> {
     let bad = |what: String| PreprocessError::Invalid(format!("{}: {what}", path.display()));
     let mut reader = image::ImageReader::open(path)
         .map_err(|source| PreprocessError::Io {

@@ -367,12 +367,27 @@ pub fn prepare(config: &Config) -> Result<Output> {
     let (transforms, feature_names, train_x) = fitted?;
     let profile_cols = profile_cols
         .map_err(|_| PreprocessError::Invalid("internal: the profile thread panicked".into()))?;
+    // the features as an image, while the steps kept one feature per pixel
+    let image = match &config.source {
+        Source::Images {
+            image, channels, ..
+        } => Some((*channels, *image)),
+        Source::Idx { .. } => idx_layout.map(|l| (1, l)),
+        _ => None,
+    }
+    .map(|(channels, [height, width])| kiln_core::ImageShape {
+        channels,
+        height,
+        width,
+    })
+    .filter(|i| i.len() == feature_names.len() && i.len() == features.len());
     let schema = Schema {
         version: 1,
         input_columns: features.clone(),
         feature_names: feature_names.clone(),
         target: target.to_string(),
         task,
+        image,
         class_labels: class_labels.clone(),
         transforms,
     };

@@ -827,6 +827,7 @@ mod tests {
             feature_names: out_names,
             target: "y".into(),
             task: kiln_core::Task::Regression,
+            image: None,
             class_labels: vec![],
             transforms: t,
         };

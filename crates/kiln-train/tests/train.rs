@@ -728,6 +728,7 @@ fn a_model_fitted_with_its_schema_predicts_raw_rows() {
         feature_names: names.clone(),
         target: tr.target.clone(),
         task: Task::Classification,
+        image: None,
         class_labels: (0..10).map(|c| c.to_string()).collect(),
         transforms: vec![Transform::Standardize {
             columns: names.clone(),

@@ -343,6 +343,7 @@ mod tests {
             feature_names: vec!["a".into(), "b".into()],
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["x".into(), "z".into()],
             transforms: vec![],
         }
@@ -588,6 +589,7 @@ mod properties {
             feature_names: vec!["a".into(), "b=u".into(), "b=v".into()],
             target: "y".into(),
             task: Task::Classification,
+            image: None,
             class_labels: vec!["x".into(), "z".into()],
             transforms: vec![],
         };
