@@ -201,7 +201,14 @@ pub fn conv_features(
     let shapes = spec
         .conv_shapes()
         .map_err(|(i, m)| CoreError::Invalid(format!("conv[{i}] ({}): {m}", spec.conv[i].op())))?;
-    let mut h = x[..n * shape.len()].to_vec();
+    if x.len() != n * shape.len() {
+        return Err(CoreError::Invalid(format!(
+            "got {} feature values for {n} images of {shape} = {} values",
+            x.len(),
+            shape.len()
+        )));
+    }
+    let mut h = x.to_vec();
     for (i, (step, out)) in spec.conv.iter().zip(shapes).enumerate() {
         let win = step.window(shape);
         h = match *step {

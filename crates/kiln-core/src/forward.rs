@@ -441,6 +441,12 @@ pub fn embed_input(
             Ok(t)
         })
         .collect::<Result<Vec<_>>>()?;
+    if x.len() != n * d || spec.embeddings.iter().any(|e| e.feature >= d) {
+        return Err(CoreError::Invalid(format!(
+            "got {} feature values for {n} rows of {d}, or an embedding of a feature past {d}",
+            x.len()
+        )));
+    }
     let kept: Vec<usize> = (0..d).filter(|&i| !spec.is_embedded(i)).collect();
     let mut out = Vec::with_capacity(n * spec.first_input_dim());
     for row in x.chunks_exact(d).take(n) {

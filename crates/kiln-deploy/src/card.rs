@@ -157,10 +157,13 @@ pub fn render(
     let _ = writeln!(s, "# Model card: {name}\n");
     let _ = writeln!(
         s,
-        "{} predicting `{}` from {} numeric features, exported to ONNX by kiln {}.",
+        "{} predicting `{}` from {}, exported to ONNX by kiln {}.",
         capitalise(&task),
         schema.target,
-        schema.n_features(),
+        match schema.image {
+            Some(image) => format!("a {image} image (channels x height x width)"),
+            None => format!("{} numeric features", schema.n_features()),
+        },
         kiln_core::KILN_VERSION
     );
     if let Some(d) = &card.description {

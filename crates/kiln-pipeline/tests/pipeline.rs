@@ -1674,6 +1674,11 @@ requires = ["eval"]
         .unwrap();
     // 90 training images; the majority class is 10 %
     assert!(acc >= 0.6, "{acc}");
+    let card = std::fs::read_to_string(r.run_dir.join("ship/model_card.md")).unwrap();
+    assert!(
+        card.contains("from a 1 x 8 x 8 image (channels x height x width)"),
+        "{card}"
+    );
     let parity = json(&r.run_dir.join("ship/parity.json"));
     assert!(parity["variants"]["fp32"]["max_abs_prob"].as_f64().unwrap() <= 1e-5);
 }

@@ -3,6 +3,9 @@
 //! that need no data.
 
 use crate::config::{MAX_EMBEDDING_DIM, MAX_WIDTH};
+
+/// The most values an image, or the output of one convolutional step, may hold.
+pub const MAX_IMAGE_VALUES: usize = MAX_WIDTH * 64;
 use kiln_core::{Activation, Norm};
 use serde::{Deserialize, Serialize};
 
@@ -131,27 +134,27 @@ impl ModelConfig {
                 "`conv` steps need the image's shape: image = [channels, height, width]".into(),
             ),
             Some(image) => {
-                if image.is_empty() || image.len() > MAX_WIDTH * 64 {
+                if image.is_empty() || image.len() > MAX_IMAGE_VALUES {
                     bad(
                         "model.image",
                         format!(
                             "{image} = {} values; give each side at least 1, at most {} values in all",
                             image.len(),
-                            MAX_WIDTH * 64
+                            MAX_IMAGE_VALUES
                         ),
                     );
                 } else {
                     let mut shape = image;
                     for (i, step) in model.conv.iter().enumerate() {
                         match step.output(shape) {
-                            Ok(s) if s.len() <= MAX_WIDTH * 64 => shape = s,
+                            Ok(s) if s.len() <= MAX_IMAGE_VALUES => shape = s,
                             Ok(s) => {
                                 bad(
                                     &format!("model.conv[{i}]"),
                                     format!(
                                         "its output is {s} = {} values; at most {} (pool or stride earlier)",
                                         s.len(),
-                                        MAX_WIDTH * 64
+                                        MAX_IMAGE_VALUES
                                     ),
                                 );
                                 break;
