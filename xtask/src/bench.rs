@@ -71,6 +71,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "optimize" => o.benches.push("optimize"),
             "serve" => o.benches.push("serve"),
             "tabular" => o.benches.push("tabular"),
+            "cnn" => o.benches.push("cnn"),
             "--seeds" => {
                 o.seeds = it
                     .next()
@@ -110,7 +111,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use preprocess, train, optimize, e2e, serve, tabular, all, --peers, --seeds N, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
+                    "unknown bench argument `{other}`; use preprocess, train, cnn, optimize, e2e, serve, tabular, all, --peers, --seeds N, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
                 )));
             }
         }
@@ -194,6 +195,9 @@ pub fn bench(args: &[String]) -> Result {
     if o.benches.contains(&"optimize") {
         build.args(["--example", "bench_optimize"]);
     }
+    if o.benches.contains(&"cnn") {
+        build.args(["--example", "bench_cnn"]);
+    }
     cmd::run(tools.apply(&mut build), "install Rust with rustup")?;
     let venv = paths::target_dir().join("bench-venv");
     if o.peers {
@@ -225,6 +229,7 @@ pub fn bench(args: &[String]) -> Result {
         let mut sections = Vec::new();
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
+            "cnn" => crate::bench_cnn::bench_cnn(&root, &python, have_torch, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
             "preprocess" => {
                 let have = cmd::probe(

@@ -4,6 +4,7 @@
 //! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
 
 mod bench;
+mod bench_cnn;
 mod bench_prep;
 mod bench_reliability;
 mod bench_serve;
@@ -31,7 +32,7 @@ commands:
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
                              errors), tests (unless --no-test), feature checks
-  bench [preprocess|train|optimize|e2e|serve|tabular|all] [--peers] [--pairs N] [--seconds N]
+  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|all] [--peers] [--pairs N] [--seconds N]
         [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers

@@ -59,11 +59,15 @@ fn start_with_fd_limit(fds: u32, extra: &[&str]) -> Server {
     spawn(sh, extra)
 }
 
-fn spawn(mut command: Command, extra: &[&str]) -> Server {
+fn spawn(command: Command, extra: &[&str]) -> Server {
+    spawn_model(command, ship(), extra)
+}
+
+fn spawn_model(mut command: Command, model: &Path, extra: &[&str]) -> Server {
     let mut child = command
         .arg("serve")
         .arg("--model")
-        .arg(ship())
+        .arg(model)
         .args(["--addr", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
@@ -88,12 +92,23 @@ fn spawn(mut command: Command, extra: &[&str]) -> Server {
 /// One HTTP/1.1 request (Connection: close); returns the status and the body.
 /// Bounded in time: a server that stops answering fails the test rather than hanging it.
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_typed(addr, method, path, "application/json", body)
+}
+
+/// [`http`] with a given Content-Type.
+fn http_typed(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -771,4 +786,202 @@ fn out_of_range_limits_are_usage_errors() {
         assert!(help.contains(flag), "{flag} not in\n{help}");
     }
     assert!(help.contains("[default: 512]"), "{help}");
+}
+
+/// A CNN trained on the image-folder fixture and deployed, once per test process; returns
+/// the deploy folder and the training folder (kiln's reference model).
+fn image_ship() -> &'static (PathBuf, PathBuf) {
+    static SHIP: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    SHIP.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-image-tests");
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let pipe = dir.join("images.toml");
+        std::fs::write(
+            &pipe,
+            format!(
+                r#"version = 1
+name = "images"
+seed = 4
+[stages.data]
+uses = "preprocess"
+source = {{ format = "images", path = "{}", image = [8, 8] }}
+target = "label"
+steps = [{{ op = "scale", by = 240.0 }}]
+split = {{ valid = 0.2, test = 0.2, stratify = true }}
+[stages.train]
+uses = "train"
+input = "data"
+model = {{ hidden = [16], image = [1, 8, 8], conv = [{{ op = "conv2d", channels = 4, kernel = 3, padding = 1 }}, {{ op = "max_pool", kernel = 2 }}] }}
+epochs = 30
+batch_size = 16
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#,
+                root().join("fixtures/images/digits").display()
+            ),
+        )
+        .unwrap();
+        let runs = dir.join("runs");
+        ok(kiln().arg("run").arg(&pipe).arg("--runs-dir").arg(&runs));
+        (
+            runs.join("images/latest/ship"),
+            runs.join("images/latest/train"),
+        )
+    })
+}
+
+/// `kiln serve` takes images for an image model — base64 in JSON (a `data:` URL too) and
+/// multipart uploads — and answers as kiln's reference predicts the same decoded,
+/// preprocessed pixels (a grey and an RGB file of another size); bad images, bad base64,
+/// a bad multipart body, and images sent to a table model are each a clear 4xx.
+#[test]
+fn image_bodies_match_the_reference() {
+    use base64::Engine as _;
+    let (ship, train) = image_ship();
+    let digits = root().join("fixtures/images/digits");
+    let files: Vec<PathBuf> = ["0", "7"]
+        .iter()
+        .map(|c| {
+            let mut f: Vec<PathBuf> = std::fs::read_dir(digits.join(c))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            f.sort();
+            f.pop().unwrap()
+        })
+        .collect();
+    let bytes: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    // the reference: the same decode, the schema's preprocessing, kiln's forward pass
+    let schema: kiln_core::Schema =
+        serde_json::from_str(&std::fs::read_to_string(ship.join("schema.json")).unwrap()).unwrap();
+    let mut model = kiln_core::NativeModel::load(train).unwrap();
+    let mut values = Vec::new();
+    for f in &files {
+        values.extend(kiln_preprocess::images::read_image(f, [8, 8], 1).unwrap());
+    }
+    let features = schema
+        .features(&kiln_core::Rows {
+            n_rows: 2,
+            values,
+            text: vec![],
+        })
+        .unwrap();
+    let want = kiln_core::Predictor::predict(&mut model, &features, 2).unwrap();
+    let check_images = |v: &Value, what: &str| {
+        let preds = v["predictions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {v}"));
+        assert_eq!(preds.len(), 2, "{what}: {v}");
+        for (i, p) in preds.iter().enumerate() {
+            let c = want.argmax()[i] as usize;
+            assert_eq!(p["label"], json!(schema.class_labels[c]), "{what}: {p}");
+            for (j, class) in schema.class_labels.iter().enumerate() {
+                let got = p["probabilities"][class].as_f64().unwrap();
+                let w = f64::from(want.probabilities[i * schema.class_labels.len() + j]);
+                assert!((got - w).abs() < 1e-5, "{what} {class}: {got} vs {w}");
+            }
+        }
+    };
+    let server = spawn_model(kiln(), ship, &[]);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let body =
+        json!({"images": [b64(&bytes[0]), format!("data:image/png;base64,{}", b64(&bytes[1]))]});
+    let (status, v) = post(&server.addr, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    check_images(&v, "base64");
+
+    let boundary = "kiln-test-boundary-7d1f";
+    let mut multipart = Vec::new();
+    for (i, (f, b)) in files.iter().zip(&bytes).enumerate() {
+        multipart.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image{i}\"; filename=\"{}\"\r\nContent-Type: image/png\r\n\r\n",
+                f.file_name().unwrap().to_string_lossy()
+            )
+            .as_bytes(),
+        );
+        multipart.extend_from_slice(b);
+        multipart.extend_from_slice(b"\r\n");
+    }
+    multipart.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let (status, text) = http_typed(&server.addr, "POST", "/v1/predict", &ct, &multipart);
+    assert_eq!(status, 200, "{text}");
+    check_images(&serde_json::from_str(&text).unwrap(), "multipart");
+
+    // bad inputs: each a 4xx naming what is wrong
+    let truncated = b64(&bytes[0][..bytes[0].len() / 2]);
+    for (body, code, says) in [
+        (
+            json!({"images": [b64(&bytes[0]), "%%%"]}).to_string(),
+            422,
+            "images[1]: not base64",
+        ),
+        (
+            json!({"images": [truncated]}).to_string(),
+            422,
+            "images[0]: not a readable image",
+        ),
+        (
+            json!({"images": [b64(b"plain text, not a picture")]}).to_string(),
+            422,
+            "images[0]: not a readable image",
+        ),
+        (
+            json!({"images": [7]}).to_string(),
+            422,
+            "images[0]: expected a base64 string, got a number",
+        ),
+        (
+            json!({"images": "x"}).to_string(),
+            422,
+            "`images` must be an array",
+        ),
+        (
+            json!({"images": [], "rows": []}).to_string(),
+            422,
+            "give `images` alone",
+        ),
+    ] {
+        let (status, v) = post(&server.addr, &body);
+        assert_eq!(status, code, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{body}: {v}");
+    }
+    let (status, text) = http_typed(
+        &server.addr,
+        "POST",
+        "/v1/predict",
+        &ct,
+        b"--kiln-test-boundary-7d1f\r\nno headers end here",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("malformed multipart body"), "{text}");
+    let (status, text) = http_typed(
+        &server.addr,
+        "POST",
+        "/v1/predict",
+        "multipart/form-data",
+        b"x",
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("without a usable boundary"), "{text}");
+    // the server still answers
+    let (status, v) = post(&server.addr, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    drop(server);
+
+    // a table model refuses images
+    let iris = start(&[]);
+    let (status, v) = post(&iris.addr, &json!({"images": [b64(&bytes[0])]}).to_string());
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not trained on images"),
+        "{v}"
+    );
 }

@@ -195,6 +195,27 @@ pub fn conv_features(
     x: &[f32],
     n: usize,
 ) -> Result<Vec<f32>> {
+    conv_features_traced(spec, weights, x, n, &mut |_, _| {})
+}
+
+/// What [`conv_features_traced`] saw at an fp32 convolution: the range of its input and
+/// of its output before the activation (where static int8 quantization calibrates).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvSeen {
+    /// Smallest and largest input value.
+    pub input: (f32, f32),
+    /// Smallest and largest value before the activation.
+    pub pre_activation: (f32, f32),
+}
+
+/// [`conv_features`], telling `seen` what each fp32 convolution (by step index) saw.
+pub fn conv_features_traced(
+    spec: &ModelSpec,
+    weights: &TensorStore,
+    x: &[f32],
+    n: usize,
+    seen: &mut dyn FnMut(usize, ConvSeen),
+) -> Result<Vec<f32>> {
     let Some(mut shape) = spec.image else {
         return Ok(x.to_vec());
     };
@@ -213,25 +234,24 @@ pub fn conv_features(
         let win = step.window(shape);
         h = match *step {
             ConvStep::Conv2d { activation, .. } => {
-                let (w, b) =
-                    conv_params(weights, i, shape.channels * win.kh * win.kw, out.channels)?;
                 let k2 = shape.channels * win.kh * win.kw;
-                let mut y = Vec::with_capacity(n * out.len());
-                for img in h.chunks_exact(shape.len()) {
-                    let cols = im2col(img, shape, out, win);
-                    // [positions, channels], then channel by channel
-                    let hwc = dense_f32(
-                        &cols,
-                        out.height * out.width,
-                        w,
-                        b,
-                        k2,
-                        out.channels,
-                        activation,
-                    );
-                    y.extend(to_chw(&hwc, out));
+                let b = conv_bias(weights, i, out.channels)?;
+                match conv_int8(weights, i, k2, out.channels)? {
+                    Some(q) => conv2d_int8(&h, shape, out, win, &q, b, activation),
+                    None => {
+                        let w = conv_weight(weights, i, k2, out.channels)?;
+                        let mut y = conv2d_f32(&h, shape, out, win, w, b);
+                        seen(
+                            i,
+                            ConvSeen {
+                                input: range(&h),
+                                pre_activation: range(&y),
+                            },
+                        );
+                        y.iter_mut().for_each(|v| *v = activation.apply(*v));
+                        y
+                    }
                 }
-                y
             }
             ConvStep::MaxPool { .. } => pool(&h, shape, out, win, Pool::Max),
             ConvStep::AvgPool { .. } | ConvStep::GlobalAvgPool => {
@@ -243,31 +263,216 @@ pub fn conv_features(
     Ok(h)
 }
 
-/// Convolution `i`'s weight (`[k2, channels]`) and bias (`[channels]`), checked.
-fn conv_params(
+/// The smallest and largest of `v` (`(0, 0)` when empty).
+fn range(v: &[f32]) -> (f32, f32) {
+    v.iter()
+        .fold((0.0f32, 0.0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// A convolution of every image of `x` with weight `w` (`[k2, channels]`) plus bias `b`,
+/// before the activation, channel by channel.
+fn conv2d_f32(
+    x: &[f32],
+    inp: ImageShape,
+    out: ImageShape,
+    win: Window,
+    w: &[f32],
+    b: &[f32],
+) -> Vec<f32> {
+    let k2 = inp.channels * win.kh * win.kw;
+    let mut y = Vec::with_capacity(x.len() / inp.len().max(1) * out.len());
+    for img in x.chunks_exact(inp.len()) {
+        let cols = im2col(img, inp, out, win);
+        // [positions, channels], then channel by channel
+        let hwc = dense_f32(
+            &cols,
+            out.height * out.width,
+            w,
+            b,
+            k2,
+            out.channels,
+            Activation::Identity,
+        );
+        y.extend(to_chw(&hwc, out));
+    }
+    y
+}
+
+/// Convolutions that read at least this many channels are quantized by static int8
+/// quantization; narrower ones stay fp32, because ONNX Runtime's int8 convolution is
+/// slower than its fp32 one there (1 input channel: 0.28x, 4: 0.87x, 8: 1.39x, 16:
+/// 2.7x; docs/benchmarks.md).
+pub const INT8_MIN_IN_CHANNELS: usize = 8;
+
+/// A convolution in static int8 form, as ONNX `QLinearConv` runs it: the input quantized
+/// to uint8 with a calibrated scale and zero point, int8 weights with one scale per
+/// output channel (zero point 0), an int32 bias, and the int32 sum requantized to uint8
+/// with a calibrated output scale and zero point.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvInt8<'a> {
+    /// `conv.<i>.weight`: `[k2, channels]`, as the fp32 weight.
+    pub weight: &'a [i8],
+    /// `conv.<i>.weight_scale`: one per output channel.
+    pub weight_scale: &'a [f32],
+    /// `conv.<i>.input_scale` and `input_zero_point`.
+    pub input: (f32, u8),
+    /// `conv.<i>.output_scale` and `output_zero_point`.
+    pub output: (f32, u8),
+}
+
+impl ConvInt8<'_> {
+    /// The bias as `QLinearConv` takes it: `round_half_even(b / (x_scale · w_scale))`
+    /// per channel, in int32.
+    pub fn bias_i32(&self, b: &[f32]) -> Vec<i32> {
+        b.iter()
+            .zip(self.weight_scale)
+            .map(|(&b, &ws)| {
+                (b / (self.input.0 * ws))
+                    .round_ties_even()
+                    .clamp(i32::MIN as f32, i32::MAX as f32) as i32
+            })
+            .collect()
+    }
+
+    /// Per channel, what an int32 sum is multiplied by before rounding to the output's
+    /// uint8: `x_scale · w_scale / y_scale`, as ONNX Runtime computes it.
+    pub fn multipliers(&self) -> Vec<f32> {
+        self.weight_scale
+            .iter()
+            .map(|&ws| self.input.0 * ws / self.output.0)
+            .collect()
+    }
+}
+
+/// Convolution `i`'s static int8 form, when its weight is int8 (`None` when it is f32);
+/// sizes and parameters checked.
+pub fn conv_int8(
     weights: &TensorStore,
     i: usize,
     k2: usize,
     channels: usize,
-) -> Result<(&[f32], &[f32])> {
-    let (wk, bk) = (format!("conv.{i}.weight"), format!("conv.{i}.bias"));
-    let (w, b) = (weights.f32(&wk)?, weights.f32(&bk)?);
-    if w.len() != k2 * channels || b.len() != channels {
+) -> Result<Option<ConvInt8<'_>>> {
+    let wk = format!("conv.{i}.weight");
+    if !matches!(
+        weights.tensors.get(&wk).map(|t| &t.data),
+        Some(crate::tensors::TensorData::I8(_))
+    ) {
+        return Ok(None);
+    }
+    let weight = weights.i8(&wk)?;
+    let weight_scale = weights.f32(&format!("conv.{i}.weight_scale"))?;
+    if weight.len() != k2 * channels || weight_scale.len() != channels {
         return Err(CoreError::Invalid(format!(
-            "{wk} / {bk} hold {} / {} values, the spec needs {k2} x {channels} / {channels}",
-            w.len(),
+            "{wk} / conv.{i}.weight_scale hold {} / {} values, the spec needs {k2} x {channels} / {channels}",
+            weight.len(),
+            weight_scale.len()
+        )));
+    }
+    if weight_scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(CoreError::Invalid(format!(
+            "conv.{i}.weight_scale must hold positive finite scales"
+        )));
+    }
+    Ok(Some(ConvInt8 {
+        weight,
+        weight_scale,
+        input: crate::forward::u8_params_named(weights, &format!("conv.{i}.input"))?,
+        output: crate::forward::u8_params_named(weights, &format!("conv.{i}.output"))?,
+    }))
+}
+
+/// A static int8 convolution of every image of `x`, as ONNX Runtime runs `QuantizeLinear
+/// -> QLinearConv -> DequantizeLinear -> activation`: the padding holds the input's zero
+/// point (a real 0), each int32 sum plus the int32 bias is scaled by
+/// [`ConvInt8::multipliers`], clamped to the uint8 range, rounded half to even, and
+/// dequantized.
+fn conv2d_int8(
+    x: &[f32],
+    inp: ImageShape,
+    out: ImageShape,
+    win: Window,
+    q: &ConvInt8,
+    b: &[f32],
+    act: Activation,
+) -> Vec<f32> {
+    let k2 = inp.channels * win.kh * win.kw;
+    let (xs, xz) = q.input;
+    let (ys, yz) = q.output;
+    let bias = q.bias_i32(b);
+    let mult = q.multipliers();
+    let (lo, hi) = (-f32::from(yz), 255.0 - f32::from(yz));
+    let positions = out.height * out.width;
+    let mut y = Vec::with_capacity(x.len() / inp.len().max(1) * out.len());
+    let mut acc = vec![0i32; out.channels];
+    for img in x.chunks_exact(inp.len()) {
+        let xq = crate::forward::quantize_u8(img, xs, xz);
+        let cols = im2col_with(&xq, inp, out, win, xz);
+        let mut chw = vec![0.0f32; out.len()];
+        for (pos, row) in cols.chunks_exact(k2).enumerate() {
+            acc.copy_from_slice(&bias);
+            for (k, &xv) in row.iter().enumerate() {
+                let xv = i32::from(xv) - i32::from(xz);
+                if xv == 0 {
+                    continue;
+                }
+                let wr = &q.weight[k * out.channels..(k + 1) * out.channels];
+                for (a, &wv) in acc.iter_mut().zip(wr) {
+                    *a += xv * i32::from(wv);
+                }
+            }
+            for (c, (&a, &m)) in acc.iter().zip(&mult).enumerate() {
+                let yq = (a as f32 * m).clamp(lo, hi).round_ties_even() + f32::from(yz);
+                chw[c * positions + pos] = act.apply((yq - f32::from(yz)) * ys);
+            }
+        }
+        y.extend(chw);
+    }
+    y
+}
+
+/// Convolution `i`'s fp32 weight (`[k2, channels]`), checked.
+fn conv_weight(weights: &TensorStore, i: usize, k2: usize, channels: usize) -> Result<&[f32]> {
+    let wk = format!("conv.{i}.weight");
+    let w = weights.f32(&wk)?;
+    if w.len() != k2 * channels {
+        return Err(CoreError::Invalid(format!(
+            "{wk} holds {} values, the spec needs {k2} x {channels}",
+            w.len()
+        )));
+    }
+    Ok(w)
+}
+
+/// Convolution `i`'s bias (`[channels]`), checked.
+fn conv_bias(weights: &TensorStore, i: usize, channels: usize) -> Result<&[f32]> {
+    let bk = format!("conv.{i}.bias");
+    let b = weights.f32(&bk)?;
+    if b.len() != channels {
+        return Err(CoreError::Invalid(format!(
+            "{bk} holds {} values, the spec needs {channels}",
             b.len()
         )));
     }
-    Ok((w, b))
+    Ok(b)
 }
 
 /// The windows of one image as rows: `[out positions, in channels · kh · kw]`, each row
 /// ordered channel, kernel row, kernel column; zeros where a window reaches into the
 /// padding.
 pub fn im2col(img: &[f32], inp: ImageShape, out: ImageShape, win: Window) -> Vec<f32> {
+    im2col_with(img, inp, out, win, 0.0)
+}
+
+/// [`im2col`] of any values, `pad` where a window reaches into the padding.
+fn im2col_with<T: Copy>(
+    img: &[T],
+    inp: ImageShape,
+    out: ImageShape,
+    win: Window,
+    pad: T,
+) -> Vec<T> {
     let k2 = inp.channels * win.kh * win.kw;
-    let mut cols = vec![0.0f32; out.height * out.width * k2];
+    let mut cols = vec![pad; out.height * out.width * k2];
     for oy in 0..out.height {
         for ox in 0..out.width {
             let row = &mut cols[(oy * out.width + ox) * k2..][..k2];

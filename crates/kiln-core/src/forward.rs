@@ -341,8 +341,14 @@ pub fn dense_u8_i8(
 /// Static activation quantization parameters of layer `i` (`layers.<i>.input_scale`,
 /// `layers.<i>.input_zero_point`, one value each).
 pub fn static_params(weights: &TensorStore, i: usize) -> Result<(f32, u8)> {
-    let s = weights.f32(&format!("layers.{i}.input_scale"))?;
-    let z = weights.f32(&format!("layers.{i}.input_zero_point"))?;
+    u8_params_named(weights, &format!("layers.{i}.input"))
+}
+
+/// A stored uint8 scale and zero point: `<prefix>_scale` and `<prefix>_zero_point`, one
+/// value each, checked (a positive finite scale, a whole zero point in 0..=255).
+pub fn u8_params_named(weights: &TensorStore, prefix: &str) -> Result<(f32, u8)> {
+    let s = weights.f32(&format!("{prefix}_scale"))?;
+    let z = weights.f32(&format!("{prefix}_zero_point"))?;
     match (s, z) {
         ([s], [z])
             if *s > 0.0 && s.is_finite() && (0.0..=255.0).contains(z) && z.fract() == 0.0 =>
@@ -350,7 +356,7 @@ pub fn static_params(weights: &TensorStore, i: usize) -> Result<(f32, u8)> {
             Ok((*s, *z as u8))
         }
         _ => Err(CoreError::Invalid(format!(
-            "layers.{i}.input_scale / input_zero_point must hold one positive scale and one zero point in 0..=255"
+            "{prefix}_scale / {prefix}_zero_point must hold one positive scale and one zero point in 0..=255"
         ))),
     }
 }

@@ -4,7 +4,9 @@
 //! kiln-core's reference computes it.
 
 use crate::export::{Graph, activation, check_len};
-use crate::onnx::{attr_int, attr_ints, dtype, node, tensor_f32, tensor_i64};
+use crate::onnx::{
+    attr_int, attr_ints, dtype, node, tensor_f32, tensor_i8, tensor_i32, tensor_i64, tensor_u8,
+};
 use crate::{DeployError, Result};
 use kiln_core::{ConvStep, ModelSpec, TensorStore};
 
@@ -32,6 +34,8 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
         &["conv.input"],
     );
     let mut h = "conv.input".to_string();
+    // whether `h` is a pooling of ReLU outputs (every value >= 0), and came from a pooling
+    let (mut non_negative, mut pooled) = (false, false);
     let mut shape = image;
     for (i, (step, out_shape)) in spec.conv.iter().zip(shapes).enumerate() {
         let p = format!("conv.{i}");
@@ -46,37 +50,103 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 let k2 = shape.channels * win.kh * win.kw;
                 let o = out_shape.channels;
                 let (w_name, b_name) = (format!("{p}.weight"), format!("{p}.bias"));
-                let w = weights.f32(&w_name)?;
-                check_len(&w_name, w.len(), k2 * o)?;
                 let b = weights.f32(&b_name)?;
                 check_len(&b_name, b.len(), o)?;
-                // kiln's [k2, out] as ONNX's [out, in, kh, kw]
-                let mut onnx_w = vec![0.0f32; w.len()];
-                for r in 0..k2 {
-                    for c in 0..o {
-                        onnx_w[c * k2 + r] = w[r * o + c];
+                let pads = attr_ints("pads", &[win.padding as i64; 4]);
+                let attrs = vec![kernel, strides, pads];
+                let shape4 = [o, shape.channels, win.kh, win.kw];
+                match kiln_core::conv::conv_int8(weights, i, k2, o)? {
+                    Some(q) => {
+                        if pooled && non_negative {
+                            // An exact no-op on these values that keeps ONNX Runtime from
+                            // moving the QuantizeLinear above the pooling: its uint8
+                            // MaxPool in NCHW took 9.6 ms of a 14 ms batch of 256 MNIST
+                            // images, the float one 0.7 ms (docs/benchmarks.md).
+                            let kept = format!("{p}.input_float");
+                            g.op("Relu", &format!("{p}.keep_pool_float"), &[&h], &[&kept]);
+                            h = kept;
+                        }
+                        // conv2d_int8: QuantizeLinear -> QLinearConv (int32 bias) ->
+                        // DequantizeLinear -> the activation, skipped for a ReLU whose
+                        // output zero point is 0 (the uint8 clamp already is the ReLU)
+                        g.inits
+                            .push(tensor_i8(&w_name, &shape4, &to_oihw(q.weight, k2, o)));
+                        let n = |s: &str| format!("{p}.{s}");
+                        g.inits
+                            .push(tensor_f32(&n("weight_scale"), &[o], q.weight_scale));
+                        g.inits
+                            .push(tensor_i8(&n("weight_zero_point"), &[o], &vec![0; o]));
+                        for (name, (scale, zp)) in [("input", q.input), ("output", q.output)] {
+                            g.inits
+                                .push(tensor_f32(&n(&format!("{name}_scale")), &[], &[scale]));
+                            g.inits
+                                .push(tensor_u8(&n(&format!("{name}_zero_point")), &[], &[zp]));
+                        }
+                        g.inits.push(tensor_i32(&b_name, &[o], &q.bias_i32(b)));
+                        g.op(
+                            "QuantizeLinear",
+                            &n("quantize"),
+                            &[&h, &n("input_scale"), &n("input_zero_point")],
+                            &[&n("x_quantized")],
+                        );
+                        g.nodes.push(node(
+                            "QLinearConv",
+                            &n("conv"),
+                            &[
+                                &n("x_quantized"),
+                                &n("input_scale"),
+                                &n("input_zero_point"),
+                                &w_name,
+                                &n("weight_scale"),
+                                &n("weight_zero_point"),
+                                &n("output_scale"),
+                                &n("output_zero_point"),
+                                &b_name,
+                            ],
+                            &[&n("y_quantized")],
+                            attrs,
+                        ));
+                        let relu_done = act == kiln_core::Activation::Relu && q.output.1 == 0;
+                        let deq = if relu_done || act == kiln_core::Activation::Identity {
+                            out.clone()
+                        } else {
+                            n("pre_activation")
+                        };
+                        g.op(
+                            "DequantizeLinear",
+                            &n("dequantize"),
+                            &[
+                                &n("y_quantized"),
+                                &n("output_scale"),
+                                &n("output_zero_point"),
+                            ],
+                            &[&deq],
+                        );
+                        if deq != out {
+                            activation(g, act, &deq, &out, &p);
+                        }
+                    }
+                    None => {
+                        let w = weights.f32(&w_name)?;
+                        check_len(&w_name, w.len(), k2 * o)?;
+                        g.inits
+                            .push(tensor_f32(&w_name, &shape4, &to_oihw(w, k2, o)));
+                        g.inits.push(tensor_f32(&b_name, &[o], b));
+                        let pre = if act == kiln_core::Activation::Identity {
+                            out.clone()
+                        } else {
+                            format!("{p}.pre_activation")
+                        };
+                        g.nodes.push(node(
+                            "Conv",
+                            &format!("{p}.conv"),
+                            &[&h, &w_name, &b_name],
+                            &[&pre],
+                            attrs,
+                        ));
+                        activation(g, act, &pre, &out, &p);
                     }
                 }
-                g.inits.push(tensor_f32(
-                    &w_name,
-                    &[o, shape.channels, win.kh, win.kw],
-                    &onnx_w,
-                ));
-                g.inits.push(tensor_f32(&b_name, &[o], b));
-                let pad = win.padding as i64;
-                let pre = if act == kiln_core::Activation::Identity {
-                    out.clone()
-                } else {
-                    format!("{p}.pre_activation")
-                };
-                g.nodes.push(node(
-                    "Conv",
-                    &format!("{p}.conv"),
-                    &[&h, &w_name, &b_name],
-                    &[&pre],
-                    vec![kernel, strides, attr_ints("pads", &[pad, pad, pad, pad])],
-                ));
-                activation(g, act, &pre, &out, &p);
             }
             ConvStep::MaxPool { .. } => g.nodes.push(node(
                 "MaxPool",
@@ -99,6 +169,12 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 &[&out],
             ),
         }
+        (non_negative, pooled) = match *step {
+            ConvStep::Conv2d { activation, .. } => {
+                (activation == kiln_core::Activation::Relu, false)
+            }
+            _ => (non_negative, true),
+        };
         h = out;
         shape = out_shape;
     }
@@ -110,6 +186,17 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
         vec![attr_int("axis", 1)],
     ));
     Ok("conv.flat".into())
+}
+
+/// kiln's `[k2, out]` convolution weight as ONNX's `[out, in, kh, kw]`.
+fn to_oihw<T: Copy + Default>(w: &[T], k2: usize, o: usize) -> Vec<T> {
+    let mut onnx_w = vec![T::default(); w.len()];
+    for r in 0..k2 {
+        for c in 0..o {
+            onnx_w[c * k2 + r] = w[r * o + c];
+        }
+    }
+    onnx_w
 }
 
 /// The lookups of `spec`'s embeddings in front of the first layer, as

@@ -175,6 +175,12 @@ pub fn tensor_i64(name: &str, shape: &[usize], data: &[i64]) -> TensorProto {
     tensor_raw(name, shape, dtype::INT64, raw)
 }
 
+/// An i32 initializer (values in `raw_data`, little-endian).
+pub fn tensor_i32(name: &str, shape: &[usize], data: &[i32]) -> TensorProto {
+    let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_raw(name, shape, dtype::INT32, raw)
+}
+
 /// A u8 initializer (values in `raw_data`).
 pub fn tensor_u8(name: &str, shape: &[usize], data: &[u8]) -> TensorProto {
     tensor_raw(name, shape, dtype::UINT8, data.to_vec())

@@ -68,6 +68,7 @@ pub fn quantize_with(
                 "static quantization needs calibration rows (the training split)".into(),
             ));
         };
+        quantize_convs(model, data, rows, &mut weights)?;
         for (i, (scale, zp)) in calibrate(model, data, rows)?.into_iter().enumerate() {
             weights.insert_f32(&format!("layers.{i}.input_scale"), vec![1], vec![scale]);
             weights.insert_f32(
@@ -154,6 +155,73 @@ pub fn calibrate(model: &NativeModel, data: &Dataset, rows: usize) -> Result<Vec
         norm_and_activate(l, &model.weights, i, &mut h)?;
     }
     Ok(out)
+}
+
+/// Static int8 convolutions: each convolution reading at least
+/// [`kiln_core::conv::INT8_MIN_IN_CHANNELS`] channels gets symmetric int8 weights with
+/// one scale per output channel (`conv.<i>.weight`, `conv.<i>.weight_scale`), and the
+/// uint8 scale and zero point of its input and of its output (`conv.<i>.input_*`,
+/// `conv.<i>.output_*`), calibrated on the first `rows` rows of `data` through the fp32
+/// model. A ReLU convolution's output range starts at 0, so the uint8 clamp is the ReLU.
+/// Narrower convolutions stay fp32.
+fn quantize_convs(
+    model: &NativeModel,
+    data: &Dataset,
+    rows: usize,
+    weights: &mut TensorStore,
+) -> Result<()> {
+    let spec = &model.spec;
+    let Some(image) = spec.image else {
+        return Ok(());
+    };
+    let shapes = spec
+        .conv_shapes()
+        .map_err(|(i, m)| OptimizeError::Config(format!("conv[{i}]: {m}")))?;
+    let n = rows.min(data.n_rows());
+    let mut seen = vec![None; spec.conv.len()];
+    kiln_core::conv::conv_features_traced(
+        spec,
+        &model.weights,
+        &data.features[..n * data.n_features()],
+        n,
+        &mut |i, s| seen[i] = Some(s),
+    )?;
+    let mut inp = image;
+    for (i, (step, out)) in spec.conv.iter().zip(shapes).enumerate() {
+        if let (kiln_core::ConvStep::Conv2d { activation, .. }, Some(s)) = (step, seen[i])
+            && inp.channels >= kiln_core::conv::INT8_MIN_IN_CHANNELS
+        {
+            let k2 = inp.channels * step.window(inp).kh * step.window(inp).kw;
+            let key = format!("conv.{i}.weight");
+            let w = model.weights.f32(&key)?;
+            let (wq, scales) = quantize_weights_symmetric(w, k2, out.channels, true);
+            weights.insert_i8(&key, vec![k2, out.channels], wq);
+            weights.insert_f32(
+                &format!("conv.{i}.weight_scale"),
+                vec![out.channels],
+                scales,
+            );
+            let (lo, hi) = s.pre_activation;
+            let lo = if *activation == kiln_core::Activation::Relu {
+                0.0
+            } else {
+                lo
+            };
+            for (name, (scale, zp)) in [
+                ("input", u8_params(s.input.0, s.input.1)),
+                ("output", u8_params(lo, hi)),
+            ] {
+                weights.insert_f32(&format!("conv.{i}.{name}_scale"), vec![1], vec![scale]);
+                weights.insert_f32(
+                    &format!("conv.{i}.{name}_zero_point"),
+                    vec![1],
+                    vec![f32::from(zp)],
+                );
+            }
+        }
+        inp = out;
+    }
+    Ok(())
 }
 
 /// Copies layer `i`'s norm parameters, when it has a norm: they stay f32 in every

@@ -213,3 +213,144 @@ for f in spec["files"]:
     let out = python_check(script, &spec, dir.path());
     assert_eq!(out.matches(" ok ").count(), 2, "{out}");
 }
+
+/// A 3 x 10 x 10 image through a GELU convolution to 8 channels, a padded ReLU
+/// convolution to 12 (8 inputs, some negative: int8), a max pool, a GELU convolution to 6 (12 inputs: int8) and the global
+/// average pool, then 5 ReLU units and 3 classes; weights seeded.
+fn wide_model() -> NativeModel {
+    let conv = |channels, padding, activation| ConvStep::Conv2d {
+        channels,
+        kernel: 3,
+        stride: 1,
+        padding,
+        activation,
+    };
+    let image = ImageShape {
+        channels: 3,
+        height: 10,
+        width: 10,
+    };
+    let spec = ModelSpec::mlp(300, &[5], Activation::Relu, Task::Classification, 3).with_conv(
+        image,
+        vec![
+            conv(8, 1, Activation::Gelu),
+            conv(12, 1, Activation::Relu),
+            ConvStep::MaxPool {
+                kernel: 2,
+                stride: None,
+            },
+            conv(6, 0, Activation::Gelu),
+            ConvStep::GlobalAvgPool,
+        ],
+    );
+    spec.validate().unwrap();
+    let mut next = rng(0x2545_f491_4f6c_dd1d);
+    let mut w = TensorStore::default();
+    let mut channels = image.channels;
+    for (i, step) in spec.conv.iter().enumerate() {
+        if let ConvStep::Conv2d { channels: out, .. } = *step {
+            let k2 = channels * 9;
+            let s = 2.0 / (k2 as f32).sqrt();
+            w.insert_f32(
+                &format!("conv.{i}.weight"),
+                vec![k2, out],
+                (0..k2 * out).map(|_| next() * s).collect(),
+            );
+            w.insert_f32(
+                &format!("conv.{i}.bias"),
+                vec![out],
+                (0..out).map(|_| next() * 0.1).collect(),
+            );
+            channels = out;
+        }
+    }
+    dense_weights(&spec, &mut next, &mut w);
+    NativeModel::new(spec, w).unwrap()
+}
+
+/// Static int8 quantizes the convolutions that read 8 channels or more (`QLinearConv`):
+/// int8 weights within half a step per output channel, calibrated input and output
+/// ranges (a ReLU output's zero point is 0), ONNX Runtime computing kiln's reference
+/// within the parity gate's 1e-5, and the outputs near fp32's. Dynamic int8 keeps every
+/// convolution f32.
+#[test]
+fn static_int8_quantizes_wide_convolutions() {
+    let m = wide_model();
+    let n = 64;
+    let mut next = rng(5);
+    let x: Vec<f32> = (0..n * 300).map(|_| (next() + 1.0) / 2.0).collect();
+    let data = Dataset {
+        feature_names: (0..300).map(|i| format!("pixel_{i}")).collect(),
+        target: "y".into(),
+        features: x.clone(),
+        labels: vec![0; n],
+        values: vec![],
+    };
+    let q = quantize(&m, Scheme::Static, true, Some((&data, n))).unwrap();
+    // the 3-channel convolution stays f32
+    assert_eq!(
+        q.weights.f32("conv.0.weight").unwrap(),
+        m.weights.f32("conv.0.weight").unwrap()
+    );
+    for (i, k2, out) in [(1, 72, 12), (3, 108, 6)] {
+        let wq = q.weights.i8(&format!("conv.{i}.weight")).unwrap();
+        let s = q.weights.f32(&format!("conv.{i}.weight_scale")).unwrap();
+        assert_eq!((wq.len(), s.len()), (k2 * out, out));
+        let w = m.weights.f32(&format!("conv.{i}.weight")).unwrap();
+        for (j, (&a, &b)) in w.iter().zip(wq).enumerate() {
+            let sc = s[j % out];
+            assert!(
+                (f32::from(b) * sc - a).abs() <= sc / 2.0 + 1e-7,
+                "conv.{i}[{j}]"
+            );
+        }
+        // every channel uses the full int8 range: its largest weight is +-127
+        for c in 0..out {
+            let top = (0..k2).map(|r| wq[r * out + c].unsigned_abs()).max();
+            assert_eq!(top, Some(127), "conv.{i} channel {c}");
+        }
+    }
+    // conv 1 reads conv 0's GELU output (negative values too: a zero point above 0, so
+    // its padding is that zero point), and its ReLU output range starts at 0
+    let v = |k: &str| q.weights.f32(k).unwrap()[0];
+    let mut seen = Vec::new();
+    kiln_core::conv::conv_features_traced(&m.spec, &m.weights, &x, n, &mut |i, s| {
+        seen.push((i, s))
+    })
+    .unwrap();
+    let conv1 = seen.iter().find(|(i, _)| *i == 1).unwrap().1;
+    let (lo, hi) = conv1.input;
+    assert!(lo < 0.0 && hi > 0.0, "{lo} {hi}");
+    assert_eq!(v("conv.1.input_scale"), (hi - lo) / 255.0);
+    assert_eq!(
+        v("conv.1.input_zero_point"),
+        (-lo / v("conv.1.input_scale")).round_ties_even()
+    );
+    assert!(v("conv.1.input_zero_point") > 0.0);
+    assert_eq!(v("conv.1.output_zero_point"), 0.0);
+    assert_eq!(v("conv.1.output_scale"), conv1.pre_activation.1 / 255.0);
+    // conv 3 is a GELU: its pre-activation range holds negative values, zero point > 0
+    assert!(v("conv.3.output_zero_point") > 0.0);
+
+    // ONNX Runtime's QLinearConv computes kiln's reference
+    let bytes = export(&q.spec, &q.weights, &ExportMeta::default()).unwrap();
+    let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+    let (r, got) = check_model_parity(&q, &mut ort, (&x, &x), n, 32, 1e-5).unwrap();
+    assert!(r.passed && r.max_abs_prob <= 1e-5, "{r:?}");
+    // and int8 stays near fp32, without being fp32
+    let want = m.clone().predict(&x, n).unwrap();
+    let worst = got
+        .probabilities
+        .iter()
+        .zip(&want.probabilities)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst > 0.0 && worst < 0.05, "{worst}");
+
+    // dynamic int8 leaves every convolution f32
+    let d = quantize(&m, Scheme::Dynamic, true, None).unwrap();
+    for i in [0, 1, 3] {
+        let k = format!("conv.{i}.weight");
+        assert_eq!(d.weights.f32(&k).unwrap(), m.weights.f32(&k).unwrap());
+    }
+}

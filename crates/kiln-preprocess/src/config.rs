@@ -270,7 +270,10 @@ pub enum Source {
     /// name) and pixel features `pixel_0` … (0–255, channel by channel, row by row).
     /// PNG, JPEG, GIF and BMP; each image converted to `channels` and resized to
     /// `image`. A corrupt file, one declaring an image over 16384 x 16384 pixels (refused
-    /// before decoding) or an empty class folder is an error naming it.
+    /// before decoding) or an empty class folder is an error naming it; with
+    /// `skip_unreadable = true` a file that cannot be read or decoded is skipped instead,
+    /// logged, and counted in profile.json (`dropped_rows.unreadable_files`, with each
+    /// file and why in `skipped_files`).
     Images {
         /// The one folder to split.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -286,6 +289,10 @@ pub enum Source {
         /// 1 (grey, the default) or 3 (red, green, blue).
         #[serde(default = "one_channel")]
         channels: usize,
+        /// Skip (and count) files that cannot be read or decoded instead of failing
+        /// (default false).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skip_unreadable: bool,
     },
 }
 

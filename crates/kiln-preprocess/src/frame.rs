@@ -16,6 +16,8 @@ pub(crate) struct Frame {
     pub(crate) files: Vec<String>,
     pub(crate) rows: Vec<(u32, usize)>,
     pub(crate) dense: Option<Dense>,
+    /// Files an image source skipped (`skip_unreadable`).
+    pub(crate) skipped: Vec<kiln_core::artifact::profile::SkippedFile>,
 }
 
 /// The file and row (1-based, header excluded) of each row of a frame.
@@ -49,6 +51,7 @@ impl Frame {
             files: vec![path.display().to_string()],
             rows,
             dense: None,
+            skipped: Vec::new(),
         }
     }
 

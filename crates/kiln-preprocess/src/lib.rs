@@ -180,10 +180,21 @@ pub fn prepare(config: &Config) -> Result<Output> {
     };
     let w = features.len();
     let removed = steps::removed_columns(plan, &features);
+    let mut skipped_files = std::mem::take(&mut main.skipped);
+    if let Some(t) = &mut test_src {
+        skipped_files.append(&mut t.skipped);
+    }
     let mut dropped = DroppedRows {
         null_target: main.drop_null_target(target)?,
+        unreadable_files: skipped_files.len(),
         ..Default::default()
     };
+    if !skipped_files.is_empty() {
+        tracing::warn!(
+            files = skipped_files.len(),
+            "skipped unreadable image files (listed in profile.json)"
+        );
+    }
     if let Some(t) = &mut test_src {
         dropped.null_target += t.drop_null_target(target)?;
     }
@@ -474,6 +485,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
         columns: profile_cols,
         dropped_rows: dropped.clone(),
         augmentation: augmented.clone(),
+        skipped_files,
     };
     Ok(Output {
         schema,

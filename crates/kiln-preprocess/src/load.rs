@@ -61,8 +61,10 @@ pub(crate) fn load(config: &Config) -> Result<Loaded> {
             test,
             image,
             channels,
+            skip_unreadable,
         } => {
-            let read = |d: &Path| crate::images::read_images_frame(d, *image, *channels);
+            let read =
+                |d: &Path| crate::images::read_images_frame(d, *image, *channels, *skip_unreadable);
             let (main, test) = match (path, train, test) {
                 (Some(p), None, None) => (read(p)?, None),
                 (None, Some(tr), Some(te)) => (read(tr)?, Some(read(te)?)),

@@ -1,7 +1,8 @@
 //! Image folders as a source: fixtures/images/digits (PNG files made from the digits
 //! fixture, some RGB, some at twice the size) read back as the same pixel values, and
 //! each documented bad case — a corrupt file, a file declaring a huge image, an empty
-//! class folder, no class folders — an error naming it.
+//! class folder, no class folders — an error naming it; with `skip_unreadable`, unreadable
+//! files skipped and counted in the profile.
 
 use kiln_preprocess::{Augment, Config, Source, Split, prepare};
 use std::path::{Path, PathBuf};
@@ -80,6 +81,7 @@ fn images(path: &Path, channels: usize) -> Source {
         test: None,
         image: [8, 8],
         channels,
+        skip_unreadable: false,
     }
 }
 
@@ -196,4 +198,71 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !c
+}
+
+/// `skip_unreadable = true`: a corrupt file and a decompression bomb are skipped, counted
+/// in profile.json's `dropped_rows.unreadable_files` and listed with their reasons, the
+/// other 150 images read as without them; a class whose every file is unreadable is
+/// still an error. Without the option, the corrupt file's error says how to skip it.
+#[test]
+fn skip_unreadable_skips_and_counts_bad_files() {
+    let d = copy_fixture(None);
+    std::fs::write(
+        d.path().join("3/zz-broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    std::fs::write(d.path().join("5/zz-text.jpg"), b"just text").unwrap();
+    let skipping = |dir: &Path| {
+        let mut s = images(dir, 1);
+        if let Source::Images {
+            skip_unreadable, ..
+        } = &mut s
+        {
+            *skip_unreadable = true;
+        }
+        config(s)
+    };
+    let out = prepare(&skipping(d.path())).unwrap();
+    let clean = prepare(&config(images(&fixture(), 1))).unwrap();
+    assert_eq!(out.profile.dropped_rows.unreadable_files, 2);
+    assert_eq!(out.profile.dropped_rows.total(), 2);
+    let files: Vec<&str> = out
+        .profile
+        .skipped_files
+        .iter()
+        .map(|f| f.file.as_str())
+        .collect();
+    assert!(
+        files[0].ends_with("3/zz-broken.png") && files[1].ends_with("5/zz-text.jpg"),
+        "{files:?}"
+    );
+    assert!(
+        out.profile.skipped_files[0]
+            .reason
+            .contains("not a readable image"),
+        "{:?}",
+        out.profile.skipped_files
+    );
+    // the same 150 images, split the same way
+    assert_eq!(out.rows, clean.rows);
+    for (a, b) in out.splits.iter().zip(&clean.splits) {
+        assert_eq!(a.features, b.features);
+        assert_eq!(a.labels, b.labels);
+    }
+    // without the option: the error says how to skip
+    let e = prepare(&config(images(d.path(), 1)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("set `skip_unreadable = true`"), "{e}");
+    // a class with nothing readable is still an error
+    let d = copy_fixture(None);
+    for f in std::fs::read_dir(d.path().join("4")).unwrap() {
+        std::fs::write(f.unwrap().path(), b"broken").unwrap();
+    }
+    let e = prepare(&skipping(d.path())).unwrap_err().to_string();
+    assert!(
+        e.contains("none of the") && e.contains("class `4` could be read"),
+        "{e}"
+    );
 }

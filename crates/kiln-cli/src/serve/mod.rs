@@ -8,6 +8,7 @@
 //! routes.rs holds the handlers, parse.rs turns bodies into features, metrics.rs /metrics.
 
 mod conn;
+mod images;
 mod metrics;
 mod parse;
 mod routes;

@@ -51,6 +51,16 @@ impl Shape {
                 format!("malformed JSON: {e}"),
             )
         })?;
+        if let Some(images) = value.as_object().and_then(|o| o.get("images")) {
+            if value.as_object().is_some_and(|o| o.len() > 1) {
+                return Err(ApiError::invalid(
+                    "give `images` alone, without `rows` or `instances`",
+                ));
+            }
+            let uploads = super::images::from_json(self, images)?;
+            drop(value);
+            return super::images::prepare(self, &uploads);
+        }
         let (raw, n) = parse_rows(
             &self.schema,
             (&self.text, &self.fills),
@@ -65,11 +75,22 @@ impl Shape {
         }
         let cells = text_cells(&self.schema, &self.text, &value)?;
         drop(value);
-        let rows = Rows {
+        self.features(Rows {
             n_rows: n,
             values: raw,
             text: cells,
-        };
+        })
+    }
+
+    /// Raw rows through the fitted preprocessing.
+    pub(super) fn features(&self, rows: Rows) -> Result<Batch, ApiError> {
+        let n = rows.n_rows;
+        if n == 0 {
+            return Ok(Batch {
+                features: Vec::new(),
+                rows: 0,
+            });
+        }
         let features = self.schema.features(&rows).map_err(|e| match e {
             FeatureError::Schema(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)

@@ -254,10 +254,24 @@ async fn blocking<T: Send + 'static>(
 
 /// The JSON response body of a predict request.
 async fn predict(app: &Arc<App>, req: Request) -> Result<Bytes, ApiError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+        .map(str::to_string);
     let body = read_body(app, req).await?;
-    // JSON parsing and preprocessing are CPU-bound in the body's size: off the I/O workers
-    // unless the body is small
-    let Batch { features, rows } = if body.len() <= INLINE_PARSE_BYTES {
+    // JSON parsing, image decoding and preprocessing are CPU-bound in the body's size: off
+    // the I/O workers unless the body is small
+    let Batch { features, rows } = if let Some(content_type) = multipart {
+        let uploads = super::images::from_multipart(&app.shape, &content_type, body).await?;
+        let job = app.clone();
+        blocking(move || super::images::prepare(&job.shape, &uploads)).await?
+    } else if body.len() <= INLINE_PARSE_BYTES {
         app.shape.prepare(&body)?
     } else {
         let job = app.clone();

@@ -18,6 +18,9 @@ pub struct Profile {
     pub dropped_rows: DroppedRows,
     /// Train rows before and after augmentation (the class counts above are before).
     pub augmentation: AugmentCounts,
+    /// Image files skipped by `skip_unreadable`, with the reason (none otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
 }
 
 impl super::Artifact for Profile {
@@ -69,12 +72,24 @@ pub struct DroppedRows {
     pub null_features: usize,
     /// Rows a `dedupe` step removed.
     pub duplicates: usize,
+    /// Image files an images source with `skip_unreadable` could not read or decode.
+    #[serde(default)]
+    pub unreadable_files: usize,
+}
+
+/// A file an images source skipped (`skip_unreadable`), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    /// The file.
+    pub file: String,
+    /// What reading or decoding it said.
+    pub reason: String,
 }
 
 impl DroppedRows {
     /// Every dropped row.
     pub fn total(&self) -> usize {
-        self.null_target + self.null_features + self.duplicates
+        self.null_target + self.null_features + self.duplicates + self.unreadable_files
     }
 }
 

@@ -72,13 +72,24 @@ fn tables(id: &str, p: &Profile) -> Vec<Table> {
             p.rows.valid.to_string(),
             p.rows.test.to_string(),
             p.n_features.to_string(),
-            format!(
-                "{} (no target {}, nulls {}, duplicates {})",
-                d.total(),
-                d.null_target,
-                d.null_features,
-                d.duplicates
-            ),
+            if d.unreadable_files > 0 {
+                format!(
+                    "{} (no target {}, nulls {}, duplicates {}, unreadable files {})",
+                    d.total(),
+                    d.null_target,
+                    d.null_features,
+                    d.duplicates,
+                    d.unreadable_files
+                )
+            } else {
+                format!(
+                    "{} (no target {}, nulls {}, duplicates {})",
+                    d.total(),
+                    d.null_target,
+                    d.null_features,
+                    d.duplicates
+                )
+            },
             format!(
                 "{} (oversampled {}, copies {})",
                 a.oversampled + a.copies,
