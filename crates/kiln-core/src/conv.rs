@@ -47,7 +47,7 @@ impl std::fmt::Display for ImageShape {
 /// before the dense layers (which read its output flattened channel by channel, row by
 /// row, as ONNX `Flatten` does). Sizes shrink as ONNX computes them (floor mode):
 /// `out = (in + 2 padding - kernel) / stride + 1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ConvStep {
     /// `channels` filters of `kernel` x `kernel` over every input channel, with zero
@@ -87,6 +87,12 @@ pub enum ConvStep {
     },
     /// The mean of each whole channel: `[channels, 1, 1]`.
     GlobalAvgPool,
+    /// In training, each value is zeroed with probability `rate` and the others scaled by
+    /// `1 / (1 - rate)`; at inference (the reference, ONNX) it passes values unchanged.
+    Dropout {
+        /// Share of values zeroed in training, in [0, 1).
+        rate: f32,
+    },
 }
 
 fn one() -> usize {
@@ -118,6 +124,7 @@ impl ConvStep {
             ConvStep::MaxPool { .. } => "max_pool",
             ConvStep::AvgPool { .. } => "avg_pool",
             ConvStep::GlobalAvgPool => "global_avg_pool",
+            ConvStep::Dropout { .. } => "dropout",
         }
     }
 
@@ -145,11 +152,19 @@ impl ConvStep {
                 stride: 1,
                 padding: 0,
             },
+            ConvStep::Dropout { .. } => square(1, 1, 0),
         }
     }
 
     /// The output shape on an input of `shape`, or why the step does not fit it.
     pub fn output(&self, shape: ImageShape) -> std::result::Result<ImageShape, String> {
+        if let ConvStep::Dropout { rate } = *self {
+            return if (0.0..1.0).contains(&rate) {
+                Ok(shape)
+            } else {
+                Err(format!("rate = {rate}: use a share in [0, 1)"))
+            };
+        }
         let w = self.window(shape);
         if w.kh == 0 || w.kw == 0 || w.stride == 0 {
             return Err("kernel and stride must be at least 1".into());
@@ -257,6 +272,8 @@ pub fn conv_features_traced(
             ConvStep::AvgPool { .. } | ConvStep::GlobalAvgPool => {
                 pool(&h, shape, out, win, Pool::Mean)
             }
+            // inference: values pass unchanged
+            ConvStep::Dropout { .. } => h,
         };
         shape = out;
     }

@@ -168,6 +168,11 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 &[&h],
                 &[&out],
             ),
+            // inference: no node, the values pass unchanged
+            ConvStep::Dropout { .. } => {
+                shape = out_shape;
+                continue;
+            }
         }
         (non_negative, pooled) = match *step {
             ConvStep::Conv2d { activation, .. } => {

@@ -1,7 +1,8 @@
-//! Building one candidate from the fp32 model: structured pruning, magnitude pruning
+//! Building one candidate from the fp32 model: structured pruning (convolution channels,
+//! then hidden units), magnitude pruning
 //! (each in steps with fine-tuning after each), then int8 or fp16 quantization.
 
-use crate::{CandidateConfig, Config, QuantizeMode, Result, Scheme, prune, quantize};
+use crate::{CandidateConfig, Config, QuantizeMode, Result, Scheme, channels, prune, quantize};
 use kiln_core::{Dataset, NativeModel};
 
 /// Builds one candidate from the fp32 `model`: pruning in `steps` steps with fine-tuning
@@ -27,8 +28,19 @@ pub fn build(
             .iter()
             .map(|l| l.out_dim)
             .collect();
+        let channel_widths = channels::conv_widths(&model.spec);
         for t in 1..=steps {
             let f = frac * t as f64 / steps as f64;
+            // each convolution loses the same share of its channels as each hidden
+            // layer of its units
+            let keep: Vec<Option<usize>> = channel_widths
+                .iter()
+                .map(|w| w.map(|w| (w - (f * w as f64).round() as usize).max(1)))
+                .collect();
+            if keep.iter().any(Option::is_some) {
+                let kept = channels::channels_to_keep(&m, &keep)?;
+                m = channels::remove_channels(&m, &kept)?;
+            }
             let keep: Vec<usize> = widths
                 .iter()
                 .map(|&w| (w - (f * w as f64).round() as usize).max(1))

@@ -25,6 +25,7 @@
 //! ```
 
 mod build;
+pub mod channels;
 mod config;
 mod latency;
 pub mod prune;

@@ -354,3 +354,47 @@ fn static_int8_quantizes_wide_convolutions() {
         assert_eq!(d.weights.f32(&k).unwrap(), m.weights.f32(&k).unwrap());
     }
 }
+
+/// Structured pruning of the convolutions: half of each one's channels removed, the ONNX
+/// file smaller with narrower `Conv` weights, and ONNX Runtime computing kiln's reference
+/// of the pruned model within 1e-5.
+#[test]
+fn channel_pruning_shrinks_the_file_and_passes_parity() {
+    use kiln_optimize::channels::{channels_to_keep, conv_widths, remove_channels};
+    let m = model();
+    let half: Vec<Option<usize>> = conv_widths(&m.spec)
+        .iter()
+        .map(|w| w.map(|w| w - w / 2))
+        .collect();
+    let small = remove_channels(&m, &channels_to_keep(&m, &half).unwrap()).unwrap();
+    assert_eq!(
+        conv_widths(&small.spec),
+        [Some(2), None, Some(3), None, Some(3), None]
+    );
+    let full = export(&m.spec, &m.weights, &ExportMeta::default()).unwrap();
+    let bytes = export(&small.spec, &small.weights, &ExportMeta::default()).unwrap();
+    assert!(
+        bytes.len() < full.len(),
+        "{} vs {}",
+        bytes.len(),
+        full.len()
+    );
+    let g = kiln_deploy::decode(&bytes).unwrap().graph.unwrap();
+    let dims: Vec<Vec<i64>> = ["conv.0.weight", "conv.2.weight", "conv.4.weight"]
+        .iter()
+        .map(|k| {
+            g.initializer
+                .iter()
+                .find(|t| t.name() == *k)
+                .unwrap()
+                .dims
+                .clone()
+        })
+        .collect();
+    assert_eq!(dims, [vec![2, 2, 3, 3], vec![3, 2, 3, 3], vec![3, 3, 1, 1]]);
+    let n = 40;
+    let x = images(n);
+    let mut ort = OrtModel::from_bytes(&bytes, 1).unwrap();
+    let (r, _) = check_model_parity(&small, &mut ort, (&x, &x), n, 20, 1e-5).unwrap();
+    assert!(r.passed && r.max_abs_prob <= 1e-5, "{r:?}");
+}

@@ -1,6 +1,7 @@
 //! Seeded augmentation of the train split: random oversampling of the smaller classes,
-//! and augmented copies of each training row (images: random shift and rotation; any
-//! table: gaussian noise on the features). Valid and test rows are never touched, and
+//! and augmented copies of each training row (images, grey or colour: random shift,
+//! rotation, crop and horizontal flip, the same on every channel; any table: gaussian
+//! noise on the features). Valid and test rows are never touched, and
 //! the fitted statistics come from the original train rows only.
 
 use crate::error::{PreprocessError, Result};
@@ -16,8 +17,10 @@ pub struct Augment {
     /// own random shift, rotation and noise. Default 0.
     #[serde(default)]
     pub copies: usize,
-    /// Image layout `[height, width]` of a row's raw feature columns, row-major (needed
-    /// by `shift` and `rotate`; IDX sources give it themselves).
+    /// Image layout `[height, width]` of a row's raw feature columns, row-major, channel
+    /// after channel when there are several (height × width × channels columns; needed by
+    /// `shift`, `rotate`, `crop` and `flip`; IDX and image-folder sources give it
+    /// themselves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<[usize; 2]>,
     /// Largest shift of a copy in pixels along each axis (uniform in [-shift, shift];
@@ -28,6 +31,15 @@ pub struct Augment {
     /// image centre, bilinear; pixels from outside the image are 0).
     #[serde(default)]
     pub rotate: f32,
+    /// Random crop of a copy: a window whose height and width are each a uniform share in
+    /// [crop, 1] of the image's, at a uniform place, resized back to the image's size
+    /// (bilinear). 0 (the default) is off; else in [0.1, 1).
+    #[serde(default)]
+    pub crop: f32,
+    /// Mirror each copy left to right with probability 1/2 (for pictures whose meaning a
+    /// mirror keeps: not for digits or text).
+    #[serde(default)]
+    pub flip: bool,
     /// Standard deviation of gaussian noise added to every feature of a copy, after the
     /// steps (so in standardized units when `standardize` ran).
     #[serde(default)]
@@ -53,18 +65,27 @@ impl Augment {
     pub(crate) fn problems(&self) -> Vec<(String, String)> {
         let mut p = Vec::new();
         let k = |s: &str| format!("augment.{s}");
-        let transforms = self.shift > 0 || self.rotate != 0.0 || self.noise != 0.0;
+        let transforms = self.is_geometric() || self.noise != 0.0;
         if self.copies > 0 && !transforms {
             p.push((
                 k("copies"),
-                "copies without `shift`, `rotate` or `noise` would add exact duplicates; set one of them (or use `oversample`)".into(),
+                "copies without `shift`, `rotate`, `crop`, `flip` or `noise` would add exact duplicates; set one of them (or use `oversample`)".into(),
             ));
         }
         if self.copies == 0 && transforms {
             p.push((
                 k("copies"),
-                "`shift`, `rotate` and `noise` act on augmented copies; set `copies` to 1 or more"
+                "`shift`, `rotate`, `crop`, `flip` and `noise` act on augmented copies; set `copies` to 1 or more"
                     .into(),
+            ));
+        }
+        if self.crop != 0.0 && !(0.1..1.0).contains(&self.crop) {
+            p.push((
+                k("crop"),
+                format!(
+                    "crop = {} must be 0 (off) or a share of each side in [0.1, 1)",
+                    self.crop
+                ),
             ));
         }
         if !(0.0..180.0).contains(&self.rotate) {
@@ -113,29 +134,37 @@ impl Augment {
         p
     }
 
-    /// The image layout for `width` raw feature columns: `image`, else `idx` (the IDX
-    /// source's); an error when shift / rotate need one and none fits.
+    /// Whether a copy is transformed as an image (shift, rotate, crop or flip).
+    fn is_geometric(&self) -> bool {
+        self.shift > 0 || self.rotate != 0.0 || self.crop != 0.0 || self.flip
+    }
+
+    /// The image layout `[channels, height, width]` for `width` raw feature columns:
+    /// `image`, else `source` (the IDX or image-folder source's `[height, width]`), with
+    /// as many channels as the columns hold; an error when an image transform needs one
+    /// and none fits.
     pub(crate) fn layout(
         &self,
         width: usize,
-        idx: Option<[usize; 2]>,
-    ) -> Result<Option<[usize; 2]>> {
-        if self.shift == 0 && self.rotate == 0.0 {
+        source: Option<[usize; 2]>,
+    ) -> Result<Option<[usize; 3]>> {
+        if !self.is_geometric() {
             return Ok(None);
         }
-        let Some([h, w]) = self.image.or(idx) else {
+        let Some([h, w]) = self.image.or(source) else {
             return Err(PreprocessError::Invalid(format!(
-                "augment: shift and rotate need the image layout; add `image = [height, width]` (height × width = {width}, the number of raw feature columns)"
+                "augment: shift, rotate, crop and flip need the image layout; add `image = [height, width]` (height × width × channels = {width}, the number of raw feature columns)"
             )));
         };
-        let pixels = h.checked_mul(w);
-        if pixels != Some(width) {
-            return Err(PreprocessError::Invalid(format!(
-                "augment.image = [{h}, {w}] is {} pixels but the rows have {width} raw feature columns; give the layout of the raw columns",
+        match h.checked_mul(w) {
+            Some(pixels) if pixels > 0 && width.is_multiple_of(pixels) && width / pixels <= 4 => {
+                Ok(Some([width / pixels, h, w]))
+            }
+            pixels => Err(PreprocessError::Invalid(format!(
+                "augment.image = [{h}, {w}] is {} pixels but the rows have {width} raw feature columns, not 1 to 4 channels of them; give the layout of the raw columns",
                 pixels.map_or_else(|| "more".to_string(), |p| p.to_string())
-            )));
+            ))),
         }
-        Ok(Some([h, w]))
     }
 }
 
@@ -176,24 +205,25 @@ pub(crate) fn plan(cfg: &Augment, labels: &[u32], n_classes: usize, n: usize, se
 }
 
 /// Raw rows of the augmented copies: `copies` names each copy's row of `src` (`w`
-/// columns); each copy is shifted and rotated by its own random draw when `layout` is
-/// given.
+/// columns); when `layout` (`[channels, height, width]`) is given, each copy is rotated,
+/// cropped, mirrored and shifted by its own random draw, every channel alike.
 pub(crate) fn copy_rows(
     cfg: &Augment,
     src: &[f32],
     w: usize,
     copies: &[u32],
-    layout: Option<[usize; 2]>,
+    layout: Option<[usize; 3]>,
     seed: u64,
 ) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7368_6966_7421);
     let mut out = Vec::with_capacity(copies.len() * w);
     for &s in copies {
         let row = &src[s as usize * w..(s as usize + 1) * w];
-        let Some([h, iw]) = layout else {
+        let Some([_, h, iw]) = layout else {
             out.extend_from_slice(row);
             continue;
         };
+        // the draws of shift and rotate come first, as before crop and flip existed
         let k = cfg.shift as i64;
         let dy = if k > 0 { rng.gen_range(-k..=k) } else { 0 };
         let dx = if k > 0 { rng.gen_range(-k..=k) } else { 0 };
@@ -202,12 +232,57 @@ pub(crate) fn copy_rows(
         } else {
             0.0
         };
-        let rotated = if deg != 0.0 {
-            rotate_image(row, h, iw, deg)
-        } else {
-            row.to_vec()
-        };
-        out.extend(shift_image(&rotated, h, iw, dy, dx));
+        let crop = (cfg.crop > 0.0).then(|| {
+            let side = |n: usize, rng: &mut ChaCha8Rng| {
+                let f = rng.gen_range(cfg.crop..=1.0);
+                ((n as f32 * f).round() as usize).clamp(1, n)
+            };
+            let (ch, cw) = (side(h, &mut rng), side(iw, &mut rng));
+            let y0 = rng.gen_range(0..=h - ch);
+            let x0 = rng.gen_range(0..=iw - cw);
+            [y0, x0, ch, cw]
+        });
+        let flip = cfg.flip && rng.r#gen::<bool>();
+        for plane in row.chunks_exact(h * iw) {
+            let mut p = if deg != 0.0 {
+                rotate_image(plane, h, iw, deg)
+            } else {
+                plane.to_vec()
+            };
+            if let Some(window) = crop {
+                p = crop_resize(&p, h, iw, window);
+            }
+            if flip {
+                for r in p.chunks_exact_mut(iw) {
+                    r.reverse();
+                }
+            }
+            out.extend(shift_image(&p, h, iw, dy, dx));
+        }
+    }
+    out
+}
+
+/// The window `[y0, x0, height, width]` of the `h × w` image `src`, resized back to
+/// `h × w` (bilinear, pixel centres aligned as `image`'s resize aligns them).
+pub fn crop_resize(src: &[f32], h: usize, w: usize, [y0, x0, ch, cw]: [usize; 4]) -> Vec<f32> {
+    let at = |y: usize, x: usize| f64::from(src[(y0 + y) * w + x0 + x]);
+    let mut out = vec![0.0; h * w];
+    let (sy, sx) = (ch as f64 / h as f64, cw as f64 / w as f64);
+    for y in 0..h {
+        let fy = ((y as f64 + 0.5) * sy - 0.5).clamp(0.0, (ch - 1) as f64);
+        let (ya, ty) = (fy.floor() as usize, fy - fy.floor());
+        let yb = (ya + 1).min(ch - 1);
+        for x in 0..w {
+            let fx = ((x as f64 + 0.5) * sx - 0.5).clamp(0.0, (cw - 1) as f64);
+            let (xa, tx) = (fx.floor() as usize, fx - fx.floor());
+            let xb = (xa + 1).min(cw - 1);
+            let v = at(ya, xa) * (1.0 - tx) * (1.0 - ty)
+                + at(ya, xb) * tx * (1.0 - ty)
+                + at(yb, xa) * (1.0 - tx) * ty
+                + at(yb, xb) * tx * ty;
+            out[y * w + x] = v as f32;
+        }
     }
     out
 }
@@ -370,6 +445,83 @@ mod tests {
     }
 
     #[test]
+    fn crop_resize_of_the_whole_image_is_the_image_and_of_a_quarter_magnifies_it() {
+        let src: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        assert_eq!(crop_resize(&src, 4, 4, [0, 0, 4, 4]), src);
+        // the top-left 2 x 2 window [[0, 1], [4, 5]] blown up to 4 x 4: corners kept,
+        // the middle interpolated (pixel centres aligned)
+        let up = crop_resize(&src, 4, 4, [0, 0, 2, 2]);
+        assert_eq!(up[0], 0.0);
+        assert_eq!(up[3], 1.0);
+        assert_eq!(up[12], 4.0);
+        assert_eq!(up[15], 5.0);
+        assert_eq!(up[1], 0.25);
+        assert_eq!(up[5], 0.25 + 4.0 * 0.25);
+        // a window of one row, two columns further right and down
+        let w = crop_resize(&src, 4, 4, [2, 1, 2, 3]);
+        assert_eq!(w[0], 9.0);
+        assert_eq!(w[15], 15.0);
+    }
+
+    /// A colour image's copies: every channel gets the same crop, mirror and shift (here
+    /// the planes are the same picture times 1, 2 and 3, and stay so); nearly every copy
+    /// differs from the image; the draws are seeded; with `flip` alone each copy is the
+    /// image or its mirror, about half each.
+    #[test]
+    fn colour_copies_transform_every_channel_alike() {
+        let (h, w) = (6, 5);
+        let plane: Vec<f32> = (0..h * w).map(|v| (v * 7 % 11) as f32 + 1.0).collect();
+        let row: Vec<f32> = [1.0, 2.0, 3.0]
+            .iter()
+            .flat_map(|k| plane.iter().map(move |v| v * k))
+            .collect();
+        let cfg = Augment {
+            copies: 40,
+            shift: 1,
+            crop: 0.6,
+            flip: true,
+            ..Default::default()
+        };
+        let copies = vec![0u32; 40];
+        let out = copy_rows(&cfg, &row, 3 * h * w, &copies, Some([3, h, w]), 7);
+        assert_eq!(out.len(), 40 * 3 * h * w);
+        let mut changed = 0;
+        for c in out.chunks_exact(3 * h * w) {
+            let (r, g, b) = (&c[..h * w], &c[h * w..2 * h * w], &c[2 * h * w..]);
+            for i in 0..h * w {
+                assert!((g[i] - 2.0 * r[i]).abs() < 1e-4 && (b[i] - 3.0 * r[i]).abs() < 1e-4);
+            }
+            changed += usize::from(r != &plane[..]);
+        }
+        assert!(changed >= 35, "{changed} of 40 copies changed");
+        assert_eq!(
+            out,
+            copy_rows(&cfg, &row, 3 * h * w, &copies, Some([3, h, w]), 7)
+        );
+        // flip alone: each copy is the image or its mirror, about half each
+        let flip = Augment {
+            copies: 1,
+            flip: true,
+            ..Default::default()
+        };
+        let out = copy_rows(&flip, &row, 3 * h * w, &copies, Some([3, h, w]), 3);
+        let mirror: Vec<f32> = row
+            .chunks_exact(w)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect();
+        let flipped = out
+            .chunks_exact(3 * h * w)
+            .filter(|c| *c == &mirror[..])
+            .count();
+        let same = out
+            .chunks_exact(3 * h * w)
+            .filter(|c| *c == &row[..])
+            .count();
+        assert_eq!(flipped + same, 40);
+        assert!((10..=30).contains(&flipped), "{flipped} of 40 mirrored");
+    }
+
+    #[test]
     fn problems_name_the_key() {
         let keys = |a: Augment| a.problems().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         assert_eq!(
@@ -402,10 +554,22 @@ mod tests {
         };
         let e = a.layout(784, None).unwrap_err().to_string();
         assert!(
-            e.contains("shift and rotate need the image layout; add `image = [height, width]` (height × width = 784"),
+            e.contains("shift, rotate, crop and flip need the image layout; add `image = [height, width]` (height × width × channels = 784"),
             "{e}"
         );
-        assert_eq!(a.layout(784, Some([28, 28])).unwrap(), Some([28, 28]));
+        assert_eq!(a.layout(784, Some([28, 28])).unwrap(), Some([1, 28, 28]));
+        assert_eq!(
+            a.layout(3 * 784, Some([28, 28])).unwrap(),
+            Some([3, 28, 28])
+        );
+        assert_eq!(
+            keys(Augment {
+                copies: 1,
+                crop: 1.5,
+                ..Default::default()
+            }),
+            ["augment.crop"]
+        );
         let e = a.layout(64, Some([28, 28])).unwrap_err().to_string();
         assert!(
             e.contains(

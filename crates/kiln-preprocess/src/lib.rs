@@ -434,7 +434,11 @@ pub fn prepare(config: &Config) -> Result<Output> {
             "augment.oversample balances classes, but the target is a regression target; remove `oversample`".into(),
         ));
     }
-    let layout = config.augment.layout(w, idx_layout)?;
+    let source_layout = match &config.source {
+        Source::Images { image, .. } => Some(*image),
+        _ => idx_layout,
+    };
+    let layout = config.augment.layout(w, source_layout)?;
     let augmented = augment_train(
         &config.augment,
         &schema,
@@ -505,7 +509,7 @@ fn augment_train(
     schema: &Schema,
     (raw, cells): (&[f32], &[(String, kiln_core::TextColumn)]),
     train: &mut Dataset,
-    layout: Option<[usize; 2]>,
+    layout: Option<[usize; 3]>,
     n_classes: usize,
     seed: u64,
 ) -> Result<AugmentCounts> {

@@ -109,8 +109,10 @@ fn window_index(
 impl<D: Device<f32>> Mlp<D> {
     /// The convolutional steps on `x` (`[images, channels · height · width]`) with a
     /// tape: the first dense layer's input, `[images, channels · height · width]` of the
-    /// last step's output.
-    pub(super) fn conv_stack(&self, x: Matrix<D>) -> Traced<D> {
+    /// last step's output. `masks`: one per `dropout` step with a rate above 0, each
+    /// `images × values` (empty: no dropout, as in evaluation).
+    pub(super) fn conv_stack(&self, x: Matrix<D>, masks: &[&[f32]]) -> Traced<D> {
+        let mut masks = masks.iter();
         let dev = x.device().clone();
         let n = x.shape().0;
         let mut h: Traced<D> = x.traced(Gradients::leaky());
@@ -126,6 +128,15 @@ impl<D: Device<f32>> Mlp<D> {
             if matches!(step, ConvStep::Conv2d { .. }) && param.is_none() {
                 // a convolution always has its parameters (Mlp::new)
                 return h;
+            }
+            if let ConvStep::Dropout { rate } = *step {
+                if rate > 0.0
+                    && let Some(m) = masks.next()
+                {
+                    let dims = *h.shape();
+                    h = h * dev.tensor_from_vec(m.to_vec(), dims);
+                }
+                continue;
             }
             let win = step.window(shape);
             let total = n * shape.len();
@@ -260,5 +271,87 @@ mod tests {
             }
         }
         assert!(checked >= 6, "{checked} gradients checked");
+    }
+
+    /// A `dropout` step between convolutions: its mask site holds the values of one image
+    /// at that point (after the first convolution: 3 x 6 x 6), a mask of ones gives the
+    /// reference (which, like ONNX, passes values unchanged), a mask of zeros gives the
+    /// reference with that convolution's output zeroed, and the two halves of a batch
+    /// draw the masks one draw over the batch gives, hidden layers' first.
+    #[test]
+    fn dropout_between_convolutions_masks_the_activations() {
+        let mut spec = spec();
+        spec.conv.insert(1, ConvStep::Dropout { rate: 0.5 });
+        spec.validate().unwrap();
+        let dev = Cpu::seed_from_u64(0);
+        let net = Mlp::new(&dev, spec.clone(), 0.0, 9).unwrap();
+        assert_eq!(net.mask_sites(), vec![(0.5, 108)]);
+        let rows = 3;
+        let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.37).cos()).collect();
+        let run = |m: f32| {
+            let mask = vec![m; rows * 108];
+            net.forward_train(dev.tensor_from_vec(x.clone(), (rows, 72)), &[&mask])
+                .retaped::<NoneTape>()
+                .as_vec()
+        };
+        let store = net.to_store();
+        let reference = kiln_core::forward(&spec, &store, &x, rows).unwrap();
+        for (a, b) in run(1.0).iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let mut zeroed = store.clone();
+        for key in ["conv.0.weight", "conv.0.bias"] {
+            zeroed
+                .f32_mut(key)
+                .unwrap()
+                .iter_mut()
+                .for_each(|v| *v = 0.0);
+        }
+        let want = kiln_core::forward(&spec, &zeroed, &x, rows).unwrap();
+        let got = run(0.0);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(
+            got.iter()
+                .zip(&reference)
+                .any(|(a, b)| (a - b).abs() > 1e-3)
+        );
+
+        // with hidden dropout too: hidden masks first, then the convolution's
+        let net = Mlp::new(&dev, spec, 0.2, 9).unwrap();
+        assert_eq!(net.mask_sites(), vec![(0.2, 3), (0.5, 108)]);
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let _ = rng.r#gen::<u32>();
+        let mut after = rng.clone();
+        let whole = net.draw_masks(5, &mut after);
+        assert_eq!(
+            after.get_word_pos(),
+            rng.get_word_pos() + net.mask_values(5)
+        );
+        let stream = super::super::MaskStream {
+            rng,
+            rows: 5,
+            first_row: 0,
+        };
+        let a = net.draw_masks_at(&stream, 2);
+        let b = net.draw_masks_at(
+            &super::super::MaskStream {
+                first_row: 2,
+                ..stream
+            },
+            3,
+        );
+        for (site, w) in [3, 108].into_iter().enumerate() {
+            assert_eq!(a[site], whole[site][..2 * w]);
+            assert_eq!(b[site], whole[site][2 * w..]);
+        }
+        let zeros = whole[1].iter().filter(|&&m| m == 0.0).count();
+        assert!(
+            (200..340).contains(&zeros),
+            "{zeros} of 540 zeroed at rate 0.5"
+        );
+        assert!(whole[1].iter().all(|&m| m == 0.0 || m == 2.0));
     }
 }

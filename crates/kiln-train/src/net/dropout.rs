@@ -21,21 +21,51 @@ pub(crate) struct MaskStream {
 }
 
 impl<D: Device<f32>> Mlp<D> {
-    /// Dropout masks for a batch of `rows`: one per hidden layer (rows × width, 0 with
+    /// Where dropout applies, in mask order: each hidden layer when the network has a
+    /// dropout rate (its width), then each `dropout` convolutional step (its input's
+    /// values per image), as (rate, values per row).
+    pub(crate) fn mask_sites(&self) -> Vec<(f32, usize)> {
+        let hidden = self.spec.layers.len().saturating_sub(1);
+        let mut sites: Vec<(f32, usize)> = if self.dropout > 0.0 {
+            self.spec.layers[..hidden]
+                .iter()
+                .map(|s| (self.dropout, s.out_dim))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(image), Ok(shapes)) = (self.spec.image, self.spec.conv_shapes()) {
+            let inputs = std::iter::once(image).chain(shapes);
+            for (step, shape) in self.spec.conv.iter().zip(inputs) {
+                if let kiln_core::ConvStep::Dropout { rate } = *step
+                    && rate > 0.0
+                {
+                    sites.push((rate, shape.len()));
+                }
+            }
+        }
+        sites
+    }
+
+    /// How many of [`Mlp::mask_sites`] are hidden layers (the rest are convolutional).
+    pub(crate) fn hidden_mask_sites(&self) -> usize {
+        if self.dropout > 0.0 {
+            self.spec.layers.len().saturating_sub(1)
+        } else {
+            0
+        }
+    }
+
+    /// Dropout masks for a batch of `rows`: one per mask site (rows × values, 0 with
     /// probability p, else 1/(1-p)), drawn from kiln's seeded stream (not the device's), so
     /// a resumed run draws the same ones. None without dropout.
     #[cfg(test)]
     pub fn draw_masks(&self, rows: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<f32>> {
-        if self.dropout <= 0.0 {
-            return Vec::new();
-        }
-        let p = self.dropout;
-        let keep = 1.0 / (1.0 - p);
-        let hidden = self.spec.layers.len().saturating_sub(1);
-        self.spec.layers[..hidden]
-            .iter()
-            .map(|s| {
-                (0..rows * s.out_dim)
+        self.mask_sites()
+            .into_iter()
+            .map(|(p, width)| {
+                let keep = 1.0 / (1.0 - p);
+                (0..rows * width)
                     .map(|_| if rng.r#gen::<f32>() < p { 0.0 } else { keep })
                     .collect()
             })
@@ -43,32 +73,24 @@ impl<D: Device<f32>> Mlp<D> {
     }
 
     /// Mask values one batch of `rows` rows takes from the random stream (what
-    /// [`Mlp::draw_masks`] draws): rows × the hidden layers' widths.
+    /// [`Mlp::draw_masks`] draws): rows × the mask sites' widths.
     pub fn mask_values(&self, rows: usize) -> u128 {
-        if self.dropout <= 0.0 {
-            return 0;
-        }
-        let hidden = self.spec.layers.len().saturating_sub(1);
-        let widths: usize = self.spec.layers[..hidden].iter().map(|s| s.out_dim).sum();
+        let widths: usize = self.mask_sites().iter().map(|s| s.1).sum();
         (rows * widths) as u128
     }
 
     /// The masks of `rows` rows of a batch drawn from `stream` (see [`MaskStream`]).
     pub(super) fn draw_masks_at(&self, stream: &MaskStream, rows: usize) -> Vec<Vec<f32>> {
-        if self.dropout <= 0.0 {
-            return Vec::new();
-        }
-        let (p, keep) = (self.dropout, 1.0 / (1.0 - self.dropout));
-        let hidden = self.spec.layers.len().saturating_sub(1);
         let mut rng = stream.rng.clone();
-        let mut layer_start = stream.rng.get_word_pos();
-        self.spec.layers[..hidden]
-            .iter()
-            .map(|s| {
+        let mut site_start = stream.rng.get_word_pos();
+        self.mask_sites()
+            .into_iter()
+            .map(|(p, width)| {
+                let keep = 1.0 / (1.0 - p);
                 // one u32 word per value (rand's f32 takes one)
-                rng.set_word_pos(layer_start + (stream.first_row * s.out_dim) as u128);
-                layer_start += (stream.rows * s.out_dim) as u128;
-                (0..rows * s.out_dim)
+                rng.set_word_pos(site_start + (stream.first_row * width) as u128);
+                site_start += (stream.rows * width) as u128;
+                (0..rows * width)
                     .map(|_| if rng.r#gen::<f32>() < p { 0.0 } else { keep })
                     .collect()
             })

@@ -302,8 +302,8 @@ impl<D: Device<f32>> Mlp<D> {
     }
 
     /// Forward pass with a gradient tape (for the parameters only; the input gets no
-    /// gradient). `masks` are the hidden layers' dropout masks (see [`Mlp::draw_masks`]);
-    /// empty means no dropout.
+    /// gradient). `masks` are the dropout masks of [`Mlp::mask_sites`] (see
+    /// [`Mlp::draw_masks`]); empty means no dropout.
     pub fn forward_train(&self, x: Matrix<D>, masks: &[&[f32]]) -> Traced<D>
     where
         D: Backend,
@@ -311,8 +311,9 @@ impl<D: Device<f32>> Mlp<D> {
         let Some((first, rest)) = self.layers.split_first() else {
             return x.traced(Gradients::leaky());
         };
+        let (masks, conv_masks) = masks.split_at(self.hidden_mask_sites().min(masks.len()));
         let z = if self.spec.image.is_some() {
-            self.conv_stack(x).matmul(first.w.clone())
+            self.conv_stack(x, conv_masks).matmul(first.w.clone())
         } else if self.embeddings.is_empty() {
             D::input_matmul(x, &first.w)
         } else {
