@@ -15,6 +15,10 @@ use kiln_train::{Config, ModelConfig, OptimizerConfig};
 use std::path::Path;
 use std::time::Instant;
 
+/// The kiln binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: bench_cnn <mnist prefix> <pipeline|examples> <rows> [--onnx <test prefix> <threads>]";

@@ -9,6 +9,10 @@ use kiln_optimize::{CandidateConfig, Config};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The kiln binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run = PathBuf::from(

@@ -11,6 +11,10 @@ use kiln_train::{Config, ModelConfig, OptimizerConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The kiln binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--sgemm") {

@@ -2,7 +2,7 @@
 //! CPU's implementation: every batch in two fixed halves on two one-thread rayon pools,
 //! so that the weights are bit-identical at any thread count.
 
-use super::{Batch, LossFn, Matrix, Mlp, Step, Traced, cpu_adam, input_grad};
+use super::{Batch, LossFn, Matrix, Mlp, Step, Traced, cpu_adam, gather_op, input_grad};
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 
@@ -18,6 +18,29 @@ pub(crate) trait Backend: Device<f32> {
     /// backward computes the gradient of `x` too.
     fn input_matmul(x: Matrix<Self>, w: &Matrix<Self>) -> Traced<Self> {
         x.traced(Gradients::leaky()).matmul(w.clone())
+    }
+
+    /// The values of `h` (read flat, row-major) at the index `key` of `net`'s window
+    /// cache (built by `make` on a miss), as a `[rows, cols]` matrix on `h`'s tape; an
+    /// index of `h`'s length reads 0 (the padding). The default is dfdx's `gather` after
+    /// appending that zero.
+    fn gather_flat(
+        net: &Mlp<Self>,
+        h: Traced<Self>,
+        key: (usize, usize),
+        make: &dyn Fn() -> Vec<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> Traced<Self> {
+        let dev = h.device().clone();
+        let (r, c) = *h.shape();
+        let flat = (
+            h.reshape_like(&(r * c, 1usize)),
+            dev.zeros_like(&(1usize, 1usize)),
+        )
+            .concat_along(Axis::<0>);
+        flat.gather(net.windows.get(&dev, key, make))
+            .reshape_like(&(rows, cols))
     }
 
     /// Forward and backward of `batch` in one pass (the default), or however the device
@@ -69,6 +92,18 @@ impl Backend for Cpu {
     /// 784-128-64-10 about 30 % of a training step).
     fn input_matmul(x: Matrix<Cpu>, w: &Matrix<Cpu>) -> Traced<Cpu> {
         input_grad::input_matmul(x, w)
+    }
+
+    /// One loop each way over a host index (see [`gather_op`]).
+    fn gather_flat(
+        net: &Mlp<Cpu>,
+        h: Traced<Cpu>,
+        key: (usize, usize),
+        make: &dyn Fn() -> Vec<usize>,
+        rows: usize,
+        cols: usize,
+    ) -> Traced<Cpu> {
+        gather_op::gather_flat(h, net.windows.host(key, make), rows, cols)
     }
 
     /// Every batch in two fixed halves, each through its own forward and backward pass

@@ -13,28 +13,43 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use kiln_core::{ConvStep, ImageShape, Window};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// An index tensor on the device.
-type Index<D> = Tensor<(usize,), usize, D>;
+pub(crate) type Index<D> = Tensor<(usize,), usize, D>;
 
 /// The gather indices of each convolutional step (and of the last reordering) for each
 /// batch size seen: they depend only on the step and the number of images, and building
 /// them on the host for every batch cost about as much as the gathers themselves. A
 /// training run sees two or three batch sizes (the halves of a full batch and of the
 /// last one), so the cache stays small; cloning a cached tensor shares its buffer.
-pub(crate) struct WindowCache<D: Device<f32>>(Mutex<HashMap<(usize, usize), Index<D>>>);
+pub(crate) struct WindowCache<D: Device<f32>> {
+    device: Mutex<HashMap<WindowKey, Index<D>>>,
+    host: Mutex<HashMap<WindowKey, Arc<Vec<usize>>>>,
+}
+
+/// A window index's key: the step (the step count for the final reordering) and the
+/// number of images.
+type WindowKey = (usize, usize);
 
 impl<D: Device<f32>> Default for WindowCache<D> {
     fn default() -> Self {
-        WindowCache(Mutex::new(HashMap::new()))
+        WindowCache {
+            device: Mutex::new(HashMap::new()),
+            host: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 impl<D: Device<f32>> WindowCache<D> {
-    /// The index of `key` (step, images), built by `make` on a miss.
-    fn get(&self, dev: &D, key: (usize, usize), make: impl FnOnce() -> Vec<usize>) -> Index<D> {
-        let mut map = match self.0.lock() {
+    /// The index of `key` (step, images) on the device, built by `make` on a miss.
+    pub(crate) fn get(
+        &self,
+        dev: &D,
+        key: (usize, usize),
+        make: &dyn Fn() -> Vec<usize>,
+    ) -> Index<D> {
+        let mut map = match self.device.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -45,6 +60,19 @@ impl<D: Device<f32>> WindowCache<D> {
                 dev.tensor_from_vec(v, (len,))
             })
             .clone()
+    }
+
+    /// The index of `key` on the host (for the CPU's own gather), built on a miss.
+    pub(crate) fn host(
+        &self,
+        key: (usize, usize),
+        make: &dyn Fn() -> Vec<usize>,
+    ) -> Arc<Vec<usize>> {
+        let mut map = match self.host.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(key).or_insert_with(|| Arc::new(make())).clone()
     }
 }
 
@@ -106,7 +134,7 @@ fn window_index(
     idx
 }
 
-impl<D: Device<f32>> Mlp<D> {
+impl<D: super::Backend> Mlp<D> {
     /// The convolutional steps on `x` (`[images, channels · height · width]`) with a
     /// tape: the first dense layer's input, `[images, channels · height · width]` of the
     /// last step's output. `masks`: one per `dropout` step with a rate above 0, each
@@ -139,20 +167,12 @@ impl<D: Device<f32>> Mlp<D> {
                 continue;
             }
             let win = step.window(shape);
-            let total = n * shape.len();
-            let flat = (
-                h.reshape_like(&(total, 1usize)),
-                dev.zeros_like(&(1usize, 1usize)),
-            )
-                .concat_along(Axis::<0>);
             let positions = n * out.height * out.width;
+            let make = || window_index(n, shape, out, win, layout);
             h = match (*step, param) {
                 (ConvStep::Conv2d { activation, .. }, Some(p)) => {
                     let k2 = shape.channels * win.kh * win.kw;
-                    let idx = self
-                        .windows
-                        .get(&dev, (i, n), || window_index(n, shape, out, win, layout));
-                    let cols = flat.gather(idx).reshape_like(&(positions, k2));
+                    let cols = D::gather_flat(self, h, (i, n), &make, positions, k2);
                     let z = cols.matmul(p.w.clone())
                         + p.b
                             .clone()
@@ -161,12 +181,8 @@ impl<D: Device<f32>> Mlp<D> {
                 }
                 _ => {
                     let kk = win.kh * win.kw;
-                    let idx = self
-                        .windows
-                        .get(&dev, (i, n), || window_index(n, shape, out, win, layout));
-                    let windows = flat
-                        .gather(idx)
-                        .reshape_like(&(positions * shape.channels, kk));
+                    let windows =
+                        D::gather_flat(self, h, (i, n), &make, positions * shape.channels, kk);
                     let pooled: Tensor<(usize,), f32, D, _> = match step {
                         ConvStep::MaxPool { .. } => windows.max::<(usize,), Axis<1>>(),
                         _ => windows.mean::<(usize,), Axis<1>>(),
@@ -179,7 +195,7 @@ impl<D: Device<f32>> Mlp<D> {
         }
         // back to the dataset's order, as kiln-core and ONNX `Flatten` read it
         let total = n * shape.len();
-        let idx = self.windows.get(&dev, (self.spec.conv.len(), n), || {
+        let reorder = || {
             let mut idx = Vec::with_capacity(total);
             for img in 0..n {
                 for c in 0..shape.channels {
@@ -191,10 +207,8 @@ impl<D: Device<f32>> Mlp<D> {
                 }
             }
             idx
-        });
-        h.reshape_like(&(total, 1usize))
-            .gather(idx)
-            .reshape_like(&(n, shape.len()))
+        };
+        D::gather_flat(self, h, (self.spec.conv.len(), n), &reorder, n, shape.len())
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`conv`]: the convolutional steps of an image model, from dfdx's gather, matmul,
 //!   reshape and max / mean;
 //! - [`input_grad`]: the CPU's input-layer product whose backward computes dW only;
+//! - [`gather_op`]: the CPU's window gather of the convolutional steps as one tape op;
 //! - [`dropout`](mod@dropout): dropout masks drawn from the epoch's random stream;
 //! - [`optim`]: optimizer steps (dfdx's Adam / SGD kernels, gradient clipping);
 //! - [`cpu_adam`]: kiln's CPU Adam (dfdx's arithmetic bit for bit, on host copies);
@@ -17,6 +18,7 @@ mod backend;
 mod conv;
 mod cpu_adam;
 mod dropout;
+mod gather_op;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 mod input_grad;
