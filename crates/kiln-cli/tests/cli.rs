@@ -879,32 +879,7 @@ fn predict_takes_image_files_for_an_image_model() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
     let images = root().join("fixtures/images/digits");
-    let pipe = write(
-        dir.path(),
-        "images.toml",
-        &format!(
-            r#"version = 1
-name = "images"
-seed = 4
-[stages.data]
-uses = "preprocess"
-source = {{ format = "images", path = "{}", image = [8, 8] }}
-target = "label"
-steps = [{{ op = "scale", by = 240.0 }}]
-split = {{ valid = 0.2, test = 0.2, stratify = true }}
-[stages.train]
-uses = "train"
-input = "data"
-model = {{ hidden = [16], image = [1, 8, 8], conv = [{{ op = "conv2d", channels = 4, kernel = 3, padding = 1 }}, {{ op = "max_pool", kernel = 2 }}] }}
-epochs = 30
-batch_size = 16
-[stages.ship]
-uses = "deploy"
-input = "train"
-"#,
-            images.display()
-        ),
-    );
+    let pipe = write(dir.path(), "images.toml", &common::image_pipeline(&images));
     ok(kiln().arg("run").arg(&pipe).arg("--runs-dir").arg(&runs));
     let ship = runs.join("images/latest/ship");
     let schema: kiln_core::Schema =

@@ -800,28 +800,7 @@ fn image_ship() -> &'static (PathBuf, PathBuf) {
         let pipe = dir.join("images.toml");
         std::fs::write(
             &pipe,
-            format!(
-                r#"version = 1
-name = "images"
-seed = 4
-[stages.data]
-uses = "preprocess"
-source = {{ format = "images", path = "{}", image = [8, 8] }}
-target = "label"
-steps = [{{ op = "scale", by = 240.0 }}]
-split = {{ valid = 0.2, test = 0.2, stratify = true }}
-[stages.train]
-uses = "train"
-input = "data"
-model = {{ hidden = [16], image = [1, 8, 8], conv = [{{ op = "conv2d", channels = 4, kernel = 3, padding = 1 }}, {{ op = "max_pool", kernel = 2 }}] }}
-epochs = 30
-batch_size = 16
-[stages.ship]
-uses = "deploy"
-input = "train"
-"#,
-                root().join("fixtures/images/digits").display()
-            ),
+            common::image_pipeline(&root().join("fixtures/images/digits")),
         )
         .unwrap();
         let runs = dir.join("runs");

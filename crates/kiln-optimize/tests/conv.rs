@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{dense_weights, fp32_and_int8_files, python_check, rng};
+use common::{conv_weights, dense_weights, fp32_and_int8_files, python_check, rng};
 
 use kiln_core::{
     Activation, ConvStep, Dataset, ImageShape, ModelSpec, NativeModel, Predictor, Task, TensorStore,
@@ -51,29 +51,7 @@ fn model() -> NativeModel {
     spec.validate().unwrap();
     let mut next = rng(0x5851_f42d_4c95_7f2d);
     let mut w = TensorStore::default();
-    let mut channels = image.channels;
-    for (i, step) in spec.conv.iter().enumerate() {
-        if let ConvStep::Conv2d {
-            channels: out,
-            kernel,
-            ..
-        } = *step
-        {
-            let k2 = channels * kernel * kernel;
-            let s = 2.0 / (k2 as f32).sqrt();
-            w.insert_f32(
-                &format!("conv.{i}.weight"),
-                vec![k2, out],
-                (0..k2 * out).map(|_| next() * s).collect(),
-            );
-            w.insert_f32(
-                &format!("conv.{i}.bias"),
-                vec![out],
-                (0..out).map(|_| next() * 0.1).collect(),
-            );
-            channels = out;
-        }
-    }
+    conv_weights(&spec, &mut next, &mut w);
     dense_weights(&spec, &mut next, &mut w);
     NativeModel::new(spec, w).unwrap()
 }
@@ -246,24 +224,7 @@ fn wide_model() -> NativeModel {
     spec.validate().unwrap();
     let mut next = rng(0x2545_f491_4f6c_dd1d);
     let mut w = TensorStore::default();
-    let mut channels = image.channels;
-    for (i, step) in spec.conv.iter().enumerate() {
-        if let ConvStep::Conv2d { channels: out, .. } = *step {
-            let k2 = channels * 9;
-            let s = 2.0 / (k2 as f32).sqrt();
-            w.insert_f32(
-                &format!("conv.{i}.weight"),
-                vec![k2, out],
-                (0..k2 * out).map(|_| next() * s).collect(),
-            );
-            w.insert_f32(
-                &format!("conv.{i}.bias"),
-                vec![out],
-                (0..out).map(|_| next() * 0.1).collect(),
-            );
-            channels = out;
-        }
-    }
+    conv_weights(&spec, &mut next, &mut w);
     dense_weights(&spec, &mut next, &mut w);
     NativeModel::new(spec, w).unwrap()
 }

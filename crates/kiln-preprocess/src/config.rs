@@ -308,6 +308,15 @@ fn default_true() -> bool {
 }
 
 impl Source {
+    /// `[height, width]` an images source resizes to (None for tables and IDX files,
+    /// whose layout comes from their header).
+    pub fn image_size(&self) -> Option<[usize; 2]> {
+        match self {
+            Source::Images { image, .. } => Some(*image),
+            _ => None,
+        }
+    }
+
     /// The format's name as written in `format = "…"`.
     pub fn format(&self) -> &'static str {
         match self {

@@ -180,21 +180,14 @@ pub fn prepare(config: &Config) -> Result<Output> {
     };
     let w = features.len();
     let removed = steps::removed_columns(plan, &features);
-    let mut skipped_files = std::mem::take(&mut main.skipped);
-    if let Some(t) = &mut test_src {
-        skipped_files.append(&mut t.skipped);
-    }
+    let skipped_files: Vec<_> = (main.skipped.drain(..))
+        .chain(test_src.iter_mut().flat_map(|t| t.skipped.drain(..)))
+        .collect();
     let mut dropped = DroppedRows {
         null_target: main.drop_null_target(target)?,
         unreadable_files: skipped_files.len(),
         ..Default::default()
     };
-    if !skipped_files.is_empty() {
-        tracing::warn!(
-            files = skipped_files.len(),
-            "skipped unreadable image files (listed in profile.json)"
-        );
-    }
     if let Some(t) = &mut test_src {
         dropped.null_target += t.drop_null_target(target)?;
     }
@@ -434,11 +427,9 @@ pub fn prepare(config: &Config) -> Result<Output> {
             "augment.oversample balances classes, but the target is a regression target; remove `oversample`".into(),
         ));
     }
-    let source_layout = match &config.source {
-        Source::Images { image, .. } => Some(*image),
-        _ => idx_layout,
-    };
-    let layout = config.augment.layout(w, source_layout)?;
+    let layout = config
+        .augment
+        .layout(w, config.source.image_size().or(idx_layout))?;
     let augmented = augment_train(
         &config.augment,
         &schema,

@@ -26,3 +26,30 @@ pub fn ok(c: &mut Command) -> Output {
     );
     out
 }
+
+/// A pipeline training a small CNN on the image folder `images` (8 x 8 grey) and
+/// deploying it, with seed 4.
+pub fn image_pipeline(images: &std::path::Path) -> String {
+    format!(
+        r#"version = 1
+name = "images"
+seed = 4
+[stages.data]
+uses = "preprocess"
+source = {{ format = "images", path = "{}", image = [8, 8] }}
+target = "label"
+steps = [{{ op = "scale", by = 240.0 }}]
+split = {{ valid = 0.2, test = 0.2, stratify = true }}
+[stages.train]
+uses = "train"
+input = "data"
+model = {{ hidden = [16], image = [1, 8, 8], conv = [{{ op = "conv2d", channels = 4, kernel = 3, padding = 1 }}, {{ op = "max_pool", kernel = 2 }}] }}
+epochs = 30
+batch_size = 16
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#,
+        images.display()
+    )
+}

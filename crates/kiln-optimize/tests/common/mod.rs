@@ -1,6 +1,9 @@
 //! Shared by kiln-optimize's integration tests: seeded weights, and the official checker
 //! and Python onnxruntime run over exported files.
 
+// each test crate uses its own part of these helpers
+#![allow(dead_code)]
+
 use kiln_core::{ModelSpec, NativeModel, Predictor, TensorStore};
 use kiln_optimize::quantize::{Scheme, quantize};
 use std::path::Path;
@@ -13,6 +16,35 @@ pub fn rng(seed: u64) -> impl FnMut() -> f32 {
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Seeded filters (scaled by 2 / sqrt(fan-in)) and small biases for every convolution
+/// of `spec`, into `w`.
+pub fn conv_weights(spec: &ModelSpec, next: &mut impl FnMut() -> f32, w: &mut TensorStore) {
+    let Some(image) = spec.image else { return };
+    let mut channels = image.channels;
+    for (i, step) in spec.conv.iter().enumerate() {
+        if let kiln_core::ConvStep::Conv2d {
+            channels: out,
+            kernel,
+            ..
+        } = *step
+        {
+            let k2 = channels * kernel * kernel;
+            let s = 2.0 / (k2 as f32).sqrt();
+            w.insert_f32(
+                &format!("conv.{i}.weight"),
+                vec![k2, out],
+                (0..k2 * out).map(|_| next() * s).collect(),
+            );
+            w.insert_f32(
+                &format!("conv.{i}.bias"),
+                vec![out],
+                (0..out).map(|_| next() * 0.1).collect(),
+            );
+            channels = out;
+        }
     }
 }
 
