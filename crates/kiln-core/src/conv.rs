@@ -87,6 +87,17 @@ pub enum ConvStep {
     },
     /// The mean of each whole channel: `[channels, 1, 1]`.
     GlobalAvgPool,
+    /// Batch normalization of each channel, then the activation: in training over the
+    /// batch's values of the channel (every image and position; biased variance), at
+    /// inference over the running statistics `conv.<i>.running_mean` / `running_var`:
+    /// `(x - mean) / sqrt(var + 1e-5) · gamma + beta`. Gamma is `conv.<i>.weight`
+    /// (`[1, channels]`), beta `conv.<i>.bias` (`[channels]`). Not the first step.
+    BatchNorm {
+        /// Activation after the normalization (default `relu`; give the convolution
+        /// before it `activation = "identity"`).
+        #[serde(default = "relu")]
+        activation: Activation,
+    },
     /// In training, each value is zeroed with probability `rate` and the others scaled by
     /// `1 / (1 - rate)`; at inference (the reference, ONNX) it passes values unchanged.
     Dropout {
@@ -125,6 +136,7 @@ impl ConvStep {
             ConvStep::AvgPool { .. } => "avg_pool",
             ConvStep::GlobalAvgPool => "global_avg_pool",
             ConvStep::Dropout { .. } => "dropout",
+            ConvStep::BatchNorm { .. } => "batch_norm",
         }
     }
 
@@ -152,18 +164,30 @@ impl ConvStep {
                 stride: 1,
                 padding: 0,
             },
-            ConvStep::Dropout { .. } => square(1, 1, 0),
+            ConvStep::Dropout { .. } | ConvStep::BatchNorm { .. } => square(1, 1, 0),
         }
+    }
+
+    /// Why the step cannot follow the steps `before` it, if it cannot: a batch norm needs
+    /// a step before it other than dropout (the input it would normalize is the
+    /// preprocessing's job).
+    pub fn placement(&self, before: &[ConvStep]) -> std::result::Result<(), String> {
+        if matches!(self, ConvStep::BatchNorm { .. })
+            && before.iter().all(|s| matches!(s, ConvStep::Dropout { .. }))
+        {
+            return Err("a batch norm normalizes what a step before it computed; normalize the input with the preprocessing steps (`standardize`, `scale`) instead".into());
+        }
+        Ok(())
     }
 
     /// The output shape on an input of `shape`, or why the step does not fit it.
     pub fn output(&self, shape: ImageShape) -> std::result::Result<ImageShape, String> {
-        if let ConvStep::Dropout { rate } = *self {
-            return if (0.0..1.0).contains(&rate) {
-                Ok(shape)
-            } else {
-                Err(format!("rate = {rate}: use a share in [0, 1)"))
-            };
+        match *self {
+            ConvStep::Dropout { rate } if !(0.0..1.0).contains(&rate) => {
+                return Err(format!("rate = {rate}: use a share in [0, 1)"));
+            }
+            ConvStep::Dropout { .. } | ConvStep::BatchNorm { .. } => return Ok(shape),
+            _ => {}
         }
         let w = self.window(shape);
         if w.kh == 0 || w.kw == 0 || w.stride == 0 {
@@ -274,10 +298,139 @@ pub fn conv_features_traced(
             }
             // inference: values pass unchanged
             ConvStep::Dropout { .. } => h,
+            ConvStep::BatchNorm { activation } => {
+                let (mean, var) = running_stats(weights, i, shape.channels)?;
+                batch_norm(&mut h, shape, (mean, var), weights, i, activation)?;
+                h
+            }
         };
         shape = out;
     }
     Ok(h)
+}
+
+/// Batch normalization's epsilon (PyTorch's and ONNX's default).
+pub const BATCH_NORM_EPS: f32 = 1e-5;
+
+/// Batch normalization `i`'s running mean and variance (`[channels]` each), checked.
+fn running_stats(weights: &TensorStore, i: usize, channels: usize) -> Result<(&[f32], &[f32])> {
+    let (mk, vk) = (
+        format!("conv.{i}.running_mean"),
+        format!("conv.{i}.running_var"),
+    );
+    let (m, v) = (weights.f32(&mk)?, weights.f32(&vk)?);
+    if m.len() != channels || v.len() != channels || !v.iter().all(|v| *v >= 0.0) {
+        return Err(CoreError::Invalid(format!(
+            "{mk} / {vk} must hold {channels} values each, the variances at least 0"
+        )));
+    }
+    Ok((m, v))
+}
+
+/// Normalizes every channel of the images `h` (`[channels, height, width]` each) with
+/// `(mean, var)`, then scales by gamma (`conv.<i>.weight`), adds beta (`conv.<i>.bias`)
+/// and applies the activation, in place.
+fn batch_norm(
+    h: &mut [f32],
+    shape: ImageShape,
+    (mean, var): (&[f32], &[f32]),
+    weights: &TensorStore,
+    i: usize,
+    act: Activation,
+) -> Result<()> {
+    let c = shape.channels;
+    let (gamma, beta) = (
+        weights.f32(&format!("conv.{i}.weight"))?,
+        conv_bias(weights, i, c)?,
+    );
+    if gamma.len() != c {
+        return Err(CoreError::Invalid(format!(
+            "conv.{i}.weight (gamma) holds {} values, the spec needs {c}",
+            gamma.len()
+        )));
+    }
+    let plane = shape.height * shape.width;
+    for img in h.chunks_exact_mut(shape.len()) {
+        for (ch, values) in img.chunks_exact_mut(plane).enumerate() {
+            let inv = 1.0 / (var[ch] + BATCH_NORM_EPS).sqrt();
+            for v in values {
+                *v = act.apply((*v - mean[ch]) * inv * gamma[ch] + beta[ch]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A batch norm's per-channel mean and variance.
+pub type BatchNormStats = (Vec<f32>, Vec<f32>);
+
+/// The statistics a batch normalization sees in training, over all `n` images `x` at
+/// once: for each `batch_norm` step (by index), its input's per-channel mean and biased
+/// variance, each step normalizing with its own (as training does) before the next one
+/// measures. kiln sets the running statistics to these over training images after each
+/// epoch (what "precise batch norm" computes), so they need no state between batches.
+pub fn batch_norm_statistics(
+    spec: &ModelSpec,
+    weights: &TensorStore,
+    x: &[f32],
+    n: usize,
+) -> Result<Vec<Option<BatchNormStats>>> {
+    let mut stats = vec![None; spec.conv.len()];
+    let Some(mut shape) = spec.image else {
+        return Ok(stats);
+    };
+    let shapes = spec
+        .conv_shapes()
+        .map_err(|(i, m)| CoreError::Invalid(format!("conv[{i}] ({}): {m}", spec.conv[i].op())))?;
+    if x.len() != n * shape.len() || n == 0 {
+        return Err(CoreError::Invalid(format!(
+            "got {} feature values for {n} images of {shape}",
+            x.len()
+        )));
+    }
+    // the steps before each batch norm, run as inference (running statistics only matter
+    // at batch norms, whose statistics are computed here)
+    let mut h = x.to_vec();
+    for (i, (step, out)) in spec.conv.iter().zip(shapes).enumerate() {
+        if let ConvStep::BatchNorm { activation } = *step {
+            let c = shape.channels;
+            let plane = shape.height * shape.width;
+            let count = (n * plane) as f64;
+            let mut mean = vec![0.0f64; c];
+            for img in h.chunks_exact(shape.len()) {
+                for (ch, values) in img.chunks_exact(plane).enumerate() {
+                    mean[ch] += values.iter().map(|&v| f64::from(v)).sum::<f64>();
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= count);
+            let mut var = vec![0.0f64; c];
+            for img in h.chunks_exact(shape.len()) {
+                for (ch, values) in img.chunks_exact(plane).enumerate() {
+                    var[ch] += values
+                        .iter()
+                        .map(|&v| (f64::from(v) - mean[ch]).powi(2))
+                        .sum::<f64>();
+                }
+            }
+            let mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+            let var: Vec<f32> = var.iter().map(|&v| (v / count) as f32).collect();
+            batch_norm(&mut h, shape, (&mean, &var), weights, i, activation)?;
+            stats[i] = Some((mean, var));
+        } else {
+            let mut one = spec.clone();
+            one.image = Some(shape);
+            one.conv = vec![*step];
+            let mut w = TensorStore::default();
+            for name in ["weight", "bias", "weight_scale"] {
+                if let Some(t) = weights.tensors.get(&format!("conv.{i}.{name}")) {
+                    w.tensors.insert(format!("conv.0.{name}"), t.clone());
+                }
+            }
+            h = conv_features(&one, &w, &h, n)?;
+        }
+        shape = out;
+    }
+    Ok(stats)
 }
 
 /// The smallest and largest of `v` (`(0, 0)` when empty).

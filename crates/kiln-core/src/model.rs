@@ -313,6 +313,7 @@ impl ModelSpec {
         };
         let mut out = Vec::with_capacity(self.conv.len());
         for (i, step) in self.conv.iter().enumerate() {
+            step.placement(&self.conv[..i]).map_err(|m| (i, m))?;
             shape = step.output(shape).map_err(|m| (i, m))?;
             out.push(shape);
         }
@@ -336,8 +337,13 @@ impl ModelSpec {
     /// every compressed form).
     pub fn copy_conv(&self, from: &TensorStore, to: &mut TensorStore) -> Result<()> {
         for (i, step) in self.conv.iter().enumerate() {
-            if matches!(step, ConvStep::Conv2d { .. }) {
-                for name in ["weight", "bias"] {
+            let names: &[&str] = match step {
+                ConvStep::Conv2d { .. } => &["weight", "bias"],
+                ConvStep::BatchNorm { .. } => &["weight", "bias", "running_mean", "running_var"],
+                _ => &[],
+            };
+            {
+                for name in names {
                     let key = format!("conv.{i}.{name}");
                     let t = from.f32(&key)?;
                     let shape = from
@@ -407,14 +413,18 @@ impl ModelSpec {
         let mut channels = image.channels;
         let mut n = 0;
         for step in &self.conv {
-            if let ConvStep::Conv2d {
-                channels: out,
-                kernel,
-                ..
-            } = *step
-            {
-                n += channels * kernel * kernel * out + out;
-                channels = out;
+            match *step {
+                ConvStep::Conv2d {
+                    channels: out,
+                    kernel,
+                    ..
+                } => {
+                    n += channels * kernel * kernel * out + out;
+                    channels = out;
+                }
+                // gamma and beta (the running statistics are not learned)
+                ConvStep::BatchNorm { .. } => n += 2 * channels,
+                _ => {}
             }
         }
         n

@@ -5,7 +5,8 @@
 
 use crate::export::{Graph, activation, check_len};
 use crate::onnx::{
-    attr_int, attr_ints, dtype, node, tensor_f32, tensor_i8, tensor_i32, tensor_i64, tensor_u8,
+    attr_float, attr_int, attr_ints, dtype, node, tensor_f32, tensor_i8, tensor_i32, tensor_i64,
+    tensor_u8,
 };
 use crate::{DeployError, Result};
 use kiln_core::{ConvStep, ModelSpec, TensorStore};
@@ -173,9 +174,36 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 shape = out_shape;
                 continue;
             }
+            ConvStep::BatchNorm { activation: act } => {
+                // ONNX BatchNormalization in inference mode over the running statistics
+                let c = shape.channels;
+                let names =
+                    ["weight", "bias", "running_mean", "running_var"].map(|n| format!("{p}.{n}"));
+                for name in &names {
+                    let v = weights.f32(name)?;
+                    check_len(name, v.len(), c)?;
+                    g.inits.push(tensor_f32(name, &[c], v));
+                }
+                let pre = if act == kiln_core::Activation::Identity {
+                    out.clone()
+                } else {
+                    format!("{p}.pre_activation")
+                };
+                let inputs: Vec<&str> = std::iter::once(h.as_str())
+                    .chain(names.iter().map(String::as_str))
+                    .collect();
+                g.nodes.push(node(
+                    "BatchNormalization",
+                    &format!("{p}.batch_norm"),
+                    &inputs,
+                    &[&pre],
+                    vec![attr_float("epsilon", kiln_core::conv::BATCH_NORM_EPS)],
+                ));
+                activation(g, act, &pre, &out, &p);
+            }
         }
         (non_negative, pooled) = match *step {
-            ConvStep::Conv2d { activation, .. } => {
+            ConvStep::Conv2d { activation, .. } | ConvStep::BatchNorm { activation } => {
                 (activation == kiln_core::Activation::Relu, false)
             }
             _ => (non_negative, true),

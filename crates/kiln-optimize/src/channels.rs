@@ -58,6 +58,11 @@ fn input_shapes(spec: &ModelSpec) -> Result<Vec<ImageShape>> {
 /// channel: the norm of its filter and bias times the norm of the weights reading it.
 pub fn channel_scores(model: &NativeModel) -> Result<Vec<Option<Vec<f64>>>> {
     let spec = &model.spec;
+    if has_batch_norm(spec) {
+        return Err(OptimizeError::Config(
+            "structured pruning of convolutions is not built for a network with batch_norm steps; prune its dense units only".into(),
+        ));
+    }
     let inputs = input_shapes(spec)?;
     let readers = readers(spec)?;
     let mut out = Vec::with_capacity(spec.conv.len());
@@ -118,6 +123,13 @@ fn reads<'a>(
             )
         }
     })
+}
+
+/// Whether `spec` has a batch norm (channel pruning does not remove its channels yet).
+pub fn has_batch_norm(spec: &ModelSpec) -> bool {
+    spec.conv
+        .iter()
+        .any(|s| matches!(s, ConvStep::BatchNorm { .. }))
 }
 
 /// Each convolution's output channels (`None` for the other steps).

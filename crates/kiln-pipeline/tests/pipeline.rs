@@ -1535,10 +1535,10 @@ fn mnist_cnn_runs_as_shipped_for_one_epoch() {
     );
 }
 
-/// A CNN on the 8 x 8 digits through every stage: compressed (static int8: the second
-/// convolution, reading 8 channels, as `QLinearConv`, the first one float, the dense
-/// layers int8; and half the dense units removed with fine-tuning), evaluated and
-/// deployed within the parity gate.
+/// A CNN with a batch norm on the 8 x 8 digits through every stage: compressed (static
+/// int8: the second convolution, reading 8 channels, as `QLinearConv`, the first one and
+/// the batch norm float, the dense layers int8; and half the dense units removed with
+/// fine-tuning), evaluated and deployed within the parity gate.
 #[test]
 fn digits_cnn_compresses_and_deploys() {
     let runs = tempfile::tempdir().unwrap();
@@ -1555,7 +1555,8 @@ split = { valid = 0.15, test = 0.2, stratify = true }
 uses = "train"
 input = "data"
 model = { hidden = [32], image = [1, 8, 8], conv = [
-  { op = "conv2d", channels = 8, kernel = 3, padding = 1 },
+  { op = "conv2d", channels = 8, kernel = 3, padding = 1, activation = "identity" },
+  { op = "batch_norm" },
   { op = "max_pool", kernel = 2 },
   { op = "conv2d", channels = 16, kernel = 3, padding = 1, activation = "gelu" },
   { op = "avg_pool", kernel = 2 },
@@ -1603,19 +1604,24 @@ min_argmax_agreement = 0.99
     // static int8: the 8-channel convolution is int8, the 1-channel one float
     let q =
         kiln_core::NativeModel::load(&r.run_dir.join("compress/candidates/int8-static")).unwrap();
-    assert_eq!(q.weights.i8("conv.2.weight").unwrap().len(), 72 * 16);
+    assert_eq!(q.weights.i8("conv.3.weight").unwrap().len(), 72 * 16);
+    // the batch norm's running statistics: measured on training images, not the start's
+    let var = q.weights.f32("conv.1.running_var").unwrap();
+    assert_eq!(var.len(), 8);
+    assert!(var.iter().all(|&v| v > 0.0) && var.iter().any(|&v| (v - 1.0).abs() > 0.01));
     assert_eq!(q.weights.f32("conv.0.weight").unwrap().len(), 9 * 8);
     let onnx = kiln_deploy::export(&q.spec, &q.weights, &Default::default()).unwrap();
     let g = kiln_deploy::decode(&onnx).unwrap().graph.unwrap();
     let ops: Vec<&str> = g.node.iter().map(|n| n.op_type()).collect();
     assert_eq!(
-        ["Conv", "QLinearConv", "MatMulInteger"].map(|op| ops.iter().filter(|o| **o == op).count()),
-        [1, 1, 2],
+        ["Conv", "QLinearConv", "MatMulInteger", "BatchNormalization"]
+            .map(|op| ops.iter().filter(|o| **o == op).count()),
+        [1, 1, 2, 1],
         "{ops:?}"
     );
     // the pooled ReLU outputs pass an exact no-op Relu before the QuantizeLinear, which
     // keeps ONNX Runtime's pooling in float
-    let keep = g.node.iter().find(|n| n.name() == "conv.2.keep_pool_float");
+    let keep = g.node.iter().find(|n| n.name() == "conv.3.keep_pool_float");
     assert_eq!(keep.map(|n| n.op_type()), Some("Relu"));
     let parity = json(&r.run_dir.join("ship/parity.json"));
     for (name, v) in parity["variants"].as_object().unwrap() {

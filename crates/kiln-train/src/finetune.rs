@@ -176,6 +176,8 @@ pub fn finetune(
             net.update(&mut grads, &opt, cfg.lr).map_err(dev_err)?;
             net.apply_masks(&mask_t);
         }
+        let bn_rows = train.n_rows().min(crate::BATCH_NORM_ROWS);
+        net.refresh_batch_norm(&train.features[..bn_rows * train.n_features()], bn_rows)?;
         let weights = net.to_store();
         let (_, metric) = evaluate(&spec, &weights, valid)?;
         tracing::info!(epoch, valid_metric = metric, "fine-tuned");

@@ -212,6 +212,10 @@ impl Output {
 
 /// Trains on `train`, selects on `valid`, writes the model artifact into `out_dir`.
 /// With `resume` (the default) a checkpoint left in `out_dir/checkpoint` by an interrupted
+/// Training images a batch norm's running statistics are computed over after each epoch
+/// (the first ones of the train split, as one batch).
+pub const BATCH_NORM_ROWS: usize = 2048;
+
 /// run of the same config and data is continued, ending with the same bytes.
 pub fn run(
     config: &Config,

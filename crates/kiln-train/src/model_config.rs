@@ -146,6 +146,10 @@ impl ModelConfig {
                 } else {
                     let mut shape = image;
                     for (i, step) in model.conv.iter().enumerate() {
+                        if let Err(m) = step.placement(&model.conv[..i]) {
+                            bad(&format!("model.conv[{i}]"), m);
+                            break;
+                        }
                         match step.output(shape) {
                             Ok(s) if s.len() <= MAX_IMAGE_VALUES => shape = s,
                             Ok(s) => {

@@ -170,6 +170,9 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
             progress.advance(1);
         }
         epochs_run += 1;
+        // batch norms: running statistics over the first training images in one batch
+        let bn_rows = train.n_rows().min(crate::BATCH_NORM_ROWS);
+        net.refresh_batch_norm(&train.features[..bn_rows * train.n_features()], bn_rows)?;
         let weights = store(&net);
         let (valid_loss, valid_metric) = {
             let _span = tracing::info_span!("validate", rows = valid.n_rows()).entered();

@@ -157,6 +157,19 @@ impl<D: super::Backend> Mlp<D> {
                 // a convolution always has its parameters (Mlp::new)
                 return h;
             }
+            if let (ConvStep::BatchNorm { activation }, Some(p)) = (*step, param) {
+                // over this batch's values of each channel (rows: images · positions, the
+                // channels-last layout every step but the first leaves)
+                let (rows, c) = *h.shape();
+                let gamma = p.w.clone().reshape_like(&(c,));
+                let z = h.normalize::<Axis<0>>(kiln_core::conv::BATCH_NORM_EPS)
+                    * gamma.broadcast_like::<(usize, usize), Axis<0>>(&(rows, c))
+                    + p.b
+                        .clone()
+                        .broadcast_like::<(usize, usize), Axis<0>>(&(rows, c));
+                h = activate(z, activation);
+                continue;
+            }
             if let ConvStep::Dropout { rate } = *step {
                 if rate > 0.0
                     && let Some(m) = masks.next()
@@ -367,5 +380,76 @@ mod tests {
             "{zeros} of 540 zeroed at rate 0.5"
         );
         assert!(whole[1].iter().all(|&m| m == 0.0 || m == 2.0));
+    }
+
+    /// Batch norms (after a convolution, and after the average pool) train over the
+    /// batch's own statistics: the pass equals kiln-core's reference with the running
+    /// statistics set to that batch's, and the gradients of the convolutions and of
+    /// gamma and beta are the central differences of that (statistics recomputed at each
+    /// step). Gamma starts at 1 and beta at 0.
+    #[test]
+    fn batch_norm_trains_on_the_batch_statistics() {
+        let mut spec = spec();
+        let identity = |c: &mut ConvStep| {
+            if let ConvStep::Conv2d { activation, .. } = c {
+                *activation = Activation::Identity;
+            }
+        };
+        identity(&mut spec.conv[0]);
+        spec.conv.insert(
+            1,
+            ConvStep::BatchNorm {
+                activation: Activation::Tanh,
+            },
+        );
+        spec.conv.insert(
+            3,
+            ConvStep::BatchNorm {
+                activation: Activation::Relu,
+            },
+        );
+        spec.validate().unwrap();
+        let dev = Cpu::seed_from_u64(0);
+        let net = Mlp::new(&dev, spec, 0.0, 9).unwrap();
+        let store = net.to_store();
+        assert_eq!(store.f32("conv.1.weight").unwrap(), [1.0; 3]);
+        assert_eq!(store.f32("conv.1.bias").unwrap(), [0.0; 3]);
+        let rows = 4;
+        let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.43).sin()).collect();
+        let y = vec![0.3, -0.2, 0.5, 0.1];
+        let check = GradCheck::new(&dev, &net, &x, &y, 1e-4);
+        let mut checked = 0;
+        for (i, c) in net.convs.iter().enumerate() {
+            let Some(layer) = c else { continue };
+            for (name, grad) in [
+                ("weight", check.step.grads.get(&layer.w).as_vec()),
+                ("bias", check.step.grads.get(&layer.b).as_vec()),
+            ] {
+                let key = format!("conv.{i}.{name}");
+                for k in (0..grad.len()).step_by(3) {
+                    let fd = check.central_difference(&key, k);
+                    assert!(
+                        (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                        "{key}[{k}]: gradient {}, central difference {fd}",
+                        grad[k]
+                    );
+                    checked += usize::from(fd.abs() > 1e-4);
+                }
+            }
+        }
+        assert!(checked >= 8, "{checked} gradients checked");
+        // the first step cannot be a batch norm
+        let mut first = super::tests::spec();
+        first.conv.insert(
+            0,
+            ConvStep::BatchNorm {
+                activation: Activation::Relu,
+            },
+        );
+        let e = first.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("a batch norm normalizes what a step before it computed"),
+            "{e}"
+        );
     }
 }

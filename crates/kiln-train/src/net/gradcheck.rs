@@ -1,6 +1,6 @@
 //! Test support: one MSE pass of a network checked against kiln-core's reference forward
 //! pass, and the loss's central differences through that reference, to check the
-//! gradients of custom tape code (embeddings, convolutions) value by value.
+//! gradients of custom tape code (embeddings, convolutions, batch norms) value by value.
 
 use super::{Batch, LossFn, Mlp, Step};
 use crate::config::Loss;
@@ -28,7 +28,7 @@ impl<'a> GradCheck<'a> {
             .pass(dev, &Self::batch(x, y), Self::loss(), 1.0)
             .unwrap();
         let store = net.to_store();
-        let reference = kiln_core::forward(&net.spec, &store, x, rows).unwrap();
+        let reference = train_mode_reference(&net.spec, &store, x, rows);
         for (a, b) in step.outputs.iter().zip(&reference) {
             assert!((a - b).abs() < tol, "{:?} vs {reference:?}", step.outputs);
         }
@@ -70,7 +70,7 @@ impl<'a> GradCheck<'a> {
             let mut v = base.clone();
             v[k] += d;
             s.insert_f32(key, vec![v.len()], v);
-            let out = kiln_core::forward(&self.net.spec, &s, self.x, self.rows).unwrap();
+            let out = train_mode_reference(&self.net.spec, &s, self.x, self.rows);
             out.iter()
                 .zip(self.y)
                 .map(|(o, t)| f64::from(o - t).powi(2))
@@ -79,4 +79,23 @@ impl<'a> GradCheck<'a> {
         };
         (moved(1e-2) - moved(-1e-2)) / 2e-2
     }
+}
+
+/// kiln-core's forward pass as training computes it: each batch norm over the batch's own
+/// statistics (its running statistics set to them first).
+fn train_mode_reference(
+    spec: &kiln_core::ModelSpec,
+    store: &TensorStore,
+    x: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let mut s = store.clone();
+    let stats = kiln_core::conv::batch_norm_statistics(spec, store, x, rows).unwrap();
+    for (i, st) in stats.into_iter().enumerate() {
+        if let Some((mean, var)) = st {
+            s.insert_f32(&format!("conv.{i}.running_mean"), vec![mean.len()], mean);
+            s.insert_f32(&format!("conv.{i}.running_var"), vec![var.len()], var);
+        }
+    }
+    kiln_core::forward(spec, &s, x, rows).unwrap()
 }

@@ -184,6 +184,24 @@ impl<D: Device<f32>> Layer<D> {
         })
     }
 
+    /// A batch norm's parameters: gamma 1 as a `1 x channels` weight, beta 0 as the bias.
+    fn batch_norm(dev: &D, channels: usize) -> Result<Self, D::Err> {
+        let state = [channels, channels]
+            .into_iter()
+            .map(|n| {
+                let alloc = || Storage::<f32>::try_alloc_len(dev, n);
+                Ok([alloc()?, alloc()?])
+            })
+            .collect::<Result<_, D::Err>>()?;
+        Ok(Layer {
+            w: dev.tensor_from_vec(vec![1.0; channels], (1, channels)),
+            b: dev.tensor_from_vec(vec![0.0; channels], (channels,)),
+            norm: None,
+            state,
+            mirror: Vec::new(),
+        })
+    }
+
     /// Parameter names in checkpoints and model files (`layers.<i>.<name>`): the weight,
     /// then the vectors of [`Layer::vectors`].
     const NAMES: [&'static str; 4] = ["weight", "bias", "norm_weight", "norm_bias"];
@@ -223,6 +241,9 @@ pub(crate) struct Mlp<D: Device<f32>> {
     /// Per convolutional step, its weight (`[in · k · k, out]`) and bias as a
     /// [`Layer`]; None for a pooling step.
     pub convs: Vec<Option<Layer<D>>>,
+    /// Per convolutional step, a batch norm's running mean and variance (host values,
+    /// set by [`Mlp::refresh_batch_norm`]); None for the other steps.
+    pub bn_stats: Vec<Option<kiln_core::conv::BatchNormStats>>,
     pub layers: Vec<Layer<D>>,
     pub spec: ModelSpec,
     pub dropout: f32,
@@ -263,8 +284,13 @@ impl<D: Device<f32>> Mlp<D> {
         // after the layers and tables in the stream: models without convolutions keep
         // their weights
         let mut convs = Vec::with_capacity(spec.conv.len());
+        let mut bn_stats = Vec::with_capacity(spec.conv.len());
         let mut channels = spec.image.map_or(0, |i| i.channels);
         for step in &spec.conv {
+            bn_stats.push(
+                matches!(step, ConvStep::BatchNorm { .. })
+                    .then(|| (vec![0.0; channels], vec![1.0; channels])),
+            );
             convs.push(match *step {
                 ConvStep::Conv2d {
                     channels: out,
@@ -275,12 +301,15 @@ impl<D: Device<f32>> Mlp<D> {
                     channels = out;
                     Some(Layer::new(dev, &mut rng, k2, out, false)?)
                 }
+                // gamma 1 (as a 1 x channels weight) and beta 0, as PyTorch starts them
+                ConvStep::BatchNorm { .. } => Some(Layer::batch_norm(dev, channels)?),
                 _ => None,
             });
         }
         Ok(Mlp {
             embeddings,
             convs,
+            bn_stats,
             layers,
             spec,
             dropout,

@@ -112,6 +112,16 @@ impl<D: Device<f32>> Mlp<D> {
                 ));
             }
         }
+        for (i, stats) in self.bn_stats.iter_mut().enumerate() {
+            if let Some((mean, var)) = stats {
+                let read = |name: &str, n: usize| -> Option<Vec<f32>> {
+                    let v = s.f32(&format!("conv.{i}.{name}")).ok()?;
+                    (v.len() == n).then(|| v.to_vec())
+                };
+                *mean = read("running_mean", mean.len())?;
+                *var = read("running_var", var.len())?;
+            }
+        }
         Some(())
     }
 
@@ -155,6 +165,36 @@ impl<D: Device<f32>> Mlp<D> {
                 s.insert_f32(&format!("{key}.{name}"), vec![cols], v.as_vec());
             }
         }
+        for (i, stats) in self.bn_stats.iter().enumerate() {
+            if let Some((mean, var)) = stats {
+                s.insert_f32(
+                    &format!("conv.{i}.running_mean"),
+                    vec![mean.len()],
+                    mean.clone(),
+                );
+                s.insert_f32(
+                    &format!("conv.{i}.running_var"),
+                    vec![var.len()],
+                    var.clone(),
+                );
+            }
+        }
         s
+    }
+
+    /// Sets every batch norm's running statistics to what it sees in training over the
+    /// `n` images `x` taken as one batch ([`kiln_core::conv::batch_norm_statistics`]):
+    /// after each epoch, on the first training images. No-op without batch norms.
+    pub fn refresh_batch_norm(&mut self, x: &[f32], n: usize) -> kiln_core::Result<()> {
+        if self.bn_stats.iter().all(Option::is_none) || n == 0 {
+            return Ok(());
+        }
+        let stats = kiln_core::conv::batch_norm_statistics(&self.spec, &self.to_store(), x, n)?;
+        for (slot, s) in self.bn_stats.iter_mut().zip(stats) {
+            if slot.is_some() {
+                *slot = s;
+            }
+        }
+        Ok(())
     }
 }
