@@ -265,6 +265,31 @@ mod tests {
         )
     }
 
+    /// Every `every`-th gradient of each convolutional step's weight and bias against the
+    /// loss's central difference; returns how many of them were not near 0.
+    fn check_conv_gradients(net: &Mlp<Cpu>, check: &GradCheck, every: usize) -> usize {
+        let mut checked = 0;
+        for (i, c) in net.convs.iter().enumerate() {
+            let Some(layer) = c else { continue };
+            for (name, grad) in [
+                ("weight", check.step.grads.get(&layer.w).as_vec()),
+                ("bias", check.step.grads.get(&layer.b).as_vec()),
+            ] {
+                let key = format!("conv.{i}.{name}");
+                for k in (0..grad.len()).step_by(every) {
+                    let fd = check.central_difference(&key, k);
+                    assert!(
+                        (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
+                        "{key}[{k}]: gradient {}, central difference {fd}",
+                        grad[k]
+                    );
+                    checked += usize::from(fd.abs() > 1e-4);
+                }
+            }
+        }
+        checked
+    }
+
     /// The training pass computes kiln-core's reference forward pass, and its convolution
     /// gradients are the loss's central differences through that reference.
     #[test]
@@ -278,25 +303,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.61).sin()).collect();
         let y = vec![0.3, -0.2, 0.5];
         let check = GradCheck::new(&dev, &net, &x, &y, 1e-5);
-        let mut checked = 0;
-        for (i, c) in net.convs.iter().enumerate() {
-            let Some(layer) = c else { continue };
-            for (name, grad) in [
-                ("weight", check.step.grads.get(&layer.w).as_vec()),
-                ("bias", check.step.grads.get(&layer.b).as_vec()),
-            ] {
-                let key = format!("conv.{i}.{name}");
-                for k in (0..grad.len()).step_by(5) {
-                    let fd = check.central_difference(&key, k);
-                    assert!(
-                        (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
-                        "{key}[{k}]: gradient {}, central difference {fd}",
-                        grad[k]
-                    );
-                    checked += usize::from(fd.abs() > 1e-4);
-                }
-            }
-        }
+        let checked = check_conv_gradients(&net, &check, 5);
         assert!(checked >= 6, "{checked} gradients checked");
     }
 
@@ -418,25 +425,7 @@ mod tests {
         let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.43).sin()).collect();
         let y = vec![0.3, -0.2, 0.5, 0.1];
         let check = GradCheck::new(&dev, &net, &x, &y, 1e-4);
-        let mut checked = 0;
-        for (i, c) in net.convs.iter().enumerate() {
-            let Some(layer) = c else { continue };
-            for (name, grad) in [
-                ("weight", check.step.grads.get(&layer.w).as_vec()),
-                ("bias", check.step.grads.get(&layer.b).as_vec()),
-            ] {
-                let key = format!("conv.{i}.{name}");
-                for k in (0..grad.len()).step_by(3) {
-                    let fd = check.central_difference(&key, k);
-                    assert!(
-                        (f64::from(grad[k]) - fd).abs() < 2e-3 * (1.0 + fd.abs()),
-                        "{key}[{k}]: gradient {}, central difference {fd}",
-                        grad[k]
-                    );
-                    checked += usize::from(fd.abs() > 1e-4);
-                }
-            }
-        }
+        let checked = check_conv_gradients(&net, &check, 3);
         assert!(checked >= 8, "{checked} gradients checked");
         // the first step cannot be a batch norm
         let mut first = super::tests::spec();

@@ -168,31 +168,32 @@ impl<D: Device<f32>> Layer<D> {
         if norm.is_some() {
             sizes.extend([out_dim, out_dim]);
         }
-        let state = sizes
-            .into_iter()
-            .map(|n| {
-                let alloc = || Storage::<f32>::try_alloc_len(dev, n);
-                Ok([alloc()?, alloc()?])
-            })
-            .collect::<Result<_, D::Err>>()?;
         Ok(Layer {
+            state: Self::zero_moments(dev, &sizes)?,
             w: dev.tensor_from_vec(w, (in_dim, out_dim)),
             b: dev.tensor_from_vec(b, (out_dim,)),
             norm,
-            state,
             mirror: Vec::new(),
         })
     }
 
-    /// A batch norm's parameters: gamma 1 as a `1 x channels` weight, beta 0 as the bias.
-    fn batch_norm(dev: &D, channels: usize) -> Result<Self, D::Err> {
-        let state = [channels, channels]
-            .into_iter()
-            .map(|n| {
+    /// Zeroed optimizer moments (first, second) for parameters of `sizes` values.
+    fn zero_moments(
+        dev: &D,
+        sizes: &[usize],
+    ) -> Result<Vec<[<D as Storage<f32>>::Vec; 2]>, D::Err> {
+        sizes
+            .iter()
+            .map(|&n| {
                 let alloc = || Storage::<f32>::try_alloc_len(dev, n);
                 Ok([alloc()?, alloc()?])
             })
-            .collect::<Result<_, D::Err>>()?;
+            .collect()
+    }
+
+    /// A batch norm's parameters: gamma 1 as a `1 x channels` weight, beta 0 as the bias.
+    fn batch_norm(dev: &D, channels: usize) -> Result<Self, D::Err> {
+        let state = Self::zero_moments(dev, &[channels, channels])?;
         Ok(Layer {
             w: dev.tensor_from_vec(vec![1.0; channels], (1, channels)),
             b: dev.tensor_from_vec(vec![0.0; channels], (channels,)),
