@@ -178,8 +178,11 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
 
     let mut g = Graph::default();
     let mut h = "features".to_string();
+    // the first layer's input flattened pixel by pixel: its rows are reordered to match
+    let mut hwc = None;
     if spec.image.is_some() {
-        h = crate::front::conv(&mut g, spec, weights)?;
+        let front = crate::front::conv(&mut g, spec, weights)?;
+        (h, hwc) = (front.input, front.hwc);
     } else if !spec.embeddings.is_empty() {
         h = crate::front::embeddings(&mut g, spec, weights)?;
     }
@@ -195,12 +198,15 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
         check_len(&b_name, b.len(), l.out_dim)?;
         g.inits.push(tensor_f32(&b_name, &[l.out_dim], b));
         let mm = format!("{p}.matmul_out");
+        let first_hwc = if i == 0 { hwc } else { None };
         match &spec.quantization {
             None => {
                 // dense_f32: sum_k x[k] * w[k, j], then + b[j], then the activation.
                 let w = weights.f32(&w_name)?;
                 check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
-                g.inits.push(tensor_f32(&w_name, &[l.in_dim, l.out_dim], w));
+                let w = crate::front::rows_for(w, first_hwc, l.out_dim);
+                g.inits
+                    .push(tensor_f32(&w_name, &[l.in_dim, l.out_dim], &w));
                 g.op("MatMul", &format!("{p}.matmul"), &[&h, &w_name], &[&mm]);
             }
             Some(_) if fp16 => {
@@ -208,7 +214,11 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                 let w = weights.f32(&w_name)?;
                 check_len(&w_name, w.len(), l.in_dim * l.out_dim)?;
                 let (w16, wf) = (format!("{w_name}_fp16"), format!("{p}.weight_f32"));
-                g.inits.push(tensor_f16(&w16, &[l.in_dim, l.out_dim], w));
+                g.inits.push(tensor_f16(
+                    &w16,
+                    &[l.in_dim, l.out_dim],
+                    &crate::front::rows_for(w, first_hwc, l.out_dim),
+                ));
                 g.nodes.push(node(
                     "Cast",
                     &format!("{p}.cast_weight"),
@@ -231,7 +241,11 @@ pub fn build(spec: &ModelSpec, weights: &TensorStore, meta: &ExportMeta) -> Resu
                         l.out_dim
                     )));
                 }
-                g.inits.push(tensor_i8(&w_name, &[l.in_dim, l.out_dim], w));
+                g.inits.push(tensor_i8(
+                    &w_name,
+                    &[l.in_dim, l.out_dim],
+                    &crate::front::rows_for(w, first_hwc, l.out_dim),
+                ));
                 g.inits.push(tensor_f32(&s_name, &[s.len()], s));
                 let (xq, xs, xz) = (
                     format!("{p}.x_quantized"),

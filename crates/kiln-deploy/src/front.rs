@@ -11,12 +11,30 @@ use crate::onnx::{
 use crate::{DeployError, Result};
 use kiln_core::{ConvStep, ModelSpec, TensorStore};
 
+/// What the exporter wrote in front of the first dense layer: the name of that layer's
+/// input, and, when the values come flattened pixel by pixel (height, width, channel)
+/// instead of kiln's channel by channel, the shape they were flattened from: the first
+/// layer's weight rows must then be reordered to match (see [`rows_for`]).
+pub(crate) struct Front {
+    pub input: String,
+    pub hwc: Option<kiln_core::ImageShape>,
+}
+
 /// The convolutional steps of `spec` on the input `features`, as
-/// `kiln_core::conv::conv_features` computes them; returns the name of the first dense
-/// layer's input (`[batch, channels · height · width]`, flattened as kiln flattens).
-pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<String> {
+/// `kiln_core::conv::conv_features` computes them, then `Flatten`.
+///
+/// After an int8 convolution (and only pooling after it) the values are flattened from
+/// NHWC: ONNX Runtime runs `QLinearConv` and the pooling after it channels-last and
+/// would transpose back to NCHW for an NCHW `Flatten`, single-threaded (1.3 ms of a
+/// 4.4 ms batch of 256 MNIST images at two threads). A `Transpose` to NHWC written here
+/// cancels against that one, and the first dense layer's rows are reordered to read the
+/// same values (docs/ARCHITECTURE.md, Decisions).
+pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Result<Front> {
     let Some(image) = spec.image else {
-        return Ok("features".into());
+        return Ok(Front {
+            input: "features".into(),
+            hwc: None,
+        });
     };
     let shapes = spec
         .conv_shapes()
@@ -37,6 +55,9 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
     let mut h = "conv.input".to_string();
     // whether `h` is a pooling of ReLU outputs (every value >= 0), and came from a pooling
     let (mut non_negative, mut pooled) = (false, false);
+    // whether `h` comes from an int8 convolution through pooling only (channels-last in
+    // ONNX Runtime)
+    let mut int8_tail = false;
     let mut shape = image;
     for (i, (step, out_shape)) in spec.conv.iter().zip(shapes).enumerate() {
         let p = format!("conv.{i}");
@@ -56,7 +77,9 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 let pads = attr_ints("pads", &[win.padding as i64; 4]);
                 let attrs = vec![kernel, strides, pads];
                 let shape4 = [o, shape.channels, win.kh, win.kw];
-                match kiln_core::conv::conv_int8(weights, i, k2, o)? {
+                let q = kiln_core::conv::conv_int8(weights, i, k2, o)?;
+                int8_tail = q.is_some();
+                match q {
                     Some(q) => {
                         if pooled && non_negative {
                             // An exact no-op on these values that keeps ONNX Runtime from
@@ -192,6 +215,7 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
                 let inputs: Vec<&str> = std::iter::once(h.as_str())
                     .chain(names.iter().map(String::as_str))
                     .collect();
+                int8_tail = false;
                 g.nodes.push(node(
                     "BatchNormalization",
                     &format!("{p}.batch_norm"),
@@ -211,6 +235,18 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
         h = out;
         shape = out_shape;
     }
+    let hwc = int8_tail.then_some(shape);
+    if hwc.is_some() {
+        let nhwc = "conv.out_nhwc";
+        g.nodes.push(node(
+            "Transpose",
+            "conv.to_nhwc",
+            &[&h],
+            &[nhwc],
+            vec![attr_ints("perm", &[0, 2, 3, 1])],
+        ));
+        h = nhwc.into();
+    }
     g.nodes.push(node(
         "Flatten",
         "conv.flatten",
@@ -218,7 +254,35 @@ pub(crate) fn conv(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore) -> Re
         &["conv.flat"],
         vec![attr_int("axis", 1)],
     ));
-    Ok("conv.flat".into())
+    Ok(Front {
+        input: "conv.flat".into(),
+        hwc,
+    })
+}
+
+/// A dense layer's `[in, out]` weight `w` as the exporter writes it: unchanged, or with
+/// `hwc` (a first layer reading values flattened pixel by pixel from that shape; see
+/// [`Front`]) its rows, in kiln's channel-by-channel order, reordered to height, width,
+/// channel.
+pub(crate) fn rows_for<T: Copy>(w: &[T], hwc: Option<kiln_core::ImageShape>, out: usize) -> Vec<T> {
+    let Some(shape) = hwc else {
+        return w.to_vec();
+    };
+    let (c, h, wd) = (shape.channels, shape.height, shape.width);
+    if w.len() != shape.len() * out {
+        // the caller's length check has already refused this weight
+        return w.to_vec();
+    }
+    let mut rows = Vec::with_capacity(w.len());
+    for y in 0..h {
+        for x in 0..wd {
+            for ch in 0..c {
+                let r = (ch * h + y) * wd + x;
+                rows.extend_from_slice(&w[r * out..(r + 1) * out]);
+            }
+        }
+    }
+    rows
 }
 
 /// kiln's `[k2, out]` convolution weight as ONNX's `[out, in, kh, kw]`.
@@ -339,4 +403,36 @@ pub(crate) fn embeddings(g: &mut Graph, spec: &ModelSpec, weights: &TensorStore)
         vec![attr_int("axis", 1)],
     ));
     Ok("embed.first_input".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2-channel 2 x 3 image's rows, kiln's (channel, row, column), read pixel by pixel:
+    /// row (y, x, c) of the result is row (c, y, x) of the weight, for every column.
+    #[test]
+    fn rows_for_reorders_channel_major_rows_to_pixel_major() {
+        let shape = kiln_core::ImageShape {
+            channels: 2,
+            height: 2,
+            width: 3,
+        };
+        let out = 2;
+        // row r holds [r, 100 + r]
+        let w: Vec<i32> = (0..12).flat_map(|r| [r, 100 + r]).collect();
+        let got = rows_for(&w, Some(shape), out);
+        let mut want = Vec::new();
+        for y in 0..2 {
+            for x in 0..3 {
+                for c in 0..2 {
+                    let r = (c * 2 + y) * 3 + x;
+                    want.extend([r, 100 + r]);
+                }
+            }
+        }
+        assert_eq!(got, want);
+        assert_eq!(&got[..6], &[0, 100, 6, 106, 1, 101]);
+        assert_eq!(rows_for(&w, None, out), w);
+    }
 }

@@ -233,7 +233,7 @@ pub fn check_model_parity(
         tolerance::one_rounding_step(&model.spec, &model.weights, x, rows, row - start, fits)
             .is_ok_and(|s| s.is_some())
     };
-    let mut report = if tolerance::rounding_may_differ(&model.spec) {
+    let mut report = if tolerance::rounding_may_differ(&model.spec, &model.weights)? {
         compare_with(&a, &b, batch, tol, &one_step)
     } else {
         compare(&a, &b, batch, tol)

@@ -104,37 +104,49 @@ pub(super) fn conv2d_int8(
     b: &[f32],
     act: Activation,
 ) -> Vec<f32> {
+    let mut y = Vec::with_capacity(x.len() / inp.len().max(1) * out.len());
+    for img in x.chunks_exact(inp.len()) {
+        let xq = crate::forward::quantize_u8(img, q.input.0, q.input.1);
+        y.extend(conv2d_int8_image(&xq, (inp, out, win), q, b, act));
+    }
+    y
+}
+
+/// [`conv2d_int8`] of one image already quantized to `xq` (the `QLinearConv` and what
+/// follows it), channel by channel.
+pub(crate) fn conv2d_int8_image(
+    xq: &[u8],
+    (inp, out, win): (ImageShape, ImageShape, Window),
+    q: &ConvInt8,
+    b: &[f32],
+    act: Activation,
+) -> Vec<f32> {
     let k2 = inp.channels * win.kh * win.kw;
-    let (xs, xz) = q.input;
+    let (_, xz) = q.input;
     let (ys, yz) = q.output;
     let bias = q.bias_i32(b);
     let mult = q.multipliers();
     let (lo, hi) = (-f32::from(yz), 255.0 - f32::from(yz));
     let positions = out.height * out.width;
-    let mut y = Vec::with_capacity(x.len() / inp.len().max(1) * out.len());
     let mut acc = vec![0i32; out.channels];
-    for img in x.chunks_exact(inp.len()) {
-        let xq = crate::forward::quantize_u8(img, xs, xz);
-        let cols = im2col_with(&xq, inp, out, win, xz);
-        let mut chw = vec![0.0f32; out.len()];
-        for (pos, row) in cols.chunks_exact(k2).enumerate() {
-            acc.copy_from_slice(&bias);
-            for (k, &xv) in row.iter().enumerate() {
-                let xv = i32::from(xv) - i32::from(xz);
-                if xv == 0 {
-                    continue;
-                }
-                let wr = &q.weight[k * out.channels..(k + 1) * out.channels];
-                for (a, &wv) in acc.iter_mut().zip(wr) {
-                    *a += xv * i32::from(wv);
-                }
+    let cols = im2col_with(xq, inp, out, win, xz);
+    let mut chw = vec![0.0f32; out.len()];
+    for (pos, row) in cols.chunks_exact(k2).enumerate() {
+        acc.copy_from_slice(&bias);
+        for (k, &xv) in row.iter().enumerate() {
+            let xv = i32::from(xv) - i32::from(xz);
+            if xv == 0 {
+                continue;
             }
-            for (c, (&a, &m)) in acc.iter().zip(&mult).enumerate() {
-                let yq = (a as f32 * m).clamp(lo, hi).round_ties_even() + f32::from(yz);
-                chw[c * positions + pos] = act.apply((yq - f32::from(yz)) * ys);
+            let wr = &q.weight[k * out.channels..(k + 1) * out.channels];
+            for (a, &wv) in acc.iter_mut().zip(wr) {
+                *a += xv * i32::from(wv);
             }
         }
-        y.extend(chw);
+        for (c, (&a, &m)) in acc.iter().zip(&mult).enumerate() {
+            let yq = (a as f32 * m).clamp(lo, hi).round_ties_even() + f32::from(yz);
+            chw[c * positions + pos] = act.apply((yq - f32::from(yz)) * ys);
+        }
     }
-    y
+    chw
 }

@@ -7,15 +7,19 @@
 //!   [`crate::forward::dense_f32`], the dense layers' loop and summation order);
 //! - `int8.rs`: static int8 convolutions as ONNX `QLinearConv` computes them;
 //! - `batch_norm.rs`: batch norms over running statistics, and the
-//!   statistics training sets them to.
+//!   statistics training sets them to;
+//! - `rounding.rs`: where an int8 CNN's quantized values may round otherwise in ONNX
+//!   Runtime, and the reference's values after such a rounding (the parity rule).
 
 mod batch_norm;
 mod forward;
 mod int8;
+mod rounding;
 
 pub use batch_norm::{BATCH_NORM_EPS, BatchNormStats, batch_norm_statistics};
 pub use forward::{ConvSeen, conv_features, conv_features_traced, im2col};
 pub use int8::{ConvInt8, INT8_MIN_IN_CHANNELS, conv_int8};
+pub use rounding::{InexactSites, NEAR_BOUNDARY, inexact_sites, near_boundary_moves};
 
 use crate::model::Activation;
 use serde::{Deserialize, Serialize};

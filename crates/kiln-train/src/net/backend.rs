@@ -2,9 +2,13 @@
 //! CPU's implementation: every batch in two fixed halves on two one-thread rayon pools,
 //! so that the weights are bit-identical at any thread count.
 
-use super::{Batch, LossFn, Matrix, Mlp, Step, Traced, cpu_adam, gather_op, input_grad};
+use super::{
+    Batch, Layer, LossFn, Matrix, Mlp, Step, Traced, activate, conv_op, cpu_adam, gather_op,
+    input_grad,
+};
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
+use kiln_core::Activation;
 
 /// What kiln needs of a device beyond dfdx's `Device`: host copies of buffers (for
 /// checkpoints), the input layer's product, and how a batch's gradients are computed.
@@ -41,6 +45,44 @@ pub(crate) trait Backend: Device<f32> {
             .concat_along(Axis::<0>);
         flat.gather(net.windows.get(&dev, key, make))
             .reshape_like(&(rows, cols))
+    }
+
+    /// A convolution: the windows `win` of `h` times `p.w`, plus `p.b`, through
+    /// `activation`, as `[win.rows, output channels]`; `input_grad`: whether `h` needs a
+    /// gradient. The default gathers the windows ([`Backend::gather_flat`]) and
+    /// multiplies them with dfdx's matmul.
+    fn conv(
+        net: &Mlp<Self>,
+        h: Traced<Self>,
+        win: WindowArgs,
+        p: &Layer<Self>,
+        activation: Activation,
+        input_grad: bool,
+    ) -> Traced<Self> {
+        let _ = input_grad;
+        let rows = win.rows;
+        let z = Self::gather_flat(net, h, win.key, win.make, rows, win.cols).matmul(p.w.clone());
+        let channels = p.w.shape().1;
+        let z = z + p
+            .b
+            .clone()
+            .broadcast_like::<(usize, usize), Axis<0>>(&(rows, channels));
+        activate(z, activation)
+    }
+
+    /// The maximum of each window `win` of `h` (`win.rows` windows of `win.cols` values,
+    /// `channels` windows to an output position) as a `[positions, channels]` matrix.
+    /// The default gathers the windows and takes dfdx's `max`.
+    fn max_pool(
+        net: &Mlp<Self>,
+        h: Traced<Self>,
+        win: WindowArgs,
+        channels: usize,
+    ) -> Traced<Self> {
+        let pooled: Tensor<(usize,), f32, Self, _> =
+            Self::gather_flat(net, h, win.key, win.make, win.rows, win.cols)
+                .max::<(usize,), Axis<1>>();
+        pooled.reshape_like(&(win.rows / channels.max(1), channels))
     }
 
     /// Forward and backward of `batch` in one pass (the default), or however the device
@@ -104,6 +146,32 @@ impl Backend for Cpu {
         cols: usize,
     ) -> Traced<Cpu> {
         gather_op::gather_flat(h, net.windows.host(key, make), rows, cols)
+    }
+
+    /// Image by image, in cache, with gemm's AVX-512 kernels, the bias and a ReLU fused
+    /// in (see [`conv_op`]); other activations after it, by dfdx.
+    fn conv(
+        net: &Mlp<Cpu>,
+        h: Traced<Cpu>,
+        win: WindowArgs,
+        p: &Layer<Cpu>,
+        activation: Activation,
+        input_grad: bool,
+    ) -> Traced<Cpu> {
+        let relu = activation == Activation::Relu;
+        let windows = conv_op::Windows {
+            idx: net.windows.host(win.key, win.make),
+            images: win.images,
+            width: win.cols,
+            input_grad,
+        };
+        let z = conv_op::conv_product(h, windows, &p.w, &p.b, relu);
+        if relu { z } else { activate(z, activation) }
+    }
+
+    /// One loop each way, no window matrix (see [`conv_op::max_pool`]).
+    fn max_pool(net: &Mlp<Cpu>, h: Traced<Cpu>, win: WindowArgs, channels: usize) -> Traced<Cpu> {
+        conv_op::max_pool(h, net.windows.host(win.key, win.make), win.cols, channels)
     }
 
     /// Every batch in two fixed halves, each through its own forward and backward pass
@@ -171,6 +239,17 @@ impl Backend for Cpu {
     ) -> Option<Result<(), CpuError>> {
         Some(cpu_adam::adam_step(net, grads, more, cfg, t))
     }
+}
+
+/// The windows of a windowed step: the key of the network's window cache (step, images),
+/// how to build the index on a miss, and the number of windows (`rows`, over `images`
+/// images) and of values in each (`cols`).
+pub(crate) struct WindowArgs<'a> {
+    pub key: (usize, usize),
+    pub make: &'a dyn Fn() -> Vec<usize>,
+    pub images: usize,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 /// Runs `a` and `b` at once on the two one-thread pools when rayon has two or more

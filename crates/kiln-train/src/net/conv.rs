@@ -1,14 +1,18 @@
-//! The convolutional steps of an image model on a tape, from dfdx's stable ops only, so
-//! they run on every device: each step gathers its windows out of the flattened
-//! activations (`gather`, whose backward adds each gradient back where the value came
-//! from, overlapping windows included), then a convolution multiplies them by its weight
-//! (`matmul`) and a pooling step reduces them (`max` / `mean`). Between steps the
-//! activations are `[images · positions, channels]` (channels last, one row per output
-//! position); the input is the dataset's `[images, channels · height · width]`, and the
-//! output goes back to that order, as kiln-core and ONNX flatten it. A window reaching
-//! into the padding reads a zero appended after the values.
+//! The convolutional steps of an image model on a tape. Each step gathers its windows
+//! out of the flattened activations, then a convolution multiplies them by its weight
+//! and a pooling step reduces them. On every device this can be done with dfdx's stable
+//! ops alone (`gather`, whose backward adds each gradient back where the value came
+//! from, overlapping windows included; `matmul`; `max` / `mean`): the [`Backend`]'s
+//! defaults. The CPU overrides the convolution and the max pool with its own tape ops
+//! (`conv_op`). Between steps the activations are `[images · positions, channels]`
+//! (channels last, one row per output position); the input is the dataset's `[images,
+//! channels · height · width]`, and the output goes back to that order, as kiln-core and
+//! ONNX flatten it. A window reaching into the padding reads a zero appended after the
+//! values.
+//!
+//! [`Backend`]: super::Backend
 
-use super::{Matrix, Mlp, Traced, activate};
+use super::{Matrix, Mlp, Traced, WindowArgs, activate};
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use kiln_core::{ConvStep, ImageShape, Window};
@@ -182,24 +186,36 @@ impl<D: super::Backend> Mlp<D> {
             let win = step.window(shape);
             let positions = n * out.height * out.width;
             let make = || window_index(n, shape, out, win, layout);
+            let args = |rows, cols| WindowArgs {
+                key: (i, n),
+                make: &make,
+                images: n,
+                rows,
+                cols,
+            };
             h = match (*step, param) {
                 (ConvStep::Conv2d { activation, .. }, Some(p)) => {
                     let k2 = shape.channels * win.kh * win.kw;
-                    let cols = D::gather_flat(self, h, (i, n), &make, positions, k2);
-                    let z = cols.matmul(p.w.clone())
-                        + p.b
-                            .clone()
-                            .broadcast_like::<(usize, usize), Axis<0>>(&(positions, out.channels));
-                    activate(z, activation)
+                    // the data (and what only pools or dropout made of it) needs no gradient
+                    let input_grad = self.spec.conv[..i]
+                        .iter()
+                        .any(|s| matches!(s, ConvStep::Conv2d { .. } | ConvStep::BatchNorm { .. }));
+                    D::conv(self, h, args(positions, k2), p, activation, input_grad)
+                }
+                (ConvStep::MaxPool { .. }, _) => {
+                    let kk = win.kh * win.kw;
+                    D::max_pool(
+                        self,
+                        h,
+                        args(positions * shape.channels, kk),
+                        shape.channels,
+                    )
                 }
                 _ => {
                     let kk = win.kh * win.kw;
                     let windows =
                         D::gather_flat(self, h, (i, n), &make, positions * shape.channels, kk);
-                    let pooled: Tensor<(usize,), f32, D, _> = match step {
-                        ConvStep::MaxPool { .. } => windows.max::<(usize,), Axis<1>>(),
-                        _ => windows.mean::<(usize,), Axis<1>>(),
-                    };
+                    let pooled: Tensor<(usize,), f32, D, _> = windows.mean::<(usize,), Axis<1>>();
                     pooled.reshape_like(&(positions, shape.channels))
                 }
             };
@@ -233,14 +249,19 @@ mod tests {
 
     /// A 2 x 6 x 6 image through every kind of step: a padded convolution, an
     /// overlapping average pool (stride 1), a max pool, an unpadded convolution and the
-    /// global average pool.
+    /// global average pool; tanh after each convolution.
     fn spec() -> ModelSpec {
+        spec_with(Activation::Tanh)
+    }
+
+    /// [`spec`] with `activation` after each convolution.
+    fn spec_with(activation: Activation) -> ModelSpec {
         let conv = |channels, kernel, padding| ConvStep::Conv2d {
             channels,
             kernel,
             stride: 1,
             padding,
-            activation: Activation::Tanh,
+            activation,
         };
         let image = ImageShape {
             channels: 2,
@@ -291,20 +312,31 @@ mod tests {
     }
 
     /// The training pass computes kiln-core's reference forward pass, and its convolution
-    /// gradients are the loss's central differences through that reference.
+    /// gradients are the loss's central differences through that reference: with tanh
+    /// (applied after the CPU's convolution op) and with ReLU (fused into it).
     #[test]
     fn conv_steps_match_the_reference_and_its_gradients() {
-        let spec = spec();
-        spec.validate().unwrap();
-        assert_eq!(spec.layers[0].in_dim, 4);
-        let dev = Cpu::seed_from_u64(0);
-        let net = Mlp::new(&dev, spec, 0.0, 9).unwrap();
-        let rows = 3;
-        let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.61).sin()).collect();
-        let y = vec![0.3, -0.2, 0.5];
-        let check = GradCheck::new(&dev, &net, &x, &y, 1e-5);
-        let checked = check_conv_gradients(&net, &check, 5);
-        assert!(checked >= 6, "{checked} gradients checked");
+        for activation in [Activation::Tanh, Activation::Relu] {
+            let spec = spec_with(activation);
+            spec.validate().unwrap();
+            assert_eq!(spec.layers[0].in_dim, 4);
+            let dev = Cpu::seed_from_u64(0);
+            let net = Mlp::new(&dev, spec.clone(), 0.0, 9).unwrap();
+            let rows = 3;
+            let x: Vec<f32> = (0..rows * 72).map(|i| (i as f32 * 0.61).sin()).collect();
+            let y = vec![0.3, -0.2, 0.5];
+            let forward = net
+                .forward_train(dev.tensor_from_vec(x.clone(), (rows, 72)), &[])
+                .retaped::<NoneTape>()
+                .as_vec();
+            let reference = kiln_core::forward(&spec, &net.to_store(), &x, rows).unwrap();
+            for (a, b) in forward.iter().zip(&reference) {
+                assert!((a - b).abs() < 1e-5, "{activation:?}: {a} vs {b}");
+            }
+            let check = GradCheck::new(&dev, &net, &x, &y, 1e-5);
+            let checked = check_conv_gradients(&net, &check, 5);
+            assert!(checked >= 6, "{activation:?}: {checked} gradients checked");
+        }
     }
 
     /// A `dropout` step between convolutions: its mask site holds the values of one image

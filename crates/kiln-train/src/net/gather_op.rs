@@ -6,6 +6,7 @@
 //! training step at one thread (docs/benchmarks.md).
 
 use super::Traced;
+use super::scratch::Scratch;
 use dfdx::prelude::*;
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ pub(super) fn gather_flat(
 ) -> Traced<Cpu> {
     let (inp, mut tape) = h.split_tape();
     let dev = inp.device().clone();
-    let src = inp.as_vec();
+    let src = Scratch::copy_of(&inp);
     let end = src.len();
     // the output's buffer from dfdx's allocation cache (a fresh one each batch costs page
     // faults), moved out of its cache wrapper into the tensor, which returns it there

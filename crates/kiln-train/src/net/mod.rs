@@ -5,10 +5,13 @@
 //! This file holds the network itself (its layers, construction and forward / backward
 //! pass over a batch); the rest lives beside it, one concern a file:
 //! - [`backend`]: what kiln needs of a device, and the CPU's two half-batch step;
-//! - [`conv`]: the convolutional steps of an image model, from dfdx's gather, matmul,
-//!   reshape and max / mean;
+//! - [`conv`]: the convolutional steps of an image model (dfdx's gather, matmul,
+//!   reshape and max / mean on every device; the CPU's own ops where it has them);
 //! - [`input_grad`]: the CPU's input-layer product whose backward computes dW only;
 //! - [`gather_op`]: the CPU's window gather of the convolutional steps as one tape op;
+//! - [`conv_op`]: the CPU's convolution product and max pool as tape ops, image by
+//!   image with no window matrix;
+//! - [`scratch`]: host buffers those ops reuse, per thread;
 //! - [`dropout`](mod@dropout): dropout masks drawn from the epoch's random stream;
 //! - [`optim`]: optimizer steps (dfdx's Adam / SGD kernels, gradient clipping);
 //! - [`cpu_adam`]: kiln's CPU Adam (dfdx's arithmetic bit for bit, on host copies);
@@ -16,6 +19,7 @@
 
 mod backend;
 mod conv;
+mod conv_op;
 mod cpu_adam;
 mod dropout;
 mod gather_op;
@@ -23,9 +27,10 @@ mod gather_op;
 pub(crate) mod gradcheck;
 mod input_grad;
 mod optim;
+mod scratch;
 mod state;
 
-pub(crate) use backend::{Backend, on_half_pool};
+pub(crate) use backend::{Backend, WindowArgs, on_half_pool};
 pub(crate) use dropout::MaskStream;
 
 use crate::config::Loss;
