@@ -32,12 +32,12 @@ pub fn build(
         for t in 1..=steps {
             let f = frac * t as f64 / steps as f64;
             // each convolution loses the same share of its channels as each hidden
-            // layer of its units (not yet with batch norms: only the units then)
+            // layer of its units
             let keep: Vec<Option<usize>> = channel_widths
                 .iter()
                 .map(|w| w.map(|w| (w - (f * w as f64).round() as usize).max(1)))
                 .collect();
-            if keep.iter().any(Option::is_some) && !channels::has_batch_norm(&m.spec) {
+            if keep.iter().any(Option::is_some) {
                 let kept = channels::channels_to_keep(&m, &keep)?;
                 m = channels::remove_channels(&m, &kept)?;
             }

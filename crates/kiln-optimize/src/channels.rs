@@ -1,7 +1,9 @@
 //! Structured pruning of convolutions: whole output channels removed, so the file and
-//! the compute shrink. A channel goes with its filter and bias and with every weight
-//! that reads it downstream — the next convolution's input rows for that channel, or,
-//! after the last convolution, the first dense layer's rows of that channel's positions.
+//! the compute shrink. A channel goes with its filter and bias, with its entries in the
+//! batch norms between it and its reader (gamma, beta, running statistics), and with
+//! every weight that reads it downstream — the next convolution's input rows for that
+//! channel, or, after the last convolution, the first dense layer's rows of that
+//! channel's positions.
 
 #[cfg(test)]
 use kiln_core::TensorStore;
@@ -54,15 +56,41 @@ fn input_shapes(spec: &ModelSpec) -> Result<Vec<ImageShape>> {
         .collect())
 }
 
+/// The batch norm steps between convolution `i` and what reads its channels (the next
+/// convolution, or the end of the steps).
+fn batch_norms_after(spec: &ModelSpec, i: usize) -> Vec<usize> {
+    spec.conv
+        .iter()
+        .enumerate()
+        .skip(i + 1)
+        .take_while(|(_, s)| !matches!(s, ConvStep::Conv2d { .. }))
+        .filter(|(_, s)| matches!(s, ConvStep::BatchNorm { .. }))
+        .map(|(j, _)| j)
+        .collect()
+}
+
+/// What batch norm `j` does to each channel's values at inference: the factor it scales
+/// them by (`gamma / sqrt(var + eps)`) and its shift `beta`.
+fn batch_norm_gain(model: &NativeModel, j: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let gamma = model.weights.f32(&format!("conv.{j}.weight"))?;
+    let beta = model.weights.f32(&format!("conv.{j}.bias"))?;
+    let var = model.weights.f32(&format!("conv.{j}.running_var"))?;
+    let eps = f64::from(kiln_core::conv::BATCH_NORM_EPS);
+    Ok((
+        gamma
+            .iter()
+            .zip(var)
+            .map(|(&g, &v)| f64::from(g) / (f64::from(v) + eps).sqrt())
+            .collect(),
+        beta.iter().map(|&b| f64::from(b)).collect(),
+    ))
+}
+
 /// Per convolution (by step index; `None` for the other steps), the score of each output
-/// channel: the norm of its filter and bias times the norm of the weights reading it.
+/// channel: the norm of its filter and bias — scaled by the gain of any batch norm after
+/// it, plus that batch norm's shift — times the norm of the weights reading it.
 pub fn channel_scores(model: &NativeModel) -> Result<Vec<Option<Vec<f64>>>> {
     let spec = &model.spec;
-    if has_batch_norm(spec) {
-        return Err(OptimizeError::Config(
-            "structured pruning of convolutions is not built for a network with batch_norm steps; prune its dense units only".into(),
-        ));
-    }
     let inputs = input_shapes(spec)?;
     let readers = readers(spec)?;
     let mut out = Vec::with_capacity(spec.conv.len());
@@ -75,17 +103,25 @@ pub fn channel_scores(model: &NativeModel) -> Result<Vec<Option<Vec<f64>>>> {
         let b = model.weights.f32(&format!("conv.{i}.bias"))?;
         let k2 = w.len() / channels.max(1);
         let (rw, per_channel, width) = reads(model, reader, &inputs)?;
+        let norms = batch_norms_after(spec, i)
+            .into_iter()
+            .map(|j| batch_norm_gain(model, j))
+            .collect::<Result<Vec<_>>>()?;
         let scores = (0..channels)
             .map(|c| {
                 let inc: f64 = (0..k2)
                     .map(|r| f64::from(w[r * channels + c]).powi(2))
                     .sum::<f64>()
                     + f64::from(b[c]).powi(2);
+                let size = norms.iter().fold(inc.sqrt(), |size, (gain, shift)| {
+                    gain.get(c).map_or(size, |g| size * g.abs())
+                        + shift.get(c).map_or(0.0, |b| b.abs())
+                });
                 let out: f64 = rw[c * per_channel * width..(c + 1) * per_channel * width]
                     .iter()
                     .map(|&v| f64::from(v).powi(2))
                     .sum();
-                inc.sqrt() * out.sqrt()
+                size * out.sqrt()
             })
             .collect();
         out.push(Some(scores));
@@ -123,13 +159,6 @@ fn reads<'a>(
             )
         }
     })
-}
-
-/// Whether `spec` has a batch norm (channel pruning does not remove its channels yet).
-pub fn has_batch_norm(spec: &ModelSpec) -> bool {
-    spec.conv
-        .iter()
-        .any(|s| matches!(s, ConvStep::BatchNorm { .. }))
 }
 
 /// Each convolution's output channels (`None` for the other steps).
@@ -175,9 +204,9 @@ pub fn channels_to_keep(
 }
 
 /// Removes every output channel of each convolution not in `kept[i]`: its filter column
-/// and bias, and the rows that read it downstream. The result computes what the model
-/// computes with those channels' filters, biases and outgoing weights set to zero (a
-/// removed ReLU channel is 0 everywhere, and so contributes nothing).
+/// and bias, its batch norm entries, and the rows that read it downstream. The result
+/// computes what the model computes with those channels' filters, biases and outgoing
+/// weights set to zero (whatever a removed channel then holds, nothing reads it).
 pub fn remove_channels(model: &NativeModel, kept: &[Option<Vec<usize>>]) -> Result<NativeModel> {
     let spec = &model.spec;
     if kept.len() != spec.conv.len() {
@@ -217,6 +246,20 @@ pub fn remove_channels(model: &NativeModel, kept: &[Option<Vec<usize>>]) -> Resu
         store.insert_f32(&bk, vec![keep.len()], keep.iter().map(|&c| b[c]).collect());
         if let ConvStep::Conv2d { channels, .. } = &mut new.conv[i] {
             *channels = keep.len();
+        }
+        // the channel's entries in the batch norms before its reader
+        for j in batch_norms_after(spec, i) {
+            for name in ["weight", "bias", "running_mean", "running_var"] {
+                let key = format!("conv.{j}.{name}");
+                let v = store.f32(&key)?.to_vec();
+                if v.len() != channels {
+                    return Err(OptimizeError::Config(format!(
+                        "{key} holds {} values for {channels} channels",
+                        v.len()
+                    )));
+                }
+                store.insert_f32(&key, vec![keep.len()], keep.iter().map(|&c| v[c]).collect());
+            }
         }
         // the rows reading the channel downstream
         let (key, per_channel) = match *reader {
@@ -293,6 +336,12 @@ mod tests {
     /// convolution to 5, a dropout, an average pool and a 1 x 1 sigmoid convolution to 4,
     /// then 3 units and 3 classes.
     fn model() -> NativeModel {
+        model_with(false)
+    }
+
+    /// [`model`], or with `batch_norm` the first convolution without its ReLU and a batch
+    /// norm (ReLU) after it, and a batch norm (identity) after the last one.
+    fn model_with(batch_norm: bool) -> NativeModel {
         let conv = |channels, kernel, stride, padding, activation| ConvStep::Conv2d {
             channels,
             kernel,
@@ -305,23 +354,38 @@ mod tests {
             height: 8,
             width: 8,
         };
-        let spec = ModelSpec::mlp(128, &[3], Activation::Relu, Task::Classification, 3).with_conv(
-            image,
-            vec![
-                conv(6, 3, 1, 1, Activation::Relu),
-                ConvStep::MaxPool {
-                    kernel: 2,
-                    stride: None,
+        let first = if batch_norm {
+            Activation::Identity
+        } else {
+            Activation::Relu
+        };
+        let mut steps = vec![
+            conv(6, 3, 1, 1, first),
+            ConvStep::MaxPool {
+                kernel: 2,
+                stride: None,
+            },
+            conv(5, 3, 2, 1, Activation::Gelu),
+            ConvStep::Dropout { rate: 0.2 },
+            ConvStep::AvgPool {
+                kernel: 2,
+                stride: Some(1),
+            },
+            conv(4, 1, 1, 0, Activation::Sigmoid),
+        ];
+        if batch_norm {
+            steps.insert(
+                1,
+                ConvStep::BatchNorm {
+                    activation: Activation::Relu,
                 },
-                conv(5, 3, 2, 1, Activation::Gelu),
-                ConvStep::Dropout { rate: 0.2 },
-                ConvStep::AvgPool {
-                    kernel: 2,
-                    stride: Some(1),
-                },
-                conv(4, 1, 1, 0, Activation::Sigmoid),
-            ],
-        );
+            );
+            steps.push(ConvStep::BatchNorm {
+                activation: Activation::Identity,
+            });
+        }
+        let spec = ModelSpec::mlp(128, &[3], Activation::Relu, Task::Classification, 3)
+            .with_conv(image, steps);
         spec.validate().unwrap();
         let mut w = TensorStore::default();
         let mut k = 0u32;
@@ -349,6 +413,21 @@ mod tests {
                     (0..out).map(|_| next() * 0.1).collect(),
                 );
                 channels = out;
+            }
+            if let ConvStep::BatchNorm { .. } = *step {
+                let c = channels;
+                let mut v =
+                    |scale: f32, shift: f32| (0..c).map(|_| next() * scale + shift).collect();
+                let (gamma, beta) = (v(0.5, 1.0), v(0.2, 0.0));
+                let (mean, var) = (v(0.3, 0.0), v(0.4, 1.0));
+                for (name, values) in [
+                    ("weight", gamma),
+                    ("bias", beta),
+                    ("running_mean", mean),
+                    ("running_var", var),
+                ] {
+                    w.insert_f32(&format!("conv.{i}.{name}"), vec![c], values);
+                }
             }
         }
         for (i, l) in spec.layers.iter().enumerate() {
@@ -421,5 +500,43 @@ mod tests {
             e.contains("1 channel lists given for 6 convolutional steps"),
             "{e}"
         );
+    }
+
+    /// With batch norms after the first and the last convolution, a removed channel's
+    /// batch norm entries go with it: the smaller network still computes the zeroed one,
+    /// and each batch norm holds as many channels as the convolution before it.
+    #[test]
+    fn batch_norm_channels_go_with_their_convolution() {
+        let m = model_with(true);
+        let half: Vec<Option<usize>> = conv_widths(&m.spec)
+            .iter()
+            .map(|w| w.map(|w| w - w / 2))
+            .collect();
+        let kept = channels_to_keep(&m, &half).unwrap();
+        let small = remove_channels(&m, &kept).unwrap();
+        for (j, c) in [(1, 3), (7, 2)] {
+            for name in ["weight", "bias", "running_mean", "running_var"] {
+                let v = small.weights.f32(&format!("conv.{j}.{name}")).unwrap();
+                assert_eq!(v.len(), c, "conv.{j}.{name}");
+            }
+        }
+        // the kept entries are the kept channels' own
+        let k0 = kept[0].as_ref().unwrap();
+        let gamma = m.weights.f32("conv.1.weight").unwrap();
+        assert_eq!(
+            small.weights.f32("conv.1.weight").unwrap(),
+            k0.iter().map(|&c| gamma[c]).collect::<Vec<_>>()
+        );
+        let zeroed = NativeModel::new(m.spec.clone(), zero_channels(&m, &kept).unwrap()).unwrap();
+        let x: Vec<f32> = (0..5 * 128)
+            .map(|i| ((i * 53 % 97) as f32) / 97.0)
+            .collect();
+        let a = small.clone().predict(&x, 5).unwrap().logits;
+        let b = zeroed.clone().predict(&x, 5).unwrap().logits;
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+        let full = m.clone().predict(&x, 5).unwrap().logits;
+        assert!(full.iter().zip(&a).any(|(p, q)| (p - q).abs() > 1e-3));
     }
 }
