@@ -88,15 +88,18 @@ pub fn compare_with(
             }
         })
         .collect();
-    // rows beyond the tolerance that one rounding step of the reference explains
+    // rows beyond the tolerance that one rounding step of the reference explains, up to
+    // the first one none explains: the gate has failed then, and each search reruns the
+    // row's batch (a systematically wrong export would otherwise search every row)
     let mut rounding_rows = Vec::new();
     if same_shape {
         for r in rows.iter().filter(|r| r.diff > tolerance) {
             let span = r.row * k..(r.row + 1) * k;
             let fits = |logits: &[f32]| row_diff(logits, onnx, span.clone(), &scales) <= tolerance;
-            if one_step(r.row, &fits) {
-                rounding_rows.push(r.row);
+            if !one_step(r.row, &fits) {
+                break;
             }
+            rounding_rows.push(r.row);
         }
     }
     let mut max_abs_logit = rows.iter().map(|r| r.max_abs_logit).fold(0.0, f32::max);

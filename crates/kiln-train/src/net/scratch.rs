@@ -8,8 +8,9 @@ use dfdx::prelude::*;
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-/// How many free buffers a thread keeps.
+/// How many free buffers a thread keeps, and how many values in all (256 MiB).
 const KEPT: usize = 24;
+const KEPT_VALUES: usize = 64 << 20;
 
 thread_local! {
     static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -44,7 +45,12 @@ impl Scratch {
     pub(super) fn copy_of<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Scratch {
         let mut s = Scratch::zeroed(t.shape().num_elements());
         t.copy_into(&mut s);
-        debug_assert!(*s == *t.as_vec(), "a tape op's input is not contiguous");
+        debug_assert!(
+            s.iter()
+                .zip(t.as_vec())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "a tape op's input is not contiguous"
+        );
         s
     }
 }
@@ -69,7 +75,8 @@ impl Drop for Scratch {
             // a thread already torn down drops the buffer instead
             let _ = FREE.try_with(|free| {
                 let mut free = free.borrow_mut();
-                if free.len() < KEPT {
+                let held: usize = free.iter().map(Vec::capacity).sum();
+                if free.len() < KEPT && held + v.capacity() <= KEPT_VALUES {
                     free.push(v);
                 }
             });
