@@ -4,7 +4,8 @@
 //!
 //! The measurements live beside it: `bench_stages.rs` (preprocess, train, optimize,
 //! e2e), `bench_prep.rs` (the 1M-row table), `bench_serve.rs` and `bench_reliability.rs`
-//! (`kiln serve`), `bench_tabular.rs` (accuracy, not time).
+//! (`kiln serve`), `bench_tabular.rs` (accuracy, not time), `bench_cnn.rs` (CNN training
+//! and int8 CNN inference), `bench_scale.rs` (1M–20M-row tables through the pipeline).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -48,6 +49,8 @@ struct Options {
     soak_seconds: u64,
     /// `tabular`: seeds per table.
     seeds: usize,
+    /// `scale`: the table sizes (rows).
+    rows: Vec<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -61,6 +64,7 @@ fn parse(args: &[String]) -> Result<Options> {
         flood_seconds: 15,
         soak_seconds: 60,
         seeds: 3,
+        rows: crate::bench_scale::SIZES.to_vec(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -72,6 +76,19 @@ fn parse(args: &[String]) -> Result<Options> {
             "serve" => o.benches.push("serve"),
             "tabular" => o.benches.push("tabular"),
             "cnn" => o.benches.push("cnn"),
+            "scale" => o.benches.push("scale"),
+            "--rows" => {
+                o.rows = it
+                    .next()
+                    .map(|v| v.split(',').map(|r| r.trim().parse::<usize>()).collect())
+                    .and_then(|r: std::result::Result<Vec<usize>, _>| r.ok())
+                    .filter(|r| !r.is_empty() && r.iter().all(|&n| n >= 1_000))
+                    .ok_or_else(|| {
+                        Failure::Usage(
+                            "--rows needs sizes of 1000 or more, e.g. 1000000,5000000".into(),
+                        )
+                    })?;
+            }
             "--seeds" => {
                 o.seeds = it
                     .next()
@@ -111,7 +128,7 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             other => {
                 return Err(Failure::Usage(format!(
-                    "unknown bench argument `{other}`; use preprocess, train, cnn, optimize, e2e, serve, tabular, all, --peers, --seeds N, --pairs N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
+                    "unknown bench argument `{other}`; use preprocess, train, cnn, optimize, e2e, serve, tabular, scale, all, --peers, --seeds N, --pairs N, --rows N,N, --seconds N, --clients N, --flood-seconds N, --soak-seconds N, --write-docs"
                 )));
             }
         }
@@ -230,6 +247,7 @@ pub fn bench(args: &[String]) -> Result {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "cnn" => crate::bench_cnn::bench_cnn(&root, &python, have_torch, o.pairs)?,
+            "scale" => crate::bench_scale::bench_scale(&tools, &o.rows, o.pairs)?,
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
             "preprocess" => {
                 let have = cmd::probe(

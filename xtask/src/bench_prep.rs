@@ -17,9 +17,24 @@ use crate::setup;
 
 /// Rows of the generated table.
 pub(crate) const ROWS: usize = 1_000_000;
-const NUMERIC: usize = 20;
 const CAT_A: usize = 8;
 const CAT_B: usize = 40;
+
+/// The columns of a generated table: `numeric` numbers (`f0`, …; about 1 % empty),
+/// `cat_a` (8 skewed categories), `cat_b` (40), and with `high_card` above 0 `cat_c`
+/// with that many (Zipf-like), then a 3-class `label` that depends on `f0`–`f2` and
+/// `cat_a`.
+#[derive(Clone, Copy)]
+pub(crate) struct TableShape {
+    pub numeric: usize,
+    pub high_card: usize,
+}
+
+/// The table of `cargo xtask bench preprocess`.
+const PREP: TableShape = TableShape {
+    numeric: 20,
+    high_card: 0,
+};
 
 /// SplitMix64: a tiny seeded generator (xtask has no dependencies).
 struct Rng(u64);
@@ -45,7 +60,9 @@ impl Rng {
 }
 
 /// Writes the table (once: an existing file of the same generator version is reused).
-pub(crate) fn make_table(path: &Path, rows: usize) -> Result<()> {
+/// The same seed and draws for every shape, so the first columns of a wider table are
+/// not those of a narrower one but each shape is reproducible.
+pub(crate) fn make_table(path: &Path, rows: usize, shape: TableShape) -> Result<()> {
     if path.is_file() {
         return Ok(());
     }
@@ -57,15 +74,19 @@ pub(crate) fn make_table(path: &Path, rows: usize) -> Result<()> {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp).map_err(err)?);
     let mut rng = Rng(20_261_129);
     let mut line = String::new();
-    for j in 0..NUMERIC {
+    for j in 0..shape.numeric {
         let _ = write!(line, "f{j},");
     }
-    line.push_str("cat_a,cat_b,label\n");
+    line.push_str(if shape.high_card > 0 {
+        "cat_a,cat_b,cat_c,label\n"
+    } else {
+        "cat_a,cat_b,label\n"
+    });
     f.write_all(line.as_bytes()).map_err(err)?;
     for _ in 0..rows {
         line.clear();
         let mut score = 0.0;
-        for j in 0..NUMERIC {
+        for j in 0..shape.numeric {
             let x = rng.normal() * (1.0 + j as f64) + j as f64 * 10.0;
             if j < 3 {
                 score += (x - j as f64 * 10.0) / (1.0 + j as f64);
@@ -80,10 +101,15 @@ pub(crate) fn make_table(path: &Path, rows: usize) -> Result<()> {
         let a = ((rng.unit().powi(2)) * CAT_A as f64) as usize;
         let b = ((rng.unit().powi(3)) * CAT_B as f64) as usize;
         score += a as f64 * 0.3 + rng.normal() * 0.5;
-        for (v, p) in [
+        let mut cells = vec![
             (format!("a{a}"), rng.unit()),
             (format!("b{b:02}"), rng.unit()),
-        ] {
+        ];
+        if shape.high_card > 0 {
+            let c = ((rng.unit().powi(4)) * shape.high_card as f64) as usize;
+            cells.push((format!("c{c}"), rng.unit()));
+        }
+        for (v, p) in cells {
             if p >= 0.01 {
                 line.push_str(&v);
             }
@@ -138,7 +164,7 @@ pub(crate) fn bench_table(
     let dir = paths::target_dir().join("bench/prep-table");
     let csv = dir.join("table.csv");
     eprintln!("xtask: generating {} (once)", csv.display());
-    make_table(&csv, ROWS)?;
+    make_table(&csv, ROWS, PREP)?;
     let pipe = dir.join("pipeline.toml");
     fs::write(&pipe, pipeline(&csv))
         .map_err(|e| Failure::msg(format!("{}: {e}", pipe.display())))?;

@@ -7,6 +7,7 @@ mod bench;
 mod bench_cnn;
 mod bench_prep;
 mod bench_reliability;
+mod bench_scale;
 mod bench_serve;
 mod bench_stages;
 mod bench_tabular;
@@ -32,8 +33,9 @@ commands:
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
                              errors), tests (unless --no-test), feature checks
-  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|all] [--peers] [--pairs N] [--seconds N]
-        [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N] [--write-docs]
+  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|scale|all] [--peers] [--pairs N]
+        [--seconds N] [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N]
+        [--rows N,N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
                              warm-up; medians, ratios; results in target/bench/; --peers
                              installs the peers into target/bench-venv (several GB);
@@ -43,7 +45,9 @@ commands:
                              pipelines against scikit-learn's defaults, --seeds N (3);
                              its latency under a flood (--flood-seconds N, 15) and RSS over
                              a keep-alive soak (--soak-seconds N, 60), and kiln predict vs
-                             Python onnxruntime at batch 1 and 1024
+                             Python onnxruntime at batch 1 and 1024; scale (not in all):
+                             seeded 30-column tables of --rows N,N (1M, 5M, 20M) through
+                             the whole pipeline and kiln predict, wall time and peak memory
   help                       this text
 
 environment:
