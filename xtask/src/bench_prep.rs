@@ -132,9 +132,21 @@ pub(crate) fn make_table(path: &Path, rows: usize, shape: TableShape) -> Result<
 
 /// The kiln pipeline of the job.
 fn pipeline(csv: &Path) -> String {
+    pipeline_head(
+        "prep-table",
+        csv,
+        r#"{ op = "one_hot" },"#,
+        "valid = 0.1, test = 0.2",
+    )
+}
+
+/// A pipeline file's header and its preprocess stage `data` on a generated table at
+/// `csv`: both imputations and standardize, then the `encode` steps, then the
+/// stratified `split`.
+pub(crate) fn pipeline_head(name: &str, csv: &Path, encode: &str, split: &str) -> String {
     format!(
         r#"version = 1
-name = "prep-table"
+name = "{name}"
 seed = 42
 
 [stages.data]
@@ -145,9 +157,9 @@ steps = [
   {{ op = "impute", strategy = "mean", columns = "numeric" }},
   {{ op = "impute", strategy = "most_frequent", columns = "categorical" }},
   {{ op = "standardize" }},
-  {{ op = "one_hot" }},
+  {encode}
 ]
-split = {{ valid = 0.1, test = 0.2, stratify = true }}
+split = {{ {split}, stratify = true }}
 "#,
         csv.display()
     )

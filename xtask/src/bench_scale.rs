@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::bench::{Figure, timed};
-use crate::bench_prep::{TableShape, make_table};
+use crate::bench_prep::{TableShape, make_table, pipeline_head};
 use crate::cmd::{Failure, Result};
 use crate::paths;
 use crate::setup;
@@ -27,24 +27,15 @@ const SHAPE: TableShape = TableShape {
 
 /// The pipeline run on a table of `rows` rows at `csv`.
 fn pipeline(csv: &Path, rows: usize) -> String {
+    let data = pipeline_head(
+        &format!("scale-{rows}"),
+        csv,
+        r#"{ op = "one_hot", columns = ["cat_a", "cat_b"] },
+  { op = "ordinal", columns = ["cat_c"] },"#,
+        "valid = 0.1, test = 0.1",
+    );
     format!(
-        r#"version = 1
-name = "scale-{rows}"
-seed = 42
-
-[stages.data]
-uses = "preprocess"
-source = {{ format = "csv", path = "{}", null_values = [""] }}
-target = "label"
-steps = [
-  {{ op = "impute", strategy = "mean", columns = "numeric" }},
-  {{ op = "impute", strategy = "most_frequent", columns = "categorical" }},
-  {{ op = "standardize" }},
-  {{ op = "one_hot", columns = ["cat_a", "cat_b"] }},
-  {{ op = "ordinal", columns = ["cat_c"] }},
-]
-split = {{ valid = 0.1, test = 0.1, stratify = true }}
-
+        r#"{data}
 [stages.train]
 uses = "train"
 input = "data"
@@ -61,8 +52,7 @@ inputs = ["train"]
 uses = "deploy"
 input = "train"
 requires = ["eval"]
-"#,
-        csv.display()
+"#
     )
 }
 
@@ -99,7 +89,11 @@ pub(crate) fn bench_scale(
             .arg(&csv)
             .arg("--output")
             .arg(scratch.join("predictions.parquet"));
-        let label = format!("{}M rows", rows / 1_000_000);
+        let label = if rows % 1_000_000 == 0 {
+            format!("{}M rows", rows / 1_000_000)
+        } else {
+            format!("{rows} rows")
+        };
         let fig = |what: &str, unit: &'static str| Figure {
             name: format!("{label}: {what}"),
             unit,
