@@ -147,6 +147,9 @@ enum Command {
         /// Rows per ONNX Runtime call (1 to 1048576).
         #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
         batch: u32,
+        /// Rows of a table read at a time: memory grows with it, not with the file.
+        #[arg(long, default_value_t = predict::CHUNK_ROWS as u32, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
+        chunk_rows: u32,
     },
     /// Serve a deployed model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics.
     ///
@@ -357,12 +360,14 @@ fn main() -> ExitCode {
             input,
             output,
             batch,
+            chunk_rows,
         } => {
             let req = predict::Request {
                 model,
                 input,
                 output,
                 batch: batch as usize,
+                chunk_rows: chunk_rows as usize,
             };
             match predict::predict(&req, &progress::Bars::default()) {
                 Ok(s) => {

@@ -6,6 +6,7 @@
 
 use kiln_core::{Predictor, Progress, Rows, Task};
 use kiln_deploy::Bundle;
+use kiln_preprocess::stream;
 use kiln_preprocess::table::{self, OutColumn};
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,8 @@ pub struct Request {
     pub output: PathBuf,
     /// Rows per ONNX Runtime call.
     pub batch: usize,
+    /// Rows of a table read at a time ([`CHUNK_ROWS`] unless asked otherwise).
+    pub chunk_rows: usize,
 }
 
 /// A summary of what was predicted, for the command's last lines.
@@ -43,7 +46,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Runs the request.
+/// Rows read from a table at a time when `--chunk-rows` is not given: enough to keep
+/// ONNX Runtime's calls full, small enough that memory stays flat (about 1 MiB per
+/// input column).
+pub const CHUNK_ROWS: usize = 65_536;
+
+/// Runs the request: a table streams through in chunks of [`Request::chunk_rows`] rows
+/// (read ahead by polars' streaming engine while ONNX Runtime works), so memory does not
+/// grow with the file; image files are read whole.
 pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
     if req.batch == 0 {
         return Err("--batch must be at least 1".into());
@@ -55,99 +65,211 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
         ));
     }
     let bundle = Bundle::open(&req.model).map_err(|e| e.to_string())?;
-    let schema = &bundle.schema;
-    let input = read_input(&req.input, schema)?;
-    let rows = input.rows;
-    let features = bundle.features(&rows).map_err(|e| match e {
-        kiln_deploy::DeployError::Features(kiln_core::FeatureError::NotFinite { row, column }) => {
-            format!(
-                "--input {}: row {} column `{column}` is not a finite number after preprocessing (rows count from 1 after the header); fill the cell or drop the row",
-                req.input.display(),
-                row + 1
-            )
-        }
-        other => format!("--input {}: {other}", req.input.display()),
-    })?;
-    let n = rows.n_rows;
-    let w = features.len().checked_div(n).unwrap_or(0);
-    let out_of_range = bundle.out_of_range(&rows);
-    let mut model = bundle.session(0).map_err(|e| e.to_string())?;
-    progress.start("predict", n as u64);
-    let mut all = kiln_core::Predictions {
-        n_rows: 0,
-        n_outputs: 0,
-        logits: Vec::new(),
-        probabilities: Vec::new(),
+    let mut out = table::TableWriter::create(&req.output).map_err(|e| format!("--output: {e}"))?;
+    let mut run = Run {
+        bundle: &bundle,
+        model: bundle.session(0).map_err(|e| e.to_string())?,
+        req,
+        out: &mut out,
+        score: Score::default(),
+        out_of_range: Vec::new(),
+        progress,
     };
-    for start in (0..n).step_by(req.batch) {
-        let m = req.batch.min(n - start);
-        let p = model
-            .predict(&features[start * w..(start + m) * w], m)
-            .map_err(|e| e.to_string())?;
-        all.extend(p);
-        progress.advance(m as u64);
-    }
+    let (rows, extra) = if is_table(&req.input) {
+        let schema = &bundle.schema;
+        let text = schema.text_columns();
+        let scan = stream::Scan::open(
+            &req.input,
+            &schema.input_columns,
+            &text,
+            Some(&schema.target),
+            req.chunk_rows.max(1),
+        )
+        .map_err(|e| format!("--input: {e}"))?;
+        let header = scan.header().clone();
+        progress.start("predict", header.rows.unwrap_or(0) as u64);
+        // the first error of a chunk's prediction, returned as it is
+        let mut failed = None;
+        let n = scan.for_each(|chunk| {
+            let rows = Rows {
+                n_rows: chunk.rows.n_rows,
+                values: chunk.rows.values,
+                text: chunk.rows.text,
+            };
+            run.chunk(&rows, chunk.first_row, None, chunk.target)
+                .map_err(|m| {
+                    failed = Some(m);
+                    kiln_preprocess::PreprocessError::Invalid("predicting a chunk failed".into())
+                })
+        });
+        let n = match (n, failed) {
+            (_, Some(m)) => return Err(m),
+            (Err(e), None) => return Err(format!("--input: {e}")),
+            (Ok(n), None) => n,
+        };
+        (n, header.extra)
+    } else {
+        let input = read_images(&req.input, &bundle.schema)?;
+        progress.start("predict", input.rows.n_rows as u64);
+        run.chunk(&input.rows, 0, input.files, input.target)?;
+        (input.rows.n_rows, Vec::new())
+    };
     progress.finish();
-
-    let mut columns = Vec::new();
-    if let Some(files) = input.files {
-        columns.push(("file".to_string(), OutColumn::Text(files)));
-    }
-    let target = input.target;
-    let score;
-    match schema.task {
-        Task::Classification => {
-            let labels = bundle.labels(&all);
-            score = target.map(|t| {
-                let ok = t.iter().zip(&labels).filter(|(a, b)| a == b).count();
-                ("accuracy".to_string(), ok as f64 / n.max(1) as f64)
-            });
-            columns.push(("prediction".to_string(), OutColumn::Text(labels)));
-            let k = all.n_outputs.max(1);
-            for (j, label) in schema.class_labels.iter().enumerate() {
-                let p = all
-                    .probabilities
-                    .iter()
-                    .skip(j)
-                    .step_by(k)
-                    .copied()
-                    .collect();
-                columns.push((format!("p_{label}"), OutColumn::Number(p)));
-            }
-        }
-        Task::Regression => {
-            score = target.map(|t| {
-                let se: f64 = t
-                    .iter()
-                    .zip(&all.logits)
-                    .map(|(a, p)| (a.parse::<f64>().unwrap_or(f64::NAN) - f64::from(*p)).powi(2))
-                    .sum();
-                ("rmse".to_string(), (se / n.max(1) as f64).sqrt())
-            });
-            columns.push((
-                "prediction".to_string(),
-                OutColumn::Number(all.logits.clone()),
-            ));
-        }
-    }
-    table::write_table(&req.output, columns).map_err(|e| format!("--output: {e}"))?;
+    let Run {
+        score,
+        mut out_of_range,
+        ..
+    } = run;
+    out.finish().map_err(|e| format!("--output: {e}"))?;
+    let columns = &bundle.schema.input_columns;
+    out_of_range.sort_by_key(|(c, _)| columns.iter().position(|x| x == c));
     Ok(Summary {
-        rows: n,
-        extra: input
-            .extra
+        rows,
+        extra: extra
             .into_iter()
-            .filter(|c| *c != schema.target)
+            .filter(|c| *c != bundle.schema.target)
             .collect(),
         out_of_range,
-        score,
+        score: score.value(bundle.schema.task, rows),
     })
 }
 
-/// What `--input` held: the raw rows, the columns the model does not use, the image
-/// files (for image input) and the target as text when the input has it.
-struct Input {
+/// A table by its extension (anything else is taken as image files).
+fn is_table(path: &Path) -> bool {
+    let is_image = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+    !path.is_dir() && !is_image
+}
+
+/// The running score against the input's target.
+#[derive(Default)]
+struct Score {
+    /// Correct labels (classification) or the sum of squared errors (regression).
+    sum: f64,
+    /// Whether any chunk had the target.
+    seen: bool,
+}
+
+impl Score {
+    fn value(&self, task: Task, rows: usize) -> Option<(String, f64)> {
+        let n = rows.max(1) as f64;
+        self.seen.then(|| match task {
+            Task::Classification => ("accuracy".to_string(), self.sum / n),
+            Task::Regression => ("rmse".to_string(), (self.sum / n).sqrt()),
+        })
+    }
+}
+
+/// What predicting chunk after chunk keeps.
+struct Run<'a> {
+    bundle: &'a Bundle,
+    model: kiln_deploy::OrtModel,
+    req: &'a Request,
+    out: &'a mut table::TableWriter,
+    score: Score,
+    out_of_range: Vec<(String, usize)>,
+    progress: &'a dyn Progress,
+}
+
+impl Run<'_> {
+    /// Predicts `rows` (the input's rows `first_row`…) and appends their predictions
+    /// (after the `files` they came from, for images) to the output.
+    fn chunk(
+        &mut self,
+        rows: &Rows,
+        first_row: usize,
+        files: Option<Vec<String>>,
+        target: Option<Vec<String>>,
+    ) -> Result<(), String> {
+        let bundle = self.bundle;
+        let schema = &bundle.schema;
+        let input = &self.req.input;
+        let features = bundle.features(rows).map_err(|e| match e {
+            kiln_deploy::DeployError::Features(kiln_core::FeatureError::NotFinite {
+                row,
+                column,
+            }) => {
+                format!(
+                    "--input {}: row {} column `{column}` is not a finite number after preprocessing (rows count from 1 after the header); fill the cell or drop the row",
+                    input.display(),
+                    first_row + row + 1
+                )
+            }
+            other => format!("--input {}: {other}", input.display()),
+        })?;
+        let n = rows.n_rows;
+        let w = features.len().checked_div(n).unwrap_or(0);
+        for (c, k) in bundle.out_of_range(rows) {
+            match self.out_of_range.iter_mut().find(|(x, _)| *x == c) {
+                Some((_, total)) => *total += k,
+                None => self.out_of_range.push((c, k)),
+            }
+        }
+        let mut all = kiln_core::Predictions {
+            n_rows: 0,
+            n_outputs: 0,
+            logits: Vec::new(),
+            probabilities: Vec::new(),
+        };
+        for start in (0..n).step_by(self.req.batch) {
+            let m = self.req.batch.min(n - start);
+            let p = self
+                .model
+                .predict(&features[start * w..(start + m) * w], m)
+                .map_err(|e| e.to_string())?;
+            all.extend(p);
+            self.progress.advance(m as u64);
+        }
+        let mut columns = Vec::new();
+        if let Some(files) = files {
+            columns.push(("file".to_string(), OutColumn::Text(files)));
+        }
+        match schema.task {
+            Task::Classification => {
+                let labels = bundle.labels(&all);
+                if let Some(t) = target {
+                    self.score.seen = true;
+                    self.score.sum += t.iter().zip(&labels).filter(|(a, b)| a == b).count() as f64;
+                }
+                columns.push(("prediction".to_string(), OutColumn::Text(labels)));
+                let k = all.n_outputs.max(1);
+                for (j, label) in schema.class_labels.iter().enumerate() {
+                    let p = all
+                        .probabilities
+                        .iter()
+                        .skip(j)
+                        .step_by(k)
+                        .copied()
+                        .collect();
+                    columns.push((format!("p_{label}"), OutColumn::Number(p)));
+                }
+            }
+            Task::Regression => {
+                if let Some(t) = target {
+                    self.score.seen = true;
+                    self.score.sum += t
+                        .iter()
+                        .zip(&all.logits)
+                        .map(|(a, p)| {
+                            (a.parse::<f64>().unwrap_or(f64::NAN) - f64::from(*p)).powi(2)
+                        })
+                        .sum::<f64>();
+                }
+                columns.push(("prediction".to_string(), OutColumn::Number(all.logits)));
+            }
+        }
+        self.out
+            .write(columns)
+            .map_err(|e| format!("--output: {e}"))
+    }
+}
+
+/// Image input: the images' rows, the files they came from and, for a folder of class
+/// folders, the class of each.
+struct Images {
     rows: Rows,
-    extra: Vec<String>,
     files: Option<Vec<String>>,
     target: Option<Vec<String>>,
 }
@@ -155,28 +277,9 @@ struct Input {
 /// Image file names `--input` takes for a model trained on images.
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "gif", "bmp"];
 
-/// Reads `--input`: a table, or image files (a file with an image extension, or a
-/// folder) for a model whose schema records an image shape.
-fn read_input(path: &Path, schema: &kiln_core::Schema) -> Result<Input, String> {
-    let is_image = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
-    if !path.is_dir() && !is_image {
-        let raw = table::read_rows_with_text(path, &schema.input_columns, &schema.text_columns())
-            .map_err(|e| format!("--input: {e}"))?;
-        let target = read_target(path, &schema.target, &raw.columns);
-        return Ok(Input {
-            rows: Rows {
-                n_rows: raw.n_rows,
-                values: raw.values,
-                text: raw.text,
-            },
-            extra: raw.extra,
-            files: None,
-            target,
-        });
-    }
+/// Reads image `--input` (a file with an image extension, or a folder) for a model whose
+/// schema records an image shape.
+fn read_images(path: &Path, schema: &kiln_core::Schema) -> Result<Images, String> {
     let Some(image) = schema.image else {
         return Err(format!(
             "--input {}: image files, but the model was not trained on images; give it a table (CSV, Parquet or Arrow) of its input columns",
@@ -229,22 +332,13 @@ fn read_input(path: &Path, schema: &kiln_core::Schema) -> Result<Input, String> 
                 .map_err(|e| format!("--input: {e}"))?,
         );
     }
-    Ok(Input {
+    Ok(Images {
         rows: Rows {
             n_rows: files.len(),
             values,
             text: Vec::new(),
         },
-        extra: Vec::new(),
         files: Some(files.iter().map(|f| f.display().to_string()).collect()),
         target,
     })
-}
-
-/// The target column as text, when the input holds it (to score the predictions).
-fn read_target(input: &Path, target: &str, columns: &[String]) -> Option<Vec<String>> {
-    if !columns.iter().any(|c| c == target) {
-        return None;
-    }
-    table::read_text_column(input, target).ok()
 }

@@ -406,6 +406,146 @@ fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
     assert!(!err.contains("panicked"));
 }
 
+/// A table streams through `kiln predict` in chunks: any chunk size, CSV or Parquet, gives
+/// the same bytes, score and warnings as one chunk, and a bad cell anywhere (inside the
+/// rows polars infers types from, or long after them) is named by the file's own row.
+#[test]
+fn predict_streams_a_table_in_chunks_with_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let ship = deployed_iris(&dir.path().join("runs"));
+    let iris = std::fs::read_to_string(root().join("fixtures/iris.csv")).unwrap();
+    let (header, body) = iris.split_once('\n').unwrap();
+    // 12,000 rows: past the 10,000 rows the CSV reader infers column types from
+    let body: Vec<&str> = body.lines().collect();
+    let lines: Vec<&str> = (0..12_000).map(|i| body[i % body.len()]).collect();
+    let big = write(
+        dir.path(),
+        "big.csv",
+        &format!("{header}\n{}\n", lines.join("\n")),
+    );
+    let predict = |input: &Path, chunk: Option<&str>, out: &str| {
+        let mut c = kiln();
+        c.args(["predict", "--model"])
+            .arg(&ship)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(dir.path().join(out));
+        if let Some(n) = chunk {
+            c.args(["--chunk-rows", n]);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).replace(out, "OUT"),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let whole = predict(&big, Some("100000"), "whole.csv");
+    assert_eq!(whole.0, Some(0), "{}", whole.2);
+    assert!(whole.1.contains("12000 rows predicted"), "{}", whole.1);
+    let want = std::fs::read_to_string(dir.path().join("whole.csv")).unwrap();
+    assert_eq!(want.lines().count(), 12_001);
+    // the rows are iris' 150 again and again: so are their predictions
+    let preds: Vec<&str> = want.lines().skip(1).collect();
+    for (i, p) in preds.iter().enumerate().skip(150) {
+        assert_eq!(*p, preds[i % 150], "row {i}");
+    }
+    for chunk in ["7", "1000"] {
+        let got = predict(&big, Some(chunk), "chunked.csv");
+        assert_eq!(got.0, Some(0), "{}", got.2);
+        assert_eq!(
+            (&got.1, &got.2),
+            (&whole.1, &whole.2),
+            "--chunk-rows {chunk}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("chunked.csv")).unwrap(),
+            want,
+            "--chunk-rows {chunk}"
+        );
+    }
+    // the same rows from Parquet, in chunks, to Parquet: the same predictions
+    let names = [
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+        "species",
+    ];
+    let cells: Vec<Vec<&str>> = lines.iter().map(|l| l.split(',').collect()).collect();
+    let columns = names
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            let c = if j == 4 {
+                kiln_preprocess::table::OutColumn::Text(
+                    cells.iter().map(|r| r[j].to_string()).collect(),
+                )
+            } else {
+                kiln_preprocess::table::OutColumn::Number(
+                    cells.iter().map(|r| r[j].parse().unwrap()).collect(),
+                )
+            };
+            (n.to_string(), c)
+        })
+        .collect();
+    let pq = dir.path().join("big.parquet");
+    kiln_preprocess::table::write_table(&pq, columns).unwrap();
+    let got = predict(&pq, Some("333"), "from-parquet.parquet");
+    assert_eq!(got.0, Some(0), "{}", got.2);
+    assert_eq!((&got.1, &got.2), (&whole.1, &whole.2));
+    let labels = ["prediction", "p_setosa", "p_versicolor", "p_virginica"].map(String::from);
+    let back = kiln_preprocess::table::read_rows_with_text(
+        &dir.path().join("from-parquet.parquet"),
+        &labels,
+        &labels[..1],
+    )
+    .unwrap();
+    assert_eq!(back.n_rows, 12_000);
+    for (i, line) in preds.iter().enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(back.text[0].1.get(i), Some(cells[0]), "row {i}");
+        for j in 1..4 {
+            assert_eq!(back.values[i * 4 + j], cells[j].parse::<f32>().unwrap());
+        }
+    }
+
+    // bad cells, named by the file's row: one among the inferred rows (the column is then
+    // read as text) and one long after them (the number reader fails; the cell is found)
+    for (row, column, cell) in [(150, 2, "abc"), (11_500, 3, "oops")] {
+        let mut broken: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let mut fields: Vec<&str> = broken[row - 1].split(',').collect();
+        fields[column] = cell;
+        broken[row - 1] = fields.join(",");
+        let bad = write(
+            dir.path(),
+            "bad.csv",
+            &format!("{header}\n{}\n", broken.join("\n")),
+        );
+        for chunk in ["7", "4096"] {
+            let (code, _, err) = predict(&bad, Some(chunk), "x.csv");
+            assert_eq!(code, Some(1), "{err}");
+            let name = names[column];
+            assert!(
+                err.contains(&format!(
+                    "bad.csv: row {row} column `{name}` holds `{cell}`, not a number"
+                )),
+                "--chunk-rows {chunk}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(
+                !dir.path().join("x.csv").exists(),
+                "nothing written on error"
+            );
+            assert!(
+                !dir.path().join("x.csv.partial").exists(),
+                "no partial file left"
+            );
+        }
+    }
+}
+
 /// A bundle deployed with `include_preprocessing = true` takes raw values: `kiln predict`
 /// sees the `preprocessing = baked` metadata, does not standardize a second time, and gives
 /// the same probabilities as the bundle without it.

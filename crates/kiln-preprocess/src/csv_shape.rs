@@ -11,8 +11,9 @@ use crate::error::{PreprocessError, Result};
 use std::io::Read;
 use std::path::Path;
 
-/// Checks `path`'s header names (when `has_header`) and every row's field count.
-pub(crate) fn check(path: &Path, delimiter: u8, has_header: bool) -> Result<()> {
+/// Checks `path`'s header names (when `has_header`) and every row's field count, and
+/// returns the number of data rows (records after the header; empty lines skipped).
+pub(crate) fn check(path: &Path, delimiter: u8, has_header: bool) -> Result<usize> {
     let file = std::fs::File::open(path).map_err(|source| PreprocessError::Io {
         path: path.to_path_buf(),
         source,
@@ -61,7 +62,8 @@ pub(crate) fn check(path: &Path, delimiter: u8, has_header: bool) -> Result<()> 
             }
         }
     }
-    Ok(())
+    let records = scan.records + u64::from(!has_header && scan.want.is_some());
+    Ok(usize::try_from(records).unwrap_or(usize::MAX))
 }
 
 enum Problem {
@@ -87,6 +89,8 @@ struct Scan {
     header: Vec<String>,
     field: Vec<u8>,
     problem: Option<Problem>,
+    /// Records after the first one.
+    records: u64,
 }
 
 impl Scan {
@@ -103,6 +107,7 @@ impl Scan {
             header: Vec::new(),
             field: Vec::new(),
             problem: None,
+            records: 0,
         }
     }
 
@@ -204,6 +209,7 @@ impl Scan {
     }
 
     fn check_fields(&mut self, got: usize, line: u64) {
+        self.records += 1;
         if let Some(want) = self.want
             && got != want
             && self.problem.is_none()
@@ -230,7 +236,7 @@ impl Scan {
 mod tests {
     use super::*;
 
-    fn check_text(text: &str) -> std::result::Result<(), String> {
+    fn check_text(text: &str) -> std::result::Result<usize, String> {
         let dir = std::env::temp_dir().join(format!("kiln-csv-shape-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(format!("t{}.csv", text.len()));
@@ -242,17 +248,20 @@ mod tests {
 
     #[test]
     fn rows_of_the_header_width_pass_quotes_and_all() {
-        assert_eq!(check_text("a,b,c\n1,2,3\n4,5,6\n"), Ok(()));
-        assert_eq!(check_text("a,b\r\n1,2\r\n"), Ok(()));
+        // the data rows are counted
+        assert_eq!(check_text("a,b,c\n1,2,3\n4,5,6\n"), Ok(2));
+        assert_eq!(check_text("a,b\r\n1,2\r\n"), Ok(1));
         // quoted delimiters, escaped quotes, line breaks inside quotes, a blank line
         assert_eq!(
             check_text("a,\"b,c\"\n\"x,y\",\"say \"\"hi\"\"\"\n\n\"multi\nline\",2\n"),
-            Ok(())
+            Ok(2)
         );
         // no final newline
-        assert_eq!(check_text("a,b\n1,2"), Ok(()));
+        assert_eq!(check_text("a,b\n1,2"), Ok(1));
         // one column: every line is a row
-        assert_eq!(check_text("a\n1\n2\n"), Ok(()));
+        assert_eq!(check_text("a\n1\n2\n"), Ok(2));
+        // a header and nothing else
+        assert_eq!(check_text("a,b\n"), Ok(0));
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod load;
 mod profile;
 mod split;
 mod steps;
+pub mod stream;
 pub mod suggest;
 pub mod table;
 mod target;

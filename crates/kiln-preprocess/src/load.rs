@@ -154,15 +154,10 @@ pub(crate) fn column_names(df: &DataFrame) -> Vec<String> {
         .collect()
 }
 
-/// Reads a CSV file with polars; `text` columns are read as text (so `007` stays
-/// `007`), the others' types are inferred.
-pub(crate) fn read_csv(
-    path: &Path,
-    delimiter: char,
-    has_header: bool,
-    null_values: &[String],
-    text: &[&str],
-) -> Result<DataFrame> {
+/// The checks before polars reads a CSV file (it exists and is not empty, the delimiter
+/// is one ASCII character, the header's names and every row's field count); returns the
+/// number of data rows.
+pub(crate) fn check_csv(path: &Path, delimiter: char, has_header: bool) -> Result<usize> {
     let meta = std::fs::metadata(path).map_err(|source| PreprocessError::Io {
         path: path.to_path_buf(),
         source,
@@ -178,7 +173,19 @@ pub(crate) fn read_csv(
             "csv delimiter `{delimiter}` must be a single ASCII character"
         )));
     }
-    crate::csv_shape::check(path, delimiter as u8, has_header)?;
+    crate::csv_shape::check(path, delimiter as u8, has_header)
+}
+
+/// Reads a CSV file with polars; `text` columns are read as text (so `007` stays
+/// `007`), the others' types are inferred.
+pub(crate) fn read_csv(
+    path: &Path,
+    delimiter: char,
+    has_header: bool,
+    null_values: &[String],
+    text: &[&str],
+) -> Result<DataFrame> {
+    check_csv(path, delimiter, has_header)?;
     let nulls = (!null_values.is_empty())
         .then(|| NullValues::AllColumns(null_values.iter().map(|s| s.as_str().into()).collect()));
     let overwrite = (!text.is_empty()).then(|| {

@@ -118,12 +118,21 @@ pub fn read_rows(path: &Path, wanted: &[String]) -> Result<RawRows> {
 /// cell as missing.
 pub fn read_rows_with_text(path: &Path, wanted: &[String], text: &[String]) -> Result<RawRows> {
     let df = read_table(path)?;
-    let shown = path.display();
-    let columns: Vec<String> = df
-        .get_column_names()
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let columns = crate::load::column_names(&df);
+    let extra = check_columns(path, &columns, wanted)?;
+    let mut rows = rows_of(&df, wanted, text, 0, path)?;
+    rows.extra = extra;
+    rows.columns = columns;
+    Ok(rows)
+}
+
+/// Checks that a table with `columns` holds every `wanted` one (a missing column is an
+/// error naming the nearest unused one) and returns the columns it does not take.
+pub(crate) fn check_columns(
+    path: &Path,
+    columns: &[String],
+    wanted: &[String],
+) -> Result<Vec<String>> {
     // suggest only columns the model does not already take
     let unused: Vec<String> = columns
         .iter()
@@ -140,11 +149,27 @@ pub fn read_rows_with_text(path: &Path, wanted: &[String], text: &[String]) -> R
         .collect();
     if !missing.is_empty() {
         return Err(invalid(format!(
-            "{shown}: the model needs column(s) {} that the file lacks; its columns are: {}",
+            "{}: the model needs column(s) {} that the file lacks; its columns are: {}",
+            path.display(),
             missing.join(", "),
-            crate::preview(&columns)
+            crate::preview(columns)
         )));
     }
+    Ok(unused)
+}
+
+/// The `wanted` columns of `df` (rows `first_row`… of the file at `path`) as row-major
+/// f32 (an empty cell as NaN), the `text` ones as text cells; a cell that is not a number
+/// is an error naming its row of the file (1-based, header excluded) and column.
+/// `extra` and `columns` are left empty.
+pub(crate) fn rows_of(
+    df: &DataFrame,
+    wanted: &[String],
+    text: &[String],
+    first_row: usize,
+    path: &Path,
+) -> Result<RawRows> {
+    let shown = path.display();
     let n = df.height();
     let w = wanted.len();
     let mut values = vec![0.0f32; n * w];
@@ -182,7 +207,7 @@ pub fn read_rows_with_text(path: &Path, wanted: &[String], text: &[String]) -> R
             let (row, what) = bad.unwrap_or((0, format!("has type {}", c.dtype())));
             return Err(invalid(format!(
                 "{shown}: row {} column `{name}` {what}; the model takes numbers in this column",
-                row + 1
+                first_row + row + 1
             )));
         }
         let f = as_f32.ok_or_else(|| invalid(format!("column `{name}` is not numeric")))?;
@@ -190,16 +215,11 @@ pub fn read_rows_with_text(path: &Path, wanted: &[String], text: &[String]) -> R
             values[i * w + j] = v.unwrap_or(f32::NAN);
         }
     }
-    let extra = columns
-        .iter()
-        .filter(|c| !wanted.contains(c))
-        .cloned()
-        .collect();
     Ok(RawRows {
         n_rows: n,
         values,
-        extra,
-        columns,
+        extra: Vec::new(),
+        columns: Vec::new(),
         text: cells,
     })
 }
@@ -233,46 +253,127 @@ pub enum OutColumn {
     Number(Vec<f32>),
 }
 
-/// Writes named columns to `path` (`.csv` or `.parquet`), atomically: into a temporary
-/// file beside it, then renamed.
-pub fn write_table(path: &Path, columns: Vec<(String, OutColumn)>) -> Result<()> {
-    let n = columns.first().map_or(0, |(_, c)| match c {
-        OutColumn::Text(v) => v.len(),
-        OutColumn::Number(v) => v.len(),
-    });
-    let cols: Vec<Column> = columns
-        .into_iter()
-        .map(|(name, c)| match c {
-            OutColumn::Text(v) => Column::new(name.into(), v),
-            OutColumn::Number(v) => Column::new(name.into(), v),
+/// An output table written batch by batch, `.csv` or `.parquet` by its extension, and
+/// atomically: into a temporary file beside it (`<name>.<ext>.partial`), renamed over
+/// `path` by [`TableWriter::finish`]. Dropped unfinished (an error on the way), the
+/// temporary file is removed and `path` is untouched.
+pub struct TableWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    /// A second handle of the temporary file, to flush it to disk at the end.
+    file: std::fs::File,
+    /// The format's writer, created at the first batch (it needs the schema).
+    writer: Option<Batched>,
+    /// The writer's file handle until then.
+    pending: Option<std::fs::File>,
+    csv: bool,
+}
+
+enum Batched {
+    Csv(polars::io::csv::write::BatchedWriter<std::fs::File>),
+    Parquet(polars::io::parquet::write::BatchedWriter<std::fs::File>),
+}
+
+impl TableWriter {
+    /// Creates the temporary file; an extension other than `.csv` / `.parquet` is an
+    /// error.
+    pub fn create(path: &Path) -> Result<TableWriter> {
+        let ext = extension(path);
+        if ext != "csv" && ext != "parquet" {
+            return Err(invalid(format!(
+                "{}: unknown output format `.{ext}`; use .csv or .parquet",
+                path.display()
+            )));
+        }
+        let tmp = path.with_extension(format!("{ext}.partial"));
+        let io = |source| PreprocessError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let pending = std::fs::File::create(&tmp).map_err(io)?;
+        let file = pending.try_clone().map_err(io)?;
+        Ok(TableWriter {
+            path: path.to_path_buf(),
+            tmp,
+            file,
+            writer: None,
+            pending: Some(pending),
+            csv: ext == "csv",
         })
-        .collect();
-    let mut df = DataFrame::new(n, cols).ctx(|| "building the output table".into())?;
-    let ext = extension(path);
-    if ext != "csv" && ext != "parquet" {
-        return Err(invalid(format!(
-            "{}: unknown output format `.{ext}`; use .csv or .parquet",
-            path.display()
-        )));
     }
-    let tmp = path.with_extension(format!("{ext}.partial"));
-    let io = |source| PreprocessError::Io {
-        path: tmp.clone(),
-        source,
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    if ext == "csv" {
-        CsvWriter::new(&mut f)
-            .finish(&mut df)
-            .ctx(|| path.display().to_string())?;
-    } else {
-        ParquetWriter::new(&mut f)
-            .finish(&mut df)
-            .ctx(|| path.display().to_string())?;
+
+    /// Appends rows: named columns of one length (the same names every time).
+    pub fn write(&mut self, columns: Vec<(String, OutColumn)>) -> Result<()> {
+        let n = columns.first().map_or(0, |(_, c)| match c {
+            OutColumn::Text(v) => v.len(),
+            OutColumn::Number(v) => v.len(),
+        });
+        let cols: Vec<Column> = columns
+            .into_iter()
+            .map(|(name, c)| match c {
+                OutColumn::Text(v) => Column::new(name.into(), v),
+                OutColumn::Number(v) => Column::new(name.into(), v),
+            })
+            .collect();
+        let df = DataFrame::new(n, cols).ctx(|| "building the output table".into())?;
+        let shown = || self.path.display().to_string();
+        if let Some(file) = self.pending.take() {
+            let schema = df.schema();
+            self.writer = Some(if self.csv {
+                Batched::Csv(CsvWriter::new(file).batched(schema).ctx(shown)?)
+            } else {
+                Batched::Parquet(ParquetWriter::new(file).batched(schema).ctx(shown)?)
+            });
+        }
+        match &mut self.writer {
+            Some(Batched::Csv(w)) => w.write_batch(&df).ctx(shown),
+            Some(Batched::Parquet(w)) => w.write_batch(&df).ctx(shown),
+            None => Ok(()),
+        }
     }
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|source| PreprocessError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+
+    /// Ends the file (a table with no batch is an error: it would have no columns),
+    /// flushes it to disk and renames it over `path`.
+    pub fn finish(mut self) -> Result<()> {
+        let shown = || self.path.display().to_string();
+        match &mut self.writer {
+            Some(Batched::Csv(w)) => w.finish().ctx(shown)?,
+            Some(Batched::Parquet(w)) => {
+                w.finish().ctx(shown)?;
+            }
+            None => {
+                return Err(invalid(format!(
+                    "{}: no rows to write",
+                    self.path.display()
+                )));
+            }
+        }
+        self.writer = None;
+        self.file.sync_all().map_err(|source| PreprocessError::Io {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|source| PreprocessError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        // renamed: nothing left for `drop` to remove
+        self.tmp = std::path::PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            std::fs::remove_file(&self.tmp).ok();
+        }
+    }
+}
+
+/// Writes named columns to `path` (`.csv` or `.parquet`) in one batch, atomically.
+pub fn write_table(path: &Path, columns: Vec<(String, OutColumn)>) -> Result<()> {
+    let mut w = TableWriter::create(path)?;
+    w.write(columns)?;
+    w.finish()
 }

@@ -1,0 +1,365 @@
+//! Reading a table in bounded memory: polars' streaming engine scans a CSV, Parquet or
+//! Arrow IPC file and hands its rows over in chunks, in file order, each converted as
+//! [`crate::table::read_rows_with_text`] converts a whole table (the same checks, and
+//! errors naming the file's own row).
+//!
+//! The engine runs on its own thread and decodes ahead while the caller works on a chunk;
+//! a channel of two chunks bounds what is held, so memory does not grow with the file.
+
+use crate::error::{PolarsContext, PreprocessError, Result};
+use crate::table::{self, RawRows};
+use polars::prelude::*;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::mpsc;
+
+/// Chunks decoded ahead of the one being used.
+const AHEAD: usize = 2;
+
+/// One chunk of rows.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The file's row (0-based, header excluded) where the chunk begins.
+    pub first_row: usize,
+    /// Its rows (`extra` and `columns` are empty: they are in [`Header`]).
+    pub rows: RawRows,
+    /// The target column as text (a missing cell as ""), when asked for and present.
+    pub target: Option<Vec<String>>,
+}
+
+/// What a scan found besides the rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// The file's own column names, in file order.
+    pub columns: Vec<String>,
+    /// Columns that were not asked for (ignored).
+    pub extra: Vec<String>,
+    /// Rows in the file, known before the first chunk when the format tells (Parquet and
+    /// Arrow metadata, the CSV check's own pass).
+    pub rows: Option<usize>,
+}
+
+/// A streaming scan of one table file.
+pub struct Scan<'a> {
+    path: &'a Path,
+    wanted: &'a [String],
+    text: &'a [String],
+    target: Option<&'a str>,
+    chunk_rows: NonZeroUsize,
+    frame: LazyFrame,
+    header: Header,
+}
+
+/// The formats a table file may have, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Parquet,
+    Ipc,
+}
+
+fn invalid(m: String) -> PreprocessError {
+    PreprocessError::Invalid(m)
+}
+
+fn format_of(path: &Path) -> Result<Format> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "csv" => Ok(Format::Csv),
+        "parquet" => Ok(Format::Parquet),
+        "arrow" | "ipc" | "feather" => Ok(Format::Ipc),
+        other => Err(invalid(format!(
+            "{}: unknown table format `.{other}`; use .csv, .parquet or .arrow",
+            path.display()
+        ))),
+    }
+}
+
+/// The lazy scan of `path` (no glob expansion: the path is one file). A CSV's `text`
+/// columns are read as text, its other `numbers` as f64 when `as_text` is false and as
+/// text when it is (to find a bad cell).
+fn lazy(
+    path: &Path,
+    format: Format,
+    text: &[String],
+    numbers: &[String],
+    as_text: bool,
+) -> Result<LazyFrame> {
+    let shown = || path.display().to_string();
+    let p = PlRefPath::try_from_path(path).ctx(shown)?;
+    match format {
+        Format::Csv => {
+            let overwrite = Schema::from_iter(
+                text.iter()
+                    .map(|c| Field::new(c.as_str().into(), DataType::String))
+                    .chain(numbers.iter().map(|c| {
+                        let t = if as_text {
+                            DataType::String
+                        } else {
+                            DataType::Float64
+                        };
+                        Field::new(c.as_str().into(), t)
+                    })),
+            );
+            LazyCsvReader::new(p)
+                .with_has_header(true)
+                .with_glob(false)
+                .with_infer_schema_length(Some(10_000))
+                .with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
+                .with_dtype_overwrite((!overwrite.is_empty()).then(|| Arc::new(overwrite)))
+                .finish()
+                .ctx(shown)
+        }
+        Format::Parquet => LazyFrame::scan_parquet(
+            p,
+            ScanArgsParquet {
+                glob: false,
+                ..Default::default()
+            },
+        )
+        .ctx(shown),
+        Format::Ipc => LazyFrame::scan_ipc(
+            p,
+            Default::default(),
+            UnifiedScanArgs {
+                glob: false,
+                ..Default::default()
+            },
+        )
+        .ctx(shown),
+    }
+}
+
+/// Runs `f` on the lazy frame's schema, turning a panic inside polars into an error.
+fn schema_of(path: &Path, frame: &mut LazyFrame, what: &str) -> Result<Vec<String>> {
+    let schema = table::guarded(path, what, || frame.collect_schema())?
+        .ctx(|| format!("{}: could not read as {what}", path.display()))?;
+    Ok(schema.iter_names().map(|n| n.to_string()).collect())
+}
+
+fn what(format: Format) -> &'static str {
+    match format {
+        Format::Csv => "csv",
+        Format::Parquet => "parquet",
+        Format::Ipc => "Arrow IPC",
+    }
+}
+
+impl<'a> Scan<'a> {
+    /// Opens `path` (`.csv` with a header row, `NA` and empty cells null; `.parquet`;
+    /// `.arrow` / `.ipc` / `.feather`) and checks that it holds every `wanted` column
+    /// (`text` ones, a subset, read as text). `target`, when the file has it, comes with
+    /// each chunk as text.
+    pub fn open(
+        path: &'a Path,
+        wanted: &'a [String],
+        text: &'a [String],
+        target: Option<&'a str>,
+        chunk_rows: usize,
+    ) -> Result<Scan<'a>> {
+        if !path.is_file() {
+            return Err(PreprocessError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let format = format_of(path)?;
+        let rows = match format {
+            Format::Csv => Some(crate::load::check_csv(path, ',', true)?),
+            _ => None,
+        };
+        // inferred types first: the model's number columns that the file holds as numbers
+        // are then read as f64 (a later bad cell is an error, not a column turned text)
+        let mut frame = lazy(path, format, text, &[], false)?;
+        let columns = schema_of(path, &mut frame, what(format))?;
+        let extra = table::check_columns(path, &columns, wanted)?;
+        if format == Format::Csv {
+            let schema = table::guarded(path, "csv", || frame.collect_schema())?
+                .ctx(|| path.display().to_string())?;
+            let numbers: Vec<String> = wanted
+                .iter()
+                .filter(|w| !text.contains(w))
+                .filter(|w| {
+                    schema
+                        .get(w.as_str())
+                        .is_some_and(|t| t.is_primitive_numeric())
+                })
+                .cloned()
+                .collect();
+            frame = lazy(path, format, text, &numbers, false)?;
+        }
+        let rows = match rows {
+            Some(n) => Some(n),
+            None => count(path, frame.clone(), what(format)),
+        };
+        let target = target.filter(|t| columns.iter().any(|c| c == t));
+        Ok(Scan {
+            path,
+            wanted,
+            text,
+            target,
+            chunk_rows: NonZeroUsize::new(chunk_rows).unwrap_or(NonZeroUsize::MIN),
+            frame,
+            header: Header {
+                columns,
+                extra,
+                rows,
+            },
+        })
+    }
+
+    /// The file's columns, the ones not asked for, and its row count when known.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Runs the scan, calling `each` with every chunk in file order; the first error
+    /// (`each`'s, a bad cell's or the file's) stops it. An empty table is an error.
+    /// Returns the number of rows.
+    pub fn for_each(self, mut each: impl FnMut(Chunk) -> Result<()>) -> Result<usize> {
+        let format = format_of(self.path)?;
+        let mut names: Vec<String> = self.wanted.to_vec();
+        if let Some(t) = self.target
+            && !names.iter().any(|n| n == t)
+        {
+            names.push(t.to_string());
+        }
+        let plan = self
+            .frame
+            .clone()
+            .select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
+        let mut first_row = 0usize;
+        let outcome = run(self.path, plan, self.chunk_rows, what(format), |df| {
+            let rows = table::rows_of(&df, self.wanted, self.text, first_row, self.path)?;
+            let target = match self.target {
+                Some(t) => Some(table::column_text(&df, t)?),
+                None => None,
+            };
+            let n = rows.n_rows;
+            each(Chunk {
+                first_row,
+                rows,
+                target,
+            })?;
+            first_row += n;
+            Ok(())
+        });
+        match outcome {
+            Err(Failure::Engine(e)) if format == Format::Csv => {
+                // a cell the CSV reader could not parse as a number: name it
+                Err(self.locate().unwrap_or(e))
+            }
+            Err(Failure::Engine(e) | Failure::Caller(e)) => Err(e),
+            Ok(()) if first_row == 0 => Err(invalid(format!(
+                "{}: {}",
+                self.path.display(),
+                if format == Format::Csv {
+                    "the file has a header but no rows"
+                } else {
+                    "the table has no rows"
+                }
+            ))),
+            Ok(()) => Ok(first_row),
+        }
+    }
+
+    /// After the CSV reader failed: scans the wanted number columns again as text and
+    /// returns the error naming the first cell that is not a number, if there is one.
+    fn locate(&self) -> Option<PreprocessError> {
+        let numbers: Vec<String> = self
+            .wanted
+            .iter()
+            .filter(|w| !self.text.contains(w))
+            .cloned()
+            .collect();
+        let plan = lazy(self.path, Format::Csv, self.text, &numbers, true)
+            .ok()?
+            .select(numbers.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
+        let mut first_row = 0usize;
+        let outcome = run(self.path, plan, self.chunk_rows, "csv", |df| {
+            table::rows_of(&df, &numbers, &[], first_row, self.path)?;
+            first_row += df.height();
+            Ok(())
+        });
+        match outcome {
+            Err(Failure::Caller(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The row count of a Parquet / Arrow scan from its metadata (None when it fails: the
+/// progress bar then has no total).
+fn count(path: &Path, frame: LazyFrame, what: &str) -> Option<usize> {
+    let df = table::guarded(path, what, || frame.select([len()]).collect())
+        .ok()?
+        .ok()?;
+    let c = df.column("len").ok()?.cast(&DataType::UInt64).ok()?;
+    let n = c.u64().ok()?.get(0)?;
+    usize::try_from(n).ok()
+}
+
+/// Why a streaming run stopped early.
+enum Failure {
+    /// The engine (reading or decoding the file).
+    Engine(PreprocessError),
+    /// The code the chunks were handed to.
+    Caller(PreprocessError),
+}
+
+/// Runs `plan` on polars' streaming engine on another thread and calls `each` with its
+/// chunks of at most `chunk_rows` rows, in order, on this one.
+fn run(
+    path: &Path,
+    plan: LazyFrame,
+    chunk_rows: NonZeroUsize,
+    what: &str,
+    mut each: impl FnMut(DataFrame) -> Result<()>,
+) -> std::result::Result<(), Failure> {
+    let (send, recv) = mpsc::sync_channel::<DataFrame>(AHEAD);
+    let sink = plan
+        .sink_batches(
+            // true stops the engine: the receiver is gone (an error on this side)
+            PlanCallback::new(move |df| Ok(send.send(df).is_err())),
+            true,
+            Some(chunk_rows),
+        )
+        .ctx(|| path.display().to_string())
+        .map_err(Failure::Engine)?;
+    let shown = path.display().to_string();
+    let what = what.to_string();
+    std::thread::scope(|s| {
+        let engine = s.spawn(move || {
+            table::guarded(std::path::Path::new(&shown), &what, || {
+                sink.collect_with_engine(Engine::Streaming)
+            })
+            .and_then(|r| r.ctx(|| format!("{shown}: could not read as {what}")))
+        });
+        let mut failed = None;
+        for df in recv.iter() {
+            if let Err(e) = each(df) {
+                failed = Some(e);
+                break;
+            }
+        }
+        // a failure here drops the receiver, and the engine stops at its next chunk
+        drop(recv);
+        let engine = engine.join();
+        if let Some(e) = failed {
+            return Err(Failure::Caller(e));
+        }
+        match engine {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Engine(e)),
+            Err(p) => Err(Failure::Engine(invalid(format!(
+                "{}: reading it failed: {}",
+                path.display(),
+                kiln_core::panic_message(&p)
+            )))),
+        }
+    })
+}
