@@ -4,7 +4,8 @@
 //! batch 1 and 1024, alternating variant by variant in every pair. Prints one JSON line
 //! per variant and pair. Usage: `bench_optimize <run dir> <pairs>`.
 
-use kiln_core::{Dataset, NativeModel, Predictor};
+use kiln_core::dataset::shards::{Shards, Split};
+use kiln_core::{NativeModel, Predictor};
 use kiln_optimize::{CandidateConfig, Config};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,8 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let pairs: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
     let fp32 = NativeModel::load(&run.join("train"))?;
-    let train = Dataset::read_ipc(&run.join("data/train.arrow"), "label")?;
-    let test = Dataset::read_ipc(&run.join("data/test.arrow"), "label")?;
+    let data = Shards::open(&run.join("data"))?;
+    let train = data.split(Split::Train)?;
+    let test = data.split(Split::Test)?;
     let cfg = Config::default();
     use kiln_optimize::QuantizeMode::{Dynamic, Static};
     let cand = |s: Option<f64>, q: Option<kiln_optimize::QuantizeMode>| CandidateConfig {

@@ -86,8 +86,9 @@ fn a_kill_at_any_commit_step_leaves_the_cache_usable() {
         assert!(!stdout.contains("failed"), "{point}: {stdout}");
         let latest = runs.join("iris/latest");
         for f in [
-            "data/train.arrow",
-            "data/test.arrow",
+            "data/manifest.json",
+            "data/train-00000.parquet",
+            "data/test-00000.parquet",
             "train/weights.safetensors",
             "eval/metrics.json",
             "ship/model.onnx",

@@ -56,7 +56,7 @@ input = "train"
 requires = ["eval"]
 "#;
 
-/// The accuracy of the trained model on the run's test.arrow, recomputed here.
+/// The accuracy of the trained model on the run's test split, recomputed here.
 fn test_accuracy(run_dir: &Path) -> f64 {
     let (_, [_, _, test]) = kiln_preprocess::read_artifact(&run_dir.join("data")).unwrap();
     let mut m = kiln_core::NativeModel::load(&run_dir.join("train")).unwrap();

@@ -644,12 +644,8 @@ fn messy_csv_with_missing_cells_runs_through_deploy() {
         r
     };
     let mut stored = Vec::new();
-    for split in ["train", "valid", "test"] {
-        let d = kiln_core::Dataset::read_ipc(
-            &r.run_dir.join(format!("data/{split}.arrow")),
-            &schema.target,
-        )
-        .unwrap();
+    for split in kiln_core::dataset::shards::Split::ALL {
+        let d = kiln_core::dataset::shards::read_split(&r.run_dir.join("data"), split).unwrap();
         stored.extend_from_slice(&d.features);
     }
     assert_eq!(stored.len(), 54 * fw);
@@ -739,7 +735,7 @@ fn iris_with_a_string_target_runs() {
         schema["class_labels"],
         serde_json::json!(["setosa", "versicolor", "virginica"])
     );
-    // the evaluated accuracy is the trained model's own on test.arrow (recomputed here
+    // the evaluated accuracy is the trained model's own on the test split (recomputed here
     // with the reference forward pass), and as good as scikit-learn's MLP on the same
     // split (0.900, docs/benchmarks.md): 27 of the 30 test rows or more
     let reported = json(&r.run_dir.join("eval/metrics.json"))["variants"]["train"]["accuracy"]

@@ -42,6 +42,10 @@ pub struct Config {
     /// copies); off by default.
     #[serde(default, skip_serializing_if = "Augment::is_off")]
     pub augment: Augment,
+    /// Rows per Parquet shard of the dataset artifact; left out, as many as hold 64 MiB
+    /// of features (at least 1,024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_rows: Option<usize>,
     /// Seed of the split (the pipeline fills it from its top-level `seed`).
     #[serde(default)]
     pub seed: u64,
@@ -66,6 +70,12 @@ impl Config {
                     "valid + test = {} leaves no training rows; keep the sum below 1",
                     s.valid + s.test.unwrap_or(0.0)
                 ),
+            ));
+        }
+        if self.shard_rows == Some(0) {
+            p.push((
+                "shard_rows".to_string(),
+                "a shard holds at least 1 row".to_string(),
             ));
         }
         if self.positive_class.is_some() && self.task == Some(Task::Regression) {

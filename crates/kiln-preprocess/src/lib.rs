@@ -1,7 +1,7 @@
 //! kiln-preprocess: loads raw data with polars (CSV, Parquet, Arrow IPC or MNIST IDX), fits preprocessing on
 //! the train split only, splits with a seeded stratified shuffle, and writes the dataset
-//! artifact: `train.arrow`, `valid.arrow`, `test.arrow` (Arrow IPC), `schema.json` and
-//! `profile.json`.
+//! artifact: the splits as Parquet shards with their `manifest.json`
+//! (`kiln_core::dataset::shards`), `schema.json` and `profile.json`.
 //!
 //! ```
 //! use kiln_preprocess::{Config, Source, Split, Step, run};
@@ -18,6 +18,7 @@
 //!     steps: Some(vec![Step::Standardize { columns: Default::default() }]),
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
 //!     augment: Default::default(),
+//!     shard_rows: None,
 //!     seed: 7,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-preprocess-doc");
@@ -26,8 +27,10 @@
 //! assert_eq!(out.rows, [90, 30, 30]);
 //! ```
 
+mod artifact;
 mod augment;
 mod config;
+mod csv_blocks;
 mod csv_shape;
 mod error;
 mod frame;
@@ -42,6 +45,7 @@ pub mod suggest;
 pub mod table;
 mod target;
 
+pub use artifact::{Output, read_artifact};
 pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
 pub use config::{ColumnType, Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
 pub use error::{PreprocessError, Result};
@@ -55,56 +59,6 @@ use target::*;
 
 use kiln_core::{Dataset, Schema, Task};
 use std::path::Path;
-
-/// What one run produced.
-#[derive(Debug, Clone)]
-pub struct Output {
-    /// The schema written to schema.json.
-    pub schema: Schema,
-    /// Rows in train, valid, test.
-    pub rows: [usize; 3],
-    /// Rows removed before the split.
-    pub dropped: DroppedRows,
-    /// Rows the augmentation added to the train split.
-    pub augmented: AugmentCounts,
-    /// The train, valid and test splits as written (what [`read_artifact`] reads back),
-    /// for a caller that goes on in the same process.
-    pub splits: [Dataset; 3],
-    /// The data profile (profile.json).
-    pub profile: Profile,
-}
-
-impl Output {
-    /// Writes the dataset artifact into `out_dir`: `train.arrow`, `valid.arrow`,
-    /// `test.arrow` (Arrow IPC), `schema.json` and `profile.json`.
-    pub fn write(&self, out_dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
-            path: out_dir.to_path_buf(),
-            source,
-        })?;
-        let [train, valid, test] = &self.splits;
-        // train on a second thread, valid and test on this one
-        let _span = tracing::info_span!("write").entered();
-        std::thread::scope(|s| -> Result<()> {
-            let t = s.spawn(|| train.write_ipc(&out_dir.join("train.arrow")));
-            valid.write_ipc(&out_dir.join("valid.arrow"))?;
-            test.write_ipc(&out_dir.join("test.arrow"))?;
-            t.join().map_err(|_| {
-                PreprocessError::Invalid("internal: the thread writing train.arrow panicked".into())
-            })??;
-            Ok(())
-        })?;
-        kiln_core::artifact::save(out_dir, &self.profile)?;
-        kiln_core::write_json(&out_dir.join("schema.json"), &self.schema)?;
-        tracing::info!(
-            train = train.n_rows(),
-            valid = valid.n_rows(),
-            test = test.n_rows(),
-            "split written"
-        );
-        Ok(())
-    }
-}
 
 pub use kiln_core::artifact::profile::{ColumnProfile, DroppedRows, Profile, SplitCounts};
 
@@ -488,6 +442,9 @@ pub fn prepare(config: &Config) -> Result<Output> {
         rows: [train.n_rows(), valid.n_rows(), test.n_rows()],
         dropped,
         augmented,
+        shard_rows: config
+            .shard_rows
+            .unwrap_or_else(|| kiln_core::dataset::shards::default_shard_rows(train.n_features())),
         splits: [train, valid, test],
         profile,
     })
@@ -561,16 +518,6 @@ fn augment_train(
         "augmented the train split"
     );
     Ok(counts)
-}
-
-/// Reads the dataset artifact written by [`run`]: schema plus the three splits.
-pub fn read_artifact(dir: &Path) -> Result<(Schema, [Dataset; 3])> {
-    let schema: Schema = kiln_core::read_json(&dir.join("schema.json"))?;
-    let read = |n: &str| Dataset::read_ipc(&dir.join(format!("{n}.arrow")), &schema.target);
-    Ok((
-        schema.clone(),
-        [read("train")?, read("valid")?, read("test")?],
-    ))
 }
 
 pub(crate) fn preview(names: &[String]) -> String {

@@ -1,11 +1,13 @@
-//! Reading a table in bounded memory: polars' streaming engine scans a CSV, Parquet or
-//! Arrow IPC file and hands its rows over in chunks, in file order, each converted as
-//! [`crate::table::read_rows_with_text`] converts a whole table (the same checks, and
-//! errors naming the file's own row).
+//! Reading a table in bounded memory: a CSV file block by block (`csv_blocks`), a Parquet
+//! or Arrow IPC file through polars' streaming engine, its rows handed over in chunks, in
+//! file order, each converted as [`crate::table::read_rows_with_text`] converts a whole
+//! table (the same checks, and errors naming the file's own row).
 //!
-//! The engine runs on its own thread and decodes ahead while the caller works on a chunk;
-//! a channel of two chunks bounds what is held, so memory does not grow with the file.
+//! The reading runs on its own thread and decodes ahead while the caller works on a
+//! chunk; a channel of two chunks bounds what is held, so memory does not grow with the
+//! file.
 
+use crate::csv_blocks::{self, Blocks};
 use crate::error::{PolarsContext, PreprocessError, Result};
 use crate::table::{self, RawRows};
 use polars::prelude::*;
@@ -46,8 +48,16 @@ pub struct Scan<'a> {
     text: &'a [String],
     target: Option<&'a str>,
     chunk_rows: NonZeroUsize,
-    frame: LazyFrame,
+    source: Source,
     header: Header,
+}
+
+/// How a scan reads its file.
+enum Source {
+    /// A CSV file in blocks, parsed with the file's columns and these types.
+    Csv(SchemaRef),
+    /// A Parquet or Arrow IPC file through polars' streaming engine.
+    Engine(Box<LazyFrame>),
 }
 
 /// The formats a table file may have, by its extension.
@@ -79,31 +89,16 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
-/// The lazy scan of `path` (no glob expansion: the path is one file). A CSV's `text`
-/// columns are read as text, its other `numbers` as f64 when `as_text` is false and as
-/// text when it is (to find a bad cell).
-fn lazy(
-    path: &Path,
-    format: Format,
-    text: &[String],
-    numbers: &[String],
-    as_text: bool,
-) -> Result<LazyFrame> {
+/// The lazy scan of `path` (no glob expansion: the path is one file); a CSV's `text`
+/// columns are read as text.
+fn lazy(path: &Path, format: Format, text: &[String]) -> Result<LazyFrame> {
     let shown = || path.display().to_string();
     let p = PlRefPath::try_from_path(path).ctx(shown)?;
     match format {
         Format::Csv => {
             let overwrite = Schema::from_iter(
                 text.iter()
-                    .map(|c| Field::new(c.as_str().into(), DataType::String))
-                    .chain(numbers.iter().map(|c| {
-                        let t = if as_text {
-                            DataType::String
-                        } else {
-                            DataType::Float64
-                        };
-                        Field::new(c.as_str().into(), t)
-                    })),
+                    .map(|c| Field::new(c.as_str().into(), DataType::String)),
             );
             LazyCsvReader::new(p)
                 .with_has_header(true)
@@ -134,11 +129,10 @@ fn lazy(
     }
 }
 
-/// Runs `f` on the lazy frame's schema, turning a panic inside polars into an error.
-fn schema_of(path: &Path, frame: &mut LazyFrame, what: &str) -> Result<Vec<String>> {
-    let schema = table::guarded(path, what, || frame.collect_schema())?
-        .ctx(|| format!("{}: could not read as {what}", path.display()))?;
-    Ok(schema.iter_names().map(|n| n.to_string()).collect())
+/// The lazy frame's schema (a panic inside polars becomes an error).
+fn schema_of(path: &Path, frame: &mut LazyFrame, what: &str) -> Result<SchemaRef> {
+    table::guarded(path, what, || frame.collect_schema())?
+        .ctx(|| format!("{}: could not read as {what}", path.display()))
 }
 
 fn what(format: Format) -> &'static str {
@@ -172,29 +166,39 @@ impl<'a> Scan<'a> {
             Format::Csv => Some(crate::load::check_csv(path, ',', true)?),
             _ => None,
         };
-        // inferred types first: the model's number columns that the file holds as numbers
-        // are then read as f64 (a later bad cell is an error, not a column turned text)
-        let mut frame = lazy(path, format, text, &[], false)?;
-        let columns = schema_of(path, &mut frame, what(format))?;
+        let mut frame = lazy(path, format, text)?;
+        let schema = schema_of(path, &mut frame, what(format))?;
+        let columns: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
         let extra = table::check_columns(path, &columns, wanted)?;
-        if format == Format::Csv {
-            let schema = table::guarded(path, "csv", || frame.collect_schema())?
-                .ctx(|| path.display().to_string())?;
-            let numbers: Vec<String> = wanted
-                .iter()
-                .filter(|w| !text.contains(w))
-                .filter(|w| {
-                    schema
-                        .get(w.as_str())
-                        .is_some_and(|t| t.is_primitive_numeric())
-                })
-                .cloned()
-                .collect();
-            frame = lazy(path, format, text, &numbers, false)?;
-        }
-        let rows = match rows {
-            Some(n) => Some(n),
-            None => count(path, frame.clone(), what(format)),
+        let source = match format {
+            // the types inferred from the first rows, but the model's number columns that
+            // hold numbers there are read as f64 (a later bad cell is an error naming it,
+            // not a column turned text) and the target as text
+            Format::Csv => Source::Csv(Arc::new(
+                schema
+                    .iter()
+                    .map(|(name, t)| {
+                        let n = name.as_str();
+                        let t = if target == Some(n) && !wanted.iter().any(|w| w == n) {
+                            DataType::String
+                        } else if wanted.iter().any(|w| w == n)
+                            && !text.iter().any(|w| w == n)
+                            && t.is_primitive_numeric()
+                        {
+                            DataType::Float64
+                        } else {
+                            t.clone()
+                        };
+                        Field::new(name.clone(), t)
+                    })
+                    .collect(),
+            )),
+            _ => Source::Engine(Box::new(frame)),
+        };
+        let rows = match (&source, rows) {
+            (_, Some(n)) => Some(n),
+            (Source::Engine(frame), None) => count(path, (**frame).clone(), what(format)),
+            (Source::Csv(_), None) => None,
         };
         let target = target.filter(|t| columns.iter().any(|c| c == t));
         Ok(Scan {
@@ -203,7 +207,7 @@ impl<'a> Scan<'a> {
             text,
             target,
             chunk_rows: NonZeroUsize::new(chunk_rows).unwrap_or(NonZeroUsize::MIN),
-            frame,
+            source,
             header: Header {
                 columns,
                 extra,
@@ -228,12 +232,8 @@ impl<'a> Scan<'a> {
         {
             names.push(t.to_string());
         }
-        let plan = self
-            .frame
-            .clone()
-            .select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
         let mut first_row = 0usize;
-        let outcome = run(self.path, plan, self.chunk_rows, what(format), |df| {
+        let handle = |df: DataFrame| -> Result<()> {
             let rows = table::rows_of(&df, self.wanted, self.text, first_row, self.path)?;
             let target = match self.target {
                 Some(t) => Some(table::column_text(&df, t)?),
@@ -247,12 +247,17 @@ impl<'a> Scan<'a> {
             })?;
             first_row += n;
             Ok(())
-        });
-        match outcome {
-            Err(Failure::Engine(e)) if format == Format::Csv => {
-                // a cell the CSV reader could not parse as a number: name it
-                Err(self.locate().unwrap_or(e))
+        };
+        let outcome = match &self.source {
+            Source::Csv(schema) => self.read_csv(schema, &names, handle),
+            Source::Engine(frame) => {
+                let plan = (**frame)
+                    .clone()
+                    .select(names.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
+                run(self.path, plan, self.chunk_rows, what(format), handle)
             }
+        };
+        match outcome {
             Err(Failure::Engine(e) | Failure::Caller(e)) => Err(e),
             Ok(()) if first_row == 0 => Err(invalid(format!(
                 "{}: {}",
@@ -267,28 +272,115 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// After the CSV reader failed: scans the wanted number columns again as text and
-    /// returns the error naming the first cell that is not a number, if there is one.
-    fn locate(&self) -> Option<PreprocessError> {
-        let numbers: Vec<String> = self
-            .wanted
-            .iter()
-            .filter(|w| !self.text.contains(w))
-            .cloned()
-            .collect();
-        let plan = lazy(self.path, Format::Csv, self.text, &numbers, true)
-            .ok()?
-            .select(numbers.iter().map(|n| col(n.as_str())).collect::<Vec<_>>());
-        let mut first_row = 0usize;
-        let outcome = run(self.path, plan, self.chunk_rows, "csv", |df| {
-            table::rows_of(&df, &numbers, &[], first_row, self.path)?;
-            first_row += df.height();
-            Ok(())
-        });
-        match outcome {
-            Err(Failure::Caller(e)) => Some(e),
-            _ => None,
+    /// Reads the CSV file block by block on another thread (each block parsed into the
+    /// `names` columns of `schema`, cut into chunks) and calls `each` with the chunks, in
+    /// order, on this one.
+    fn read_csv(
+        &self,
+        schema: &SchemaRef,
+        names: &[String],
+        mut each: impl FnMut(DataFrame) -> Result<()>,
+    ) -> std::result::Result<(), Failure> {
+        let (send, recv) = mpsc::sync_channel::<Result<DataFrame>>(AHEAD);
+        let path = self.path;
+        let chunk = self.chunk_rows.get();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut blocks = match Blocks::open(path, csv_blocks::BLOCK_BYTES) {
+                    Ok(b) => b,
+                    Err(source) => {
+                        let _ = send.send(Err(PreprocessError::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        }));
+                        return;
+                    }
+                };
+                let mut first_row = 0usize;
+                loop {
+                    let df = match blocks.next_block() {
+                        Ok(None) => return,
+                        Ok(Some(bytes)) => self.parse_block(&bytes, schema, names, first_row),
+                        Err(source) => Err(PreprocessError::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        }),
+                    };
+                    let df = match df {
+                        Ok(df) => df,
+                        Err(e) => {
+                            let _ = send.send(Err(e));
+                            return;
+                        }
+                    };
+                    first_row += df.height();
+                    let mut start = 0;
+                    while start < df.height() {
+                        let piece = df.slice(start as i64, chunk);
+                        start += piece.height();
+                        // a closed channel: the chunks' user stopped
+                        if send.send(Ok(piece)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut outcome = Ok(());
+            for df in recv.iter() {
+                outcome = match df {
+                    Ok(df) => each(df).map_err(Failure::Caller),
+                    Err(e) => Err(Failure::Engine(e)),
+                };
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            // closed before the scope waits for the reader: a reader blocked on a full
+            // channel then stops
+            drop(recv);
+            outcome
+        })
+    }
+
+    /// Parses one CSV block whose first record is the file's row `first_row`; when polars
+    /// cannot (a cell that is not a number in a number column), the block is parsed again
+    /// with those columns as text to name the cell by its row.
+    fn parse_block(
+        &self,
+        bytes: &[u8],
+        schema: &SchemaRef,
+        names: &[String],
+        first_row: usize,
+    ) -> Result<DataFrame> {
+        let path = self.path;
+        let failed = match table::guarded(path, "csv", || csv_blocks::parse(bytes, schema, names))?
+        {
+            Ok(df) => return Ok(df),
+            Err(e) => e,
+        };
+        let as_text: SchemaRef = Arc::new(
+            schema
+                .iter()
+                .map(|(n, t)| {
+                    let t = if t.is_primitive_numeric() {
+                        DataType::String
+                    } else {
+                        t.clone()
+                    };
+                    Field::new(n.clone(), t)
+                })
+                .collect(),
+        );
+        if let Ok(Ok(df)) =
+            table::guarded(path, "csv", || csv_blocks::parse(bytes, &as_text, names))
+        {
+            table::rows_of(&df, self.wanted, self.text, first_row, path)?;
         }
+        Err(invalid(format!(
+            "{}: could not parse rows {}… as csv: {failed}",
+            path.display(),
+            first_row + 1
+        )))
     }
 }
 

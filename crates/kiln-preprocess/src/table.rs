@@ -271,7 +271,7 @@ pub struct TableWriter {
 
 enum Batched {
     Csv(polars::io::csv::write::BatchedWriter<std::fs::File>),
-    Parquet(polars::io::parquet::write::BatchedWriter<std::fs::File>),
+    Parquet(Box<polars::io::parquet::write::BatchedWriter<std::fs::File>>),
 }
 
 impl TableWriter {
@@ -322,7 +322,9 @@ impl TableWriter {
             self.writer = Some(if self.csv {
                 Batched::Csv(CsvWriter::new(file).batched(schema).ctx(shown)?)
             } else {
-                Batched::Parquet(ParquetWriter::new(file).batched(schema).ctx(shown)?)
+                Batched::Parquet(Box::new(
+                    ParquetWriter::new(file).batched(schema).ctx(shown)?,
+                ))
             });
         }
         match &mut self.writer {

@@ -3,7 +3,8 @@
 //! the categories fitted on the train split only; `kiln predict`'s way of reading raw
 //! rows reproducing the training features; clear errors with nothing written.
 
-use kiln_core::{Dataset, Schema, TextColumn, Transform};
+use kiln_core::dataset::shards::{Split as Part, read_split};
+use kiln_core::{Schema, TextColumn, Transform};
 use kiln_preprocess::table::read_rows_with_text;
 use kiln_preprocess::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step, run};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ fn config(train: &Path, test: &Path, steps: Vec<Step>) -> Config {
             stratify: false,
         },
         augment: Default::default(),
+        shard_rows: None,
         seed: 1,
     }
 }
@@ -137,7 +139,7 @@ fn encoders_worked_by_hand_and_reproduced_on_raw_rows() {
         0., 1., 1., 0., 0., 0., 1., 5.,
         1., 0., 2., 0., 0., 2., 0., 6.,
     ];
-    let train = Dataset::read_ipc(&out_dir.join("train.arrow"), "y").unwrap();
+    let train = read_split(&out_dir, Part::Train).unwrap();
     assert_eq!(train.features, want);
     // kiln predict's reading of the same file gives the same features
     let rows = read_rows_with_text(&csv, &s.input_columns, &s.text_columns()).unwrap();
@@ -209,7 +211,7 @@ fn constant_impute_and_the_categorical_group() {
     );
     // every train row in file order: row 3's missing size and row 4's missing review are
     // the `none` features
-    let train = Dataset::read_ipc(&dir.path().join("out/train.arrow"), "y").unwrap();
+    let train = read_split(&dir.path().join("out"), Part::Train).unwrap();
     #[rustfmt::skip]
     let want = vec![
         0., 0., 1.,  0., 0., 1., 0.,  1., 0., 0., 0.,  1.,
@@ -242,7 +244,7 @@ fn categories_are_fitted_on_train_only() {
         run(&config(&train, test, steps()), &o).unwrap();
         (
             std::fs::read(o.join("schema.json")).unwrap(),
-            Dataset::read_ipc(&o.join("test.arrow"), "y").unwrap(),
+            read_split(&o, Part::Test).unwrap(),
         )
     };
     let (a, _) = schema_of(&test_a, "out-a");

@@ -70,6 +70,7 @@ fn config(source: Source) -> Config {
             stratify: true,
         },
         augment: Augment::default(),
+        shard_rows: None,
         seed: 1,
     }
 }

@@ -29,6 +29,7 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
             stratify: true,
         },
         augment: Default::default(),
+        shard_rows: None,
         seed: 5,
     }
 }
@@ -212,10 +213,10 @@ fn prepare_writes_nothing_and_write_gives_runs_bytes() {
     assert_eq!(out.rows.iter().sum::<usize>(), 150);
     out.write(&dir.path().join("written")).unwrap();
     run(&cfg, &dir.path().join("run")).unwrap();
+    // manifest.json records every shard's content hash: equal manifests, equal shards
     for f in [
-        "train.arrow",
-        "valid.arrow",
-        "test.arrow",
+        "manifest.json",
+        "train-00000.parquet",
         "schema.json",
         "profile.json",
     ] {
@@ -225,4 +226,61 @@ fn prepare_writes_nothing_and_write_gives_runs_bytes() {
             "{f}"
         );
     }
+}
+
+/// The sharded artifact: a shard size of 7 rows (many shards per split) writes the same
+/// splits, schema (the fitted statistics) and profile as one shard per split, and a shard
+/// changed afterwards is refused by name when the artifact is read.
+#[test]
+fn many_small_shards_hold_what_one_shard_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("iris.csv");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/iris.csv"),
+        &csv,
+    )
+    .unwrap();
+    let one = config(&csv, "species", None);
+    let mut many = one.clone();
+    many.shard_rows = Some(7);
+    run(&one, &dir.path().join("one")).unwrap();
+    run(&many, &dir.path().join("many")).unwrap();
+    let (schema_one, splits_one) = read_artifact(&dir.path().join("one")).unwrap();
+    let (schema_many, splits_many) = read_artifact(&dir.path().join("many")).unwrap();
+    assert_eq!(schema_many, schema_one);
+    assert_eq!(splits_many, splits_one);
+    assert_eq!(splits_one[0].n_rows(), 90);
+    for f in ["schema.json", "profile.json"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("one").join(f)).unwrap(),
+            std::fs::read(dir.path().join("many").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let m = kiln_core::dataset::shards::Shards::open(&dir.path().join("many"))
+        .unwrap()
+        .manifest;
+    // 90 / 30 / 30 rows in shards of 7: 13 (the last of 6) and 5 (the last of 2)
+    assert_eq!(
+        (
+            m.train.shards.len(),
+            m.valid.shards.len(),
+            m.test.shards.len()
+        ),
+        (13, 5, 5)
+    );
+    assert_eq!(m.train.shards[12].rows, 6);
+    assert_eq!(m.test.shards[4].rows, 2);
+    assert_eq!(m.feature_names, schema_one.feature_names);
+    // a shard rewritten with other rows (a valid Parquet file) is refused by its hash
+    std::fs::copy(
+        dir.path().join("many/train-00001.parquet"),
+        dir.path().join("many/train-00002.parquet"),
+    )
+    .unwrap();
+    let e = read_artifact(&dir.path().join("many"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train-00002.parquet"), "{e}");
+    assert!(e.contains("the shard changed after it was written"), "{e}");
 }

@@ -3,7 +3,7 @@
 //! statistics stay untouched, that copies are shifted images of their rows, determinism),
 //! and the column profile.
 
-use kiln_core::Dataset;
+use kiln_core::dataset::shards::{Shards, Split as Part, read_split};
 use kiln_preprocess::{Augment, Config, Source, Split, Step, read_artifact, run, shift_image};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ fn config(source: Source, steps: Vec<Step>) -> Config {
             stratify: true,
         },
         augment: Augment::default(),
+        shard_rows: None,
         seed: 3,
     }
 }
@@ -81,7 +82,8 @@ fn a_glob_reads_its_files_as_one_table() {
     .unwrap();
     assert_eq!(from_glob.rows, [36, 12, 12]);
     assert_eq!(from_glob.rows, from_one.rows);
-    for f in ["train.arrow", "valid.arrow", "test.arrow", "schema.json"] {
+    // manifest.json records every shard's content hash: equal manifests, equal shards
+    for f in ["manifest.json", "schema.json"] {
         assert_eq!(
             bytes(&dir.path().join("g").join(f)),
             bytes(&dir.path().join("w").join(f)),
@@ -233,7 +235,8 @@ fn parquet_and_arrow_take_separate_train_and_test_files() {
         test: Some(ate),
     };
     run(&c, &dir.path().join("ar")).unwrap();
-    for f in ["train.arrow", "valid.arrow", "test.arrow", "schema.json"] {
+    // manifest.json records every shard's content hash: equal manifests, equal shards
+    for f in ["manifest.json", "schema.json"] {
         assert_eq!(
             bytes(&dir.path().join("pq").join(f)),
             bytes(&dir.path().join("ar").join(f)),
@@ -300,15 +303,16 @@ fn augmentation_adds_balanced_shifted_copies_to_train_only() {
     );
     assert_eq!(out.rows, [162, 12, 12]);
     // Valid, test and the fitted schema are those of the plain run.
-    for f in ["valid.arrow", "test.arrow", "schema.json"] {
-        assert_eq!(
-            bytes(&dir.path().join("plain").join(f)),
-            bytes(&dir.path().join("aug").join(f)),
-            "{f}"
-        );
-    }
-    let plain_train = Dataset::read_ipc(&dir.path().join("plain/train.arrow"), "y").unwrap();
-    let train = Dataset::read_ipc(&dir.path().join("aug/train.arrow"), "y").unwrap();
+    let manifest = |d: &str| Shards::open(&dir.path().join(d)).unwrap().manifest;
+    let (plain, augmented) = (manifest("plain"), manifest("aug"));
+    assert_eq!(plain.valid, augmented.valid);
+    assert_eq!(plain.test, augmented.test);
+    assert_eq!(
+        bytes(&dir.path().join("plain/schema.json")),
+        bytes(&dir.path().join("aug/schema.json"))
+    );
+    let plain_train = read_split(&dir.path().join("plain"), Part::Train).unwrap();
+    let train = read_split(&dir.path().join("aug"), Part::Train).unwrap();
     assert_eq!(train.features[..36 * 16], plain_train.features[..]);
     let small = train.labels.iter().filter(|&&l| l == 1).count();
     assert_eq!((small, train.labels.len() - small), (81, 81));
@@ -327,8 +331,8 @@ fn augmentation_adds_balanced_shifted_copies_to_train_only() {
     // Seeded: a rerun writes the same bytes.
     run(&aug, &dir.path().join("aug2")).unwrap();
     assert_eq!(
-        bytes(&dir.path().join("aug/train.arrow")),
-        bytes(&dir.path().join("aug2/train.arrow"))
+        bytes(&dir.path().join("aug/manifest.json")),
+        bytes(&dir.path().join("aug2/manifest.json"))
     );
     let profile: serde_json::Value =
         serde_json::from_slice(&bytes(&dir.path().join("aug/profile.json"))).unwrap();
@@ -348,7 +352,7 @@ fn noisy_copies_and_augmentation_errors() {
     };
     let out = run(&c, &dir.path().join("noise")).unwrap();
     assert_eq!(out.rows, [72, 12, 12]);
-    let train = Dataset::read_ipc(&dir.path().join("noise/train.arrow"), "y").unwrap();
+    let train = read_split(&dir.path().join("noise"), Part::Train).unwrap();
     let (orig, copies) = train.features.split_at(36 * 16);
     let d: Vec<f64> = orig
         .iter()

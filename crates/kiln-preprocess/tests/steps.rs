@@ -2,7 +2,8 @@
 //! `Schema::apply` on the raw rows equal to the stored features bit for bit, and clear
 //! errors (file, row, column, what to do) with nothing written.
 
-use kiln_core::{Dataset, Transform};
+use kiln_core::Transform;
+use kiln_core::dataset::shards::{Split as Part, read_split};
 use kiln_preprocess::{Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step, run};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,7 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
             stratify: false,
         },
         augment: Default::default(),
+        shard_rows: None,
         seed: 1,
     }
 }
@@ -119,7 +121,7 @@ fn impute_clip_min_max_drop_worked_by_hand_and_reproduced_by_apply() {
             max: vec![10.0, 26.5, 5.0]
         }
     );
-    let train = Dataset::read_ipc(&out_dir.join("train.arrow"), "y").unwrap();
+    let train = read_split(&out_dir, Part::Train).unwrap();
     assert_eq!(train.n_rows(), 4);
     let want = [
         [0.0, 0.0, 0.0],
@@ -160,7 +162,7 @@ fn log1p_select_and_constant_impute() {
     let out_dir = dir.path().join("out");
     let out = run(&config(&csv, steps), &out_dir).unwrap();
     assert_eq!(out.schema.feature_names, ["b", "a"]);
-    let train = Dataset::read_ipc(&out_dir.join("train.arrow"), "y").unwrap();
+    let train = read_split(&out_dir, Part::Train).unwrap();
     let want: Vec<f32> = vec![
         -0.5,
         0.0,
@@ -269,7 +271,7 @@ fn drop_nulls_and_dedupe_run_before_the_split_and_are_counted() {
         out.schema.transforms.is_empty(),
         "row steps are not replayed"
     );
-    let train = Dataset::read_ipc(&out_dir.join("train.arrow"), "y").unwrap();
+    let train = read_split(&out_dir, Part::Train).unwrap();
     assert_eq!(train.features, vec![1.0, 2.0, 4.0, 5.0, 1.0, 2.0]);
     assert_eq!(train.labels, vec![0, 1, 1]);
     let profile: serde_json::Value = kiln_core::read_json(&out_dir.join("profile.json")).unwrap();
@@ -340,8 +342,7 @@ fn parquet_and_arrow_sources_with_nulls() {
             panic!("{:?}", out.schema.transforms)
         };
         assert_eq!(values[0], 3.0);
-        let train =
-            Dataset::read_ipc(&dir.path().join(format!("all{k}/train.arrow")), "y").unwrap();
+        let train = read_split(&dir.path().join(format!("all{k}")), Part::Train).unwrap();
         assert_eq!(train.features, vec![1.0, 3.0, 3.0, 10.0, 2.0, 4.0]);
         assert_eq!(train.labels, vec![0, 1, 0, 1, 0, 1]);
         // half the rows held out for test: 3 and 3

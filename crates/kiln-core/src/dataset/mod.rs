@@ -3,12 +3,15 @@
 
 use crate::error::{CoreError, Result};
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, RecordBatch, UInt32Array};
-use arrow_buffer::Buffer;
-use arrow_ipc::reader::{FileDecoder, read_footer_length};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema as ArrowSchema};
 use std::path::Path;
 use std::sync::Arc;
+
+mod ipc_file;
+pub mod shards;
+
+use ipc_file::IpcFile;
 
 /// Rows per record batch of the Arrow IPC files kiln writes, at most.
 pub const IPC_BATCH_ROWS: usize = 65_536;
@@ -125,6 +128,27 @@ impl Dataset {
     pub fn write_ipc_to<W: std::io::Write>(&self, out: W) -> Result<W> {
         self.validate()?;
         let (n, w) = (self.n_rows(), self.n_features());
+        let schema = self.arrow_schema();
+        let mut writer = FileWriter::try_new(out, &schema).map_err(arrow_error)?;
+        let mut start = 0;
+        // an empty dataset still gets one (empty) batch
+        while start < n || (n == 0 && start == 0) {
+            let end = (start + ipc_batch_rows(w)).min(n);
+            writer
+                .write(&self.record_batch(&schema, start, end)?)
+                .map_err(arrow_error)?;
+            start = end;
+            if n == 0 {
+                break;
+            }
+        }
+        writer.finish().map_err(arrow_error)?;
+        writer.into_inner().map_err(arrow_error)
+    }
+
+    /// The Arrow schema of the dataset's columnar form: one Float32 column per feature
+    /// and a column named after the target, UInt32 class indices or Float32 values.
+    pub(crate) fn arrow_schema(&self) -> Arc<ArrowSchema> {
         let mut fields: Vec<Field> = self
             .feature_names
             .iter()
@@ -136,36 +160,33 @@ impl Dataset {
             DataType::UInt32
         };
         fields.push(Field::new(&self.target, target_type, false));
-        let schema = Arc::new(ArrowSchema::new(fields));
-        let err = |e: arrow_schema::ArrowError| CoreError::Invalid(format!("arrow: {e}"));
-        let mut writer = FileWriter::try_new(out, &schema).map_err(err)?;
-        let mut start = 0;
-        // an empty dataset still gets one (empty) batch
-        while start < n || (n == 0 && start == 0) {
-            let end = (start + ipc_batch_rows(w)).min(n);
-            let rows = &self.features[start * w..end * w];
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
-            for col in rows_to_columns(rows, w) {
-                columns.push(Arc::new(Float32Array::from(col)));
-            }
-            if self.is_regression() {
-                columns.push(Arc::new(Float32Array::from(
-                    self.values[start..end].to_vec(),
-                )));
-            } else {
-                columns.push(Arc::new(UInt32Array::from(
-                    self.labels[start..end].to_vec(),
-                )));
-            }
-            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(err)?;
-            writer.write(&batch).map_err(err)?;
-            start = end;
-            if n == 0 {
-                break;
-            }
+        Arc::new(ArrowSchema::new(fields))
+    }
+
+    /// Rows `start..end` as one record batch of `schema` ([`Dataset::arrow_schema`]),
+    /// transposed from the row-major features.
+    pub(crate) fn record_batch(
+        &self,
+        schema: &Arc<ArrowSchema>,
+        start: usize,
+        end: usize,
+    ) -> Result<RecordBatch> {
+        let w = self.n_features();
+        let rows = &self.features[start * w..end * w];
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(w + 1);
+        for col in rows_to_columns(rows, w) {
+            columns.push(Arc::new(Float32Array::from(col)));
         }
-        writer.finish().map_err(err)?;
-        writer.into_inner().map_err(err)
+        if self.is_regression() {
+            columns.push(Arc::new(Float32Array::from(
+                self.values[start..end].to_vec(),
+            )));
+        } else {
+            columns.push(Arc::new(UInt32Array::from(
+                self.labels[start..end].to_vec(),
+            )));
+        }
+        RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
     }
 
     /// Writes the dataset to `path` as Arrow IPC, atomically (into a temporary file
@@ -203,223 +224,113 @@ impl Dataset {
         };
         let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
         let file = IpcFile::open(bytes).map_err(arrow_err)?;
-        let schema = file.schema.clone();
+        let mut rows = Collector::new(&file.schema, target).map_err(arrow_err)?;
+        for k in 0..file.n_batches() {
+            let Some(batch) = file.batch(k).map_err(arrow_err)? else {
+                continue;
+            };
+            rows.push(&batch).map_err(arrow_err)?;
+        }
+        rows.finish()
+    }
+}
+
+fn arrow_error(e: arrow_schema::ArrowError) -> CoreError {
+    CoreError::Invalid(format!("arrow: {e}"))
+}
+
+/// A dataset gathered from record batches of its columnar form (Float32 features and a
+/// target column), as a file's batches are read; errors are messages for the caller to
+/// attach to its file.
+pub(crate) struct Collector {
+    /// Where the target column is.
+    t_idx: usize,
+    ds: Dataset,
+}
+
+impl Collector {
+    /// A collector for batches of `schema`, whose target column is `target`.
+    pub(crate) fn new(schema: &ArrowSchema, target: &str) -> std::result::Result<Self, String> {
         let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let t_idx = names
             .iter()
             .position(|n| n == target)
-            .ok_or_else(|| arrow_err(format!("no target column `{target}`")))?;
-        let feature_names: Vec<String> = names
+            .ok_or_else(|| format!("no target column `{target}`"))?;
+        let feature_names = names
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != t_idx)
             .map(|(_, n)| n.clone())
             .collect();
-        let w = feature_names.len();
-        let mut features = Vec::new();
-        let mut labels = Vec::new();
-        let mut values = Vec::new();
-        for k in 0..file.n_batches() {
-            let Some(batch) = file.batch(k).map_err(arrow_err)? else {
-                continue;
-            };
-            let n = batch.num_rows();
-            let start = features.len();
-            features.resize(start + n * w, 0.0f32);
-            let mut c = 0;
-            let mut cols: Vec<&[f32]> = Vec::with_capacity(w);
-            for (i, col) in batch.columns().iter().enumerate() {
-                if i == t_idx {
-                    if col.null_count() > 0 {
-                        return Err(arrow_err(format!("target column `{target}` holds nulls")));
-                    }
-                    let any = col.as_any();
-                    if let Some(l) = any.downcast_ref::<UInt32Array>() {
-                        labels.extend(l.values().iter().copied());
-                    } else if let Some(v) = any.downcast_ref::<Float32Array>() {
-                        values.extend(v.values().iter().copied());
-                    } else if let Some(v) = any.downcast_ref::<Float64Array>() {
-                        values.extend(v.values().iter().map(|&x| x as f32));
-                    } else {
-                        return Err(arrow_err(format!(
-                            "target column `{target}` is {}; expected UInt32 class indices or Float32 values",
-                            col.data_type()
-                        )));
-                    }
-                    continue;
-                }
-                let f = col.as_any().downcast_ref::<Float32Array>().ok_or_else(|| {
-                    arrow_err(format!(
-                        "column `{}` is {}, expected Float32",
-                        feature_names[c],
-                        col.data_type()
-                    ))
-                })?;
-                if f.null_count() > 0 {
-                    return Err(arrow_err(format!(
-                        "column `{}` holds nulls",
-                        feature_names[c]
-                    )));
-                }
-                cols.push(f.values());
-                c += 1;
-            }
-            columns_to_rows(&cols, &mut features[start..]);
-        }
-        let ds = Dataset {
-            feature_names,
-            target: target.to_string(),
-            features,
-            labels,
-            values,
-        };
-        ds.validate()?;
-        Ok(ds)
-    }
-}
-
-/// An Arrow IPC file held in memory, read as arrow's zero-copy example does — but with
-/// every offset and length the file states checked against the bytes present before
-/// arrow slices them: arrow's `FileReader` allocates whatever a corrupt footer announces.
-struct IpcFile {
-    schema: Arc<ArrowSchema>,
-    buffer: Buffer,
-    decoder: FileDecoder,
-    /// (offset, length) of each record batch block.
-    blocks: Vec<(usize, usize)>,
-    /// The same blocks as arrow's footer entries.
-    entries: Vec<arrow_ipc::Block>,
-}
-
-impl IpcFile {
-    fn open(bytes: Vec<u8>) -> std::result::Result<IpcFile, String> {
-        let buffer = Buffer::from_vec(bytes);
-        let len = buffer.len();
-        let too_short = || format!("the file holds {len} bytes, too few for an Arrow IPC file");
-        let trailer_start = len
-            .checked_sub(10)
-            .filter(|&t| t >= 8)
-            .ok_or_else(too_short)?;
-        let trailer: [u8; 10] = buffer[trailer_start..]
-            .try_into()
-            .map_err(|_| too_short())?;
-        let footer_len = read_footer_length(trailer).map_err(|e| e.to_string())?;
-        let footer_start = trailer_start
-            .checked_sub(footer_len)
-            .filter(|&s| s >= 8)
-            .ok_or_else(|| {
-                format!("the footer claims {footer_len} bytes but the file holds {len}")
-            })?;
-        let footer = arrow_ipc::root_as_footer(&buffer[footer_start..trailer_start])
-            .map_err(|e| format!("the footer is corrupt ({e})"))?;
-        let ipc_schema = footer.schema().ok_or("the footer has no schema")?;
-        if !ipc_schema.endianness().equals_to_target_endianness() {
-            return Err("the file's byte order is not this machine's".into());
-        }
-        let schema = arrow_ipc::convert::try_fb_to_schema(ipc_schema).map_err(|e| e.to_string())?;
-        let schema = Arc::new(schema);
-        let mut decoder = FileDecoder::new(schema.clone(), footer.version());
-        let span = |b: &arrow_ipc::Block| check_block(&buffer[..footer_start], b);
-        for b in footer.dictionaries().iter().flatten() {
-            let (o, n) = span(b)?;
-            decoder
-                .read_dictionary(b, &buffer.slice_with_length(o, n))
-                .map_err(|e| e.to_string())?;
-        }
-        let entries: Vec<arrow_ipc::Block> = footer
-            .recordBatches()
-            .ok_or("the footer lists no record batches")?
-            .iter()
-            .copied()
-            .collect();
-        let blocks = entries
-            .iter()
-            .map(span)
-            .collect::<std::result::Result<_, _>>()?;
-        Ok(IpcFile {
-            schema,
-            buffer,
-            decoder,
-            blocks,
-            entries,
+        Ok(Collector {
+            t_idx,
+            ds: Dataset {
+                feature_names,
+                target: target.to_string(),
+                ..Dataset::default()
+            },
         })
     }
 
-    fn n_batches(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// Record batch `k` (None for an empty message).
-    fn batch(&self, k: usize) -> std::result::Result<Option<RecordBatch>, String> {
-        let (o, n) = self.blocks[k];
-        self.decoder
-            .read_record_batch(&self.entries[k], &self.buffer.slice_with_length(o, n))
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// The bytes `(offset, length)` of one block of an IPC file whose data ends where `data`
-/// does, after checking what arrow would otherwise trust (and panic or allocate on): the
-/// block lies inside the data, its message is framed and decodes, and every buffer the
-/// message names lies inside the block's body.
-fn check_block(data: &[u8], b: &arrow_ipc::Block) -> std::result::Result<(usize, usize), String> {
-    let claim = || {
-        format!(
-            "a block claims bytes {}..+{}+{} of {}",
-            b.offset(),
-            b.metaDataLength(),
-            b.bodyLength(),
-            data.len()
-        )
-    };
-    let offset = usize::try_from(b.offset()).map_err(|_| claim())?;
-    let meta = usize::try_from(b.metaDataLength()).map_err(|_| claim())?;
-    let body = u64::try_from(b.bodyLength()).map_err(|_| claim())?;
-    let size = usize::try_from(body)
-        .ok()
-        .and_then(|body| body.checked_add(meta))
-        .ok_or_else(claim)?;
-    let block = offset
-        .checked_add(size)
-        .and_then(|end| data.get(offset..end))
-        .ok_or_else(claim)?;
-    let frame = block
-        .get(..meta)
-        .filter(|m| m.len() >= 8)
-        .ok_or_else(claim)?;
-    // an encapsulated message: 0xFFFFFFFF, its length, the flatbuffer
-    let message = if frame[..4] == [0xff; 4] {
-        &frame[8..]
-    } else {
-        &frame[4..]
-    };
-    let message =
-        arrow_ipc::root_as_message(message).map_err(|e| format!("a message is corrupt ({e})"))?;
-    let batch = message
-        .header_as_record_batch()
-        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
-    if let Some(batch) = batch {
-        if batch.compression().is_some() {
-            return Err(
-                "its record batches are compressed; kiln reads uncompressed Arrow IPC".into(),
-            );
+    /// Appends a batch's rows.
+    pub(crate) fn push(&mut self, batch: &RecordBatch) -> std::result::Result<(), String> {
+        let (t_idx, target) = (self.t_idx, &self.ds.target);
+        let feature_names = &self.ds.feature_names;
+        let w = feature_names.len();
+        let n = batch.num_rows();
+        if batch.num_columns() != w + 1 {
+            return Err(format!(
+                "a batch holds {} columns, expected {}",
+                batch.num_columns(),
+                w + 1
+            ));
         }
-        for buf in batch.buffers().iter().flatten() {
-            let inside = u64::try_from(buf.offset())
-                .ok()
-                .zip(u64::try_from(buf.length()).ok())
-                .and_then(|(o, n)| o.checked_add(n))
-                .is_some_and(|end| end <= body);
-            if !inside {
-                return Err(format!(
-                    "a buffer claims bytes {}..+{} of a {body}-byte body",
-                    buf.offset(),
-                    buf.length()
-                ));
+        let start = self.ds.features.len();
+        self.ds.features.resize(start + n * w, 0.0f32);
+        let mut c = 0;
+        let mut cols: Vec<&[f32]> = Vec::with_capacity(w);
+        for (i, col) in batch.columns().iter().enumerate() {
+            if i == t_idx {
+                if col.null_count() > 0 {
+                    return Err(format!("target column `{target}` holds nulls"));
+                }
+                let any = col.as_any();
+                if let Some(l) = any.downcast_ref::<UInt32Array>() {
+                    self.ds.labels.extend(l.values().iter().copied());
+                } else if let Some(v) = any.downcast_ref::<Float32Array>() {
+                    self.ds.values.extend(v.values().iter().copied());
+                } else if let Some(v) = any.downcast_ref::<Float64Array>() {
+                    self.ds.values.extend(v.values().iter().map(|&x| x as f32));
+                } else {
+                    return Err(format!(
+                        "target column `{target}` is {}; expected UInt32 class indices or Float32 values",
+                        col.data_type()
+                    ));
+                }
+                continue;
             }
+            let f = col.as_any().downcast_ref::<Float32Array>().ok_or_else(|| {
+                format!(
+                    "column `{}` is {}, expected Float32",
+                    feature_names[c],
+                    col.data_type()
+                )
+            })?;
+            if f.null_count() > 0 {
+                return Err(format!("column `{}` holds nulls", feature_names[c]));
+            }
+            cols.push(f.values());
+            c += 1;
         }
+        columns_to_rows(&cols, &mut self.ds.features[start..]);
+        Ok(())
     }
-    Ok((offset, size))
+
+    /// The dataset, checked.
+    pub(crate) fn finish(self) -> Result<Dataset> {
+        self.ds.validate()?;
+        Ok(self.ds)
+    }
 }
 
 /// Columns at a time through the cache: a strip of this many columns is copied row by
