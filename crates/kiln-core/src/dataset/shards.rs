@@ -13,6 +13,7 @@ use crate::error::{CoreError, Result};
 use arrow_array::RecordBatchReader;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -130,59 +131,80 @@ pub fn write(dir: &Path, splits: [&Dataset; 3], shard_rows: usize) -> Result<Man
             ));
         }
     }
-    let write_split = |split: Split, ds: &Dataset| -> Result<SplitShards> {
-        ds.validate()?;
+    for d in [train, valid, test] {
+        d.validate()?;
+    }
+    // every shard of every split is one job; one writer per core takes them in turn
+    let mut jobs = Vec::new();
+    for (split, ds) in Split::ALL.into_iter().zip([train, valid, test]) {
         let n = ds.n_rows();
-        let schema = ds.arrow_schema();
-        let mut shards = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let end = (start + shard_rows).min(n);
-            let file = format!("{}-{:05}.parquet", split.name(), shards.len());
-            let path = dir.join(&file);
-            artifact::atomic_write_with(&path, |f| {
-                let out = std::io::BufWriter::with_capacity(1 << 20, f);
-                let mut w = ArrowWriter::try_new(out, schema.clone(), None)
-                    .map_err(|e| parquet_error(&path, e))?;
-                // record batches of the IPC writer's size keep the transposed copy small
-                let mut a = start;
-                while a < end {
-                    let b = (a + super::ipc_batch_rows(ds.n_features())).min(end);
-                    w.write(&ds.record_batch(&schema, a, b)?)
-                        .map_err(|e| parquet_error(&path, e))?;
-                    a = b;
-                }
-                let out = w.into_inner().map_err(|e| parquet_error(&path, e))?;
-                out.into_inner()
-                    .map_err(|e| CoreError::io(&path, e.into_error()))?;
-                Ok(())
-            })?;
-            let bytes = std::fs::metadata(&path)
-                .map_err(|e| CoreError::io(&path, e))?
-                .len();
-            shards.push(Shard {
-                file,
-                rows: end - start,
-                bytes,
-                blake3: artifact::hash_file(&path)?,
-            });
-            start = end;
+        for (index, start) in (0..n).step_by(shard_rows).enumerate() {
+            jobs.push((split, ds, index, start, (start + shard_rows).min(n)));
         }
-        Ok(SplitShards { rows: n, shards })
-    };
-    // train on a second thread, valid and test on this one
-    let (train_shards, valid_shards, test_shards) = std::thread::scope(|s| {
-        let t = s.spawn(|| write_split(Split::Train, train));
-        let v = write_split(Split::Valid, valid);
-        let te = write_split(Split::Test, test);
-        let t = t.join().unwrap_or_else(|p| {
-            Err(CoreError::Invalid(format!(
-                "writing the train shards failed: {}",
-                crate::panic_message(&p)
-            )))
-        });
-        (t, v, te)
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len())
+        .max(1);
+    let written: Vec<Vec<(usize, Result<Shard>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(split, ds, index, start, end)) = jobs.get(k) else {
+                            return done;
+                        };
+                        done.push((k, write_shard(dir, split, ds, index, start, end)));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|p| {
+                    vec![(
+                        usize::MAX,
+                        Err(CoreError::Invalid(format!(
+                            "writing a shard failed: {}",
+                            crate::panic_message(&p)
+                        ))),
+                    )]
+                })
+            })
+            .collect()
     });
+    let mut shards: Vec<Option<Shard>> = vec![None; jobs.len()];
+    for (k, shard) in written.into_iter().flatten() {
+        let shard = shard?;
+        if let Some(slot) = shards.get_mut(k) {
+            *slot = Some(shard);
+        }
+    }
+    let of = |split: Split, ds: &Dataset| -> Result<SplitShards> {
+        let shards = jobs
+            .iter()
+            .zip(&shards)
+            .filter(|((s, ..), _)| *s == split)
+            .map(|(_, shard)| {
+                shard
+                    .clone()
+                    .ok_or_else(|| CoreError::Invalid("a shard was not written".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(SplitShards {
+            rows: ds.n_rows(),
+            shards,
+        })
+    };
+    let (train_shards, valid_shards, test_shards) = (
+        of(Split::Train, train),
+        of(Split::Valid, valid),
+        of(Split::Test, test),
+    );
     let manifest = Manifest {
         feature_names: train.feature_names.clone(),
         target: train.target.clone(),
@@ -197,6 +219,57 @@ pub fn write(dir: &Path, splits: [&Dataset; 3], shard_rows: usize) -> Result<Man
     };
     artifact::save(dir, &manifest)?;
     Ok(manifest)
+}
+
+/// Writes rows `start..end` of `ds` as shard `index` of `split` (atomically) and
+/// returns its manifest entry.
+fn write_shard(
+    dir: &Path,
+    split: Split,
+    ds: &Dataset,
+    index: usize,
+    start: usize,
+    end: usize,
+) -> Result<Shard> {
+    let file = format!("{}-{index:05}.parquet", split.name());
+    let path = dir.join(&file);
+    let schema = ds.arrow_schema();
+    artifact::atomic_write_with(&path, |f| {
+        let out = std::io::BufWriter::with_capacity(1 << 20, f);
+        let mut w = ArrowWriter::try_new(out, schema.clone(), Some(properties()))
+            .map_err(|e| parquet_error(&path, e))?;
+        // record batches of the IPC writer's size keep the transposed copy small
+        let mut a = start;
+        while a < end {
+            let b = (a + super::ipc_batch_rows(ds.n_features())).min(end);
+            w.write(&ds.record_batch(&schema, a, b)?)
+                .map_err(|e| parquet_error(&path, e))?;
+            a = b;
+        }
+        let out = w.into_inner().map_err(|e| parquet_error(&path, e))?;
+        out.into_inner()
+            .map_err(|e| CoreError::io(&path, e.into_error()))?;
+        Ok(())
+    })?;
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| CoreError::io(&path, e))?
+        .len();
+    Ok(Shard {
+        file,
+        rows: end - start,
+        bytes,
+        blake3: artifact::hash_file(&path)?,
+    })
+}
+
+/// Plain encoding without statistics: shards are written once and read whole, and
+/// dictionary encoding and column statistics made writing 4.5× slower than Arrow IPC on
+/// the 1M-row bench table (1.76 s against 0.39 s; plain: 0.53–0.61 s).
+fn properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .build()
 }
 
 fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> CoreError {
