@@ -68,7 +68,14 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
     let mut out = table::TableWriter::create(&req.output).map_err(|e| format!("--output: {e}"))?;
     let mut run = Run {
         bundle: &bundle,
-        model: bundle.session(0).map_err(|e| e.to_string())?,
+        // ONNX Runtime gets every core but the one that reads and parses ahead
+        model: bundle
+            .session(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .saturating_sub(1),
+            )
+            .map_err(|e| e.to_string())?,
         req,
         out: &mut out,
         score: Score::default(),
