@@ -55,7 +55,7 @@ impl Output {
     }
 }
 
-/// Reads the dataset artifact written by [`run`]: schema plus the three splits (every
+/// Reads the dataset artifact written by [`crate::run`]: schema plus the three splits (every
 /// shard checked against its content hash in manifest.json).
 pub fn read_artifact(dir: &Path) -> Result<(Schema, [Dataset; 3])> {
     let schema: Schema = kiln_core::read_json(&dir.join("schema.json"))?;
