@@ -434,7 +434,8 @@ fn predict_streams_a_table_in_chunks_with_the_same_result() {
         if let Some(n) = chunk {
             c.args(["--chunk-rows", n]);
         }
-        let o = c.output().unwrap();
+        // a reader blocked on a full channel once hung here: a hang fails the test
+        let o = common::output_within(&mut c, 120);
         (
             o.status.code(),
             String::from_utf8_lossy(&o.stdout).replace(out, "OUT"),

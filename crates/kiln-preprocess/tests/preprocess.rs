@@ -195,17 +195,23 @@ fn task_override_and_clear_errors() {
     );
 }
 
-/// `prepare` works in memory and writes nothing; `Output::write` then writes exactly what
-/// `run` writes.
-#[test]
-fn prepare_writes_nothing_and_write_gives_runs_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("iris.csv");
+/// A copy of fixtures/iris.csv in `dir`.
+fn iris_in(dir: &Path) -> std::path::PathBuf {
+    let csv = dir.join("iris.csv");
     std::fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/iris.csv"),
         &csv,
     )
     .unwrap();
+    csv
+}
+
+/// `prepare` works in memory and writes nothing; `Output::write` then writes exactly what
+/// `run` writes.
+#[test]
+fn prepare_writes_nothing_and_write_gives_runs_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = iris_in(dir.path());
     let cfg = config(&csv, "species", None);
     let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     let out = kiln_preprocess::prepare(&cfg).unwrap();
@@ -234,12 +240,7 @@ fn prepare_writes_nothing_and_write_gives_runs_bytes() {
 #[test]
 fn many_small_shards_hold_what_one_shard_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("iris.csv");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/iris.csv"),
-        &csv,
-    )
-    .unwrap();
+    let csv = iris_in(dir.path());
     let one = config(&csv, "species", None);
     let mut many = one.clone();
     many.shard_rows = Some(7);

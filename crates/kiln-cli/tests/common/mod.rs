@@ -27,6 +27,43 @@ pub fn ok(c: &mut Command) -> Output {
     out
 }
 
+/// Runs `c` with its output captured and returns it, failing the test if it has not
+/// exited within `seconds` (it is killed): a hang is a failure, not a stuck suite.
+pub fn output_within(c: &mut Command, seconds: u64) -> Output {
+    use std::process::Stdio;
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // drain the pipes on threads so a chatty child cannot block on a full pipe
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let read = |r: &mut dyn std::io::Read| {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).map(|_| v)
+    };
+    let (stdout, stderr) = std::thread::scope(|s| {
+        let o = s.spawn(|| read(&mut out));
+        let e = s.spawn(|| read(&mut err));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                panic!("{c:?} did not finish within {seconds} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (o.join().unwrap().unwrap(), e.join().unwrap().unwrap())
+    });
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
+    }
+}
+
 /// A pipeline training a small CNN on the image folder `images` (8 x 8 grey) and
 /// deploying it, with seed 4.
 pub fn image_pipeline(images: &std::path::Path) -> String {
