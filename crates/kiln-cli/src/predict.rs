@@ -1,8 +1,8 @@
-//! `kiln predict`: raw rows from a CSV / Parquet / Arrow file — or, for a model trained
+//! `kiln predict`: raw rows from a CSV / Parquet / Arrow file, streamed in chunks — or, for a model trained
 //! on images, image files (one file, a folder of them, or a folder of class folders) —
 //! through a deployed bundle (`kiln_deploy::Bundle`: the fitted preprocessing of its
 //! schema.json applied, batched ONNX Runtime inference) with a progress bar; predicted
-//! label (or value) and class probabilities written to CSV or Parquet.
+//! label (or value) and class probabilities appended to CSV or Parquet as they come.
 
 use kiln_core::{Predictor, Progress, Rows, Task};
 use kiln_deploy::Bundle;
@@ -51,9 +51,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// input column).
 pub const CHUNK_ROWS: usize = 65_536;
 
-/// Runs the request: a table streams through in chunks of [`Request::chunk_rows`] rows
-/// (read ahead by polars' streaming engine while ONNX Runtime works), so memory does not
-/// grow with the file; image files are read whole.
+/// Runs the request: a table streams through in chunks of [`Request::chunk_rows`] rows,
+/// read ahead on another thread while ONNX Runtime works (a CSV in blocks, Parquet and
+/// Arrow by polars' streaming engine: `kiln_preprocess::stream`), so memory does not grow
+/// with the file; image files are read whole.
 pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
     if req.batch == 0 {
         return Err("--batch must be at least 1".into());
