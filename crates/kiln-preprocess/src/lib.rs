@@ -38,6 +38,7 @@ pub mod idx;
 pub mod images;
 mod load;
 mod profile;
+mod source;
 mod split;
 mod steps;
 pub mod stream;
