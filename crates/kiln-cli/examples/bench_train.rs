@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: 0,
         resume: false,
         sweep: None,
+        data: Default::default(),
         seed: 42,
     };
     let out = tempfile::tempdir()?;

@@ -112,6 +112,23 @@ fn missing_and_corrupt_mnist_files_fail_cleanly() {
 /// says from which epoch, and the weights equal an uninterrupted run's, bit for bit.
 #[test]
 fn a_killed_run_resumes_from_its_checkpoint_with_identical_weights() {
+    killed_run_resumes("", "");
+}
+
+/// The same with the splits streamed from shards of 100 rows (11 train shards, 3 read
+/// together): a kill during a streaming epoch leaves no cache entry, and the rerun
+/// resumes to the uninterrupted run's bytes.
+#[test]
+fn a_killed_streaming_run_resumes_with_identical_weights() {
+    killed_run_resumes(
+        "shard_rows = 100\n",
+        "data = { load = \"stream\", window = 3 }\n",
+    );
+}
+
+/// Trains digits twice (once killed after a checkpoint and rerun); `data` and `train`
+/// are added to the preprocess and train stages.
+fn killed_run_resumes(data: &str, train: &str) {
     let dir = tempfile::tempdir().unwrap();
     let digits = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/digits.csv");
     let text = format!(
@@ -123,13 +140,13 @@ uses = "preprocess"
 source = {{ format = "csv", path = "{}" }}
 steps = [{{ op = "scale", by = 16.0 }}]
 split = {{ valid = 0.2, test = 0.2 }}
-[stages.train]
+{data}[stages.train]
 uses = "train"
 input = "data"
 model = {{ hidden = [32], dropout = 0.1 }}
 epochs = 300
 batch_size = 64
-"#,
+{train}"#,
         digits.display()
     );
     let f = write(dir.path(), "p.toml", &text);
@@ -142,10 +159,18 @@ batch_size = 64
         .unwrap()
     };
 
-    ok(kiln()
+    let first = ok(kiln()
         .args(["run", "--runs-dir", "a"])
         .arg(&f)
+        .env("RUST_LOG", "kiln_pipeline=info")
         .current_dir(dir.path()));
+    // the train stage says which way it read the splits
+    assert_eq!(
+        String::from_utf8_lossy(&first.stderr).contains("streaming the splits from their shards"),
+        train.contains("stream"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
 
     let mut child = kiln()
         .args(["run", "--runs-dir", "b"])

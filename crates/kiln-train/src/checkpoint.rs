@@ -2,8 +2,9 @@
 //! the parameters and optimizer moments, the best epoch's weights), written atomically and
 //! only picked up by a run of the same config and data.
 
+use crate::data::Data;
 use crate::{Config, EpochRecord, Result, TrainError};
-use kiln_core::{Dataset, TensorStore};
+use kiln_core::TensorStore;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -26,7 +27,7 @@ pub(crate) struct CheckpointState {
 
 /// What a checkpoint must match to be resumed: the config (but its epoch count), the
 /// data shape and kiln's version, hashed.
-pub(crate) fn fingerprint(config: &Config, train: &Dataset, valid: &Dataset) -> String {
+pub(crate) fn fingerprint(config: &Config, train: &Data<'_>, valid: &Data<'_>) -> String {
     let mut c = config.clone();
     c.epochs = 0; // more epochs may continue the same run
     let text = format!(

@@ -51,6 +51,9 @@ pub struct Config {
     /// Hyperparameter search: train one model per combination and keep the best.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::Sweep>,
+    /// Whether the splits are held in memory or streamed from their shards.
+    #[serde(default, skip_serializing_if = "crate::DataConfig::is_default")]
+    pub data: crate::DataConfig,
 }
 
 /// Where training runs.
@@ -84,6 +87,7 @@ impl Default for Config {
             resume: true,
             seed: 0,
             sweep: None,
+            data: crate::DataConfig::default(),
         }
     }
 }
@@ -173,6 +177,12 @@ impl Config {
             bad(
                 "model.hidden",
                 format!("a hidden layer of {w} units is wider than kiln builds ({MAX_WIDTH})"),
+            );
+        }
+        if self.data.window == 0 {
+            bad(
+                "data.window",
+                "0 shards cannot be shuffled together; use 1 or more (default 4)".into(),
             );
         }
         if self.epochs > MAX_EPOCHS {

@@ -2,8 +2,9 @@
 //! split (which features, how many rows, how wide), with located errors for a column that
 //! is not an ordinal code.
 
+use crate::data::Data;
 use crate::{MAX_EMBEDDING_ROWS, ModelConfig, Result, TrainError};
-use kiln_core::{Dataset, EmbeddingSpec};
+use kiln_core::EmbeddingSpec;
 
 /// The tables of `model.embeddings` for `train`: per listed column, its feature index,
 /// `rows` = the largest train code + 2 (the `ordinal` step fits its categories on the
@@ -11,34 +12,45 @@ use kiln_core::{Dataset, EmbeddingSpec};
 /// `dim` as configured or [`EmbeddingSpec::default_dim`]. No tables when `columns` was
 /// left out here (a dataset trained without its schema has no ordinal columns to find;
 /// see [`crate::Config::for_schema`]).
-pub(crate) fn embedding_specs(model: &ModelConfig, train: &Dataset) -> Result<Vec<EmbeddingSpec>> {
+pub(crate) fn embedding_specs(model: &ModelConfig, train: &Data<'_>) -> Result<Vec<EmbeddingSpec>> {
     let cfg = &model.embeddings;
     let Some(columns) = &cfg.columns else {
         return Ok(Vec::new());
     };
     let bad = |m: String| Err(TrainError::Config(format!("model.embeddings.columns: {m}")));
-    let d = train.n_features();
-    let mut out: Vec<EmbeddingSpec> = Vec::with_capacity(columns.len());
+    let names = train.feature_names();
+    let mut features: Vec<usize> = Vec::with_capacity(columns.len());
     for c in columns {
-        let Some(feature) = train.feature_names.iter().position(|n| n == c) else {
+        let Some(feature) = names.iter().position(|n| n == c) else {
             return bad(format!(
                 "`{c}` is not a feature of this dataset; list columns an `ordinal` step encodes (features: {})",
-                preview(&train.feature_names)
+                preview(names)
             ));
         };
-        if out.iter().any(|e| e.feature == feature) {
+        if features.contains(&feature) {
             return bad(format!("`{c}` is listed twice; list it once"));
         }
-        let mut max = -1.0f32;
-        for (row, v) in train.features.iter().skip(feature).step_by(d).enumerate() {
-            let code = *v;
-            if !(code.is_finite() && code.fract() == 0.0 && code >= -1.0) {
-                return bad(format!(
-                    "feature `{c}` holds {code} at train row {row}, not an ordinal code (a whole number from -1 up); encode the column with an `ordinal` step, and let no numeric step after it name it"
-                ));
+        features.push(feature);
+    }
+    // the largest code of each column, over the split part by part
+    let mut max = vec![-1.0f32; features.len()];
+    train.for_each_part(&mut |part, first| {
+        let d = part.n_features();
+        for ((&feature, m), c) in features.iter().zip(&mut max).zip(columns) {
+            for (row, &code) in part.features.iter().skip(feature).step_by(d).enumerate() {
+                if !(code.is_finite() && code.fract() == 0.0 && code >= -1.0) {
+                    return Err(TrainError::Config(format!(
+                        "model.embeddings.columns: feature `{c}` holds {code} at train row {}, not an ordinal code (a whole number from -1 up); encode the column with an `ordinal` step, and let no numeric step after it name it",
+                        first + row
+                    )));
+                }
+                *m = m.max(code);
             }
-            max = max.max(code);
         }
+        Ok(())
+    })?;
+    let mut out: Vec<EmbeddingSpec> = Vec::with_capacity(columns.len());
+    for ((&feature, &max), c) in features.iter().zip(&max).zip(columns) {
         let rows = max as usize + 2;
         if rows > MAX_EMBEDDING_ROWS {
             return bad(format!(
@@ -55,7 +67,7 @@ pub(crate) fn embedding_specs(model: &ModelConfig, train: &Dataset) -> Result<Ve
     }
     if !out.is_empty() {
         tracing::info!(
-            tables = ?out.iter().map(|e| (train.feature_names[e.feature].as_str(), e.rows, e.dim)).collect::<Vec<_>>(),
+            tables = ?out.iter().map(|e| (names[e.feature].as_str(), e.rows, e.dim)).collect::<Vec<_>>(),
             "embedding tables (column, rows, dim)"
         );
     }
@@ -83,7 +95,7 @@ mod tests {
     use crate::net::{Backend, Mlp};
     use crate::{EmbeddingConfig, ModelConfig};
     use dfdx::prelude::*;
-    use kiln_core::{Activation, ModelSpec, Task};
+    use kiln_core::{Activation, Dataset, ModelSpec, Task};
 
     /// Features `[a, code0, b, code1]`: tables of 4 × 3 and 3 × 2 before a tanh layer.
     fn spec() -> ModelSpec {
@@ -166,6 +178,7 @@ mod tests {
     #[test]
     fn tables_are_sized_from_the_codes_and_bad_columns_are_named() {
         let d = data(&[0.0, 4.0, -1.0, 2.0]);
+        let d = Data::Memory(&d);
         let specs = embedding_specs(&model(&["city"], None), &d).unwrap();
         assert_eq!(
             specs,
@@ -185,7 +198,12 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let err = |m: ModelConfig, d: &Dataset| embedding_specs(&m, d).unwrap_err().to_string();
+        let err = |m: ModelConfig, d: &Dataset| {
+            embedding_specs(&m, &Data::Memory(d))
+                .unwrap_err()
+                .to_string()
+        };
+        let d = data(&[0.0, 4.0, -1.0, 2.0]);
         let e = err(model(&["town"], None), &d);
         assert!(
             e.contains("`town` is not a feature of this dataset") && e.contains("`city`"),

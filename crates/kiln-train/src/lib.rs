@@ -33,6 +33,8 @@
 
 mod checkpoint;
 mod config;
+mod data;
+mod data_config;
 mod embed;
 mod finetune;
 mod head;
@@ -42,6 +44,8 @@ mod sizing;
 mod sweep;
 mod train_loop;
 
+pub use data::{Data, Streamed};
+pub use data_config::{DataConfig, Load};
 pub use finetune::{Finetune, finetune};
 pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
@@ -139,6 +143,7 @@ pub fn fit(
             "sweep: a sweep keeps every trial's model in a folder; use kiln_train::run".into(),
         ));
     }
+    let (train, valid) = (&Data::Memory(train), &Data::Memory(valid));
     train_until(
         &resolve(config, train),
         train,
@@ -152,7 +157,7 @@ pub fn fit(
 
 /// `config` with its network sized to `train` when the file left `model` out (logged, so
 /// the run shows what was built).
-fn resolve(config: &Config, train: &Dataset) -> Config {
+fn resolve(config: &Config, train: &Data<'_>) -> Config {
     if config.model.is_none() {
         let m = config.model_for(train.n_rows());
         tracing::info!(
@@ -240,6 +245,27 @@ pub fn run_until(
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
+    run_with(
+        config,
+        &Data::Memory(train),
+        &Data::Memory(valid),
+        n_classes,
+        out_dir,
+        progress,
+        halt_after,
+    )
+}
+
+/// [`run_until`] on splits held in memory or streamed from their shards ([`Data`]).
+pub fn run_with(
+    config: &Config,
+    train: &Data<'_>,
+    valid: &Data<'_>,
+    n_classes: usize,
+    out_dir: &Path,
+    progress: &dyn Progress,
+    halt_after: Option<usize>,
+) -> Result<Output> {
     let config = &resolve(config, train);
     if let Some(sw) = &config.sweep {
         if let Some((key, msg)) = config.problems().into_iter().next() {
@@ -261,8 +287,8 @@ pub fn run_until(
 /// One network (no sweep), checkpointed into and saved to `out_dir` when given.
 fn train_until(
     config: &Config,
-    train: &Dataset,
-    valid: &Dataset,
+    train: &Data<'_>,
+    valid: &Data<'_>,
     n_classes: usize,
     out_dir: Option<&Path>,
     progress: &dyn Progress,
@@ -320,8 +346,8 @@ fn train_until(
 fn check(
     config: &Config,
     task: Task,
-    train: &Dataset,
-    valid: &Dataset,
+    train: &Data<'_>,
+    valid: &Data<'_>,
     n_classes: usize,
 ) -> Result<()> {
     if let Some((key, msg)) = config.problems().into_iter().next() {
@@ -353,10 +379,10 @@ fn check(
             if metric == Some(StopMetric::Accuracy) {
                 return bad("early_stopping.metric: accuracy needs a class target; use \"r2\" or \"loss\" for regression".into());
             }
-            if train.values.len() < 2 {
+            if train.n_values() < 2 {
                 return bad(format!(
                     "regression needs at least 2 training rows, got {}",
-                    train.values.len()
+                    train.n_values()
                 ));
             }
             return shape_check(train, valid);
@@ -381,18 +407,17 @@ fn check(
         ));
     }
     shape_check(train, valid)?;
-    if let Some(l) = train
-        .labels
-        .iter()
-        .chain(&valid.labels)
-        .find(|&&l| l as usize >= n_classes)
+    if let Some(l) = [train.label_max(), valid.label_max()]
+        .into_iter()
+        .flatten()
+        .find(|&l| l as usize >= n_classes)
     {
         return bad(format!("label {l} is out of range for {n_classes} classes"));
     }
     Ok(())
 }
 
-fn shape_check(train: &Dataset, valid: &Dataset) -> Result<()> {
+fn shape_check(train: &Data<'_>, valid: &Data<'_>) -> Result<()> {
     if train.n_rows() == 0 || valid.n_rows() == 0 {
         return Err(TrainError::Config(format!(
             "train has {} rows and valid {}; both need rows",
@@ -442,30 +467,7 @@ fn argmax(row: &[f32]) -> usize {
 /// cross-entropy and accuracy (classification), or MSE and R² (regression; R² is 1 for
 /// an exact fit of a constant target and 0 for any other fit of one).
 pub fn evaluate(spec: &ModelSpec, weights: &TensorStore, data: &Dataset) -> Result<(f64, f64)> {
-    let mut model = NativeModel::new(spec.clone(), weights.clone())?;
-    let p = model.predict(&data.features, data.n_rows())?;
-    if spec.task == Task::Regression {
-        let n = data.values.len().max(1) as f64;
-        let sse: f64 = p
-            .logits
-            .iter()
-            .zip(&data.values)
-            .map(|(p, &t)| (f64::from(*p) - f64::from(t)).powi(2))
-            .sum();
-        return Ok((sse / n, data.r2(&p.logits)));
-    }
-    let k = p.n_outputs;
-    let mut loss = 0.0f64;
-    let mut correct = 0usize;
-    for (i, row) in p.probabilities.chunks_exact(k).enumerate() {
-        let l = data.labels[i] as usize;
-        loss -= (row[l].max(1e-12) as f64).ln();
-        if argmax(row) == l {
-            correct += 1;
-        }
-    }
-    let n = data.n_rows().max(1) as f64;
-    Ok((loss / n, correct as f64 / n))
+    Data::Memory(data).evaluate(spec, weights)
 }
 
 #[cfg(test)]

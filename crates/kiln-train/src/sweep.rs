@@ -3,8 +3,9 @@
 //! `trials/<k>/`, picks the best by the validation metric (ties: the earlier trial),
 //! writes sweep.json and passes the best model on as the stage's own.
 
+use crate::data::Data;
 use crate::{Config, ModelConfig, Output, Result, TrainError};
-use kiln_core::{Dataset, Progress};
+use kiln_core::Progress;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -196,8 +197,8 @@ fn finished(dir: &Path, c: &Config) -> Option<Output> {
 pub(crate) fn run_sweep(
     sweep: &Sweep,
     config: &Config,
-    train: &Dataset,
-    valid: &Dataset,
+    train: &Data<'_>,
+    valid: &Data<'_>,
     n_classes: usize,
     out_dir: &Path,
     progress: &dyn Progress,
@@ -219,7 +220,7 @@ pub(crate) fn run_sweep(
             // a rerun after an interruption keeps the trials that completed
             Some(o) => o,
             None => {
-                let o = crate::run(c, train, valid, n_classes, &dir, progress)?;
+                let o = crate::run_with(c, train, valid, n_classes, &dir, progress, None)?;
                 kiln_core::write_json(&dir.join(TRIAL_FILE), c)?;
                 o
             }

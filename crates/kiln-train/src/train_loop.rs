@@ -3,15 +3,14 @@
 //! from one), and the model artifact written at the end.
 
 use crate::checkpoint::{CheckpointState, fingerprint, newest_checkpoint, save_checkpoint};
-use crate::head::{fold_target_scale, target_scale, widen_binary_logit};
+use crate::data::{Batch, Data};
+use crate::head::{fold_target_scale, widen_binary_logit};
 use crate::net::{self, Backend, Mlp};
 use crate::{
     Config, EpochRecord, History, KeptBy, Loss, Output, Result, TrainError, argmax, dev_err,
-    evaluate,
 };
-use kiln_core::{Dataset, ModelSpec, NativeModel, Progress, Task, TensorStore};
+use kiln_core::{ModelSpec, NativeModel, Progress, Task, TensorStore};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 
@@ -23,13 +22,12 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
     dev: D,
     spec: ModelSpec,
     config: &Config,
-    train: &Dataset,
-    valid: &Dataset,
+    train: &Data<'_>,
+    valid: &Data<'_>,
     out_dir: Option<&Path>,
     progress: &dyn Progress,
     halt_after: Option<usize>,
 ) -> Result<Output> {
-    let w = train.n_features();
     let regression = spec.task == Task::Regression;
     let loss_kind = config.loss.resolve(spec.task);
     let binary = loss_kind == Loss::BinaryCrossEntropy;
@@ -39,7 +37,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         last.out_dim = 1;
     }
     let k = net_spec.output_dim();
-    let scale = target_scale(&train.values);
+    let scale = train.target_scale();
     let metric_name = if regression { "r2" } else { "accuracy" };
     let kept_by = config.kept_by();
     let min_delta = config.early_stopping.as_ref().map_or(0.0, |e| e.min_delta);
@@ -80,7 +78,6 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         best = Some((state.best.1, state.best.2, state.best.0, best_w));
     }
     let started = std::time::Instant::now();
-    let mut xb = Vec::with_capacity(bs * w);
     let mut yb = Vec::with_capacity(bs * k);
     let mut epochs_run = 0usize;
     for epoch in first_epoch..=config.epochs {
@@ -89,8 +86,6 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         // exactly what an uninterrupted one would.
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_5eed_5eed_5eed);
         rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..train.n_rows()).collect();
-        order.shuffle(&mut rng);
         progress.start(
             &format!("epoch {epoch}/{}", config.epochs),
             n_batches as u64,
@@ -98,35 +93,33 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         // correct predictions (classification) or squared error of the standardized
         // target (regression)
         let (mut loss_sum, mut correct, mut sse) = (0.0f64, 0usize, 0.0f64);
-        for chunk in order.chunks(bs) {
-            xb.clear();
+        let mut step = |b: Batch<'_>, rng: &mut ChaCha8Rng| -> Result<()> {
             yb.clear();
-            for &r in chunk {
-                xb.extend_from_slice(train.row(r));
-                if regression {
-                    yb.push((train.values[r] - scale.0) / scale.1);
-                } else if binary {
-                    yb.push(train.labels[r] as f32);
-                } else {
+            if regression {
+                yb.extend(b.values.iter().map(|v| (v - scale.0) / scale.1));
+            } else if binary {
+                yb.extend(b.labels.iter().map(|&l| l as f32));
+            } else {
+                for &l in b.labels {
                     let mut onehot = vec![0.0f32; k];
-                    onehot[train.labels[r] as usize] = 1.0;
+                    onehot[l as usize] = 1.0;
                     yb.extend(onehot);
                 }
             }
             // the batch's dropout masks are drawn in the pass (each half of the batch its
             // own rows, at once), from here in the epoch's stream, which then moves past them
             let batch = net::Batch {
-                x: &xb,
+                x: b.x,
                 y: &yb,
-                rows: chunk.len(),
+                rows: b.rows,
                 masks: Vec::new(),
                 mask_stream: Some(net::MaskStream {
                     rng: rng.clone(),
-                    rows: chunk.len(),
+                    rows: b.rows,
                     first_row: 0,
                 }),
             };
-            rng.set_word_pos(rng.get_word_pos() + net.mask_values(chunk.len()));
+            rng.set_word_pos(rng.get_word_pos() + net.mask_values(b.rows));
             let lossfn = net::LossFn {
                 kind: loss_kind,
                 huber_delta: config.huber_delta as f32,
@@ -144,13 +137,13 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
                     .map(|(p, t)| ((p - t) as f64).powi(2))
                     .sum::<f64>();
             } else {
-                for (row, &r) in out.chunks_exact(k).zip(chunk) {
+                for (row, &l) in out.chunks_exact(k).zip(b.labels) {
                     let class = if binary {
                         usize::from(row[0] > 0.0)
                     } else {
                         argmax(row)
                     };
-                    if class == train.labels[r] as usize {
+                    if class == l as usize {
                         correct += 1;
                     }
                 }
@@ -158,7 +151,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
             if !lv.is_finite() {
                 return Err(TrainError::Diverged { epoch, loss: lv });
             }
-            loss_sum += lv as f64 * chunk.len() as f64;
+            loss_sum += lv as f64 * b.rows as f64;
             let lr = config.schedule.lr_at(
                 config.optimizer.lr,
                 net.step() as usize,
@@ -168,15 +161,17 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
             net.update_with(&mut grads, more, &config.optimizer, lr)
                 .map_err(dev_err)?;
             progress.advance(1);
-        }
+            Ok(())
+        };
+        train.epoch(&mut rng, config.seed, epoch, bs, &mut step)?;
         epochs_run += 1;
         // batch norms: running statistics over the first training images in one batch
         let bn_rows = train.n_rows().min(crate::BATCH_NORM_ROWS);
-        net.refresh_batch_norm(&train.features[..bn_rows * train.n_features()], bn_rows)?;
+        net.refresh_batch_norm(train.head(bn_rows), bn_rows)?;
         let weights = store(&net);
         let (valid_loss, valid_metric) = {
             let _span = tracing::info_span!("validate", rows = valid.n_rows()).entered();
-            evaluate(&spec, &weights, valid)?
+            valid.evaluate(&spec, &weights)?
         };
         let n_train = train.n_rows() as f64;
         let rec = EpochRecord {

@@ -68,6 +68,7 @@ fn config(epochs: usize, seed: u64) -> Config {
         checkpoint_every: 1,
         resume: true,
         sweep: None,
+        data: Default::default(),
         seed,
     }
 }
@@ -882,4 +883,64 @@ fn embeddings_learn_a_category_and_resume_bit_identically() {
     let resumed = run(&cfg, &tr, &va, 2, &cut, &NoProgress).unwrap();
     assert_eq!(resumed.resumed_from_epoch, Some(2));
     assert_eq!(bytes(&cut), bytes(&dir.path().join("full")));
+}
+
+/// Training streamed from shards (digits in shards of 128 rows, 3 shuffled together):
+/// it learns digits, its weights are the same bytes at one and two threads, and a run
+/// halted after epoch 2 resumes to the uninterrupted run's bytes.
+#[test]
+fn streamed_training_learns_and_is_deterministic_and_resumes() {
+    use kiln_core::dataset::shards::{self, Shards, Split};
+    use kiln_train::{Data, Streamed};
+    let (tr, va) = digits();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let empty = Dataset {
+        labels: vec![],
+        features: vec![],
+        ..va.clone()
+    };
+    shards::write(&data_dir, [&tr, &va, &empty], 128).unwrap();
+    let s = Shards::open(&data_dir).unwrap();
+    assert_eq!(s.manifest.train.shards.len(), tr.n_rows().div_ceil(128));
+    let mut cfg = config(6, 5);
+    cfg.model.as_mut().unwrap().dropout = 0.2;
+    cfg.data.window = 3;
+    let run_in = |name: &str, threads: usize, halt: Option<usize>| {
+        let train = Data::Shards(Streamed::open(&s, Split::Train, 3).unwrap());
+        let valid = Data::Shards(Streamed::open(&s, Split::Valid, 3).unwrap());
+        let out = dir.path().join(name);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| kiln_train::run_with(&cfg, &train, &valid, 10, &out, &NoProgress, halt))
+    };
+    let bytes =
+        |name: &str| std::fs::read(dir.path().join(name).join("weights.safetensors")).unwrap();
+    let one = run_in("one", 1, None).unwrap();
+    let two = run_in("two", 2, None).unwrap();
+    assert_eq!(
+        bytes("one"),
+        bytes("two"),
+        "weights differ between 1 and 2 threads"
+    );
+    assert_eq!(one.history, two.history);
+    assert!(one.best_valid_metric > 0.9, "{}", one.best_valid_metric);
+    // the figures training reports are the model's own on the valid rows
+    let (_, acc) = kiln_train::evaluate(&one.model.spec, &one.model.weights, &va).unwrap();
+    assert_eq!(acc, one.best_valid_metric);
+    // another order than memory's whole-split shuffle: other weights
+    let memory = run(&cfg, &tr, &va, 10, &dir.path().join("memory"), &NoProgress).unwrap();
+    assert_ne!(bytes("memory"), bytes("one"));
+    assert!(memory.best_valid_metric > 0.9);
+
+    let halted = run_in("cut", 2, Some(2)).unwrap_err();
+    assert!(
+        matches!(halted, kiln_train::TrainError::Halted { epoch: 2 }),
+        "{halted}"
+    );
+    let resumed = run_in("cut", 1, None).unwrap();
+    assert_eq!(resumed.resumed_from_epoch, Some(2));
+    assert_eq!(bytes("cut"), bytes("one"));
 }
