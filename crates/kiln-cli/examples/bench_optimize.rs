@@ -40,7 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         cand(Some(0.5), Some(Dynamic)),
     ] {
         // latency does not depend on fine-tuning, so none here
-        let m = kiln_optimize::build(&c, &fp32, &cfg, &train, &test)?;
+        let m = kiln_optimize::build(
+            &c,
+            &fp32,
+            &cfg,
+            &kiln_train::Data::Memory(&train),
+            &kiln_train::Data::Memory(&test),
+        )?;
         variants.push((c.resolved_name(), m));
     }
     let meta = kiln_deploy::ExportMeta::default();

@@ -1136,3 +1136,67 @@ fn predict_takes_image_files_for_an_image_model() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The digits pipeline with its splits in shards of 150 rows and `data.load = "stream"`:
+/// training, fine-tuning (the structured candidate), scoring, evaluation and parity all
+/// read the shards part by part, and the figures they write are those of the model on
+/// every test row.
+#[test]
+fn a_pipeline_streams_its_splits_through_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(kiln()
+        .arg("run")
+        .arg(common::root().join("pipelines/digits-mlp.toml"))
+        .args(["--runs-dir", "runs"])
+        .args(["--set", "stages.data.shard_rows=150"])
+        .args(["--set", "stages.train.data.load=\"stream\""])
+        .args(["--set", "stages.train.data.window=2"])
+        .args(["--set", "stages.train.epochs=8"])
+        .env("RUST_LOG", "kiln_pipeline=info")
+        .current_dir(dir.path()));
+    let log = String::from_utf8_lossy(&out.stderr);
+    // train, compress, eval and ship each stream
+    assert_eq!(
+        log.matches("streaming the splits from their shards")
+            .count(),
+        4,
+        "{log}"
+    );
+    let run = dir.path().join("runs/digits-mlp/latest");
+    let (schema, [_, _, test]) = kiln_preprocess::read_artifact(&run.join("data")).unwrap();
+    let manifest: kiln_core::dataset::shards::Manifest =
+        kiln_core::artifact::load(&run.join("data")).unwrap();
+    assert!(
+        manifest.train.shards.len() >= 7,
+        "{}",
+        manifest.train.shards.len()
+    );
+    // the evaluation's accuracy is the trained model's on every test row
+    let mut model = kiln_core::NativeModel::load(&run.join("train")).unwrap();
+    let p = kiln_core::Predictor::predict(&mut model, &test.features, test.n_rows()).unwrap();
+    let right = p
+        .argmax()
+        .iter()
+        .zip(&test.labels)
+        .filter(|(a, b)| a == b)
+        .count();
+    let want = right as f64 / test.n_rows() as f64;
+    let metrics: kiln_core::artifact::metrics::Metrics =
+        kiln_core::artifact::load(&run.join("eval")).unwrap();
+    let got = metrics.get("train", "accuracy").unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert!(got > 0.9, "{got}");
+    assert_eq!(schema.class_labels.len(), 10);
+    // parity compared every test row of both shipped variants
+    let parity: kiln_core::artifact::parity::Parity =
+        kiln_core::artifact::load(&run.join("ship")).unwrap();
+    assert!(parity.passed);
+    for r in parity.variants.values() {
+        assert_eq!(r.n_rows, test.n_rows());
+    }
+    // every candidate was scored, the fine-tuned one included
+    let c: kiln_core::artifact::candidates::Candidates =
+        kiln_core::artifact::load(&run.join("compress")).unwrap();
+    assert_eq!(c.candidates.len(), 6);
+    assert!(c.candidates.iter().all(|c| c.valid_accuracy > 0.5), "{c:?}");
+}

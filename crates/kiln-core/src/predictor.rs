@@ -7,7 +7,7 @@ use crate::model::ModelSpec;
 use crate::tensors::TensorStore;
 
 /// Outputs for a batch of rows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Predictions {
     /// Rows predicted.
     pub n_rows: usize,

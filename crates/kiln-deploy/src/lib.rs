@@ -74,6 +74,7 @@ pub use kiln_core::artifact::parity::Parity;
 pub use parity::{ParityReport, WorstRow, check_model_parity, check_parity, compare};
 pub use runtime::{OrtModel, library_path};
 
+use kiln_core::dataset::SplitData;
 use kiln_core::{Dataset, NativeModel, Schema, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -295,7 +296,7 @@ pub fn file_name(variant: &str) -> String {
     }
 }
 
-fn check_inputs(variants: &[Variant], schema: &Schema, test: &Dataset) -> Result<()> {
+fn check_inputs(variants: &[Variant], schema: &Schema, test: &SplitData<'_>) -> Result<()> {
     let bad = |m: String| Err(DeployError::Config(m));
     if variants.is_empty() {
         return bad("no model to deploy; give the stage an input model".into());
@@ -328,12 +329,14 @@ fn check_inputs(variants: &[Variant], schema: &Schema, test: &Dataset) -> Result
             "compressed variants are checked against an `fp32` variant; add the uncompressed model as `fp32`".into(),
         );
     }
-    if schema.feature_names != test.feature_names {
+    if schema.feature_names != test.feature_names() {
         return bad(
             "the schema's feature names differ from the test split's; pass the dataset's own schema.json".into(),
         );
     }
-    test.validate()?;
+    if let SplitData::Memory(d) = test {
+        d.validate()?;
+    }
     if test.n_rows() == 0 {
         return bad("the test split is empty; parity needs rows to compare".into());
     }
@@ -377,21 +380,33 @@ pub fn run_with_exporter(
     out_dir: &Path,
     exporter: &dyn Fn(&NativeModel, &ExportMeta) -> Result<Vec<u8>>,
 ) -> Result<Output> {
+    run_split(
+        config,
+        variants,
+        schema,
+        SplitData::Memory(test),
+        pipeline_hash,
+        out_dir,
+        exporter,
+    )
+}
+
+/// [`run_with_exporter`] on a test split held in memory or streamed shard by shard
+/// ([`SplitData`]): every variant's parity is checked part by part (each part batched
+/// by `config.parity_batch` on both sides) and the reports merged, so only one part's
+/// features are held at a time.
+pub fn run_split(
+    config: &Config,
+    variants: &[Variant],
+    schema: &Schema,
+    test: SplitData<'_>,
+    pipeline_hash: &str,
+    out_dir: &Path,
+    exporter: &dyn Fn(&NativeModel, &ExportMeta) -> Result<Vec<u8>>,
+) -> Result<Output> {
     let _span = tracing::info_span!("deploy", variants = variants.len()).entered();
     config.validate()?;
-    check_inputs(variants, schema, test)?;
-    // A baked model takes raw rows: ONNX Runtime gets them, the reference pass gets what
-    // `Schema::apply` makes of them.
-    let baked_inputs = if config.include_preprocessing {
-        let raw = bake::unapply(schema, &test.features)?;
-        Some((schema.apply(&raw)?, raw))
-    } else {
-        None
-    };
-    let (native_x, onnx_x): (&[f32], &[f32]) = match &baked_inputs {
-        Some((f, raw)) => (f, raw),
-        None => (&test.features, &test.features),
-    };
+    check_inputs(variants, schema, &test)?;
     let meta = ExportMeta {
         class_labels: schema.class_labels.clone(),
         feature_names: schema.feature_names.clone(),
@@ -400,7 +415,7 @@ pub fn run_with_exporter(
         opset: config.opset,
     };
     let n = test.n_rows();
-    let mut checked = Vec::new();
+    let mut exported = Vec::new();
     for v in variants {
         let mut bytes = exporter(&v.model, &meta)?;
         if config.include_preprocessing {
@@ -408,15 +423,66 @@ pub fn run_with_exporter(
             bake::bake(&mut m, schema)?;
             bytes = prost::Message::encode_to_vec(&m);
         }
-        let mut onnx = OrtModel::from_bytes(&bytes, 1)?;
-        let (report, native) = parity::check_model_parity(
-            &v.model,
-            &mut onnx,
-            (native_x, onnx_x),
-            n,
-            config.parity_batch,
-            config.parity_tolerance,
-        )?;
+        let onnx = OrtModel::from_bytes(&bytes, 1)?;
+        exported.push((v, bytes, onnx));
+    }
+    // A streamed regressor's differences are relative to the spread of its predictions
+    // over the whole split: one pass of the reference first.
+    let scales: Vec<Option<Vec<f32>>> = match test {
+        SplitData::Shards(..) if schema.task == Task::Regression => variants
+            .iter()
+            .map(|v| parity::split_scales(&v.model, &test, config.parity_batch).map(Some))
+            .collect::<Result<_>>()?,
+        _ => vec![None; variants.len()],
+    };
+    let fp32 = variants.iter().position(|v| v.name == "fp32");
+    let mut reports: Vec<Option<ParityReport>> = vec![None; variants.len()];
+    let mut agree = vec![0usize; variants.len()];
+    test.for_each_part(&mut |part: &Dataset, first| -> Result<()> {
+        part.validate()?;
+        // A baked model takes raw rows: ONNX Runtime gets them, the reference pass gets
+        // what `Schema::apply` makes of them.
+        let baked = if config.include_preprocessing {
+            let raw = bake::unapply(schema, &part.features)?;
+            Some((schema.apply(&raw)?, raw))
+        } else {
+            None
+        };
+        let x: (&[f32], &[f32]) = match &baked {
+            Some((f, raw)) => (f, raw),
+            None => (&part.features, &part.features),
+        };
+        let mut classes = Vec::with_capacity(variants.len());
+        for (i, (v, _, onnx)) in exported.iter_mut().enumerate() {
+            let (report, native) = parity::check_model_parity_scaled(
+                &v.model,
+                onnx,
+                x,
+                part.n_rows(),
+                config.parity_batch,
+                config.parity_tolerance,
+                scales[i].as_deref(),
+            )?;
+            reports[i] = Some(match reports[i].take() {
+                None => report,
+                Some(before) => parity::merge(before, report, first),
+            });
+            classes.push(native.argmax());
+        }
+        if let Some(f) = fp32 {
+            for (i, c) in classes.iter().enumerate() {
+                agree[i] += classes[f].iter().zip(c).filter(|(a, b)| a == b).count();
+            }
+        }
+        Ok(())
+    })?;
+    let mut checked = Vec::new();
+    for (((v, bytes, _), report), same) in exported.into_iter().zip(reports).zip(&agree) {
+        let Some(report) = report else {
+            return Err(DeployError::Parity(
+                "the test split has no rows to compare".into(),
+            ));
+        };
         tracing::info!(
             variant = %v.name,
             bytes = bytes.len(),
@@ -425,13 +491,9 @@ pub fn run_with_exporter(
             passed = report.passed,
             "parity"
         );
-        checked.push((v, bytes, report, native.argmax()));
+        checked.push((v, bytes, report, *same as f64 / n as f64));
     }
 
-    let fp32_classes = checked
-        .iter()
-        .find(|(v, ..)| v.name == "fp32")
-        .map(|(.., c)| c.clone());
     let mut failures = Vec::new();
     let mut parity = Parity {
         variants: BTreeMap::new(),
@@ -441,7 +503,7 @@ pub fn run_with_exporter(
         preprocessing_baked: config.include_preprocessing,
     };
     let mut outputs = Vec::new();
-    for (v, bytes, report, classes) in &checked {
+    for (v, bytes, report, same) in &checked {
         if !report.passed {
             let by = match v.model.spec.task {
                 Task::Classification => format!(
@@ -461,12 +523,11 @@ pub fn run_with_exporter(
                 report.worst_rows_text(v.model.spec.task)
             ));
         }
-        let agreement = match (&fp32_classes, v.name.as_str()) {
+        let agreement = match (fp32, v.name.as_str()) {
             // pruned variants compute another function on purpose (their accuracy budget
             // is the optimize stage's); quantized ones must agree with fp32
-            (Some(fp), name) if name != "fp32" && v.model.spec.pruning.is_none() => {
-                let same = fp.iter().zip(classes).filter(|(a, b)| a == b).count();
-                let a = same as f64 / n as f64;
+            (Some(_), name) if name != "fp32" && v.model.spec.pruning.is_none() => {
+                let a = *same;
                 if a < config.min_argmax_agreement {
                     failures.push(format!(
                         "{}: argmax agreement with fp32 {a:.4} < {}",
@@ -643,8 +704,11 @@ mod tests {
             name: name.into(),
             model: model.clone(),
         };
-        let err =
-            |vs: &[Variant], t: &Dataset| check_inputs(vs, &schema, t).unwrap_err().to_string();
+        let err = |vs: &[Variant], t: &Dataset| {
+            check_inputs(vs, &schema, &SplitData::Memory(t))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err(&[], &test).contains("no model to deploy"));
         assert!(err(&[v("fp32"), v("fp32")], &test).contains("given twice"));
         assert!(err(&[v("../x")], &test).contains("must be letters"));
@@ -658,7 +722,7 @@ mod tests {
             ..test.clone()
         };
         assert!(err(&[v("fp32")], &empty).contains("test split is empty"));
-        assert!(check_inputs(&[v("fp32"), v("int8")], &schema, &test).is_ok());
+        assert!(check_inputs(&[v("fp32"), v("int8")], &schema, &SplitData::Memory(&test)).is_ok());
         let e = run(
             &Config {
                 parity_batch: 0,

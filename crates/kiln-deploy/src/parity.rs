@@ -4,7 +4,8 @@
 
 use crate::{DeployError, Result};
 pub use kiln_core::artifact::parity::{ParityReport, WorstRow};
-use kiln_core::{NativeModel, Predictions, Predictor, tolerance};
+use kiln_core::dataset::{Moments, SplitData};
+use kiln_core::{Dataset, NativeModel, Predictions, Predictor, tolerance};
 
 /// How many of the most different rows a report keeps.
 pub const WORST_ROWS: usize = 5;
@@ -29,18 +30,21 @@ pub fn compare(
     batch: usize,
     tolerance: f32,
 ) -> ParityReport {
-    compare_with(native, onnx, batch, tolerance, &|_, _| false)
+    compare_with(native, onnx, batch, tolerance, None, &|_, _| false)
 }
 
 /// [`compare`], where a row beyond the tolerance still passes when `one_step(row,
 /// fits)` finds a one-step move of an int8 activation after which the reference's
-/// outputs for that row satisfy `fits` (within the tolerance of the ONNX row).
+/// outputs for that row satisfy `fits` (within the tolerance of the ONNX row). A
+/// regressor's differences are relative to `scales` when given (the whole split's, for
+/// a part of it), else to those of `native` ([`regression_scales`]).
 #[allow(clippy::type_complexity)] // one callback taking another, spelled out once
 pub fn compare_with(
     native: &Predictions,
     onnx: &Predictions,
     batch: usize,
     tolerance: f32,
+    scales: Option<&[f32]>,
     one_step: &dyn Fn(usize, &dyn Fn(&[f32]) -> bool) -> bool,
 ) -> ParityReport {
     let k = native.n_outputs.max(1);
@@ -49,10 +53,10 @@ pub fn compare_with(
         && native.logits.len() == onnx.logits.len()
         && native.probabilities.len() == onnx.probabilities.len();
     let has_probs = !native.probabilities.is_empty();
-    let scales = if has_probs {
-        Vec::new()
-    } else {
-        regression_scales(native)
+    let scales = match (has_probs, scales) {
+        (true, _) => Vec::new(),
+        (false, Some(s)) => s.to_vec(),
+        (false, None) => regression_scales(native),
     };
     let (na, oa) = (native.argmax(), onnx.argmax());
     let mut rows: Vec<WorstRow> = (0..native.n_rows.min(onnx.n_rows))
@@ -150,10 +154,65 @@ fn regression_scales(native: &Predictions) -> Vec<f32> {
             let col = || native.logits.iter().skip(j).step_by(k).map(|&v| v as f64);
             let mean = col().sum::<f64>() / n.max(1) as f64;
             let var = col().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64;
-            let std = var.sqrt() as f32;
-            if std.is_finite() { std.max(1.0) } else { 1.0 }
+            scale_of(var)
         })
         .collect()
+}
+
+/// `max(1, std)` of a variance (1 when it is not finite).
+fn scale_of(var: f64) -> f32 {
+    let std = var.sqrt() as f32;
+    if std.is_finite() { std.max(1.0) } else { 1.0 }
+}
+
+/// [`regression_scales`] of `model`'s reference predictions over a whole split, read
+/// part by part (batches of `batch` rows): per output, the spread that streamed parity
+/// measures differences against.
+pub fn split_scales(model: &NativeModel, split: &SplitData<'_>, batch: usize) -> Result<Vec<f32>> {
+    let mut native = model.clone();
+    // per output, merged part by part
+    let mut acc: Vec<Moments> = Vec::new();
+    split.for_each_part(&mut |part: &Dataset, _| -> Result<()> {
+        let p = native.predict_batched(&part.features, part.n_rows(), batch.max(1))?;
+        let k = p.n_outputs.max(1);
+        acc.resize(k, Moments::default());
+        for (j, a) in acc.iter_mut().enumerate() {
+            let col = p.logits.iter().skip(j).step_by(k).map(|&v| f64::from(v));
+            *a = a.merge(Moments::of(col));
+        }
+        Ok(())
+    })?;
+    Ok(acc.iter().map(|m| scale_of(m.variance())).collect())
+}
+
+/// `a` (the rows before) and `b` (the next part, whose first row is row `first` of the
+/// split) as one report: the largest differences, the rows' agreement, the worst rows
+/// of both (renumbered), and passed only when both passed.
+pub fn merge(a: ParityReport, b: ParityReport, first: usize) -> ParityReport {
+    let n_rows = a.n_rows + b.n_rows;
+    let agree = a.argmax_agreement * a.n_rows as f64 + b.argmax_agreement * b.n_rows as f64;
+    let mut worst = a.worst_rows;
+    worst.extend(b.worst_rows.into_iter().map(|r| WorstRow {
+        row: r.row + first,
+        ..r
+    }));
+    worst.sort_by(|x, y| y.diff.total_cmp(&x.diff).then(x.row.cmp(&y.row)));
+    worst.truncate(WORST_ROWS);
+    let mut rounding_rows = a.rounding_rows;
+    rounding_rows.extend(b.rounding_rows.iter().map(|r| r + first));
+    ParityReport {
+        native: a.native,
+        onnx: a.onnx,
+        n_rows,
+        batch: a.batch,
+        max_abs_logit: a.max_abs_logit.max(b.max_abs_logit),
+        max_abs_prob: a.max_abs_prob.max(b.max_abs_prob),
+        argmax_agreement: agree / n_rows.max(1) as f64,
+        tolerance: a.tolerance,
+        passed: a.passed && b.passed,
+        worst_rows: worst,
+        rounding_rows,
+    }
 }
 
 /// A regressor row's largest difference, each output's relative to `max(|reference|,
@@ -218,10 +277,24 @@ pub fn check_parity(
 pub fn check_model_parity(
     model: &NativeModel,
     onnx: &mut dyn Predictor,
+    features: (&[f32], &[f32]),
+    n_rows: usize,
+    batch: usize,
+    tol: f32,
+) -> Result<(ParityReport, Predictions)> {
+    check_model_parity_scaled(model, onnx, features, n_rows, batch, tol, None)
+}
+
+/// [`check_model_parity`] of a part of a split: a regressor's differences are relative
+/// to the whole split's `scales` ([`split_scales`]) when given.
+pub fn check_model_parity_scaled(
+    model: &NativeModel,
+    onnx: &mut dyn Predictor,
     (features, onnx_features): (&[f32], &[f32]),
     n_rows: usize,
     batch: usize,
     tol: f32,
+    scales: Option<&[f32]>,
 ) -> Result<(ParityReport, Predictions)> {
     check_rows(features, onnx_features, n_rows, batch)?;
     let mut native = model.clone();
@@ -237,9 +310,9 @@ pub fn check_model_parity(
             .is_ok_and(|s| s.is_some())
     };
     let mut report = if tolerance::rounding_may_differ(&model.spec, &model.weights)? {
-        compare_with(&a, &b, batch, tol, &one_step)
+        compare_with(&a, &b, batch, tol, scales, &one_step)
     } else {
-        compare(&a, &b, batch, tol)
+        compare_with(&a, &b, batch, tol, scales, &|_, _| false)
     };
     report.native = native.name().to_string();
     report.onnx = onnx.name().to_string();
@@ -442,6 +515,72 @@ mod tests {
         assert!(
             e.contains("cannot compare 0 feature values as 0 rows; pass a non-empty split"),
             "{e}"
+        );
+    }
+
+    /// The spread of a regressor's predictions over a split read shard by shard equals
+    /// the spread over the split at once; merged reports renumber the second part's rows.
+    #[test]
+    fn split_scales_and_merged_reports_cover_the_whole_split() {
+        use kiln_core::dataset::shards;
+        use kiln_core::{Activation, ModelSpec, Task, TensorStore};
+        let spec = ModelSpec::mlp(2, &[], Activation::Identity, Task::Regression, 1);
+        let mut w = TensorStore::default();
+        w.insert_f32("layers.0.weight", vec![2, 1], vec![30.0, -4.0]);
+        w.insert_f32("layers.0.bias", vec![1], vec![7.0]);
+        let model = NativeModel::new(spec, w).unwrap();
+        let n = 101;
+        let data = Dataset {
+            feature_names: vec!["a".into(), "b".into()],
+            target: "y".into(),
+            features: (0..n * 2).map(|i| ((i * 37) % 23) as f32 / 7.0).collect(),
+            labels: vec![],
+            values: (0..n).map(|i| i as f32).collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let empty = Dataset {
+            features: vec![],
+            values: vec![],
+            ..data.clone()
+        };
+        shards::write(dir.path(), [&empty, &empty, &data], 13).unwrap();
+        let s = shards::Shards::open(dir.path()).unwrap();
+        let streamed =
+            split_scales(&model, &SplitData::Shards(&s, shards::Split::Test), 8).unwrap();
+        let whole = regression_scales(&model.clone().predict(&data.features, n).unwrap());
+        assert!(whole[0] > 10.0, "{whole:?}");
+        assert!(
+            (streamed[0] - whole[0]).abs() <= 1e-5 * whole[0],
+            "{streamed:?} {whole:?}"
+        );
+
+        let p = |logits: Vec<f32>, probabilities: Vec<f32>| Predictions {
+            n_rows: logits.len() / 2,
+            n_outputs: 2,
+            logits,
+            probabilities,
+        };
+        let a = compare(
+            &p(vec![1.0, 0.0], vec![0.7, 0.3]),
+            &p(vec![1.0, 0.0], vec![0.7, 0.3]),
+            1,
+            0.01,
+        );
+        let b = compare(
+            &p(vec![1.0, 0.0, 0.0, 1.0], vec![0.7, 0.3, 0.3, 0.7]),
+            &p(vec![1.0, 0.0, 1.0, 0.0], vec![0.7, 0.3, 0.6, 0.4]),
+            1,
+            0.01,
+        );
+        let m = merge(a, b, 1);
+        assert_eq!(m.n_rows, 3);
+        assert!(!m.passed);
+        assert!((m.argmax_agreement - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m.max_abs_prob - 0.3).abs() < 1e-6);
+        assert_eq!(m.worst_rows[0].row, 2);
+        assert_eq!(
+            m.worst_rows.iter().map(|r| r.row).collect::<Vec<_>>(),
+            [2, 0, 1]
         );
     }
 }

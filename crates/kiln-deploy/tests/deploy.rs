@@ -957,3 +957,103 @@ fn bundles_open_predict_and_say_which_format_they_are() {
         "{e}"
     );
 }
+
+/// The test split streamed from shards of 30 rows: parity is checked part by part and
+/// the reports merged, so the gate sees every row: a good export passes with the same
+/// figures as in memory, and a perturbed one fails naming the same rows (numbered in
+/// the whole split).
+#[test]
+fn a_streamed_test_split_gates_like_one_in_memory() {
+    use kiln_core::dataset::SplitData;
+    use kiln_core::dataset::shards::{self, Shards, Split};
+    let (m, x) = random(7, 20, &[16], 4, 200);
+    let (schema, test) = schema_and_test(&m, x);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let empty = Dataset {
+        features: vec![],
+        labels: vec![],
+        ..test.clone()
+    };
+    shards::write(&data, [&empty, &empty, &test], 30).unwrap();
+    let s = Shards::open(&data).unwrap();
+    assert_eq!(s.manifest.test.shards.len(), 7);
+    let variants = [
+        Variant {
+            name: "fp32".into(),
+            model: m.clone(),
+        },
+        Variant {
+            name: "int8".into(),
+            model: int8(&m),
+        },
+    ];
+    let good = |m: &NativeModel, meta: &ExportMeta| export(&m.spec, &m.weights, meta);
+    let run =
+        |split: SplitData<'_>,
+         out: &str,
+         exporter: &dyn Fn(&NativeModel, &ExportMeta) -> kiln_deploy::Result<Vec<u8>>| {
+            let config = Config {
+                parity_batch: 16,
+                ..Config::default()
+            };
+            let r = kiln_deploy::run_split(
+                &config,
+                &variants,
+                &schema,
+                split,
+                "h",
+                &dir.path().join(out),
+                exporter,
+            );
+            let parity: Parity =
+                kiln_core::read_json(&dir.path().join(out).join("parity.json")).unwrap();
+            (r, parity)
+        };
+    let (memory, pm) = run(SplitData::Memory(&test), "memory", &good);
+    let (streamed, ps) = run(SplitData::Shards(&s, Split::Test), "streamed", &good);
+    assert!(memory.is_ok() && streamed.is_ok() && pm.passed && ps.passed);
+    for v in ["fp32", "int8"] {
+        let (a, b) = (&pm.variants[v], &ps.variants[v]);
+        assert_eq!((a.n_rows, b.n_rows), (200, 200));
+        assert_eq!(a.argmax_agreement, b.argmax_agreement);
+        assert!(b.max_abs_prob <= b.tolerance, "{v}: {b:?}");
+        assert!(b.worst_rows.iter().all(|r| r.row < 200));
+    }
+    // dynamic int8 takes its ranges from each batch, and a shard's batches are not the
+    // whole split's: a row near a class boundary may flip
+    let (a, b) = (
+        pm.agreement_with_fp32["int8"],
+        ps.agreement_with_fp32["int8"],
+    );
+    assert!(a >= 0.99 && b >= 0.99 && (a - b).abs() <= 0.01, "{a} {b}");
+
+    // fp32's export perturbed (int8's weights are not floats)
+    let bad = |m: &NativeModel, meta: &ExportMeta| {
+        let bytes = export(&m.spec, &m.weights, meta)?;
+        Ok(match m.weights.f32("layers.0.weight") {
+            Ok(_) => perturb(&bytes),
+            Err(_) => bytes,
+        })
+    };
+    let (memory, pm) = run(SplitData::Memory(&test), "memory-bad", &bad);
+    let (streamed, ps) = run(SplitData::Shards(&s, Split::Test), "streamed-bad", &bad);
+    assert!(memory.is_err() && streamed.is_err() && !ps.passed);
+    let rows = |p: &Parity| -> Vec<usize> {
+        p.variants["fp32"]
+            .worst_rows
+            .iter()
+            .map(|r| r.row)
+            .collect()
+    };
+    assert_eq!(rows(&pm), rows(&ps));
+    // rows beyond the first shard are named by their place in the split
+    assert!(rows(&ps).iter().any(|&r| r >= 30), "{:?}", rows(&ps));
+    for (a, b) in pm.variants["fp32"]
+        .worst_rows
+        .iter()
+        .zip(&ps.variants["fp32"].worst_rows)
+    {
+        assert!((a.diff - b.diff).abs() <= 1e-6, "{a:?} {b:?}");
+    }
+}

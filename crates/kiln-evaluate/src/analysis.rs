@@ -98,6 +98,23 @@ pub fn permutation_importance(
 /// Most distinct values a slice column may have.
 pub const MAX_SLICES: usize = 20;
 
+/// The index and name of the feature `column` of `feature_names`, or the `slice_by`
+/// error naming the nearest one.
+pub fn slice_column(feature_names: &[String], column: &str) -> Result<(usize, String), String> {
+    let j = feature_names
+        .iter()
+        .position(|f| f == column)
+        .ok_or_else(|| {
+            format!(
+                "slice_by: no feature column `{column}`{}",
+                kiln_core::nearest(column, feature_names)
+                    .map(|n| format!(" (did you mean `{n}`?)"))
+                    .unwrap_or_default()
+            )
+        })?;
+    Ok((j, column.to_string()))
+}
+
 /// Rows grouped by the raw value of feature `column`: (raw value, row indices), in
 /// ascending value order. Raw values undo the schema's fitted transforms, so a slice is
 /// named by the value the user's data holds.
@@ -106,18 +123,7 @@ pub fn slice_rows(
     schema: Option<&Schema>,
     column: &str,
 ) -> Result<Vec<(f64, Vec<usize>)>, String> {
-    let j = data
-        .feature_names
-        .iter()
-        .position(|f| f == column)
-        .ok_or_else(|| {
-            format!(
-                "slice_by: no feature column `{column}`{}",
-                kiln_core::nearest(column, &data.feature_names)
-                    .map(|n| format!(" (did you mean `{n}`?)"))
-                    .unwrap_or_default()
-            )
-        })?;
+    let (j, _) = slice_column(&data.feature_names, column)?;
     let w = data.n_features();
     let mut groups: Vec<(f32, Vec<usize>)> = Vec::new();
     for r in 0..data.n_rows() {

@@ -4,9 +4,11 @@
 //! logistic regression (linfa-logistic) or ridge regression (closed form, linfa-linalg), with scikit-learn's default
 //! strength (C = 1, alpha = 1).
 
+use kiln_core::dataset::SplitData;
 use kiln_core::{Dataset, Predictions, Predictor, Result as CoreResult};
 use linfa::prelude::*;
 use ndarray::{Array1, Array2};
+use rand::Rng;
 use rand::SeedableRng;
 use rand::seq::index::sample;
 
@@ -31,6 +33,56 @@ pub fn fit_rows(n: usize, features: usize, outputs: usize) -> usize {
 
 /// L-BFGS iterations of the logistic fit (scikit-learn's `max_iter` default).
 const LOGISTIC_ITERATIONS: u64 = 100;
+
+/// A seeded uniform sample of `max` rows of `split` (all of them when it has fewer), in
+/// row order, read shard by shard (reservoir sampling: what a streamed split fits the
+/// baselines on).
+pub fn sample_rows(split: &SplitData<'_>, max: usize, seed: u64) -> CoreResult<Dataset> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(0xba5e);
+    // a later row takes a slot when its draw lands in it
+    let mut kept: Vec<Kept> = Vec::new();
+    split.for_each_part(&mut |part: &Dataset, first| -> CoreResult<()> {
+        for r in 0..part.n_rows() {
+            let i = first + r;
+            let slot = if i < max {
+                kept.len()
+            } else {
+                rng.gen_range(0..=i)
+            };
+            if slot < max {
+                let row = Kept {
+                    row: i,
+                    x: part.row(r).to_vec(),
+                    label: part.labels.get(r).copied(),
+                    value: part.values.get(r).copied(),
+                };
+                if slot == kept.len() {
+                    kept.push(row);
+                } else {
+                    kept[slot] = row;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    kept.sort_by_key(|k| k.row);
+    Ok(Dataset {
+        feature_names: split.feature_names().to_vec(),
+        target: String::new(),
+        features: kept.iter().flat_map(|k| k.x.iter().copied()).collect(),
+        labels: kept.iter().filter_map(|k| k.label).collect(),
+        values: kept.iter().filter_map(|k| k.value).collect(),
+    })
+}
+
+/// A row of a sample: its index in the split, features and target.
+struct Kept {
+    row: usize,
+    x: Vec<f32>,
+    label: Option<u32>,
+    value: Option<f32>,
+}
 
 /// A fitted baseline.
 pub struct Baseline {

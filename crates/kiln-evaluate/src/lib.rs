@@ -35,7 +35,8 @@ pub use config::{
 };
 pub use score::VariantMetrics;
 
-use kiln_core::{Dataset, Predictor};
+use kiln_core::dataset::SplitData;
+use kiln_core::{Dataset, EVAL_BATCH, Predictions, Predictor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -61,14 +62,15 @@ pub struct Extras<'a> {
     /// Per variant, in the same order, kiln's native forward pass when the variants run
     /// through ONNX Runtime: the report states the difference on every test row.
     pub reference: Vec<&'a mut dyn Predictor>,
-    /// The validation split, for permutation importance.
-    pub valid: Option<&'a Dataset>,
+    /// The validation split, for permutation importance (its first rows).
+    pub valid: Option<SplitData<'a>>,
     /// The dataset schema, to name slices by raw values.
     pub schema: Option<&'a kiln_core::Schema>,
     /// Seed of the importance shuffles (and of the baselines' subsample).
     pub seed: u64,
-    /// The training split, to fit the baselines on (none without it).
-    pub train: Option<&'a Dataset>,
+    /// The training split, to fit the baselines on (none without it; a seeded sample
+    /// of [`baseline::MAX_ROWS`] rows when it is streamed).
+    pub train: Option<SplitData<'a>>,
     /// The features' image shape, for a model that reads images: the report then shows
     /// misclassified test images.
     pub image: Option<kiln_core::ImageShape>,
@@ -116,13 +118,46 @@ pub fn run(
     )
 }
 
-/// [`run`] with what the pipeline knows besides: training curves to draw
+/// [`run`] with what the pipeline knows besides:  training curves to draw
 /// (`curves-<stage>.svg|png`), the native forward pass of variants that run through ONNX
 /// Runtime, the validation split for permutation importance, and the schema for slices.
 pub fn run_report(
     config: &Config,
     variants: &mut [(String, &mut dyn Predictor)],
     data: &Dataset,
+    class_labels: &[String],
+    extras: Extras<'_>,
+    out_dir: &Path,
+) -> Result<Output> {
+    run_split(
+        config,
+        variants,
+        SplitData::Memory(data),
+        class_labels,
+        extras,
+        out_dir,
+    )
+}
+
+/// What one pass over the test rows gathers: every variant's predictions (and the
+/// native pass's, and the baselines'), the targets and the `slice_by` column, so that
+/// the features are held one part at a time.
+struct Scored {
+    /// The targets, with the `slice_by` column as the only feature when one is set.
+    targets: Dataset,
+    variants: Vec<Predictions>,
+    reference: Vec<Predictions>,
+    baselines: Vec<Predictions>,
+    /// Per variant, the features of its first misclassified rows (image models).
+    misclassified: Vec<Vec<Vec<f32>>>,
+}
+
+/// [`run_report`] over a split held in memory or streamed shard by shard
+/// ([`SplitData`]): each part is predicted by every variant and then dropped.
+pub fn run_split(
+    config: &Config,
+    variants: &mut [(String, &mut dyn Predictor)],
+    data: SplitData<'_>,
     class_labels: &[String],
     mut extras: Extras<'_>,
     out_dir: &Path,
@@ -137,48 +172,109 @@ pub fn run_report(
     std::fs::create_dir_all(out_dir).map_err(|e| kiln_core::CoreError::io(out_dir, e))?;
     let mut figures = report::Figures::new(out_dir);
     figures.curves(curves);
-    let slices = match &config.slice_by {
+    let slice_col = match &config.slice_by {
         Some(col) => {
-            analysis::slice_rows(data, extras.schema, col).map_err(EvaluateError::Config)?
+            Some(analysis::slice_column(data.feature_names(), col).map_err(EvaluateError::Config)?)
+        }
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let mut fitted = Vec::new();
+    if let (true, Some(train)) = (config.baselines, &extras.train) {
+        let train = match train {
+            SplitData::Memory(d) => std::borrow::Cow::Borrowed(*d),
+            SplitData::Shards(..) => std::borrow::Cow::Owned(baseline::sample_rows(
+                train,
+                baseline::MAX_ROWS,
+                extras.seed,
+            )?),
+        };
+        fitted = baseline::fit(&train, class_labels.len(), extras.seed);
+    }
+    let mut baseline_seconds = started.elapsed().as_secs_f64();
+    let grid = plots::GRID * plots::GRID;
+    let mut s = Scored {
+        targets: Dataset {
+            feature_names: slice_col.iter().map(|(_, c)| c.clone()).collect(),
+            target: String::new(),
+            ..Dataset::default()
+        },
+        variants: vec![Predictions::default(); variants.len()],
+        reference: vec![Predictions::default(); extras.reference.len()],
+        baselines: vec![Predictions::default(); fitted.len()],
+        misclassified: vec![Vec::new(); variants.len()],
+    };
+    let _pass = tracing::info_span!("score", rows = data.n_rows()).entered();
+    data.for_each_part(&mut |part: &Dataset, _| -> Result<()> {
+        let n = part.n_rows();
+        let x = &part.features;
+        s.targets.labels.extend_from_slice(&part.labels);
+        s.targets.values.extend_from_slice(&part.values);
+        if let Some((j, _)) = &slice_col {
+            s.targets
+                .features
+                .extend(x.iter().skip(*j).step_by(part.n_features().max(1)));
+        }
+        for (i, (_, predictor)) in variants.iter_mut().enumerate() {
+            let p = predictor.predict_batched(x, n, EVAL_BATCH)?;
+            if extras.image.is_some() && !regression {
+                for (r, (&t, &y)) in part.labels.iter().zip(&p.argmax()).enumerate() {
+                    if t != y && s.misclassified[i].len() < grid {
+                        s.misclassified[i].push(part.row(r).to_vec());
+                    }
+                }
+            }
+            s.variants[i].extend(p);
+        }
+        for (i, r) in extras.reference.iter_mut().enumerate() {
+            s.reference[i].extend(r.predict_batched(x, n, EVAL_BATCH)?);
+        }
+        let t = std::time::Instant::now();
+        for (i, b) in fitted.iter_mut().enumerate() {
+            s.baselines[i].extend(b.predict_batched(x, n, EVAL_BATCH)?);
+        }
+        baseline_seconds += t.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    drop(_pass);
+    let slices = match &slice_col {
+        Some((_, col)) => {
+            analysis::slice_rows(&s.targets, extras.schema, col).map_err(EvaluateError::Config)?
         }
         None => Vec::new(),
     };
+    let against = score::Against {
+        data: &s.targets,
+        slices: &slices,
+        class_labels,
+        top_k: config.top_k,
+    };
     let mut results = Vec::new();
-    for (i, (name, predictor)) in variants.iter_mut().enumerate() {
-        let reference = extras
-            .reference
-            .get_mut(i)
-            .map(|r| &mut **r as &mut dyn Predictor);
-        let (v, p) = score::variant(
-            name,
-            &mut **predictor,
-            reference,
-            data,
-            &slices,
+    for (i, (name, predictor)) in variants.iter().enumerate() {
+        let p = &s.variants[i];
+        let v = score::variant(name, predictor.name(), p, s.reference.get(i), &against);
+        figures.variant(
+            &v,
+            p,
+            &s.targets,
             class_labels,
-            config.top_k,
-        )?;
-        figures.variant(&v, &p, data, class_labels, extras.image);
+            extras.image,
+            &s.misclassified[i],
+        );
         score::log_scored(&v, regression);
         results.push(v);
     }
-    let started = std::time::Instant::now();
-    let mut baselines = Vec::new();
-    if let (true, Some(train)) = (config.baselines, extras.train) {
-        for mut b in baseline::fit(train, class_labels.len(), extras.seed) {
-            let (v, _) = score::variant(
-                b.name(),
-                &mut b,
-                None,
-                data,
-                &[],
-                class_labels,
-                config.top_k,
-            )?;
-            baselines.push(v);
-        }
-    }
-    let baseline_seconds = started.elapsed().as_secs_f64();
+    let baselines: Vec<VariantMetrics> = fitted
+        .iter()
+        .zip(&s.baselines)
+        .map(|(b, p)| {
+            let whole = score::Against {
+                slices: &[],
+                ..against
+            };
+            score::variant(b.name(), b.name(), p, None, &whole)
+        })
+        .collect();
     if !baselines.is_empty() {
         tracing::info!(seconds = baseline_seconds, "baselines fitted and scored");
     }
@@ -186,7 +282,12 @@ pub fn run_report(
     let importance = match (&config.importance, extras.valid, variants.first_mut()) {
         (Some(cfg), Some(valid), Some((name, model))) => {
             tracing::info!(variant = %name, rows = cfg.rows.min(valid.n_rows()), "permutation importance");
-            analysis::permutation_importance(&mut **model, valid, cfg, extras.seed)?
+            analysis::permutation_importance(
+                &mut **model,
+                &*valid.head(cfg.rows)?,
+                cfg,
+                extras.seed,
+            )?
         }
         _ => Vec::new(),
     };

@@ -56,6 +56,8 @@ impl<'a> Figures<'a> {
     /// The plots of one scored variant: predicted against actual values for a
     /// regression; else its confusion matrix, reliability diagram and, for two classes,
     /// ROC and precision-recall curves.
+    /// `misclassified` holds the features of the variant's first misclassified test rows
+    /// (in row order; only for a model that reads images).
     pub(crate) fn variant(
         &mut self,
         v: &VariantMetrics,
@@ -63,24 +65,19 @@ impl<'a> Figures<'a> {
         data: &Dataset,
         class_labels: &[String],
         image: Option<kiln_core::ImageShape>,
+        misclassified: &[Vec<f32>],
     ) {
         let name = v.name.as_str();
         if let Some(image) = image
             && !data.is_regression()
         {
-            let d = data.n_features();
             let label = |c: u32| class_labels.get(c as usize).map_or("?", String::as_str);
             let cells = plots::misclassified(&data.labels, &p.argmax(), plots::GRID * plots::GRID)
                 .into_iter()
-                .map(|(row, truth, predicted)| {
-                    (
-                        &data.features[row * d..(row + 1) * d],
-                        label(truth),
-                        label(predicted),
-                    )
-                })
+                .zip(misclassified)
+                .map(|((_, truth, predicted), x)| (x.as_slice(), label(truth), label(predicted)))
                 .collect::<Vec<_>>();
-            if !cells.is_empty() && image.len() == d {
+            if !cells.is_empty() && cells.iter().all(|c| c.0.len() == image.len()) {
                 let grid = plots::Misclassified { name, image, cells };
                 self.plot(
                     format!("Misclassified test images: {name} (true → predicted)"),

@@ -2,8 +2,8 @@
 //! regression metrics, the difference to kiln's native forward pass on the same rows and
 //! the main metric per slice.
 
-use crate::{Result, analysis, metrics};
-use kiln_core::{Dataset, EVAL_BATCH, Predictions, Predictor};
+use crate::{analysis, metrics};
+use kiln_core::{Dataset, Predictions};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -33,39 +33,47 @@ pub struct VariantMetrics {
     pub slices: Vec<(f64, usize, f64)>,
 }
 
-/// Scores the variant `name` on `data` (batches of [`EVAL_BATCH`] rows), and compares it
-/// with `reference` (kiln's native forward pass) on the same rows when given. Returns its
-/// metrics and its predictions (for its plots).
+/// What every variant is scored against: the targets of the test rows, the rows of
+/// each slice (by raw value), the class names and `top_k`.
+#[derive(Clone, Copy)]
+pub(crate) struct Against<'a> {
+    pub(crate) data: &'a Dataset,
+    pub(crate) slices: &'a [(f64, Vec<usize>)],
+    pub(crate) class_labels: &'a [String],
+    pub(crate) top_k: usize,
+}
+
+/// Scores the variant `name` (run by `predictor`) from its predictions `p` and compares
+/// them with `reference` (kiln's native forward pass on the same rows) when given.
 pub(crate) fn variant(
     name: &str,
-    predictor: &mut dyn Predictor,
-    reference: Option<&mut dyn Predictor>,
-    data: &Dataset,
-    slices: &[(f64, Vec<usize>)],
-    class_labels: &[String],
-    top_k: usize,
-) -> Result<(VariantMetrics, Predictions)> {
+    predictor: &str,
+    p: &Predictions,
+    reference: Option<&Predictions>,
+    against: &Against<'_>,
+) -> VariantMetrics {
+    let Against {
+        data,
+        slices,
+        class_labels,
+        top_k,
+    } = *against;
     let regression = data.is_regression();
-    let p = predictor.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
-    let vs_native = match reference {
-        Some(native) => {
-            let r = native.predict_batched(&data.features, data.n_rows(), EVAL_BATCH)?;
-            let (a, b) = if regression {
-                (&r.logits, &p.logits)
-            } else {
-                (&r.probabilities, &p.probabilities)
-            };
-            let diff = a
-                .iter()
-                .zip(b.iter())
-                .map(|(x, y)| f64::from((x - y).abs()))
-                .fold(0.0, f64::max);
-            let (ra, pa) = (r.argmax(), p.argmax());
-            let agree = ra.iter().zip(&pa).filter(|(x, y)| x == y).count();
-            Some((diff, agree as f64 / data.n_rows().max(1) as f64))
-        }
-        None => None,
-    };
+    let vs_native = reference.map(|r| {
+        let (a, b) = if regression {
+            (&r.logits, &p.logits)
+        } else {
+            (&r.probabilities, &p.probabilities)
+        };
+        let diff = a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| f64::from((x - y).abs()))
+            .fold(0.0, f64::max);
+        let (ra, pa) = (r.argmax(), p.argmax());
+        let agree = ra.iter().zip(&pa).filter(|(x, y)| x == y).count();
+        (diff, agree as f64 / data.n_rows().max(1) as f64)
+    });
     let slice_scores: Vec<(f64, usize, f64)> = slices
         .iter()
         .map(|(value, rows)| {
@@ -80,7 +88,7 @@ pub(crate) fn variant(
         .collect();
     let mut v = VariantMetrics {
         name: name.to_string(),
-        predictor: predictor.name().to_string(),
+        predictor: predictor.to_string(),
         scalars: BTreeMap::new(),
         per_class: Vec::new(),
         confusion: Vec::new(),
@@ -89,11 +97,11 @@ pub(crate) fn variant(
         slices: slice_scores,
     };
     if regression {
-        regression_metrics(&mut v, data, &p);
+        regression_metrics(&mut v, data, p);
     } else {
-        classification_metrics(&mut v, data, &p, class_labels, top_k);
+        classification_metrics(&mut v, data, p, class_labels, top_k);
     }
-    Ok((v, p))
+    v
 }
 
 /// MSE, RMSE, MAE, MAPE and R² (a note instead when R² is undefined).

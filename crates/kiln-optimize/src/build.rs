@@ -3,7 +3,8 @@
 //! (each in steps with fine-tuning after each), then int8 or fp16 quantization.
 
 use crate::{CandidateConfig, Config, QuantizeMode, Result, Scheme, channels, prune, quantize};
-use kiln_core::{Dataset, NativeModel};
+use kiln_core::NativeModel;
+use kiln_train::Data;
 
 /// Builds one candidate from the fp32 `model`: pruning in `steps` steps with fine-tuning
 /// after each, then quantization.
@@ -11,8 +12,8 @@ pub fn build(
     c: &CandidateConfig,
     model: &NativeModel,
     config: &Config,
-    train: &Dataset,
-    valid: &Dataset,
+    train: &Data<'_>,
+    valid: &Data<'_>,
 ) -> Result<NativeModel> {
     let steps = c.steps.unwrap_or(1).max(1);
     let epochs = c.finetune_epochs.unwrap_or(0);
@@ -49,7 +50,7 @@ pub fn build(
             m = prune::remove_units(&m, &kept, frac)?;
             if epochs > 0 {
                 let spec = m.spec.clone();
-                m = kiln_train::finetune(&m, &[], &ft, train, valid)?;
+                m = kiln_train::finetune_on(&m, &[], &ft, train, valid)?;
                 m.spec.pruning = spec.pruning;
             }
         }
@@ -63,7 +64,7 @@ pub fn build(
             if epochs > 0 {
                 let masks: Vec<Option<Vec<f32>>> = masks.into_iter().map(Some).collect();
                 let spec = m.spec.clone();
-                m = kiln_train::finetune(&m, &masks, &ft, train, valid)?;
+                m = kiln_train::finetune_on(&m, &masks, &ft, train, valid)?;
                 m.spec.pruning = spec.pruning;
             }
         }
@@ -81,12 +82,13 @@ pub fn build(
         } else {
             Scheme::Dynamic
         };
+        let calibration = train.split_data().head(config.calibration_rows)?;
         m = quantize::quantize_with(
             &m,
             scheme,
             c.per_channel.unwrap_or(true),
             c.symmetric.unwrap_or(true),
-            Some((train, config.calibration_rows)),
+            Some((&calibration, config.calibration_rows)),
         )?;
     }
     Ok(m)

@@ -37,7 +37,9 @@ pub use latency::LATENCY_FILE;
 pub use prune::Scope;
 pub use quantize::Scheme;
 
+use kiln_core::dataset::{Moments, SplitData};
 use kiln_core::{Dataset, EVAL_BATCH, ModelSpec, NativeModel, Predictor};
+use kiln_train::Data;
 use std::path::Path;
 
 /// Errors of the optimization stage.
@@ -101,6 +103,42 @@ pub fn score(model: &mut NativeModel, data: &Dataset) -> Result<f64> {
     Ok(correct as f64 / data.n_rows().max(1) as f64)
 }
 
+/// [`score`] of a split held in memory or streamed shard by shard: R² from the sums of
+/// the parts (the targets' spread merged part by part).
+pub fn score_split(model: &mut NativeModel, data: &SplitData<'_>) -> Result<f64> {
+    if let SplitData::Memory(d) = data {
+        return score(model, d);
+    }
+    let (mut correct, mut sse, mut targets) = (0usize, 0.0f64, Moments::default());
+    data.for_each_part(&mut |part: &Dataset, _| -> Result<()> {
+        let p = model.predict_batched(&part.features, part.n_rows(), EVAL_BATCH)?;
+        correct += p
+            .argmax()
+            .iter()
+            .zip(&part.labels)
+            .filter(|(a, b)| a == b)
+            .count();
+        sse += p
+            .logits
+            .iter()
+            .zip(&part.values)
+            .map(|(&y, &t)| (f64::from(y) - f64::from(t)).powi(2))
+            .sum::<f64>();
+        targets = targets.merge(Moments::of(part.values.iter().map(|&v| f64::from(v))));
+        Ok(())
+    })?;
+    if !data.is_regression() {
+        return Ok(correct as f64 / data.n_rows().max(1) as f64);
+    }
+    Ok(if targets.m2 > 0.0 {
+        1.0 - sse / targets.m2
+    } else if sse == 0.0 {
+        1.0
+    } else {
+        0.0
+    })
+}
+
 /// Runs the stage: builds the candidates, scores them on `valid`, exports each for its
 /// size (and time, with `config.latency`), picks the smallest ONNX file within the
 /// budget (ties: the higher score, then the earlier candidate) and writes it
@@ -113,6 +151,25 @@ pub fn run(
     valid: &Dataset,
     out_dir: &Path,
 ) -> Result<Output> {
+    run_on(
+        config,
+        model,
+        &Data::Memory(train),
+        &Data::Memory(valid),
+        out_dir,
+    )
+}
+
+/// [`run`] on splits held in memory or streamed from their shards ([`Data`]): scoring
+/// and fine-tuning read them part by part; calibration and latency take their first
+/// rows.
+pub fn run_on(
+    config: &Config,
+    model: &NativeModel,
+    train: &Data<'_>,
+    valid: &Data<'_>,
+    out_dir: &Path,
+) -> Result<Output> {
     let _span = tracing::info_span!("optimize").entered();
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(OptimizeError::Config(format!("{key}: {msg}")));
@@ -123,12 +180,12 @@ pub fn run(
         ));
     }
     let meta = kiln_deploy::ExportMeta {
-        feature_names: valid.feature_names.clone(),
+        feature_names: valid.feature_names().to_vec(),
         ..Default::default()
     };
     let export = |m: &NativeModel| kiln_deploy::export(&m.spec, &m.weights, &meta);
     let mut fp32 = model.clone();
-    let base = score(&mut fp32, valid)?;
+    let base = score_split(&mut fp32, &valid.split_data())?;
     let fp32_bytes = export(model)?;
     let count = |m: &NativeModel| -> usize {
         (0..m.spec.layers.len())
@@ -169,7 +226,7 @@ pub fn run(
         let name = c.resolved_name();
         let _span = tracing::info_span!("candidate", %name).entered();
         let mut m = build(&c, model, config, train, valid)?;
-        let acc = score(&mut m, valid)?;
+        let acc = score_split(&mut m, &valid.split_data())?;
         let bytes = export(&m)?;
         tracing::info!(acc, drop = base - acc, bytes = bytes.len(), "candidate");
         candidates.push(Candidate {
@@ -220,7 +277,7 @@ pub fn run(
         candidates[i].chosen = Some(i) == chosen;
     }
     let lat = if config.latency {
-        latency::measure(&built, &candidates, valid)?
+        latency::measure(&built, &candidates, &*valid.split_data().head(1024)?)?
     } else {
         Vec::new()
     };

@@ -4,6 +4,7 @@
 
 use crate::{Result, TrainError, argmax};
 use kiln_core::dataset::shards::{Shard, Shards, Split};
+use kiln_core::dataset::{Moments, SplitData};
 use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Task, TensorStore};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -40,41 +41,6 @@ struct SplitStats {
     values: Moments,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Moments {
-    n: usize,
-    mean: f64,
-    m2: f64,
-}
-
-impl Moments {
-    fn of(v: &[f32]) -> Moments {
-        if v.is_empty() {
-            return Moments::default();
-        }
-        let n = v.len();
-        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
-        let m2 = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum();
-        Moments { n, mean, m2 }
-    }
-
-    fn merge(self, o: Moments) -> Moments {
-        if self.n == 0 {
-            return o;
-        }
-        if o.n == 0 {
-            return self;
-        }
-        let n = self.n + o.n;
-        let d = o.mean - self.mean;
-        Moments {
-            n,
-            mean: self.mean + d * o.n as f64 / n as f64,
-            m2: self.m2 + o.m2 + d * d * (self.n as f64 * o.n as f64) / n as f64,
-        }
-    }
-}
-
 impl<'a> Streamed<'a> {
     /// Opens `split` of `shards`, shuffling `window` shards together (at least 1). Reads
     /// every shard once (each checked against its hash): the class range, the target's
@@ -89,22 +55,16 @@ impl<'a> Streamed<'a> {
         };
         let mut stats = SplitStats::default();
         let want = crate::BATCH_NORM_ROWS;
-        for shard in &m.split(split).shards {
-            let ds = read(shards, shard)?;
+        SplitData::Shards(shards, split).for_each_part(&mut |ds, _| -> Result<()> {
             if let Some(&l) = ds.labels.iter().max() {
                 stats.label_max = Some(stats.label_max.map_or(l, |m| m.max(l)));
             }
-            stats.values = stats.values.merge(Moments::of(&ds.values));
-            let take = want.saturating_sub(head.n_rows()).min(ds.n_rows());
-            if take > 0 {
-                head.features
-                    .extend_from_slice(&ds.features[..take * ds.n_features()]);
-                head.labels
-                    .extend_from_slice(&ds.labels[..take.min(ds.labels.len())]);
-                head.values
-                    .extend_from_slice(&ds.values[..take.min(ds.values.len())]);
-            }
-        }
+            stats.values = stats
+                .values
+                .merge(Moments::of(ds.values.iter().map(|&v| f64::from(v))));
+            head.append(&ds.head(want.saturating_sub(head.n_rows())));
+            Ok(())
+        })?;
         Ok(Streamed {
             shards,
             split,
@@ -127,10 +87,7 @@ impl<'a> Streamed<'a> {
         };
         let mut all = first?;
         for p in parts {
-            let p = p?;
-            all.features.extend_from_slice(&p.features);
-            all.labels.extend_from_slice(&p.labels);
-            all.values.extend_from_slice(&p.values);
+            all.append(&p?);
         }
         Ok(all)
     }
@@ -277,12 +234,28 @@ impl Data<'_> {
     pub(crate) fn target_scale(&self) -> (f32, f32) {
         match self {
             Data::Memory(d) => crate::head::target_scale(&d.values),
-            Data::Shards(s) => {
-                let m = s.stats.values;
-                let var = m.m2 / m.n.max(1) as f64;
+            Data::Shards(_) => {
+                let (mean, var) = self.target_moments();
                 let std = if var > 0.0 { var.sqrt() } else { 1.0 };
-                (m.mean as f32, std as f32)
+                (mean as f32, std as f32)
             }
+        }
+    }
+
+    /// Mean and population variance of the regression values, in f64.
+    pub(crate) fn target_moments(&self) -> (f64, f64) {
+        let m = match self {
+            Data::Memory(d) => Moments::of(d.values.iter().map(|&v| f64::from(v))),
+            Data::Shards(s) => s.stats.values,
+        };
+        (m.mean, m.variance())
+    }
+
+    /// The split as the other stages read it.
+    pub fn split_data(&self) -> SplitData<'_> {
+        match self {
+            Data::Memory(d) => SplitData::Memory(d),
+            Data::Shards(s) => SplitData::Shards(s.shards, s.split),
         }
     }
 
@@ -305,15 +278,7 @@ impl Data<'_> {
     ) -> Result<()> {
         match self {
             Data::Memory(d) => f(d, 0),
-            Data::Shards(s) => {
-                let mut first = 0;
-                for shard in s.shard_list() {
-                    let d = read(s.shards, shard)?;
-                    f(&d, first)?;
-                    first += d.n_rows();
-                }
-                Ok(())
-            }
+            Data::Shards(s) => SplitData::Shards(s.shards, s.split).for_each_part(f),
         }
     }
 
@@ -369,7 +334,7 @@ impl Data<'_> {
     /// Loss and metric of `weights` on the split (see [`crate::evaluate`]), part by part.
     pub(crate) fn evaluate(&self, spec: &ModelSpec, weights: &TensorStore) -> Result<(f64, f64)> {
         let mean = match self {
-            Data::Memory(d) => Moments::of(&d.values).mean,
+            Data::Memory(d) => Moments::of(d.values.iter().map(|&v| f64::from(v))).mean,
             Data::Shards(s) => s.stats.values.mean,
         };
         let mut model = NativeModel::new(spec.clone(), weights.clone())?;

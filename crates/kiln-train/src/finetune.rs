@@ -2,12 +2,12 @@
 //! weights, with pruned weights held at zero by masks — what kiln-optimize runs between
 //! pruning steps. CPU only, seeded, deterministic like training.
 
+use crate::data::{Batch, Data};
 use crate::net::Mlp;
-use crate::{Loss, OptimizerConfig, Result, TrainError, batch_loss, dev_err, evaluate};
+use crate::{Loss, OptimizerConfig, Result, TrainError, batch_loss, dev_err};
 use dfdx::prelude::*;
 use kiln_core::{Dataset, NativeModel, Task};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,24 @@ pub fn finetune(
     train: &Dataset,
     valid: &Dataset,
 ) -> Result<NativeModel> {
+    finetune_on(
+        model,
+        masks,
+        cfg,
+        &Data::Memory(train),
+        &Data::Memory(valid),
+    )
+}
+
+/// [`finetune`] on splits held in memory or streamed from their shards ([`Data`]; a
+/// streamed epoch reads the shards in an order seeded by `cfg.seed` and the epoch).
+pub fn finetune_on(
+    model: &NativeModel,
+    masks: &[Option<Vec<f32>>],
+    cfg: &Finetune,
+    train: &Data<'_>,
+    valid: &Data<'_>,
+) -> Result<NativeModel> {
     let spec = model.spec.clone();
     if spec.quantization.is_some() {
         return Err(TrainError::Config(
@@ -78,7 +96,7 @@ pub fn finetune(
     let k_out = spec.output_dim();
     if train.n_features() != spec.input_dim
         || (spec.task == Task::Regression) != train.is_regression()
-        || train.labels.iter().any(|&l| l as usize >= k_out)
+        || train.label_max().is_some_and(|l| l as usize >= k_out)
     {
         return Err(TrainError::Config(format!(
             "fine-tuning data does not fit the model ({} features for {} inputs, or labels / targets of another task); use the dataset the model was trained on",
@@ -86,7 +104,7 @@ pub fn finetune(
             spec.input_dim
         )));
     }
-    let (_, start_metric) = evaluate(&spec, &model.weights, valid)?;
+    let (_, start_metric) = valid.evaluate(&spec, &model.weights)?;
     let mut best = (start_metric, model.weights.clone());
     if cfg.epochs == 0 || train.n_rows() == 0 {
         return Ok(model.clone());
@@ -117,14 +135,7 @@ pub fn finetune(
     // Regressors predict the target itself: the loss is taken on (prediction / std)
     // against (target / std), the scale training used.
     let inv_std = if regression {
-        let n = train.values.len().max(1) as f64;
-        let mean = train.values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = train
-            .values
-            .iter()
-            .map(|&v| (f64::from(v) - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let (_, var) = train.target_moments();
         if var > 0.0 {
             (1.0 / var.sqrt()) as f32
         } else {
@@ -142,29 +153,25 @@ pub fn finetune(
     } else {
         Loss::CrossEntropy
     };
-    let mut xb = Vec::new();
     let mut yb = Vec::new();
     for epoch in 1..=cfg.epochs {
         let _span = tracing::info_span!("finetune", epoch).entered();
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf1e7_f1e7);
+        let seed = cfg.seed ^ 0xf1e7_f1e7;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(epoch as u64);
-        let mut order: Vec<usize> = (0..train.n_rows()).collect();
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(cfg.batch_size) {
-            xb.clear();
+        let mut step = |b: Batch<'_>, _: &mut ChaCha8Rng| -> Result<()> {
             yb.clear();
-            for &r in chunk {
-                xb.extend_from_slice(train.row(r));
-                if regression {
-                    yb.push(train.values[r] * inv_std);
-                } else {
+            if regression {
+                yb.extend(b.values.iter().map(|v| v * inv_std));
+            } else {
+                for &l in b.labels {
                     let mut onehot = vec![0.0f32; k];
-                    onehot[train.labels[r] as usize] = 1.0;
+                    onehot[l as usize] = 1.0;
                     yb.extend(onehot);
                 }
             }
-            let x = dev.tensor_from_vec(xb.clone(), (chunk.len(), w));
-            let y = dev.tensor_from_vec(yb.clone(), (chunk.len(), k));
+            let x = dev.tensor_from_vec(b.x.to_vec(), (b.rows, w));
+            let y = dev.tensor_from_vec(yb.clone(), (b.rows, k));
             let out = net.forward_train(x, &[]);
             let out = if regression { out * inv_std } else { out };
             let loss = batch_loss(loss_kind, out, y, 1.0);
@@ -175,11 +182,13 @@ pub fn finetune(
             let mut grads = loss.backward();
             net.update(&mut grads, &opt, cfg.lr).map_err(dev_err)?;
             net.apply_masks(&mask_t);
-        }
+            Ok(())
+        };
+        train.epoch(&mut rng, seed, epoch, cfg.batch_size, &mut step)?;
         let bn_rows = train.n_rows().min(crate::BATCH_NORM_ROWS);
-        net.refresh_batch_norm(&train.features[..bn_rows * train.n_features()], bn_rows)?;
+        net.refresh_batch_norm(train.head(bn_rows), bn_rows)?;
         let weights = net.to_store();
-        let (_, metric) = evaluate(&spec, &weights, valid)?;
+        let (_, metric) = valid.evaluate(&spec, &weights)?;
         tracing::info!(epoch, valid_metric = metric, "fine-tuned");
         if metric > best.0 {
             best = (metric, weights);

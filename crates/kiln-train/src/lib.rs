@@ -46,7 +46,7 @@ mod train_loop;
 
 pub use data::{Data, Streamed};
 pub use data_config::{DataConfig, Load};
-pub use finetune::{Finetune, finetune};
+pub use finetune::{Finetune, finetune, finetune_on};
 pub use sweep::{MAX_TRIALS, Strategy, Sweep, SweepResults, Trial};
 
 pub use config::{

@@ -9,7 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod ipc_file;
+mod moments;
 pub mod shards;
+mod split_data;
+
+pub use moments::Moments;
+pub use split_data::SplitData;
 
 use ipc_file::IpcFile;
 
@@ -75,6 +80,25 @@ impl Dataset {
         } else {
             0.0
         }
+    }
+
+    /// The first `n` rows (all of them when there are fewer).
+    pub fn head(&self, n: usize) -> Dataset {
+        let n = n.min(self.n_rows());
+        Dataset {
+            feature_names: self.feature_names.clone(),
+            target: self.target.clone(),
+            features: self.features[..n * self.n_features()].to_vec(),
+            labels: self.labels[..n.min(self.labels.len())].to_vec(),
+            values: self.values[..n.min(self.values.len())].to_vec(),
+        }
+    }
+
+    /// Appends `other`'s rows (the same columns).
+    pub fn append(&mut self, other: &Dataset) {
+        self.features.extend_from_slice(&other.features);
+        self.labels.extend_from_slice(&other.labels);
+        self.values.extend_from_slice(&other.values);
     }
 
     /// The features of row `i`.

@@ -350,10 +350,7 @@ impl Shards {
         let rows = m.split(split).rows;
         all.features.reserve(rows * m.feature_names.len());
         for shard in &m.split(split).shards {
-            let ds = self.shard(shard)?;
-            all.features.extend_from_slice(&ds.features);
-            all.labels.extend_from_slice(&ds.labels);
-            all.values.extend_from_slice(&ds.values);
+            all.append(&self.shard(shard)?);
         }
         if all.n_rows() != rows {
             return Err(CoreError::Format {

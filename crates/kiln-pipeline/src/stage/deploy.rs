@@ -9,6 +9,7 @@ use kiln_core::artifact::candidates::Candidates;
 use kiln_core::artifact::metrics::Metrics;
 use kiln_core::artifact::parity::Parity;
 use kiln_core::artifact::profile::Profile;
+use kiln_core::dataset::shards::Split;
 
 pub(crate) const KIND: Kind = Kind {
     kind: StageKind::Deploy,
@@ -58,8 +59,8 @@ impl Stage for kiln_deploy::Config {
         let pre = upstream(p, input, StageKind::Preprocess)
             .map(|s| s.id.clone())
             .unwrap_or_default();
-        let data = cx.dataset(&pre)?;
-        let (schema, [_, _, test]) = &*data;
+        let splits = cx.splits(&pre, input)?;
+        let schema = splits.schema();
         let mut variants = Vec::new();
         let mut origins = Vec::new();
         if let Some(fp) = fp32_source(p, input) {
@@ -82,7 +83,15 @@ impl Stage for kiln_deploy::Config {
             });
             origins.push((chosen, input.clone()));
         }
-        let o = kiln_deploy::run(self, &variants, schema, test, cx.hash, cx.out)?;
+        let o = kiln_deploy::run_split(
+            self,
+            &variants,
+            schema,
+            splits.split(Split::Test),
+            cx.hash,
+            cx.out,
+            &|m, meta| kiln_deploy::export(&m.spec, &m.weights, meta),
+        )?;
         let card = crate::card::model_card(cx, &origins);
         kiln_deploy::card::write(cx.out, &card, schema, self, &o, cx.hash)?;
         // the bundle carries the training ranges, so `kiln predict` can warn about inputs

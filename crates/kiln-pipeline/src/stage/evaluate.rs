@@ -10,6 +10,7 @@ use crate::{StageKind, Table};
 use kiln_core::artifact::history::History;
 use kiln_core::artifact::metrics::Metrics;
 use kiln_core::artifact::verdict::Verdict;
+use kiln_core::dataset::shards::Split;
 use kiln_core::{NativeModel, Predictor};
 use kiln_evaluate::Runtime;
 
@@ -50,8 +51,8 @@ impl Stage for kiln_evaluate::Config {
         let pre = upstream(p, &def.inputs[0], StageKind::Preprocess)
             .map(|s| s.id.clone())
             .unwrap_or_default();
-        let data = cx.dataset(&pre)?;
-        let (schema, [train, valid, test]) = &*data;
+        let splits = cx.splits(&pre, &def.inputs[0])?;
+        let schema = splits.schema();
         let mut models: Vec<(String, NativeModel)> = def
             .inputs
             .iter()
@@ -105,15 +106,15 @@ impl Stage for kiln_evaluate::Config {
             curves: &curves,
             image,
             reference,
-            valid: Some(valid),
+            valid: Some(splits.split(Split::Valid)),
             schema: Some(schema),
             seed: p.seed,
-            train: Some(train),
+            train: Some(splits.split(Split::Train)),
         };
-        kiln_evaluate::run_report(
+        kiln_evaluate::run_split(
             self,
             &mut variants,
-            test,
+            splits.split(Split::Test),
             &schema.class_labels,
             extras,
             cx.out,

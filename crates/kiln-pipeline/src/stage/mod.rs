@@ -10,6 +10,7 @@ pub(crate) mod deploy;
 pub(crate) mod evaluate;
 pub(crate) mod optimize;
 pub(crate) mod preprocess;
+pub(crate) mod splits;
 pub(crate) mod train;
 
 use crate::file::{Pipeline, StageConfig, StageDef};

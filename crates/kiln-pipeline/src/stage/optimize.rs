@@ -5,6 +5,7 @@ use super::{InputRule, Kind, Ran, Reads, RunCx, Stage, StageError, ViewCx, fmt_m
 use crate::file::{Pipeline, StageDef};
 use crate::{StageKind, Table};
 use kiln_core::artifact::candidates::{Candidates, Timings};
+use kiln_core::dataset::shards::Split;
 
 pub(crate) const KIND: Kind = Kind {
     kind: StageKind::Optimize,
@@ -26,11 +27,11 @@ impl Stage for kiln_optimize::Config {
         let pre = upstream(cx.pipeline, &input, StageKind::Preprocess)
             .map(|s| s.id.clone())
             .unwrap_or_default();
-        let data = cx.dataset(&pre)?;
-        let (schema, [train, valid, _]) = &*data;
+        let splits = cx.splits(&pre, &input)?;
         let model = cx.model(&input)?;
-        kiln_optimize::run(self, &model, train, valid, cx.out)?;
-        kiln_core::write_json(&cx.out.join("schema.json"), schema)?;
+        let (train, valid) = (splits.data(Split::Train)?, splits.data(Split::Valid)?);
+        kiln_optimize::run_on(self, &model, &train, &valid, cx.out)?;
+        kiln_core::write_json(&cx.out.join("schema.json"), splits.schema())?;
         Ok(Ran::default())
     }
 

@@ -3,7 +3,7 @@
 
 use super::{InputRule, Kind, Ran, Reads, RunCx, Stage, StageError, ViewCx};
 use crate::file::{Pipeline, StageDef};
-use crate::{StageKind, Table};
+use crate::{StageConfig, StageKind, Table};
 use kiln_core::artifact::profile::Profile;
 
 pub(crate) const KIND: Kind = Kind {
@@ -39,7 +39,19 @@ impl Stage for kiln_preprocess::Config {
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
         let o = kiln_preprocess::run(self, cx.out).map_err(source_error)?;
-        cx.keep_dataset(o.schema, o.splits);
+        // the stages after it share these splits in memory, unless a train stage reading
+        // them streams them: then they read the shards, and holding the splits would
+        // cost what streaming saves
+        let [train, valid, _] = &o.splits;
+        let bytes =
+            super::splits::feature_bytes(train.n_rows() + valid.n_rows(), train.n_features());
+        let streamed = cx.pipeline.stages.iter().any(|t| {
+            t.inputs.first() == Some(&cx.def.id)
+                && matches!(&t.config, StageConfig::Train(c) if c.data.streams(bytes))
+        });
+        if !streamed {
+            cx.keep_dataset(o.schema, o.splits);
+        }
         Ok(Ran::default())
     }
 

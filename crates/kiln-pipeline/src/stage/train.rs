@@ -4,11 +4,9 @@
 use super::{InputRule, Kind, Ran, Reads, RunCx, Stage, StageError, ViewCx, fmt_metric};
 use crate::file::{Pipeline, StageDef};
 use crate::{StageKind, Table};
-use kiln_core::Schema;
 use kiln_core::artifact::history::History;
 use kiln_core::artifact::sweep::SweepResults;
-use kiln_core::dataset::shards::{Shards, Split};
-use kiln_train::{Data, Streamed};
+use kiln_core::dataset::shards::Split;
 
 pub(crate) const KIND: Kind = Kind {
     kind: StageKind::Train,
@@ -29,37 +27,12 @@ impl Stage for kiln_train::Config {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
-        let input = cx.dir(&cx.def.inputs[0])?.to_path_buf();
-        let shards = Shards::open(&input)?;
-        let m = &shards.manifest;
-        let feature_bytes = 4 * (m.train.rows + m.valid.rows) as u64 * m.feature_names.len() as u64;
-        if !self.data.streams(feature_bytes) {
-            let data = cx.dataset(&cx.def.inputs[0])?;
-            let (schema, [train, valid, _]) = &*data;
-            let config = self.for_schema(schema, train.n_rows());
-            let o = kiln_train::run(
-                &config,
-                train,
-                valid,
-                schema.n_classes(),
-                cx.out,
-                cx.progress,
-            )?;
-            kiln_core::write_json(&cx.out.join("schema.json"), schema)?;
-            return Ok(Ran {
-                resumed_from_epoch: o.resumed_from_epoch,
-            });
-        }
-        let schema: Schema = kiln_core::read_json(&input.join("schema.json"))?;
-        let config = self.for_schema(&schema, m.train.rows);
-        tracing::info!(
-            feature_mib = feature_bytes >> 20,
-            window = config.data.window,
-            "streaming the splits from their shards"
-        );
-        let window = config.data.window;
-        let train = Data::Shards(Streamed::open(&shards, Split::Train, window)?);
-        let valid = Data::Shards(Streamed::open(&shards, Split::Valid, window)?);
+        let (input, id) = (cx.def.inputs[0].clone(), cx.def.id.clone());
+        // in memory, or streamed from the shards (`data`: above `memory_mb`)
+        let splits = cx.splits(&input, &id)?;
+        let schema = splits.schema();
+        let config = self.for_schema(schema, splits.split(Split::Train).n_rows());
+        let (train, valid) = (splits.data(Split::Train)?, splits.data(Split::Valid)?);
         let o = kiln_train::run_with(
             &config,
             &train,
@@ -69,7 +42,7 @@ impl Stage for kiln_train::Config {
             cx.progress,
             None,
         )?;
-        kiln_core::write_json(&cx.out.join("schema.json"), &schema)?;
+        kiln_core::write_json(&cx.out.join("schema.json"), schema)?;
         Ok(Ran {
             resumed_from_epoch: o.resumed_from_epoch,
         })
