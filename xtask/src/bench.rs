@@ -247,7 +247,13 @@ pub fn bench(args: &[String]) -> Result {
         let figures = match b {
             "train" => bench_train(&root, &python, have_torch, o.pairs)?,
             "cnn" => crate::bench_cnn::bench_cnn(&root, &python, have_torch, o.pairs)?,
-            "scale" => crate::bench_scale::bench_scale(&tools, &o.rows, o.pairs)?,
+            "scale" => {
+                let have = cmd::probe(
+                    Command::new(&python)
+                        .args(["-c", "import polars, pyarrow, torch, onnx, onnxruntime"]),
+                );
+                crate::bench_scale::bench_scale(&root, &tools, &python, have, &o.rows, o.pairs)?
+            }
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
             "preprocess" => {
                 let have = cmd::probe(

@@ -2,9 +2,12 @@
 //! 5M and 20M rows (30 columns: 26 numbers with empty cells, categories of 8, 40 and
 //! 5,000 values, a 3-class label), and on each the whole pipeline — preprocess (impute,
 //! standardize, one-hot, ordinal; stratified split) → train one epoch → evaluate →
-//! deploy — then `kiln predict` over every row of the CSV; wall time and peak resident
-//! memory (GNU time) of each process. The Python peer (polars streaming + a PyTorch
-//! IterableDataset) is not written yet, so its column stays empty.
+//! deploy — then the stages after preprocess again (its artifact cached) with the splits
+//! streamed from their shards and held in memory, then `kiln predict` over every row of
+//! the CSV; wall time and peak resident memory (GNU time) of each process. With
+//! `--peers`, the same pipeline and prediction in Python (`bench/peers/scale_polars_torch.py`:
+//! polars' streaming engine from the CSV itself, PyTorch over an IterableDataset of what
+//! polars wrote, ONNX Runtime) run beside kiln's, pair by pair.
 
 use std::fs;
 use std::path::Path;
@@ -58,7 +61,10 @@ requires = ["eval"]
 
 /// Wall time and peak memory of the pipeline and of `kiln predict`, per table size.
 pub(crate) fn bench_scale(
+    root: &Path,
     tools: &setup::Tools,
+    python: &Path,
+    have_peers: bool,
     sizes: &[usize],
     pairs: usize,
 ) -> Result<Vec<Figure>> {
@@ -80,6 +86,28 @@ pub(crate) fn bench_scale(
             .arg("--force")
             .arg("--runs-dir")
             .arg(&runs);
+        // the stages after preprocess (cached by the run above), the splits read as `load`
+        let downstream = |load: &str| {
+            let mut c = Command::new(&kiln);
+            c.arg("run")
+                .arg(&pipe)
+                .args(["--from", "train", "--runs-dir"])
+                .arg(&runs)
+                .arg("--set")
+                .arg(format!("stages.train.data.load=\"{load}\""));
+            c
+        };
+        let (mut streamed, mut in_memory) = (downstream("stream"), downstream("memory"));
+        let peer = |mode: &str| {
+            let mut c = Command::new(python);
+            c.current_dir(root.join("bench/peers"))
+                .arg("scale_polars_torch.py")
+                .arg(mode)
+                .arg(&csv)
+                .arg(scratch.join("peer"));
+            c
+        };
+        let (mut peer_run, mut peer_predict) = (peer("pipeline"), peer("predict"));
         let mut predict = Command::new(&kiln);
         predict
             .arg("predict")
@@ -106,6 +134,11 @@ pub(crate) fn bench_scale(
             "s",
         );
         let mut run_m = fig("pipeline peak memory", "MiB");
+        let after = "train, evaluate, deploy (preprocess cached)";
+        let mut stream_t = fig(&format!("{after}, splits streamed: wall time"), "s");
+        let mut stream_m = fig(&format!("{after}, splits streamed: peak memory"), "MiB");
+        let mut memory_t = fig(&format!("{after}, splits in memory: wall time"), "s");
+        let mut memory_m = fig(&format!("{after}, splits in memory: peak memory"), "MiB");
         let mut pred_t = fig(
             "kiln predict wall time (every row, CSV in, Parquet out)",
             "s",
@@ -116,12 +149,32 @@ pub(crate) fn bench_scale(
             let (w, m) = timed(tools, &mut run)?;
             run_t.kiln.push(w);
             run_m.kiln.push(m);
+            if have_peers {
+                let (w, m) = timed(tools, &mut peer_run)?;
+                run_t.peer.push(w);
+                run_m.peer.push(m);
+            }
+            for (c, t, mem) in [
+                (&mut streamed, &mut stream_t, &mut stream_m),
+                (&mut in_memory, &mut memory_t, &mut memory_m),
+            ] {
+                let (w, m) = timed(tools, c)?;
+                t.kiln.push(w);
+                mem.kiln.push(m);
+            }
             let (w, m) = timed(tools, &mut predict)?;
             pred_t.kiln.push(w);
             pred_m.kiln.push(m);
+            if have_peers {
+                let (w, m) = timed(tools, &mut peer_predict)?;
+                pred_t.peer.push(w);
+                pred_m.peer.push(m);
+            }
         }
         let _ = fs::remove_dir_all(&scratch);
-        figures.extend([run_t, run_m, pred_t, pred_m]);
+        figures.extend([
+            run_t, run_m, stream_t, stream_m, memory_t, memory_m, pred_t, pred_m,
+        ]);
     }
     Ok(figures)
 }

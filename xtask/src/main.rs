@@ -47,7 +47,8 @@ commands:
                              a keep-alive soak (--soak-seconds N, 60), and kiln predict vs
                              Python onnxruntime at batch 1 and 1024; scale (not in all):
                              seeded 30-column tables of --rows N,N (1M, 5M, 20M) through
-                             the whole pipeline and kiln predict, wall time and peak memory
+                             the whole pipeline, the stages after preprocess streamed and in
+                             memory, and kiln predict; wall time and peak memory
   help                       this text
 
 environment:

@@ -1171,6 +1171,14 @@ fn a_pipeline_streams_its_splits_through_every_stage() {
         "{}",
         manifest.train.shards.len()
     );
+    // history.json says how the train split was read
+    let h: kiln_core::artifact::history::History =
+        kiln_core::artifact::load(&run.join("train")).unwrap();
+    let streamed = h.streamed.unwrap();
+    assert_eq!(
+        (streamed.shards, streamed.window),
+        (manifest.train.shards.len(), 2)
+    );
     // the evaluation's accuracy is the trained model's on every test row
     let mut model = kiln_core::NativeModel::load(&run.join("train")).unwrap();
     let p = kiln_core::Predictor::predict(&mut model, &test.features, test.n_rows()).unwrap();

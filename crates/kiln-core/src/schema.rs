@@ -366,10 +366,18 @@ impl Transform {
                 let one_hot = matches!(self, Transform::OneHot { .. });
                 self.encode(names, data, text, idx, |k, col| {
                     let cats = &categories[k];
+                    // each distinct cell looked up once: a column of thousands of
+                    // categories made a linear search per cell the cost of a chunk
+                    let at: std::collections::HashMap<&str, usize> = cats
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .map(|(p, c)| (c.as_str(), p))
+                        .collect();
                     let per_code = col
                         .dict
                         .iter()
-                        .map(|d| match (cats.iter().position(|c| c == d), one_hot) {
+                        .map(|d| match (at.get(d.as_str()).copied(), one_hot) {
                             (Some(p), true) => vec![(p as u32, 1.0)],
                             (None, true) => vec![],
                             (Some(p), false) => vec![(0, p as f32)],

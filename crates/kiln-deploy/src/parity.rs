@@ -37,7 +37,7 @@ pub fn compare(
 /// fits)` finds a one-step move of an int8 activation after which the reference's
 /// outputs for that row satisfy `fits` (within the tolerance of the ONNX row). A
 /// regressor's differences are relative to `scales` when given (the whole split's, for
-/// a part of it), else to those of `native` ([`regression_scales`]).
+/// a part of it), else to those of `native` (`regression_scales`).
 #[allow(clippy::type_complexity)] // one callback taking another, spelled out once
 pub fn compare_with(
     native: &Predictions,
@@ -165,7 +165,7 @@ fn scale_of(var: f64) -> f32 {
     if std.is_finite() { std.max(1.0) } else { 1.0 }
 }
 
-/// [`regression_scales`] of `model`'s reference predictions over a whole split, read
+/// `regression_scales` of `model`'s reference predictions over a whole split, read
 /// part by part (batches of `batch` rows): per output, the spread that streamed parity
 /// measures differences against.
 pub fn split_scales(model: &NativeModel, split: &SplitData<'_>, batch: usize) -> Result<Vec<f32>> {
@@ -216,7 +216,7 @@ pub fn merge(a: ParityReport, b: ParityReport, first: usize) -> ParityReport {
 }
 
 /// A regressor row's largest difference, each output's relative to `max(|reference|,
-/// its scale)` ([`regression_scales`]).
+/// its scale)` (`regression_scales`).
 fn relative_diff(reference: &[f32], onnx: &[f32], scales: &[f32]) -> f32 {
     reference
         .iter()

@@ -219,6 +219,20 @@ fn schema_and_test(m: &NativeModel, x: Vec<f32>) -> (Schema, Dataset) {
     (schema, test)
 }
 
+/// The variants a deploy stage gets after int8 compression: `fp32` and `int8`.
+fn fp32_and_int8(m: &NativeModel, q: NativeModel) -> [Variant; 2] {
+    [
+        Variant {
+            name: "fp32".into(),
+            model: m.clone(),
+        },
+        Variant {
+            name: "int8".into(),
+            model: q,
+        },
+    ]
+}
+
 /// Adds 0.5 to the first value of initializer `layers.0.weight` in an encoded model.
 fn perturb(bytes: &[u8]) -> Vec<u8> {
     let mut model = ModelProto::decode(bytes).unwrap();
@@ -609,16 +623,7 @@ fn the_stage_writes_a_reproducible_bundle_and_gates_agreement() {
     let (m, x) = random(42, 256, &[128], 10, 400);
     let q = int8(&m);
     let (schema, test) = schema_and_test(&m, x);
-    let variants = [
-        Variant {
-            name: "fp32".into(),
-            model: m.clone(),
-        },
-        Variant {
-            name: "int8".into(),
-            model: q.clone(),
-        },
-    ];
+    let variants = fp32_and_int8(&m, q.clone());
     let config = Config {
         parity_batch: 128,
         ..Config::default()
@@ -978,16 +983,7 @@ fn a_streamed_test_split_gates_like_one_in_memory() {
     shards::write(&data, [&empty, &empty, &test], 30).unwrap();
     let s = Shards::open(&data).unwrap();
     assert_eq!(s.manifest.test.shards.len(), 7);
-    let variants = [
-        Variant {
-            name: "fp32".into(),
-            model: m.clone(),
-        },
-        Variant {
-            name: "int8".into(),
-            model: int8(&m),
-        },
-    ];
+    let variants = fp32_and_int8(&m, int8(&m));
     let good = |m: &NativeModel, meta: &ExportMeta| export(&m.spec, &m.weights, meta);
     let run =
         |split: SplitData<'_>,

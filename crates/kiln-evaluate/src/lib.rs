@@ -98,7 +98,7 @@ pub struct Output {
     pub baseline_seconds: f64,
 }
 
-/// Scores every variant on `data` (batches of [`EVAL_BATCH`](kiln_core::EVAL_BATCH)
+/// Scores every variant on `data` (batches of [`EVAL_BATCH`]
 /// rows), checks the gates and writes the stage's artifacts into `out_dir`. A failed gate
 /// is not an error here: it is recorded in the verdict, which the caller acts on.
 pub fn run(

@@ -3,7 +3,7 @@
 //! shuffled within a window of shards), both cut into the same kind of batches.
 
 use crate::{Result, TrainError, argmax};
-use kiln_core::dataset::shards::{Shard, Shards, Split};
+use kiln_core::dataset::shards::{Shard, Shards, Split, TargetKind};
 use kiln_core::dataset::{Moments, SplitData};
 use kiln_core::{Dataset, ModelSpec, NativeModel, Predictor, Task, TensorStore};
 use rand::SeedableRng;
@@ -81,13 +81,21 @@ impl<'a> Streamed<'a> {
     /// The shards at `idx`, read and joined in that order.
     fn read_window(&self, idx: &[usize]) -> Result<Dataset> {
         let list = self.shard_list();
-        let mut parts = idx.iter().map(|&i| read(self.shards, &list[i]));
-        let Some(first) = parts.next() else {
-            return Ok(self.head.clone());
+        let m = &self.shards.manifest;
+        // sized once: growing by doubling would hold up to three windows at a time
+        let rows: usize = idx.iter().map(|&i| list[i].rows).sum();
+        let mut all = Dataset {
+            feature_names: m.feature_names.clone(),
+            target: m.target.clone(),
+            features: Vec::with_capacity(rows * m.feature_names.len()),
+            ..Dataset::default()
         };
-        let mut all = first?;
-        for p in parts {
-            all.append(&p?);
+        match m.target_kind {
+            TargetKind::ClassIndex => all.labels.reserve_exact(rows),
+            TargetKind::Value => all.values.reserve_exact(rows),
+        }
+        for &i in idx {
+            all.append(&read(self.shards, &list[i])?);
         }
         Ok(all)
     }
@@ -199,6 +207,17 @@ impl Data<'_> {
         }
     }
 
+    /// How the split is streamed, for history.json (`None` in memory).
+    pub(crate) fn streamed(&self) -> Option<kiln_core::artifact::history::Streamed> {
+        match self {
+            Data::Memory(_) => None,
+            Data::Shards(s) => Some(kiln_core::artifact::history::Streamed {
+                shards: s.shard_list().len(),
+                window: s.window,
+            }),
+        }
+    }
+
     /// Feature columns per row.
     pub fn n_features(&self) -> usize {
         self.feature_names().len()
@@ -208,9 +227,7 @@ impl Data<'_> {
     pub fn is_regression(&self) -> bool {
         match self {
             Data::Memory(d) => d.is_regression(),
-            Data::Shards(s) => {
-                s.shards.manifest.target_kind == kiln_core::dataset::shards::TargetKind::Value
-            }
+            Data::Shards(s) => s.shards.manifest.target_kind == TargetKind::Value,
         }
     }
 
@@ -307,7 +324,9 @@ impl Data<'_> {
         let order = shuffled(s.shard_list().len(), &mut order_rng);
         let windows: Vec<Vec<usize>> = order.chunks(s.window).map(<[usize]>::to_vec).collect();
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Dataset>>(1);
+            // a rendezvous: the reader builds the next window while this one trains,
+            // and waits with it until it is taken, so at most two windows are held
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Dataset>>(0);
             scope.spawn(move || {
                 let _span = tracing::debug_span!("prefetch", epoch).entered();
                 for w in &windows {

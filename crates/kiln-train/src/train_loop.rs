@@ -262,6 +262,7 @@ pub(crate) fn train_on<D: dfdx::prelude::Device<f32> + Backend>(
         best_epoch,
         kept_by,
         stopped_early,
+        streamed: train.streamed(),
     };
     let out = Output {
         model,

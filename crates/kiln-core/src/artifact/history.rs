@@ -33,6 +33,19 @@ pub struct History {
     pub kept_by: KeptBy,
     /// True when early stopping ended training before `epochs`.
     pub stopped_early: bool,
+    /// How the train split was read when it was streamed from its shards (absent: it
+    /// was held in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streamed: Option<Streamed>,
+}
+
+/// A train split streamed from its shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streamed {
+    /// Shards of the train split.
+    pub shards: usize,
+    /// Shards shuffled together.
+    pub window: usize,
 }
 
 /// What chose the kept epoch among those run.

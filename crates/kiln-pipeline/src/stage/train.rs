@@ -95,6 +95,7 @@ impl Stage for kiln_train::Config {
                     "train loss".into(),
                     "valid loss".into(),
                     format!("valid {}", h.metric),
+                    "train split".into(),
                 ],
                 rows: vec![vec![
                     h.epochs.len().to_string(),
@@ -103,6 +104,10 @@ impl Stage for kiln_train::Config {
                     fmt_metric(best.map(|e| e.train_loss)),
                     fmt_metric(best.map(|e| e.valid_loss)),
                     fmt_metric(best.map(|e| e.valid_metric)),
+                    match h.streamed {
+                        None => "in memory".into(),
+                        Some(s) => format!("streamed, {} shards, {} at a time", s.shards, s.window),
+                    },
                 ]],
             });
         }
