@@ -121,7 +121,7 @@ fn a_killed_run_resumes_from_its_checkpoint_with_identical_weights() {
 #[test]
 fn a_killed_streaming_run_resumes_with_identical_weights() {
     killed_run_resumes(
-        "shard_rows = 100\n",
+        "shard_rows = 100\nload = \"stream\"\n",
         "data = { load = \"stream\", window = 3 }\n",
     );
 }

@@ -217,3 +217,98 @@ fn a_lock_held_past_the_timeout_exits_3_naming_the_holder() {
     );
     assert_eq!(check_entries(runs), 4);
 }
+
+/// A streamed preprocess killed (SIGKILL) while it writes its shards leaves only a
+/// partial folder: no entry the cache accepts; the rerun starts that stage over and
+/// writes the very artifact an uninterrupted run writes.
+#[test]
+fn a_killed_streaming_preprocess_leaves_no_entry_and_reruns_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("a,b,c,d,e,f,label\n");
+    let mut s: u64 = 7;
+    for i in 0..200_000u64 {
+        s = s
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let u = (s >> 40) as f64 / (1u64 << 24) as f64;
+        csv.push_str(&format!(
+            "{i},{:.4},{:.3},{},{:.2},{},{}\n",
+            u * 3.0,
+            u * u,
+            i % 17,
+            (u * 100.0).sin(),
+            ["p", "q", "r"][(u * 2.99) as usize],
+            u32::from(u > 0.4)
+        ));
+    }
+    std::fs::write(dir.path().join("t.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        r#"version = 1
+name = "big"
+seed = 3
+[stages.data]
+uses = "preprocess"
+source = { format = "csv", path = "t.csv" }
+target = "label"
+load = "stream"
+shard_rows = 2000
+steps = [
+  { op = "standardize", columns = ["a", "b", "c", "d"] },
+  { op = "one_hot", columns = ["f"] },
+]
+split = { valid = 0.1, test = 0.1 }
+"#,
+    )
+    .unwrap();
+    let run = |runs: &str| {
+        ok(kiln()
+            .args(["run", "p.toml", "--runs-dir", runs])
+            .env("RUST_LOG", "kiln_preprocess=info")
+            .current_dir(dir.path()))
+    };
+    let first = run("a");
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(log.contains("transforming and writing the shards"), "{log}");
+
+    let mut child = kiln()
+        .args(["run", "p.toml", "--runs-dir", "b"])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    let cache = dir.path().join("b/.cache");
+    let started = std::time::Instant::now();
+    loop {
+        let writing = std::fs::read_dir(&cache)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().join("train-00002.parquet").exists());
+        if writing {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 120, "no shard appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the preprocess finished before it could be interrupted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(
+        check_entries(&dir.path().join("b")),
+        0,
+        "a killed stage left an entry"
+    );
+    assert!(!dir.path().join("b/big/latest/data").exists());
+
+    run("b");
+    let manifest = |runs: &str| {
+        std::fs::read_to_string(dir.path().join(runs).join("big/latest/data/manifest.json"))
+            .unwrap()
+    };
+    assert_eq!(manifest("b"), manifest("a"));
+    assert!(!dir.path().join("b/big/latest/data/.spill").exists());
+}

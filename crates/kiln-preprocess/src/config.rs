@@ -47,9 +47,51 @@ pub struct Config {
     /// of features (at least 1,024).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_rows: Option<usize>,
+    /// How the table is read: `auto` (default) in memory while the source files take
+    /// at most a quarter of `memory_mb` on disk, streamed above; `memory`; `stream`
+    /// (parsed once into a spill beside the artifact, every statistic from passes over
+    /// it, the shards written as the rows come: memory does not grow with the table).
+    #[serde(default, skip_serializing_if = "Load::is_auto")]
+    pub load: Load,
+    /// MiB the in-memory path may take (default 1024): `auto` streams a source larger
+    /// than a quarter of it (the in-memory path peaks at about three times a CSV's size).
+    #[serde(
+        default = "default_memory_mb",
+        skip_serializing_if = "is_default_memory_mb"
+    )]
+    pub memory_mb: u64,
     /// Seed of the split (the pipeline fills it from its top-level `seed`).
     #[serde(default)]
     pub seed: u64,
+}
+
+/// Whether a preprocess stage holds the table in memory or streams it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Load {
+    /// In memory up to a quarter of `memory_mb` of source files, streamed above.
+    #[default]
+    Auto,
+    /// The whole table in memory.
+    Memory,
+    /// Streamed: bounded memory at any size.
+    Stream,
+}
+
+impl Load {
+    fn is_auto(&self) -> bool {
+        *self == Load::Auto
+    }
+}
+
+fn default_memory_mb() -> u64 {
+    1024
+}
+
+fn is_default_memory_mb(m: &u64) -> bool {
+    *m == default_memory_mb()
 }
 
 impl Config {

@@ -105,14 +105,19 @@ pub(crate) fn parse(
     bytes: &[u8],
     schema: &SchemaRef,
     columns: &[String],
+    csv: &crate::stream::CsvFormat,
 ) -> PolarsResult<DataFrame> {
+    let nulls = (!csv.null_values.is_empty()).then(|| {
+        NullValues::AllColumns(csv.null_values.iter().map(|s| s.as_str().into()).collect())
+    });
     CsvReadOptions::default()
         .with_has_header(false)
         .with_schema(Some(schema.clone()))
         .with_columns(Some(columns.iter().map(|c| c.as_str().into()).collect()))
         .with_parse_options(
             CsvParseOptions::default()
-                .with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()]))),
+                .with_separator(csv.delimiter)
+                .with_null_values(nulls),
         )
         .into_reader_with_file_handle(std::io::Cursor::new(bytes))
         .finish()

@@ -19,6 +19,8 @@
 //!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
 //!     augment: Default::default(),
 //!     shard_rows: None,
+//!     load: Default::default(),
+//!     memory_mb: 1024,
 //!     seed: 7,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-preprocess-doc");
@@ -42,16 +44,21 @@ mod source;
 mod split;
 mod steps;
 pub mod stream;
+mod streamed;
 pub mod suggest;
 pub mod table;
 mod target;
+mod train_rows;
 
 pub use artifact::{Output, read_artifact};
 pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
-pub use config::{ColumnType, Columns, Config, ImputeStrategy, ImputeValue, Source, Split, Step};
+pub use config::{
+    ColumnType, Columns, Config, ImputeStrategy, ImputeValue, Load, Source, Split, Step,
+};
 pub use error::{PreprocessError, Result};
 pub use load::source_files;
 pub use split::stratified_split;
+pub use streamed::{Streamed, run_streamed, streams};
 
 use frame::*;
 use load::*;
@@ -236,15 +243,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
     // One class against the rest: `not <value>` = 0, `<value>` = 1.
     let (class_labels, labels) = match &config.positive_class {
         Some(pos) => {
-            let Some(p) = class_labels.iter().position(|c| c == pos) else {
-                return Err(PreprocessError::Invalid(format!(
-                    "positive_class `{pos}` is not a value of target `{target}`{}; its values are: {}",
-                    kiln_core::nearest(pos, &class_labels)
-                        .map(|n| format!(" (did you mean `{n}`?)"))
-                        .unwrap_or_default(),
-                    preview(&class_labels)
-                )));
-            };
+            let p = positive_index(pos, &class_labels, target)?;
             let bin =
                 |l: &[u32]| -> Vec<u32> { l.iter().map(|&x| u32::from(x as usize == p)).collect() };
             test_labels = test_labels.map(|t| bin(&t));

@@ -94,6 +94,7 @@ pub(crate) fn profile_columns(
                         missing as f64 / n as f64
                     },
                     distinct: codes.len(),
+                    distinct_estimated: false,
                     min: f64::NAN,
                     max: f64::NAN,
                     mean: f64::NAN,
@@ -114,6 +115,7 @@ pub(crate) fn profile_columns(
                     (n - present[j]) as f64 / n as f64
                 },
                 distinct: distinct[j],
+                distinct_estimated: false,
                 min: mn,
                 max: mx,
                 mean,

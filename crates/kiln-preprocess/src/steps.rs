@@ -8,7 +8,7 @@
 
 use crate::config::{Columns, ImputeStrategy, ImputeValue, Step};
 use crate::error::{PreprocessError, Result};
-use kiln_core::encode::frequencies;
+use crate::train_rows::{Memory, Need, Stats, TrainRows};
 use kiln_core::{TextColumn, Transform};
 use std::collections::BTreeMap;
 
@@ -214,59 +214,28 @@ pub(crate) fn removed_columns(steps: &[Step], features: &[String]) -> Vec<String
     out
 }
 
-/// One column of row-major `data` (width `w`).
-/// The present (non-NaN) values of columns `idx` of row-major `data` (`w` per row), in
-/// one pass over the rows.
-fn present_columns(data: &[f32], w: usize, idx: &[usize]) -> Vec<Vec<f32>> {
-    let n = data.len() / w.max(1);
-    let mut out: Vec<Vec<f32>> = idx.iter().map(|_| Vec::with_capacity(n)).collect();
-    for row in data.chunks_exact(w.max(1)) {
-        for (col, &j) in out.iter_mut().zip(idx) {
-            let x = row[j];
-            if !x.is_nan() {
-                col.push(x);
-            }
-        }
-    }
-    out
-}
-
-/// Mean and population standard deviation (numpy's `std`, ddof 0) in f64, two passes.
-fn mean_std(v: &[f32]) -> (f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0);
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-    let var = v
-        .iter()
-        .map(|&x| (f64::from(x) - mean) * (f64::from(x) - mean))
-        .sum::<f64>()
-        / n;
-    (mean, var.sqrt())
-}
-
-/// The `q` quantile of sorted values, linear interpolation between the closest ranks
-/// (numpy's default): position `q * (n - 1)`.
-pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
 /// Bin edges of `bins` equal-frequency bins of `present`: its quantiles at 0, 1/bins, …,
 /// 1 (linear interpolation, as numpy), rounded to f32, ties merged — strictly
 /// increasing, fewer than `bins + 1` when values repeat.
+#[cfg(test)]
 pub(crate) fn bin_edges(present: &[f32], bins: usize) -> Vec<f32> {
-    let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
-    v.sort_by(f64::total_cmp);
+    let need = Need {
+        quantiles: bin_quantiles(bins),
+        ..Default::default()
+    };
+    edges_from_quantiles(&Stats::of(present, &need).quantiles)
+}
+
+/// The fractions 0, 1/bins, …, 1 whose quantiles are the bin edges.
+fn bin_quantiles(bins: usize) -> Vec<f64> {
+    (0..=bins).map(|k| k as f64 / bins as f64).collect()
+}
+
+/// Bin edges from the quantiles at [`bin_quantiles`]: rounded to f32, ties merged.
+fn edges_from_quantiles(quantiles: &[f64]) -> Vec<f32> {
     let mut edges: Vec<f32> = Vec::new();
-    if v.is_empty() {
-        return edges;
-    }
-    for k in 0..=bins {
-        let e = quantile(&v, k as f64 / bins as f64) as f32;
+    for &q in quantiles {
+        let e = q as f32;
         if edges.last().is_none_or(|&last| e > last) {
             edges.push(e);
         }
@@ -275,30 +244,66 @@ pub(crate) fn bin_edges(present: &[f32], bins: usize) -> Vec<f32> {
 }
 
 /// The fill value of `strategy` from the present (non-NaN) values.
+#[cfg(test)]
 pub(crate) fn impute_value(strategy: ImputeStrategy, value: Option<f32>, present: &[f32]) -> f32 {
-    let sorted = || {
-        let mut v: Vec<f64> = present.iter().map(|&x| f64::from(x)).collect();
-        v.sort_by(f64::total_cmp);
-        v
-    };
+    let need = need(&Step::Impute {
+        strategy,
+        value: None,
+        columns: Columns::default(),
+    })
+    .unwrap_or_default();
+    impute_with(strategy, value, &Stats::of(present, &need))
+}
+
+/// The fill value of `strategy` from a column's statistics.
+fn impute_with(strategy: ImputeStrategy, value: Option<f32>, s: &Stats) -> f32 {
     match strategy {
         ImputeStrategy::Constant => value.unwrap_or(0.0),
-        ImputeStrategy::Mean => mean_std(present).0 as f32,
-        ImputeStrategy::Median => quantile(&sorted(), 0.5) as f32,
-        ImputeStrategy::MostFrequent => {
-            // sorted: runs of equal values; the first longest run is the smallest mode
-            let v = sorted();
-            let (mut best, mut best_n, mut k) = (v[0], 0usize, 0usize);
-            while k < v.len() {
-                let run = v[k..].iter().take_while(|&&x| x == v[k]).count();
-                if run > best_n {
-                    (best, best_n) = (v[k], run);
-                }
-                k += run;
-            }
-            best as f32
-        }
+        ImputeStrategy::Mean => s.mean as f32,
+        ImputeStrategy::Median => s.quantiles.first().copied().unwrap_or(f64::NAN) as f32,
+        ImputeStrategy::MostFrequent => s.mode,
     }
+}
+
+/// What a numeric step needs to know of its columns (None: nothing).
+fn need(step: &Step) -> Option<Need> {
+    let quantiles = |q: Vec<f64>| Need {
+        quantiles: q,
+        ..Default::default()
+    };
+    Some(match step {
+        Step::Standardize { .. } => Need {
+            mean: true,
+            std: true,
+            ..Default::default()
+        },
+        Step::Impute { strategy, .. } => match strategy {
+            ImputeStrategy::Constant => return None,
+            ImputeStrategy::Mean => Need {
+                mean: true,
+                ..Default::default()
+            },
+            ImputeStrategy::Median => quantiles(vec![0.5]),
+            ImputeStrategy::MostFrequent => Need {
+                mode: true,
+                ..Default::default()
+            },
+        },
+        Step::Clip {
+            lower_quantile,
+            upper_quantile,
+            ..
+        } if lower_quantile.is_some() || upper_quantile.is_some() => quantiles(
+            lower_quantile
+                .iter()
+                .chain(upper_quantile)
+                .copied()
+                .collect(),
+        ),
+        Step::Log1p { .. } | Step::MinMax { .. } => Need::default(),
+        Step::PiecewiseLinear { bins, .. } => quantiles(bin_quantiles(*bins)),
+        _ => return None,
+    })
 }
 
 /// Fits `steps` on the train rows (row-major, `features` order, NaN = missing; a text
@@ -317,9 +322,26 @@ pub(crate) fn fit(
     train_text: &[(String, TextColumn)],
     text: &Text,
 ) -> Result<(Vec<Transform>, Vec<String>, Vec<f32>)> {
+    let mut rows = Memory {
+        data: train.to_vec(),
+        cells: train_text.to_vec(),
+        n_rows: train_text
+            .first()
+            .map_or(train.len() / features.len().max(1), |(_, c)| c.len()),
+    };
+    let (transforms, names) = fit_rows(steps, &mut rows, features, nulls, text)?;
+    Ok((transforms, names, rows.data))
+}
+
+/// [`fit`] over any [`TrainRows`]: the transforms and the final feature names.
+pub(crate) fn fit_rows(
+    steps: &[Step],
+    rows: &mut impl TrainRows,
+    features: &[String],
+    nulls: &BTreeMap<String, String>,
+    text: &Text,
+) -> Result<(Vec<Transform>, Vec<String>)> {
     let mut names = features.to_vec();
-    let mut data = train.to_vec();
-    let mut cells: Vec<(String, TextColumn)> = train_text.to_vec();
     let mut nullable: BTreeMap<String, String> = nulls.clone();
     // a text column's missing cells are the encoders' business
     nullable.retain(|c, _| !text.is(c));
@@ -340,13 +362,10 @@ pub(crate) fn fit(
             "step",
             i,
             op = op(step),
-            rows = train_text
-                .first()
-                .map_or(train.len() / features.len().max(1), |(_, c)| c.len()),
+            rows = rows.rows(),
             columns = names.len()
         )
         .entered();
-        let w = names.len();
         let ts: Vec<Transform> = match step {
             // row steps ran on the raw table before the split
             Step::DropNulls { .. } | Step::Dedupe {} => continue,
@@ -359,9 +378,7 @@ pub(crate) fn fit(
             Step::OneHot { columns, .. } | Step::Ordinal { columns } => {
                 let cols = resolve(i, step, columns, &names, &text)?;
                 let mut categories = Vec::new();
-                for c in &cols {
-                    let col = text_column(&cells, c)?;
-                    let mut f = frequencies(col);
+                for (c, mut f) in cols.iter().zip(rows.categories(&out, &cols)?) {
                     if f.is_empty() {
                         return Err(invalid(format!(
                             "steps[{i}] ({}): column `{c}` has no value in the train split to fit on; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}",
@@ -419,8 +436,10 @@ pub(crate) fn fit(
                                     "steps[{i}] (impute): column `{c}` is categorical, so `value` must be a string (e.g. value = \"missing\")"
                                 )));
                             }
-                            (ImputeStrategy::MostFrequent, _) => frequencies(text_column(&cells, c)?)
+                            (ImputeStrategy::MostFrequent, _) => rows
+                                .categories(&out, std::slice::from_ref(c))?
                                 .into_iter()
+                                .flatten()
                                 .next()
                                 .map(|(t, _)| t)
                                 .ok_or_else(|| {
@@ -456,9 +475,11 @@ pub(crate) fn fit(
                             )));
                         }
                     };
-                    let idx = positions(&ncols, &names);
-                    let present = || present_columns(&data, w, &idx);
-                    v.push(fit_one(i, step, number, ncols, &idx, present)?);
+                    let stats = match need(step) {
+                        Some(need) => rows.numeric(&out, &names, &ncols, &need)?,
+                        None => Vec::new(),
+                    };
+                    v.push(fit_one(i, step, number, ncols, stats)?);
                 }
                 v
             }
@@ -474,9 +495,11 @@ pub(crate) fn fit(
                         return Err(null_error(i, op(step), c, site));
                     }
                 }
-                let idx = positions(&cols, &names);
-                let present = || present_columns(&data, w, &idx);
-                vec![fit_one(i, step, None, cols, &idx, present)?]
+                let stats = match need(step) {
+                    Some(need) => rows.numeric(&out, &names, &cols, &need)?,
+                    None => Vec::new(),
+                };
+                vec![fit_one(i, step, None, cols, stats)?]
             }
         };
         for t in ts {
@@ -489,8 +512,8 @@ pub(crate) fn fit(
                 Transform::Select { columns } => nullable.retain(|c, _| columns.contains(c)),
                 _ => {}
             }
-            t.apply_with_text(&mut names, &mut data, &mut cells)?;
-            text.sites.retain(|c, _| cells.iter().any(|(n, _)| n == c));
+            rows.apply(&t, &mut names)?;
+            text.sites.retain(|c, _| rows.is_text(c));
             out.push(t);
         }
     }
@@ -503,21 +526,7 @@ pub(crate) fn fit(
     if let Some((c, site)) = nullable.iter().next() {
         return Err(null_error(usize::MAX, "the model", c, site));
     }
-    Ok((out, names, data))
-}
-
-fn positions(cols: &[String], names: &[String]) -> Vec<usize> {
-    cols.iter()
-        .map(|c| names.iter().position(|n| n == c).unwrap_or(0))
-        .collect()
-}
-
-fn text_column<'a>(cells: &'a [(String, TextColumn)], c: &str) -> Result<&'a TextColumn> {
-    cells
-        .iter()
-        .find(|(n, _)| n == c)
-        .map(|(_, t)| t)
-        .ok_or_else(|| invalid(format!("internal: no cells for text column `{c}`")))
+    Ok((out, names))
 }
 
 fn fit_one(
@@ -525,8 +534,7 @@ fn fit_one(
     step: &Step,
     value: Option<f32>,
     cols: Vec<String>,
-    idx: &[usize],
-    present: impl Fn() -> Vec<Vec<f32>>,
+    stats: Vec<Stats>,
 ) -> Result<Transform> {
     let empty = |c: &str| {
         invalid(format!(
@@ -548,10 +556,9 @@ fn fit_one(
         }
         Step::Standardize { .. } => {
             let (mut mean, mut std) = (Vec::new(), Vec::new());
-            for p in present() {
-                let (m, sd) = mean_std(&p);
-                mean.push(m as f32);
-                std.push(if sd > 0.0 { sd as f32 } else { 1.0 });
+            for s in &stats {
+                mean.push(s.mean as f32);
+                std.push(if s.std > 0.0 { s.std as f32 } else { 1.0 });
             }
             Transform::Standardize {
                 columns: cols,
@@ -561,15 +568,15 @@ fn fit_one(
         }
         Step::Impute { strategy, .. } => {
             let mut values = Vec::new();
-            let all = match strategy {
-                ImputeStrategy::Constant => vec![Vec::new(); idx.len()],
-                _ => present(),
-            };
-            for (k, p) in all.iter().enumerate() {
-                if p.is_empty() && *strategy != ImputeStrategy::Constant {
-                    return Err(empty(&cols[k]));
+            for (k, c) in cols.iter().enumerate() {
+                let s = stats.get(k);
+                if *strategy != ImputeStrategy::Constant && s.is_none_or(|s| s.count == 0) {
+                    return Err(empty(c));
                 }
-                values.push(impute_value(*strategy, value, p));
+                values.push(match s {
+                    Some(s) => impute_with(*strategy, value, s),
+                    None => value.unwrap_or(0.0),
+                });
             }
             Transform::Impute {
                 columns: cols,
@@ -593,17 +600,16 @@ fn fit_one(
                 }
             } else {
                 let (mut lo, mut hi) = (Vec::new(), Vec::new());
-                for (k, p) in present().into_iter().enumerate() {
-                    let mut v: Vec<f64> = p.into_iter().map(f64::from).collect();
-                    if v.is_empty() {
+                for (k, s) in stats.iter().enumerate() {
+                    if s.count == 0 {
                         return Err(empty(&cols[k]));
                     }
-                    v.sort_by(f64::total_cmp);
-                    if let Some(q) = lower_quantile {
-                        lo.push(quantile(&v, *q) as f32);
+                    let mut q = s.quantiles.iter();
+                    if lower_quantile.is_some() {
+                        lo.push(q.next().copied().unwrap_or(f64::NAN) as f32);
                     }
-                    if let Some(q) = upper_quantile {
-                        hi.push(quantile(&v, *q) as f32);
+                    if upper_quantile.is_some() {
+                        hi.push(q.next().copied().unwrap_or(f64::NAN) as f32);
                     }
                 }
                 Transform::Clip {
@@ -614,8 +620,9 @@ fn fit_one(
             }
         }
         Step::Log1p { .. } => {
-            for (k, p) in present().into_iter().enumerate() {
-                if let Some(x) = p.into_iter().find(|&x| x <= -1.0) {
+            for (k, s) in stats.iter().enumerate() {
+                if s.count > 0 && s.min <= -1.0 {
+                    let x = s.min;
                     return Err(invalid(format!(
                         "steps[{i}] (log1p): column `{}` holds {x} in the train split, and log1p needs values above -1; clip it first (e.g. {{ op = \"clip\", min = 0.0 }})",
                         cols[k]
@@ -626,12 +633,12 @@ fn fit_one(
         }
         Step::MinMax { .. } => {
             let (mut lo, mut hi) = (Vec::new(), Vec::new());
-            for (k, p) in present().into_iter().enumerate() {
-                if p.is_empty() {
+            for (k, s) in stats.iter().enumerate() {
+                if s.count == 0 {
                     return Err(empty(&cols[k]));
                 }
-                lo.push(p.iter().copied().fold(f32::INFINITY, f32::min));
-                hi.push(p.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+                lo.push(s.min);
+                hi.push(s.max);
             }
             Transform::MinMax {
                 columns: cols,
@@ -639,10 +646,10 @@ fn fit_one(
                 max: hi,
             }
         }
-        Step::PiecewiseLinear { bins, .. } => {
+        Step::PiecewiseLinear { .. } => {
             let mut edges = Vec::new();
-            for (k, p) in present().into_iter().enumerate() {
-                let mut e = bin_edges(&p, *bins);
+            for (k, s) in stats.iter().enumerate() {
+                let mut e = edges_from_quantiles(&s.quantiles);
                 match e.as_slice() {
                     [] => {
                         return Err(invalid(format!(
@@ -725,10 +732,10 @@ mod tests {
     #[test]
     fn quantiles_interpolate_linearly() {
         let v: Vec<f64> = (0..=10).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.1), 1.0);
-        assert_eq!(quantile(&v, 0.25), 2.5);
-        assert_eq!(quantile(&[1.0, 2.0, 4.0], 0.75), 3.0);
-        assert_eq!(quantile(&[7.0], 0.9), 7.0);
+        assert_eq!(crate::train_rows::quantile(&v, 0.1), 1.0);
+        assert_eq!(crate::train_rows::quantile(&v, 0.25), 2.5);
+        assert_eq!(crate::train_rows::quantile(&[1.0, 2.0, 4.0], 0.75), 3.0);
+        assert_eq!(crate::train_rows::quantile(&[7.0], 0.9), 7.0);
     }
 
     /// A column of one train value (a flag whose other values fell outside the train

@@ -41,6 +41,45 @@ pub struct Header {
     pub rows: Option<usize>,
 }
 
+/// How a CSV file is read: its delimiter and the cells that are null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvFormat {
+    /// The field delimiter (one ASCII character).
+    pub delimiter: u8,
+    /// Cells read as null in every column (empty: polars' own rule, an empty cell).
+    pub null_values: Vec<String>,
+}
+
+impl Default for CsvFormat {
+    /// `,`, and `NA` and empty cells null (what `kiln predict` reads).
+    fn default() -> Self {
+        CsvFormat {
+            delimiter: b',',
+            null_values: vec!["NA".into(), String::new()],
+        }
+    }
+}
+
+impl CsvFormat {
+    fn nulls(&self) -> Option<NullValues> {
+        (!self.null_values.is_empty()).then(|| {
+            NullValues::AllColumns(self.null_values.iter().map(|s| s.as_str().into()).collect())
+        })
+    }
+}
+
+/// The columns of a table file and their types as polars infers them (a CSV's from its
+/// first 10,000 rows), without reading it.
+pub(crate) fn infer_types(path: &Path, csv: &CsvFormat) -> Result<Vec<(String, DataType)>> {
+    let format = format_of(path)?;
+    let mut frame = lazy(path, format, &[], csv)?;
+    let schema = schema_of(path, &mut frame, what(format))?;
+    Ok(schema
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect())
+}
+
 /// A streaming scan of one table file.
 pub struct Scan<'a> {
     path: &'a Path,
@@ -50,6 +89,7 @@ pub struct Scan<'a> {
     chunk_rows: NonZeroUsize,
     source: Source,
     header: Header,
+    csv: CsvFormat,
 }
 
 /// How a scan reads its file.
@@ -91,7 +131,7 @@ fn format_of(path: &Path) -> Result<Format> {
 
 /// The lazy scan of `path` (no glob expansion: the path is one file); a CSV's `text`
 /// columns are read as text.
-fn lazy(path: &Path, format: Format, text: &[String]) -> Result<LazyFrame> {
+fn lazy(path: &Path, format: Format, text: &[String], csv: &CsvFormat) -> Result<LazyFrame> {
     let shown = || path.display().to_string();
     let p = PlRefPath::try_from_path(path).ctx(shown)?;
     match format {
@@ -103,8 +143,9 @@ fn lazy(path: &Path, format: Format, text: &[String]) -> Result<LazyFrame> {
             LazyCsvReader::new(p)
                 .with_has_header(true)
                 .with_glob(false)
+                .with_separator(csv.delimiter)
                 .with_infer_schema_length(Some(10_000))
-                .with_null_values(Some(NullValues::AllColumns(vec!["NA".into(), "".into()])))
+                .with_null_values(csv.nulls())
                 .with_dtype_overwrite((!overwrite.is_empty()).then(|| Arc::new(overwrite)))
                 .finish()
                 .ctx(shown)
@@ -155,6 +196,18 @@ impl<'a> Scan<'a> {
         target: Option<&'a str>,
         chunk_rows: usize,
     ) -> Result<Scan<'a>> {
+        Self::open_with(path, wanted, text, target, chunk_rows, CsvFormat::default())
+    }
+
+    /// [`Scan::open`] with a CSV file read as `csv` says.
+    pub fn open_with(
+        path: &'a Path,
+        wanted: &'a [String],
+        text: &'a [String],
+        target: Option<&'a str>,
+        chunk_rows: usize,
+        csv: CsvFormat,
+    ) -> Result<Scan<'a>> {
         if !path.is_file() {
             return Err(PreprocessError::Io {
                 path: path.to_path_buf(),
@@ -163,10 +216,14 @@ impl<'a> Scan<'a> {
         }
         let format = format_of(path)?;
         let rows = match format {
-            Format::Csv => Some(crate::load::check_csv(path, ',', true)?),
+            Format::Csv => Some(crate::load::check_csv(
+                path,
+                char::from(csv.delimiter),
+                true,
+            )?),
             _ => None,
         };
-        let mut frame = lazy(path, format, text)?;
+        let mut frame = lazy(path, format, text, &csv)?;
         let schema = schema_of(path, &mut frame, what(format))?;
         let columns: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
         let extra = table::check_columns(path, &columns, wanted)?;
@@ -213,6 +270,7 @@ impl<'a> Scan<'a> {
                 extra,
                 rows,
             },
+            csv,
         })
     }
 
@@ -353,8 +411,9 @@ impl<'a> Scan<'a> {
         first_row: usize,
     ) -> Result<DataFrame> {
         let path = self.path;
-        let failed = match table::guarded(path, "csv", || csv_blocks::parse(bytes, schema, names))?
-        {
+        let failed = match table::guarded(path, "csv", || {
+            csv_blocks::parse(bytes, schema, names, &self.csv)
+        })? {
             Ok(df) => return Ok(df),
             Err(e) => e,
         };
@@ -371,9 +430,9 @@ impl<'a> Scan<'a> {
                 })
                 .collect(),
         );
-        if let Ok(Ok(df)) =
-            table::guarded(path, "csv", || csv_blocks::parse(bytes, &as_text, names))
-        {
+        if let Ok(Ok(df)) = table::guarded(path, "csv", || {
+            csv_blocks::parse(bytes, &as_text, names, &self.csv)
+        }) {
             table::rows_of(&df, self.wanted, self.text, first_row, path)?;
         }
         Err(invalid(format!(

@@ -129,10 +129,7 @@ fn classes_of(
     // distinct labels first (sorting every row's label parsed the labels per comparison)
     let distinct: std::collections::HashSet<&str> = as_text.iter().map(String::as_str).collect();
     let mut classes: Vec<String> = distinct.into_iter().map(str::to_string).collect();
-    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    });
+    sort_classes(&mut classes);
     classes.dedup();
     let index: std::collections::HashMap<&str, u32> = classes
         .iter()
@@ -169,4 +166,26 @@ pub(crate) fn map_labels(frame: &Frame, target: &str, classes: &[String]) -> Res
                 })
         })
         .collect()
+}
+
+/// Sorts class names: numerically when both are integers, else as text.
+pub(crate) fn sort_classes(classes: &mut [String]) {
+    classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    });
+}
+
+/// The index of `positive_class` among the target's `classes`, or the error that names
+/// the nearest class.
+pub(crate) fn positive_index(pos: &str, classes: &[String], target: &str) -> Result<usize> {
+    classes.iter().position(|c| c == pos).ok_or_else(|| {
+        PreprocessError::Invalid(format!(
+            "positive_class `{pos}` is not a value of target `{target}`{}; its values are: {}",
+            kiln_core::nearest(pos, classes)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            crate::preview(classes)
+        ))
+    })
 }

@@ -32,6 +32,8 @@ fn config(train: &Path, test: &Path, steps: Vec<Step>) -> Config {
         },
         augment: Default::default(),
         shard_rows: None,
+        load: Default::default(),
+        memory_mb: 1024,
         seed: 1,
     }
 }

@@ -71,6 +71,8 @@ fn config(source: Source) -> Config {
         },
         augment: Augment::default(),
         shard_rows: None,
+        load: Default::default(),
+        memory_mb: 1024,
         seed: 1,
     }
 }

@@ -30,6 +30,8 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
         },
         augment: Default::default(),
         shard_rows: None,
+        load: Default::default(),
+        memory_mb: 1024,
         seed: 5,
     }
 }

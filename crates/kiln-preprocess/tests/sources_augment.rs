@@ -34,6 +34,8 @@ fn config(source: Source, steps: Vec<Step>) -> Config {
         },
         augment: Augment::default(),
         shard_rows: None,
+        load: Default::default(),
+        memory_mb: 1024,
         seed: 3,
     }
 }

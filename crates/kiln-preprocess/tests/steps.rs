@@ -31,6 +31,8 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
         },
         augment: Default::default(),
         shard_rows: None,
+        load: Default::default(),
+        memory_mb: 1024,
         seed: 1,
     }
 }

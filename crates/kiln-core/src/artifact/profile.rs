@@ -50,6 +50,10 @@ pub struct ColumnProfile {
     pub null_share: f64,
     /// Distinct non-missing values.
     pub distinct: usize,
+    /// True when `distinct` is a HyperLogLog estimate (a streamed preprocess counts
+    /// exactly up to 65,536 values a column, then estimates, within about 1 %).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distinct_estimated: bool,
     /// Smallest value (NaN, written as null, for a text column).
     #[serde(with = "nullable_f64")]
     pub min: f64,

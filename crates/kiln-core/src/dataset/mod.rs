@@ -11,9 +11,11 @@ use std::sync::Arc;
 mod ipc_file;
 mod moments;
 pub mod shards;
+mod sink;
 mod split_data;
 
 pub use moments::Moments;
+pub use sink::ShardSink;
 pub use split_data::SplitData;
 
 use ipc_file::IpcFile;

@@ -223,7 +223,7 @@ pub fn write(dir: &Path, splits: [&Dataset; 3], shard_rows: usize) -> Result<Man
 
 /// Writes rows `start..end` of `ds` as shard `index` of `split` (atomically) and
 /// returns its manifest entry.
-fn write_shard(
+pub(super) fn write_shard(
     dir: &Path,
     split: Split,
     ds: &Dataset,

@@ -1,5 +1,6 @@
-//! The preprocess stage: reads its source files, writes the dataset artifact (Arrow IPC
-//! splits, schema.json, profile.json) and hands the splits to later stages in memory.
+//! The preprocess stage: reads its source files (in memory, or streamed when the table is
+//! large), writes the dataset artifact (Parquet shards with their manifest, schema.json,
+//! profile.json) and hands the splits of an in-memory run to later stages in memory.
 
 use super::{InputRule, Kind, Ran, Reads, RunCx, Stage, StageError, ViewCx};
 use crate::file::{Pipeline, StageDef};
@@ -38,6 +39,12 @@ impl Stage for kiln_preprocess::Config {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
+        // a table too large for memory is streamed into the shards; the stages after it
+        // read them
+        if kiln_preprocess::streams(self).map_err(source_error)? {
+            kiln_preprocess::run_streamed(self, cx.out).map_err(source_error)?;
+            return Ok(Ran::default());
+        }
         let o = kiln_preprocess::run(self, cx.out).map_err(source_error)?;
         // the stages after it share these splits in memory, unless a train stage reading
         // them streams them: then they read the shards, and holding the splits would
@@ -148,7 +155,11 @@ fn tables(id: &str, p: &Profile) -> Vec<Table> {
                 num(c.min),
                 num(c.max),
                 num(c.mean),
-                c.distinct.to_string(),
+                if c.distinct_estimated {
+                    format!("≈ {}", c.distinct)
+                } else {
+                    c.distinct.to_string()
+                },
             ]
         })
         .collect();

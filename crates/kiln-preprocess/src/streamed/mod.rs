@@ -1,0 +1,531 @@
+//! Preprocessing a table larger than memory. One pass parses the source (CSV, Parquet
+//! or Arrow IPC; globs) into a spill of the kept rows beside the artifact and collects
+//! the target; the split is the in-memory path's seeded stratified shuffle over those
+//! targets (one byte a row remembers each row's split); every fitted step's statistics
+//! come from passes over the spill's train rows ([`rows::Passes`]: the same numbers the
+//! in-memory path fits); a last pass transforms every row and writes the shards as they
+//! fill ([`kiln_core::dataset::ShardSink`]), in file order like the in-memory path's,
+//! so the artifact is the in-memory run's byte for byte. Memory holds a chunk of rows,
+//! the statistics and a few bytes a row, whatever the table's size.
+
+mod choose;
+mod profile;
+mod rows;
+mod spill;
+
+use choose::streamable;
+pub use choose::streams;
+
+use crate::config::{ColumnType, Config, Step};
+use crate::error::{PreprocessError, Result};
+use crate::load::is_numeric;
+use crate::steps::{self, Text};
+use crate::stream::Scan;
+use crate::train_rows::Memory;
+use kiln_core::artifact::profile::{AugmentCounts, DroppedRows, Profile, SplitCounts};
+use kiln_core::dataset::ShardSink;
+use kiln_core::dataset::shards::{Split as ShardSplit, TargetKind};
+use kiln_core::{Dataset, Schema, Task, TextColumn};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Rows per chunk of the spill and of every pass.
+const CHUNK_ROWS: usize = 65_536;
+
+/// What a streamed run wrote.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// The schema written to schema.json.
+    pub schema: Schema,
+    /// Rows in train, valid, test.
+    pub rows: [usize; 3],
+    /// The data profile (profile.json).
+    pub profile: Profile,
+}
+
+fn invalid(m: String) -> PreprocessError {
+    PreprocessError::Invalid(m)
+}
+
+/// The target cell of a row as a class name or value text, or None when missing.
+fn target_cell(cell: Option<&str>, float: bool) -> Option<&str> {
+    let c = cell?;
+    if c.is_empty() || (float && c.trim().parse::<f64>().is_ok_and(|x| !x.is_finite())) {
+        return None;
+    }
+    Some(c)
+}
+
+/// Preprocesses `config`'s table in bounded memory into `out_dir`: the shards with
+/// their manifest, schema.json and profile.json: the same files, byte for byte, that
+/// the in-memory path writes (profile.json's distinct counts aside, which become
+/// estimates above 65,536 values a column).
+pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
+    let _span = tracing::info_span!("preprocess", load = "stream").entered();
+    if let Some((key, msg)) = config.problems().into_iter().next() {
+        return Err(invalid(format!("{key}: {msg}")));
+    }
+    let (files, csv) =
+        streamable(config).map_err(|why| invalid(format!("this source cannot stream: {why}")))?;
+    let plan: Vec<Step> = config.steps.clone().unwrap_or_default();
+    std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let first = files
+        .first()
+        .ok_or_else(|| invalid("the source matches no file".into()))?;
+    let target = config.target.as_str();
+    let types = crate::stream::infer_types(first, &csv)?;
+    let names: Vec<String> = types.iter().map(|(n, _)| n.clone()).collect();
+    let Some((_, target_type)) = types.iter().find(|(n, _)| n == target) else {
+        return Err(invalid(format!(
+            "{}: target column `{target}` not found{}; columns are: {}",
+            first.display(),
+            kiln_core::nearest(target, &names)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            crate::preview(&names)
+        )));
+    };
+    let float_target = target_type.is_float();
+    let task = match (&config.positive_class, config.task) {
+        (Some(_), _) => Task::Classification,
+        (None, Some(t)) => t,
+        (None, None) if float_target => Task::Regression,
+        (None, None) => Task::Classification,
+    };
+    if task == Task::Regression && !is_numeric(target_type) {
+        return Err(invalid(format!(
+            "target `{target}` holds {target_type} values; a regression target must be numeric (or set `task = \"classification\"`)"
+        )));
+    }
+    for c in config.column_types.keys() {
+        if !names.contains(c) {
+            return Err(invalid(format!(
+                "column_types: column `{c}` does not exist; columns are: {}",
+                crate::preview(&names)
+            )));
+        }
+    }
+    let features: Vec<String> = names.iter().filter(|n| *n != target).cloned().collect();
+    if features.is_empty() {
+        return Err(invalid(
+            "the data has no feature columns besides the target".into(),
+        ));
+    }
+    let removed = steps::removed_columns(&plan, &features);
+    let text_cols: Vec<String> = types
+        .iter()
+        .filter(|(n, t)| {
+            n != target
+                && !removed.contains(n)
+                && match config.column_types.get(n) {
+                    Some(ColumnType::Text) => true,
+                    Some(ColumnType::Number) => false,
+                    None => !is_numeric(t),
+                }
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    let dtypes: Vec<String> = features
+        .iter()
+        .map(|f| {
+            types
+                .iter()
+                .find(|(n, _)| n == f)
+                .map(|(_, t)| {
+                    if text_cols.contains(f) {
+                        "str".to_string()
+                    } else {
+                        t.to_string()
+                    }
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let wanted: Vec<String> = features
+        .iter()
+        .filter(|f| !removed.contains(f))
+        .cloned()
+        .collect();
+    let at: Vec<usize> = wanted
+        .iter()
+        .map(|c| features.iter().position(|f| f == c).unwrap_or(0))
+        .collect();
+    let w = features.len();
+
+    // Pass 1: the source, parsed once, into the spill; the target collected.
+    let spill_path = out_dir.join(".spill");
+    let mut spill = spill::Writer::create(&spill_path)?;
+    let mut text = Text::default();
+    for c in &text_cols {
+        text.sites.insert(c.clone(), String::new());
+    }
+    let mut nulls: BTreeMap<String, String> = BTreeMap::new();
+    let mut dropped = DroppedRows::default();
+    let mut class_of: HashMap<String, u32> = HashMap::new();
+    let mut class_names: Vec<String> = Vec::new();
+    let mut ids: Vec<u32> = Vec::new();
+    let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    for (fi, file) in files.iter().enumerate() {
+        let scan = Scan::open_with(
+            file,
+            &wanted,
+            &text_cols,
+            Some(target),
+            CHUNK_ROWS,
+            csv.clone(),
+        )?;
+        tracing::info!(file = %file.display(), rows = ?scan.header().rows, "reading");
+        scan.for_each(|chunk| {
+            let n = chunk.rows.n_rows;
+            let site = |i: usize| format!("{}: row {}", shown[fi], chunk.first_row + i + 1);
+            let tv = chunk.target.unwrap_or_default();
+            let mut values = vec![f32::NAN; n * w];
+            let ww = wanted.len();
+            for i in 0..n {
+                for (k, &j) in at.iter().enumerate() {
+                    values[i * w + j] = chunk.rows.values[i * ww + k];
+                }
+            }
+            // rows without a target, then the drop_nulls steps
+            let mut keep: Vec<usize> = Vec::with_capacity(n);
+            for i in 0..n {
+                if target_cell(tv.get(i).map(String::as_str), float_target).is_some() {
+                    keep.push(i);
+                } else {
+                    dropped.null_target += 1;
+                }
+            }
+            if plan.iter().any(|s| matches!(s, Step::DropNulls { .. })) {
+                let sub = crate::frame::gather(&values, w, &keep.iter().map(|&i| i as u32).collect::<Vec<_>>());
+                let sub_target: Vec<String> = keep.iter().map(|&i| tv[i].clone()).collect();
+                let (kept, [nulls_dropped, _]) = steps::row_steps(&plan, &sub, &features, &sub_target, &text)?;
+                dropped.null_features += nulls_dropped;
+                keep = kept.into_iter().map(|k| keep[k]).collect();
+            }
+            let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
+            let values = crate::frame::gather(&values, w, &idx);
+            let cells: Vec<TextColumn> = text_cols
+                .iter()
+                .map(|c| {
+                    chunk
+                        .rows
+                        .text
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, t)| t.take(&idx))
+                        .unwrap_or_default()
+                })
+                .collect();
+            // where each column first misses a value, where each text column shows text
+            for (j, f) in features.iter().enumerate() {
+                if text.sites.contains_key(f) || nulls.contains_key(f) {
+                    continue;
+                }
+                if let Some(r) = values.chunks_exact(w).position(|row| row[j].is_nan()) {
+                    nulls.insert(f.clone(), site(keep[r]));
+                }
+            }
+            for (c, t) in text_cols.iter().zip(&cells) {
+                if let Some(s) = text.sites.get_mut(c)
+                    && s.is_empty()
+                    && let Some((r, v)) = (0..t.len()).find_map(|r| t.get(r).map(|v| (r, v)))
+                {
+                    *s = format!("{} column `{c}` holds `{v}`", site(keep[r]));
+                }
+            }
+            let mut tcells = Vec::with_capacity(keep.len());
+            for &i in &keep {
+                let cell = tv[i].as_str();
+                if task == Task::Classification {
+                    let name = if float_target {
+                        let x: f64 = cell.trim().parse().unwrap_or(f64::NAN);
+                        if x.fract() != 0.0 || x.abs() > 9.0e15 {
+                            return Err(invalid(format!(
+                                "{}: target `{target}` is {x}, which is not a class: a classification target takes text or whole numbers; set `task = \"regression\"` to predict the number",
+                                site(i)
+                            )));
+                        }
+                        (x as i64).to_string()
+                    } else {
+                        cell.to_string()
+                    };
+                    let next = class_names.len() as u32;
+                    let id = *class_of.entry(name.clone()).or_insert_with(|| {
+                        class_names.push(name);
+                        next
+                    });
+                    ids.push(id);
+                } else {
+                    match cell.trim().parse::<f32>() {
+                        Ok(x) if x.is_finite() => {}
+                        _ => {
+                            return Err(invalid(format!(
+                                "{}: target `{target}` is `{cell}`; drop or fix rows without a finite target",
+                                site(i)
+                            )));
+                        }
+                    }
+                    ids.push(0);
+                }
+                tcells.push(Some(cell));
+            }
+            spill.write(&spill::Chunk {
+                file: fi as u32,
+                rows: keep.iter().map(|&i| (chunk.first_row + i + 1) as u64).collect(),
+                values,
+                text: cells,
+                target: TextColumn::from_cells(tcells),
+            })
+        })?;
+    }
+    let spill_path = spill.finish()?;
+    let outcome = finish(
+        config,
+        out_dir,
+        &spill_path,
+        &plan,
+        task,
+        features,
+        dtypes,
+        text_cols,
+        text,
+        nulls,
+        dropped,
+        class_names,
+        ids,
+    );
+    std::fs::remove_file(&spill_path).ok();
+    outcome
+}
+
+/// Everything after the spill: split, fit, profile, transform and write.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    config: &Config,
+    out_dir: &Path,
+    spill_path: &Path,
+    plan: &[Step],
+    task: Task,
+    features: Vec<String>,
+    dtypes: Vec<String>,
+    text_cols: Vec<String>,
+    text: Text,
+    nulls: BTreeMap<String, String>,
+    dropped: DroppedRows,
+    class_names: Vec<String>,
+    ids: Vec<u32>,
+) -> Result<Streamed> {
+    let target = config.target.as_str();
+    // classes sorted as in memory: numerically when every class is an integer
+    let mut classes = class_names.clone();
+    crate::target::sort_classes(&mut classes);
+    let rank: Vec<u32> = class_names
+        .iter()
+        .map(|c| classes.iter().position(|x| x == c).unwrap_or(0) as u32)
+        .collect();
+    let mut labels: Vec<u32> = ids
+        .iter()
+        .map(|&i| rank.get(i as usize).copied().unwrap_or(0))
+        .collect();
+    drop(ids);
+    if task == Task::Classification && config.positive_class.is_none() && classes.len() < 2 {
+        return Err(invalid(format!(
+            "target `{target}` has a single class ({}); a classifier needs at least two",
+            classes.first().cloned().unwrap_or_default()
+        )));
+    }
+    let classes = match &config.positive_class {
+        Some(pos) => {
+            let p = crate::target::positive_index(pos, &classes, target)?;
+            for l in labels.iter_mut() {
+                *l = u32::from(*l as usize == p);
+            }
+            vec![format!("not {pos}"), pos.clone()]
+        }
+        None => classes,
+    };
+    let n = labels.len();
+    let test_frac = config.split.test.unwrap_or(0.2);
+    let [tr, va, te] = crate::split::stratified_split(
+        &labels,
+        classes.len().max(1),
+        config.split.valid,
+        test_frac,
+        config.split.stratify && task == Task::Classification,
+        config.seed,
+    )?;
+    let mut codes = vec![0u8; n];
+    for (code, idx) in [(1u8, &va), (2u8, &te)] {
+        for &i in idx.iter() {
+            codes[i as usize] = code;
+        }
+    }
+    let rows = [tr.len(), va.len(), te.len()];
+    drop((tr, va, te));
+    if rows[0] == 0 || rows[2] == 0 {
+        return Err(invalid(format!(
+            "the split left {} train and {} test rows; use more data or smaller split fractions",
+            rows[0], rows[2]
+        )));
+    }
+    let mut class_counts = vec![0usize; classes.len()];
+    for (l, c) in labels.iter().zip(&codes) {
+        if *c == 0 {
+            class_counts[*l as usize] += 1;
+        }
+    }
+    drop(labels);
+    tracing::info!(train = rows[0], valid = rows[1], test = rows[2], "split");
+
+    // Fit: each step's statistics from passes over the train rows.
+    let mut passes = rows::Passes {
+        path: spill_path,
+        codes: &codes,
+        features: &features,
+        text: &text_cols,
+        n_train: rows[0],
+        shape: Memory {
+            data: Vec::new(),
+            cells: text_cols
+                .iter()
+                .map(|c| (c.clone(), TextColumn::default()))
+                .collect(),
+            n_rows: 0,
+        },
+        passes: 0,
+    };
+    let (transforms, feature_names) = steps::fit_rows(plan, &mut passes, &features, &nulls, &text)?;
+    let schema = Schema {
+        version: 1,
+        input_columns: features.clone(),
+        feature_names: feature_names.clone(),
+        target: target.to_string(),
+        task,
+        image: None,
+        class_labels: classes.clone(),
+        transforms,
+    };
+
+    // Last pass: the profile of the raw train rows, every row transformed and written.
+    let shard_rows = config
+        .shard_rows
+        .unwrap_or_else(|| kiln_core::dataset::shards::default_shard_rows(feature_names.len()));
+    let mut sink = ShardSink::new(out_dir, &feature_names, target, shard_rows);
+    let mut profiler = profile::Profiler::new(&features, &dtypes, &text_cols);
+    let class_index: HashMap<&str, u32> = if config.positive_class.is_some() {
+        HashMap::new()
+    } else {
+        classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect()
+    };
+    let positive = config.positive_class.as_deref();
+    let float_target =
+        schema.task == Task::Classification && classes.iter().all(|c| c.parse::<i64>().is_ok());
+    let w = features.len();
+    let fw = feature_names.len().max(1);
+    let shown: Vec<String> = crate::source_files(&config.source)?
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    let mut offset = 0usize;
+    tracing::info!("transforming and writing the shards");
+    spill::for_each(spill_path, |c| {
+        let n = c.n_rows();
+        let code = &codes[offset..offset + n];
+        offset += n;
+        let train: Vec<u32> = (0..n).filter(|&i| code[i] == 0).map(|i| i as u32).collect();
+        profiler.add(
+            &crate::frame::gather(&c.values, w, &train),
+            &c.text.iter().map(|t| t.take(&train)).collect::<Vec<_>>(),
+        );
+        let cells: Vec<(String, TextColumn)> = text_cols.iter().cloned().zip(c.text).collect();
+        let x = schema.apply_with_text(&c.values, cells)?;
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(invalid(format!(
+                "{}: row {}: feature `{}` is {} after the steps; fill it (an `impute` step for missing cells), drop the row, or check the steps (log1p of values at or below -1; a number too large for f32)",
+                shown.get(c.file as usize).cloned().unwrap_or_default(),
+                c.rows[i / fw],
+                feature_names[i % fw],
+                x[i]
+            )));
+        }
+        for (s, split) in ShardSplit::ALL.into_iter().enumerate() {
+            let pick: Vec<usize> = (0..n).filter(|&i| code[i] as usize == s).collect();
+            if pick.is_empty() {
+                continue;
+            }
+            let mut part = Dataset {
+                feature_names: feature_names.clone(),
+                target: target.to_string(),
+                features: Vec::with_capacity(pick.len() * fw),
+                labels: Vec::new(),
+                values: Vec::new(),
+            };
+            for &i in &pick {
+                part.features.extend_from_slice(&x[i * fw..(i + 1) * fw]);
+                let cell = c.target.get(i).unwrap_or_default();
+                match task {
+                    Task::Classification => {
+                        let name = if float_target {
+                            cell.trim()
+                                .parse::<f64>()
+                                .map_or(cell.to_string(), |v| (v as i64).to_string())
+                        } else {
+                            cell.to_string()
+                        };
+                        part.labels.push(match positive {
+                            Some(p) => u32::from(name == p),
+                            None => class_index.get(name.as_str()).copied().unwrap_or(0),
+                        });
+                    }
+                    Task::Regression => part.values.push(cell.trim().parse().unwrap_or(f32::NAN)),
+                }
+            }
+            sink.push(split, &part)?;
+        }
+        Ok(())
+    })?;
+    let manifest = sink.finish(match task {
+        Task::Classification => TargetKind::ClassIndex,
+        Task::Regression => TargetKind::Value,
+    })?;
+    let profile = Profile {
+        rows: SplitCounts {
+            train: rows[0],
+            valid: rows[1],
+            test: rows[2],
+        },
+        n_features: feature_names.len(),
+        train_class_counts: classes.iter().cloned().zip(class_counts).collect(),
+        columns: profiler.finish(),
+        dropped_rows: dropped,
+        augmentation: AugmentCounts {
+            before: rows[0],
+            after: rows[0],
+            ..Default::default()
+        },
+        skipped_files: Vec::new(),
+    };
+    kiln_core::artifact::save(out_dir, &profile)?;
+    kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
+    tracing::info!(
+        train = rows[0],
+        valid = rows[1],
+        test = rows[2],
+        shards =
+            manifest.train.shards.len() + manifest.valid.shards.len() + manifest.test.shards.len(),
+        passes = passes.passes + 2,
+        "split written"
+    );
+    Ok(Streamed {
+        schema,
+        rows,
+        profile,
+    })
+}
