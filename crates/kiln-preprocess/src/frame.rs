@@ -400,12 +400,12 @@ pub(crate) fn gather(raw: &[f32], w: usize, idx: &[u32]) -> Vec<f32> {
 }
 
 /// A finite number that becomes ±inf as an f32.
-fn beyond_f32(v: f64) -> bool {
+pub(crate) fn beyond_f32(v: f64) -> bool {
     v.is_finite() && (v as f32).is_infinite()
 }
 
 /// The error for a number beyond f32's range at `site` of column `name`.
-fn beyond_f32_error(site: &str, name: &str, shown: &str) -> PreprocessError {
+pub(crate) fn beyond_f32_error(site: &str, name: &str, shown: &str) -> PreprocessError {
     PreprocessError::Invalid(format!(
         "{site}: column `{name}` holds {shown}, beyond the range of a 32-bit float (±3.4e38) that kiln computes in; rescale the column (e.g. to thousands) or drop it"
     ))

@@ -80,6 +80,20 @@ pub(crate) fn infer_types(path: &Path, csv: &CsvFormat) -> Result<Vec<(String, D
         .collect())
 }
 
+/// The first `rows` rows of a table file (`text` columns read as text), as polars reads
+/// a whole table.
+pub(crate) fn head(
+    path: &Path,
+    rows: usize,
+    text: &[String],
+    csv: &CsvFormat,
+) -> Result<DataFrame> {
+    let format = format_of(path)?;
+    let frame = lazy(path, format, text, csv)?.limit(rows as IdxSize);
+    table::guarded(path, what(format), || frame.collect())?
+        .ctx(|| format!("{}: could not read as {}", path.display(), what(format)))
+}
+
 /// A streaming scan of one table file.
 pub struct Scan<'a> {
     path: &'a Path,
@@ -208,6 +222,20 @@ impl<'a> Scan<'a> {
         chunk_rows: usize,
         csv: CsvFormat,
     ) -> Result<Scan<'a>> {
+        Self::open_checked(path, wanted, text, target, chunk_rows, csv, None)
+    }
+
+    /// [`Scan::open_with`] of a file whose CSV shape was checked already (`rows`: the
+    /// rows the check counted; None checks it now).
+    pub(crate) fn open_checked(
+        path: &'a Path,
+        wanted: &'a [String],
+        text: &'a [String],
+        target: Option<&'a str>,
+        chunk_rows: usize,
+        csv: CsvFormat,
+        rows: Option<usize>,
+    ) -> Result<Scan<'a>> {
         if !path.is_file() {
             return Err(PreprocessError::Io {
                 path: path.to_path_buf(),
@@ -215,13 +243,13 @@ impl<'a> Scan<'a> {
             });
         }
         let format = format_of(path)?;
-        let rows = match format {
-            Format::Csv => Some(crate::load::check_csv(
+        let rows = match (format, rows) {
+            (Format::Csv, None) => Some(crate::load::check_csv(
                 path,
                 char::from(csv.delimiter),
                 true,
             )?),
-            _ => None,
+            (_, rows) => rows,
         };
         let mut frame = lazy(path, format, text, &csv)?;
         let schema = schema_of(path, &mut frame, what(format))?;

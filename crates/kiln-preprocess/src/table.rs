@@ -211,8 +211,28 @@ pub(crate) fn rows_of(
             )));
         }
         let f = as_f32.ok_or_else(|| invalid(format!("column `{name}` is not numeric")))?;
+        let mut beyond = false;
         for (i, v) in f.f32().ctx(|| name.clone())?.iter().enumerate() {
-            values[i * w + j] = v.unwrap_or(f32::NAN);
+            let x = v.unwrap_or(f32::NAN);
+            beyond |= x.is_infinite();
+            values[i * w + j] = x;
+        }
+        // a finite number beyond f32's range would become ±inf and pass unnoticed
+        if beyond {
+            let wide = c.cast(&DataType::Float64).ctx(|| name.clone())?;
+            if let Some((i, v)) = wide
+                .f64()
+                .ctx(|| name.clone())?
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| v.filter(|v| crate::frame::beyond_f32(*v)).map(|v| (i, v)))
+            {
+                return Err(crate::frame::beyond_f32_error(
+                    &format!("{shown}: row {}", first_row + i + 1),
+                    name,
+                    &format!("{v:e}"),
+                ));
+            }
         }
     }
     Ok(RawRows {

@@ -51,12 +51,10 @@ pub(super) fn streamable(
     if !config.augment.is_off() {
         return Err("augment".into());
     }
-    match &config.steps {
-        None => return Err("steps left out (the suggested steps read the whole table; write them out, as `kiln init` does)".into()),
-        Some(s) if s.iter().any(|s| matches!(s, Step::Dedupe {})) => {
-            return Err("a dedupe step (it remembers every row)".into());
-        }
-        _ => {}
+    if let Some(s) = &config.steps
+        && s.iter().any(|s| matches!(s, Step::Dedupe {}))
+    {
+        return Err("a dedupe step (it remembers every row)".into());
     }
     let files = expand(path).map_err(|e| e.to_string())?;
     Ok((files, csv))

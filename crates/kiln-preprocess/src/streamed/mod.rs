@@ -16,7 +16,7 @@ mod spill;
 use choose::streamable;
 pub use choose::streams;
 
-use crate::config::{ColumnType, Config, Step};
+use crate::config::{ColumnType, Config, Source, Step};
 use crate::error::{PreprocessError, Result};
 use crate::load::is_numeric;
 use crate::steps::{self, Text};
@@ -67,7 +67,6 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
     }
     let (files, csv) =
         streamable(config).map_err(|why| invalid(format!("this source cannot stream: {why}")))?;
-    let plan: Vec<Step> = config.steps.clone().unwrap_or_default();
     std::fs::create_dir_all(out_dir).map_err(|source| PreprocessError::Io {
         path: out_dir.to_path_buf(),
         source,
@@ -76,12 +75,42 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
         .first()
         .ok_or_else(|| invalid("the source matches no file".into()))?;
     let target = config.target.as_str();
+    let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    // the source as messages name it
+    let source_name = match shown.len() {
+        1 => shown[0].clone(),
+        n => format!("{} (+{} more files)", shown[0], n - 1),
+    };
+    // each CSV file's shape first (ragged rows, unclosed quotes, no rows), as in memory
+    let is_csv = matches!(config.source, Source::Csv { .. });
+    let checked: Vec<Option<usize>> = files
+        .iter()
+        .map(|f| {
+            is_csv
+                .then(|| crate::load::check_csv(f, char::from(csv.delimiter), true))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    if let Some(k) = checked.iter().position(|r| *r == Some(0)) {
+        return Err(invalid(format!(
+            "{}: the file has a header but no rows",
+            shown[k]
+        )));
+    }
     let types = crate::stream::infer_types(first, &csv)?;
     let names: Vec<String> = types.iter().map(|(n, _)| n.clone()).collect();
     let Some((_, target_type)) = types.iter().find(|(n, _)| n == target) else {
+        // one column whose name holds another delimiter: the file is split wrongly
+        let delimiter = match (is_csv, names.as_slice()) {
+            (true, [only]) => [';', '\t', '|', ',']
+                .into_iter()
+                .find(|d| only.contains(*d))
+                .map(|d| format!("; the header looks separated by {d:?}: set `delimiter = {d:?}` in the source"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         return Err(invalid(format!(
-            "{}: target column `{target}` not found{}; columns are: {}",
-            first.display(),
+            "{source_name}: target column `{target}` not found{}; columns are: {}{delimiter}",
             kiln_core::nearest(target, &names)
                 .map(|n| format!(" (did you mean `{n}`?)"))
                 .unwrap_or_default(),
@@ -114,6 +143,10 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
             "the data has no feature columns besides the target".into(),
         ));
     }
+    let plan: Vec<Step> = match &config.steps {
+        Some(written) => written.clone(),
+        None => suggested(first, config, &csv)?,
+    };
     let removed = steps::removed_columns(&plan, &features);
     let text_cols: Vec<String> = types
         .iter()
@@ -158,6 +191,8 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
     // Pass 1: the source, parsed once, into the spill; the target collected.
     let spill_path = out_dir.join(".spill");
     let mut spill = spill::Writer::create(&spill_path)?;
+    // the spill goes when this function returns, whatever it returns
+    let _removed = spill::RemoveOnDrop(spill_path.clone());
     let mut text = Text::default();
     for c in &text_cols {
         text.sites.insert(c.clone(), String::new());
@@ -167,26 +202,40 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
     let mut class_of: HashMap<String, u32> = HashMap::new();
     let mut class_names: Vec<String> = Vec::new();
     let mut ids: Vec<u32> = Vec::new();
-    let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let mut with_target = 0usize;
+    let mut present = vec![false; w];
     for (fi, file) in files.iter().enumerate() {
-        let scan = Scan::open_with(
+        let scan = Scan::open_checked(
             file,
             &wanted,
             &text_cols,
             Some(target),
             CHUNK_ROWS,
             csv.clone(),
+            checked[fi],
         )?;
         tracing::info!(file = %file.display(), rows = ?scan.header().rows, "reading");
         scan.for_each(|chunk| {
             let n = chunk.rows.n_rows;
             let site = |i: usize| format!("{}: row {}", shown[fi], chunk.first_row + i + 1);
-            let tv = chunk.target.unwrap_or_default();
+            let Some(tv) = chunk.target else {
+                return Err(invalid(format!(
+                    "{}: lacks the target column `{target}` that {} has",
+                    shown[fi], shown[0]
+                )));
+            };
             let mut values = vec![f32::NAN; n * w];
             let ww = wanted.len();
             for i in 0..n {
                 for (k, &j) in at.iter().enumerate() {
-                    values[i * w + j] = chunk.rows.values[i * ww + k];
+                    let x = chunk.rows.values[i * ww + k];
+                    values[i * w + j] = x;
+                    present[j] |= !x.is_nan();
+                }
+            }
+            for (c, t) in &chunk.rows.text {
+                if let Some(j) = features.iter().position(|f| f == c) {
+                    present[j] |= t.codes.iter().any(|&k| k != kiln_core::encode::MISSING);
                 }
             }
             // rows without a target, then the drop_nulls steps
@@ -198,6 +247,7 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
                     dropped.null_target += 1;
                 }
             }
+            with_target += keep.len();
             if plan.iter().any(|s| matches!(s, Step::DropNulls { .. })) {
                 let sub = crate::frame::gather(&values, w, &keep.iter().map(|&i| i as u32).collect::<Vec<_>>());
                 let sub_target: Vec<String> = keep.iter().map(|&i| tv[i].clone()).collect();
@@ -282,7 +332,23 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
         })?;
     }
     let spill_path = spill.finish()?;
-    let outcome = finish(
+    if with_target == 0 {
+        return Err(invalid(format!(
+            "{source_name}: the target column `{target}` is empty in every row"
+        )));
+    }
+    if let Some(c) = features
+        .iter()
+        .zip(&present)
+        .find(|(f, p)| !**p && !removed.contains(f))
+        .map(|(f, _)| f)
+    {
+        return Err(invalid(format!(
+            "{source_name}: column `{c}` is empty in every row; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}"
+        )));
+    }
+    finish(
+        &source_name,
         config,
         out_dir,
         &spill_path,
@@ -296,14 +362,39 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
         dropped,
         class_names,
         ids,
+    )
+}
+
+/// Rows of the table the suggested steps look at when `steps` is left out.
+const SUGGEST_ROWS: usize = 100_000;
+
+/// The steps `kiln init` would write, decided on the first [`SUGGEST_ROWS`] rows of the
+/// first file (on the whole table for one that small, as in memory).
+fn suggested(first: &Path, config: &Config, csv: &crate::stream::CsvFormat) -> Result<Vec<Step>> {
+    let text: Vec<String> = config
+        .column_types
+        .iter()
+        .filter(|(_, t)| **t == ColumnType::Text)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let head = crate::stream::head(first, SUGGEST_ROWS, &text, csv)?;
+    let steps = crate::suggest::default_steps(&head, &config.target, &config.column_types)?;
+    tracing::info!(
+        rows = head.height(),
+        steps = %steps
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", "),
+        "no `steps` given: the steps `kiln init` would write, decided on the first rows"
     );
-    std::fs::remove_file(&spill_path).ok();
-    outcome
+    Ok(steps)
 }
 
 /// Everything after the spill: split, fit, profile, transform and write.
 #[allow(clippy::too_many_arguments)]
 fn finish(
+    source_name: &str,
     config: &Config,
     out_dir: &Path,
     spill_path: &Path,
@@ -333,7 +424,7 @@ fn finish(
     drop(ids);
     if task == Task::Classification && config.positive_class.is_none() && classes.len() < 2 {
         return Err(invalid(format!(
-            "target `{target}` has a single class ({}); a classifier needs at least two",
+            "{source_name}: target `{target}` has a single class ({}); a classifier needs at least two",
             classes.first().cloned().unwrap_or_default()
         )));
     }
@@ -373,8 +464,8 @@ fn finish(
     }
     let mut class_counts = vec![0usize; classes.len()];
     for (l, c) in labels.iter().zip(&codes) {
-        if *c == 0 {
-            class_counts[*l as usize] += 1;
+        if let (0, Some(n)) = (*c, class_counts.get_mut(*l as usize)) {
+            *n += 1;
         }
     }
     drop(labels);

@@ -31,6 +31,15 @@ impl Chunk {
     }
 }
 
+/// Removes the file at its path when dropped (the spill, on every way out of a run).
+pub(crate) struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
 /// Writes chunks to the spill file.
 pub(crate) struct Writer {
     path: PathBuf,
