@@ -58,7 +58,7 @@ pub use config::{
 pub use error::{PreprocessError, Result};
 pub use load::source_files;
 pub use split::stratified_split;
-pub use streamed::{Streamed, run_streamed, streams};
+pub use streamed::{Streamed, run_streamed, run_streamed_with, streams};
 
 use frame::*;
 use load::*;

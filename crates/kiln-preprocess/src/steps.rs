@@ -428,6 +428,12 @@ pub(crate) fn fit_rows(
                 let mut v = Vec::new();
                 if !tcols.is_empty() {
                     let mut values = Vec::new();
+                    // every column's categories in one go (one pass when streamed)
+                    let mut counts = match strategy {
+                        ImputeStrategy::MostFrequent => rows.categories(&out, &tcols)?,
+                        _ => Vec::new(),
+                    }
+                    .into_iter();
                     for c in &tcols {
                         values.push(match (strategy, value) {
                             (ImputeStrategy::Constant, Some(ImputeValue::Text(t))) => t.clone(),
@@ -436,8 +442,8 @@ pub(crate) fn fit_rows(
                                     "steps[{i}] (impute): column `{c}` is categorical, so `value` must be a string (e.g. value = \"missing\")"
                                 )));
                             }
-                            (ImputeStrategy::MostFrequent, _) => rows
-                                .categories(&out, std::slice::from_ref(c))?
+                            (ImputeStrategy::MostFrequent, _) => counts
+                                .next()
                                 .into_iter()
                                 .flatten()
                                 .next()

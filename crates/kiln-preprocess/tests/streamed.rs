@@ -139,6 +139,23 @@ fn config(path: &Path, load: Load) -> Config {
     }
 }
 
+/// The phases a run reported: (name, total, rows advanced).
+#[derive(Default)]
+struct Phases(std::sync::Mutex<Vec<(String, u64, u64)>>);
+
+impl kiln_core::Progress for Phases {
+    fn start(&self, name: &str, total: u64) {
+        self.0.lock().unwrap().push((name.to_string(), total, 0));
+    }
+    fn advance(&self, n: u64) {
+        if let Some(p) = self.0.lock().unwrap().last_mut() {
+            p.2 += n;
+        }
+    }
+    fn message(&self, _: &str) {}
+    fn finish(&self) {}
+}
+
 /// A split's rows by their `id` feature: (features, label).
 fn by_id(ds: &Dataset) -> BTreeMap<u32, (Vec<f32>, u32)> {
     let id = ds.feature_names.iter().position(|f| f == "id").unwrap();
@@ -163,7 +180,32 @@ fn a_streamed_table_gives_what_memory_gives() {
     );
     assert!(streams(&config(&csv, Load::Stream)).unwrap());
     let memory = run(&config(&csv, Load::Memory), &mem_dir).unwrap();
-    let streamed = run_streamed(&config(&csv, Load::Stream), &str_dir).unwrap();
+    let seen = Phases::default();
+    let streamed =
+        kiln_preprocess::run_streamed_with(&config(&csv, Load::Stream), &str_dir, &seen).unwrap();
+    // every pass shows its rows: the file's 3,000, then the kept 2,977 a pass
+    let phases = seen.0.lock().unwrap().clone();
+    assert_eq!(
+        phases.first().map(|p| (p.1, p.2)),
+        Some((3000, 3000)),
+        "{phases:?}"
+    );
+    assert!(
+        phases[0].0.starts_with("preprocess: reading "),
+        "{phases:?}"
+    );
+    assert!(
+        phases
+            .iter()
+            .any(|p| p.0.starts_with("preprocess: fit pass"))
+    );
+    assert_eq!(
+        phases.last().map(|p| p.0.as_str()),
+        Some("preprocess: writing the shards")
+    );
+    for (name, total, done) in &phases[1..] {
+        assert_eq!((*total, *done), (2977, 2977), "{name}");
+    }
 
     // the same rows in each split, and the same fitted statistics
     assert_eq!(streamed.rows, memory.rows);

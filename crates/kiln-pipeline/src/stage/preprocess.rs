@@ -42,7 +42,7 @@ impl Stage for kiln_preprocess::Config {
         // a table too large for memory is streamed into the shards; the stages after it
         // read them
         if kiln_preprocess::streams(self).map_err(source_error)? {
-            kiln_preprocess::run_streamed(self, cx.out).map_err(source_error)?;
+            kiln_preprocess::run_streamed_with(self, cx.out, cx.progress).map_err(source_error)?;
             return Ok(Ran::default());
         }
         let o = kiln_preprocess::run(self, cx.out).map_err(source_error)?;

@@ -61,6 +61,15 @@ fn target_cell(cell: Option<&str>, float: bool) -> Option<&str> {
 /// the in-memory path writes (profile.json's distinct counts aside, which become
 /// estimates above 65,536 values a column).
 pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
+    run_streamed_with(config, out_dir, &kiln_core::NoProgress)
+}
+
+/// [`run_streamed`], each pass reporting its rows to `progress`.
+pub fn run_streamed_with(
+    config: &Config,
+    out_dir: &Path,
+    progress: &dyn kiln_core::Progress,
+) -> Result<Streamed> {
     let _span = tracing::info_span!("preprocess", load = "stream").entered();
     if let Some((key, msg)) = config.problems().into_iter().next() {
         return Err(invalid(format!("{key}: {msg}")));
@@ -215,8 +224,13 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
             checked[fi],
         )?;
         tracing::info!(file = %file.display(), rows = ?scan.header().rows, "reading");
-        scan.for_each(|chunk| {
+        progress.start(
+            &format!("preprocess: reading {}", shown[fi]),
+            scan.header().rows.unwrap_or(0) as u64,
+        );
+        let read = scan.for_each(|chunk| {
             let n = chunk.rows.n_rows;
+            progress.advance(n as u64);
             let site = |i: usize| format!("{}: row {}", shown[fi], chunk.first_row + i + 1);
             let Some(tv) = chunk.target else {
                 return Err(invalid(format!(
@@ -329,7 +343,9 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
                 text: cells,
                 target: TextColumn::from_cells(tcells),
             })
-        })?;
+        });
+        progress.finish();
+        read?;
     }
     let spill_path = spill.finish()?;
     if with_target == 0 {
@@ -348,6 +364,7 @@ pub fn run_streamed(config: &Config, out_dir: &Path) -> Result<Streamed> {
         )));
     }
     finish(
+        progress,
         &source_name,
         config,
         out_dir,
@@ -394,6 +411,7 @@ fn suggested(first: &Path, config: &Config, csv: &crate::stream::CsvFormat) -> R
 /// Everything after the spill: split, fit, profile, transform and write.
 #[allow(clippy::too_many_arguments)]
 fn finish(
+    progress: &dyn kiln_core::Progress,
     source_name: &str,
     config: &Config,
     out_dir: &Path,
@@ -487,6 +505,7 @@ fn finish(
             n_rows: 0,
         },
         passes: 0,
+        progress,
     };
     let (transforms, feature_names) = steps::fit_rows(plan, &mut passes, &features, &nulls, &text)?;
     let schema = Schema {
@@ -526,8 +545,10 @@ fn finish(
         .collect();
     let mut offset = 0usize;
     tracing::info!("transforming and writing the shards");
-    spill::for_each(spill_path, |c| {
+    progress.start("preprocess: writing the shards", codes.len() as u64);
+    let written = spill::for_each(spill_path, |c| {
         let n = c.n_rows();
+        progress.advance(n as u64);
         let code = &codes[offset..offset + n];
         offset += n;
         let train: Vec<u32> = (0..n).filter(|&i| code[i] == 0).map(|i| i as u32).collect();
@@ -581,7 +602,9 @@ fn finish(
             sink.push(split, &part)?;
         }
         Ok(())
-    })?;
+    });
+    progress.finish();
+    written?;
     let manifest = sink.finish(match task {
         Task::Classification => TargetKind::ClassIndex,
         Task::Regression => TargetKind::Value,

@@ -40,6 +40,8 @@ pub(crate) struct Passes<'a> {
     pub shape: Memory,
     /// Passes run, for the log.
     pub passes: usize,
+    /// Where each pass reports its rows.
+    pub progress: &'a dyn kiln_core::Progress,
 }
 
 impl Passes<'_> {
@@ -53,11 +55,17 @@ impl Passes<'_> {
     ) -> Result<()> {
         self.passes += 1;
         tracing::info!(pass = self.passes, what, "pass over the train rows");
+        let progress = self.progress;
+        progress.start(
+            &format!("preprocess: fit pass {} ({what})", self.passes),
+            self.codes.len() as u64,
+        );
         let w = self.features.len();
         let mut offset = 0usize;
         let codes = self.codes;
-        spill::for_each(self.path, |c| {
+        let outcome = spill::for_each(self.path, |c| {
             let n = c.n_rows();
+            progress.advance(n as u64);
             let train: Vec<u32> = (0..n)
                 .filter(|&i| codes.get(offset + i) == Some(&0))
                 .map(|i| i as u32)
@@ -83,7 +91,9 @@ impl Passes<'_> {
             }
             each(&names, &data, &cells);
             Ok(())
-        })
+        });
+        progress.finish();
+        outcome
     }
 }
 
