@@ -363,13 +363,10 @@ pub fn run_streamed_with(
             "{source_name}: column `{c}` is empty in every row; drop it with {{ op = \"drop\", columns = [\"{c}\"] }}"
         )));
     }
-    finish(
-        progress,
-        &source_name,
-        config,
-        out_dir,
-        &spill_path,
-        &plan,
+    let parsed = Parsed {
+        source_name,
+        spill: spill_path,
+        plan,
         task,
         features,
         dtypes,
@@ -379,7 +376,35 @@ pub fn run_streamed_with(
         dropped,
         class_names,
         ids,
-    )
+    };
+    finish(config, out_dir, parsed, progress)
+}
+
+/// What the parse into the spill found.
+struct Parsed {
+    /// The source as messages name it.
+    source_name: String,
+    /// The spill file.
+    spill: std::path::PathBuf,
+    /// The steps, written or suggested.
+    plan: Vec<Step>,
+    task: Task,
+    /// Feature columns, in file order.
+    features: Vec<String>,
+    /// Their types as profile.json shows them.
+    dtypes: Vec<String>,
+    /// The text columns among them, in the spill's order.
+    text_cols: Vec<String>,
+    /// The text columns and where each first shows text.
+    text: Text,
+    /// Where each column first misses a value.
+    nulls: BTreeMap<String, String>,
+    /// Rows left out of the spill, by reason.
+    dropped: DroppedRows,
+    /// Class names in order of first appearance.
+    class_names: Vec<String>,
+    /// Per kept row: its class's place in `class_names` (0 for regression).
+    ids: Vec<u32>,
 }
 
 /// Rows of the table the suggested steps look at when `steps` is left out.
@@ -409,24 +434,27 @@ fn suggested(first: &Path, config: &Config, csv: &crate::stream::CsvFormat) -> R
 }
 
 /// Everything after the spill: split, fit, profile, transform and write.
-#[allow(clippy::too_many_arguments)]
 fn finish(
-    progress: &dyn kiln_core::Progress,
-    source_name: &str,
     config: &Config,
     out_dir: &Path,
-    spill_path: &Path,
-    plan: &[Step],
-    task: Task,
-    features: Vec<String>,
-    dtypes: Vec<String>,
-    text_cols: Vec<String>,
-    text: Text,
-    nulls: BTreeMap<String, String>,
-    dropped: DroppedRows,
-    class_names: Vec<String>,
-    ids: Vec<u32>,
+    parsed: Parsed,
+    progress: &dyn kiln_core::Progress,
 ) -> Result<Streamed> {
+    let Parsed {
+        source_name,
+        spill: spill_path,
+        plan,
+        task,
+        features,
+        dtypes,
+        text_cols,
+        text,
+        nulls,
+        dropped,
+        class_names,
+        ids,
+    } = parsed;
+    let (spill_path, plan) = (spill_path.as_path(), plan.as_slice());
     let target = config.target.as_str();
     // classes sorted as in memory: numerically when every class is an integer
     let mut classes = class_names.clone();
