@@ -77,6 +77,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "tabular" => o.benches.push("tabular"),
             "cnn" => o.benches.push("cnn"),
             "scale" => o.benches.push("scale"),
+            "ui" => o.benches.push("ui"),
             "--rows" => {
                 o.rows = it
                     .next()
@@ -215,6 +216,11 @@ pub fn bench(args: &[String]) -> Result {
     if o.benches.contains(&"cnn") {
         build.args(["--example", "bench_cnn"]);
     }
+    let mut tools = tools;
+    if o.benches.contains(&"ui") {
+        build.args(["-p", "kiln-ui", "--example", "bench_ui_browser"]);
+        tools.browser = crate::browser::ensure()?;
+    }
     cmd::run(tools.apply(&mut build), "install Rust with rustup")?;
     let venv = paths::target_dir().join("bench-venv");
     if o.peers {
@@ -255,6 +261,7 @@ pub fn bench(args: &[String]) -> Result {
                 crate::bench_scale::bench_scale(&root, &tools, &python, have, &o.rows, o.pairs)?
             }
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
+            "ui" => crate::bench_ui::bench_ui(&root, &tools)?,
             "preprocess" => {
                 let have = cmd::probe(
                     Command::new(&python).args(["-c", "import pandas, sklearn, polars, pyarrow"]),

@@ -11,6 +11,8 @@ mod bench_scale;
 mod bench_serve;
 mod bench_stages;
 mod bench_tabular;
+mod bench_ui;
+mod browser;
 mod cmd;
 mod paths;
 mod setup;
@@ -27,13 +29,15 @@ usage: cargo xtask <command> [args...]
 commands:
   setup                      fetch ONNX Runtime 1.31.1 and make the python venv (onnx,
                              onnxruntime) in the kiln cache; prints their paths
-  test [args...]             setup, then `cargo test --workspace [args...]`
+  test [args...]             setup (and headless Chromium with ChromeDriver for kiln ui's
+                             browser tests: Debian's chromium, chromium-driver via apt-get
+                             when missing), then `cargo test --workspace [args...]`
   pipeline [NAME|FILE] [args...]
                              setup, build `kiln` in release and run `kiln run FILE [args...]`;
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
                              errors), tests (unless --no-test), feature checks
-  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|scale|all] [--peers] [--pairs N]
+  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|scale|ui|all] [--peers] [--pairs N]
         [--seconds N] [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N]
         [--rows N,N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
@@ -48,7 +52,9 @@ commands:
                              Python onnxruntime at batch 1 and 1024; scale (not in all):
                              seeded 30-column tables of --rows N,N (1M, 5M, 20M) through
                              the whole pipeline, the stages after preprocess streamed and in
-                             memory, and kiln predict; wall time and peak memory
+                             memory, and kiln predict; wall time and peak memory; ui (not in
+                             all): kiln ui over 200 runs, server answers, page loads in
+                             headless Chromium (installed as for `test`) and server RSS
   help                       this text
 
 environment:

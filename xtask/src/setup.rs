@@ -16,6 +16,9 @@ pub struct Tools {
     /// The venv's python (with onnx and onnxruntime), passed as `KILN_PYTHON`; `None`
     /// when the venv could not be made outside CI (the tests that need it then skip).
     pub python: Option<PathBuf>,
+    /// Headless Chromium and ChromeDriver for kiln ui's browser tests, passed as
+    /// `KILN_CHROMIUM` and `KILN_CHROMEDRIVER`; only `test` and `bench ui` look for them.
+    pub browser: Option<crate::browser::Browser>,
 }
 
 impl Tools {
@@ -24,6 +27,10 @@ impl Tools {
         command.env("ORT_DYLIB_PATH", &self.ort_lib);
         if let Some(python) = &self.python {
             command.env("KILN_PYTHON", python);
+        }
+        if let Some(b) = &self.browser {
+            command.env("KILN_CHROMIUM", &b.chromium);
+            command.env("KILN_CHROMEDRIVER", &b.chromedriver);
         }
         command
     }
@@ -73,11 +80,15 @@ pub fn setup() -> Result<Tools> {
         }
         Err(failure) => return Err(failure),
     };
-    Ok(Tools { ort_lib, python })
+    Ok(Tools {
+        ort_lib,
+        python,
+        browser: None,
+    })
 }
 
 /// Whether this runs under CI: env `CI` set to something other than `false`/`0`.
-fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| !matches!(value.trim(), "" | "0" | "false"))
 }
 

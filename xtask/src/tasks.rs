@@ -28,7 +28,8 @@ pub fn test(args: &[String]) -> Result {
                 .into(),
         ));
     }
-    let tools = setup::setup()?;
+    let mut tools = setup::setup()?;
+    tools.browser = crate::browser::ensure()?;
     cargo_test(&tools, args)
 }
 

@@ -7,6 +7,7 @@
 mod predict;
 mod progress;
 mod serve;
+mod ui;
 
 /// The unit-test build counts heap (serve's request-body property test bounds it).
 #[cfg(test)]
@@ -151,6 +152,22 @@ enum Command {
         #[arg(long, default_value_t = predict::CHUNK_ROWS as u32, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
         chunk_rows: u32,
     },
+    /// Browse, compare and follow runs in a web browser: a read-only local page over the
+    /// runs folder (runs, one run, compare, live).
+    Ui {
+        /// The runs folder.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// Address to listen on: loopback by default (port 0 picks a free port; the first
+        /// stdout line says which).
+        #[arg(long, default_value = "127.0.0.1:8484")]
+        addr: std::net::SocketAddr,
+        /// A host name to answer for besides localhost, 127.0.0.1 and `[::1]` (repeatable),
+        /// e.g. this machine's name when --addr is not loopback. Other names are refused
+        /// (DNS rebinding).
+        #[arg(long = "allow-host")]
+        allow_hosts: Vec<String>,
+    },
     /// Serve a deployed model over HTTP: POST /v1/predict, /healthz, /readyz, /metrics.
     ///
     /// Every limit has a flag; the defaults suit a service behind a load balancer.
@@ -257,7 +274,7 @@ fn main() -> ExitCode {
     // A server logs its startup and shutdown by default (not ONNX Runtime's session
     // chatter); the other commands only warn.
     let default = match cli.command {
-        Command::Serve { .. } => "warn,kiln=info",
+        Command::Serve { .. } | Command::Ui { .. } => "warn,kiln=info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -396,6 +413,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, &e),
             }
         }
+        Command::Ui {
+            runs_dir,
+            addr,
+            allow_hosts,
+        } => match ui::ui(kiln_ui::Options {
+            runs_dir,
+            addr,
+            allow_hosts,
+        }) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, &e),
+        },
         Command::Serve {
             model,
             addr,

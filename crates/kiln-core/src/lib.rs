@@ -26,6 +26,7 @@ pub mod predictor;
 pub mod progress;
 pub mod schema;
 pub mod tensors;
+pub mod time;
 pub mod tolerance;
 
 pub use forward::forward;

@@ -170,6 +170,8 @@ pub fn run(pipeline: &Pipeline, opts: &RunOptions) -> Result<RunReport, Pipeline
             .map(|s| StageRecord {
                 id: s.id.clone(),
                 uses: s.kind,
+                inputs: s.inputs.clone(),
+                requires: s.requires.clone(),
                 hash: String::new(),
                 content_hash: None,
                 status: StageStatus::Pending,

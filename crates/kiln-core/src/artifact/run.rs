@@ -114,6 +114,13 @@ pub struct StageRecord {
     pub id: String,
     /// Stage kind.
     pub uses: StageKind,
+    /// The stages whose output it reads (`input` / `inputs` in the pipeline file): the
+    /// edges of the stage graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// The stages whose verdict must pass before it runs (`requires`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     /// The cache key's hash (empty until known).
     pub hash: String,
     /// The content hash of the stage's output.
