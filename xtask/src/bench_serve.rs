@@ -43,13 +43,18 @@ fn start(
         .arg("--model")
         .arg(ship)
         .args(["--addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .args(extra);
     tools.apply(&mut serve);
-    let mut child = serve
+    listening(serve)
+}
+
+/// Starts a kiln server command (`serve`, `ui`) given `--addr 127.0.0.1:0` and returns
+/// it with the address its first stdout line announces.
+pub(crate) fn listening(mut command: Command) -> Result<(Server, String)> {
+    command.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = command
         .spawn()
-        .map_err(|e| cmd::spawn_error(&serve, &e, "build kiln first"))?;
+        .map_err(|e| cmd::spawn_error(&command, &e, "build kiln first"))?;
     let stdout = child.stdout.take();
     let server = Server(child);
     let mut first = String::new();
@@ -59,7 +64,12 @@ fn start(
     let addr = first
         .trim()
         .strip_prefix("listening on http://")
-        .ok_or_else(|| Failure::msg(format!("kiln serve did not start: {first:?}")))?
+        .ok_or_else(|| {
+            Failure::msg(format!(
+                "`{}` did not start: {first:?}",
+                cmd::describe(&command)
+            ))
+        })?
         .to_string();
     Ok((server, addr))
 }
@@ -67,8 +77,8 @@ fn start(
 /// How many times the digits rows are repeated in the predict input (1,797 × 10 rows).
 const REPEAT: usize = 10;
 
-/// A running `kiln serve`, killed when dropped.
-struct Server(Child);
+/// A running `kiln serve` or `kiln ui`, killed when dropped.
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -79,11 +89,16 @@ impl Drop for Server {
 
 /// Resident memory of a process in MiB, from `/proc/<pid>/status` (VmRSS).
 pub(crate) fn rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// A memory line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` the peak) in MiB.
+pub(crate) fn status_mib(pid: u32, key: &str) -> f64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -6,14 +6,14 @@
 //! There is no peer: the goals are the (load under 1 s, RSS under 100 MiB).
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use crate::bench::{Figure, json_line};
-use crate::bench_serve::rss_mib;
+use crate::bench_serve::{Server, listening, rss_mib, status_mib};
 use crate::cmd::{self, Failure, Result};
 use crate::paths;
 use crate::setup;
@@ -24,16 +24,6 @@ const RUNS: usize = 200;
 const REQUESTS: usize = 20;
 /// Browser loads per page.
 const LOADS: usize = 10;
-
-/// A running `kiln ui`, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn io(p: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::msg(format!("{}: {e}", p.display()))
@@ -91,24 +81,8 @@ fn start(kiln: &Path, dir: &Path) -> Result<(Server, String)> {
     ui.arg("ui")
         .arg("--runs-dir")
         .arg(dir)
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = ui
-        .spawn()
-        .map_err(|e| cmd::spawn_error(&ui, &e, "build kiln first"))?;
-    let stdout = child.stdout.take();
-    let server = Server(child);
-    let mut first = String::new();
-    if let Some(out) = stdout {
-        let _ = BufReader::new(out).read_line(&mut first);
-    }
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .ok_or_else(|| Failure::msg(format!("kiln ui did not start: {first:?}")))?
-        .to_string();
-    Ok((server, addr))
+        .args(["--addr", "127.0.0.1:0"]);
+    listening(ui)
 }
 
 /// Milliseconds of one GET of `path` on a new connection, to the last byte; fails unless
@@ -206,21 +180,8 @@ pub(crate) fn bench_ui(root: &Path, tools: &setup::Tools) -> Result<Vec<Figure>>
     figures.push(figure(
         "kiln ui peak RSS (VmHWM)".into(),
         "MiB",
-        vec![peak_mib(pid)],
+        vec![status_mib(pid, "VmHWM:")],
     ));
     drop(server);
     Ok(figures)
-}
-
-/// Peak resident memory of a process in MiB (VmHWM).
-fn peak_mib(pid: u32) -> f64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }

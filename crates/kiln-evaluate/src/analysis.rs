@@ -28,7 +28,7 @@ fn default_rows() -> usize {
 }
 
 /// One feature's importance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureImportance {
     /// Feature name.
     pub feature: String,

@@ -3,7 +3,7 @@
 //! and weighted F1, balanced accuracy, log-loss, top-k, ROC-AUC, PR-AUC, ECE (0 for an
 //! undefined ratio, as `zero_division=0`). Regression: MSE, RMSE, MAE, R², MAPE.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counts per (true class, predicted class).
 pub fn confusion_matrix(truth: &[u32], pred: &[u32], k: usize) -> Vec<Vec<u64>> {
@@ -25,7 +25,7 @@ pub fn accuracy(truth: &[u32], pred: &[u32]) -> f64 {
 }
 
 /// Precision, recall, F1 and support of one class.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassScores {
     /// Class label.
     pub label: String,

@@ -4,11 +4,12 @@
 
 use crate::{analysis, metrics};
 use kiln_core::{Dataset, Predictions};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Scores of one variant.
-#[derive(Debug, Clone, Serialize)]
+/// Scores of one variant: confusion.json holds one per variant, by name (read back by
+/// `kiln ui`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantMetrics {
     /// Variant name (the stage id it came from).
     pub name: String,

@@ -15,52 +15,13 @@ use kiln_core::artifact::sweep::SweepResults;
 use kiln_core::artifact::verdict::Verdict;
 use kiln_core::artifact::{Artifact, load};
 use kiln_core::dataset::shards::{Shards, Split};
-use serde::Deserialize;
+use kiln_evaluate::VariantMetrics;
+use kiln_evaluate::analysis::FeatureImportance;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A file's content, or why it could not be read.
 pub type Loaded<T> = Result<T, String>;
-
-/// One variant's entry in the evaluate stage's confusion.json (the fields shown).
-#[derive(Debug, Clone, Deserialize)]
-pub struct VariantDetails {
-    /// Variant name.
-    pub name: String,
-    /// Who predicted (`onnxruntime`, `native`).
-    #[serde(default)]
-    pub predictor: String,
-    /// Per-class scores (empty for regression).
-    #[serde(default)]
-    pub per_class: Vec<ClassScores>,
-    /// Rows = truth, columns = prediction.
-    #[serde(default)]
-    pub confusion: Vec<Vec<u64>>,
-}
-
-/// One class's scores in confusion.json.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClassScores {
-    /// Class label.
-    pub label: String,
-    /// Precision.
-    pub precision: f64,
-    /// Recall.
-    pub recall: f64,
-    /// F1.
-    pub f1: f64,
-    /// Rows of the class.
-    pub support: u64,
-}
-
-/// One feature's permutation importance (importance.json).
-#[derive(Debug, Clone, Deserialize)]
-pub struct FeatureImportance {
-    /// Feature name.
-    pub feature: String,
-    /// The main metric's drop with the feature shuffled.
-    pub drop: f64,
-}
 
 /// A histogram of one feature over the first train shard.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +68,7 @@ pub enum StageArtifacts {
         /// metrics.json.
         metrics: Loaded<Metrics>,
         /// confusion.json.
-        details: Loaded<BTreeMap<String, VariantDetails>>,
+        details: Loaded<BTreeMap<String, VariantMetrics>>,
         /// importance.json, when configured.
         importance: Option<Loaded<Vec<FeatureImportance>>>,
         /// verdict.json.

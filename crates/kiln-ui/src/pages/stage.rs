@@ -6,12 +6,13 @@
 use super::summary::MAIN_METRICS;
 use crate::html::{Chart, Series, chart, esc, histogram_svg, num, problem, table, url};
 use crate::markdown;
-use crate::read::{Loaded, StageArtifacts, StageView, VariantDetails};
+use crate::read::{Loaded, StageArtifacts, StageView};
 use crate::runs::RunEntry;
 use kiln_core::artifact::candidates::{Candidates, Timings};
 use kiln_core::artifact::history::History;
 use kiln_core::artifact::metrics::Metrics;
 use kiln_core::artifact::profile::Profile;
+use kiln_evaluate::VariantMetrics;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -516,7 +517,7 @@ pub(crate) fn metrics_table(m: &Metrics) -> String {
 }
 
 /// A variant's confusion matrix (rows = truth) and per-class scores.
-fn confusion(d: &VariantDetails) -> String {
+fn confusion(d: &VariantMetrics) -> String {
     if d.confusion.is_empty() {
         return String::new();
     }
