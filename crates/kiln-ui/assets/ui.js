@@ -25,7 +25,8 @@ function chartOptions(spec, width) {
     width: width,
     height: 280,
     scales: { x: { time: false } },
-    axes: [{ label: spec.xlabel }, {}],
+    // epochs are whole numbers: ticks at 1, 2, 5, 10, … never between them
+    axes: [{ label: spec.xlabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
     series: series,
     cursor: { drag: { x: true, y: false } },
     hooks: {
