@@ -55,13 +55,20 @@ fn make_runs(root: &Path, tools: &setup::Tools, kiln: &Path, dir: &Path) -> Resu
         let id = format!("20200101-{:06}", i);
         let copy = pipeline.join(&id);
         fs::create_dir_all(&copy).map_err(io(&copy))?;
+        let (old_id, old_start) = (
+            format!("\"run_id\": \"{real_id}\""),
+            format!("\"started\": {started}"),
+        );
+        if !manifest.contains(&old_id) || !manifest.contains(&old_start) {
+            return Err(Failure::msg(format!(
+                "{}: no `{old_id}` or `{old_start}` to rewrite in the copies",
+                real.join("run.json").display()
+            )));
+        }
         let text = manifest
+            .replace(&old_id, &format!("\"run_id\": \"{id}\""))
             .replace(
-                &format!("\"run_id\": \"{real_id}\""),
-                &format!("\"run_id\": \"{id}\""),
-            )
-            .replace(
-                &format!("\"started\": {started}"),
+                &old_start,
                 &format!("\"started\": {}", started - (RUNS - i) as u64 * 60),
             );
         fs::write(copy.join("run.json"), text).map_err(io(&copy))?;
@@ -118,10 +125,21 @@ fn browser_ms(tools: &setup::Tools, url: &str) -> Result<Vec<f64>> {
         .and_then(|(_, r)| r.split_once(']'))
         .map(|(l, _)| l)
         .ok_or_else(|| Failure::msg(format!("bench_ui_browser printed {line}")))?;
-    Ok(inner
+    let ms = inner
         .split(',')
-        .filter_map(|v| v.trim().parse().ok())
-        .collect())
+        .map(|v| {
+            v.trim()
+                .parse()
+                .map_err(|_| Failure::msg(format!("bench_ui_browser printed {line}")))
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    if ms.len() != LOADS {
+        return Err(Failure::msg(format!(
+            "bench_ui_browser printed {} loads, not {LOADS}: {line}",
+            ms.len()
+        )));
+    }
+    Ok(ms)
 }
 
 fn figure(name: String, unit: &'static str, kiln: Vec<f64>) -> Figure {

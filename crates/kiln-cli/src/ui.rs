@@ -15,6 +15,12 @@ pub fn ui(opts: kiln_ui::Options) -> Result<(), String> {
         let mut int =
             signal(SignalKind::interrupt()).map_err(|e| format!("handling SIGINT: {e}"))?;
         let runs = opts.runs_dir.clone();
+        if !opts.addr.ip().is_loopback() {
+            tracing::warn!(
+                "kiln ui listens on {}, beyond this machine: anyone who can reach it reads every run (it has no login); add --allow-host NAME for the names it is reached by",
+                opts.addr
+            );
+        }
         let server = kiln_ui::Server::bind(opts)
             .await
             .map_err(|e| e.to_string())?;

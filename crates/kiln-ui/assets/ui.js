@@ -52,25 +52,40 @@ function chartOptions(spec, width) {
 
 function draw(el, spec) {
   if (!spec || typeof uPlot === "undefined") return;
+  const data = [spec.x, ...spec.series.map((s) => s.values)];
+  const old = charts[el.id];
+  if (old && old.spec.series.length === spec.series.length && old.spec.xlabel === spec.xlabel) {
+    // same lines, more points: keep the plot (and the user's zoom)
+    old.plot.setData(data, false);
+    old.plot.redraw();
+    old.spec = spec;
+    return;
+  }
+  if (old) old.plot.destroy();
   el.innerHTML = "";
   const width = Math.max(320, Math.min(600, (window.innerWidth - 90) / 2));
-  const data = [spec.x, ...spec.series.map((s) => s.values)];
   charts[el.id] = { plot: new uPlot(chartOptions(spec, width), data, el), spec: spec };
 }
 
 function drawAll() {
   document.querySelectorAll("div.chart[data-chart]").forEach((el) => {
-    const data = document.getElementById(el.dataset.chart);
-    if (data) draw(el, JSON.parse(data.textContent));
+    try {
+      const data = document.getElementById(el.dataset.chart);
+      if (data) draw(el, JSON.parse(data.textContent));
+    } catch (e) {
+      el.textContent = "this chart could not be drawn: " + e;
+    }
   });
 }
 
+// Epochs in order of completion; when they do not increase (a sweep's trials each count
+// from 1) the x axis is the completion order instead.
 function liveChart(epochs) {
-  const x = epochs.map((e) => e.epoch);
+  const increasing = epochs.every((e, i) => i === 0 || e.epoch > epochs[i - 1].epoch);
   return {
     title: "loss and validation metric so far",
-    xlabel: "epoch",
-    x: x,
+    xlabel: increasing ? "epoch" : "epochs completed (all trials)",
+    x: epochs.map((e, i) => (increasing ? e.epoch : i + 1)),
     best: null,
     series: [
       { label: "train loss", values: epochs.map((e) => e.train_loss) },
@@ -101,10 +116,14 @@ function update(p) {
   });
   const body = document.querySelector("#live-epochs tbody");
   if (!body) return;
-  const have = new Set(Array.from(body.rows).map((r) => r.dataset.epoch));
-  let added = false;
-  p.progress.epochs.forEach((e) => {
-    if (have.has(String(e.epoch))) return;
+  const epochs = p.progress.epochs;
+  // a new stage starts its own list: start the table again
+  if (body.dataset.stage !== p.progress.stage || epochs.length < body.rows.length) {
+    body.innerHTML = "";
+    body.dataset.stage = p.progress.stage;
+  }
+  const before = body.rows.length;
+  epochs.slice(before).forEach((e) => {
     const tr = document.createElement("tr");
     tr.dataset.epoch = String(e.epoch);
     [e.epoch + "/" + e.of, fmt(e.train_loss), fmt(e.valid_loss), fmt(e.valid_metric)].forEach((v, i) => {
@@ -114,10 +133,9 @@ function update(p) {
       tr.appendChild(td);
     });
     body.appendChild(tr);
-    added = true;
   });
   const el = document.getElementById("live-curves");
-  if (added && el) draw(el, liveChart(p.progress.epochs));
+  if (el && body.rows.length !== before) draw(el, liveChart(epochs));
 }
 
 async function poll(url) {
@@ -138,7 +156,7 @@ async function poll(url) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  drawAll();
   const live = document.body.dataset.live;
   if (live) setTimeout(() => poll(live), 1000);
+  drawAll();
 });

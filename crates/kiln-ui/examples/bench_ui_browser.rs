@@ -43,6 +43,11 @@ async fn main() -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if t <= 0.0 {
+            return Err(format!(
+                "{url}: the load event had not ended 1 s after the page loaded"
+            ));
+        }
         ms.push(t);
     }
     let list: Vec<String> = ms.iter().map(|m| format!("{m:.1}")).collect();

@@ -22,9 +22,13 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// A path segment or query value percent-encoded for a URL.
+/// A path segment or query value percent-encoded for a URL (a space as `%20`, which
+/// both a path and a query decode).
 pub fn url(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    // byte_serialize writes a space as `+` and a `+` as `%2B`, so every `+` is a space
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 /// The page: title, the embedded styles and scripts, the top bar and `body`.
@@ -59,6 +63,11 @@ pub fn num(v: f64) -> String {
 
 /// Seconds as `0.7 s`, `2 min 05 s`, `1 h 02 min`.
 pub fn duration(s: f64) -> String {
+    if !s.is_finite() || s < 0.0 {
+        return "?".into();
+    }
+    // rounded to tenths first, so 59.97 s is `1 min 00 s`, not `60.0 s`
+    let s = (s * 10.0).round() / 10.0;
     if s < 60.0 {
         return format!("{s:.1} s");
     }
@@ -132,9 +141,13 @@ pub struct Chart {
 
 /// The placeholder of `chart` and its data.
 pub fn chart(id: &str, chart: &Chart) -> String {
+    // `<`, `>` and `&` as JSON escapes: no text from a run file can end the script
+    // element or put the HTML parser into a script-in-comment state
     let data = serde_json::to_string(chart)
         .unwrap_or_else(|_| "null".into())
-        .replace("</", "<\\/");
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026");
     format!(
         "<div class=\"chart\" id=\"{id}\" data-chart=\"{id}-data\"></div>\
 <script type=\"application/json\" id=\"{id}-data\">{data}</script>",
@@ -179,8 +192,10 @@ mod tests {
         assert_eq!(num(2.4e-7), "2.400e-7");
         assert_eq!(duration(0.74), "0.7 s");
         assert_eq!(duration(125.0), "2 min 05 s");
+        assert_eq!(duration(59.97), "1 min 00 s");
+        assert_eq!(duration(f64::NAN), "?");
         assert_eq!(utc(1_796_101_505), "2026-12-01 05:05:05 UTC");
-        assert_eq!(url("a b/c"), "a+b%2Fc");
+        assert_eq!(url("a b/c+d"), "a%20b%2Fc%2Bd");
     }
 
     #[test]
@@ -192,6 +207,14 @@ mod tests {
             series: vec![],
             best: None,
         };
-        assert!(!chart("c", &c).contains("</script><script>"));
+        let html = chart("c", &c);
+        assert!(!html.contains("</script><script>"));
+        let json = html
+            .split_once("application/json\" id=\"c-data\">")
+            .and_then(|(_, r)| r.strip_suffix("</script>"))
+            .unwrap();
+        assert!(!json.contains(['<', '>']), "{json}");
+        let back: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(back["title"], "</script><script>alert(1)");
     }
 }

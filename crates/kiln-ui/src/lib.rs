@@ -138,6 +138,7 @@ fn router(app: Arc<App>, hosts: guard::Hosts) -> Router {
         .route("/assets/{name}", get(assets::handler))
         .fallback(pages::not_found)
         .with_state(app)
+        .layer(axum::middleware::map_response(guard::security_headers))
         .layer(axum::middleware::from_fn_with_state(
             hosts,
             guard::check_host,

@@ -23,8 +23,22 @@ pub struct OnnxSummary {
     pub initializers: usize,
 }
 
-/// Reads and summarizes `path`.
+/// Largest model file summarized (decoding holds it in memory, on every page view).
+const MAX_BYTES: u64 = 256 << 20;
+
+/// Reads and summarizes `path`, a regular file of at most 256 MiB.
 pub fn summarize(path: &Path) -> Result<OnnxSummary, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_BYTES {
+        return Err(format!(
+            "{} is {} MiB; kiln ui summarizes models up to 256 MiB",
+            path.display(),
+            meta.len() >> 20
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let model = kiln_deploy::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(summary(&model, bytes.len() as u64))

@@ -37,11 +37,18 @@ pub struct Histogram {
 /// Bins of a feature histogram.
 pub const BINS: usize = 20;
 
+/// The largest first train shard histograms are drawn from (it is read on each view of
+/// the run page; a default shard holds up to 64 MiB of features).
+const HISTOGRAM_SHARD_BYTES: u64 = 24 << 20;
+
 /// What a stage's folder holds, by kind.
 #[derive(Debug)]
 pub enum StageArtifacts {
     /// The stage has no output in this run (pending, failed, blocked, skipped).
     None,
+    /// run.json says it has output, but its folder is missing, or its name or link
+    /// leads outside the runs folder.
+    Missing,
     /// Data profile and feature histograms.
     Preprocess {
         /// profile.json.
@@ -99,11 +106,10 @@ pub struct StageView {
     pub artifacts: StageArtifacts,
 }
 
-/// The stage folder `run/<id>`, when the stage has output and its folder resolves
-/// inside the run.
+/// The stage's folder, when the stage has output or left one (a failed stage's kept
+/// output), and it lies inside the runs folder.
 fn stage_dir(run: &RunEntry, record: &StageRecord) -> Option<PathBuf> {
-    let dir = run.dir.join(&record.id);
-    (record.status.has_output() || dir.is_dir()).then_some(dir)
+    run.stage_dir(&record.id)
 }
 
 fn artifact<T: Artifact>(dir: &Path) -> Loaded<T> {
@@ -128,6 +134,7 @@ pub fn stages(run: &RunEntry) -> Vec<StageView> {
         .map(|record| StageView {
             record: record.clone(),
             artifacts: match stage_dir(run, record) {
+                None if record.status.has_output() => StageArtifacts::Missing,
                 None => StageArtifacts::None,
                 Some(dir) => stage(record.uses, &dir),
             },
@@ -165,7 +172,17 @@ fn stage(kind: StageKind, dir: &Path) -> StageArtifacts {
                 Ok(b) => b
                     .models
                     .iter()
-                    .map(|m| (m.file.clone(), onnx::summarize(&dir.join(&m.file))))
+                    .map(|m| {
+                        let summary = if crate::runs::plain(&m.file) {
+                            onnx::summarize(&dir.join(&m.file))
+                        } else {
+                            Err(format!(
+                                "`{}` is not a file name in the stage folder",
+                                m.file
+                            ))
+                        };
+                        (m.file.clone(), summary)
+                    })
                     .collect(),
                 Err(_) => Vec::new(),
             };
@@ -203,6 +220,13 @@ fn histograms(dir: &Path) -> Loaded<(usize, BTreeMap<String, Histogram>)> {
     let Some(first) = shards.manifest.split(Split::Train).shards.first() else {
         return Ok((0, BTreeMap::new()));
     };
+    if first.bytes > HISTOGRAM_SHARD_BYTES {
+        return Err(format!(
+            "not drawn: the first train shard is {} MiB, and kiln ui reads shards of up to {} MiB on a page view",
+            first.bytes >> 20,
+            HISTOGRAM_SHARD_BYTES >> 20
+        ));
+    }
     let data = shards.shard(first).map_err(|e| e.to_string())?;
     let width = data.n_features();
     let rows = data.n_rows();
@@ -229,10 +253,11 @@ pub fn histogram(values: impl Iterator<Item = f32> + Clone) -> Histogram {
             counts,
         };
     }
-    let width = (max - min) as f64;
+    // in f64: `max - min` of f32 values near ±f32::MAX overflows f32
+    let width = max as f64 - min as f64;
     for v in values.filter(|v| v.is_finite()) {
         let bin = if width > 0.0 {
-            (((v - min) as f64 / width) * BINS as f64) as usize
+            ((v as f64 - min as f64) / width * BINS as f64) as usize
         } else {
             0
         };
@@ -253,5 +278,10 @@ mod tests {
         assert_eq!((h.counts[0], h.counts[10], h.counts[19]), (1, 2, 1));
         let flat = histogram([3.0f32; 5].into_iter());
         assert_eq!(flat.counts[0], 5);
+        let wide = histogram([f32::MIN, 0.0, f32::MAX].into_iter());
+        assert_eq!(
+            (wide.counts[0], wide.counts[10], wide.counts[19]),
+            (1, 1, 1)
+        );
     }
 }

@@ -65,18 +65,32 @@ pub struct RunEntry {
     pub dir: PathBuf,
     /// run.json, or the reason it cannot be read.
     pub manifest: Result<RunManifest, String>,
+    /// The runs folder (canonical): every stage folder must lie inside it.
+    root: PathBuf,
 }
 
 impl RunEntry {
-    /// Reads `dir/run.json`.
-    pub fn load(pipeline: &str, id: &str, dir: PathBuf) -> RunEntry {
+    /// Reads `dir/run.json` (a run under the runs folder `root`).
+    fn load(root: &Path, pipeline: &str, id: &str, dir: PathBuf) -> RunEntry {
         let manifest = kiln_core::artifact::load::<RunManifest>(&dir).map_err(|e| e.to_string());
         RunEntry {
             pipeline: pipeline.to_string(),
             id: id.to_string(),
             dir,
             manifest,
+            root: root.to_path_buf(),
         }
+    }
+
+    /// The folder of stage `stage` (a name run.json gives), when it is a plain name and
+    /// its folder exists inside the runs folder (a stage links into the cache, which is
+    /// inside; a name or link that leads elsewhere is not followed).
+    pub fn stage_dir(&self, stage: &str) -> Option<PathBuf> {
+        if !plain(stage) {
+            return None;
+        }
+        let real = self.dir.join(stage).canonicalize().ok()?;
+        (real.starts_with(&self.root) && real.is_dir()).then_some(real)
     }
 
     /// The run's state.
@@ -129,7 +143,7 @@ impl std::fmt::Display for Refused {
 }
 
 /// A plain name: not empty, not `.`/`..`, no separator, no NUL, not hidden.
-fn plain(name: &str) -> bool {
+pub(crate) fn plain(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && !name.contains(['/', '\\', '\0'])
@@ -186,7 +200,7 @@ impl RunsDir {
         let id = dir
             .file_name()
             .map_or_else(|| id.to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(RunEntry::load(pipeline, &id, dir))
+        Ok(RunEntry::load(&self.root, pipeline, &id, dir))
     }
 
     /// Every run of every pipeline, newest first (by run id, which sorts by start time;
@@ -204,7 +218,7 @@ impl RunsDir {
                 if id == "latest" || is_link(&dir) || !dir.is_dir() {
                     continue;
                 }
-                runs.push(RunEntry::load(&pipeline, &id, dir));
+                runs.push(RunEntry::load(&self.root, &pipeline, &id, dir));
             }
         }
         runs.sort_by(|a, b| b.id.cmp(&a.id).then_with(|| a.pipeline.cmp(&b.pipeline)));

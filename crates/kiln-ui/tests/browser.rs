@@ -91,6 +91,14 @@ async fn runs_list_run_page_and_compare_show_the_artifacts_values() {
     let lowest = if acc1_shipped < acc2 { &id1 } else { &id2 };
     assert_eq!(asc[0], format!("digits-mlp/{lowest}"));
     assert_eq!(asc[2], "digits-mlp/20000101-000000");
+    b.client
+        .goto(&format!("{base}/?sort=accuracy&order=desc"))
+        .await
+        .unwrap();
+    let desc = b.attrs("#runs tbody tr[data-run]", "data-run").await;
+    let highest = if acc1_shipped > acc2 { &id1 } else { &id2 };
+    assert_eq!(desc[0], format!("digits-mlp/{highest}"));
+    assert_eq!(desc[2], "digits-mlp/20000101-000000");
     // filtering by status
     b.client
         .goto(&format!("{base}/?status=broken"))
@@ -117,11 +125,28 @@ async fn runs_list_run_page_and_compare_show_the_artifacts_values() {
     );
     let details: serde_json::Value =
         serde_json::from_slice(&std::fs::read(first.join("eval/confusion.json")).unwrap()).unwrap();
-    let cell = details["train"]["confusion"][8][1].as_u64().unwrap();
+    // a cell whose transpose differs, so a matrix drawn the wrong way round fails
+    let cm: Vec<Vec<u64>> = serde_json::from_value(details["train"]["confusion"].clone()).unwrap();
+    let (i, j) = (0..10)
+        .flat_map(|i| (0..10).map(move |j| (i, j)))
+        .find(|&(i, j)| cm[i][j] != cm[j][i])
+        .expect("a confusion matrix that is not symmetric");
     assert_eq!(
-        b.text("#cm-train td[data-truth=\"8\"][data-pred=\"1\"]")
-            .await,
-        cell.to_string()
+        b.text(&format!(
+            "#cm-train td[data-truth=\"{i}\"][data-pred=\"{j}\"]"
+        ))
+        .await,
+        cm[i][j].to_string()
+    );
+    // its row holds the truth: row i of the table, column j
+    assert_eq!(
+        b.text(&format!(
+            "#cm-train tbody tr:nth-child({}) td:nth-child({})",
+            i + 1,
+            j + 2
+        ))
+        .await,
+        cm[i][j].to_string()
     );
     let diag: u64 = (0..10)
         .map(|i| details["train"]["confusion"][i][i].as_u64().unwrap())
@@ -133,10 +158,15 @@ async fn runs_list_run_page_and_compare_show_the_artifacts_values() {
         .map(|t| t.parse::<u64>().unwrap())
         .sum();
     assert_eq!(shown_diag, diag);
-    let metric_cells = b.texts("table.metrics tbody tr td").await;
-    assert!(
-        metric_cells.contains(&format!("{acc1:.4}")),
-        "accuracy {acc1:.4} not in {metric_cells:?}"
+    // the metrics table: variants in name order (compress, train), accuracy the first
+    // metric column
+    assert_eq!(
+        b.texts("table.metrics thead th").await[..2],
+        ["variant".to_string(), "accuracy".to_string()]
+    );
+    assert_eq!(
+        b.texts("table.metrics tbody tr:nth-child(2) td").await[..2],
+        ["train".to_string(), format!("{acc1:.4}")]
     );
     // the charts were drawn (uPlot puts a canvas in each)
     b.client
@@ -206,6 +236,33 @@ async fn runs_list_run_page_and_compare_show_the_artifacts_values() {
     let delta = acc1 - acc2;
     let sign = if delta > 0.0 { "+" } else { "" };
     assert_eq!(row[4], format!("{sign}{delta:.4}"));
+    // the delta's colour says better or worse: higher accuracy and lower log-loss are better
+    let class_of = |metric: &str| {
+        format!(
+            "#metrics-compare tr[data-variant=\"train\"][data-metric=\"{metric}\"] td:nth-child(5)"
+        )
+    };
+    let m1: Metrics = kiln_core::artifact::load(&first.join("eval")).unwrap();
+    for metric in ["accuracy", "log_loss"] {
+        let d = m1.variants["train"][metric] - metrics.variants["train"][metric];
+        let expected = if d == 0.0 {
+            "n"
+        } else if (d > 0.0) == (metric == "accuracy") {
+            "n delta-better"
+        } else {
+            "n delta-worse"
+        };
+        let cell = b
+            .client
+            .find(Locator::Css(&class_of(metric)))
+            .await
+            .unwrap();
+        assert_eq!(
+            cell.attr("class").await.unwrap().unwrap_or_default(),
+            expected,
+            "{metric}"
+        );
+    }
     b.screenshot("compare.png").await;
     b.client.clone().close().await.unwrap();
 }
@@ -320,6 +377,28 @@ async fn a_run_in_progress_gains_epochs_without_a_reload() {
         .unwrap();
     assert_eq!(loaded, again, "the page reloaded instead of updating");
     b.screenshot("live.png").await;
+
+    // a second training stage starts its own epochs: the table starts again, no reload
+    let mut next = progress(1);
+    next.stage = "finetune".into();
+    kiln_core::artifact::save(&dir, &next).unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rows = b.attrs("#live-epochs tbody tr", "data-epoch").await;
+        if rows == ["1"] {
+            break;
+        }
+    }
+    assert_eq!(rows, ["1"]);
+    assert_eq!(b.text("#live-phase").await, "finetune: epoch 2/10 (3/8)");
+    assert_eq!(
+        b.client
+            .execute("return window.kilnLoadedAt", vec![])
+            .await
+            .unwrap(),
+        loaded
+    );
 
     // the run ends (here: fails): the page reloads once and shows the final state
     kiln_core::artifact::save(&dir, &running_manifest(RunStatus::Failed)).unwrap();

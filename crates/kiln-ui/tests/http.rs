@@ -11,6 +11,17 @@ use std::time::SystemTime;
 
 /// One GET with `host` as the Host header: (status, body).
 fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
+    let (status, _, body) = exchange(addr, path, host);
+    (status, body)
+}
+
+/// The response head (status line and headers, lower-case) of one GET.
+fn get_head(addr: SocketAddr, path: &str, host: &str) -> String {
+    exchange(addr, path, host).1
+}
+
+/// One GET on its own connection: (status, head in lower case, body).
+fn exchange(addr: SocketAddr, path: &str, host: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -20,11 +31,8 @@ fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 /// Every path under `dir` (links not followed) with its size and modification time.
@@ -80,6 +88,16 @@ async fn refuses_what_it_must_and_shows_damage_without_writing() {
     let text = std::fs::read(&metrics).unwrap();
     std::fs::write(&metrics, &text[..text.len() / 2]).unwrap();
     std::fs::write(runs.path().join("secret.txt"), "not for the page").unwrap();
+    // a link out of the runs folder, to a folder that looks like a run
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(r.run_dir.join("run.json"), outside.path().join("run.json")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), runs.path().join("iris/escape")).unwrap();
+    // a run.json whose stage id climbs out of the run folder
+    let hostile = copy_run(&r.run_dir, "20000101-000002");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hostile.join("run.json")).unwrap()).unwrap();
+    manifest["stages"][2]["id"] = "../../../outside".into();
+    std::fs::write(hostile.join("run.json"), manifest.to_string()).unwrap();
     let before = tree(runs.path());
 
     let server = kiln_ui::Server::bind(kiln_ui::Options {
@@ -123,11 +141,38 @@ async fn refuses_what_it_must_and_shows_damage_without_writing() {
         let list = get(addr, "/", &local).1;
         let live = get(addr, "/runs/iris/latest/progress", &local);
         let compare_one = get(addr, "/compare?run=iris/latest", &local).0;
-        (seen, svg, damaged, list, live, compare_one)
+        let escape = get(addr, "/runs/iris/escape", &local).0;
+        let climbing = get(addr, "/runs/iris/20000101-000002", &local).1;
+        let head = get_head(addr, "/", &local);
+        let limited = get(addr, "/?limit=1", &local).1;
+        let none = get(addr, "/?status=interrupted", &local).1;
+        (
+            seen,
+            svg,
+            damaged,
+            list,
+            live,
+            compare_one,
+            limited,
+            none,
+            (escape, climbing, head),
+        )
     })
     .await
     .unwrap();
-    let (seen, svg, (damaged_status, damaged_page), list, live, compare_one) = a;
+    let (seen, svg, (damaged_status, damaged_page), list, live, compare_one, limited, none, more) =
+        a;
+    let (escape, climbing, head) = more;
+    // a link that leads out of the folder is refused like `..`; a stage id that climbs
+    // out is not followed, and the page says so
+    assert_eq!(escape, 403);
+    assert!(climbing.contains("<strong>../../../outside</strong>: run.json says this stage has output, but its folder is missing"), "{climbing}");
+    // every page carries the content security policy
+    assert!(
+        head.contains("content-security-policy: default-src 'self'; script-src 'self'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
     assert_eq!(
         seen,
         [421, 200, 200, 200, 403, 403, 403, 403, 403, 404, 200]
@@ -148,6 +193,11 @@ async fn refuses_what_it_must_and_shows_damage_without_writing() {
     assert_eq!(live.0, 200);
     assert!(live.1.starts_with("{\"state\":\"ok\""), "{}", live.1);
     assert_eq!(compare_one, 400);
+    // a limited list says how many it left out and links to all; an empty filter says so
+    assert_eq!(limited.matches("<tr data-run=").count(), 1);
+    assert!(limited.contains("1 of 3 runs shown."), "{limited}");
+    assert!(limited.contains(">show all 3</a>"), "{limited}");
+    assert!(none.contains("No run matches the filter."), "{none}");
 
     // nothing in the runs folder changed
     assert_eq!(tree(runs.path()), before);

@@ -39,29 +39,27 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, RawQuery(raw): RawQuery
             ),
         );
     }
+    super::blocking(move || compare(&app, &keys)).await
+}
+
+/// The page for `keys` (2 to 5 `PIPELINE/RUN-ID`).
+fn compare(app: &App, keys: &[String]) -> Response {
     let mut runs = Vec::new();
-    for k in &keys {
+    for k in keys {
         let Some((p, id)) = k.split_once('/') else {
             return error_page(
-                &app,
+                app,
                 StatusCode::BAD_REQUEST,
                 "compare",
                 &format!("`{k}` is not PIPELINE/RUN-ID"),
             );
         };
         match app.runs.run(p, id) {
-            Ok(e) => runs.push(e),
-            Err(r) => return super::refused(&app, &r),
+            Ok(e) => runs.push(RunSummary::read(e)),
+            Err(r) => return super::refused(app, &r),
         }
     }
-    let app2 = app.clone();
-    let html = tokio::task::spawn_blocking(move || {
-        let rows: Vec<RunSummary> = runs.into_iter().map(RunSummary::read).collect();
-        render(&app2, &rows)
-    })
-    .await
-    .unwrap_or_else(|e| format!("rendering the page failed: {e}"));
-    Html(html).into_response()
+    Html(render(app, &runs)).into_response()
 }
 
 /// The first stage of `kind` with output, its folder.
@@ -70,7 +68,7 @@ fn stage_dir(r: &RunSummary, kind: StageKind) -> Option<std::path::PathBuf> {
     m.stages
         .iter()
         .find(|s| s.uses == kind && s.status.has_output())
-        .map(|s| r.entry.dir.join(&s.id))
+        .and_then(|s| r.entry.stage_dir(&s.id))
 }
 
 fn render(app: &App, runs: &[RunSummary]) -> String {

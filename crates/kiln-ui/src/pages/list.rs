@@ -15,13 +15,23 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::sync::Arc;
 
-/// The list's query: filters and sort.
+/// The list's query: filters, sort and how many rows.
+#[derive(Clone)]
 struct View {
     pipeline: Option<String>,
     status: Option<RunState>,
     sort: Option<String>,
     descending: bool,
+    /// Rows shown at most (`?limit=`, 0 for all).
+    limit: usize,
+    /// A run ticked for comparison when the page opens (`?check=PIPELINE/ID`, from a
+    /// run page's "compare with…").
+    check: Option<String>,
 }
+
+/// Rows the list shows unless `?limit=` says otherwise: the page stays light with
+/// thousands of runs.
+const DEFAULT_LIMIT: usize = 500;
 
 impl View {
     fn href(&self, sort: &str, descending: bool) -> String {
@@ -34,6 +44,9 @@ impl View {
         }
         q.push(format!("sort={}", url(sort)));
         q.push(format!("order={}", if descending { "desc" } else { "asc" }));
+        if self.limit != DEFAULT_LIMIT {
+            q.push(format!("limit={}", self.limit));
+        }
         format!("/?{}", q.join("&"))
     }
 }
@@ -46,6 +59,10 @@ pub(crate) async fn handler(State(app): State<Arc<App>>, RawQuery(raw): RawQuery
         status: param(&q, "status").and_then(RunState::parse),
         sort: param(&q, "sort").map(str::to_owned),
         descending: param(&q, "order") != Some("asc"),
+        limit: param(&q, "limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(DEFAULT_LIMIT),
+        check: param(&q, "check").map(str::to_owned),
     };
     let app2 = app.clone();
     let rows = tokio::task::spawn_blocking(move || {
@@ -82,8 +99,16 @@ fn render(app: &App, all: Vec<RunSummary>, view: &View) -> String {
     let mut s = String::from("<h1>Runs</h1>");
     s += &filters(&pipelines, view);
     if rows.is_empty() {
-        s += "<p class=\"muted\">No runs here yet. Run a pipeline (<code>cargo xtask pipeline</code> or <code>kiln run pipelines/iris.toml</code>) and reload.</p>";
+        s += if total == 0 {
+            "<p class=\"muted\">No runs here yet. Run a pipeline (<code>cargo xtask pipeline</code> or <code>kiln run pipelines/iris.toml</code>) and reload.</p>"
+        } else {
+            "<p class=\"muted\">No run matches the filter.</p>"
+        };
         return page("runs", &app.runs.root().display().to_string(), None, &s);
+    }
+    let matching = rows.len();
+    if view.limit > 0 {
+        rows.truncate(view.limit);
     }
     s += "<form method=\"get\" action=\"/compare\">";
     s += "<table class=\"runs\" id=\"runs\"><thead><tr><th></th>";
@@ -105,9 +130,14 @@ fn render(app: &App, all: Vec<RunSummary>, view: &View) -> String {
         let key = r.entry.key();
         let _ = write!(
             s,
-            "<tr data-run=\"{k}\"><td><input type=\"checkbox\" name=\"run\" value=\"{k}\" aria-label=\"compare {k}\"></td>\
+            "<tr data-run=\"{k}\"><td><input type=\"checkbox\" name=\"run\" value=\"{k}\" aria-label=\"compare {k}\"{checked}></td>\
 <td>{p}</td><td><a href=\"/runs/{pu}/{iu}\">{i}</a></td><td class=\"status status-{st}\">{st}</td><td>{start}</td><td class=\"n\">{dur}</td><td class=\"n\">{cache}</td>",
             k = esc(&key),
+            checked = if view.check.as_deref() == Some(key.as_str()) {
+                " checked"
+            } else {
+                ""
+            },
             p = esc(&r.entry.pipeline),
             pu = url(&r.entry.pipeline),
             iu = url(&r.entry.id),
@@ -139,8 +169,20 @@ fn render(app: &App, all: Vec<RunSummary>, view: &View) -> String {
     let _ = write!(
         s,
         "</tbody></table><button type=\"submit\" id=\"compare\">compare selected (2–5)</button></form>\
-<p class=\"muted\">{} of {total} runs shown.</p>",
+<p class=\"muted\">{} of {total} runs shown.{}</p>",
         rows.len(),
+        if rows.len() < matching {
+            format!(
+                " <a href=\"{}\" id=\"show-all\">show all {matching}</a>",
+                esc(&View {
+                    limit: 0,
+                    ..view.clone()
+                }
+                .href(view.sort.as_deref().unwrap_or("started"), view.descending))
+            )
+        } else {
+            String::new()
+        }
     );
     page("runs", &app.runs.root().display().to_string(), None, &s)
 }
@@ -196,7 +238,15 @@ fn sort(rows: &mut [RunSummary], key: &str, descending: bool) {
         "pipeline" => rows.sort_by(|a, b| dir(a.entry.pipeline.cmp(&b.entry.pipeline))),
         "run" | "started" => rows.sort_by(|a, b| dir(a.entry.id.cmp(&b.entry.id))),
         "status" => rows.sort_by(|a, b| dir(a.state.cmp(&b.state))),
-        "cache" => rows.sort_by(|a, b| dir(a.cache.map(|c| c.0).cmp(&b.cache.map(|c| c.0)))),
+        "cache" => by_number(
+            rows,
+            |r| {
+                r.cache
+                    .filter(|c| c.1 > 0)
+                    .map(|(c, d)| c as f64 / d as f64)
+            },
+            descending,
+        ),
         "duration" => by_number(rows, |r| r.seconds, descending),
         metric => by_number(rows, |r| r.metrics.get(metric).copied(), descending),
     }

@@ -35,7 +35,12 @@ pub(crate) async fn handler(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Response {
-    let entry = match app.runs.run(&pipeline, &run) {
+    super::blocking(move || live(&app, &pipeline, &run)).await
+}
+
+/// The answer for the run `pipeline/run`.
+fn live(app: &App, pipeline: &str, run: &str) -> Response {
+    let entry = match app.runs.run(pipeline, run) {
         Ok(e) => e,
         Err(r) => return (StatusCode::NOT_FOUND, r.to_string()).into_response(),
     };

@@ -59,6 +59,18 @@ pub(crate) fn refused(app: &App, r: &Refused) -> Response {
     error_page(app, status, "not shown", &r.to_string())
 }
 
+/// Runs `page` on tokio's blocking pool: every page reads files (and /proc), which must
+/// not hold up the I/O workers.
+pub(crate) async fn blocking(page: impl FnOnce() -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(page).await.unwrap_or_else(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the page failed: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
 /// Any other path.
 pub(crate) async fn not_found(State(app): State<Arc<App>>) -> Response {
     error_page(

@@ -19,15 +19,11 @@ pub(crate) async fn handler(
     State(app): State<Arc<App>>,
     Path((pipeline, run)): Path<(String, String)>,
 ) -> Response {
-    let entry = match app.runs.run(&pipeline, &run) {
-        Ok(e) => e,
-        Err(r) => return super::refused(&app, &r),
-    };
-    let app2 = app.clone();
-    let html = tokio::task::spawn_blocking(move || render(&app2, &entry))
-        .await
-        .unwrap_or_else(|e| format!("rendering the page failed: {e}"));
-    Html(html).into_response()
+    super::blocking(move || match app.runs.run(&pipeline, &run) {
+        Ok(entry) => Html(render(&app, &entry)).into_response(),
+        Err(r) => super::refused(&app, &r),
+    })
+    .await
 }
 
 fn render(app: &App, entry: &RunEntry) -> String {
@@ -86,7 +82,7 @@ fn head(entry: &RunEntry, m: &RunManifest, state: RunState) -> String {
     }
     let _ = write!(
         s,
-        "<p><a href=\"/compare?run={k}\">compare with…</a> (pick runs on the <a href=\"/?pipeline={p}\">runs list</a>) · pipeline file <code>{f}</code> · seed {seed}</p>",
+        "<p><a href=\"/?pipeline={p}&amp;check={k}\" id=\"compare-with\">compare with…</a> (this run ticked on the runs list of its pipeline) · pipeline file <code>{f}</code> · seed {seed}</p>",
         k = url(&entry.key()),
         p = url(&entry.pipeline),
         f = esc(&m.file),
@@ -206,9 +202,10 @@ fn live_section(entry: &RunEntry) -> String {
     }
     format!(
         "<section id=\"live\"><h2>Live</h2><p>now: <strong id=\"live-phase\">{}</strong> <span class=\"muted\">(follows progress.json every second)</span></p>\
-<div class=\"charts\">{}</div><table id=\"live-epochs\"><thead><tr><th>epoch</th><th class=\"n\">train loss</th><th class=\"n\">valid loss</th><th class=\"n\">valid metric</th></tr></thead><tbody>{rows}</tbody></table></section>",
+<div class=\"charts\">{}</div><table id=\"live-epochs\"><thead><tr><th>epoch</th><th class=\"n\">train loss</th><th class=\"n\">valid loss</th><th class=\"n\">valid metric</th></tr></thead><tbody data-stage=\"{stage}\">{rows}</tbody></table></section>",
         esc(&phase),
-        chart("live-curves", &live_chart(&progress.epochs))
+        chart("live-curves", &live_chart(&progress.epochs)),
+        stage = esc(&progress.stage),
     )
 }
 
@@ -217,10 +214,21 @@ fn live_chart(epochs: &[EpochPoint]) -> Chart {
         label: label.into(),
         values: epochs.iter().map(|e| Some(f(e))).collect(),
     };
+    // a sweep's trials each count epochs from 1: then x is the order of completion, as
+    // the page's script draws it (uPlot needs x to increase)
+    let increasing = epochs.windows(2).all(|w| w[1].epoch > w[0].epoch);
     Chart {
         title: "loss and validation metric so far".into(),
-        xlabel: "epoch".into(),
-        x: epochs.iter().map(|e| e.epoch as f64).collect(),
+        xlabel: if increasing {
+            "epoch".into()
+        } else {
+            "epochs completed (all trials)".into()
+        },
+        x: epochs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| if increasing { e.epoch } else { i + 1 } as f64)
+            .collect(),
         series: vec![
             line("train loss", |e| e.train_loss),
             line("valid loss", |e| e.valid_loss),

@@ -32,6 +32,10 @@ pub(crate) fn section(run: &RunEntry, v: &StageView) -> String {
     );
     s += &match &v.artifacts {
         StageArtifacts::None => "<p class=\"muted\">No output in this run.</p>".to_string(),
+        StageArtifacts::Missing => problem(
+            &r.id,
+            "run.json says this stage has output, but its folder is missing (removed by `kiln gc`?) or leads outside the runs folder",
+        ),
         StageArtifacts::Preprocess {
             profile,
             histograms,

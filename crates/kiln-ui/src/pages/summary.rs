@@ -72,7 +72,7 @@ impl RunSummary {
             m.stages
                 .iter()
                 .find(|r| r.uses == kind && r.status.has_output())
-                .map(|r| s.entry.dir.join(&r.id))
+                .and_then(|r| s.entry.stage_dir(&r.id))
         };
         if let Some(dir) = stage_dir(StageKind::Evaluate)
             && let Ok(metrics) = kiln_core::artifact::load::<Metrics>(&dir)
