@@ -138,28 +138,41 @@ impl Browser {
             .at_most(Duration::from_secs(10))
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-            .text()
+            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
+        self.texts(css)
             .await
-            .unwrap()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("`{css}` went away"))
     }
 
-    /// The texts of every element matching `css`.
+    /// The texts of every element matching `css`, read in one script so that a page
+    /// updating itself (the live view) cannot leave a stale element between the reads.
     pub async fn texts(&self, css: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in self.client.find_all(Locator::Css(css)).await.unwrap() {
-            out.push(e.text().await.unwrap());
-        }
-        out
+        self.query(css, "e.innerText.trim()").await
     }
 
-    /// The values of attribute `attr` of every element matching `css`.
+    /// The values of attribute `attr` of every element matching `css` (one script, as
+    /// `texts`).
     pub async fn attrs(&self, css: &str, attr: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in self.client.find_all(Locator::Css(css)).await.unwrap() {
-            out.push(e.attr(attr).await.unwrap().unwrap_or_default());
-        }
-        out
+        self.query(
+            css,
+            &format!("e.getAttribute({}) || ''", serde_json::json!(attr)),
+        )
+        .await
+    }
+
+    /// `value` (a JavaScript expression of `e`) for every element matching `css`.
+    async fn query(&self, css: &str, value: &str) -> Vec<String> {
+        let script = format!(
+            "return Array.from(document.querySelectorAll(arguments[0])).map(e => {value});"
+        );
+        let v = self
+            .client
+            .execute(&script, vec![serde_json::json!(css)])
+            .await
+            .unwrap_or_else(|e| panic!("reading `{css}`: {e}"));
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("reading `{css}`: {e}"))
     }
 
     /// Saves a screenshot of the page as `name` under `$KILN_UI_SCREENSHOTS`, when set
