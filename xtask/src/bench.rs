@@ -78,6 +78,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "cnn" => o.benches.push("cnn"),
             "scale" => o.benches.push("scale"),
             "ui" => o.benches.push("ui"),
+            "cluster" => o.benches.push("cluster"),
             "--rows" => {
                 o.rows = it
                     .next()
@@ -216,6 +217,18 @@ pub fn bench(args: &[String]) -> Result {
     if o.benches.contains(&"cnn") {
         build.args(["--example", "bench_cnn"]);
     }
+    if o.benches.contains(&"cluster") {
+        build.args([
+            "--features",
+            "kiln-cli/cluster",
+            "-p",
+            "kiln-cluster",
+            "--bin",
+            "kiln-scheduler",
+            "--bin",
+            "kiln-executor",
+        ]);
+    }
     let mut tools = tools;
     if o.benches.contains(&"ui") {
         build.args(["-p", "kiln-ui", "--example", "bench_ui_browser"]);
@@ -262,6 +275,11 @@ pub fn bench(args: &[String]) -> Result {
             }
             "optimize" => bench_optimize(&root, &tools, o.pairs)?,
             "ui" => crate::bench_ui::bench_ui(&root, &tools)?,
+            "cluster" => crate::bench_cluster::bench_cluster(
+                &tools,
+                o.rows.iter().copied().max().unwrap_or(20_000_000),
+                o.pairs,
+            )?,
             "preprocess" => {
                 let have = cmd::probe(
                     Command::new(&python).args(["-c", "import pandas, sklearn, polars, pyarrow"]),

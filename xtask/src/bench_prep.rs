@@ -28,12 +28,15 @@ const CAT_B: usize = 40;
 pub(crate) struct TableShape {
     pub numeric: usize,
     pub high_card: usize,
+    /// A first column `id` holding the row's index (a row identity for hash splits).
+    pub id: bool,
 }
 
 /// The table of `cargo xtask bench preprocess`.
 const PREP: TableShape = TableShape {
     numeric: 20,
     high_card: 0,
+    id: false,
 };
 
 /// SplitMix64: a tiny seeded generator (xtask has no dependencies).
@@ -74,6 +77,9 @@ pub(crate) fn make_table(path: &Path, rows: usize, shape: TableShape) -> Result<
     let mut f = std::io::BufWriter::with_capacity(1 << 20, fs::File::create(&tmp).map_err(err)?);
     let mut rng = Rng(20_261_129);
     let mut line = String::new();
+    if shape.id {
+        line.push_str("id,");
+    }
     for j in 0..shape.numeric {
         let _ = write!(line, "f{j},");
     }
@@ -83,8 +89,11 @@ pub(crate) fn make_table(path: &Path, rows: usize, shape: TableShape) -> Result<
         "cat_a,cat_b,label\n"
     });
     f.write_all(line.as_bytes()).map_err(err)?;
-    for _ in 0..rows {
+    for i in 0..rows {
         line.clear();
+        if shape.id {
+            let _ = write!(line, "{i},");
+        }
         let mut score = 0.0;
         for j in 0..shape.numeric {
             let x = rng.normal() * (1.0 + j as f64) + j as f64 * 10.0;

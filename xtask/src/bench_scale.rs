@@ -26,6 +26,7 @@ pub(crate) const SIZES: [usize; 3] = [1_000_000, 5_000_000, 20_000_000];
 const SHAPE: TableShape = TableShape {
     numeric: 26,
     high_card: 5_000,
+    id: false,
 };
 
 /// The pipeline run on a table of `rows` rows at `csv`.

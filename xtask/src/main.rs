@@ -4,6 +4,7 @@
 //! kiln's crates: it runs `cargo`, `python3` and the `kiln` binary.
 
 mod bench;
+mod bench_cluster;
 mod bench_cnn;
 mod bench_prep;
 mod bench_reliability;
@@ -37,7 +38,7 @@ commands:
                              NAME means pipelines/NAME.toml, the default is mnist-mlp
   ci [--no-test]             what CI runs: format check, clippy and rustdoc (warnings are
                              errors), tests (unless --no-test), feature checks
-  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|scale|ui|all] [--peers] [--pairs N]
+  bench [preprocess|train|cnn|optimize|e2e|serve|tabular|scale|ui|cluster|all] [--peers] [--pairs N]
         [--seconds N] [--clients N] [--flood-seconds N] [--soak-seconds N] [--seeds N]
         [--rows N,N] [--write-docs]
                              kiln vs PyTorch (+ onnxruntime) side by side, A B A B after a
@@ -54,7 +55,10 @@ commands:
                              the whole pipeline, the stages after preprocess streamed and in
                              memory, and kiln predict; wall time and peak memory; ui (not in
                              all): kiln ui over 200 runs, server answers, page loads in
-                             headless Chromium (installed as for `test`) and server RSS
+                             headless Chromium (installed as for `test`) and server RSS;
+                             cluster (not in all): one preprocess of a --rows N (20M)
+                             table on polars streaming, DataFusion in-process and a
+                             loopback Ballista cluster of 1 and 2 executors
   help                       this text
 
 environment:

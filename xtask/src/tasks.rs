@@ -204,6 +204,17 @@ pub fn ci(args: &[String]) -> Result {
             "xtask: note: kiln-train has no `ci-check` feature, skipping its cuda feature check"
         );
     }
+    // kiln with the DataFusion / Ballista engines (`--features cluster`) still compiles
+    cmd::run(
+        tools.apply(cmd::cargo().current_dir(&root).args([
+            "check",
+            "-p",
+            "kiln-cli",
+            "--features",
+            "cluster",
+        ])),
+        NO_CARGO,
+    )?;
     eprintln!("xtask: ci passed");
     Ok(())
 }

@@ -271,6 +271,9 @@ fn init(data: &std::path::Path, target: &str, output: Option<PathBuf>, force: bo
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // pipelines may name engine = "datafusion" / "ballista" (docs/scale.md)
+    #[cfg(feature = "cluster")]
+    kiln_cluster::install();
     // A server logs its startup and shutdown by default (not ONNX Runtime's session
     // chatter); the other commands only warn.
     let default = match cli.command {

@@ -24,6 +24,7 @@ pub mod forward;
 pub mod model;
 pub mod predictor;
 pub mod progress;
+pub mod row_split;
 pub mod schema;
 pub mod tensors;
 pub mod time;

@@ -63,6 +63,45 @@ pub struct Config {
     /// Seed of the split (the pipeline fills it from its top-level `seed`).
     #[serde(default)]
     pub seed: u64,
+    /// Where the steps run: `local` (default: polars, in memory or streamed), `datafusion`
+    /// (DataFusion in this process) or `ballista` (a DataFusion Ballista cluster at
+    /// `scheduler`). The other engines need `split.row_id` and a kiln built with the
+    /// `cluster` feature (docs/scale.md).
+    #[serde(default, skip_serializing_if = "Engine::is_local")]
+    pub engine: Engine,
+    /// The Ballista scheduler of `engine = "ballista"`, as `df://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+}
+
+/// The engine a preprocess stage runs on.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// polars in this process, in memory or streamed (`load`).
+    #[default]
+    Local,
+    /// DataFusion in this process.
+    Datafusion,
+    /// A DataFusion Ballista cluster: a scheduler and its executors.
+    Ballista,
+}
+
+impl Engine {
+    fn is_local(&self) -> bool {
+        *self == Engine::Local
+    }
+
+    /// The name written in pipeline files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Local => "local",
+            Engine::Datafusion => "datafusion",
+            Engine::Ballista => "ballista",
+        }
+    }
 }
 
 /// Whether a preprocess stage holds the table in memory or streams it.
@@ -112,6 +151,33 @@ impl Config {
                 format!(
                     "valid + test = {} leaves no training rows; keep the sum below 1",
                     s.valid + s.test.unwrap_or(0.0)
+                ),
+            ));
+        }
+        match (self.engine, &self.scheduler) {
+            (Engine::Ballista, None) => p.push((
+                "scheduler".into(),
+                "engine = \"ballista\" needs the scheduler's address, e.g. scheduler = \"df://127.0.0.1:50050\"".into(),
+            )),
+            (Engine::Ballista, Some(url)) if !url.starts_with("df://") => p.push((
+                "scheduler".into(),
+                format!("`{url}` is not a scheduler address; write it as df://host:port"),
+            )),
+            (Engine::Local | Engine::Datafusion, Some(_)) => p.push((
+                "scheduler".into(),
+                format!(
+                    "a scheduler is only used with engine = \"ballista\", not \"{}\"; remove it or set the engine",
+                    self.engine.name()
+                ),
+            )),
+            _ => {}
+        }
+        if self.engine != Engine::Local && s.row_id.is_none() {
+            p.push((
+                "split.row_id".into(),
+                format!(
+                    "engine = \"{}\" splits rows by a seeded hash of a row-id column, which every engine computes alike; name a column that identifies each row, e.g. split.row_id = \"id\"",
+                    self.engine.name()
                 ),
             ));
         }
@@ -462,9 +528,15 @@ pub struct Split {
     /// Fraction held out for testing when there is no test source (default 0.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<f64>,
-    /// Keep class proportions in every split (default true; classification only).
+    /// Keep class proportions in every split (default true; classification only; not
+    /// with `row_id`).
     #[serde(default = "default_true")]
     pub stratify: bool,
+    /// A column that identifies each row (integers or text; not a feature). Given, each
+    /// row's split is a seeded hash of its value ([`kiln_core::row_split`]), the same on
+    /// every engine and whatever the other rows; left out, a seeded stratified shuffle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_id: Option<String>,
 }
 
 fn default_valid() -> f64 {
@@ -477,6 +549,7 @@ impl Default for Split {
             valid: default_valid(),
             test: None,
             stratify: true,
+            row_id: None,
         }
     }
 }

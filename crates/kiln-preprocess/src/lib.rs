@@ -40,6 +40,7 @@ pub mod idx;
 pub mod images;
 mod load;
 mod profile;
+pub mod remote;
 mod source;
 mod split;
 mod steps;
@@ -53,11 +54,12 @@ mod train_rows;
 pub use artifact::{Output, read_artifact};
 pub use augment::{Augment, AugmentCounts, rotate_image, shift_image};
 pub use config::{
-    ColumnType, Columns, Config, ImputeStrategy, ImputeValue, Load, Source, Split, Step,
+    ColumnType, Columns, Config, Engine, ImputeStrategy, ImputeValue, Load, Source, Split, Step,
 };
 pub use error::{PreprocessError, Result};
 pub use load::source_files;
-pub use split::stratified_split;
+pub use remote::{RemoteEngine, register_remote, run_remote};
+pub use split::{hash_split, stratified_split};
 pub use streamed::{Streamed, run_streamed, run_streamed_with, streams};
 
 use frame::*;
@@ -69,6 +71,58 @@ use kiln_core::{Dataset, Schema, Task};
 use std::path::Path;
 
 pub use kiln_core::artifact::profile::{ColumnProfile, DroppedRows, Profile, SplitCounts};
+
+/// What another engine (kiln-cluster's DataFusion and Ballista) needs to fit the steps
+/// exactly as this crate does: the statistics it must supply per step ([`TrainRows`]:
+/// numeric statistics and category counts of the train rows after the transforms so
+/// far) and the one fitting routine ([`fit_rows`]) that turns them into the transforms.
+///
+/// [`TrainRows`]: engine::TrainRows
+/// [`fit_rows`]: engine::fit_rows
+pub mod engine {
+    pub use crate::steps::{Text, fit_rows, op as step_op};
+    pub use crate::streamed::save_unaugmented;
+    pub use crate::target::{positive_index, sort_classes};
+    pub use crate::train_rows::{Need, Stats, TrainRows, interpolate, quantile_ranks};
+    pub use crate::{check_row_id, preview};
+
+    /// The steps a stage whose `steps` are left out gets (what `kiln init` would write),
+    /// decided on the first rows of its first file as the streamed path decides them.
+    pub fn suggested_steps(config: &crate::Config) -> crate::Result<Vec<crate::Step>> {
+        let (files, csv) = crate::streamed::streamable(config).map_err(|why| {
+            crate::PreprocessError::Invalid(format!("cannot suggest steps for this source: {why}"))
+        })?;
+        let first = files
+            .first()
+            .ok_or_else(|| crate::PreprocessError::Invalid("the source matches no file".into()))?;
+        crate::streamed::suggested(first, config, &csv)
+    }
+
+    /// The columns the steps remove (`drop`, or left out by `select`).
+    pub fn removed_columns(steps: &[crate::Step], features: &[String]) -> Vec<String> {
+        crate::steps::removed_columns(steps, features)
+    }
+}
+
+/// Checks that `split.row_id` names a column of `names` (from `source`) other than the
+/// target.
+pub fn check_row_id(id: &str, target: &str, names: &[String], source: &str) -> Result<()> {
+    if id == target {
+        return Err(PreprocessError::Invalid(format!(
+            "split.row_id: `{id}` is the target; name a column that identifies each row"
+        )));
+    }
+    if !names.iter().any(|n| n == id) {
+        return Err(PreprocessError::Invalid(format!(
+            "{source}: split.row_id column `{id}` not found{}; columns are: {}",
+            kiln_core::nearest(id, names)
+                .map(|n| format!(" (did you mean `{n}`?)"))
+                .unwrap_or_default(),
+            preview(names)
+        )));
+    }
+    Ok(())
+}
 
 /// Runs the stage: [`prepare`], then [`Output::write`] into `out_dir`. Nothing is written
 /// when any check fails.
@@ -119,7 +173,15 @@ pub fn prepare(config: &Config) -> Result<Output> {
             )));
         }
     }
-    let features: Vec<String> = names.iter().filter(|n| *n != target).cloned().collect();
+    let row_id = config.split.row_id.as_deref();
+    if let Some(id) = row_id {
+        check_row_id(id, target, &names, &main.name())?;
+    }
+    let features: Vec<String> = names
+        .iter()
+        .filter(|n| *n != target && Some(n.as_str()) != row_id)
+        .cloned()
+        .collect();
     if features.is_empty() {
         return Err(PreprocessError::Invalid(
             "the data has no feature columns besides the target".into(),
@@ -129,7 +191,14 @@ pub fn prepare(config: &Config) -> Result<Output> {
         (Some(written), _) => written.clone(),
         (None, Source::Idx { .. } | Source::Images { .. }) => Vec::new(),
         (None, _) => {
-            let suggested = suggest::default_steps(&main.df, target, &config.column_types)?;
+            let df = match row_id {
+                Some(id) => main
+                    .df
+                    .drop(id)
+                    .map_err(|e| PreprocessError::Invalid(e.to_string()))?,
+                None => main.df.clone(),
+            };
+            let suggested = suggest::default_steps(&df, target, &config.column_types)?;
             tracing::info!(
                 steps = %suggested
                     .iter()
@@ -267,6 +336,19 @@ pub fn prepare(config: &Config) -> Result<Output> {
     // more: their features and targets are extracted
     let main_sites = main.sites();
     let test_sites = test_src.as_ref().map(Frame::sites);
+    let row_ids = match row_id {
+        Some(id) => {
+            let ids = main.text(id)?;
+            if let Some(i) = ids.iter().position(String::is_empty) {
+                return Err(PreprocessError::Invalid(format!(
+                    "{}: the row id `{id}` is empty; split.row_id needs a value in every row",
+                    main_sites.site(i)
+                )));
+            }
+            Some(ids)
+        }
+        None => None,
+    };
     drop((main, test_src));
 
     // Split the main source (regression: one stratum).
@@ -279,14 +361,17 @@ pub fn prepare(config: &Config) -> Result<Output> {
         (true, _) => 0.0,
         (false, f) => f.unwrap_or(0.2),
     };
-    let [tr, va, te] = split::stratified_split(
-        &labels,
-        class_labels.len().max(1),
-        config.split.valid,
-        test_frac,
-        config.split.stratify && task == Task::Classification,
-        config.seed,
-    )?;
+    let [tr, va, te] = match &row_ids {
+        Some(ids) => split::hash_split(ids, config.split.valid, test_frac, config.seed)?,
+        None => split::stratified_split(
+            &labels,
+            class_labels.len().max(1),
+            config.split.valid,
+            test_frac,
+            config.split.stratify && task == Task::Classification,
+            config.seed,
+        )?,
+    };
     let pick = |idx: &[u32]| -> Target {
         match task {
             Task::Classification => Target::Classes {
@@ -520,7 +605,8 @@ fn augment_train(
     Ok(counts)
 }
 
-pub(crate) fn preview(names: &[String]) -> String {
+/// The first column names, for messages (`a, b, c, … (+N more)`).
+pub fn preview(names: &[String]) -> String {
     if names.len() <= 8 {
         names.join(", ")
     } else {

@@ -17,7 +17,7 @@ fn invalid(m: String) -> PreprocessError {
 }
 
 /// The step's name as written in a pipeline file.
-pub(crate) fn op(step: &Step) -> &'static str {
+pub fn op(step: &Step) -> &'static str {
     match step {
         Step::Scale { .. } => "scale",
         Step::Standardize { .. } => "standardize",
@@ -144,7 +144,8 @@ fn resolve(
 /// The text columns of the raw rows: their names and where each shows a cell that is
 /// not a number (`file: row N holds `x``), for messages.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Text {
+pub struct Text {
+    /// Text column → where it first shows text (for messages; may be empty).
     pub sites: BTreeMap<String, String>,
 }
 
@@ -333,8 +334,9 @@ pub(crate) fn fit(
     Ok((transforms, names, rows.data))
 }
 
-/// [`fit`] over any [`TrainRows`]: the transforms and the final feature names.
-pub(crate) fn fit_rows(
+/// The fit of `steps` over any [`TrainRows`] (rows in memory, passes over a spill, a
+/// DataFusion engine): the transforms and the final feature names.
+pub fn fit_rows(
     steps: &[Step],
     rows: &mut impl TrainRows,
     features: &[String],

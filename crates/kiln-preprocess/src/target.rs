@@ -169,7 +169,7 @@ pub(crate) fn map_labels(frame: &Frame, target: &str, classes: &[String]) -> Res
 }
 
 /// Sorts class names: numerically when both are integers, else as text.
-pub(crate) fn sort_classes(classes: &mut [String]) {
+pub fn sort_classes(classes: &mut [String]) {
     classes.sort_by(|a, b| match (a.parse::<i64>(), b.parse::<i64>()) {
         (Ok(x), Ok(y)) => x.cmp(&y),
         _ => a.cmp(b),
@@ -178,7 +178,7 @@ pub(crate) fn sort_classes(classes: &mut [String]) {
 
 /// The index of `positive_class` among the target's `classes`, or the error that names
 /// the nearest class.
-pub(crate) fn positive_index(pos: &str, classes: &[String], target: &str) -> Result<usize> {
+pub fn positive_index(pos: &str, classes: &[String], target: &str) -> Result<usize> {
     classes.iter().position(|c| c == pos).ok_or_else(|| {
         PreprocessError::Invalid(format!(
             "positive_class `{pos}` is not a value of target `{target}`{}; its values are: {}",

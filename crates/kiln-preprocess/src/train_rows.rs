@@ -8,7 +8,7 @@ use kiln_core::{TextColumn, Transform};
 
 /// What a step needs to know about a numeric column's present (non-missing) train values.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Need {
+pub struct Need {
     /// The mean.
     pub mean: bool,
     /// The population standard deviation (with the mean).
@@ -22,7 +22,7 @@ pub(crate) struct Need {
 /// A numeric column's statistics over its present train values (those `Need` asked for;
 /// count, min and max always).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Stats {
+pub struct Stats {
     /// Present values.
     pub count: usize,
     /// Mean (0 when there is no value).
@@ -106,20 +106,20 @@ pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// The two ranks (0-based, in sorted order) that the `q` quantile of `n` values lies
 /// between.
-pub(crate) fn quantile_ranks(n: usize, q: f64) -> [usize; 2] {
+pub fn quantile_ranks(n: usize, q: f64) -> [usize; 2] {
     let pos = q * (n - 1) as f64;
     [pos.floor() as usize, pos.ceil() as usize]
 }
 
 /// The `q` quantile of `n` values from the values at its [`quantile_ranks`].
-pub(crate) fn interpolate(lo_value: f64, hi_value: f64, q: f64, n: usize) -> f64 {
+pub fn interpolate(lo_value: f64, hi_value: f64, q: f64, n: usize) -> f64 {
     let pos = q * (n - 1) as f64;
     lo_value + (hi_value - lo_value) * (pos - pos.floor())
 }
 
 /// The train rows as fitting goes, step by step: statistics of their columns after the
 /// transforms fitted so far (`done`), and those transforms applied as they come.
-pub(crate) trait TrainRows {
+pub trait TrainRows {
     /// Train rows (for the log).
     fn rows(&self) -> usize;
     /// The statistics of numeric columns `cols` after `done` (`names`: the columns then).

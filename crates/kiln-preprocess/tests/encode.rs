@@ -29,12 +29,15 @@ fn config(train: &Path, test: &Path, steps: Vec<Step>) -> Config {
             valid: 0.0,
             test: None,
             stratify: false,
+            row_id: None,
         },
         augment: Default::default(),
         shard_rows: None,
         load: Default::default(),
         memory_mb: 1024,
         seed: 1,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 

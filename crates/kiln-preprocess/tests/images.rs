@@ -68,12 +68,15 @@ fn config(source: Source) -> Config {
             valid: 0.2,
             test: Some(0.2),
             stratify: true,
+            row_id: None,
         },
         augment: Augment::default(),
         shard_rows: None,
         load: Default::default(),
         memory_mb: 1024,
         seed: 1,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 

@@ -27,12 +27,15 @@ fn config(path: &Path, target: &str, task: Option<Task>) -> Config {
             valid: 0.2,
             test: Some(0.2),
             stratify: true,
+            row_id: None,
         },
         augment: Default::default(),
         shard_rows: None,
         load: Default::default(),
         memory_mb: 1024,
         seed: 5,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 
@@ -135,6 +138,7 @@ fn standardize_fits_the_population_std_and_1_for_a_constant_column() {
         valid: 0.0,
         test: None,
         stratify: false,
+        row_id: None,
     };
     let out = run(&c, &dir.path().join("out")).unwrap();
     assert_eq!(out.rows, [40, 0, 40]);

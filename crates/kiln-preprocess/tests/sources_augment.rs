@@ -31,12 +31,15 @@ fn config(source: Source, steps: Vec<Step>) -> Config {
             valid: 0.2,
             test: Some(0.2),
             stratify: true,
+            row_id: None,
         },
         augment: Augment::default(),
         shard_rows: None,
         load: Default::default(),
         memory_mb: 1024,
         seed: 3,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 
@@ -436,6 +439,7 @@ fn the_profile_gives_type_missing_share_and_distinct_values() {
         valid: 0.0,
         test: None,
         stratify: true,
+        row_id: None,
     };
     run(&c, &dir.path().join("out")).unwrap();
     let p: serde_json::Value =
@@ -578,6 +582,7 @@ fn idx_pixels_go_straight_to_rows_and_give_the_image_layout() {
         valid: 0.2,
         test: None,
         stratify: true,
+        row_id: None,
     };
     c.augment = Augment {
         copies: 1,

@@ -28,12 +28,15 @@ fn config(path: &Path, steps: Vec<Step>) -> Config {
             valid: 0.0,
             test: None,
             stratify: false,
+            row_id: None,
         },
         augment: Default::default(),
         shard_rows: None,
         load: Default::default(),
         memory_mb: 1024,
         seed: 1,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 
@@ -354,6 +357,7 @@ fn parquet_and_arrow_sources_with_nulls() {
             valid: 0.0,
             test: Some(0.5),
             stratify: false,
+            row_id: None,
         };
         let out = run(&c, &dir.path().join(format!("out{k}"))).unwrap();
         assert_eq!(out.rows, [3, 0, 3]);

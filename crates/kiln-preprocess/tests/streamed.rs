@@ -130,12 +130,15 @@ fn config(path: &Path, load: Load) -> Config {
             valid: 0.15,
             test: Some(0.15),
             stratify: true,
+            row_id: None,
         },
         augment: Default::default(),
         shard_rows: Some(97),
         load,
         memory_mb: 1024,
         seed: 11,
+        engine: Default::default(),
+        scheduler: None,
     }
 }
 

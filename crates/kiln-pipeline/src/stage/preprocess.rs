@@ -39,6 +39,12 @@ impl Stage for kiln_preprocess::Config {
     }
 
     fn run(&self, cx: &mut RunCx<'_>) -> Result<Ran, StageError> {
+        // another engine (DataFusion, a Ballista cluster) writes the shards; the stages
+        // after it read them
+        if self.engine != kiln_preprocess::Engine::Local {
+            kiln_preprocess::run_remote(self, cx.out, cx.progress).map_err(source_error)?;
+            return Ok(Ran::default());
+        }
         // a table too large for memory is streamed into the shards; the stages after it
         // read them
         if kiln_preprocess::streams(self).map_err(source_error)? {

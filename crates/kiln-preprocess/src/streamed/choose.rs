@@ -12,7 +12,7 @@ fn invalid(m: String) -> PreprocessError {
 }
 
 /// The source's table files and how a CSV is read, or why this config cannot stream.
-pub(super) fn streamable(
+pub(crate) fn streamable(
     config: &Config,
 ) -> std::result::Result<(Vec<PathBuf>, CsvFormat), String> {
     let (path, csv) = match &config.source {

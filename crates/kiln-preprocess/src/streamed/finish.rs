@@ -34,6 +34,7 @@ pub(super) fn finish(
         dropped,
         class_names,
         ids,
+        split_codes,
     } = parsed;
     let (spill_path, plan) = (spill_path.as_path(), plan.as_slice());
     let target = config.target.as_str();
@@ -66,23 +67,30 @@ pub(super) fn finish(
         None => classes,
     };
     let n = labels.len();
-    let test_frac = config.split.test.unwrap_or(0.2);
-    let [tr, va, te] = crate::split::stratified_split(
-        &labels,
-        classes.len().max(1),
-        config.split.valid,
-        test_frac,
-        config.split.stratify && task == Task::Classification,
-        config.seed,
-    )?;
-    let mut codes = vec![0u8; n];
-    for (code, idx) in [(1u8, &va), (2u8, &te)] {
-        for &i in idx.iter() {
-            codes[i as usize] = code;
+    let codes = match split_codes {
+        Some(codes) => codes,
+        None => {
+            let [_, va, te] = crate::split::stratified_split(
+                &labels,
+                classes.len().max(1),
+                config.split.valid,
+                config.split.test.unwrap_or(0.2),
+                config.split.stratify && task == Task::Classification,
+                config.seed,
+            )?;
+            let mut codes = vec![0u8; n];
+            for (code, idx) in [(1u8, &va), (2u8, &te)] {
+                for &i in idx.iter() {
+                    codes[i as usize] = code;
+                }
+            }
+            codes
         }
+    };
+    let mut rows = [0usize; 3];
+    for &c in &codes {
+        rows[c as usize] += 1;
     }
-    let rows = [tr.len(), va.len(), te.len()];
-    drop((tr, va, te));
     if rows[0] == 0 || rows[2] == 0 {
         return Err(invalid(format!(
             "the split left {} train and {} test rows; use more data or smaller split fractions",
@@ -218,25 +226,14 @@ pub(super) fn finish(
         Task::Classification => TargetKind::ClassIndex,
         Task::Regression => TargetKind::Value,
     })?;
-    let profile = Profile {
-        rows: SplitCounts {
-            train: rows[0],
-            valid: rows[1],
-            test: rows[2],
-        },
-        n_features: feature_names.len(),
-        train_class_counts: classes.iter().cloned().zip(class_counts).collect(),
-        columns: profiler.finish(),
-        dropped_rows: dropped,
-        augmentation: AugmentCounts {
-            before: rows[0],
-            after: rows[0],
-            ..Default::default()
-        },
-        skipped_files: Vec::new(),
-    };
-    kiln_core::artifact::save(out_dir, &profile)?;
-    kiln_core::write_json(&out_dir.join("schema.json"), &schema)?;
+    let profile = save_unaugmented(
+        out_dir,
+        &schema,
+        rows,
+        classes.iter().cloned().zip(class_counts).collect(),
+        profiler.finish(),
+        dropped,
+    )?;
     tracing::info!(
         train = rows[0],
         valid = rows[1],
@@ -251,4 +248,38 @@ pub(super) fn finish(
         rows,
         profile,
     })
+}
+
+/// Writes profile.json (rows per split, the train class counts, the raw train columns,
+/// the dropped rows; no augmentation) and schema.json beside the shards of a dataset
+/// written row by row; returns the profile. Every engine that streams its rows into a
+/// `ShardSink` (this one, kiln-cluster's) ends with it.
+pub fn save_unaugmented(
+    out_dir: &Path,
+    schema: &Schema,
+    rows: [usize; 3],
+    train_class_counts: Vec<(String, usize)>,
+    columns: Vec<kiln_core::artifact::profile::ColumnProfile>,
+    dropped_rows: kiln_core::artifact::profile::DroppedRows,
+) -> Result<Profile> {
+    let profile = Profile {
+        rows: SplitCounts {
+            train: rows[0],
+            valid: rows[1],
+            test: rows[2],
+        },
+        n_features: schema.feature_names.len(),
+        train_class_counts,
+        columns,
+        dropped_rows,
+        augmentation: AugmentCounts {
+            before: rows[0],
+            after: rows[0],
+            ..Default::default()
+        },
+        skipped_files: Vec::new(),
+    };
+    kiln_core::artifact::save(out_dir, &profile)?;
+    kiln_core::write_json(&out_dir.join("schema.json"), schema)?;
+    Ok(profile)
 }

@@ -14,8 +14,9 @@ mod profile;
 mod rows;
 mod spill;
 
-use choose::streamable;
+pub(crate) use choose::streamable;
 pub use choose::streams;
+pub use finish::save_unaugmented;
 
 use crate::config::{ColumnType, Config, Source, Step};
 use crate::error::{PreprocessError, Result};
@@ -144,7 +145,15 @@ pub fn run_streamed_with(
             )));
         }
     }
-    let features: Vec<String> = names.iter().filter(|n| *n != target).cloned().collect();
+    let row_id = config.split.row_id.as_deref();
+    if let Some(id) = row_id {
+        crate::check_row_id(id, target, &names, &source_name)?;
+    }
+    let features: Vec<String> = names
+        .iter()
+        .filter(|n| *n != target && Some(n.as_str()) != row_id)
+        .cloned()
+        .collect();
     if features.is_empty() {
         return Err(invalid(
             "the data has no feature columns besides the target".into(),
@@ -194,6 +203,13 @@ pub fn run_streamed_with(
         .map(|c| features.iter().position(|f| f == c).unwrap_or(0))
         .collect();
     let w = features.len();
+    // the scan reads the row id as text after the features
+    let (mut scan_wanted, mut scan_text) = (wanted.clone(), text_cols.clone());
+    if let Some(id) = row_id {
+        scan_wanted.push(id.to_string());
+        scan_text.push(id.to_string());
+    }
+    let mut split_codes: Option<Vec<u8>> = row_id.map(|_| Vec::new());
 
     // Pass 1: the source, parsed once, into the spill; the target collected.
     let spill_path = out_dir.join(".spill");
@@ -214,8 +230,8 @@ pub fn run_streamed_with(
     for (fi, file) in files.iter().enumerate() {
         let scan = Scan::open_checked(
             file,
-            &wanted,
-            &text_cols,
+            &scan_wanted,
+            &scan_text,
             Some(target),
             CHUNK_ROWS,
             csv.clone(),
@@ -237,7 +253,7 @@ pub fn run_streamed_with(
                 )));
             };
             let mut values = vec![f32::NAN; n * w];
-            let ww = wanted.len();
+            let ww = scan_wanted.len();
             for i in 0..n {
                 for (k, &j) in at.iter().enumerate() {
                     let x = chunk.rows.values[i * ww + k];
@@ -266,6 +282,24 @@ pub fn run_streamed_with(
                 let (kept, [nulls_dropped, _]) = steps::row_steps(&plan, &sub, &features, &sub_target, &text)?;
                 dropped.null_features += nulls_dropped;
                 keep = kept.into_iter().map(|k| keep[k]).collect();
+            }
+            if let (Some(id), Some(codes)) = (row_id, split_codes.as_mut()) {
+                let ids = chunk.rows.text.iter().find(|(n, _)| n == id).map(|(_, t)| t);
+                for &i in &keep {
+                    let Some(v) = ids.and_then(|t| t.get(i)).filter(|v| !v.is_empty()) else {
+                        return Err(invalid(format!(
+                            "{}: the row id `{id}` is empty; split.row_id needs a value in every row",
+                            site(i)
+                        )));
+                    };
+                    let s = kiln_core::row_split::row_split(
+                        config.seed,
+                        v.as_bytes(),
+                        config.split.valid,
+                        config.split.test.unwrap_or(0.2),
+                    );
+                    codes.push(s as u8);
+                }
             }
             let idx: Vec<u32> = keep.iter().map(|&i| i as u32).collect();
             let values = crate::frame::gather(&values, w, &idx);
@@ -374,6 +408,7 @@ pub fn run_streamed_with(
         dropped,
         class_names,
         ids,
+        split_codes,
     };
     finish::finish(config, out_dir, parsed, progress)
 }
@@ -403,6 +438,9 @@ pub(super) struct Parsed {
     class_names: Vec<String>,
     /// Per kept row: its class's place in `class_names` (0 for regression).
     ids: Vec<u32>,
+    /// Per kept row with `split.row_id`: its split (0 train, 1 valid, 2 test) by the hash
+    /// of its id.
+    split_codes: Option<Vec<u8>>,
 }
 
 /// Rows of the table the suggested steps look at when `steps` is left out.
@@ -410,14 +448,21 @@ const SUGGEST_ROWS: usize = 100_000;
 
 /// The steps `kiln init` would write, decided on the first [`SUGGEST_ROWS`] rows of the
 /// first file (on the whole table for one that small, as in memory).
-fn suggested(first: &Path, config: &Config, csv: &crate::stream::CsvFormat) -> Result<Vec<Step>> {
+pub(crate) fn suggested(
+    first: &Path,
+    config: &Config,
+    csv: &crate::stream::CsvFormat,
+) -> Result<Vec<Step>> {
     let text: Vec<String> = config
         .column_types
         .iter()
         .filter(|(_, t)| **t == ColumnType::Text)
         .map(|(c, _)| c.clone())
         .collect();
-    let head = crate::stream::head(first, SUGGEST_ROWS, &text, csv)?;
+    let mut head = crate::stream::head(first, SUGGEST_ROWS, &text, csv)?;
+    if let Some(id) = &config.split.row_id {
+        head = head.drop(id).map_err(|e| invalid(e.to_string()))?;
+    }
     let steps = crate::suggest::default_steps(&head, &config.target, &config.column_types)?;
     tracing::info!(
         rows = head.height(),

@@ -1,0 +1,67 @@
+//! kiln's preprocess stage on DataFusion, in this process (`engine = "datafusion"`) or on
+//! a DataFusion Ballista cluster (`engine = "ballista"`), and kiln's scheduler and
+//! executor binaries, which know kiln's one scalar function (`kiln_split`).
+//!
+//! The steps are fitted by kiln-preprocess's own code over statistics the engine
+//! computes ([`fit`]), each fitted transform is lowered once into DataFusion expressions
+//! ([`lower`]), and the last query's rows are written by kiln as the same sharded dataset
+//! artifact the local engine writes ([`run`]). A program that links this crate calls
+//! [`install`] so that pipelines can name these engines.
+
+pub mod fit;
+pub mod lower;
+pub mod query;
+pub mod run;
+pub mod session;
+pub mod udf;
+
+use std::path::Path;
+
+/// Why a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config cannot run on this engine.
+    #[error("{0}")]
+    Config(String),
+    /// The scheduler does not answer.
+    #[error(
+        "cannot reach the Ballista scheduler at {url} ({why}); start one (`kiln-scheduler`, docs/scale.md) or fix `scheduler` in the pipeline file"
+    )]
+    Unreachable {
+        /// The address.
+        url: String,
+        /// Why.
+        why: String,
+    },
+    /// The source cannot be registered.
+    #[error("{source_name}: DataFusion cannot read the source: {why}")]
+    Source {
+        /// The first file.
+        source_name: String,
+        /// Why.
+        why: String,
+    },
+    /// The engine failed otherwise.
+    #[error("DataFusion: {0}")]
+    Engine(String),
+}
+
+/// The remote engine kiln-preprocess calls for `engine = "datafusion"` / `"ballista"`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cluster;
+
+impl kiln_preprocess::RemoteEngine for Cluster {
+    fn run(
+        &self,
+        config: &kiln_preprocess::Config,
+        out_dir: &Path,
+        progress: &dyn kiln_core::Progress,
+    ) -> kiln_preprocess::Result<kiln_preprocess::Streamed> {
+        run::run(config, out_dir, progress)
+    }
+}
+
+/// Registers [`Cluster`] with kiln-preprocess; true the first time.
+pub fn install() -> bool {
+    kiln_preprocess::register_remote(Box::new(Cluster))
+}
