@@ -10,6 +10,7 @@
 
 pub mod fit;
 pub mod lower;
+mod profile;
 pub mod query;
 pub mod run;
 pub mod session;
