@@ -159,8 +159,19 @@ pub fn dynamic_quantize_u8(x: &[f32]) -> (Vec<u8>, f32, u8) {
     (quantize_u8(x, scale, zp), scale, zp)
 }
 
+/// The int8 weights' range: 7 bits ([-64, 63]; symmetric ±63), ONNX Runtime's
+/// `reduce_range`. On CPUs without VNNI (AVX2 only), ONNX Runtime's u8 × s8 kernels add
+/// products in pairs in 16 bits and saturate once `2 · 255 · |w|` passes 32,767; with
+/// |w| ≤ 64 they never do, so ONNX Runtime's result is the exact one on every CPU.
+pub const WEIGHT_LO: f32 = -64.0;
+/// The top of [`WEIGHT_LO`]'s range.
+pub const WEIGHT_HI: f32 = 63.0;
+/// The symmetric bound, `|q| ≤ 63`.
+pub const WEIGHT_MAX: f32 = 63.0;
+
 /// Symmetric int8 weight quantization of `w[in, out]`: per output column when
-/// `per_channel`, else one scale; `scale = max|w| / 127`, `q = round_half_even(w / scale)`.
+/// `per_channel`, else one scale; `scale = max|w| / 63`, `q = round_half_even(w / scale)`
+/// (7 bits: [`WEIGHT_LO`]).
 pub fn quantize_weights_symmetric(
     w: &[f32],
     in_dim: usize,
@@ -176,13 +187,13 @@ pub fn quantize_weights_symmetric(
     }
     let scales: Vec<f32> = max_abs
         .iter()
-        .map(|&m| if m == 0.0 { 1.0 } else { m / 127.0 })
+        .map(|&m| if m == 0.0 { 1.0 } else { m / WEIGHT_MAX })
         .collect();
     let mut q = Vec::with_capacity(in_dim * out_dim);
     for row in w.chunks_exact(out_dim) {
         for (j, &v) in row.iter().enumerate() {
             let s = scales[if per_channel { j } else { 0 }];
-            q.push((v / s).round_ties_even().clamp(-127.0, 127.0) as i8);
+            q.push((v / s).round_ties_even().clamp(-WEIGHT_MAX, WEIGHT_MAX) as i8);
         }
     }
     (q, scales)
@@ -190,9 +201,9 @@ pub fn quantize_weights_symmetric(
 
 /// Asymmetric int8 weight quantization of `w[in, out]`: per output column when
 /// `per_channel`, else one range; the range widened to include 0, `scale = (max - min) /
-/// 255`, `zero_point = clamp(round_half_even(-128 - min / scale), -128, 127)`,
-/// `q = clamp(round_half_even(w / scale) + zero_point, -128, 127)`. Returns (q, scales,
-/// zero points as f32).
+/// 127`, `zero_point = clamp(round_half_even(-64 - min / scale), -64, 63)`,
+/// `q = clamp(round_half_even(w / scale) + zero_point, -64, 63)` (7 bits: [`WEIGHT_LO`]).
+/// Returns (q, scales, zero points as f32).
 pub fn quantize_weights_asymmetric(
     w: &[f32],
     in_dim: usize,
@@ -211,18 +222,28 @@ pub fn quantize_weights_asymmetric(
     let scales: Vec<f32> = lo
         .iter()
         .zip(&hi)
-        .map(|(&l, &h)| if h == l { 1.0 } else { (h - l) / 255.0 })
+        .map(|(&l, &h)| {
+            if h == l {
+                1.0
+            } else {
+                (h - l) / (WEIGHT_HI - WEIGHT_LO)
+            }
+        })
         .collect();
     let zps: Vec<f32> = lo
         .iter()
         .zip(&scales)
-        .map(|(&l, &s)| (-128.0 - l / s).round_ties_even().clamp(-128.0, 127.0))
+        .map(|(&l, &s)| {
+            (WEIGHT_LO - l / s)
+                .round_ties_even()
+                .clamp(WEIGHT_LO, WEIGHT_HI)
+        })
         .collect();
     let mut q = Vec::with_capacity(in_dim * out_dim);
     for row in w.chunks_exact(out_dim) {
         for (j, &v) in row.iter().enumerate() {
             let c = if per_channel { j } else { 0 };
-            q.push(((v / scales[c]).round_ties_even() + zps[c]).clamp(-128.0, 127.0) as i8);
+            q.push(((v / scales[c]).round_ties_even() + zps[c]).clamp(WEIGHT_LO, WEIGHT_HI) as i8);
         }
     }
     (q, scales, zps)

@@ -532,7 +532,7 @@ mod tests {
             .find(|t| t.name() == "layers.0.weight")
             .unwrap();
         assert_eq!(w0.data_type(), dtype::INT8);
-        assert_eq!(w0.raw_data(), [127u8; 6]);
+        assert_eq!(w0.raw_data(), [63u8; 6]);
         let cast = g.node.iter().find(|n| n.op_type() == "Cast").unwrap();
         assert_eq!(cast.attribute[0].i, Some(i64::from(dtype::FLOAT)));
     }

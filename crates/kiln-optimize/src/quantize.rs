@@ -25,7 +25,7 @@ pub fn quantize(
     quantize_with(model, scheme, per_channel, true, calibration)
 }
 
-/// [`quantize`] with a choice of symmetric weights (zero point 0, `scale = max|w| / 127`)
+/// [`quantize`] with a choice of symmetric weights (zero point 0, `scale = max|w| / 63`: 7-bit weights, `kiln_core::forward::WEIGHT_LO`)
 /// or asymmetric ones (`layers.<i>.weight_zero_point` per scale, the full int8 range over
 /// [min, max]: finer steps for skewed weight distributions).
 pub fn quantize_with(
@@ -310,13 +310,13 @@ mod tests {
         let d = data(20);
         let mut fm = m.clone();
         let want = fm.predict(&d.features, 20).unwrap().logits;
-        // largest logit error of each on these 20 rows: int8 (measured 0.020 dynamic,
-        // 0.021 static) and fp16 (0.0020, weights rounded to 11 significant bits)
+        // largest logit error of each on these 20 rows: int8 with 7-bit weights (measured
+        // 0.030 dynamic) and fp16 (0.0020, weights rounded to 11 significant bits)
         for (q, bound) in [
-            (quantize(&m, Scheme::Dynamic, true, None).unwrap(), 0.03),
+            (quantize(&m, Scheme::Dynamic, true, None).unwrap(), 0.06),
             (
                 quantize(&m, Scheme::Static, true, Some((&d, 20))).unwrap(),
-                0.03,
+                0.06,
             ),
             (fp16(&m).unwrap(), 0.003),
         ] {

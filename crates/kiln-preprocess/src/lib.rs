@@ -16,12 +16,14 @@
 //!     positive_class: None,
 //!     column_types: Default::default(),
 //!     steps: Some(vec![Step::Standardize { columns: Default::default() }]),
-//!     split: Split { valid: 0.2, test: Some(0.2), stratify: true },
+//!     split: Split { valid: 0.2, test: Some(0.2), stratify: true, row_id: None },
 //!     augment: Default::default(),
 //!     shard_rows: None,
 //!     load: Default::default(),
 //!     memory_mb: 1024,
 //!     seed: 7,
+//!     engine: Default::default(),
+//!     scheduler: None,
 //! };
 //! let out_dir = std::env::temp_dir().join("kiln-preprocess-doc");
 //! let out = run(&config, &out_dir).unwrap();
