@@ -74,57 +74,7 @@ use std::path::Path;
 
 pub use kiln_core::artifact::profile::{ColumnProfile, DroppedRows, Profile, SplitCounts};
 
-/// What another engine (kiln-cluster's DataFusion and Ballista) needs to fit the steps
-/// exactly as this crate does: the statistics it must supply per step ([`TrainRows`]:
-/// numeric statistics and category counts of the train rows after the transforms so
-/// far) and the one fitting routine ([`fit_rows`]) that turns them into the transforms.
-///
-/// [`TrainRows`]: engine::TrainRows
-/// [`fit_rows`]: engine::fit_rows
-pub mod engine {
-    pub use crate::steps::{Text, fit_rows, op as step_op};
-    pub use crate::streamed::save_unaugmented;
-    pub use crate::target::{positive_index, sort_classes};
-    pub use crate::train_rows::{Need, Stats, TrainRows, interpolate, quantile_ranks};
-    pub use crate::{check_row_id, preview};
-
-    /// The steps a stage whose `steps` are left out gets (what `kiln init` would write),
-    /// decided on the first rows of its first file as the streamed path decides them.
-    pub fn suggested_steps(config: &crate::Config) -> crate::Result<Vec<crate::Step>> {
-        let (files, csv) = crate::streamed::streamable(config).map_err(|why| {
-            crate::PreprocessError::Invalid(format!("cannot suggest steps for this source: {why}"))
-        })?;
-        let first = files
-            .first()
-            .ok_or_else(|| crate::PreprocessError::Invalid("the source matches no file".into()))?;
-        crate::streamed::suggested(first, config, &csv)
-    }
-
-    /// The columns the steps remove (`drop`, or left out by `select`).
-    pub fn removed_columns(steps: &[crate::Step], features: &[String]) -> Vec<String> {
-        crate::steps::removed_columns(steps, features)
-    }
-}
-
-/// Checks that `split.row_id` names a column of `names` (from `source`) other than the
-/// target.
-pub fn check_row_id(id: &str, target: &str, names: &[String], source: &str) -> Result<()> {
-    if id == target {
-        return Err(PreprocessError::Invalid(format!(
-            "split.row_id: `{id}` is the target; name a column that identifies each row"
-        )));
-    }
-    if !names.iter().any(|n| n == id) {
-        return Err(PreprocessError::Invalid(format!(
-            "{source}: split.row_id column `{id}` not found{}; columns are: {}",
-            kiln_core::nearest(id, names)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default(),
-            preview(names)
-        )));
-    }
-    Ok(())
-}
+pub mod engine;
 
 /// Runs the stage: [`prepare`], then [`Output::write`] into `out_dir`. Nothing is written
 /// when any check fails.
@@ -177,7 +127,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
     }
     let row_id = config.split.row_id.as_deref();
     if let Some(id) = row_id {
-        check_row_id(id, target, &names, &main.name())?;
+        engine::check_row_id(id, target, &names, &main.name())?;
     }
     let features: Vec<String> = names
         .iter()

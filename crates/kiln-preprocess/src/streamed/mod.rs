@@ -147,7 +147,7 @@ pub fn run_streamed_with(
     }
     let row_id = config.split.row_id.as_deref();
     if let Some(id) = row_id {
-        crate::check_row_id(id, target, &names, &source_name)?;
+        crate::engine::check_row_id(id, target, &names, &source_name)?;
     }
     let features: Vec<String> = names
         .iter()
