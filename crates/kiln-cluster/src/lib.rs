@@ -66,3 +66,30 @@ impl kiln_preprocess::RemoteEngine for Cluster {
 pub fn install() -> bool {
     kiln_preprocess::register_remote(Box::new(Cluster))
 }
+
+/// The body of `kiln-scheduler` and `kiln-executor`: logs to stderr (`RUST_LOG`, default
+/// `info`), runs `server` on a multi-threaded tokio runtime, and turns its end into the
+/// exit code (an error printed as `error: …`).
+pub fn serve<E: std::fmt::Display>(
+    server: impl std::future::Future<Output = Result<(), E>>,
+) -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .init();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start tokio: {e}"))
+        .and_then(|rt| rt.block_on(server).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

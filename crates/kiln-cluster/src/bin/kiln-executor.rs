@@ -36,13 +36,6 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .init();
     let args = Args::parse();
     let (host, port) = match args
         .scheduler
@@ -76,21 +69,5 @@ fn main() -> std::process::ExitCode {
         override_function_registry: Some(Arc::new(registry)),
         ..defaults
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start tokio: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(start_executor_process(Arc::new(config))) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    kiln_cluster::serve(start_executor_process(Arc::new(config)))
 }
