@@ -3,11 +3,13 @@
 //! generated table (20M rows unless `--rows`: an id, 4 numbers with empty cells, 2
 //! categories, a 3-class label) on polars' streaming engine, on DataFusion in kiln's
 //! process, and on a loopback Ballista cluster (`kiln-scheduler` and 1 or 2
-//! `kiln-executor`s); wall time of the stage and peak memory of every process. One
-//! 2-core machine shows what distribution costs, not a speed-up.
+//! `kiln-executor`s); then the batch scoring of the whole table by a model trained on
+//! its first rows (`kiln predict`, locally and with `--engine`); wall time and peak
+//! memory of every process. One 2-core machine shows what distribution costs, not a
+//! speed-up.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,9 +26,14 @@ const SHAPE: TableShape = TableShape {
     id: true,
 };
 
-/// The engines measured, as (label, the stage's extra lines, executors).
+/// The engines measured, as (label, the preprocess stage's extra lines, executors); the
+/// first, local, one scores with plain `kiln predict`.
 const ENGINES: [(&str, &str, usize); 4] = [
-    ("polars streaming (local)", "load = \"stream\"", 0),
+    (
+        "local (polars streaming; kiln predict)",
+        "load = \"stream\"",
+        0,
+    ),
     ("DataFusion in-process", "engine = \"datafusion\"", 0),
     ("Ballista, 1 executor", "engine = \"ballista\"", 1),
     ("Ballista, 2 executors", "engine = \"ballista\"", 2),
@@ -59,10 +66,13 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(dir: &Path, executors: usize) -> Result<Cluster> {
+    fn start(tools: &setup::Tools, dir: &Path, executors: usize) -> Result<Cluster> {
         let bin = paths::target_dir().join("release");
         let spawn = |c: &mut Command| {
-            c.stdout(Stdio::null())
+            // the executors run models through ONNX Runtime: the library kiln uses
+            tools
+                .apply(c)
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| Failure::msg(format!("{}: {e}", c.get_program().to_string_lossy())))
@@ -81,6 +91,8 @@ impl Cluster {
                 Command::new(bin.join("kiln-executor"))
                     .args(["--scheduler", &format!("127.0.0.1:{sp}")])
                     .args(["--port", &p.to_string(), "--grpc-port", &g.to_string()])
+                    // the budget DataFusion has in kiln's process (memory_mb's default)
+                    .args(["--memory-mb", "1024"])
                     .arg("--work-dir")
                     .arg(&work),
             )?);
@@ -111,7 +123,136 @@ impl Drop for Cluster {
     }
 }
 
-/// Wall time and peak memory of one preprocess on each engine, `pairs` times.
+/// Rows of the table's head that the scored model is trained on.
+const TRAIN_ROWS: usize = 200_000;
+
+/// One engine's figures: wall time and the peak memory of kiln's process.
+struct Measured {
+    wall: Figure,
+    rss: Figure,
+}
+
+/// The command one run measures, from (the engine's index in [`ENGINES`], a scratch
+/// folder, the cluster's `df://` address).
+type MakeCommand<'a> = dyn Fn(usize, &Path, Option<&str>) -> Result<Command> + 'a;
+
+/// Per engine of [`ENGINES`], the wall time and peak memory of `command(engine, scratch,
+/// cluster url)` run `pairs` times, each engine's beside the local engine's; then the
+/// scheduler's and the largest executor's peak memory with 2 executors.
+fn measure(
+    tools: &setup::Tools,
+    dir: &Path,
+    what: &str,
+    label: &str,
+    pairs: usize,
+    command: &MakeCommand,
+) -> Result<Vec<Figure>> {
+    let fig = |what: String, unit: &'static str| Figure {
+        name: format!("{label}: {what}"),
+        unit,
+        higher_is_better: false,
+        kiln: vec![],
+        peer: vec![],
+    };
+    let mut per: Vec<Measured> = ENGINES
+        .iter()
+        .map(|(e, _, _)| Measured {
+            wall: fig(format!("{what} wall time, {e}"), "s"),
+            rss: fig(format!("{what} peak memory of kiln's process, {e}"), "MiB"),
+        })
+        .collect();
+    let mut sched = fig(
+        format!("{what} peak memory of the scheduler (2 executors)"),
+        "MiB",
+    );
+    let mut exec = fig(
+        format!("{what} peak memory of each executor (largest; 2 executors)"),
+        "MiB",
+    );
+    for i in 0..pairs {
+        for (k, (name, _, executors)) in ENGINES.iter().enumerate() {
+            eprintln!("xtask: cluster {label}, {what} {}/{pairs}: {name}", i + 1);
+            let scratch = crate::bench::tempdir_in(dir)?;
+            let cluster = match executors {
+                0 => None,
+                n => Some(Cluster::start(tools, &scratch, *n)?),
+            };
+            let mut run = command(k, &scratch, cluster.as_ref().map(|c| c.url.as_str()))?;
+            let (w, m) = timed(tools, &mut run)?;
+            per[k].wall.kiln.push(w);
+            per[k].rss.kiln.push(m);
+            if let Some(c) = &cluster
+                && *executors == 2
+            {
+                let peaks = c.peaks();
+                sched.kiln.push(peaks[0]);
+                exec.kiln
+                    .push(peaks[1..].iter().copied().fold(0.0, f64::max));
+            }
+            drop(cluster);
+            let _ = fs::remove_dir_all(&scratch);
+        }
+    }
+    // each other engine against the local one
+    let (local_wall, local_rss) = (per[0].wall.kiln.clone(), per[0].rss.kiln.clone());
+    let mut figures = Vec::new();
+    for (k, m) in per.into_iter().enumerate() {
+        let Measured { mut wall, mut rss } = m;
+        if k > 0 {
+            wall.peer = local_wall.clone();
+            rss.peer = local_rss.clone();
+        }
+        figures.extend([wall, rss]);
+    }
+    figures.extend([sched, exec]);
+    Ok(figures)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(|e| Failure::msg(format!("{}: {e}", path.display())))
+}
+
+/// The preprocess stage of the bench's pipelines over `csv`.
+fn stage(name: &str, csv: &Path) -> String {
+    pipeline_head(
+        name,
+        csv,
+        r#"{ op = "one_hot", columns = ["cat_a", "cat_b"] },"#,
+        r#"valid = 0.1, test = 0.1, row_id = "id""#,
+    )
+}
+
+/// Trains and deploys a small model on the table's first [`TRAIN_ROWS`] rows (the same
+/// columns, locally); its deploy folder.
+fn deployed(tools: &setup::Tools, kiln: &Path, dir: &Path, rows: usize) -> Result<PathBuf> {
+    let n = TRAIN_ROWS.min(rows);
+    let head = dir.join(format!("head-{n}.csv"));
+    make_table(&head, n, SHAPE)?;
+    let pipe = dir.join("score-model.toml");
+    let mut text = stage("cluster-score-model", &head);
+    text.push_str(
+        r#"
+[stages.train]
+uses = "train"
+input = "data"
+model = { hidden = [32] }
+epochs = 2
+
+[stages.ship]
+uses = "deploy"
+input = "train"
+"#,
+    );
+    write(&pipe, &text)?;
+    let runs = dir.join(format!("score-runs-{n}"));
+    let mut run = Command::new(kiln);
+    run.arg("run").arg(&pipe).arg("--runs-dir").arg(&runs);
+    timed(tools, &mut run)?;
+    Ok(runs.join("cluster-score-model/latest/ship"))
+}
+
+/// Wall time and peak memory of one preprocess, then one scoring of the whole table, on
+/// each engine, `pairs` times.
 pub(crate) fn bench_cluster(
     tools: &setup::Tools,
     rows: usize,
@@ -127,80 +268,47 @@ pub(crate) fn bench_cluster(
     } else {
         format!("{rows} rows")
     };
-    let fig = |what: String, unit: &'static str| Figure {
-        name: format!("{label}: {what}"),
-        unit,
-        higher_is_better: false,
-        kiln: vec![],
-        peer: vec![],
+    let preprocess = |k: usize, scratch: &Path, url: Option<&str>| -> Result<Command> {
+        let mut text = stage(&format!("cluster-{rows}"), &csv);
+        text.push_str(ENGINES[k].1);
+        text.push('\n');
+        if let Some(url) = url {
+            text.push_str(&format!("scheduler = \"{url}\"\n"));
+        }
+        let pipe = scratch.join("pipeline.toml");
+        write(&pipe, &text)?;
+        let mut run = Command::new(&kiln);
+        run.arg("run")
+            .arg(&pipe)
+            .arg("--runs-dir")
+            .arg(scratch.join("runs"));
+        Ok(run)
     };
-    let mut figures = Vec::new();
-    let mut wall: Vec<Figure> = ENGINES
-        .iter()
-        .map(|(e, _, _)| fig(format!("preprocess wall time, {e}"), "s"))
-        .collect();
-    let mut rss: Vec<Figure> = ENGINES
-        .iter()
-        .map(|(e, _, _)| fig(format!("peak memory of kiln's process, {e}"), "MiB"))
-        .collect();
-    let mut sched = fig("peak memory of the scheduler".into(), "MiB");
-    let mut exec = fig("peak memory of each executor (largest)".into(), "MiB");
-    for i in 0..pairs {
-        for (k, (name, extra, executors)) in ENGINES.iter().enumerate() {
-            eprintln!("xtask: cluster {label}, run {}/{pairs}: {name}", i + 1);
-            let scratch = crate::bench::tempdir_in(&dir)?;
-            let cluster = match executors {
-                0 => None,
-                n => Some(Cluster::start(&scratch, *n)?),
-            };
-            let mut stage = pipeline_head(
-                &format!("cluster-{rows}"),
-                &csv,
-                r#"{ op = "one_hot", columns = ["cat_a", "cat_b"] },"#,
-                r#"valid = 0.1, test = 0.1, row_id = "id""#,
-            );
-            stage.push_str(extra);
-            stage.push('\n');
-            if let Some(c) = &cluster {
-                stage.push_str(&format!("scheduler = \"{}\"\n", c.url));
+    let mut figures = measure(tools, &dir, "preprocess", &label, pairs, &preprocess)?;
+
+    eprintln!("xtask: training the scored model on the table's first {TRAIN_ROWS} rows");
+    let model = deployed(tools, &kiln, &dir, rows)?;
+    let score = |k: usize, scratch: &Path, url: Option<&str>| -> Result<Command> {
+        let mut run = Command::new(&kiln);
+        run.arg("predict")
+            .arg("--model")
+            .arg(&model)
+            .arg("--input")
+            .arg(&csv)
+            .arg("--output")
+            .arg(scratch.join("predictions.parquet"));
+        match k {
+            0 => {}
+            1 => {
+                run.args(["--engine", "datafusion", "--row-id", "id"]);
             }
-            let pipe = scratch.join("pipeline.toml");
-            fs::write(&pipe, stage)
-                .map_err(|e| Failure::msg(format!("{}: {e}", pipe.display())))?;
-            let mut run = Command::new(&kiln);
-            run.arg("run")
-                .arg(&pipe)
-                .arg("--runs-dir")
-                .arg(scratch.join("runs"));
-            let (w, m) = timed(tools, &mut run)?;
-            wall[k].kiln.push(w);
-            rss[k].kiln.push(m);
-            if let Some(c) = &cluster {
-                let peaks = c.peaks();
-                if *executors == 2 {
-                    sched.kiln.push(peaks[0]);
-                    exec.kiln
-                        .push(peaks[1..].iter().copied().fold(0.0, f64::max));
-                }
+            _ => {
+                run.args(["--engine", "ballista", "--row-id", "id", "--scheduler"])
+                    .arg(url.unwrap_or_default());
             }
-            drop(cluster);
-            let _ = fs::remove_dir_all(&scratch);
         }
-    }
-    // each other engine against polars streaming, kiln's local engine at this size
-    let local_wall = wall[0].kiln.clone();
-    let local_rss = rss[0].kiln.clone();
-    for (k, (w, m)) in wall.into_iter().zip(rss).enumerate() {
-        let (mut w, mut m) = (w, m);
-        if k > 0 {
-            w.peer = local_wall.clone();
-            m.peer = local_rss.clone();
-        }
-        figures.push(w);
-        figures.push(m);
-    }
-    sched.name.push_str(" (2 executors)");
-    exec.name.push_str(" (2 executors)");
-    figures.extend([sched, exec]);
+        Ok(run)
+    };
+    figures.extend(measure(tools, &dir, "scoring", &label, pairs, &score)?);
     Ok(figures)
 }

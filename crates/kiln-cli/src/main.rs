@@ -151,6 +151,19 @@ enum Command {
         /// Rows of a table read at a time: memory grows with it, not with the file.
         #[arg(long, default_value_t = predict::CHUNK_ROWS as u32, value_parser = clap::value_parser!(u32).range(1..=1 << 24))]
         chunk_rows: u32,
+        /// Where the rows are scored: `local` (this process), `datafusion` (DataFusion in
+        /// this process) or `ballista` (a cluster, with --scheduler). The cluster engines
+        /// take a file, a folder or a glob of CSV / Parquet files and need --row-id; a
+        /// kiln built with `--features cluster` runs them (docs/scale.md).
+        #[arg(long, value_enum, default_value_t = predict::EngineArg::Local)]
+        engine: predict::EngineArg,
+        /// The Ballista scheduler, df://host:port (with --engine ballista).
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// The column that identifies each row (with --engine): written beside its
+        /// prediction, and the output's order.
+        #[arg(long)]
+        row_id: Option<String>,
     },
     /// Browse, compare and follow runs in a web browser: a read-only local page over the
     /// runs folder (runs, one run, compare, live).
@@ -381,6 +394,9 @@ fn main() -> ExitCode {
             output,
             batch,
             chunk_rows,
+            engine,
+            scheduler,
+            row_id,
         } => {
             let req = predict::Request {
                 model,
@@ -388,6 +404,9 @@ fn main() -> ExitCode {
                 output,
                 batch: batch as usize,
                 chunk_rows: chunk_rows as usize,
+                engine: engine.into(),
+                scheduler,
+                row_id,
             };
             match predict::predict(&req, &progress::Bars::default()) {
                 Ok(s) => {

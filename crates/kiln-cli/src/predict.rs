@@ -6,6 +6,7 @@
 
 use kiln_core::{Predictor, Progress, Rows, Task};
 use kiln_deploy::Bundle;
+use kiln_preprocess::Engine;
 use kiln_preprocess::stream;
 use kiln_preprocess::table::{self, OutColumn};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,33 @@ pub struct Request {
     pub batch: usize,
     /// Rows of a table read at a time ([`CHUNK_ROWS`] unless asked otherwise).
     pub chunk_rows: usize,
+    /// Where the rows are scored.
+    pub engine: Engine,
+    /// The Ballista scheduler, for `Engine::Ballista`.
+    pub scheduler: Option<String>,
+    /// The row-id column, for the cluster engines.
+    pub row_id: Option<String>,
+}
+
+/// `--engine`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// This process: ONNX Runtime over streamed chunks.
+    Local,
+    /// DataFusion in this process.
+    Datafusion,
+    /// A DataFusion Ballista cluster (--scheduler).
+    Ballista,
+}
+
+impl From<EngineArg> for Engine {
+    fn from(e: EngineArg) -> Engine {
+        match e {
+            EngineArg::Local => Engine::Local,
+            EngineArg::Datafusion => Engine::Datafusion,
+            EngineArg::Ballista => Engine::Ballista,
+        }
+    }
 }
 
 /// A summary of what was predicted, for the command's last lines.
@@ -56,14 +84,23 @@ pub const CHUNK_ROWS: usize = 65_536;
 /// Arrow by polars' streaming engine: `kiln_preprocess::stream`), so memory does not grow
 /// with the file; image files are read whole.
 pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
-    if req.batch == 0 {
-        return Err("--batch must be at least 1".into());
-    }
     if same_file(&req.input, &req.output) {
         return Err(format!(
             "--output {} is the --input file; predictions would overwrite the rows they come from: write them elsewhere",
             req.output.display()
         ));
+    }
+    if req.engine != Engine::Local {
+        return on_engine(req, progress);
+    }
+    if req.scheduler.is_some() || req.row_id.is_some() {
+        return Err(
+            "--scheduler and --row-id go with --engine datafusion or ballista; without --engine the rows are scored here, in order"
+                .into(),
+        );
+    }
+    if req.batch == 0 {
+        return Err("--batch must be at least 1".into());
     }
     let bundle = Bundle::open(&req.model).map_err(|e| e.to_string())?;
     let mut out = table::TableWriter::create(&req.output).map_err(|e| format!("--output: {e}"))?;
@@ -99,11 +136,7 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
         // the first error of a chunk's prediction, returned as it is
         let mut failed = None;
         let n = scan.for_each(|chunk| {
-            let rows = Rows {
-                n_rows: chunk.rows.n_rows,
-                values: chunk.rows.values,
-                text: chunk.rows.text,
-            };
+            let rows = Rows::from(chunk.rows);
             run.chunk(&rows, chunk.first_row, None, chunk.target)
                 .map_err(|m| {
                     failed = Some(m);
@@ -140,6 +173,41 @@ pub fn predict(req: &Request, progress: &dyn Progress) -> Result<Summary, String
         out_of_range,
         score: score.value(bundle.schema.task, rows),
     })
+}
+
+/// Scores on DataFusion or a Ballista cluster (kiln-cluster, which names a bad row's
+/// file, row and column as a local run does).
+#[cfg(feature = "cluster")]
+fn on_engine(req: &Request, progress: &dyn Progress) -> Result<Summary, String> {
+    let Some(row_id) = req.row_id.as_deref() else {
+        return Err(format!(
+            "--engine {} needs --row-id COLUMN: the engine reads the files in parallel pieces, so a column that identifies each row keeps predictions and rows together",
+            req.engine.name()
+        ));
+    };
+    let cluster = kiln_cluster::score::Request {
+        model: &req.model,
+        input: &req.input,
+        output: &req.output,
+        engine: req.engine,
+        scheduler: req.scheduler.as_deref(),
+        row_id,
+    };
+    let s = kiln_cluster::score::score(&cluster, progress)?;
+    Ok(Summary {
+        rows: s.rows,
+        extra: s.extra,
+        out_of_range: Vec::new(),
+        score: s.score,
+    })
+}
+
+#[cfg(not(feature = "cluster"))]
+fn on_engine(req: &Request, _: &dyn Progress) -> Result<Summary, String> {
+    Err(format!(
+        "--engine {}: this kiln was built without the `cluster` feature; build it with `cargo build --release -p kiln-cli --features cluster` (docs/scale.md)",
+        req.engine.name()
+    ))
 }
 
 /// A table by its extension (anything else is taken as image files).

@@ -429,6 +429,42 @@ fn predict_applies_the_fitted_preprocessing_and_reports_bad_rows() {
     assert_eq!(count(&err), count(&clean) + 1, "{err}");
     assert!(err.contains("outside the training range"), "{err}");
     assert!(!err.contains("panicked"));
+
+    // --engine: the cluster engines need a kiln built with them, and --row-id; the
+    // local engine takes neither --row-id nor --scheduler
+    let engine = |args: &[&str]| {
+        let o = kiln()
+            .args(["predict", "--model"])
+            .arg(&ship)
+            .arg("--input")
+            .arg(&iris)
+            .arg("--output")
+            .arg(dir.path().join("e.csv"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, err) = engine(&["--row-id", "id"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("--scheduler and --row-id go with --engine"),
+        "{err}"
+    );
+    let (code, err) = engine(&["--engine", "datafusion", "--row-id", "sepal_length"]);
+    if cfg!(feature = "cluster") {
+        assert_eq!(code, Some(0), "{err}");
+    } else {
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("--engine datafusion: this kiln was built without the `cluster` feature"),
+            "{err}"
+        );
+        assert!(!dir.path().join("e.csv").exists());
+    }
 }
 
 /// A table streams through `kiln predict` in chunks: any chunk size, CSV or Parquet, gives

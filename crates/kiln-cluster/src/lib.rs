@@ -1,18 +1,22 @@
-//! kiln's preprocess stage on DataFusion, in this process (`engine = "datafusion"`) or on
-//! a DataFusion Ballista cluster (`engine = "ballista"`), and kiln's scheduler and
-//! executor binaries, which know kiln's one scalar function (`kiln_split`).
+//! kiln's preprocess stage and batch scoring on DataFusion, in this process
+//! (`engine = "datafusion"`) or on a DataFusion Ballista cluster (`engine = "ballista"`),
+//! and kiln's scheduler and executor binaries, which know kiln's scalar functions
+//! (`kiln_split`, and `kiln_predict`, a deployed model's forward pass).
 //!
 //! The steps are fitted by kiln-preprocess's own code over statistics the engine
 //! computes ([`fit`]), each fitted transform is lowered once into DataFusion expressions
 //! ([`lower`]), and the last query's rows are written by kiln as the same sharded dataset
-//! artifact the local engine writes ([`run`]). A program that links this crate calls
-//! [`install`] so that pipelines can name these engines.
+//! artifact the local engine writes ([`run`]). Scoring ([`score`]) lowers a bundle's
+//! transforms the same way and runs the model inside the query. A program that links
+//! this crate calls [`install`] so that pipelines can name these engines.
 
 pub mod fit;
 pub mod lower;
+pub mod predict_udf;
 mod profile;
 pub mod query;
 pub mod run;
+pub mod score;
 pub mod session;
 pub mod udf;
 

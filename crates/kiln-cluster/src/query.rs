@@ -4,7 +4,7 @@
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
-use kiln_preprocess::{Config, Engine, PreprocessError, Result};
+use kiln_preprocess::{Engine, PreprocessError, Result};
 use std::future::Future;
 
 /// Runs queries for one stage and names its engine in errors.
@@ -38,6 +38,7 @@ pub fn classify(message: &str) -> Failure {
         "incorrect number of fields",
         "unequal lengths",
         "row id is empty",
+        crate::predict_udf::NOT_FINITE,
     ];
     let cluster = [
         "transport error",
@@ -63,18 +64,17 @@ pub fn classify(message: &str) -> Failure {
 }
 
 impl Query {
-    /// A runtime for `config`'s engine.
-    pub fn new(config: &Config) -> Result<Query> {
+    /// A runtime for `engine` (with its `scheduler` for Ballista).
+    pub fn new(engine: Engine, scheduler: Option<&str>) -> Result<Query> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| PreprocessError::Invalid(format!("cannot start tokio: {e}")))?;
-        let engine = match config.engine {
-            Engine::Ballista => format!(
-                "the Ballista cluster at {}",
-                config.scheduler.as_deref().unwrap_or_default()
-            ),
+        let engine = match engine {
+            Engine::Ballista => {
+                format!("the Ballista cluster at {}", scheduler.unwrap_or_default())
+            }
             _ => "DataFusion".to_string(),
         };
         Ok(Query { rt, engine })
@@ -97,7 +97,7 @@ impl Query {
     pub fn error(&self, message: &str) -> PreprocessError {
         let hint = match classify(message) {
             Failure::Cluster => {
-                "; the cluster went away or refused the work: check that the scheduler and its executors are running (docs/scale.md), then run again; nothing was written to the cache"
+                "; the cluster went away or refused the work: check that the scheduler and its executors are running (docs/scale.md), then run again; nothing was kept (no cache entry, no output file)"
             }
             Failure::Data => "; a cell or a row of the source could not be read",
             Failure::Other => "",

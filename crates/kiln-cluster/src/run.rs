@@ -113,12 +113,20 @@ fn run_inner(
         1 => shown[0].clone(),
         n => format!("{} (+{} more files)", shown[0], n - 1),
     };
-    let q = Query::new(config)?;
+    let q = Query::new(config.engine, config.scheduler.as_deref())?;
     let ctx = q
-        .block_on(crate::session::context(config))
+        .block_on(crate::session::context(
+            config.engine,
+            config.scheduler.as_deref(),
+            config.memory_mb,
+        ))
         .map_err(|e| invalid(e.to_string()))?;
     let schema = q
-        .block_on(crate::session::register_source(&ctx, config, &files))
+        .block_on(crate::session::register_source(
+            &ctx,
+            &crate::session::Table::of(config),
+            &files,
+        ))
         .map_err(|e| invalid(e.to_string()))?;
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let type_of = |c: &str| -> DataType {

@@ -1,12 +1,14 @@
 //! The DataFusion session a preprocess stage runs in: DataFusion in this process, or a
-//! client of a Ballista scheduler (checked reachable first), with `kiln_split`
-//! registered and the source files registered as the table `source`.
+//! client of a Ballista scheduler (checked reachable first), with kiln's functions
+//! (`kiln_split`, `kiln_predict`) registered and the source files registered as the
+//! table `source`.
 
 use crate::Error;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use kiln_preprocess::{ColumnType, Config, Engine, Source};
+use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,12 +52,24 @@ pub fn check_reachable(url: &str) -> Result<(), Error> {
     Err(unreachable(last))
 }
 
-/// A session for `config`'s engine with `kiln_split` registered.
-pub async fn context(config: &Config) -> Result<SessionContext, Error> {
+/// kiln's scalar functions, which every session and every executor registers.
+pub fn functions() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    vec![crate::udf::udf(), crate::predict_udf::udf()]
+}
+
+/// A session on `engine` (for Ballista, a client of `scheduler`) with kiln's functions
+/// registered. In this process, DataFusion's operators that can spill (the sorts, the
+/// aggregations) hold at most `memory_mb` MiB and spill to the temporary folder past
+/// it; a cluster's executors have their own budget (`kiln-executor --memory-mb`).
+pub async fn context(
+    engine: Engine,
+    scheduler: Option<&str>,
+    memory_mb: u64,
+) -> Result<SessionContext, Error> {
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let ctx = match config.engine {
+    let ctx = match engine {
         Engine::Ballista => {
-            let url = config.scheduler.as_deref().unwrap_or_default();
+            let url = scheduler.unwrap_or_default();
             check_reachable(url)?;
             use ballista::prelude::{SessionConfigExt, SessionContextExt};
             let state = SessionStateBuilder::new()
@@ -70,10 +84,20 @@ pub async fn context(config: &Config) -> Result<SessionContext, Error> {
                 })?
         }
         Engine::Datafusion | Engine::Local => {
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions))
+            let bytes = usize::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_limit(bytes, 1.0)
+                .build_arc()
+                .map_err(|e| Error::Engine(e.to_string()))?;
+            SessionContext::new_with_config_rt(
+                SessionConfig::new().with_target_partitions(partitions),
+                runtime,
+            )
         }
     };
-    ctx.register_udf(crate::udf::udf());
+    for f in functions() {
+        ctx.register_udf(f);
+    }
     Ok(ctx)
 }
 
@@ -90,16 +114,40 @@ fn urls(files: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// Registers `files` as the table `source` (CSV with the config's delimiter and null
+/// How a table's files are read.
+#[derive(Debug, Clone)]
+pub struct Table<'a> {
+    /// The format, and a CSV's delimiter, header and null strings.
+    pub source: &'a Source,
+    /// Columns read as text or as numbers whatever their inferred type.
+    pub column_types: &'a BTreeMap<String, ColumnType>,
+    /// Columns read with the type the engine infers (the target, the row id).
+    pub keep: Vec<&'a str>,
+}
+
+impl<'a> Table<'a> {
+    /// The source of a preprocess stage.
+    pub fn of(config: &'a Config) -> Table<'a> {
+        let mut keep = vec![config.target.as_str()];
+        keep.extend(config.split.row_id.as_deref());
+        Table {
+            source: &config.source,
+            column_types: &config.column_types,
+            keep,
+        }
+    }
+}
+
+/// Registers `files` as the table `source` (CSV with the table's delimiter and null
 /// strings, or Parquet) and returns its schema as inferred (a CSV's number columns are
 /// read as f64 whatever their inferred type).
 pub async fn register_source(
     ctx: &SessionContext,
-    config: &Config,
+    table: &Table<'_>,
     files: &[PathBuf],
 ) -> Result<SchemaRef, Error> {
     let paths = urls(files);
-    let df = match &config.source {
+    let df = match table.source {
         Source::Csv {
             delimiter,
             null_values,
@@ -144,8 +192,8 @@ pub async fn register_source(
                 .iter()
                 .map(|f| {
                     let name = f.name().as_str();
-                    let keep = name == config.target || Some(name) == config.split.row_id.as_deref();
-                    let t = match config.column_types.get(name) {
+                    let keep = table.keep.contains(&name);
+                    let t = match table.column_types.get(name) {
                         _ if keep => f.data_type().clone(),
                         Some(ColumnType::Text) => DataType::Utf8,
                         Some(ColumnType::Number) => DataType::Float64,

@@ -55,6 +55,8 @@ pub struct Config {
     pub load: Load,
     /// MiB the in-memory path may take (default 1024): `auto` streams a source larger
     /// than a quarter of it (the in-memory path peaks at about three times a CSV's size).
+    /// With `engine = "datafusion"`, what DataFusion's sorts and aggregations may hold in
+    /// kiln's process before they spill to disk.
     #[serde(
         default = "default_memory_mb",
         skip_serializing_if = "is_default_memory_mb"

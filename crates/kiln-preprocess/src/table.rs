@@ -21,6 +21,17 @@ pub struct RawRows {
     pub text: Vec<(String, kiln_core::TextColumn)>,
 }
 
+impl From<RawRows> for kiln_core::Rows {
+    /// The rows as a schema applies them (the file's column lists dropped).
+    fn from(r: RawRows) -> kiln_core::Rows {
+        kiln_core::Rows {
+            n_rows: r.n_rows,
+            values: r.values,
+            text: r.text,
+        }
+    }
+}
+
 fn invalid(m: String) -> PreprocessError {
     PreprocessError::Invalid(m)
 }

@@ -1,14 +1,16 @@
-//! `kiln-executor`: a DataFusion Ballista executor that knows kiln's scalar function
-//! (`kiln_split`); it registers with a `kiln-scheduler` and runs the tasks of kiln's
-//! preprocess plans. It reads the source files itself, so they must be at the same
-//! path on every executor's machine (a shared or copied folder).
+//! `kiln-executor`: a DataFusion Ballista executor that knows kiln's scalar functions
+//! (`kiln_split`, and `kiln_predict`, which runs a deployed model through ONNX Runtime);
+//! it registers with a `kiln-scheduler` and runs the tasks of kiln's preprocess and
+//! scoring plans. It reads the source files and the model itself, so they must be at the
+//! same path on every executor's machine (a shared or copied folder), and it loads ONNX
+//! Runtime as kiln does (`ORT_DYLIB_PATH`, or the library `cargo xtask setup` fetched).
 
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use clap::Parser;
 use std::sync::Arc;
 
-/// A Ballista executor for kiln's preprocess stages.
+/// A Ballista executor for kiln's preprocess stages and batch scoring.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -33,6 +35,10 @@ struct Args {
     /// Seconds between heartbeats to the scheduler.
     #[arg(long, default_value_t = 2)]
     heartbeat: u64,
+    /// MiB the executor's sorts and aggregations may hold, shared by its tasks, before
+    /// they spill to --work-dir (default: Ballista's, 70 % of the machine's memory).
+    #[arg(long)]
+    memory_mb: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,10 +55,11 @@ fn main() -> std::process::ExitCode {
         }
     };
     let mut registry = BallistaFunctionRegistry::default();
-    let udf = kiln_cluster::udf::udf();
-    registry
-        .scalar_functions
-        .insert(udf.name().to_string(), Arc::new(udf));
+    for f in kiln_cluster::session::functions() {
+        registry
+            .scalar_functions
+            .insert(f.name().to_string(), Arc::new(f));
+    }
     let defaults = ExecutorProcessConfig::default();
     let config = ExecutorProcessConfig {
         bind_host: args.bind_host.clone(),
@@ -66,6 +73,7 @@ fn main() -> std::process::ExitCode {
         work_dir: args.work_dir,
         print_thread_info: false,
         executor_heartbeat_interval_seconds: args.heartbeat,
+        memory_pool_size: args.memory_mb.map(|m| m.saturating_mul(1 << 20)),
         override_function_registry: Some(Arc::new(registry)),
         ..defaults
     };

@@ -1,5 +1,5 @@
-//! `kiln-scheduler`: a DataFusion Ballista scheduler that knows kiln's scalar function
-//! (`kiln_split`), so the plans kiln sends it decode. Start it, then executors
+//! `kiln-scheduler`: a DataFusion Ballista scheduler that knows kiln's scalar functions
+//! (`kiln_split`, `kiln_predict`), so the plans kiln sends it decode. Start it, then executors
 //! (`kiln-executor`), then point a pipeline at it (`scheduler = "df://host:port"`).
 
 use ballista_scheduler::cluster::BallistaCluster;
@@ -10,7 +10,7 @@ use datafusion::execution::FunctionRegistry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// A Ballista scheduler for kiln's preprocess stages.
+/// A Ballista scheduler for kiln's preprocess stages and batch scoring.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -42,7 +42,9 @@ async fn serve(args: Args) -> ballista_core::error::Result<()> {
     }
     .with_override_session_builder(Arc::new(|config| {
         let mut state = ballista_core::utils::default_session_builder(config)?;
-        state.register_udf(Arc::new(kiln_cluster::udf::udf()))?;
+        for f in kiln_cluster::session::functions() {
+            state.register_udf(Arc::new(f))?;
+        }
         Ok(state)
     }));
     let cluster = BallistaCluster::new_from_config(&config).await?;
