@@ -30,7 +30,7 @@ pub enum Error {
     Config(String),
     /// The scheduler does not answer.
     #[error(
-        "cannot reach the Ballista scheduler at {url} ({why}); start one (`kiln-scheduler`, docs/scale.md) or fix `scheduler` in the pipeline file"
+        "cannot reach the Ballista scheduler at {url} ({why}); start one (`kiln-scheduler`, docs/scale.md) or fix the address (`scheduler` in the pipeline file, `--scheduler` for kiln predict)"
     )]
     Unreachable {
         /// The address.
