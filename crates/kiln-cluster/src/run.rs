@@ -19,7 +19,8 @@ use kiln_core::dataset::ShardSink;
 use kiln_core::dataset::shards::{Split, TargetKind};
 use kiln_core::{Dataset, Schema, Task};
 use kiln_preprocess::engine::{
-    Text, check_row_id, fit_rows, positive_index, preview, save_unaugmented, sort_classes, step_op,
+    Text, feature_columns, fit_rows, not_found, positive_index, preview, save_unaugmented,
+    sort_classes, step_op,
 };
 use kiln_preprocess::{ColumnType, Config, PreprocessError, Result, Step, Streamed};
 use std::collections::BTreeMap;
@@ -138,14 +139,10 @@ fn run_inner(
     let target = config.target.as_str();
     if !names.iter().any(|n| n == target) {
         return Err(invalid(format!(
-            "{source_name}: target column `{target}` not found{}; columns are: {}",
-            kiln_core::nearest(target, &names)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default(),
-            preview(&names)
+            "{source_name}: {}",
+            not_found("target column", target, &names)
         )));
     }
-    check_row_id(row_id, target, &names, &source_name)?;
     for c in config.column_types.keys() {
         if !names.contains(c) {
             return Err(invalid(format!(
@@ -154,16 +151,7 @@ fn run_inner(
             )));
         }
     }
-    let features: Vec<String> = names
-        .iter()
-        .filter(|n| *n != target && *n != row_id)
-        .cloned()
-        .collect();
-    if features.is_empty() {
-        return Err(invalid(
-            "the data has no feature columns besides the target".into(),
-        ));
-    }
+    let features = feature_columns(&names, target, Some(row_id), &source_name)?;
     let plan: Vec<Step> = match &config.steps {
         Some(s) => s.clone(),
         None => kiln_preprocess::engine::suggested_steps(config)?,

@@ -252,12 +252,8 @@ fn score_bundle(req: &Request, bundle: &Bundle, progress: &dyn Progress) -> Resu
     let input = req.input.display();
     if !names.iter().any(|n| n == req.row_id) {
         return Err(format!(
-            "--row-id: the input has no column `{}`{}; columns are: {}",
-            req.row_id,
-            kiln_core::nearest(req.row_id, &names)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default(),
-            kiln_preprocess::engine::preview(&names)
+            "--input {input}: {}",
+            kiln_preprocess::engine::not_found("the --row-id column", req.row_id, &names)
         ));
     }
     let missing: Vec<&String> = schema

@@ -249,7 +249,10 @@ fn a_bad_cell_or_a_gap_is_named_by_file_row_and_column() {
     let mut req = request(&model, &input, &out);
     req.row_id = "idx";
     let e = score(&req, &NoProgress).unwrap_err();
-    assert!(e.contains("no column `idx` (did you mean `id`?)"), "{e}");
+    assert!(
+        e.contains("the --row-id column `idx` not found (did you mean `id`?)"),
+        "{e}"
+    );
     let mut req = request(&model, &input, &out);
     req.engine = Engine::Ballista;
     let e = score(&req, &NoProgress).unwrap_err();

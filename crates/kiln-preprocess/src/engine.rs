@@ -29,6 +29,18 @@ pub fn removed_columns(steps: &[crate::Step], features: &[String]) -> Vec<String
     crate::steps::removed_columns(steps, features)
 }
 
+/// `{what} `column` not found (did you mean …?); columns are: …`, the message of a
+/// column a config or a flag names that the table lacks.
+pub fn not_found(what: &str, column: &str, names: &[String]) -> String {
+    format!(
+        "{what} `{column}` not found{}; columns are: {}",
+        kiln_core::nearest(column, names)
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default(),
+        preview(names)
+    )
+}
+
 /// Checks that `split.row_id` names a column of `names` (from `source`) other than the
 /// target.
 pub fn check_row_id(id: &str, target: &str, names: &[String], source: &str) -> crate::Result<()> {
@@ -39,12 +51,33 @@ pub fn check_row_id(id: &str, target: &str, names: &[String], source: &str) -> c
     }
     if !names.iter().any(|n| n == id) {
         return Err(crate::PreprocessError::Invalid(format!(
-            "{source}: split.row_id column `{id}` not found{}; columns are: {}",
-            kiln_core::nearest(id, names)
-                .map(|n| format!(" (did you mean `{n}`?)"))
-                .unwrap_or_default(),
-            preview(names)
+            "{source}: {}",
+            not_found("split.row_id column", id, names)
         )));
     }
     Ok(())
+}
+
+/// The feature columns of a table with columns `names` (from `source`): all but the
+/// target and the row id (checked first); an error when none is left.
+pub fn feature_columns(
+    names: &[String],
+    target: &str,
+    row_id: Option<&str>,
+    source: &str,
+) -> crate::Result<Vec<String>> {
+    if let Some(id) = row_id {
+        check_row_id(id, target, names, source)?;
+    }
+    let features: Vec<String> = names
+        .iter()
+        .filter(|n| *n != target && Some(n.as_str()) != row_id)
+        .cloned()
+        .collect();
+    if features.is_empty() {
+        return Err(crate::PreprocessError::Invalid(
+            "the data has no feature columns besides the target".into(),
+        ));
+    }
+    Ok(features)
 }

@@ -126,19 +126,7 @@ pub fn prepare(config: &Config) -> Result<Output> {
         }
     }
     let row_id = config.split.row_id.as_deref();
-    if let Some(id) = row_id {
-        engine::check_row_id(id, target, &names, &main.name())?;
-    }
-    let features: Vec<String> = names
-        .iter()
-        .filter(|n| *n != target && Some(n.as_str()) != row_id)
-        .cloned()
-        .collect();
-    if features.is_empty() {
-        return Err(PreprocessError::Invalid(
-            "the data has no feature columns besides the target".into(),
-        ));
-    }
+    let features = engine::feature_columns(&names, target, row_id, &main.name())?;
     let plan = &match (&config.steps, &config.source) {
         (Some(written), _) => written.clone(),
         (None, Source::Idx { .. } | Source::Images { .. }) => Vec::new(),

@@ -146,19 +146,7 @@ pub fn run_streamed_with(
         }
     }
     let row_id = config.split.row_id.as_deref();
-    if let Some(id) = row_id {
-        crate::engine::check_row_id(id, target, &names, &source_name)?;
-    }
-    let features: Vec<String> = names
-        .iter()
-        .filter(|n| *n != target && Some(n.as_str()) != row_id)
-        .cloned()
-        .collect();
-    if features.is_empty() {
-        return Err(invalid(
-            "the data has no feature columns besides the target".into(),
-        ));
-    }
+    let features = crate::engine::feature_columns(&names, target, row_id, &source_name)?;
     let plan: Vec<Step> = match &config.steps {
         Some(written) => written.clone(),
         None => suggested(first, config, &csv)?,
